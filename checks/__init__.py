@@ -1,0 +1,1 @@
+"""The check registry, the evaluate stage and the built-in checks."""

@@ -1,0 +1,193 @@
+"""Check metadata, the ``@check`` decorator, results, the run context, and loading checks from entry points."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Protocol, TypeAlias
+
+from scanner.errors import MailwardenError
+from scanner.model import Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
+
+GROUP = "mailwarden.checks"
+_ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
+
+
+class RegistryError(MailwardenError):
+    """A check package is broken: it cannot be imported, or its metadata is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The thresholds checks judge against."""
+
+    inactive_days: int = 90
+    invite_stale_days: int = 7
+    dkim_min_bits: int = 2048
+    dmarc_min_policy: str = "quarantine"
+
+
+@dataclass(frozen=True, slots=True)
+class Sender:
+    """One service that may send mail as a customer's domain."""
+
+    name: str
+    title: str = ""
+    spf_include: tuple[str, ...] = ()
+    dkim_selectors: tuple[str, ...] = ()
+    mx_patterns: tuple[str, ...] = ()
+    return_path: str = "own"
+
+
+@dataclass(frozen=True, slots=True)
+class RunContext:
+    """What a check may know besides its subject: the tenant, policy, senders, the run's time and inventory."""
+
+    tenant: Tenant
+    policy: Policy
+    now: datetime
+    senders: Mapping[str, Sender] = field(default_factory=dict)
+    inventory: Inventory = field(default_factory=Inventory)
+
+    @property
+    def today(self) -> date:
+        """The run's date (UTC)."""
+        return self.now.date()
+
+    @property
+    def roster(self) -> tuple[Person, ...]:
+        """The tenant's roster (empty when none was configured)."""
+        return tuple(self.inventory.people.get(self.tenant.name, ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """A check's verdict on one subject, or on one named item of it."""
+
+    status: Status
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    item: str = ""
+    reason: str = ""
+
+    @classmethod
+    def passed(cls, *, item: str = "", **evidence: Any) -> Result:
+        """The subject meets the rule."""
+        return cls(Status.PASS, evidence, item)
+
+    @classmethod
+    def failed(cls, *, item: str = "", **evidence: Any) -> Result:
+        """The subject breaks the rule; evidence lets a reviewer believe it."""
+        return cls(Status.FAIL, evidence, item)
+
+    @classmethod
+    def error(cls, reason: str, *, item: str = "") -> Result:
+        """The check could not decide, and says why."""
+        return cls(Status.ERROR, {}, item, reason)
+
+    @classmethod
+    def unsupported(cls, reason: str, *, item: str = "") -> Result:
+        """The provider does not expose what the check needs."""
+        return cls(Status.UNSUPPORTED, {}, item, reason)
+
+
+Subject: TypeAlias = Tenant | Domain | Mailbox
+CheckFunction: TypeAlias = Callable[[Any, RunContext], "Result | Iterable[Result]"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckMeta:
+    """A check's metadata, attached by ``@check`` beside its code."""
+
+    id: str
+    title: str
+    severity: Severity
+    scope: Scope
+    requires: tuple[Fact, ...]
+    rationale: str
+    references: tuple[str, ...] = ()
+    remediation: str | None = None
+
+
+class Check(Protocol):
+    """A check function carrying its metadata."""
+
+    meta: CheckMeta
+
+    def __call__(self, subject: Any, ctx: RunContext, /) -> Result | Iterable[Result]: ...
+
+
+def check(
+    *,
+    id: str,
+    title: str,
+    severity: Severity,
+    scope: Scope,
+    rationale: str,
+    requires: Iterable[str | Fact] = (),
+    references: Iterable[str] = (),
+    remediation: str | None = None,
+) -> Callable[[CheckFunction], Check]:
+    """Attach metadata to a check function; registration itself is the entry point's job."""
+    if not _ID.match(id):
+        raise RegistryError(f"check id {id!r} is not of the form '<area>.<condition>' in lowercase")
+    meta = CheckMeta(
+        id=id,
+        title=title,
+        severity=severity,
+        scope=scope,
+        requires=tuple(Fact(r) for r in requires),
+        rationale=rationale,
+        references=tuple(references),
+        remediation=remediation,
+    )
+
+    def attach(function: CheckFunction) -> Check:
+        function.meta = meta  # type: ignore[attr-defined]
+        return function  # type: ignore[return-value]
+
+    return attach
+
+
+def _load_one(entry: EntryPoint) -> Check:
+    package = entry.dist.name if entry.dist is not None else entry.value.partition(":")[0]
+    try:
+        loaded = entry.load()
+    except Exception as exc:  # any import failure of a plug-in is the user's to see, with its package
+        raise RegistryError(
+            f"check {entry.name!r} from package {package!r} cannot be loaded ({entry.value}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    meta = getattr(loaded, "meta", None)
+    if not isinstance(meta, CheckMeta) or not callable(loaded):
+        raise RegistryError(
+            f"check {entry.name!r} from package {package!r} ({entry.value}) is not declared with @check"
+        )
+    if meta.id != entry.name:
+        raise RegistryError(
+            f"entry point {entry.name!r} from package {package!r} names a check whose id is {meta.id!r}"
+        )
+    return loaded  # type: ignore[no-any-return]
+
+
+def load_checks(entries: Iterable[EntryPoint] | None = None) -> tuple[Check, ...]:
+    """Load every check registered in the ``mailwarden.checks`` entry-point group, sorted by id."""
+    if entries is None:
+        entries = entry_points(group=GROUP)
+    found: dict[str, tuple[Check, str]] = {}
+    for entry in entries:
+        loaded = _load_one(entry)
+        package = entry.dist.name if entry.dist is not None else "?"
+        if loaded.meta.id in found:
+            other = found[loaded.meta.id][1]
+            raise RegistryError(
+                f"check id {loaded.meta.id!r} is registered twice: by package {other!r} and by package {package!r}"
+            )
+        found[loaded.meta.id] = (loaded, package)
+    if not found:
+        raise RegistryError(
+            f"no checks are registered in the {GROUP!r} entry-point group: is mailwarden installed (pip install -e .)?"
+        )
+    return tuple(found[key][0] for key in sorted(found))

@@ -1,0 +1,1 @@
+"""Renderers for stored findings: JSON, CSV, HTML and the run manifest."""

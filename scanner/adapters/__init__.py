@@ -1,0 +1,1 @@
+"""Provider adapters: each maps one provider onto the normalized model."""

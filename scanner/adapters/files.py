@@ -1,0 +1,311 @@
+"""The files adapter: a tenant's mailboxes, forwards, invites and catch-all from export files (CSV or JSON)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from scanner.adapters.base import Collected
+from scanner.errors import AdapterError
+from scanner.model import (
+    Coverage,
+    Fact,
+    FactState,
+    Forward,
+    ForwardMechanism,
+    Invite,
+    Mailbox,
+    MailboxKind,
+    MailboxStatus,
+    Person,
+    Tenant,
+)
+
+FILES = ("mailboxes", "forwards", "invites", "domains")
+
+
+class RowError(ValueError):
+    """One row of an export file is malformed."""
+
+
+def _find(directory: Path, stem: str) -> Path | None:
+    for suffix in (".csv", ".json"):
+        path = directory / f"{stem}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each row of a CSV (with a header) or JSON (a list of objects) file, with its location for errors."""
+    try:
+        if path.suffix == ".json":
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, list):
+                raise AdapterError(f"{path}: expected a JSON list of objects")
+            for index, item in enumerate(data, start=1):
+                yield f"{path}: item {index}", item if isinstance(item, dict) else {"__invalid__": item}
+            return
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            for row in reader:
+                yield f"{path}:{reader.line_num}", {k.strip(): v for k, v in row.items() if k is not None}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
+        raise AdapterError(f"{path}: cannot read the export file: {exc}") from None
+
+
+def _text(row: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = row.get(key)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise RowError(f"missing {key!r}")
+        return ""
+    if not isinstance(value, str):
+        raise RowError(f"{key!r} must be text")
+    return value.strip()
+
+
+def _address(row: dict[str, Any], key: str) -> str:
+    value = _text(row, key, required=True).lower()
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+        raise RowError(f"{key!r} is not an email address: {value[:80]!r}")
+    return value
+
+
+def _addresses(row: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = row.get(key)
+    if value is None or value == "":
+        return ()
+    items = value if isinstance(value, list) else str(value).replace(",", ";").split(";")
+    result = []
+    for item in items:
+        item = str(item).strip().lower()
+        if not item:
+            continue
+        if "@" not in item:
+            raise RowError(f"{key!r} holds {item[:80]!r}, which is not an email address")
+        result.append(item)
+    return tuple(result)
+
+
+def _when(row: dict[str, Any], key: str) -> datetime | None:
+    value = _text(row, key)
+    if not value:
+        return None
+    try:
+        if len(value) == 10:
+            return datetime.combine(date.fromisoformat(value), time(), UTC)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise RowError(f"{key!r} is not an ISO 8601 date: {value[:40]!r}") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _enum(row: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
+    value = _text(row, key).lower()
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise RowError(f"{key!r} is {value[:40]!r}; expected one of: {allowed}") from None
+
+
+@dataclass
+class _Reading:
+    """Accumulates what one tenant's export files say, and every problem found on the way."""
+
+    tenant: Tenant
+    problems: list[str] = field(default_factory=list)
+    coverage: list[Coverage] = field(default_factory=list)
+
+    def rows(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+        for location, row in read_rows(path):
+            if "__invalid__" in row:
+                self.problems.append(f"{location}: expected an object")
+                continue
+            yield location, row
+
+    def cover(self, fact: Fact, state: FactState, reason: str = "", subject: str = "") -> None:
+        self.coverage.append(Coverage(self.tenant.name, fact, state, reason, subject))
+
+
+class FilesAdapter:
+    """Reads export files from one directory; see the README for the format."""
+
+    name = "files"
+    capabilities = frozenset(
+        {
+            Fact.MAILBOX_LIST,
+            Fact.MAILBOX_FORWARDS,
+            Fact.MAILBOX_OWNERS,
+            Fact.MAILBOX_DELEGATES,
+            Fact.MAILBOX_LAST_LOGIN,
+            Fact.MAILBOX_INVITES,
+            Fact.DOMAIN_CATCH_ALL,
+        }
+    )
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    async def collect(self, tenant: Tenant) -> Collected:
+        """Read the export directory; bad rows are reported by file and line and the rest is kept."""
+        return self.read(tenant)
+
+    def read(self, tenant: Tenant) -> Collected:
+        """The synchronous body of ``collect``."""
+        if not self.directory.is_dir():
+            raise AdapterError(f"export directory {self.directory} does not exist")
+        reading = _Reading(tenant)
+        path = _find(self.directory, "mailboxes")
+        if path is None:
+            raise AdapterError(f"{self.directory}: no mailboxes.csv or mailboxes.json")
+        mailboxes, columns = self._mailboxes(reading, path)
+        reading.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
+        for fact, column in (
+            (Fact.MAILBOX_OWNERS, "owners"),
+            (Fact.MAILBOX_DELEGATES, "delegates"),
+            (Fact.MAILBOX_LAST_LOGIN, "last_login"),
+        ):
+            if column in columns:
+                reading.cover(fact, FactState.COLLECTED)
+            else:
+                reading.cover(fact, FactState.UNSUPPORTED, f"{path.name} has no {column!r} column")
+        forwards = self._forwards(reading, mailboxes)
+        invites = self._invites(reading, mailboxes)
+        catch_all = self._catch_all(reading)
+        result = tuple(
+            _with(m, forwards.get(m.address, ()), invites.get(m.address)) for m in mailboxes.values()
+        )
+        return Collected(result, catch_all, tuple(reading.coverage), tuple(reading.problems))
+
+    def _mailboxes(self, reading: _Reading, path: Path) -> tuple[dict[str, Mailbox], set[str]]:
+        mailboxes: dict[str, Mailbox] = {}
+        columns: set[str] = set()
+        for location, row in reading.rows(path):
+            columns.update(row)
+            try:
+                address = _address(row, "address")
+                if address in mailboxes:
+                    raise RowError(f"mailbox {address} is listed twice")
+                mailboxes[address] = Mailbox(
+                    tenant=reading.tenant.name,
+                    address=address,
+                    kind=_enum(row, "kind", MailboxKind, MailboxKind.USER),
+                    status=_enum(row, "status", MailboxStatus, MailboxStatus.ACTIVE),
+                    display_name=_text(row, "display_name"),
+                    created=_when(row, "created"),
+                    last_login=_when(row, "last_login"),
+                    owners=_addresses(row, "owners"),
+                    delegates=_addresses(row, "delegates"),
+                )
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+        return mailboxes, columns
+
+    def _forwards(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Forward, ...]]:
+        path = _find(self.directory, "forwards")
+        if path is None:
+            reading.cover(Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, "the export has no forwards file")
+            return {}
+        found: dict[str, list[Forward]] = {}
+        for location, row in reading.rows(path):
+            try:
+                mailbox = _address(row, "mailbox")
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}")
+                continue
+            try:
+                if mailbox not in mailboxes:
+                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                target = _address(row, "target")
+                mechanism = _enum(row, "mechanism", ForwardMechanism, ForwardMechanism.AUTO_FORWARD)
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}", subject=mailbox)
+                continue
+            found.setdefault(mailbox, []).append(Forward(target, mechanism))
+        if not any(c.fact is Fact.MAILBOX_FORWARDS and not c.subject for c in reading.coverage):
+            reading.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED)
+        return {k: tuple(v) for k, v in found.items()}
+
+    def _invites(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, Invite]:
+        path = _find(self.directory, "invites")
+        if path is None:
+            reading.cover(Fact.MAILBOX_INVITES, FactState.UNSUPPORTED, "the export has no invites file")
+            return {}
+        found: dict[str, Invite] = {}
+        for location, row in reading.rows(path):
+            try:
+                address = _address(row, "address")
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}")
+                continue
+            try:
+                if address not in mailboxes:
+                    raise RowError(f"mailbox {address} is not in the mailboxes file")
+                sent = _when(row, "sent")
+                if sent is None:
+                    raise RowError("missing 'sent'")
+                found[address] = Invite(sent, _when(row, "expires"))
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}", subject=address)
+        if not any(c.fact is Fact.MAILBOX_INVITES and not c.subject for c in reading.coverage):
+            reading.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
+        return found
+
+    def _catch_all(self, reading: _Reading) -> dict[str, str | None]:
+        path = _find(self.directory, "domains")
+        if path is None:
+            reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED, "the export has no domains file")
+            return {}
+        found: dict[str, str | None] = {}
+        for location, row in reading.rows(path):
+            try:
+                domain = _text(row, "domain", required=True).lower().rstrip(".")
+                target = _text(row, "catch_all").lower() or None
+                if target is not None and "@" not in target:
+                    raise RowError(f"'catch_all' is not an email address: {target[:80]!r}")
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                continue
+            found[domain] = target
+        reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.COLLECTED)
+        for domain in (*reading.tenant.domains, *reading.tenant.parked_domains):
+            if domain not in found:
+                reading.cover(
+                    Fact.DOMAIN_CATCH_ALL, FactState.FAILED, f"{domain} is not listed in {path.name}", subject=domain
+                )
+        return found
+
+
+def _with(mailbox: Mailbox, forwards: tuple[Forward, ...], invite: Invite | None) -> Mailbox:
+    if not forwards and invite is None:
+        return mailbox
+    return replace(mailbox, forwards=forwards, invite=invite)
+
+
+def read_roster(path: Path) -> tuple[tuple[Person, ...], tuple[str, ...]]:
+    """People from a roster file (CSV or JSON: email, name, left) and the problems of its bad rows."""
+    if not path.is_file():
+        raise AdapterError(f"roster file {path} does not exist")
+    people: list[Person] = []
+    problems: list[str] = []
+    for location, row in read_rows(path):
+        try:
+            left = _when(row, "left")
+            people.append(Person(_address(row, "email"), _text(row, "name"), left.date() if left else None))
+        except RowError as exc:
+            problems.append(f"{location}: {exc}")
+    return tuple(people), tuple(problems)

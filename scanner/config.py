@@ -1,0 +1,291 @@
+"""Load and validate the TOML configuration; pydantic lives here and nowhere else."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import GetCoreSchemaHandler, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pydantic_core import core_schema
+
+from scanner.errors import ConfigError
+from scanner.model import PolicyException, Tenant
+
+BUNDLED = Path(__file__).resolve().parent.parent / "config"
+"""The bundled data directory: default policy, sender catalogue, demo estate."""
+
+PROVIDERS = ("google", "microsoft", "mailcow", "files")
+
+
+class SecretRef(str):
+    """A reference to a secret (``env:NAME`` or ``file:PATH``); the value is read only by ``resolve``."""
+
+    def resolve(self) -> str:
+        """Read the secret now; errors name the reference, never the value."""
+        scheme, _, target = self.partition(":")
+        if scheme == "env":
+            value = os.environ.get(target)
+            if value is None:
+                raise ConfigError(f"secret reference {self}: environment variable {target} is not set")
+            return value
+        try:
+            return Path(target).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"secret reference {self}: cannot read the file ({exc.strerror})") from None
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        """Validate with ``_secret_ref`` so a literal secret is refused without being echoed."""
+        return core_schema.no_info_plain_validator_function(_secret_ref)
+
+
+def _secret_ref(value: object) -> SecretRef:
+    if not isinstance(value, str):
+        raise ValueError("must be a secret reference string such as 'env:NAME' or 'file:PATH'")
+    scheme, sep, target = value.partition(":")
+    if not sep or scheme not in ("env", "file") or not target:
+        # Never echo the value: it may be the secret itself pasted by mistake.
+        raise ValueError("must be a secret reference 'env:NAME' or 'file:PATH', not a literal value")
+    return SecretRef(value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class StoreConfig(_Strict):
+    """Where runs, snapshots and findings are kept."""
+
+    url: str = "sqlite:///mailwarden.db"
+
+
+class DnsConfig(_Strict):
+    """How DNS is queried."""
+
+    nameservers: list[str] = []
+    timeout: float = Field(default=3.0, gt=0)
+    concurrency: int = Field(default=64, ge=1)
+
+    @field_validator("nameservers")
+    @classmethod
+    def _valid_nameservers(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+            if port and not port.isdigit():
+                raise ValueError(f"{entry!r} is not 'IP' or 'IP:PORT'")
+            if not host:
+                raise ValueError(f"{entry!r} is not 'IP' or 'IP:PORT'")
+        return value
+
+
+class PolicyConfig(_Strict):
+    """Thresholds the checks judge against; defaults come from config/default.toml."""
+
+    inactive_days: int = Field(ge=1)
+    invite_stale_days: int = Field(ge=1)
+    dkim_min_bits: int = Field(ge=512)
+    dmarc_min_policy: Literal["none", "quarantine", "reject"]
+
+
+class SenderConfig(_Strict):
+    """One entry of the sender catalogue: a service that sends mail as a customer's domain."""
+
+    title: str = ""
+    spf_include: list[str] = []
+    dkim_selectors: list[str] = []
+    mx_patterns: list[str] = []
+    return_path: Literal["customer", "own"] = "own"
+
+    @field_validator("spf_include", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+
+class RemediationConfig(_Strict):
+    """The remediation service that report links point to."""
+
+    base_url: str = ""
+    secret: SecretRef | None = None
+
+
+
+class TenantConfig(_Strict):
+    """One client tenant."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    provider: Literal["google", "microsoft", "mailcow", "files"] | None = None
+    credentials: SecretRef | None = None
+    domains: list[str] = []
+    domains_file: Path | None = None
+    senders: list[str] = []
+    parked_domains: list[str] = []
+    dkim_selectors: list[str] = []
+    roster: Path | None = None
+    export: Path | None = None
+
+
+    @field_validator("domains", "parked_domains", mode="after")
+    @classmethod
+    def _normalize_domains(cls, value: list[str]) -> list[str]:
+        return [normalize_domain(d) for d in value]
+
+    @model_validator(mode="after")
+    def _files_need_export(self) -> TenantConfig:
+        if self.provider == "files" and self.export is None:
+            raise ValueError("provider 'files' needs 'export', the directory holding the export files")
+        if not self.domains and self.domains_file is None and not self.parked_domains:
+            raise ValueError("a tenant needs 'domains' or 'domains_file'")
+        return self
+
+
+class ExceptionConfig(_Strict):
+    """An approved exception: one check on one subject, until it expires."""
+
+    check: str = Field(min_length=1)
+    subject: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    approved_by: str = Field(min_length=1)
+    expires: date
+
+
+class Config(_Strict):
+    """The whole validated configuration."""
+
+    store: StoreConfig = StoreConfig()
+    dns: DnsConfig = DnsConfig()
+    policy: PolicyConfig
+    senders: dict[str, SenderConfig] = {}
+    remediation: RemediationConfig = RemediationConfig()
+    tenants: list[TenantConfig] = []
+    exceptions: list[ExceptionConfig] = []
+
+    source: Path = Field(default=Path("mailwarden.toml"), exclude=True)
+    digest: str = Field(default="", exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        names = [t.name for t in self.tenants]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"tenants[{i}].name: tenant {name!r} is declared twice")
+        for i, tenant in enumerate(self.tenants):
+            for sender in tenant.senders:
+                if sender not in self.senders:
+                    raise ValueError(
+                        f"tenants[{i}].senders: {sender!r} is not in the sender catalogue "
+                        f"(known: {', '.join(sorted(self.senders))})"
+                    )
+        return self
+
+    def tenant_models(self) -> tuple[Tenant, ...]:
+        """The tenants as model objects, with domains_file read and merged."""
+        return tuple(_tenant_model(t, self.source) for t in self.tenants)
+
+    def exception_models(self) -> tuple[PolicyException, ...]:
+        """The approved exceptions as model objects."""
+        return tuple(
+            PolicyException(e.check, e.subject.lower(), e.reason, e.approved_by, e.expires) for e in self.exceptions
+        )
+
+    def resolve_path(self, path: Path) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        return path if path.is_absolute() else self.source.parent / path
+
+
+def normalize_domain(name: str) -> str:
+    """Lowercase IDNA form of a domain name without a trailing dot."""
+    name = name.strip().rstrip(".").lower()
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError(f"{name!r} is not a valid domain name") from None
+
+
+def _tenant_model(tenant: TenantConfig, source: Path) -> Tenant:
+    domains = list(tenant.domains)
+    if tenant.domains_file is not None:
+        path = tenant.domains_file if tenant.domains_file.is_absolute() else source.parent / tenant.domains_file
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"{source}: tenants.{tenant.name}.domains_file: cannot read {path} ({exc.strerror})")
+        for number, line in enumerate(lines, start=1):
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                domains.append(normalize_domain(line))
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{number}: {exc}") from None
+    return Tenant(
+        name=tenant.name,
+        provider=tenant.provider,
+        domains=tuple(dict.fromkeys(domains)),
+        senders=tuple(tenant.senders),
+        parked_domains=tuple(tenant.parked_domains),
+        dkim_selectors=tuple(tenant.dkim_selectors),
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _format_location(loc: tuple[int | str, ...]) -> str:
+    """Turn a pydantic location into the user's key path, such as ``tenants[1].domains``."""
+    parts: list[str] = []
+    for step in loc:
+        if isinstance(step, int) and parts:
+            parts[-1] = f"{parts[-1]}[{step}]"
+        else:
+            parts.append(str(step))
+    return ".".join(parts) or "(top level)"
+
+
+def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, merge with the bundled defaults and validate a config file; raises ConfigError."""
+    path = Path(path)
+    data = _read_toml(path)
+    defaults = _read_toml(BUNDLED / "default.toml")
+    catalogue = _read_toml(BUNDLED / "senders.toml")
+    merged = dict(data)
+    merged["policy"] = {**defaults.get("policy", {}), **_table(data, "policy", path)}
+    merged["senders"] = {**catalogue.get("senders", {}), **_table(data, "senders", path)}
+    for key, value in (overrides or {}).items():
+        merged[key] = {**_table(merged, key, path), **value}
+    try:
+        config = Config.model_validate(merged)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = _format_location(tuple(error["loc"]))
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {where}: {message}{more}") from None
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return config.model_copy(update={"source": path.resolve(), "digest": digest})
+
+
+def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key}: must be a table")
+    return value

@@ -1,0 +1,106 @@
+"""DNS collection: concurrent, bounded, one query per name and type per run, failures kept apart from absence."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+import dns.asyncresolver
+import dns.exception
+import dns.nameserver
+import dns.rcode
+import dns.resolver
+from publicsuffixlist import PublicSuffixList
+
+from scanner.model import DnsAnswer, DnsFacts, Outcome
+
+
+def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
+    """A nameserver from config: ``IP`` or ``IP:PORT`` (IPv6 as ``[IP]:PORT``)."""
+    if entry.startswith("["):
+        host, _, port = entry[1:].partition("]:")
+        return dns.nameserver.Do53Nameserver(host.rstrip("]"), int(port or 53))
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return dns.nameserver.Do53Nameserver(host, int(port))
+    return dns.nameserver.Do53Nameserver(entry, 53)
+
+
+def render_rdata(rdata: object) -> str:
+    """A record's data as text; TXT strings are joined as RFC 7208 §3.3 and RFC 6376 §3.6.2.2 say."""
+    strings = getattr(rdata, "strings", None)
+    if strings is not None:
+        return b"".join(strings).decode("utf-8", errors="replace")
+    return str(rdata)
+
+
+class DnsClient:
+    """Looks names up through one resolver, with bounded concurrency and a per-run cache."""
+
+    def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 3.0, concurrency: int = 64) -> None:
+        servers = [parse_nameserver(n) for n in nameservers]
+        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
+        if servers:
+            self._resolver.nameservers = servers
+        self._resolver.lifetime = timeout
+        # One attempt may not use the whole lifetime, so a lost packet is retried (bounded by the lifetime).
+        self._resolver.timeout = max(timeout / 3, 0.2)
+        self._limit = asyncio.Semaphore(concurrency)
+        self._cache: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+        self._psl = PublicSuffixList()
+        self.queries = 0
+
+    async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
+        """The answer for ``name``/``rdtype``; the same question is asked at most once per client."""
+        key = (name.lower().rstrip("."), rdtype.upper())
+        task = self._cache.get(key)
+        if task is None:
+            task = asyncio.ensure_future(self._query(*key))
+            self._cache[key] = task
+        return await task
+
+    async def _query(self, name: str, rdtype: str) -> DnsAnswer:
+        async with self._limit:
+            self.queries += 1
+            try:
+                answer = await self._resolver.resolve(name, rdtype, search=False)
+            except dns.resolver.NXDOMAIN:
+                return DnsAnswer(name, rdtype, Outcome.NXDOMAIN)
+            except dns.resolver.NoAnswer:
+                return DnsAnswer(name, rdtype, Outcome.NODATA)
+            except dns.exception.Timeout:
+                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"timeout after {self._resolver.lifetime:g}s")
+            except dns.resolver.NoNameservers as exc:
+                return DnsAnswer(name, rdtype, Outcome.FAILED, error=_nameserver_failure(exc))
+            except dns.exception.DNSException as exc:
+                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+        records = tuple(render_rdata(r) for r in answer)
+        return DnsAnswer(name, rdtype, Outcome.ANSWER, records)
+
+    def organizational_domain(self, name: str) -> str:
+        """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
+        return self._psl.privatesuffix(name) or name
+
+    async def collect_domain(self, name: str) -> DnsFacts:
+        """MX, apex TXT and DMARC (with the organizational domain's record as a fallback) for one domain."""
+        mx, txt, dmarc = await asyncio.gather(
+            self.lookup(name, "MX"), self.lookup(name, "TXT"), self.lookup(f"_dmarc.{name}", "TXT")
+        )
+        answers = {"mx": mx, "txt": txt, "dmarc": dmarc}
+        org = self.organizational_domain(name)
+        if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
+            # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
+            answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+        return DnsFacts(answers)
+
+
+def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
+    """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""
+    rcodes = []
+    for error in exc.kwargs.get("errors", []):
+        answer = error[4] if len(error) > 4 else None
+        if answer is not None and hasattr(answer, "rcode"):
+            rcodes.append(dns.rcode.to_text(answer.rcode()))
+        else:
+            rcodes.append(str(error[3]))
+    return "no nameserver answered: " + (", ".join(dict.fromkeys(rcodes)) or "no usable nameserver")

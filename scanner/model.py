@@ -1,0 +1,305 @@
+"""The normalized inventory: tenants, domains, mailboxes, people, DNS facts, exceptions and findings."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+
+
+class Severity(enum.Enum):
+    """How much a failing check matters; ordered from least to most severe."""
+
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        """Position in the order info < low < medium < high < critical."""
+        return list(Severity).index(self)
+
+
+class Status(enum.Enum):
+    """The verdict of one check on one subject."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    ERROR = "error"
+    EXCEPTED = "excepted"
+    UNSUPPORTED = "unsupported"
+
+
+class Scope(enum.Enum):
+    """What kind of subject a check judges."""
+
+    TENANT = "tenant"
+    DOMAIN = "domain"
+    MAILBOX = "mailbox"
+
+
+class Fact(enum.Enum):
+    """An inventory fact a check can require; collection records whether each was collected."""
+
+    MAILBOX_LIST = "mailbox.list"
+    MAILBOX_FORWARDS = "mailbox.forwards"
+    MAILBOX_OWNERS = "mailbox.owners"
+    MAILBOX_DELEGATES = "mailbox.delegates"
+    MAILBOX_LAST_LOGIN = "mailbox.last_login"
+    MAILBOX_INVITES = "mailbox.invites"
+    DOMAIN_CATCH_ALL = "domain.catch_all"
+    ROSTER = "roster"
+    DNS_MX = "dns.mx"
+    DNS_SPF = "dns.spf"
+    DNS_DMARC = "dns.dmarc"
+
+
+class MailboxKind(enum.Enum):
+    """Who a mailbox is for."""
+
+    USER = "user"
+    SHARED = "shared"
+    ROLE = "role"
+    RESOURCE = "resource"
+
+
+class MailboxStatus(enum.Enum):
+    """Account state as the provider reports it."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    DISABLED = "disabled"
+    PENDING = "pending"
+
+
+class ForwardMechanism(enum.Enum):
+    """How mail leaves a mailbox for another address."""
+
+    AUTO_FORWARD = "auto_forward"
+    INBOX_RULE = "inbox_rule"
+    REDIRECT = "redirect"
+    ALIAS = "alias"
+
+
+class Outcome(enum.Enum):
+    """What a DNS lookup established: an answer, a definite absence, or nothing (failure)."""
+
+    ANSWER = "answer"
+    NXDOMAIN = "nxdomain"
+    NODATA = "nodata"
+    FAILED = "failed"
+
+
+class FactState(enum.Enum):
+    """Whether a fact was collected for a tenant."""
+
+    COLLECTED = "collected"
+    FAILED = "failed"
+    UNSUPPORTED = "unsupported"
+
+
+def domain_of(address: str) -> str:
+    """The domain part of an email address, lowercased."""
+    return address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Mail from a mailbox copied or redirected to another address."""
+
+    target: str
+    mechanism: ForwardMechanism
+
+    @property
+    def target_domain(self) -> str:
+        """The domain the forwarded mail goes to."""
+        return domain_of(self.target)
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    """A setup invitation that has not been completed."""
+
+    sent: datetime
+    expires: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """One mailbox as the provider reports it."""
+
+    tenant: str
+    address: str
+    kind: MailboxKind = MailboxKind.USER
+    status: MailboxStatus = MailboxStatus.ACTIVE
+    display_name: str = ""
+    created: datetime | None = None
+    last_login: datetime | None = None
+    owners: tuple[str, ...] = ()
+    delegates: tuple[str, ...] = ()
+    forwards: tuple[Forward, ...] = ()
+    invite: Invite | None = None
+
+    @property
+    def domain(self) -> str:
+        """The mailbox's domain."""
+        return domain_of(self.address)
+
+
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """The result of one DNS query, keeping failure apart from absence."""
+
+    name: str
+    rdtype: str
+    outcome: Outcome
+    records: tuple[str, ...] = ()
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True when the lookup could not establish anything."""
+        return self.outcome is Outcome.FAILED
+
+
+@dataclass(frozen=True, slots=True)
+class DnsFacts:
+    """Raw DNS answers seen for one domain, keyed by what they are for (``mx``, ``txt``, ``dmarc``...)."""
+
+    answers: Mapping[str, DnsAnswer] = field(default_factory=dict)
+
+    def get(self, key: str) -> DnsAnswer | None:
+        """The answer stored under ``key``, if that lookup was made."""
+        return self.answers.get(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Domain:
+    """A managed domain with its provider-side settings and DNS facts."""
+
+    name: str
+    tenant: str
+    parked: bool = False
+    catch_all: str | None = None
+    dns: DnsFacts = field(default_factory=DnsFacts)
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """A roster entry: someone who works (or worked) for the tenant."""
+
+    email: str
+    name: str = ""
+    left: date | None = None
+
+    def has_left(self, today: date) -> bool:
+        """True when the leave date is today or earlier."""
+        return self.left is not None and self.left <= today
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyException:
+    """An approved, expiring exception for one check on one subject."""
+
+    check: str
+    subject: str
+    reason: str
+    approved_by: str
+    expires: date
+
+    def valid_on(self, today: date) -> bool:
+        """True while the exception has not expired (it is valid through its expiry date)."""
+        return today <= self.expires
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    """A client organisation: its provider, domains and declared senders."""
+
+    name: str
+    provider: str | None
+    domains: tuple[str, ...]
+    senders: tuple[str, ...] = ()
+    parked_domains: tuple[str, ...] = ()
+    dkim_selectors: tuple[str, ...] = ()
+
+    def owns(self, domain: str) -> bool:
+        """True when ``domain`` (or a parent of it) is one of the tenant's domains."""
+        domain = domain.lower().rstrip(".")
+        owned = set(self.domains) | set(self.parked_domains)
+        while domain:
+            if domain in owned:
+                return True
+            domain = domain.partition(".")[2]
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """Whether one fact was collected for a tenant (or, with ``subject``, for one mailbox or domain of it)."""
+
+    tenant: str
+    fact: Fact
+    state: FactState
+    reason: str = ""
+    subject: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    """Everything one run collected, with its coverage."""
+
+    tenants: tuple[Tenant, ...] = ()
+    domains: tuple[Domain, ...] = ()
+    mailboxes: tuple[Mailbox, ...] = ()
+    people: Mapping[str, tuple[Person, ...]] = field(default_factory=dict)
+    exceptions: tuple[PolicyException, ...] = ()
+    coverage: tuple[Coverage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Remediation:
+    """The action that would fix a finding, with its parameters."""
+
+    action: str
+    params: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One check's verdict on one subject (or one item of it) in one run."""
+
+    id: str
+    check: str
+    status: Status
+    severity: Severity
+    tenant: str
+    domain: str
+    subject: str
+    title: str
+    item: str = ""
+    evidence: Mapping[str, object] = field(default_factory=dict)
+    reason: str = ""
+    remediation: Remediation | None = None
+    run_id: str = ""
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+
+
+def plain(value: object) -> object:
+    """A JSON-ready form of a model value: dataclasses as dicts, enums as values, times as ISO 8601."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if hasattr(value, "__dataclass_fields__"):
+        return {name: plain(getattr(value, name)) for name in value.__dataclass_fields__}
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [plain(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    return value

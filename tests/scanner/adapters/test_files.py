@@ -1,0 +1,127 @@
+"""The files adapter: good export files, and malformed rows reported by file and line without losing the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from scanner.adapters.files import FilesAdapter, read_roster
+from scanner.errors import AdapterError
+from scanner.model import Fact, FactState, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
+
+TENANT = Tenant("acme", "files", ("acme.example", "acme-mail.example"))
+
+MAILBOXES = """address,display_name,kind,status,created,last_login,owners,delegates
+ann@acme.example,Ann,user,active,2024-01-02,2026-11-20T08:00:00Z,,
+info@acme.example,Info,shared,active,2023-05-01,,ann@acme.example;bob@acme.example,
+bob@acme.example,Bob,user,suspended,2022-01-01,2025-01-01,,helper@outside.test
+"""
+FORWARDS = """mailbox,target,mechanism
+ann@acme.example,ann.private@gmail.test,inbox_rule
+info@acme.example,ann@acme-mail.example,alias
+"""
+
+
+def _export(tmp_path: Path, **files: str) -> Path:
+    for name, text in files.items():
+        (tmp_path / name.replace("_", ".")).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def _collect(directory: Path):
+    return asyncio.run(FilesAdapter(directory).collect(TENANT))
+
+
+def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
+    export = _export(
+        tmp_path,
+        mailboxes_csv=MAILBOXES,
+        forwards_csv=FORWARDS,
+        invites_csv="address,sent,expires\nbob@acme.example,2026-11-01,2026-11-08\n",
+        domains_csv="domain,catch_all\nacme.example,info@acme.example\nacme-mail.example,\n",
+    )
+    collected = _collect(export)
+    assert collected.problems == ()
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert boxes["ann@acme.example"].last_login == datetime(2026, 11, 20, 8, tzinfo=UTC)
+    assert boxes["ann@acme.example"].forwards[0].mechanism is ForwardMechanism.INBOX_RULE
+    assert boxes["info@acme.example"].kind is MailboxKind.SHARED
+    assert boxes["info@acme.example"].owners == ("ann@acme.example", "bob@acme.example")
+    assert boxes["info@acme.example"].last_login is None
+    assert boxes["bob@acme.example"].status is MailboxStatus.SUSPENDED
+    assert boxes["bob@acme.example"].delegates == ("helper@outside.test",)
+    assert boxes["bob@acme.example"].invite is not None
+    assert collected.catch_all == {"acme.example": "info@acme.example", "acme-mail.example": None}
+    assert all(c.state is FactState.COLLECTED for c in collected.coverage)
+
+
+def test_json_files_work_like_csv(tmp_path: Path) -> None:
+    rows = [{"address": "ann@acme.example", "kind": "role", "owners": ["boss@acme.example"], "last_login": ""}]
+    export = _export(tmp_path, mailboxes_json=json.dumps(rows),
+                     forwards_json=json.dumps([{"mailbox": "ann@acme.example", "target": "x@out.test"}]))
+    collected = _collect(export)
+    (mailbox,) = collected.mailboxes
+    assert mailbox.kind is MailboxKind.ROLE and mailbox.owners == ("boss@acme.example",)
+    assert mailbox.forwards[0].mechanism is ForwardMechanism.AUTO_FORWARD
+
+
+def test_malformed_rows_name_file_and_line_and_keep_the_rest(tmp_path: Path) -> None:
+    export = _export(
+        tmp_path,
+        mailboxes_csv=MAILBOXES + "not-an-address,X,user,active,,,,\ncarol@acme.example,Carol,wizard,active,,,,\n"
+        "dave@acme.example,Dave,user,active,yesterday,,,\n",
+        forwards_csv=FORWARDS + "ann@acme.example,not an address,auto_forward\n",
+    )
+    collected = _collect(export)
+    mailboxes_csv = export / "mailboxes.csv"
+    assert collected.problems[:3] == (
+        f"{mailboxes_csv}:5: 'address' is not an email address: 'not-an-address'",
+        f"{mailboxes_csv}:6: 'kind' is 'wizard'; expected one of: user, shared, role, resource",
+        f"{mailboxes_csv}:7: 'created' is not an ISO 8601 date: 'yesterday'",
+    )
+    assert collected.problems[3] == f"{export / 'forwards.csv'}:4: 'target' is not an email address: 'not an address'"
+    assert {m.address for m in collected.mailboxes} == {"ann@acme.example", "info@acme.example", "bob@acme.example"}
+    # The mailbox whose forward row was bad has unknown forwards, not "no forwards".
+    failed = [c for c in collected.coverage if c.state is FactState.FAILED]
+    assert [(c.fact, c.subject) for c in failed] == [(Fact.MAILBOX_FORWARDS, "ann@acme.example")]
+
+
+def test_missing_optional_files_are_unsupported_not_empty(tmp_path: Path) -> None:
+    export = _export(tmp_path, mailboxes_csv="address,display_name\nann@acme.example,Ann\n")
+    coverage = {c.fact: c for c in _collect(export).coverage}
+    assert coverage[Fact.MAILBOX_FORWARDS].state is FactState.UNSUPPORTED
+    assert coverage[Fact.MAILBOX_LAST_LOGIN].state is FactState.UNSUPPORTED
+    assert coverage[Fact.DOMAIN_CATCH_ALL].state is FactState.UNSUPPORTED
+    assert coverage[Fact.MAILBOX_LIST].state is FactState.COLLECTED
+
+
+def test_domain_missing_from_domains_file_has_unknown_catch_all(tmp_path: Path) -> None:
+    export = _export(tmp_path, mailboxes_csv=MAILBOXES, domains_csv="domain,catch_all\nacme.example,\n")
+    failed = [c for c in _collect(export).coverage if c.state is FactState.FAILED]
+    assert [(c.fact, c.subject) for c in failed] == [(Fact.DOMAIN_CATCH_ALL, "acme-mail.example")]
+
+
+def test_missing_export_is_an_adapter_error(tmp_path: Path) -> None:
+    with pytest.raises(AdapterError, match="no mailboxes.csv or mailboxes.json"):
+        _collect(tmp_path)
+    with pytest.raises(AdapterError, match="does not exist"):
+        _collect(tmp_path / "nowhere")
+
+
+def test_unreadable_json_is_an_adapter_error(tmp_path: Path) -> None:
+    export = _export(tmp_path, mailboxes_json="[{")
+    with pytest.raises(AdapterError, match="mailboxes.json: cannot read the export file"):
+        _collect(export)
+
+
+def test_roster(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text("email,name,left\nann@acme.example,Ann,\nbob@acme.example,Bob,2026-02-01\nx,X,\n")
+    people, problems = read_roster(path)
+    assert [(p.email, p.left and p.left.isoformat()) for p in people] == [
+        ("ann@acme.example", None), ("bob@acme.example", "2026-02-01")]
+    assert problems == (f"{path}:4: 'email' is not an email address: 'x'",)

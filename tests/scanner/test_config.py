@@ -1,0 +1,116 @@
+"""Config loading: every kind of bad input gives one clear error naming the file, the key and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scanner.cli import main
+from scanner.config import SecretRef, load_config
+from scanner.errors import ConfigError
+
+GOOD = """
+[store]
+url = "sqlite:///x.db"
+
+[[tenants]]
+name = "acme"
+domains = ["Acme.Example."]
+senders = ["google"]
+
+[[exceptions]]
+check = "forwarding.external"
+subject = "CEO@acme.example"
+reason = "board mirror"
+approved_by = "it@acme.example"
+expires = 2027-01-31
+"""
+
+
+def test_good_config_loads_with_bundled_defaults(write_config) -> None:
+    config = load_config(write_config(GOOD))
+    assert config.policy.inactive_days == 90
+    assert "google" in config.senders and config.senders["google"].spf_include == ["_spf.google.com"]
+    tenant = config.tenant_models()[0]
+    assert tenant.domains == ("acme.example",)
+    assert config.exception_models()[0].subject == "ceo@acme.example"
+    assert len(config.digest) == 64
+
+
+def test_unknown_key_names_file_and_key(write_config) -> None:
+    path = write_config(GOOD.replace('name = "acme"', 'name = "acme"\ndomian = ["x.example"]'))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value) == f"{path}: tenants[0].domian: unknown key"
+
+
+def test_wrong_type_names_key_and_problem(write_config) -> None:
+    path = write_config(GOOD + '\n[policy]\ninactive_days = "ninety"\n')
+    with pytest.raises(ConfigError, match=r"policy\.inactive_days: Input should be a valid integer"):
+        load_config(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.toml: config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_bad_date_names_the_exception_key(write_config) -> None:
+    path = write_config(GOOD.replace("expires = 2027-01-31", 'expires = "2027-13-45"'))
+    with pytest.raises(ConfigError, match=r"exceptions\[0\]\.expires: .*date"):
+        load_config(path)
+
+
+def test_invalid_toml_gives_line(write_config) -> None:
+    path = write_config("[store\nurl = 1\n")
+    with pytest.raises(ConfigError, match=r"not valid TOML: .*line 1"):
+        load_config(path)
+
+
+def test_exception_without_approver_is_an_error(write_config) -> None:
+    path = write_config(GOOD.replace('approved_by = "it@acme.example"\n', ""))
+    with pytest.raises(ConfigError, match=r"exceptions\[0\]\.approved_by: Field required"):
+        load_config(path)
+
+
+def test_unknown_sender_is_named(write_config) -> None:
+    path = write_config(GOOD.replace('senders = ["google"]', 'senders = ["gogle"]'))
+    with pytest.raises(ConfigError, match=r"tenants\[0\]\.senders: 'gogle' is not in the sender catalogue"):
+        load_config(path)
+
+
+def test_literal_secret_is_refused_and_never_echoed(write_config) -> None:
+    path = write_config(GOOD + '\n[remediation]\nsecret = "hunter2-very-secret"\n')
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert "remediation.secret" in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_secret_references_resolve_only_when_used(write_config, tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "key").write_text("s3cret\n")
+    config = load_config(
+        write_config(GOOD.replace('senders = ["google"]', f'senders = ["google"]\ncredentials = "file:{tmp_path}/key"')
+                     + '\n[remediation]\nsecret = "env:MW_TEST_SECRET"\n')
+    )
+    assert config.tenants[0].credentials == SecretRef(f"file:{tmp_path}/key")
+    assert config.tenants[0].credentials.resolve() == "s3cret"
+    with pytest.raises(ConfigError, match="environment variable MW_TEST_SECRET is not set"):
+        config.remediation.secret.resolve()
+    monkeypatch.setenv("MW_TEST_SECRET", "abc")
+    assert config.remediation.secret.resolve() == "abc"
+
+
+def test_files_tenant_needs_an_export_directory(write_config) -> None:
+    path = write_config(GOOD.replace('name = "acme"', 'name = "acme"\nprovider = "files"'))
+    with pytest.raises(ConfigError, match=r"tenants\[0\]: provider 'files' needs 'export'"):
+        load_config(path)
+
+
+def test_cli_reports_config_error_with_exit_status_2(write_config) -> None:
+    path = write_config(GOOD.replace("[store]", "[stor]"))
+    result = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(path.parent / "out")])
+    assert result.exit_code == 2
+    assert f"mailwarden: {path}: stor: unknown key" in result.output
