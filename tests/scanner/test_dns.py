@@ -1,0 +1,55 @@
+"""DNS collection over real DNS on loopback: answers, definite absence, failure, and one query per question."""
+
+from __future__ import annotations
+
+import asyncio
+
+from scanner.dns import DnsClient, parse_nameserver
+from scanner.model import Outcome
+
+
+def _client(server) -> DnsClient:
+    return DnsClient([server.nameserver], timeout=0.6)
+
+
+def test_answer_absence_and_failure_are_kept_apart(dns_server, add_zone) -> None:
+    add_zone("a.example", '@ MX 10 mx.a.example.\nmx A 127.0.0.25\n@ TXT "v=spf1 -all"')
+    dns_server.servfail_names.add("bad.a.example")
+    client = _client(dns_server)
+
+    async def run() -> list:
+        return await asyncio.gather(
+            client.lookup("a.example", "MX"), client.lookup("nope.a.example", "TXT"),
+            client.lookup("mx.a.example", "TXT"), client.lookup("bad.a.example", "TXT"),
+        )
+
+    mx, nx, nodata, failed = asyncio.run(run())
+    assert mx.outcome is Outcome.ANSWER and mx.records == ("10 mx.a.example.",)
+    assert nx.outcome is Outcome.NXDOMAIN
+    assert nodata.outcome is Outcome.NODATA
+    assert failed.outcome is Outcome.FAILED and "SERVFAIL" in (failed.error or "")
+
+
+def test_long_txt_is_joined_and_fetched_over_tcp(dns_server, add_zone) -> None:
+    chunks = " ".join(f'"{str(i % 10) * 255}"' for i in range(40))  # ~10 KB: truncated over UDP, retried over TCP
+    add_zone("big.example", f"@ TXT {chunks}")
+    answer = asyncio.run(_client(dns_server).lookup("big.example", "TXT"))
+    assert answer.outcome is Outcome.ANSWER
+    assert len(answer.records[0]) == 40 * 255
+
+
+def test_each_question_is_asked_once_per_run(dns_server, add_zone) -> None:
+    add_zone("a.example", '_dmarc TXT "v=DMARC1; p=reject"')
+    client = _client(dns_server)
+
+    async def run() -> None:
+        await asyncio.gather(*(client.collect_domain("a.example") for _ in range(5)))
+
+    asyncio.run(run())
+    assert client.queries == 3  # MX, TXT and _dmarc TXT, however many times they were asked for
+
+
+def test_nameserver_entries() -> None:
+    assert (parse_nameserver("127.0.0.1:5353").address, parse_nameserver("127.0.0.1:5353").port) == ("127.0.0.1", 5353)
+    assert parse_nameserver("::1").port == 53
+    assert (parse_nameserver("[::1]:5300").address, parse_nameserver("[::1]:5300").port) == ("::1", 5300)
