@@ -26,8 +26,15 @@ from scanner.model import (
 
 log = logging.getLogger(__name__)
 
-DNS_FACTS = {Fact.DNS_MX: "mx", Fact.DNS_SPF: "txt", Fact.DNS_DMARC: "dmarc"}
-"""DNS facts and the DnsFacts key whose failure makes them unknown for a domain."""
+DNS_FACTS: dict[Fact, str | None] = {
+    Fact.DNS_MX: "mx",
+    Fact.DNS_SPF: "txt",
+    Fact.DNS_DMARC: "dmarc",
+    Fact.DNS_DKIM: None,  # one lookup per selector: the DKIM checks judge each selector's failure themselves
+    Fact.DNS_MTA_STS: "mta_sts",
+    Fact.DNS_TLSRPT: "tlsrpt",
+}
+"""DNS facts of a domain, and the DnsFacts answer whose failure makes the fact unknown."""
 
 
 def fingerprint(check_id: str, tenant: str, subject: str, item: str = "") -> str:
@@ -62,8 +69,9 @@ def _missing_fact(
     """The error or unsupported result when a fact the check requires is not there; None when all are."""
     for fact in check.meta.requires:
         if fact in DNS_FACTS:
-            if isinstance(subject.value, Domain):
-                answer = subject.value.dns.get(DNS_FACTS[fact])
+            key = DNS_FACTS[fact]
+            if key is not None and isinstance(subject.value, Domain):
+                answer = subject.value.dns.get(key)
                 if answer is None:
                     return Result.error(f"{fact.value} was not collected for {subject.value.name}")
                 if answer.failed:

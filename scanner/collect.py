@@ -121,7 +121,11 @@ async def _collect_tenant(
     else:
         result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.UNSUPPORTED, "no roster configured"))
     names = [(d, False) for d in tenant.domains] + [(d, True) for d in tenant.parked_domains]
-    facts = await asyncio.gather(*(dns_client.collect_domain(name) for name, _ in names))
+    selectors = {s for sender in tenant.senders for s in config.senders[sender].dkim_selectors}
+    selectors.update(tenant.dkim_selectors)
+    facts = await asyncio.gather(
+        *(dns_client.collect_domain(name, selectors=() if parked else selectors) for name, parked in names)
+    )
     for (name, parked), dns_facts in zip(names, facts, strict=True):
         result.domains.append(Domain(name, tenant.name, parked, collected.catch_all.get(name), dns_facts))
     progress(tenant.name)

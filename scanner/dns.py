@@ -81,8 +81,8 @@ class DnsClient:
         """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
         return self._psl.privatesuffix(name) or name
 
-    async def collect_domain(self, name: str) -> DnsFacts:
-        """MX, apex TXT and DMARC (with the organizational domain's record as a fallback) for one domain."""
+    async def collect_domain(self, name: str, *, selectors: Iterable[str] = ()) -> DnsFacts:
+        """Everything DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM at each selector."""
         mx, txt, dmarc = await asyncio.gather(
             self.lookup(name, "MX"), self.lookup(name, "TXT"), self.lookup(f"_dmarc.{name}", "TXT")
         )
@@ -91,8 +91,10 @@ class DnsClient:
         if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
             # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
             answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+        selectors = sorted(set(selectors))
+        dkim = await asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors))
+        answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
         return DnsFacts(answers)
-
 
 def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
     """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""

@@ -55,6 +55,9 @@ class Fact(enum.Enum):
     DNS_MX = "dns.mx"
     DNS_SPF = "dns.spf"
     DNS_DMARC = "dns.dmarc"
+    DNS_DKIM = "dns.dkim"
+    DNS_MTA_STS = "dns.mta_sts"
+    DNS_TLSRPT = "dns.tlsrpt"
 
 
 class MailboxKind(enum.Enum):
