@@ -6,6 +6,11 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from scanner.mtasts import MtaStsPolicy
+    from scanner.spf import SpfEvaluation
 
 
 class Severity(enum.Enum):
@@ -170,9 +175,16 @@ class DnsAnswer:
 
 @dataclass(frozen=True, slots=True)
 class DnsFacts:
-    """Raw DNS answers seen for one domain, keyed by what they are for (``mx``, ``txt``, ``dmarc``...)."""
+    """What DNS (and the MTA-STS policy host) said about one domain.
+
+    ``answers`` holds every raw answer, keyed by purpose: ``mx``, ``txt`` (apex), ``dmarc``,
+    ``dmarc_org``, ``dkim:<selector>``, ``mta_sts``, ``tlsrpt``, ``rua_auth:<destination>``.
+    ``spf`` is the recursive SPF evaluation; ``mta_sts_policy`` the fetched policy, if any.
+    """
 
     answers: Mapping[str, DnsAnswer] = field(default_factory=dict)
+    spf: SpfEvaluation | None = None
+    mta_sts_policy: MtaStsPolicy | None = None
 
     def get(self, key: str) -> DnsAnswer | None:
         """The answer stored under ``key``, if that lookup was made."""
