@@ -1,0 +1,53 @@
+"""The demo end to end: the installed console script scans the bundled estate over real DNS on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    out = tmp_path_factory.mktemp("demo") / "out"
+    script = shutil.which("mailwarden") or str(Path(sys.executable).parent / "mailwarden")
+    done = subprocess.run([script, "demo", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    return out, done
+
+
+def test_demo_writes_the_four_outputs(demo_out) -> None:
+    out, done = demo_out
+    assert done.returncode == 0, done.stderr
+    for name in ("findings.json", "findings.csv", "report.html", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert f"report: {out / 'report.html'}" in done.stdout
+
+
+def test_demo_findings_come_from_both_first_checks(demo_out) -> None:
+    out, _ = demo_out
+    findings = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    failing = {(f["check"], f["subject"]) for f in findings if f["status"] == "fail"}
+    assert ("dmarc.missing", "nwl-customs.example") in failing
+    assert ("forwarding.external", "j.park@northwindlogistics.example") in failing  # its exception expired
+    passing = {(f["check"], f["subject"]) for f in findings if f["status"] == "pass"}
+    assert ("dmarc.missing", "harbordental.example") in passing  # answered over DNS by the demo's server
+    excepted = [f for f in findings if f["status"] == "excepted"]
+    assert [f["subject"] for f in excepted if f["check"] == "forwarding.external"] == [
+        "marisol.vega@harbordental.example"
+    ]
+    assert {f["tenant"] for f in findings} == {"harbor-dental", "northwind-logistics", "cedar-law"}
+
+
+def test_demo_manifest_matches_the_files(demo_out) -> None:
+    out, _ = demo_out
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["state"] == "complete"
+    assert set(manifest["scope"]["tenants"]) == {"harbor-dental", "northwind-logistics", "cedar-law"}
+    for name, entry in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
+
