@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from scanner.adapters.base import Adapter, Collected
-from scanner.adapters.files import FilesAdapter, read_roster
+from scanner.adapters.files import read_roster
 from scanner.config import Config, TenantConfig
 from scanner.dns import DnsClient
 from scanner.errors import AdapterError
@@ -62,14 +63,25 @@ class Collection:
         return "partial"
 
 
+ADAPTERS = {
+    "files": "scanner.adapters.files",
+    "google": "scanner.adapters.google",
+    "microsoft": "scanner.adapters.microsoft",
+    "mailcow": "scanner.adapters.mailcow",
+}
+"""Provider name -> the module whose ``build(tenant, config)`` makes its adapter."""
+
+
 def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
     """The adapter for a tenant's provider, or None for a DNS-only tenant."""
     if tenant.provider is None:
         return None
-    if tenant.provider == "files":
-        assert tenant.export is not None  # the config validator requires it
-        return FilesAdapter(config.resolve_path(tenant.export))
-    raise AdapterError(f"the {tenant.provider} adapter is not available in this version of mailwarden")
+    try:
+        module = importlib.import_module(ADAPTERS[tenant.provider])
+    except ModuleNotFoundError:
+        raise AdapterError(f"the {tenant.provider} adapter is not available in this version of mailwarden") from None
+    adapter: Adapter = module.build(tenant, config)
+    return adapter
 
 
 @dataclass

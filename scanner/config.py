@@ -83,6 +83,18 @@ class DnsConfig(_Strict):
         return value
 
 
+class HttpConfig(_Strict):
+    """How provider adapters talk HTTP: timeouts, concurrency per tenant, retries, trusted CAs."""
+
+    timeout: float = Field(default=30.0, gt=0)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    attempts: int = Field(default=6, ge=1, le=20)
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_cap: float = Field(default=30.0, ge=0)
+    max_retry_after: float = Field(default=120.0, ge=0)
+    ca_bundle: Path | None = None
+
+
 class PolicyConfig(_Strict):
     """Thresholds the checks judge against; defaults come from config/default.toml."""
 
@@ -115,6 +127,34 @@ class RemediationConfig(_Strict):
 
 
 
+class GoogleOptions(_Strict):
+    """Google Workspace: the admin to impersonate and the API endpoints (overridable for tests)."""
+
+    admin: str = Field(min_length=3)
+    customer: str = "my_customer"
+    customer_id: str = ""  # the numeric "C0..." id, needed for Cloud Identity invitations
+    directory_url: str = "https://admin.googleapis.com"
+    gmail_url: str = "https://gmail.googleapis.com"
+    cloudidentity_url: str = "https://cloudidentity.googleapis.com"
+    token_url: str = ""  # empty: the token_uri in the service-account key
+
+
+class MicrosoftOptions(_Strict):
+    """Microsoft 365 through Graph: the app registration and the endpoints (overridable for tests)."""
+
+    tenant_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1)
+    graph_url: str = "https://graph.microsoft.com/v1.0"
+    login_url: str = "https://login.microsoftonline.com"
+
+
+class MailcowOptions(_Strict):
+    """mailcow: the API base URL and the server's time zone (its timestamps carry none)."""
+
+    url: str = Field(min_length=8)
+    timezone: str = "UTC"
+
+
 class TenantConfig(_Strict):
     """One client tenant."""
 
@@ -128,6 +168,9 @@ class TenantConfig(_Strict):
     dkim_selectors: list[str] = []
     roster: Path | None = None
     export: Path | None = None
+    google: GoogleOptions | None = None
+    microsoft: MicrosoftOptions | None = None
+    mailcow: MailcowOptions | None = None
 
 
     @field_validator("domains", "parked_domains", mode="after")
@@ -139,6 +182,14 @@ class TenantConfig(_Strict):
     def _files_need_export(self) -> TenantConfig:
         if self.provider == "files" and self.export is None:
             raise ValueError("provider 'files' needs 'export', the directory holding the export files")
+        for provider in ("google", "microsoft", "mailcow"):
+            if self.provider == provider:
+                if getattr(self, provider) is None:
+                    raise ValueError(f"provider '{provider}' needs a [tenants.{provider}] table")
+                if self.credentials is None:
+                    raise ValueError(f"provider '{provider}' needs 'credentials', a secret reference")
+            elif getattr(self, provider) is not None:
+                raise ValueError(f"a [tenants.{provider}] table is only for provider '{provider}'")
         if not self.domains and self.domains_file is None and not self.parked_domains:
             raise ValueError("a tenant needs 'domains' or 'domains_file'")
         return self
@@ -159,6 +210,7 @@ class Config(_Strict):
 
     store: StoreConfig = StoreConfig()
     dns: DnsConfig = DnsConfig()
+    http: HttpConfig = HttpConfig()
     policy: PolicyConfig
     senders: dict[str, SenderConfig] = {}
     remediation: RemediationConfig = RemediationConfig()

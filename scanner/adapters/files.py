@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner.adapters.base import Collected
+from scanner.config import Config, TenantConfig
 from scanner.errors import AdapterError
 from scanner.model import (
     Coverage,
@@ -288,6 +289,12 @@ class FilesAdapter:
                     Fact.DOMAIN_CATCH_ALL, FactState.FAILED, f"{domain} is not listed in {path.name}", subject=domain
                 )
         return found
+
+
+def build(tenant: TenantConfig, config: Config) -> FilesAdapter:
+    """The files adapter for a tenant, reading its ``export`` directory."""
+    assert tenant.export is not None  # the config validator requires it for provider "files"
+    return FilesAdapter(config.resolve_path(tenant.export))
 
 
 def _with(mailbox: Mailbox, forwards: tuple[Forward, ...], invite: Invite | None) -> Mailbox:

@@ -1,0 +1,1 @@
+"""Local servers that follow each provider's documented API contract, for tests and benchmarks."""
