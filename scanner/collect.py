@@ -155,7 +155,7 @@ async def collect(config: Config, *, progress: Callable[[str], None] = lambda na
     for r in results:
         state = "failed" if r.failed else ("partial" if r.problems else "complete")
         for problem in r.problems:
-            log.warning("collection problem", extra={"tenant": r.tenant.name, "problem": problem})
+            log.warning("tenant %s: %s", r.tenant.name, problem, extra={"tenant": r.tenant.name})
         outcomes.append(TenantOutcome(r.tenant.name, state, tuple(r.problems), len(r.mailboxes), len(r.domains)))
     inventory = Inventory(
         tenants=tenants,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import tomllib
 from datetime import date
@@ -75,11 +76,18 @@ class DnsConfig(_Strict):
     @classmethod
     def _valid_nameservers(cls, value: list[str]) -> list[str]:
         for entry in value:
-            host, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-            if port and not port.isdigit():
-                raise ValueError(f"{entry!r} is not 'IP' or 'IP:PORT'")
-            if not host:
-                raise ValueError(f"{entry!r} is not 'IP' or 'IP:PORT'")
+            if entry.startswith("["):
+                host, _, port = entry[1:].partition("]:")
+            elif entry.count(":") == 1:
+                host, _, port = entry.partition(":")
+            else:
+                host, port = entry, "53"
+            try:
+                ipaddress.ip_address(host)
+                if not 0 < int(port) < 65536:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"{entry!r} is not 'IP', 'IP:PORT' or '[IPv6]:PORT'") from None
         return value
 
 

@@ -114,3 +114,9 @@ def test_cli_reports_config_error_with_exit_status_2(write_config) -> None:
     result = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(path.parent / "out")])
     assert result.exit_code == 2
     assert f"mailwarden: {path}: stor: unknown key" in result.output
+
+
+def test_nameserver_must_be_an_address(write_config) -> None:
+    path = write_config(GOOD + '\n[dns]\nnameservers = ["127.0.0.1:5353", "[::1]:53", "ns1.example"]\n')
+    with pytest.raises(ConfigError, match=r"dns\.nameservers: 'ns1.example' is not 'IP'"):
+        load_config(path)
