@@ -1,0 +1,358 @@
+"""DNS scan benchmark: mailwarden's DNS collection and checks against checkdmarc, over the same synthetic domains.
+
+    python bench/bench_dns.py --domains 1000 10000 --rtt 0 10
+
+Serves N synthetic domains (a mix of providers, senders and faults) from Knot DNS on loopback (the
+in-process server with --server inprocess), optionally behind a relay that adds round-trip time,
+and times, each in a fresh process: mailwarden (collect + every DNS check), checkdmarc's
+check_domains serially, and checkdmarc one domain per call in a 32-thread pool. Prints a Markdown
+table row per measurement: domains/s, DNS queries per domain (counted on the wire, client side) and
+peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import random
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SENDER_ZONES = {
+    "google.com": '_spf IN TXT "v=spf1 include:_netblocks.google.com ~all"\n'
+    '_netblocks IN TXT "v=spf1 ip4:127.1.0.0/16 ip4:127.2.0.0/16 ~all"\n'
+    "aspmx.l IN A 127.3.0.1\nalt1.aspmx.l IN A 127.3.0.2\n",
+    "outlook.com": 'spf.protection IN TXT "v=spf1 include:spfd.protection.outlook.com -all"\n'
+    'spfd.protection IN TXT "v=spf1 ip4:127.4.0.0/16 -all"\n*.mail.protection IN A 127.4.1.1\n',
+    "sendgrid.net": '@ IN TXT "v=spf1 ip4:127.5.0.0/16 ~all"\n',
+    "mcsv.net": 'servers IN TXT "v=spf1 ip4:127.6.0.0/16 ~all"\n',
+    "mailgun.org": '@ IN TXT "v=spf1 include:_spf.mailgun.org ~all"\n_spf IN TXT "v=spf1 ip4:127.7.0.0/16 ~all"\n',
+    "mtasv.net": 'spf IN TXT "v=spf1 ip4:127.8.0.0/16 ~all"\n',
+    "amazonses.com": '@ IN TXT "v=spf1 ip4:127.9.0.0/16 -all"\n',
+    "zendesk.com": 'mail IN TXT "v=spf1 ip4:127.10.0.0/16 ~all"\n',
+    "trekmail.net": 'spf IN TXT "v=spf1 ip4:127.11.0.0/16 -all"\nmail IN A 127.11.0.1\n',
+}
+SENDERS = {  # catalogue name: (spf include, dkim selectors)
+    "google": ("_spf.google.com", ("google",)),
+    "microsoft": ("spf.protection.outlook.com", ("selector1", "selector2")),
+    "sendgrid": ("sendgrid.net", ("s1", "s2")),
+    "mailchimp": ("servers.mcsv.net", ("k1",)),
+    "mailgun": ("mailgun.org", ("smtp",)),
+    "postmark": ("spf.mtasv.net", ("pm",)),
+    "amazon-ses": ("amazonses.com", ()),
+    "zendesk": ("mail.zendesk.com", ("zendesk1",)),
+    "trekmail": ("spf.trekmail.net", ()),
+}
+SOA = "@ IN SOA ns1.{o}. hostmaster.{o}. 1 3600 600 86400 300\n@ IN NS ns1.{o}.\nns1 IN A 127.0.0.53\n"
+
+
+def _key(bits: int) -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(der).decode("ascii")
+
+
+def _txt(value: str) -> str:
+    """A TXT value as quoted strings of at most 255 characters."""
+    return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
+
+
+def generate(n: int, seed: int = 7) -> tuple[str, dict[str, str], list[dict[str, object]]]:
+    """The test. zone text, the sender zones, and the tenants (each ~20 domains with its senders)."""
+    rng = random.Random(seed)
+    strong, weak = _key(2048), _key(1024)
+    lines = [SOA.format(o="test")]
+    tenants: list[dict[str, object]] = []
+    for start in range(0, n, 20):
+        mailbox = rng.choices(["google", "microsoft", "trekmail", "self"], [40, 30, 20, 10])[0]
+        extra = [s for s, p in (("sendgrid", .15), ("mailchimp", .1), ("mailgun", .05), ("postmark", .05),
+                                ("amazon-ses", .05), ("zendesk", .05)) if rng.random() < p]
+        senders = ([] if mailbox == "self" else [mailbox]) + extra
+        domains = []
+        for i in range(start, min(n, start + 20)):
+            d = f"d{i:05d}"
+            domains.append(f"{d}.test")
+            fault = rng.random()
+            if mailbox == "google":
+                lines.append(f"{d} IN MX 1 aspmx.l.google.com.\n{d} IN MX 5 alt1.aspmx.l.google.com.\n")
+            elif mailbox == "microsoft":
+                lines.append(f"{d} IN MX 0 {d}-test.mail.protection.outlook.com.\n")
+            elif mailbox == "trekmail":
+                lines.append(f"{d} IN MX 10 mail.trekmail.net.\n")
+            else:
+                lines.append(f"{d} IN MX 10 mail.{d}.test.\nmail.{d} IN A 127.12.{i // 250 % 250}.{i % 250 + 1}\n")
+            includes = [f"include:{SENDERS[s][0]}" for s in senders]
+            if fault < 0.05:  # over the lookup limit
+                includes += ["include:sendgrid.net", "include:servers.mcsv.net", "include:mailgun.org",
+                             "include:spf.mtasv.net", "a", "mx", "a:x.test", "exists:%{i}.x.test"]
+            spf = " ".join(["v=spf1", *(["mx"] if mailbox == "self" else []), *includes,
+                            "?all" if 0.05 <= fault < 0.08 else "-all"])
+            if 0.08 <= fault < 0.10:
+                spf = spf.replace("include:", "inclde:", 1) if includes else "v=spf1 a:bad..name -all"
+            if not 0.10 <= fault < 0.14:  # 4 % publish no SPF
+                lines.append(f"{d} IN TXT {_txt(spf)}\n")
+            if 0.14 <= fault < 0.16:
+                lines.append(f'{d} IN TXT "v=spf1 -all"\n')  # a second SPF record
+            lines.append(f'{d} IN TXT "google-site-verification=abc{i}"\n')
+            if not 0.16 <= fault < 0.26:  # 10 % publish no DMARC
+                policy = "none" if 0.26 <= fault < 0.36 else rng.choice(["quarantine", "reject"])
+                lines.append(f'_dmarc.{d} IN TXT "v=DMARC1; p={policy}; rua=mailto:dmarc@{d}.test"\n')
+            for s in senders:
+                for selector in SENDERS[s][1]:
+                    if 0.36 <= fault < 0.41:
+                        continue  # DKIM missing
+                    key = weak if 0.41 <= fault < 0.44 else strong
+                    lines.append(f"{selector}._domainkey.{d} IN TXT {_txt(f'v=DKIM1; k=rsa; p={key}')}\n")
+            if fault > 0.8:
+                lines.append(f'_mta-sts.{d} IN TXT "v=STSv1; id=2026{i}"\n_smtp._tls.{d} IN TXT '
+                             f'"v=TLSRPTv1; rua=mailto:tls@{d}.test"\n')
+        tenants.append({"name": f"t{start // 20:04d}", "domains": domains, "senders": senders})
+    sender_zones = {origin: f"$ORIGIN {origin}.\n$TTL 300\n" + SOA.format(o=origin) + body
+                    for origin, body in SENDER_ZONES.items()}
+    return "$ORIGIN test.\n$TTL 300\n" + "".join(lines), sender_zones, tenants
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+
+
+def start_knot(workdir: Path, zones: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """Knot DNS serving the zones on 127.0.0.1:port."""
+    knotd = shutil.which("knotd") or "/usr/sbin/knotd"
+    (workdir / "zones").mkdir(exist_ok=True)
+    for origin, text in zones.items():
+        (workdir / "zones" / f"{origin}.zone").write_text(text)
+    conf = textwrap.dedent(f"""\
+        server:
+            rundir: "{workdir}"
+            listen: 127.0.0.1@{port}
+            udp-workers: 1
+            tcp-workers: 1
+            background-workers: 1
+        database:
+            storage: "{workdir}/db"
+        template:
+          - id: default
+            storage: "{workdir}/zones"
+            file: "%s.zone"
+            semantic-checks: off
+            zonefile-load: whole
+            journal-content: none
+        zone:
+        """) + "".join(f"  - domain: {origin}.\n" for origin in zones)
+    (workdir / "knot.conf").write_text(conf)
+    process = subprocess.Popen([knotd, "-c", str(workdir / "knot.conf")], stdout=subprocess.DEVNULL,
+                               stderr=open(workdir / "knot.log", "wb"))
+    _wait_for(port, "test.")
+    return process
+
+
+def start_inprocess(workdir: Path, zones: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    """The project's own ZoneServer, in its own process."""
+    (workdir / "zones").mkdir(exist_ok=True)
+    for origin, text in zones.items():
+        (workdir / "zones" / f"{origin}.zone").write_text(text)
+    code = ("import sys,time; from pathlib import Path; from scanner.zoneserver import ZoneServer; "
+            f"s=ZoneServer(port={port}); s.load_directory(Path({str(workdir / 'zones')!r})); s.start(); "
+            "time.sleep(10**6)")
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
+    _wait_for(port, "test.")
+    return process
+
+
+def start_relay(port: int, target: int, rtt_ms: float) -> subprocess.Popen[bytes]:
+    """A UDP/TCP relay on 127.0.0.1:port that adds ``rtt_ms`` of round-trip time before reaching ``target``."""
+    process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "relay.py"), str(port), str(target),
+                                str(rtt_ms)])
+    _wait_for(port, "test.")
+    return process
+
+
+def _wait_for(port: int, name: str, deadline: float = 120.0) -> None:
+    import dns.message
+    import dns.query
+
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        try:
+            dns.query.udp(dns.message.make_query(name, "SOA"), "127.0.0.1", port=port, timeout=0.5)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"no DNS server answered on port {port}")
+
+
+def measure_mailwarden(config_path: Path) -> dict[str, float]:
+    """In this process: collect + evaluate every DNS check for every tenant; count wire queries."""
+    import dns.asyncquery
+
+    from checks.evaluate import evaluate
+    from checks.registry import load_checks
+    from scanner.collect import collect
+    from scanner.config import load_config
+    from scanner.pipeline import policy_of, senders_of
+
+    queries = [0]
+    for name in ("udp", "tcp"):
+        original = getattr(dns.asyncquery, name)
+
+        async def counted(*args: object, _original=original, **kwargs: object) -> object:
+            queries[0] += 1
+            return await _original(*args, **kwargs)
+
+        setattr(dns.asyncquery, name, counted)
+    config = load_config(config_path)
+    checks = [c for c in load_checks() if any(f.value.startswith("dns.") for f in c.meta.requires)
+              or c.meta.scope.value == "domain"]
+    start = time.perf_counter()
+    collection = asyncio.run(collect(config))
+    from datetime import UTC, datetime
+
+    findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                        now=datetime.now(UTC))
+    seconds = time.perf_counter() - start
+    domains = len(collection.inventory.domains)
+    return {"seconds": seconds, "domains": domains, "queries": queries[0], "findings": len(findings),
+            "checks": len(checks), "errors": sum(1 for f in findings if f.status.value == "error")}
+
+
+def measure_checkdmarc(domains: list[str], port: int, threads: int) -> dict[str, float]:
+    """In this process: checkdmarc over the domains, serially or one call per domain in a thread pool."""
+    import dns.nameserver
+    import dns.query
+    import dns.resolver
+    from checkdmarc import check_domains
+
+    queries = [0]
+    for name in ("udp", "tcp"):
+        original = getattr(dns.query, name)
+
+        def counted(*args: object, _original=original, **kwargs: object) -> object:
+            queries[0] += 1
+            return _original(*args, **kwargs)
+
+        setattr(dns.query, name, counted)
+
+    def resolver() -> dns.resolver.Resolver:
+        r = dns.resolver.Resolver(configure=False)
+        r.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", port)]
+        r.timeout = r.lifetime = 2.0
+        return r
+
+    start = time.perf_counter()
+    if threads <= 1:
+        check_domains(domains, resolver=resolver(), timeout=2.0, skip_tls=True)
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda d: check_domains([d], resolver=resolver(), timeout=2.0, skip_tls=True), domains))
+    return {"seconds": time.perf_counter() - start, "domains": len(domains), "queries": queries[0]}
+
+
+def _child(kind: str, args: list[str]) -> dict[str, float]:
+    """Run one measurement in a fresh process, so peak RSS is its own."""
+    done = subprocess.run([sys.executable, __file__, "--child", kind, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(n: int, rtt: float, server: str, workdir: Path, checkdmarc_serial_max: int) -> list[str]:
+    """All measurements for N domains at one RTT, as Markdown table rows."""
+    zone, sender_zones, tenants = generate(n)
+    zones = {"test": zone, **sender_zones}
+    port = free_port()
+    processes = [(start_knot if server == "knot" else start_inprocess)(workdir, zones, port)]
+    target = port
+    try:
+        if rtt > 0:
+            target = free_port()
+            processes.append(start_relay(target, port, rtt))
+        config = workdir / "bench.toml"
+        config.write_text(
+            f'[dns]\nnameservers = ["127.0.0.1:{target}"]\ntimeout = 3.0\nconcurrency = 256\n'
+            + "".join(f'\n[[tenants]]\nname = "{t["name"]}"\ndomains = {json.dumps(t["domains"])}\n'
+                      f'senders = {json.dumps(t["senders"])}\n' for t in tenants)
+        )
+        domains = [d for t in tenants for d in t["domains"]]  # type: ignore[union-attr]
+        (workdir / "domains.json").write_text(json.dumps(domains))
+        rows = []
+        results = [("mailwarden", _child("mailwarden", [str(config)]))]
+        serial = domains[:checkdmarc_serial_max] if rtt > 0 else domains
+        results.append((f"checkdmarc serial{'' if len(serial) == n else f' (first {len(serial)})'}",
+                        _child("checkdmarc", [str(workdir / "domains.json"), str(target), "1", str(len(serial))])))
+        results.append(("checkdmarc 32 threads",
+                        _child("checkdmarc", [str(workdir / "domains.json"), str(target), "32", str(n)])))
+        for name, r in results:
+            rows.append(f"| {n:,} | {rtt:g} ms | {name} | {r['domains'] / r['seconds']:,.0f} | "
+                        f"{r['seconds']:,.1f} s | {r['queries'] / r['domains']:.1f} | {r['rss_mb']:,.0f} MB |"
+                        + (f" {r.get('errors', 0)} errors of {r.get('findings', 0)} results |" if "findings" in r
+                           else " |"))
+        return rows
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait()
+
+
+def main() -> None:
+    """Parse arguments; run the measurements (or, with --child, one of them)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", type=int, nargs="+", default=[1000, 10000])
+    parser.add_argument("--rtt", type=float, nargs="+", default=[0.0, 10.0], help="added round-trip time, ms")
+    parser.add_argument("--server", choices=["knot", "inprocess"], default="knot")
+    parser.add_argument("--checkdmarc-serial-max", type=int, default=500,
+                        help="with added RTT, time serial checkdmarc on at most this many domains (it is slow)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        if kind == "mailwarden":
+            result = measure_mailwarden(Path(rest[0]))
+        else:
+            domains = json.loads(Path(rest[0]).read_text())[: int(rest[3])]
+            result = measure_checkdmarc(domains, int(rest[1]), int(rest[2]))
+        result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps(result))
+        return
+    if args.server == "knot" and not (shutil.which("knotd") or os.path.exists("/usr/sbin/knotd")):
+        sys.exit("knotd is not installed: apt-get install -y knot (or use --server inprocess)")
+    print("| domains | added RTT | tool | domains/s | time | DNS queries/domain | peak RSS | |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for n in args.domains:
+        for rtt in args.rtt:
+            with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
+                for row in run(n, rtt, args.server, Path(tmp), args.checkdmarc_serial_max):
+                    print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

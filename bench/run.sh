@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Run every benchmark; the figures go to stdout, to be copied into bench/README.md.
+# Needs the project installed (the README's test command does it) and Knot DNS (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+if ! command -v knotd >/dev/null && [ ! -x /usr/sbin/knotd ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q knot >/dev/null || {
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q knot >/dev/null; }
+fi
+echo "## DNS scan (bench/bench_dns.py)"
+"$PY" bench/bench_dns.py --domains 1000 10000 --rtt 0 10
