@@ -64,7 +64,7 @@ class RunContext:
 
     def coverage(self, fact: Fact, subject: str = "") -> Coverage | None:
         """How ``fact`` was collected for this tenant: the subject's own entry first, then the tenant-wide one."""
-        tenant_wide = None
+        tenant_wide: Coverage | None = None
         for entry in self.inventory.coverage:
             if entry.tenant != self.tenant.name or entry.fact is not fact:
                 continue
