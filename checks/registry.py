@@ -10,7 +10,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, TypeAlias
 
 from scanner.errors import MailwardenError
-from scanner.model import Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
+from scanner.model import Coverage, Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
 
 GROUP = "mailwarden.checks"
 _ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
@@ -61,6 +61,18 @@ class RunContext:
     def roster(self) -> tuple[Person, ...]:
         """The tenant's roster (empty when none was configured)."""
         return tuple(self.inventory.people.get(self.tenant.name, ()))
+
+    def coverage(self, fact: Fact, subject: str = "") -> Coverage | None:
+        """How ``fact`` was collected for this tenant: the subject's own entry first, then the tenant-wide one."""
+        tenant_wide: Coverage | None = None
+        for entry in self.inventory.coverage:
+            if entry.tenant != self.tenant.name or entry.fact is not fact:
+                continue
+            if subject and entry.subject == subject:
+                return entry
+            if not entry.subject and tenant_wide is None:
+                tenant_wide = entry
+        return tenant_wide
 
 
 @dataclass(frozen=True, slots=True)

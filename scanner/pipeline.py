@@ -127,7 +127,8 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> tuple[RunRecord, 
     files = [
         write_findings_json(findings, out_dir / "findings.json"),
         write_findings_csv(findings, out_dir / "findings.csv"),
-        render_html(run, findings, events, out_dir / "report.html"),
+        render_html(run, findings, events, out_dir / "report.html",
+                    exceptions=store.snapshot(run_id, "exception").values()),
     ]
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return run, tuple(findings), tuple(files)

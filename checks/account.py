@@ -1,0 +1,131 @@
+"""Accounts: mailboxes of people who left, and accounts nobody signs in to.
+
+Which mailboxes each check judges; every other one passes with ``{"applies": false, "why": ...}``:
+
+- account.ghost: ``active`` mailboxes of every kind. It fails when the roster says the mailbox's
+  person left (leave date today or earlier), or when the mailbox lists owners of record and every
+  one of them has departed (left, or a disabled or suspended mailbox; see checks/mailbox.py). An
+  owner who cannot be found is not taken as having left. Without a roster it relies on owners of
+  record alone and the evidence says ``"roster": false``; a user mailbox with no owner listed then
+  cannot be judged and is ``unsupported``. A roster that failed to load gives ``error``.
+- account.inactive and account.never_used: ``active`` ``user`` and ``role`` mailboxes, the kinds a
+  person signs in to. Shared and resource mailboxes are not signed in to directly; pending,
+  suspended and disabled accounts cannot sign in. account.inactive fails when the last sign-in is
+  more than ``inactive_days`` before now; an account that never signed in is left to
+  account.never_used, which fails when it was created more than ``inactive_days`` before now (an
+  unknown creation date is ``unsupported``).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from checks.mailbox import DEPARTED, owner_standings, roster_view
+from checks.registry import Result, RunContext, check
+from scanner.model import Fact, FactState, Mailbox, MailboxKind, MailboxStatus, Scope, Severity
+
+SIGN_IN_KINDS = (MailboxKind.USER, MailboxKind.ROLE)
+
+
+def _signs_in(mailbox: Mailbox) -> str:
+    """Why the sign-in checks do not apply to this mailbox, or "" when they do."""
+    if mailbox.kind not in SIGN_IN_KINDS:
+        return f"a {mailbox.kind.value} mailbox is not signed in to directly"
+    if mailbox.status is not MailboxStatus.ACTIVE:
+        return f"the account is {mailbox.status.value}"
+    return ""
+
+
+@check(
+    id="account.ghost",
+    title="Active mailbox belongs to someone who left",
+    severity=Severity.HIGH,
+    scope=Scope.MAILBOX,
+    requires=(Fact.MAILBOX_OWNERS,),
+    rationale=(
+        "A leaver's mailbox that is still active keeps a working login and a live inbox outside anyone's "
+        "control: the classic persistence path after a messy exit."
+    ),
+    references=("NIST SP 800-53 AC-2(3)",),
+    remediation="account.suspend",
+)
+def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
+    """Fail when an active mailbox's person left per the roster, or all its owners of record departed."""
+    if mailbox.status is not MailboxStatus.ACTIVE:
+        return Result.passed(applies=False, why=f"the account is {mailbox.status.value}")
+    roster = roster_view(ctx)
+    if roster.state is FactState.FAILED:
+        return Result.error(f"the roster could not be read ({roster.reason}), so who left is unknown")
+    last_login = mailbox.last_login.isoformat() if mailbox.last_login else None
+    person = roster.people.get(mailbox.address)
+    if person is not None and person.left is not None and person.has_left(ctx.today):
+        signed_in_after = mailbox.last_login is not None and mailbox.last_login.date() > person.left
+        return Result.failed(basis="roster", left=person.left.isoformat(), last_login=last_login,
+                             signed_in_after_leaving=signed_in_after)
+    if mailbox.owners:
+        standings = owner_standings(mailbox, ctx, roster)
+        owners = {o: text for o, (_, text) in standings.items()}
+        if all(s in DEPARTED for s, _ in standings.values()):
+            return Result.failed(basis="owners of record", owners=owners, roster=roster.known, last_login=last_login)
+        return Result.passed(basis="owners of record", owners=owners, roster=roster.known)
+    if roster.known:
+        return Result.passed(basis="roster", on_roster=person is not None)
+    if mailbox.kind is MailboxKind.USER:
+        return Result.unsupported(
+            "no roster is configured and the mailbox lists no owner of record, so whether its person left "
+            "cannot be judged"
+        )
+    return Result.passed(basis="owners of record (no roster configured)", owners={}, roster=False)
+
+
+@check(
+    id="account.inactive",
+    title="Account has not signed in for too long",
+    severity=Severity.MEDIUM,
+    scope=Scope.MAILBOX,
+    requires=(Fact.MAILBOX_LAST_LOGIN,),
+    rationale="An account nobody uses is an account nobody watches: a takeover of it goes unnoticed.",
+    references=("NIST SP 800-53 AC-2(3)",),
+)
+def inactive_account(mailbox: Mailbox, ctx: RunContext) -> Result:
+    """Fail when the last sign-in is more than ``inactive_days`` ago."""
+    why = _signs_in(mailbox)
+    if why:
+        return Result.passed(applies=False, why=why)
+    if mailbox.last_login is None:
+        return Result.passed(applies=False, why="never signed in: account.never_used judges it")
+    idle = ctx.now - mailbox.last_login
+    evidence = {"last_login": mailbox.last_login.isoformat(), "days_idle": idle.days,
+                "inactive_days": ctx.policy.inactive_days}
+    if idle > timedelta(days=ctx.policy.inactive_days):
+        return Result.failed(**evidence)
+    return Result.passed(**evidence)
+
+
+@check(
+    id="account.never_used",
+    title="Account was never signed in to",
+    severity=Severity.MEDIUM,
+    scope=Scope.MAILBOX,
+    requires=(Fact.MAILBOX_LAST_LOGIN,),
+    rationale=(
+        "An account created long ago and never used is unneeded, or waiting with its initial password for "
+        "whoever finds it first."
+    ),
+    references=("NIST SP 800-53 AC-2(3)",),
+)
+def never_used_account(mailbox: Mailbox, ctx: RunContext) -> Result:
+    """Fail when the account never signed in and was created more than ``inactive_days`` ago."""
+    why = _signs_in(mailbox)
+    if why:
+        return Result.passed(applies=False, why=why)
+    if mailbox.last_login is not None:
+        return Result.passed(last_login=mailbox.last_login.isoformat())
+    if mailbox.created is None:
+        return Result.unsupported("the provider did not report when the account was created")
+    age = ctx.now - mailbox.created
+    evidence = {"created": mailbox.created.isoformat(), "last_login": None, "days_since_created": age.days,
+                "inactive_days": ctx.policy.inactive_days}
+    if age > timedelta(days=ctx.policy.inactive_days):
+        return Result.failed(**evidence)
+    return Result.passed(**evidence)
