@@ -188,9 +188,13 @@ class PolicyServer:
             for name, r in policies.items()
         }
         self.requests: list[tuple[str, str]] = []
+        self.server_names: list[str | None] = []  # the SNI of every TLS handshake, in order
+        context.sni_callback = lambda _socket, name, _context: self.server_names.append(name)  # type: ignore[assignment]
         self.stopping = threading.Event()
         self._server = _HttpsServer((host, port), self, context)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="policy-server", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="policy-server", daemon=True
+        )
 
     @property
     def port(self) -> int:
