@@ -62,7 +62,8 @@ def _suggested_exchange(ctx: RunContext) -> str | None:
 
 
 def _mx_line(domain: str, preference: int, host: str) -> str:
-    return f"{domain}. MX {preference} {host}."
+    """An MX record in master-file form; the null MX's exchange is the root, ``.``."""
+    return f"{domain}. MX {preference} {host if host == '.' else host + '.'}"
 
 
 @check(
