@@ -116,7 +116,10 @@ def mta_sts_mx_mismatch(domain: Domain, ctx: RunContext) -> Result:
     policy = domain.dns.mta_sts_policy
     if policy is None or not policy.usable:
         # Decision: with no usable policy there is nothing to compare; mta_sts.policy_invalid says why.
-        why = "was not fetched" if policy is None else (policy.reason or "is invalid")
+        if policy is None:
+            why = "was not fetched in this run"
+        else:
+            why = f"is not usable ({policy.reason or '; '.join(policy.problems[:3])})"
         return Result.error(f"the MTA-STS policy of {domain.name} {why}; see mta_sts.policy_invalid")
     hosts = mx_hosts(domain.dns.get("mx"))
     if policy.mode == "none":
