@@ -117,6 +117,11 @@ class PolicyResponse:
         return self.body.encode("utf-8") if isinstance(self.body, str) else self.body
 
 
+def policies_from_directory(directory: Path) -> dict[str, PolicyResponse]:
+    """Policies to serve from ``<domain>.txt`` files: each is served for ``mta-sts.<domain>`` as text/plain."""
+    return {f"mta-sts.{path.stem.lower()}": PolicyResponse(path.read_bytes()) for path in sorted(directory.glob("*.txt"))}
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
     server: _HttpsServer
     protocol_version = "HTTP/1.1"
