@@ -218,7 +218,11 @@ class PolicyFetcher:
                 request = client.build_request(
                     "GET",
                     f"https://{target}:{self.port}{POLICY_PATH}",
-                    headers={"Host": host if self.port == 443 else f"{host}:{self.port}", "Accept": "text/plain"},
+                    headers={
+                        "Host": host if self.port == 443 else f"{host}:{self.port}",
+                        "Accept": "text/plain",
+                        "Accept-Encoding": "identity",  # the size limit applies to what is read, uncompressed
+                    },
                     extensions={"sni_hostname": host},  # SNI and certificate checks name the Policy Host
                 )
                 response = await client.send(request, stream=True)
@@ -261,7 +265,7 @@ class PolicyFetcher:
             mode=parsed.mode[:40] if parsed.mode is not None else None,
             max_age=parsed.max_age,
             mx=tuple(m[:255] for m in parsed.mx[:100]),
-            problems=parsed.problems[:50],
+            problems=_bounded(parsed.problems, 50),
         )
 
 
@@ -282,6 +286,13 @@ async def _address_of(host: str, dns_client: DnsClient) -> tuple[str | None, tup
     if failures:
         return None, (FetchOutcome.UNKNOWN, "; ".join(failures))
     return None, (FetchOutcome.UNREACHABLE, f"{host} has no A or AAAA record")
+
+
+def _bounded(problems: tuple[str, ...], limit: int) -> tuple[str, ...]:
+    """At most ``limit`` problems, the last saying how many more there were."""
+    if len(problems) <= limit:
+        return problems
+    return (*problems[: limit - 1], f"... and {len(problems) - limit + 1} more problems")
 
 
 def _short(exc: BaseException) -> str:
