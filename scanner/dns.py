@@ -85,7 +85,7 @@ class DnsClient:
     async def collect_domain(
         self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None
     ) -> DnsFacts:
-        """Everything DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
+        """What DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
         mx, txt, dmarc, mta_sts, tlsrpt = await asyncio.gather(
             self.lookup(name, "MX"),
             self.lookup(name, "TXT"),
