@@ -18,6 +18,7 @@ from scanner.errors import MailwardenError
 from scanner.model import Severity, Status
 from scanner.pipeline import ScanResult, run_scan
 from scanner.store import Store
+from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.zoneserver import ZoneServer
 
 DEMO = BUNDLED / "demo"
@@ -114,15 +115,23 @@ def demo(out_dir: Path) -> None:
     with _user_errors(), ZoneServer() as server:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
-        config = load_config(
-            DEMO / "mailwarden.toml",
-            overrides={
-                "dns": {"nameservers": [server.nameserver]},
-                "store": {"url": f"sqlite:///{(out_dir / 'mailwarden-demo.db').resolve()}"},
-            },
-        )
-        click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
-        _scan(config, out_dir, None, as_of=DEMO_AS_OF)
+        plain = load_config(DEMO / "mailwarden.toml")
+        # The demo's MTA-STS policy hosts resolve to loopback; serve their policies over real HTTPS,
+        # with a certificate from a throwaway CA that only this run trusts.
+        ca = LoopbackCA()
+        hosts = [f"mta-sts.{d}" for t in plain.tenants for d in (*t.domains, *t.parked_domains)]
+        with PolicyServer(policies_from_directory(DEMO / "mta-sts"), ca.server_context(hosts)) as https:
+            config = load_config(
+                DEMO / "mailwarden.toml",
+                overrides={
+                    "dns": {"nameservers": [server.nameserver]},
+                    "store": {"url": f"sqlite:///{(out_dir / 'mailwarden-demo.db').resolve()}"},
+                    "mta_sts": {"port": https.port, "ca_bundle": str(ca.write(out_dir / "demo-ca.pem").resolve())},
+                },
+            )
+            click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
+            click.echo(f"demo MTA-STS policy server on https://127.0.0.1:{https.port}, serving config/demo/mta-sts")
+            _scan(config, out_dir, None, as_of=DEMO_AS_OF)
 
 
 @main.command("checks")

@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from scanner.adapters.base import Adapter, Collected
 from scanner.adapters.files import read_roster
 from scanner.config import Config, TenantConfig
 from scanner.dns import DnsClient
-from scanner.errors import AdapterError
+from scanner.errors import AdapterError, ConfigError
 from scanner.model import Coverage, Domain, Fact, FactState, Inventory, Mailbox, Person, Tenant
+from scanner.mtasts import PolicyFetcher
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,16 @@ ADAPTERS = {
 """Provider name -> the module whose ``build(tenant, config)`` makes its adapter."""
 
 
+def policy_fetcher(config: Config) -> PolicyFetcher:
+    """The run's MTA-STS policy fetcher, from ``[mta_sts]``; a CA bundle that cannot be loaded is a config error."""
+    settings = config.mta_sts
+    bundle = config.resolve_path(Path(settings.ca_bundle)) if settings.ca_bundle else None
+    try:
+        return PolicyFetcher(port=settings.port, ca_bundle=bundle, timeout=settings.timeout)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{config.source}: mta_sts.ca_bundle: cannot load {bundle} ({exc})") from None
+
+
 def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
     """The adapter for a tenant's provider, or None for a DNS-only tenant."""
     if tenant.provider is None:
@@ -96,7 +109,12 @@ class _TenantResult:
 
 
 async def _collect_tenant(
-    tenant: Tenant, settings: TenantConfig, config: Config, dns_client: DnsClient, progress: Callable[[str], None]
+    tenant: Tenant,
+    settings: TenantConfig,
+    config: Config,
+    dns_client: DnsClient,
+    policies: PolicyFetcher,
+    progress: Callable[[str], None],
 ) -> _TenantResult:
     result = _TenantResult(tenant)
     collected = Collected()
@@ -136,7 +154,10 @@ async def _collect_tenant(
     selectors = {s for sender in tenant.senders for s in config.senders[sender].dkim_selectors}
     selectors.update(tenant.dkim_selectors)
     facts = await asyncio.gather(
-        *(dns_client.collect_domain(name, selectors=() if parked else selectors) for name, parked in names)
+        *(
+            dns_client.collect_domain(name, selectors=() if parked else selectors, policies=policies)
+            for name, parked in names
+        )
     )
     for (name, parked), dns_facts in zip(names, facts, strict=True):
         result.domains.append(Domain(name, tenant.name, parked, collected.catch_all.get(name), dns_facts))
@@ -147,9 +168,13 @@ async def _collect_tenant(
 async def collect(config: Config, *, progress: Callable[[str], None] = lambda name: None) -> Collection:
     """Collect every tenant concurrently, sharing one DNS client (and its cache) for the run."""
     dns_client = DnsClient(config.dns.nameservers, timeout=config.dns.timeout, concurrency=config.dns.concurrency)
+    policies = policy_fetcher(config)
     tenants = config.tenant_models()
     results = await asyncio.gather(
-        *(_collect_tenant(t, s, config, dns_client, progress) for t, s in zip(tenants, config.tenants, strict=True))
+        *(
+            _collect_tenant(t, s, config, dns_client, policies, progress)
+            for t, s in zip(tenants, config.tenants, strict=True)
+        )
     )
     outcomes = []
     for r in results:

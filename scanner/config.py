@@ -103,6 +103,14 @@ class HttpConfig(_Strict):
     ca_bundle: Path | None = None
 
 
+class MtaStsConfig(_Strict):
+    """How MTA-STS policies are fetched (RFC 8461 §3.3)."""
+
+    port: int = Field(default=443, ge=1, le=65535)
+    ca_bundle: str = ""
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class PolicyConfig(_Strict):
     """Thresholds the checks judge against; defaults come from config/default.toml."""
 
@@ -219,6 +227,7 @@ class Config(_Strict):
     store: StoreConfig = StoreConfig()
     dns: DnsConfig = DnsConfig()
     http: HttpConfig = HttpConfig()
+    mta_sts: MtaStsConfig = MtaStsConfig()
     policy: PolicyConfig
     senders: dict[str, SenderConfig] = {}
     remediation: RemediationConfig = RemediationConfig()

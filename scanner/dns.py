@@ -13,6 +13,7 @@ import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from scanner.model import DnsAnswer, DnsFacts, Outcome
+from scanner.mtasts import PolicyFetcher, sts_records
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -81,12 +82,20 @@ class DnsClient:
         """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
         return self._psl.privatesuffix(name) or name
 
-    async def collect_domain(self, name: str, *, selectors: Iterable[str] = ()) -> DnsFacts:
-        """Everything DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM at each selector."""
-        mx, txt, dmarc = await asyncio.gather(
-            self.lookup(name, "MX"), self.lookup(name, "TXT"), self.lookup(f"_dmarc.{name}", "TXT")
+    async def collect_domain(
+        self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None
+    ) -> DnsFacts:
+        """What DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
+        mx, txt, dmarc, mta_sts, tlsrpt = await asyncio.gather(
+            self.lookup(name, "MX"),
+            self.lookup(name, "TXT"),
+            self.lookup(f"_dmarc.{name}", "TXT"),
+            self.lookup(f"_mta-sts.{name}", "TXT"),  # RFC 8461 §3.1
+            self.lookup(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
         )
-        answers = {"mx": mx, "txt": txt, "dmarc": dmarc}
+        answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
+        # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
+        policy = await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
         org = self.organizational_domain(name)
         if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
             # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
@@ -94,7 +103,7 @@ class DnsClient:
         selectors = sorted(set(selectors))
         dkim = await asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors))
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
-        return DnsFacts(answers)
+        return DnsFacts(answers, mta_sts_policy=policy)
 
 def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
     """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""

@@ -46,7 +46,7 @@ def test_each_question_is_asked_once_per_run(dns_server, add_zone) -> None:
         await asyncio.gather(*(client.collect_domain("a.example") for _ in range(5)))
 
     asyncio.run(run())
-    assert client.queries == 3  # MX, TXT and _dmarc TXT, however many times they were asked for
+    assert client.queries == 5  # MX, TXT, _dmarc, _mta-sts and _smtp._tls TXT, however many times they were asked for
 
 
 def test_nameserver_entries() -> None:

@@ -1,0 +1,103 @@
+"""Parked-domain check: a domain declared as sending no mail says so in DNS (null MX, SPF -all, DMARC reject)."""
+
+from __future__ import annotations
+
+from checks.dmarc import dmarc_records
+from checks.mx import mx_records
+from checks.registry import Result, RunContext, check
+from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
+
+
+def spf_records(answer: DnsAnswer | None) -> list[str]:
+    """The apex TXT strings that are SPF records (RFC 7208 §4.5: version ``v=spf1``, ended by a space or the end)."""
+    if answer is None or answer.outcome is not Outcome.ANSWER:
+        return []
+    return [r for r in answer.records if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
+
+
+def dmarc_tags(record: str) -> dict[str, str]:
+    """A DMARC record's tags (RFC 7489 §6.4), names and values lowercased; the first of a repeated tag wins."""
+    tags: dict[str, str] = {}
+    for part in record.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags.setdefault(name.strip().lower(), value.strip().lower())
+    return tags
+
+
+def lock_records(domain: str) -> list[str]:
+    """The three records that lock a domain that sends and receives no mail."""
+    return [
+        f"{domain}. MX 0 .",
+        f'{domain}. TXT "v=spf1 -all"',
+        f'_dmarc.{domain}. TXT "v=DMARC1; p=reject; sp=reject; adkim=s; aspf=s"',
+    ]
+
+
+def _dmarc_policy(domain: Domain) -> tuple[str | None, list[str], Result | None]:
+    """The DMARC policy that applies to the domain (own p=, else the organizational sp= or p=), records seen."""
+    own = domain.dns.get("dmarc")
+    assert own is not None
+    records = dmarc_records(own)
+    if records:
+        return (dmarc_tags(records[0]).get("p") if len(records) == 1 else None), records, None
+    inherited = domain.dns.get("dmarc_org")
+    if inherited is None:
+        return None, [], None
+    if inherited.failed:
+        return None, [], Result.error(f"DNS lookup of {inherited.name} TXT failed: {inherited.error}")
+    records = dmarc_records(inherited)
+    if len(records) != 1:
+        # RFC 7489 §6.6.3: no record, or more than one, means no DMARC policy applies.
+        return None, records, None
+    tags = dmarc_tags(records[0])
+    # RFC 7489 §6.3: sp= applies to subdomains of the organizational domain; p= when sp= is absent.
+    return tags.get("sp", tags.get("p")), records, None
+
+
+@check(
+    id="parked.not_locked",
+    title="Parked domain is not locked against spoofing",
+    severity=Severity.HIGH,
+    scope=Scope.DOMAIN,
+    requires=("dns.mx", "dns.spf", "dns.dmarc"),
+    rationale=(
+        "A domain that sends no mail is an easy one to spoof: with a null MX, an SPF record that authorizes "
+        "nobody and a DMARC reject policy, receivers refuse any mail claiming to come from it."
+    ),
+    references=("RFC 7505 §3", "RFC 7208 §5.1", "RFC 7489 §6.3", "M3AAWG Protecting Parked Domains (2015)"),
+    remediation=None,
+)
+def parked_not_locked(domain: Domain, ctx: RunContext) -> Result:
+    """Fail when a parked domain lacks any of: a null MX, SPF exactly ``v=spf1 -all``, DMARC ``p=reject``."""
+    if not domain.parked:
+        # Decision: the rule is only about domains declared in parked_domains; others meet it trivially.
+        return Result.passed(parked=False)
+    mx_answer, txt_answer = domain.dns.get("mx"), domain.dns.get("txt")
+    assert mx_answer is not None and txt_answer is not None
+    policy, dmarc_seen, error = _dmarc_policy(domain)
+    if error is not None:
+        return error
+    mx = mx_records(mx_answer)
+    spf = spf_records(txt_answer)
+    missing = []
+    if not (len(mx) == 1 and mx[0].null):
+        missing.append("null MX (RFC 7505)")
+    if not (len(spf) == 1 and spf[0].lower().split() == ["v=spf1", "-all"]):
+        missing.append('SPF "v=spf1 -all"')
+    if policy != "reject":
+        missing.append("DMARC p=reject")
+    seen = {
+        "mx": list(mx_answer.records) if mx_answer.outcome is Outcome.ANSWER else [],
+        "spf": spf,
+        "dmarc": dmarc_seen,
+    }
+    if not missing:
+        return Result.passed(parked=True, records=seen)
+    return Result.failed(
+        parked=True,
+        missing=missing,
+        records_seen=seen,
+        remove=[f"{domain.name}. MX {r.preference} {r.host}." for r in mx if not r.null],
+        publish=lock_records(domain.name),
+    )
