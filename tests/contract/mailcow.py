@@ -212,9 +212,9 @@ def state_for(estate: Estate) -> MailcowState:
                                  "active": active, "internal": "0", "sogo_visible": 1,
                                  "created": local(NOW), "modified": None}
 
-    for domain, target in estate.catch_all.items():
-        if target is not None:
-            alias(f"@{domain}", target)
+    for owned_domain, catch_target in estate.catch_all.items():
+        if catch_target is not None:
+            alias(f"@{owned_domain}", catch_target)
     for address, goto in alias_goto.items():
         alias(address, ",".join(goto))
     first = estate.mailboxes[0].address
