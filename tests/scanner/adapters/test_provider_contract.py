@@ -32,6 +32,10 @@ def _harnesses() -> list[Harness]:
 HARNESSES = _harnesses()
 
 HTTP = """
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout = 0.2
+
 [http]
 timeout = 5.0
 attempts = 4
