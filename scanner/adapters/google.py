@@ -196,7 +196,7 @@ class _ServiceAccount:
         if not isinstance(url, str) or not url.startswith(("https://", "http://")):
             raise ConfigError(f"credentials {ref}: the key has no usable 'token_uri' and google.token_url is not set")
         try:
-            signer = google.auth.crypt.RSASigner.from_service_account_info(info)
+            signer = google.auth.crypt.RSASigner.from_service_account_info(info)  # type: ignore[no-untyped-call]
         except (ValueError, TypeError):
             raise ConfigError(f"credentials {ref}: the service-account key's private key cannot be read") from None
         return cls(info["client_email"], url, signer)
@@ -260,7 +260,7 @@ class _Session:
         now = int(time.time())
         claims = {"iss": account.email, "sub": subject, "scope": " ".join(scopes), "aud": account.token_url,
                   "iat": now, "exp": now + TOKEN_LIFETIME}
-        assertion = google.auth.jwt.encode(account.signer, claims).decode("ascii")
+        assertion = google.auth.jwt.encode(account.signer, claims).decode("ascii")  # type: ignore[no-untyped-call]
         try:
             _, body = await self.client.request(
                 "POST", account.token_url, form={"grant_type": JWT_BEARER, "assertion": assertion}
@@ -507,8 +507,8 @@ def _auto_forwarding(body: Any, endpoint: str) -> AutoForwarding:
 def _filters(body: Any, endpoint: str) -> tuple[GmailFilter, ...]:
     found = []
     for raw in _items(body, "filter", endpoint):
-        action = raw.get("action") if isinstance(raw.get("action"), Mapping) else {}
-        criteria = raw.get("criteria") if isinstance(raw.get("criteria"), Mapping) else {}
+        action: Mapping[str, Any] = raw["action"] if isinstance(raw.get("action"), Mapping) else {}
+        criteria: Mapping[str, Any] = raw["criteria"] if isinstance(raw.get("criteria"), Mapping) else {}
         forward = action.get("forward")
         found.append(GmailFilter(str(raw.get("id", "")), forward if isinstance(forward, str) else "",
                                  dict(criteria), dict(action)))

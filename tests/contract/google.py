@@ -107,6 +107,7 @@ class Workspace:
     never_as_epoch: bool = True  # a user who never signed in: lastLoginTime 1970-01-01 (True) or absent (False)
     encode_invitation_names: bool = False  # invitation names end in the address with "@" as %40 (uncertain)
     refuse_subjects: set[str] = field(default_factory=set)  # impersonating these answers invalid_grant
+    noop_writes: bool = False  # writes answer success but change nothing (a re-read must show it)
     token_url: str = ""
     tokens: dict[str, tuple[str, frozenset[str], float]] = field(default_factory=dict)
     grants: list[dict[str, Any]] = field(default_factory=list)  # verified claims of every token issued
@@ -190,7 +191,7 @@ class Workspace:
             user = self.users.get(parts[1].lower())
             if user is None:
                 return _error(404, "Resource Not Found: userKey", "notFound")
-            if request.method == "PUT":
+            if request.method == "PUT" and not self.noop_writes:
                 body = request.json() or {}
                 if "suspended" in body:
                     user["suspended"] = bool(body["suspended"])
@@ -214,6 +215,8 @@ class Workspace:
         if (AUTH + ("gmail.settings.sharing" if sharing else "gmail.settings.basic")) not in scopes:
             return _error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
         if parts == ["autoForwarding"]:
+            if request.method == "PUT" and self.noop_writes:
+                return Reply(200, {"enabled": False})
             if request.method == "PUT":
                 body = request.json() or {}
                 if body.get("enabled"):

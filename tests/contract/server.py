@@ -132,6 +132,7 @@ class ContractServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
 
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
                 return
@@ -164,7 +165,7 @@ class ContractServer:
         if self._tls is not None:
             httpd.socket = self._tls.wrap_socket(httpd.socket, server_side=True)
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, name="contract-server", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="contract-server", daemon=True)
         self._thread.start()
         return self
 
