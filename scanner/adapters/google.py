@@ -290,6 +290,7 @@ class _Crawl:
     tenant: Tenant
     internal: set[str] = field(default_factory=set)
     mailboxes: list[Mailbox] = field(default_factory=list)
+    invites: dict[str, Invite] = field(default_factory=dict)
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -312,12 +313,15 @@ class _Crawl:
         await _together(*jobs)
         by_address: dict[str, Mailbox] = {}
         for mailbox in self.mailboxes:
-            if mailbox.address in by_address and mailbox.invite is not None:
-                mailbox = replace(by_address[mailbox.address], invite=mailbox.invite)
-            elif mailbox.address in by_address:
+            if mailbox.address in by_address:
                 self.problems.append(f"{mailbox.address} is listed both as a user and as a group")
                 continue
             by_address[mailbox.address] = mailbox
+        for address, invite in self.invites.items():
+            # An invitation is for an unmanaged account, so normally no user has its address.
+            known = by_address.get(address)
+            by_address[address] = replace(known, invite=invite) if known else Mailbox(
+                self.tenant.name, address, MailboxKind.USER, MailboxStatus.PENDING, invite=invite)
         for fact in self.adapter.capabilities:
             if not any(c.fact is fact and not c.subject for c in self.coverage):
                 self.coverage.append(Coverage(self.tenant.name, fact, FactState.COLLECTED))
@@ -477,7 +481,7 @@ class _Crawl:
         options = self.adapter.options
         url = f"{options.cloudidentity_url.rstrip('/')}/v1/customers/{quote(options.customer_id)}/userinvitations"
         endpoint = endpoint_of("GET", url)
-        found: list[Mailbox] = []
+        found: dict[str, Invite] = {}
         try:
             async for page in self.session.client.pages(url, {"filter": "state=='invited'", "pageSize": 200},
                                                         _next_page, token=self.session.as_admin(READ_INVITES)):
@@ -486,12 +490,11 @@ class _Crawl:
                     # Filtered server-side already; keep the client-side test in case the filter is ignored.
                     if invitation is None or invitation.state.upper() != "INVITED" or invitation.updated is None:
                         continue
-                    found.append(Mailbox(self.tenant.name, invitation.email, MailboxKind.USER,
-                                         MailboxStatus.PENDING, invite=Invite(invitation.updated)))
+                    found[invitation.email] = Invite(invitation.updated)
         except AdapterError as exc:
             self.fail((Fact.MAILBOX_INVITES,), str(exc))
             return
-        self.mailboxes.extend(found)
+        self.invites = found
 
 
 

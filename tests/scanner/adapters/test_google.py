@@ -107,9 +107,12 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
     for grant in space.grants:
         assert grant["iss"] == SA_EMAIL and grant["aud"] == f"{server.url}/token"
         assert 0 < grant["exp"] - grant["iat"] <= 3600
-        expected = (f"{AUTH}gmail.settings.basic",) if grant["sub"] != ADMIN else None
-        if expected:
-            assert tuple(grant["scope"].split()) == expected
+    assert {g["scope"] for g in space.grants if g["sub"] != ADMIN} == {f"{AUTH}gmail.settings.basic"}
+    assert {g["scope"] for g in space.grants if g["sub"] == ADMIN} == {
+        f"{AUTH}admin.directory.user.readonly {AUTH}admin.directory.domain.readonly "
+        f"{AUTH}admin.directory.group.readonly",
+        f"{AUTH}cloud-identity.userinvitations.readonly",
+    }
     # Cached until expiry: a second crawl asks for no new token.
     issued = server.count("/token")
     _collect(adapter, estate)
@@ -163,6 +166,18 @@ def test_invitation_name_may_be_percent_encoded(server: ContractServer, space: W
     boxes = _by_address(_collect(_adapter(server, estate, tmp_path), estate))
     assert boxes["new.hire@acme.example"].status is MailboxStatus.PENDING
     assert "gone@acme.example" not in boxes
+
+
+def test_an_invitation_for_a_listed_user_is_attached_to_it(server: ContractServer, space: Workspace,
+                                                          estate: Estate, tmp_path: Path) -> None:
+    space.invitations["user2@acme.example"] = {
+        "name": f"customers/{CUSTOMER_ID}/userinvitations/user2@acme.example", "state": "INVITED",
+        "mailsSentCount": 3, "updateTime": "2026-11-01T10:00:00Z"}
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    user2 = _by_address(collected)["user2@acme.example"]
+    assert user2.status is MailboxStatus.ACTIVE and user2.invite is not None
+    assert user2.invite.sent == parse_time("2026-11-01T10:00:00Z")
+    assert collected.problems == ()
 
 
 def test_group_members_owners_and_outside_members(server: ContractServer, space: Workspace, estate: Estate,
