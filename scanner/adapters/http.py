@@ -142,10 +142,14 @@ class ApiClient:
         *,
         params: Mapping[str, Any] | None = None,
         json_body: Any = None,
+        form: Mapping[str, str] | None = None,
         token: TokenSource | None = None,
         allow: frozenset[int] = frozenset(),
     ) -> tuple[int, Any]:
-        """Send one request with retries; returns (status, parsed JSON or None) for 2xx and ``allow`` statuses."""
+        """Send one request with retries; returns (status, parsed JSON or None) for 2xx and ``allow`` statuses.
+
+        ``form`` sends a urlencoded body instead of JSON (OAuth token endpoints).
+        """
         source = token or self._token
         endpoint = endpoint_of(method, url)
         refreshed = False
@@ -158,7 +162,9 @@ class ApiClient:
             try:
                 async with self._limit:
                     self.requests += 1
-                    response = await self._client.request(method, url, params=params, json=json_body, headers=headers)
+                    response = await self._client.request(
+                        method, url, params=params, json=json_body, data=form, headers=headers
+                    )
             except httpx.TransportError as exc:
                 if attempt >= self._retry.attempts:
                     raise AdapterError(

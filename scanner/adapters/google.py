@@ -1,0 +1,719 @@
+"""The Google Workspace adapter: Directory users, groups and domains, Gmail settings per user, Cloud Identity invitations.
+
+Auth is a service account with domain-wide delegation: an RS256 JWT assertion (google-auth signs it) is
+exchanged at the key's ``token_uri`` for an access token per impersonated subject (RFC 7523 §2.1). Directory
+and Cloud Identity calls impersonate the configured admin; Gmail settings calls impersonate each user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote
+
+import google.auth.crypt
+import google.auth.jwt
+import httpx
+
+from scanner.adapters.base import Collected
+from scanner.adapters.http import ApiClient, ApiError, RetryPolicy, endpoint_of
+from scanner.config import Config, GoogleOptions, SecretRef, TenantConfig
+from scanner.errors import AdapterError, ConfigError
+from scanner.model import (
+    Coverage,
+    Fact,
+    FactState,
+    Forward,
+    ForwardMechanism,
+    Invite,
+    Mailbox,
+    MailboxKind,
+    MailboxStatus,
+    Tenant,
+    domain_of,
+)
+
+T = TypeVar("T")
+
+AUTH = "https://www.googleapis.com/auth/"
+READ_DIRECTORY = tuple(
+    AUTH + s
+    for s in ("admin.directory.user.readonly", "admin.directory.domain.readonly", "admin.directory.group.readonly")
+)
+READ_GMAIL = (AUTH + "gmail.settings.basic",)
+READ_INVITES = (AUTH + "cloud-identity.userinvitations.readonly",)
+WRITE_USER = (AUTH + "admin.directory.user",)
+WRITE_GMAIL = (AUTH + "gmail.settings.basic", AUTH + "gmail.settings.sharing")
+WRITE_INVITES = (AUTH + "cloud-identity.userinvitations",)
+
+JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
+TOKEN_LIFETIME = 3600  # Google refuses assertions whose exp is more than one hour after iat
+TOKEN_MARGIN = 60.0  # renew a cached token this many seconds before it expires
+
+THROTTLE_REASONS = frozenset(
+    {"userRateLimitExceeded", "rateLimitExceeded", "quotaExceeded", "concurrentLimitExceeded", "backendError"}
+)
+"""errors[].reason values that mean "slow down", which Google sends with 403 as well as 429."""
+
+NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+"""Directory's lastLoginTime for a user who never signed in (observed convention, not documented)."""
+
+CATCH_ALL_UNSUPPORTED = (
+    "Google Workspace sets catch-all (default routing) in the Admin console only; "
+    "the Directory, Gmail and Policy APIs do not expose it"
+)
+INVITES_NEED_CUSTOMER_ID = (
+    "pending invitations come from the Cloud Identity userinvitations API, which needs the numeric "
+    "customer ID: set google.customer_id (C0...) for this tenant"
+)
+PROBLEMS_SHOWN = 20
+
+
+@dataclass(frozen=True, slots=True)
+class AutoForwarding:
+    """A Gmail user's automatic forwarding setting as read back from the API."""
+
+    enabled: bool
+    email: str = ""
+    disposition: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GmailFilter:
+    """A Gmail filter; ``forward`` is its forwarding target, if any. Criteria and action are kept for undo."""
+
+    id: str
+    forward: str = ""
+    criteria: Mapping[str, Any] = field(default_factory=dict)
+    action: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delegate:
+    """A Gmail delegate of a user and the delegation's verification status."""
+
+    email: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """A Cloud Identity invitation of an unmanaged account on one of the tenant's domains."""
+
+    email: str
+    state: str
+    mails_sent: int = 0
+    updated: datetime | None = None
+
+
+def google_transient(response: httpx.Response) -> bool:
+    """Google throttles with 403 as well as 429, naming the limit in ``errors[].reason``; retry those."""
+    if response.status_code not in (403, 429):
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, Mapping) else None
+    reasons = error.get("errors") if isinstance(error, Mapping) else None
+    if not isinstance(reasons, list):
+        return False
+    return any(isinstance(r, Mapping) and r.get("reason") in THROTTLE_REASONS for r in reasons)
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 timestamp as an aware UTC datetime; None when absent. Raises ValueError when unreadable."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"not a timestamp: {str(value)[:40]!r}")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _flag(value: object) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _items(body: Any, key: str, endpoint: str) -> list[Mapping[str, Any]]:
+    """The list under ``key`` of a Google response; Google omits the key when the list is empty."""
+    if not isinstance(body, Mapping):
+        raise AdapterError(f"{endpoint} returned an unexpected response: expected a JSON object")
+    value = body.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, Mapping) for item in value):
+        raise AdapterError(f"{endpoint} returned an unexpected response: {key!r} is not a list of objects")
+    return value
+
+
+def _next_page(body: Any, url: str, params: Mapping[str, Any] | None) -> tuple[str, Mapping[str, Any] | None] | None:
+    """Directory and Cloud Identity paging: send ``pageToken`` while the response has ``nextPageToken``."""
+    token = body.get("nextPageToken") if isinstance(body, Mapping) else None
+    if not token or not isinstance(token, str):
+        return None
+    return url, {**(params or {}), "pageToken": token}
+
+
+async def _together(*jobs: Coroutine[Any, Any, Any]) -> list[Any]:
+    """Run coroutines concurrently; the first failure cancels the rest and is raised as itself."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(job) for job in jobs]
+    except BaseExceptionGroup as failures:
+        first = failures.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [task.result() for task in tasks]
+
+
+@dataclass(frozen=True, slots=True)
+class _ServiceAccount:
+    """The parts of a service-account key the JWT-bearer grant needs."""
+
+    email: str
+    token_url: str
+    signer: google.auth.crypt.RSASigner
+
+    @classmethod
+    def load(cls, ref: SecretRef, token_url: str) -> _ServiceAccount:
+        """Read the key JSON the reference points to; errors name the reference, never the key."""
+        text = ref.resolve()
+        try:
+            info = json.loads(text)
+        except ValueError:
+            raise ConfigError(f"credentials {ref}: not a service-account key (JSON expected)") from None
+        if not isinstance(info, dict) or not all(
+            isinstance(info.get(k), str) and info.get(k) for k in ("client_email", "private_key")
+        ):
+            raise ConfigError(f"credentials {ref}: the service-account key needs 'client_email' and 'private_key'")
+        url = token_url or info.get("token_uri") or ""
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ConfigError(f"credentials {ref}: the key has no usable 'token_uri' and google.token_url is not set")
+        try:
+            signer = google.auth.crypt.RSASigner.from_service_account_info(info)  # type: ignore[no-untyped-call]
+        except (ValueError, TypeError):
+            raise ConfigError(f"credentials {ref}: the service-account key's private key cannot be read") from None
+        return cls(info["client_email"], url, signer)
+
+
+@dataclass(slots=True)
+class _Cached:
+    value: str
+    expires: float
+
+
+class _Delegation:
+    """Access tokens for one impersonated subject and scope set; the value outlives the session in ``cache``."""
+
+    def __init__(self, session: _Session, subject: str, scopes: tuple[str, ...]) -> None:
+        self._session = session
+        self._subject = subject
+        self._scopes = scopes
+        self._key = (subject, scopes)
+        self._lock = asyncio.Lock()
+        self._generation = 0
+
+    async def token(self, *, refresh: bool = False) -> str:
+        """A cached token, or a new one when it is near expiry or the API refused it."""
+        seen = self._generation
+        cache = self._session.cache
+        async with self._lock:
+            cached = cache.get(self._key)
+            if cached is not None and self._generation != seen:
+                return cached.value  # another request refreshed it while this one waited
+            if cached is not None and not refresh and cached.expires > time.monotonic():
+                return cached.value
+            cache[self._key] = await self._session.grant(self._subject, self._scopes)
+            self._generation += 1
+            return cache[self._key].value
+
+
+class _Session:
+    """One event loop's HTTP client plus token sources over the adapter's token cache."""
+
+    def __init__(self, adapter: GoogleAdapter, client: ApiClient) -> None:
+        self.adapter = adapter
+        self.client = client
+        self.cache = adapter.tokens
+        self._delegations: dict[tuple[str, tuple[str, ...]], _Delegation] = {}
+
+    def as_user(self, subject: str, scopes: tuple[str, ...]) -> _Delegation:
+        """The token source impersonating ``subject`` with ``scopes``."""
+        key = (subject, scopes)
+        if key not in self._delegations:
+            self._delegations[key] = _Delegation(self, subject, scopes)
+        return self._delegations[key]
+
+    def as_admin(self, scopes: tuple[str, ...] = READ_DIRECTORY) -> _Delegation:
+        """The token source impersonating the tenant's admin."""
+        return self.as_user(self.adapter.options.admin, scopes)
+
+    async def grant(self, subject: str, scopes: tuple[str, ...]) -> _Cached:
+        """Exchange a signed JWT assertion for an access token (RFC 7523 §2.1)."""
+        account = self.adapter.account()
+        now = int(time.time())
+        claims = {"iss": account.email, "sub": subject, "scope": " ".join(scopes), "aud": account.token_url,
+                  "iat": now, "exp": now + TOKEN_LIFETIME}
+        assertion = google.auth.jwt.encode(account.signer, claims).decode("ascii")  # type: ignore[no-untyped-call]
+        try:
+            _, body = await self.client.request(
+                "POST", account.token_url, form={"grant_type": JWT_BEARER, "assertion": assertion}
+            )
+        except ApiError as exc:
+            hint = {
+                "unauthorized_client": "domain-wide delegation is not granted to this service account for the scopes",
+                "invalid_grant": "the assertion was refused or the user does not exist",
+            }.get(exc.code, "")
+            raise AdapterError(f"{exc} (impersonating {subject}{'; ' + hint if hint else ''})") from None
+        endpoint = endpoint_of("POST", account.token_url)
+        if not isinstance(body, Mapping) or not isinstance(body.get("access_token"), str):
+            raise AdapterError(f"{self.client.label}: {endpoint} returned an unexpected response: no access_token")
+        try:
+            lifetime = float(body.get("expires_in", TOKEN_LIFETIME))
+        except (TypeError, ValueError):
+            lifetime = TOKEN_LIFETIME
+        return _Cached(body["access_token"], time.monotonic() + max(0.0, lifetime - TOKEN_MARGIN))
+
+
+@dataclass
+class _Crawl:
+    """One tenant's collection: accumulates mailboxes, coverage and problems."""
+
+    adapter: GoogleAdapter
+    session: _Session
+    tenant: Tenant
+    internal: set[str] = field(default_factory=set)
+    mailboxes: list[Mailbox] = field(default_factory=list)
+    invites: dict[str, Invite] = field(default_factory=dict)
+    coverage: list[Coverage] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def directory(self) -> str:
+        return f"{self.adapter.options.directory_url.rstrip('/')}/admin/directory/v1"
+
+    def fail(self, facts: Iterable[Fact], reason: str, subject: str = "") -> None:
+        """Record that facts could not be read (for one subject, or for the tenant)."""
+        for fact in facts:
+            self.coverage.append(Coverage(self.tenant.name, fact, FactState.FAILED, reason, subject))
+        self.problems.append(f"{subject}: {reason}" if subject else reason)
+
+    async def run(self) -> Collected:
+        options = self.adapter.options
+        await self.read_domains()
+        jobs = [self.read_users(), self.read_groups()]
+        if options.customer_id:
+            jobs.append(self.read_invitations())
+        await _together(*jobs)
+        by_address: dict[str, Mailbox] = {}
+        for mailbox in self.mailboxes:
+            if mailbox.address in by_address:
+                self.problems.append(f"{mailbox.address} is listed both as a user and as a group")
+                continue
+            by_address[mailbox.address] = mailbox
+        for address, invite in self.invites.items():
+            # An invitation is for an unmanaged account, so normally no user has its address.
+            known = by_address.get(address)
+            by_address[address] = replace(known, invite=invite) if known else Mailbox(
+                self.tenant.name, address, MailboxKind.USER, MailboxStatus.PENDING, invite=invite)
+        for fact in self.adapter.capabilities:
+            if not any(c.fact is fact and not c.subject for c in self.coverage):
+                self.coverage.append(Coverage(self.tenant.name, fact, FactState.COLLECTED))
+        self.coverage.append(Coverage(self.tenant.name, Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED,
+                                      CATCH_ALL_UNSUPPORTED))
+        if not options.customer_id:
+            self.coverage.append(Coverage(self.tenant.name, Fact.MAILBOX_INVITES, FactState.UNSUPPORTED,
+                                          INVITES_NEED_CUSTOMER_ID))
+        problems = self.problems
+        if len(problems) > PROBLEMS_SHOWN:
+            problems = [*problems[:PROBLEMS_SHOWN], f"... and {len(problems) - PROBLEMS_SHOWN} more problems"]
+        return Collected(tuple(by_address.values()), {}, tuple(self.coverage), tuple(problems))
+
+    async def read_domains(self) -> None:
+        """The Workspace's domains and domain aliases: group members there are inside the tenant."""
+        url = f"{self.directory}/customer/{quote(self.adapter.options.customer)}/domains"
+        body = await self.session.client.get(url, token=self.session.as_admin())
+        self.internal = set(self.tenant.domains) | set(self.tenant.parked_domains)
+        for domain in _items(body, "domains", endpoint_of("GET", url)):
+            if isinstance(domain.get("domainName"), str):
+                self.internal.add(domain["domainName"].lower())
+            for alias in domain.get("domainAliases") or ():
+                if isinstance(alias, Mapping) and isinstance(alias.get("domainAliasName"), str):
+                    self.internal.add(alias["domainAliasName"].lower())
+
+    def inside(self, address: str) -> bool:
+        domain = domain_of(address)
+        while domain:
+            if domain in self.internal:
+                return True
+            domain = domain.partition(".")[2]
+        return False
+
+    async def read_users(self) -> None:
+        """Users page by page; a bounded pool of workers reads each user's Gmail settings meanwhile."""
+        url = f"{self.directory}/users"
+        params = {"customer": self.adapter.options.customer, "maxResults": 500, "projection": "basic"}
+        workers = self.adapter.http.concurrency
+        queue: asyncio.Queue[Mapping[str, Any] | None] = asyncio.Queue(maxsize=workers * 4)
+
+        async def produce() -> None:
+            endpoint = endpoint_of("GET", url)
+            async for page in self.session.client.pages(url, params, _next_page, token=self.session.as_admin()):
+                for raw in _items(page, "users", endpoint):
+                    await queue.put(raw)
+            for _ in range(workers):
+                await queue.put(None)
+
+        async def work() -> None:
+            while (raw := await queue.get()) is not None:
+                mailbox = self.user(raw)
+                if mailbox is not None:
+                    self.mailboxes.append(await self.gmail(mailbox, raw))
+
+        await _together(produce(), *(work() for _ in range(workers)))
+
+    def user(self, raw: Mapping[str, Any]) -> Mailbox | None:
+        """A Directory user as a mailbox (without its Gmail settings)."""
+        address = raw.get("primaryEmail")
+        if not isinstance(address, str) or "@" not in address:
+            self.problems.append(f"a Directory user (id {str(raw.get('id'))[:40]}) has no primaryEmail")
+            return None
+        address = address.lower()
+        if _flag(raw.get("suspended")):
+            status = MailboxStatus.SUSPENDED
+        elif _flag(raw.get("archived")):
+            status = MailboxStatus.DISABLED
+        else:
+            status = MailboxStatus.ACTIVE
+        try:
+            created = parse_time(raw.get("creationTime"))
+        except ValueError:
+            created = None
+            self.problems.append(f"{address}: unreadable creationTime")
+        try:
+            last_login = parse_time(raw.get("lastLoginTime"))
+        except ValueError:
+            last_login = None
+            self.fail((Fact.MAILBOX_LAST_LOGIN,), "unreadable lastLoginTime", address)
+        if last_login is not None and last_login <= NEVER:
+            last_login = None  # 1970-01-01: never signed in
+        name = raw.get("name")
+        display = name.get("fullName") if isinstance(name, Mapping) else None
+        return Mailbox(self.tenant.name, address, MailboxKind.USER, status,
+                       display if isinstance(display, str) else "", created, last_login)
+
+    async def gmail(self, mailbox: Mailbox, raw: Mapping[str, Any]) -> Mailbox:
+        """A user's forwards (auto-forwarding, forwarding filters) and delegates, read as that user."""
+        if raw.get("isMailboxSetup") is False:
+            return mailbox  # no Gmail mailbox: nothing can forward or be delegated
+        client = self.session.client
+        token = self.session.as_user(mailbox.address, READ_GMAIL)
+        base = f"{self.adapter.options.gmail_url.rstrip('/')}/gmail/v1/users/{quote(mailbox.address, safe='@')}/settings"
+        try:
+            addresses, delegates = await _together(
+                client.get(f"{base}/forwardingAddresses", token=token), client.get(f"{base}/delegates", token=token)
+            )
+            verified = _items(addresses, "forwardingAddresses", endpoint_of("GET", f"{base}/forwardingAddresses"))
+            forwards: list[Forward] = []
+            # Gmail forwards (automatically or by filter) only to an address on the user's forwarding-address
+            # list ("must be a verified member of the forwarding addresses"): with none, skip both reads.
+            if verified:
+                auto, filters = await _together(
+                    client.get(f"{base}/autoForwarding", token=token), client.get(f"{base}/filters", token=token)
+                )
+                state = _auto_forwarding(auto, endpoint_of("GET", f"{base}/autoForwarding"))
+                if state.enabled and state.email:
+                    forwards.append(Forward(state.email.lower(), ForwardMechanism.AUTO_FORWARD))
+                for item in _filters(filters, endpoint_of("GET", f"{base}/filters")):
+                    if item.forward:
+                        forwards.append(Forward(item.forward.lower(), ForwardMechanism.INBOX_RULE))
+            people = _delegates(delegates, endpoint_of("GET", f"{base}/delegates"))
+        except AdapterError as exc:
+            self.fail((Fact.MAILBOX_FORWARDS, Fact.MAILBOX_DELEGATES), str(exc), mailbox.address)
+            return mailbox
+        live = sorted({d.email for d in people if d.status.lower() in ("accepted", "pending")})
+        unique = sorted(set(forwards), key=lambda f: (f.target, f.mechanism.value))
+        return replace(mailbox, forwards=tuple(unique), delegates=tuple(live))
+
+    async def read_groups(self) -> None:
+        """Groups as shared mailboxes: OWNER members are the owners, outside members are forwards."""
+        url = f"{self.directory}/groups"
+        endpoint = endpoint_of("GET", url)
+        params = {"customer": self.adapter.options.customer, "maxResults": 200}
+        async for page in self.session.client.pages(url, params, _next_page, token=self.session.as_admin()):
+            groups = [g for g in _items(page, "groups", endpoint) if isinstance(g.get("email"), str)]
+            self.mailboxes.extend(await _together(*(self.group(g) for g in groups)))
+
+    async def group(self, raw: Mapping[str, Any]) -> Mailbox:
+        address = str(raw["email"]).lower()
+        name = raw.get("name")
+        mailbox = Mailbox(self.tenant.name, address, MailboxKind.SHARED, MailboxStatus.ACTIVE,
+                          name if isinstance(name, str) else "")
+        url = f"{self.directory}/groups/{quote(address, safe='@')}/members"
+        owners: set[str] = set()
+        outside: set[str] = set()
+        try:
+            async for page in self.session.client.pages(url, {"maxResults": 200}, _next_page,
+                                                        token=self.session.as_admin()):
+                for member in _items(page, "members", endpoint_of("GET", url)):
+                    email = member.get("email")
+                    if not isinstance(email, str) or "@" not in email:
+                        continue  # the whole-customer member (type CUSTOMER) has no address
+                    email = email.lower()
+                    if str(member.get("role", "")).upper() == "OWNER":
+                        owners.add(email)
+                    if not self.inside(email):
+                        outside.add(email)
+        except AdapterError as exc:
+            self.fail((Fact.MAILBOX_OWNERS, Fact.MAILBOX_FORWARDS), str(exc), address)
+            return mailbox
+        return replace(mailbox, owners=tuple(sorted(owners)),
+                       forwards=tuple(Forward(e, ForwardMechanism.ALIAS) for e in sorted(outside)))
+
+    async def read_invitations(self) -> None:
+        """Invitations still waiting for the unmanaged account's owner: pending mailboxes with their send time."""
+        options = self.adapter.options
+        url = f"{options.cloudidentity_url.rstrip('/')}/v1/customers/{quote(options.customer_id)}/userinvitations"
+        endpoint = endpoint_of("GET", url)
+        found: dict[str, Invite] = {}
+        try:
+            async for page in self.session.client.pages(url, {"filter": "state=='invited'", "pageSize": 200},
+                                                        _next_page, token=self.session.as_admin(READ_INVITES)):
+                for raw in _items(page, "userInvitations", endpoint):
+                    invitation = _invitation(raw)
+                    # Filtered server-side already; keep the client-side test in case the filter is ignored.
+                    if invitation is None or invitation.state.upper() != "INVITED" or invitation.updated is None:
+                        continue
+                    found[invitation.email] = Invite(invitation.updated)
+        except AdapterError as exc:
+            self.fail((Fact.MAILBOX_INVITES,), str(exc))
+            return
+        self.invites = found
+
+
+
+def _auto_forwarding(body: Any, endpoint: str) -> AutoForwarding:
+    if not isinstance(body, Mapping):
+        raise AdapterError(f"{endpoint} returned an unexpected response: expected a JSON object")
+    email = body.get("emailAddress")
+    disposition = body.get("disposition")
+    return AutoForwarding(_flag(body.get("enabled")), email if isinstance(email, str) else "",
+                          disposition if isinstance(disposition, str) else "")
+
+
+def _filters(body: Any, endpoint: str) -> tuple[GmailFilter, ...]:
+    found = []
+    for raw in _items(body, "filter", endpoint):
+        action: Mapping[str, Any] = raw["action"] if isinstance(raw.get("action"), Mapping) else {}
+        criteria: Mapping[str, Any] = raw["criteria"] if isinstance(raw.get("criteria"), Mapping) else {}
+        forward = action.get("forward")
+        found.append(GmailFilter(str(raw.get("id", "")), forward if isinstance(forward, str) else "",
+                                 dict(criteria), dict(action)))
+    return tuple(found)
+
+
+def _delegates(body: Any, endpoint: str) -> tuple[Delegate, ...]:
+    return tuple(
+        Delegate(str(d["delegateEmail"]).lower(), str(d.get("verificationStatus", "")))
+        for d in _items(body, "delegates", endpoint)
+        if isinstance(d.get("delegateEmail"), str)
+    )
+
+
+def _invitation(raw: Mapping[str, Any]) -> Invitation | None:
+    """An invitation resource; its ``name`` ends in the invitee's address (possibly percent-encoded)."""
+    name = raw.get("name")
+    if not isinstance(name, str):
+        return None
+    email = unquote(name.rpartition("/")[2]).lower()
+    if "@" not in email:
+        return None
+    try:
+        updated = parse_time(raw.get("updateTime"))
+    except ValueError:
+        updated = None
+    try:
+        sent = int(raw.get("mailsSentCount") or 0)
+    except (TypeError, ValueError):
+        sent = 0
+    return Invitation(email, str(raw.get("state", "")), sent, updated)
+
+
+class GoogleAdapter:
+    """Reads (and, for remediation jobs only, changes) one Google Workspace tenant."""
+
+    name = "google"
+
+    def __init__(self, label: str, options: GoogleOptions, credentials: SecretRef, config: Config) -> None:
+        self.label = label
+        self.options = options
+        self.credentials = credentials
+        self.http = config.http
+        self.verify: str | bool = str(config.resolve_path(config.http.ca_bundle)) if config.http.ca_bundle else True
+        self.tokens: dict[tuple[str, tuple[str, ...]], _Cached] = {}
+        self._account: _ServiceAccount | None = None
+        facts = {Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_OWNERS, Fact.MAILBOX_DELEGATES,
+                 Fact.MAILBOX_LAST_LOGIN}
+        if options.customer_id:
+            facts.add(Fact.MAILBOX_INVITES)
+        self.capabilities: frozenset[Fact] = frozenset(facts)
+
+    def account(self) -> _ServiceAccount:
+        """The service account, its key read on first use."""
+        if self._account is None:
+            try:
+                self._account = _ServiceAccount.load(self.credentials, self.options.token_url)
+            except ConfigError as exc:
+                raise AdapterError(f"{self.label}: {exc}") from None
+        return self._account
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[_Session]:
+        http = self.http
+        retry = RetryPolicy(http.attempts, http.backoff_base, http.backoff_cap, http.max_retry_after)
+        async with ApiClient(self.label, concurrency=http.concurrency, retry=retry, timeout=http.timeout,
+                             verify=self.verify, transient=google_transient) as client:
+            yield _Session(self, client)
+
+    async def collect(self, tenant: Tenant) -> Collected:
+        """Users with Gmail settings, groups with owners, invitations; a failed listing fails the tenant."""
+        self.account()
+        async with self._session() as session:
+            return await _Crawl(self, session, tenant).run()
+
+    # Remediation writes: each re-reads the state afterwards, so a write that "succeeded" without effect shows.
+
+    async def _write(self, job: Callable[[_Session], Awaitable[T]]) -> T:
+        self.account()
+        async with self._session() as session:
+            return await job(session)
+
+    def _gmail(self, user: str) -> str:
+        return f"{self.options.gmail_url.rstrip('/')}/gmail/v1/users/{quote(user.lower(), safe='@')}/settings"
+
+    async def auto_forwarding(self, user: str) -> AutoForwarding:
+        """The user's automatic forwarding setting."""
+        async def job(s: _Session) -> AutoForwarding:
+            url = f"{self._gmail(user)}/autoForwarding"
+            return _auto_forwarding(await s.client.get(url, token=s.as_user(user, READ_GMAIL)), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def disable_auto_forwarding(self, user: str) -> AutoForwarding:
+        """Turn the user's automatic forwarding off; returns the setting as read back."""
+        return await self.set_auto_forwarding(user, AutoForwarding(False))
+
+    async def set_auto_forwarding(self, user: str, state: AutoForwarding) -> AutoForwarding:
+        """Write an automatic forwarding setting (the undo of a disable passes the saved one); returns it read back."""
+        async def job(s: _Session) -> AutoForwarding:
+            url = f"{self._gmail(user)}/autoForwarding"
+            token = s.as_user(user, WRITE_GMAIL)
+            body: dict[str, Any] = {"enabled": state.enabled}
+            if state.enabled:
+                body.update(emailAddress=state.email, disposition=state.disposition or "leaveInInbox")
+            await s.client.request("PUT", url, json_body=body, token=token)
+            return _auto_forwarding(await s.client.get(url, token=token), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def filters(self, user: str) -> tuple[GmailFilter, ...]:
+        """The user's Gmail filters."""
+        async def job(s: _Session) -> tuple[GmailFilter, ...]:
+            url = f"{self._gmail(user)}/filters"
+            return _filters(await s.client.get(url, token=s.as_user(user, READ_GMAIL)), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def delete_filter(self, user: str, filter_id: str) -> tuple[GmailFilter, ...]:
+        """Delete one of the user's filters (a forwarding one); returns the filters left, as read back."""
+        async def job(s: _Session) -> tuple[GmailFilter, ...]:
+            url = f"{self._gmail(user)}/filters"
+            token = s.as_user(user, WRITE_GMAIL)
+            await s.client.request("DELETE", f"{url}/{quote(filter_id, safe='')}", token=token)
+            return _filters(await s.client.get(url, token=token), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def create_filter(self, user: str, saved: GmailFilter) -> tuple[GmailFilter, ...]:
+        """Re-create a deleted filter from its saved criteria and action (the undo); returns the filters."""
+        async def job(s: _Session) -> tuple[GmailFilter, ...]:
+            url = f"{self._gmail(user)}/filters"
+            token = s.as_user(user, WRITE_GMAIL)
+            await s.client.request("POST", url, json_body={"criteria": dict(saved.criteria),
+                                                          "action": dict(saved.action)}, token=token)
+            return _filters(await s.client.get(url, token=token), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def remove_delegate(self, user: str, delegate: str) -> tuple[Delegate, ...]:
+        """Remove a delegate (by primary address) from the user's mailbox; returns the delegates left."""
+        async def job(s: _Session) -> tuple[Delegate, ...]:
+            url = f"{self._gmail(user)}/delegates"
+            token = s.as_user(user, WRITE_GMAIL)
+            await s.client.request("DELETE", f"{url}/{quote(delegate.lower(), safe='@')}", token=token)
+            return _delegates(await s.client.get(url, token=token), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def add_delegate(self, user: str, delegate: str) -> tuple[Delegate, ...]:
+        """Add a delegate back (the undo of a removal); returns the delegates."""
+        async def job(s: _Session) -> tuple[Delegate, ...]:
+            url = f"{self._gmail(user)}/delegates"
+            token = s.as_user(user, WRITE_GMAIL)
+            await s.client.request("POST", url, json_body={"delegateEmail": delegate.lower()}, token=token)
+            return _delegates(await s.client.get(url, token=token), endpoint_of("GET", url))
+        return await self._write(job)
+
+    async def suspend_user(self, user: str) -> MailboxStatus:
+        """Suspend a user; returns the account status as read back."""
+        return await self._suspension(user, True)
+
+    async def unsuspend_user(self, user: str) -> MailboxStatus:
+        """Lift a user's suspension (the undo); returns the account status as read back."""
+        return await self._suspension(user, False)
+
+    async def _suspension(self, user: str, suspended: bool) -> MailboxStatus:
+        async def job(s: _Session) -> MailboxStatus:
+            url = f"{self.options.directory_url.rstrip('/')}/admin/directory/v1/users/{quote(user.lower(), safe='@')}"
+            token = s.as_admin(WRITE_USER)
+            await s.client.request("PUT", url, json_body={"suspended": suspended}, token=token)
+            raw = await s.client.get(url, token=token)
+            if not isinstance(raw, Mapping):
+                raise AdapterError(f"{endpoint_of('GET', url)} returned an unexpected response: expected an object")
+            if _flag(raw.get("suspended")):
+                return MailboxStatus.SUSPENDED
+            return MailboxStatus.DISABLED if _flag(raw.get("archived")) else MailboxStatus.ACTIVE
+        return await self._write(job)
+
+    async def cancel_invitation(self, email: str) -> Invitation | None:
+        """Cancel a pending invitation; returns it as read back (None when it no longer exists)."""
+        return await self._invitation_action(email, "cancel")
+
+    async def send_invitation(self, email: str) -> Invitation | None:
+        """Send (or re-send) an invitation; returns it as read back."""
+        return await self._invitation_action(email, "send")
+
+    async def _invitation_action(self, email: str, action: str) -> Invitation | None:
+        if not self.options.customer_id:
+            raise AdapterError(f"{self.label}: {INVITES_NEED_CUSTOMER_ID}")
+
+        async def job(s: _Session) -> Invitation | None:
+            base = (f"{self.options.cloudidentity_url.rstrip('/')}/v1/customers/"
+                    f"{quote(self.options.customer_id)}/userinvitations/{quote(email.lower(), safe='@')}")
+            token = s.as_admin(WRITE_INVITES)
+            _, operation = await s.client.request("POST", f"{base}:{action}", json_body={}, token=token)
+            # The answer is a long-running Operation (uncertain): an error inside it is a failure.
+            if isinstance(operation, Mapping) and isinstance(operation.get("error"), Mapping):
+                message = str(operation["error"].get("message", ""))[:300]
+                raise AdapterError(f"{self.label}: {endpoint_of('POST', base + ':' + action)} failed: {message}")
+            status, raw = await s.client.request("GET", base, token=token, allow=frozenset({404}))
+            if status == 404 or not isinstance(raw, Mapping):
+                return None
+            return _invitation(raw)
+        return await self._write(job)
+
+
+def build(tenant: TenantConfig, config: Config) -> GoogleAdapter:
+    """The Google Workspace adapter for a tenant with a [tenants.google] table."""
+    assert tenant.google is not None and tenant.credentials is not None  # the config validator requires both
+    return GoogleAdapter(f"google {tenant.name}", tenant.google, tenant.credentials, config)

@@ -1,0 +1,340 @@
+"""The Google Workspace adapter against its contract server: mapping edge cases, token handling, writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from scanner.adapters.base import Collected
+from scanner.adapters.google import (
+    AutoForwarding,
+    GoogleAdapter,
+    build,
+    google_transient,
+    parse_time,
+)
+from scanner.config import load_config
+from scanner.errors import AdapterError
+from scanner.model import Fact, FactState, Forward, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
+from tests.contract.estate import Estate, standard_estate
+from tests.contract.google import ADMIN, AUTH, CUSTOMER_ID, HARNESS, SA_EMAIL, Workspace
+from tests.contract.server import ContractServer
+
+HTTP = "[http]\ntimeout = 5.0\nattempts = 4\nbackoff_base = 0.01\nbackoff_cap = 0.05\nmax_retry_after = 0.05\n"
+
+
+@pytest.fixture
+def estate() -> Estate:
+    return standard_estate(users=3)
+
+
+@pytest.fixture
+def server(estate: Estate) -> Iterator[ContractServer]:
+    server = HARNESS.serve(estate, page_size=2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def space(server: ContractServer) -> Workspace:
+    return HARNESS.workspace(server)
+
+
+def _adapter(server: ContractServer, estate: Estate, tmp_path: Path, **options: str) -> GoogleAdapter:
+    toml = HARNESS.tenant_toml(server, estate, tmp_path, customer_id=options.pop("customer_id", CUSTOMER_ID))
+    toml += "".join(f'{k} = "{v}"\n' for k, v in options.items())
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(HTTP + toml, encoding="utf-8")
+    config = load_config(path)
+    return build(config.tenants[0], config)
+
+
+def _collect(adapter: GoogleAdapter, estate: Estate) -> Collected:
+    return asyncio.run(adapter.collect(Tenant(estate.tenant, "google", estate.domains)))
+
+
+def _by_address(collected: Collected) -> dict[str, Any]:
+    return {m.address: m for m in collected.mailboxes}
+
+
+def _coverage(collected: Collected, subject: str = "") -> dict[Fact, tuple[FactState, str]]:
+    return {c.fact: (c.state, c.reason) for c in collected.coverage if c.subject == subject}
+
+
+def test_epoch_last_login_means_never_signed_in(server: ContractServer, estate: Estate, tmp_path: Path) -> None:
+    boxes = _by_address(_collect(_adapter(server, estate, tmp_path), estate))
+    assert boxes["never@acme.example"].last_login is None
+    assert boxes["user1@acme.example"].last_login == HARNESS.expected(estate)["user1@acme.example"].last_login
+
+
+def test_absent_last_login_also_means_never(server: ContractServer, space: Workspace, estate: Estate,
+                                            tmp_path: Path) -> None:
+    del space.users["never@acme.example"]["lastLoginTime"]
+    boxes = _by_address(_collect(_adapter(server, estate, tmp_path), estate))
+    assert boxes["never@acme.example"].last_login is None
+
+
+def test_unreadable_last_login_is_a_failure_for_that_mailbox(server: ContractServer, space: Workspace,
+                                                             estate: Estate, tmp_path: Path) -> None:
+    space.users["user2@acme.example"]["lastLoginTime"] = "yesterday-ish"
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _coverage(collected, "user2@acme.example")[Fact.MAILBOX_LAST_LOGIN][0] is FactState.FAILED
+    assert _by_address(collected)["user2@acme.example"].last_login is None
+
+
+def test_archived_user_is_disabled_and_suspended_is_suspended(server: ContractServer, space: Workspace,
+                                                              estate: Estate, tmp_path: Path) -> None:
+    space.users["user0@acme.example"]["archived"] = True
+    boxes = _by_address(_collect(_adapter(server, estate, tmp_path), estate))
+    assert boxes["user0@acme.example"].status is MailboxStatus.DISABLED
+    assert boxes["old@acme.example"].status is MailboxStatus.SUSPENDED
+
+
+def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Workspace, estate: Estate,
+                                              tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    collected = _collect(adapter, estate)
+    subjects = [g["sub"] for g in space.grants]
+    gmail_users = [m.address for m in collected.mailboxes if m.kind is MailboxKind.USER
+                   and m.status is not MailboxStatus.PENDING and m.address != ADMIN]
+    assert sorted(subjects) == sorted([ADMIN, ADMIN, *gmail_users])  # directory + invitations, then one per user
+    for grant in space.grants:
+        assert grant["iss"] == SA_EMAIL and grant["aud"] == f"{server.url}/token"
+        assert 0 < grant["exp"] - grant["iat"] <= 3600
+    assert {g["scope"] for g in space.grants if g["sub"] != ADMIN} == {f"{AUTH}gmail.settings.basic"}
+    assert {g["scope"] for g in space.grants if g["sub"] == ADMIN} == {
+        f"{AUTH}admin.directory.user.readonly {AUTH}admin.directory.domain.readonly "
+        f"{AUTH}admin.directory.group.readonly",
+        f"{AUTH}cloud-identity.userinvitations.readonly",
+    }
+    # Cached until expiry: a second crawl asks for no new token.
+    issued = server.count("/token")
+    _collect(adapter, estate)
+    assert server.count("/token") == issued
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_recovers_from_both_throttling_shapes(server: ContractServer, space: Workspace, estate: Estate,
+                                              tmp_path: Path, status: int) -> None:
+    space.throttle_status = status
+    server.faults.throttle = 3
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected) == HARNESS.expected(estate)
+
+
+def test_transient_hook_keys_on_reason_not_only_status() -> None:
+    def response(status: int, reason: str) -> httpx.Response:
+        return httpx.Response(status, json={"error": {"code": status, "errors": [{"reason": reason}]}})
+
+    assert google_transient(response(403, "userRateLimitExceeded"))
+    assert google_transient(response(403, "quotaExceeded"))
+    assert not google_transient(response(403, "forbidden"))
+    assert not google_transient(httpx.Response(403, content=b"<html>denied</html>"))
+
+
+def test_invites_unsupported_without_customer_id(server: ContractServer, estate: Estate, tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path, customer_id="")
+    collected = _collect(adapter, estate)
+    assert Fact.MAILBOX_INVITES not in adapter.capabilities
+    state, reason = _coverage(collected)[Fact.MAILBOX_INVITES]
+    assert state is FactState.UNSUPPORTED and "customer_id" in reason
+    assert "new.hire@acme.example" not in _by_address(collected)
+    assert server.count("/v1/customers") == 0
+    with pytest.raises(AdapterError, match="customer_id"):
+        asyncio.run(adapter.cancel_invitation("new.hire@acme.example"))
+
+
+def test_catch_all_is_unsupported_with_the_reason(server: ContractServer, estate: Estate, tmp_path: Path) -> None:
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    state, reason = _coverage(collected)[Fact.DOMAIN_CATCH_ALL]
+    assert state is FactState.UNSUPPORTED and "Admin console" in reason
+    assert dict(collected.catch_all) == {}
+
+
+def test_invitation_name_may_be_percent_encoded(server: ContractServer, space: Workspace, estate: Estate,
+                                                tmp_path: Path) -> None:
+    space.invitations["new.hire@acme.example"]["name"] = f"customers/{CUSTOMER_ID}/userinvitations/new.hire%40acme.example"
+    space.invitations["gone@acme.example"] = {"name": f"customers/{CUSTOMER_ID}/userinvitations/gone@acme.example",
+                                              "state": "ACCEPTED", "mailsSentCount": 1,
+                                              "updateTime": "2026-01-01T00:00:00Z"}
+    boxes = _by_address(_collect(_adapter(server, estate, tmp_path), estate))
+    assert boxes["new.hire@acme.example"].status is MailboxStatus.PENDING
+    assert "gone@acme.example" not in boxes
+
+
+def test_an_invitation_for_a_listed_user_is_attached_to_it(server: ContractServer, space: Workspace,
+                                                          estate: Estate, tmp_path: Path) -> None:
+    space.invitations["user2@acme.example"] = {
+        "name": f"customers/{CUSTOMER_ID}/userinvitations/user2@acme.example", "state": "INVITED",
+        "mailsSentCount": 3, "updateTime": "2026-11-01T10:00:00Z"}
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    user2 = _by_address(collected)["user2@acme.example"]
+    assert user2.status is MailboxStatus.ACTIVE and user2.invite is not None
+    assert user2.invite.sent == parse_time("2026-11-01T10:00:00Z")
+    assert collected.problems == ()
+
+
+def test_group_members_owners_and_outside_members(server: ContractServer, space: Workspace, estate: Estate,
+                                                  tmp_path: Path) -> None:
+    space.domains[0]["domainAliases"] = [{"domainAliasName": "acme-alias.example", "verified": True}]
+    space.members["info@acme.example"] += [
+        {"email": "mgr@acme.example", "role": "MANAGER", "type": "USER", "status": "ACTIVE"},
+        {"email": "desk@acme-alias.example", "role": "MEMBER", "type": "USER", "status": "ACTIVE"},
+        {"email": "Helper@Outside.test", "role": "MEMBER", "type": "EXTERNAL", "status": "ACTIVE"},
+        {"id": "C01abc2de", "role": "MEMBER", "type": "CUSTOMER"},
+    ]
+    info = _by_address(_collect(_adapter(server, estate, tmp_path), estate))["info@acme.example"]
+    assert info.kind is MailboxKind.SHARED
+    assert info.owners == ("ana@acme.example",)
+    assert info.forwards == (Forward("helper@outside.test", ForwardMechanism.ALIAS),)
+
+
+def test_user_without_forwarding_addresses_skips_forwarding_reads(server: ContractServer, estate: Estate,
+                                                                  tmp_path: Path) -> None:
+    _collect(_adapter(server, estate, tmp_path), estate)
+    assert server.count("/gmail/v1/users/ana@acme.example/settings/autoForwarding") == 1
+    assert server.count("/gmail/v1/users/user1@acme.example/settings/autoForwarding") == 0
+    assert server.count("/gmail/v1/users/user1@acme.example/settings/delegates") == 1
+    assert server.count(f"/gmail/v1/users/{ADMIN}") == 0  # no Gmail mailbox set up
+
+
+def test_delegate_statuses_and_several_forwards(server: ContractServer, space: Workspace, estate: Estate,
+                                                tmp_path: Path) -> None:
+    mail = space.mail["ben@acme.example"]
+    mail.delegates += [{"delegateEmail": "asked@acme.example", "verificationStatus": "pending"},
+                       {"delegateEmail": "no@acme.example", "verificationStatus": "rejected"},
+                       {"delegateEmail": "late@acme.example", "verificationStatus": "expired"}]
+    mail.auto = {"enabled": True, "emailAddress": "ben@outside.test", "disposition": "archive"}
+    mail.filters.append({"id": "labels-only", "criteria": {"query": "x"}, "action": {"addLabelIds": ["L1"]}})
+    ben = _by_address(_collect(_adapter(server, estate, tmp_path), estate))["ben@acme.example"]
+    assert ben.delegates == ("asked@acme.example", "pa@outside.test")
+    assert ben.forwards == (Forward("ben@outside.test", ForwardMechanism.AUTO_FORWARD),
+                            Forward("ben@outside.test", ForwardMechanism.INBOX_RULE))
+
+
+def test_a_refused_user_token_fails_that_mailbox_only(server: ContractServer, space: Workspace, estate: Estate,
+                                                      tmp_path: Path) -> None:
+    space.refuse_subjects.add("ana@acme.example")
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    state, reason = _coverage(collected, "ana@acme.example")[Fact.MAILBOX_FORWARDS]
+    assert state is FactState.FAILED and "invalid_grant" in reason
+    assert _coverage(collected, "ana@acme.example")[Fact.MAILBOX_DELEGATES][0] is FactState.FAILED
+    assert any("ana@acme.example" in p for p in collected.problems)
+    assert _by_address(collected)["ben@acme.example"].delegates == ("pa@outside.test",)
+    assert _coverage(collected)[Fact.MAILBOX_FORWARDS][0] is FactState.COLLECTED
+
+
+def test_a_malformed_gmail_answer_fails_that_mailbox_only(server: ContractServer, estate: Estate,
+                                                          tmp_path: Path) -> None:
+    server.faults.malformed["/gmail/v1/users/ben@acme.example/settings/delegates"] = 1
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    state, reason = _coverage(collected, "ben@acme.example")[Fact.MAILBOX_DELEGATES]
+    assert state is FactState.FAILED and "/settings/delegates" in reason and "malformed" in reason
+    assert len(collected.mailboxes) == len(HARNESS.expected(estate))
+
+
+def test_delegation_not_granted_is_a_clear_error_without_the_key(server: ContractServer, space: Workspace,
+                                                                 estate: Estate, tmp_path: Path) -> None:
+    space.granted = frozenset({AUTH + "gmail.settings.basic"})
+    with pytest.raises(AdapterError, match="unauthorized_client.*domain-wide delegation") as raised:
+        _collect(_adapter(server, estate, tmp_path), estate)
+    for secret in HARNESS.secret_values(tmp_path):
+        assert secret not in str(raised.value)
+
+
+def test_a_broken_key_file_names_the_reference_not_the_content(server: ContractServer, estate: Estate,
+                                                               tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    key_file = tmp_path / "google-sa.json"
+    info = json.loads(key_file.read_text())
+    info["private_key"] = info["private_key"][:200]
+    key_file.write_text(json.dumps(info))
+    with pytest.raises(AdapterError, match="google-sa.json.*private key cannot be read") as raised:
+        _collect(adapter, estate)
+    assert info["private_key"][30:90] not in str(raised.value)
+
+
+def test_token_url_option_overrides_the_key(server: ContractServer, space: Workspace, estate: Estate,
+                                            tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path, token_url=f"{server.url}/token")
+    key_file = tmp_path / "google-sa.json"
+    info = json.loads(key_file.read_text())
+    info["token_uri"] = "https://oauth2.googleapis.invalid/token"
+    key_file.write_text(json.dumps(info))
+    assert len(_collect(adapter, estate).mailboxes) == len(HARNESS.expected(estate))
+
+
+def test_parse_time_normalises_to_utc() -> None:
+    assert parse_time("2025-02-03T09:12:44.000Z").isoformat() == "2025-02-03T09:12:44+00:00"  # type: ignore[union-attr]
+    assert parse_time("2025-02-03T10:12:44+01:00").isoformat() == "2025-02-03T09:12:44+00:00"  # type: ignore[union-attr]
+    assert parse_time(None) is None
+    with pytest.raises(ValueError):
+        parse_time("soon")
+
+
+# Remediation writes: each returns the state read back after the write.
+
+
+def test_disable_auto_forwarding_and_undo(server: ContractServer, space: Workspace, estate: Estate,
+                                          tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    before = asyncio.run(adapter.auto_forwarding("ana@acme.example"))
+    assert before == AutoForwarding(True, "ana@personal.test", "leaveInInbox")
+    assert asyncio.run(adapter.disable_auto_forwarding("ana@acme.example")) == AutoForwarding(False)
+    assert space.mail["ana@acme.example"].auto == {"enabled": False}
+    assert asyncio.run(adapter.set_auto_forwarding("ana@acme.example", before)) == before
+    sharing = [g for g in space.grants if "gmail.settings.sharing" in g["scope"]]
+    assert {g["sub"] for g in sharing} == {"ana@acme.example"}
+
+
+def test_a_write_without_effect_shows_in_the_read_back(server: ContractServer, space: Workspace, estate: Estate,
+                                                       tmp_path: Path) -> None:
+    space.noop_writes = True
+    adapter = _adapter(server, estate, tmp_path)
+    assert asyncio.run(adapter.disable_auto_forwarding("ana@acme.example")).enabled is True
+    assert asyncio.run(adapter.suspend_user("user1@acme.example")) is MailboxStatus.ACTIVE
+
+
+def test_delete_a_forwarding_filter_and_restore_it(server: ContractServer, space: Workspace, estate: Estate,
+                                                   tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    (saved,) = asyncio.run(adapter.filters("ben@acme.example"))
+    assert saved.forward == "ben@outside.test"
+    assert asyncio.run(adapter.delete_filter("ben@acme.example", saved.id)) == ()
+    (restored,) = asyncio.run(adapter.create_filter("ben@acme.example", saved))
+    assert (restored.forward, restored.criteria) == (saved.forward, saved.criteria)
+    with pytest.raises(AdapterError, match="404"):
+        asyncio.run(adapter.delete_filter("ben@acme.example", "no-such-filter"))
+
+
+def test_remove_a_delegate_and_add_it_back(server: ContractServer, space: Workspace, estate: Estate,
+                                           tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    assert asyncio.run(adapter.remove_delegate("ben@acme.example", "pa@outside.test")) == ()
+    assert space.mail["ben@acme.example"].delegates == []
+    (back,) = asyncio.run(adapter.add_delegate("ben@acme.example", "pa@outside.test"))
+    assert back.email == "pa@outside.test"
+
+
+def test_suspend_and_unsuspend_a_user(server: ContractServer, space: Workspace, estate: Estate,
+                                      tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    assert asyncio.run(adapter.suspend_user("user1@acme.example")) is MailboxStatus.SUSPENDED
+    assert space.users["user1@acme.example"]["suspended"] is True
+    assert asyncio.run(adapter.unsuspend_user("user1@acme.example")) is MailboxStatus.ACTIVE
+    assert {g["scope"] for g in space.grants} == {f"{AUTH}admin.directory.user"}
+
+
+def test_send_and_cancel_an_invitation(server: ContractServer, space: Workspace, estate: Estate,
+                                       tmp_path: Path) -> None:
+    adapter = _adapter(server, estate, tmp_path)
+    sent = asyncio.run(adapter.send_invitation("new.hire@acme.example"))
+    assert sent is not None and sent.state == "INVITED" and sent.mails_sent == 2
+    assert asyncio.run(adapter.cancel_invitation("new.hire@acme.example")) is None
+    assert "new.hire@acme.example" not in space.invitations
