@@ -13,6 +13,7 @@ import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from scanner.model import DnsAnswer, DnsFacts, Outcome
+from scanner.spf import evaluate_spf
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -94,7 +95,8 @@ class DnsClient:
         selectors = sorted(set(selectors))
         dkim = await asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors))
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
-        return DnsFacts(answers)
+        spf = await evaluate_spf(self, name, txt)
+        return DnsFacts(answers, spf=spf)
 
 def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
     """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""
