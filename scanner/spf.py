@@ -45,7 +45,6 @@ _MACRO_BODY = re.compile(r"([slodiphcrtvSLODIPHCRTV])([0-9]*)([rR]?)([.\-+,/_=]*
 _DELIMITERS = ".-+,/_="
 _EXP_ONLY_LETTERS = "crt"
 _SENDER_LETTERS = "slipvh"  # need the sender, the client IP or the HELO name: unknown to a record-level view
-_QUALIFIER_ORDER = "-~?+"
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +546,3 @@ def _evaluated(node: SpfNode) -> list[SpfTerm]:
                 break
     return out
 
-
-def qualifier_rank(qualifier: str) -> int:
-    """0 for "-" (strictest) to 3 for "+"."""
-    return _QUALIFIER_ORDER.index(qualifier)
