@@ -17,6 +17,8 @@ from scanner.spf import (
 )
 
 _TXT_STRING = 255  # RFC 1035 §3.3.14: one character-string holds at most 255 octets
+# A hostile record can name thousands of includes; past this many, the rest are reported together.
+_MAX_ITEMS = 50
 
 
 def _txt(name: str, record: str) -> str:
@@ -125,7 +127,7 @@ class _Edits:
     def record(self, name: str) -> str:
         """The record at ``name`` with the edits applied (duplicate redirect=/exp= dropped, §6)."""
         node = self.nodes[name]
-        terms, _ = parse_record(node.record or "v=spf1")
+        terms = node.terms
         kept: list[str] = []
         seen_modifiers: set[str] = set()
         for term in terms:
@@ -263,8 +265,8 @@ def spf_syntax(domain: Domain, ctx: RunContext) -> Result:
             else:
                 edits.rewrite(problem.path)
         return Result.failed(**_seen(spf), problems=[p.message for p in broken], publish=edits.publish())
-    if spf.record_failures:
-        return Result.error("; ".join(spf.record_failures))
+    if spf.incomplete:
+        return Result.error("; ".join(spf.incomplete))
     return Result.passed(**_seen(spf))
 
 
@@ -381,8 +383,8 @@ def spf_void_lookups(domain: Domain, ctx: RunContext) -> Result:
     if (none := _no_record(spf)) is not None:
         return none
     if spf.void_lookups <= VOID_LIMIT:
-        if spf.failures:
-            return Result.error("; ".join(spf.failures))
+        if spf.failures or spf.incomplete:
+            return Result.error("; ".join(dict.fromkeys(spf.failures + spf.incomplete)))
         return Result.passed(**_seen(spf), void_lookups=spf.void_lookups, limit=VOID_LIMIT)
     assert spf.tree is not None
     edits = _Edits(domain, ctx, spf.tree)
@@ -478,20 +480,33 @@ def spf_ptr(domain: Domain, ctx: RunContext) -> Result:
             where, _, term = ptr.partition(": ")
             edits.remove(paths.get(where, (where,)), term)
         return Result.failed(**_seen(spf), ptr_terms=list(spf.ptr_terms), publish=edits.publish())
-    if spf.record_failures:
-        return Result.error("; ".join(spf.record_failures))
+    if spf.incomplete:
+        return Result.error("; ".join(spf.incomplete))
     return Result.passed(**_seen(spf))
 
 
-def _sender_includes(domain: Domain, ctx: RunContext, node: SpfNode) -> Iterable[tuple[SpfNode, tuple[str, ...]]]:
-    """Include and redirect targets named by the tenant's own records (a sender's own sub-includes are its own)."""
-    for child in node.children:
-        if _owned(domain, ctx, child.domain) and not _sender_of(child.domain, _declared_patterns(ctx)):
-            if child.failure:
-                yield child, (node.domain,)
-            yield from ((n, (node.domain,) + p) for n, p in _sender_includes(domain, ctx, child))
-        else:
-            yield child, (node.domain,)
+def _sender_includes(domain: Domain, ctx: RunContext, node: SpfNode, declared: dict[str, tuple[str, ...]],
+                     path: tuple[str, ...] = ()) -> Iterator[tuple[str, str, SpfNode | None, tuple[str, ...]]]:
+    """(target, term, node, path) for each include and effective redirect in the tenant's own records.
+
+    A record of the tenant's own (a subdomain it owns, not a declared sender's include) is followed; a
+    sender's own sub-includes are the sender's business.
+    """
+    path = path + (node.domain,)
+    redirect_in_effect = node.all_qualifier is None
+    for term in node.terms:
+        if not (term.kind == "mechanism" and term.name == "include"
+                or term.kind == "modifier" and term.name == "redirect" and redirect_in_effect):
+            continue
+        child = next((c for c in node.children if c.term == term.text), None)
+        target = child.domain if child is not None else term.value.lower().rstrip(".")
+        if _owned(domain, ctx, target) and not _sender_of(target, declared):
+            if child is not None and child.failure:
+                yield target, term.text, child, path
+            elif child is not None:
+                yield from _sender_includes(domain, ctx, child, declared, path)
+            continue  # the tenant's own record (or a loop back into it)
+        yield target, term.text, child, path
 
 
 @check(
@@ -516,37 +531,35 @@ def spf_undeclared_sender(domain: Domain, ctx: RunContext) -> Iterable[Result]:
     assert spf.tree is not None
     declared = _declared_patterns(ctx)
     catalogue = {name: s.spf_include for name, s in ctx.senders.items()}
-    results = []
-    for node, path in _sender_includes(domain, ctx, spf.tree):
-        item = node.domain
-        if node.failure and _owned(domain, ctx, node.domain):
-            results.append(Result.error(node.failure, item=item))
+    results: list[Result] = []
+    judged: set[str] = set()
+    for target, term, node, path in _sender_includes(domain, ctx, spf.tree, declared):
+        if target in judged:
             continue
-        sender = _sender_of(item, declared)
+        if len(judged) == _MAX_ITEMS:
+            results.append(Result.failed(item="(more includes)", **_seen(spf), lookups=spf.lookups,
+                                         note=f"only the first {_MAX_ITEMS} includes are judged one by one"))
+            break
+        judged.add(target)
+        if node is not None and node.failure and _owned(domain, ctx, target):
+            results.append(Result.error(node.failure, item=target))
+            continue
+        sender = _sender_of(target, declared)
         if sender is not None:
-            results.append(Result.passed(item=item, sender=sender, term=node.term, record_at=path[-1]))
+            results.append(Result.passed(item=target, sender=sender, term=term, record_at=path[-1]))
             continue
         edits = _Edits(domain, ctx, spf.tree)
-        edits.remove(path + (node.domain,))
-        known = _sender_of(item, catalogue)
-        evidence: dict[str, object] = {**_seen(spf), "term": node.term, "record_at": path[-1],
+        edits.remove(path, term)
+        evidence: dict[str, object] = {**_seen(spf), "term": term, "record_at": path[-1],
                                        "declared_senders": sorted(declared), "publish": edits.publish()}
+        known = _sender_of(target, catalogue)
         if known is not None:
             evidence["catalogue_sender"] = known
             evidence["or_declare"] = f"add {known!r} to the tenant's senders if it is meant to send"
-        results.append(Result.failed(item=item, **evidence))
-    for term in spf.unresolved:
-        where, _, text = term.partition(": ")
-        if where == domain.name and text.lstrip("+-~?").lower().startswith("include:"):
-            results.append(Result.failed(item=text, **_seen(spf), term=text,
-                                         reason="the include target depends on the sender (macros), so no declared "
-                                                "sender can vouch for it",
-                                         publish=_txt(domain.name, _drop(spf.record or "", text))))
+        if "%" in term:
+            evidence["note"] = "the target depends on the sender (macros), so no declared sender can vouch for it"
+        results.append(Result.failed(item=target, **evidence))
     if not results:
         results.append(Result.passed(**_seen(spf), includes=[]))
     return results
-
-
-def _drop(record: str, term: str) -> str:
-    return render_record([t.text for t in parse_record(record)[0] if t.text != term])
 

@@ -103,7 +103,7 @@ def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
     rcodes = []
     for error in exc.kwargs.get("errors", []):
         answer = error[4] if len(error) > 4 else None
-        if answer is not None and hasattr(answer, "rcode"):
+        if answer is not None and hasattr(answer, "rcode") and answer.rcode() != dns.rcode.NOERROR:
             rcodes.append(dns.rcode.to_text(answer.rcode()))
         else:
             rcodes.append(str(error[3]))

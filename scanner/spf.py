@@ -143,6 +143,11 @@ class SpfEvaluation:
         """The problems of the given kinds."""
         return tuple(p for p in self.issues if p.kind in kinds)
 
+    @property
+    def incomplete(self) -> tuple[str, ...]:
+        """Why part of the tree is unknown: failed record lookups, or the evaluation stopped early."""
+        return self.record_failures + tuple(p.message for p in self.kinds("stopped"))
+
 
 def spf_records(texts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The SPF records among TXT strings (RFC 7208 §4.5): "v=spf1" then a space or the end."""
@@ -415,13 +420,13 @@ class _Walk:
         if first_all is not None:
             redirect = None
         counted = [t for t in reachable if t.queries_dns] + ([redirect] if redirect else [])
-        self.seen_lookups += len(counted)
 
         unresolved: list[str] = []
         lookups: list[tuple[SpfTerm, str, asyncio.Future[list[DnsAnswer]]]] = []
         children: list[asyncio.Future[SpfNode]] = []
         followed: dict[tuple[str, str, str], asyncio.Future[SpfNode]] = {}
         for t in counted:
+            self.seen_lookups += 1
             if t.name == "ptr":
                 continue  # needs the client's address: counted, not resolved
             target = _expand(t.value, domain, self.root) if t.value else domain
