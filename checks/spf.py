@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from checks.registry import Result, RunContext, check
 from scanner.model import Domain, Outcome, Scope, Severity
@@ -147,7 +148,7 @@ class _Edits:
         return "\n".join(_txt(n, self.record(n)) for n in names)
 
 
-def _seen(spf: SpfEvaluation) -> dict[str, object]:
+def _seen(spf: SpfEvaluation) -> dict[str, Any]:
     return {"record": spf.record, "looked_up": spf.domain}
 
 
@@ -346,7 +347,7 @@ def spf_too_many_lookups(domain: Domain, ctx: RunContext) -> Result:
         edits.substitute(spf.tree, child.term, " ".join(ranges))
         remaining -= _subtree_lookups(child) + 1
         flattened.append(child.domain)
-    evidence: dict[str, object] = {
+    evidence: dict[str, Any] = {
         **_seen(spf),
         "lookups": spf.lookups,
         "limit": LOOKUP_LIMIT,
@@ -550,7 +551,7 @@ def spf_undeclared_sender(domain: Domain, ctx: RunContext) -> Iterable[Result]:
             continue
         edits = _Edits(domain, ctx, spf.tree)
         edits.remove(path, term)
-        evidence: dict[str, object] = {**_seen(spf), "term": term, "record_at": path[-1],
+        evidence: dict[str, Any] = {**_seen(spf), "term": term, "record_at": path[-1],
                                        "declared_senders": sorted(declared), "publish": edits.publish()}
         known = _sender_of(target, catalogue)
         if known is not None:

@@ -42,7 +42,6 @@ _QNUM = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _IP4_NETWORK = re.compile(rf"{_QNUM}(?:\.{_QNUM}){{3}}\Z")
 _DUAL_CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?\Z", re.DOTALL)
 _MACRO_BODY = re.compile(r"([slodiphcrtvSLODIPHCRTV])([0-9]*)([rR]?)([.\-+,/_=]*)\Z")
-_DELIMITERS = ".-+,/_="
 _EXP_ONLY_LETTERS = "crt"
 _SENDER_LETTERS = "slipvh"  # need the sender, the client IP or the HELO name: unknown to a record-level view
 
@@ -488,7 +487,7 @@ class _Walk:
 def _replace(node: SpfNode, **changes: object) -> SpfNode:
     fields = {name: getattr(node, name) for name in node.__dataclass_fields__}
     fields.update(changes)
-    return SpfNode(**fields)  # type: ignore[arg-type]
+    return SpfNode(**fields)
 
 
 async def evaluate_spf(client: DnsClient, domain: str, txt: DnsAnswer) -> SpfEvaluation:
