@@ -534,13 +534,15 @@ def spf_undeclared_sender(domain: Domain, ctx: RunContext) -> Iterable[Result]:
     catalogue = {name: s.spf_include for name, s in ctx.senders.items()}
     results: list[Result] = []
     judged: set[str] = set()
+    rest = _Edits(domain, ctx, spf.tree)
     for target, term, node, path in _sender_includes(domain, ctx, spf.tree, declared):
         if target in judged:
             continue
-        if len(judged) == _MAX_ITEMS:
-            results.append(Result.failed(item="(more includes)", **_seen(spf), lookups=spf.lookups,
-                                         note=f"only the first {_MAX_ITEMS} includes are judged one by one"))
-            break
+        if len(judged) >= _MAX_ITEMS:
+            if _sender_of(target, declared) is None:
+                rest.remove(path, term)
+                judged.add(target)
+            continue
         judged.add(target)
         if node is not None and node.failure and _owned(domain, ctx, target):
             results.append(Result.error(node.failure, item=target))
@@ -560,6 +562,10 @@ def spf_undeclared_sender(domain: Domain, ctx: RunContext) -> Iterable[Result]:
         if "%" in term:
             evidence["note"] = "the target depends on the sender (macros), so no declared sender can vouch for it"
         results.append(Result.failed(item=target, **evidence))
+    if rest.nodes:
+        results.append(Result.failed(item="(more includes)", **_seen(spf), undeclared=len(judged) - _MAX_ITEMS,
+                                     note=f"only the first {_MAX_ITEMS} includes are judged one by one",
+                                     publish=rest.publish()))
     if not results:
         results.append(Result.passed(**_seen(spf), includes=[]))
     return results

@@ -383,6 +383,7 @@ def test_64_kb_answer_is_judged_within_the_budget(dns_server, add_zone) -> None:
     assert _one(found, "spf.void_lookups", "huge.example").status is Status.FAIL
     items = found[("spf.undeclared_sender", "huge.example")]
     assert len(items) == 51 and {f.status for f in items} == {Status.FAIL}  # 50 judged one by one, then the rest
+    assert items[-1].item == "(more includes)" and "n50.far.example" not in items[-1].evidence["publish"]
 
 
 def test_a_providers_include_chain_is_queried_once_for_many_domains(dns_server, add_zone) -> None:
