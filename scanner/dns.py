@@ -13,7 +13,8 @@ import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from scanner.model import DnsAnswer, DnsFacts, Outcome
-from scanner.mtasts import PolicyFetcher, sts_records
+from scanner.mtasts import MtaStsPolicy, PolicyFetcher, sts_records
+from scanner.spf import evaluate_spf
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -94,23 +95,34 @@ class DnsClient:
             self.lookup(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
         )
         answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
-        # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
-        policy = await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
-        org = self.organizational_domain(name)
-        if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
-            # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
-            answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+
+        async def policy() -> MtaStsPolicy | None:
+            # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
+            return await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
+
+        async def inherited_dmarc() -> None:
+            org = self.organizational_domain(name)
+            if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
+                # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
+                answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+
         selectors = sorted(set(selectors))
-        dkim = await asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors))
+        spf, mta_sts_policy, dkim, _ = await asyncio.gather(
+            evaluate_spf(self, name, txt),
+            policy(),
+            asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
+            inherited_dmarc(),
+        )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
-        return DnsFacts(answers, mta_sts_policy=policy)
+        return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
+
 
 def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
     """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""
     rcodes = []
     for error in exc.kwargs.get("errors", []):
         answer = error[4] if len(error) > 4 else None
-        if answer is not None and hasattr(answer, "rcode"):
+        if answer is not None and hasattr(answer, "rcode") and answer.rcode() != dns.rcode.NOERROR:
             rcodes.append(dns.rcode.to_text(answer.rcode()))
         else:
             rcodes.append(str(error[3]))
