@@ -12,7 +12,11 @@ import dns.rcode
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
+from scanner.dmarc import report_domains
 from scanner.model import DnsAnswer, DnsFacts, Outcome
+
+# Bounds the lookups a hostile DMARC record can cause; RFC 7489 §6.2 lets receivers cap destinations too.
+MAX_REPORT_DESTINATIONS = 10
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -92,8 +96,20 @@ class DnsClient:
             # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
             answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
         selectors = sorted(set(selectors))
-        dkim = await asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors))
-        answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
+        # RFC 7489 §7.1: an outside report destination must authorize the domain that published the policy.
+        owner, published = (org, answers["dmarc_org"]) if "dmarc_org" in answers else (name, dmarc)
+        outside = [d for d in report_domains(published.records) if self.organizational_domain(d) != org]
+        dkim_and_auth = await asyncio.gather(
+            *(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors),
+            *(self.lookup(f"{owner}._report._dmarc.{d}", "TXT") for d in outside[:MAX_REPORT_DESTINATIONS]),
+        )
+        answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim_and_auth, strict=False)})
+        answers.update({f"rua_auth:{d}": a for d, a in zip(outside, dkim_and_auth[len(selectors) :], strict=False)})
+        for skipped in outside[MAX_REPORT_DESTINATIONS:]:
+            answers[f"rua_auth:{skipped}"] = DnsAnswer(
+                f"{owner}._report._dmarc.{skipped}", "TXT", Outcome.FAILED,
+                error=f"not looked up: only {MAX_REPORT_DESTINATIONS} outside report destinations are checked",
+            )
         return DnsFacts(answers)
 
 def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
