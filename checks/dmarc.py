@@ -299,6 +299,9 @@ def dmarc_no_rua(domain: Domain, ctx: RunContext) -> Result:
     )
 
 
+_MAX_UNKNOWN_ITEMS = 10
+
+
 def _destinations(domain: Domain, applied: AppliedDmarc) -> Iterator[tuple[str, DnsAnswer]]:
     """The outside report destinations of the applied records, with their authorization answers."""
     seen: dict[str, None] = {}
@@ -328,9 +331,10 @@ def dmarc_rua_unauthorized(domain: Domain, ctx: RunContext) -> list[Result]:
     if isinstance(applied, Result):
         return [applied]
     results = []
+    unknown = []
     for destination, answer in _destinations(domain, applied):
         if answer.failed:
-            results.append(Result.error(f"DNS lookup of {answer.name} TXT failed: {answer.error}", item=destination))
+            unknown.append(Result.error(f"DNS lookup of {answer.name} TXT failed: {answer.error}", item=destination))
         elif dmarc_records(answer):
             results.append(Result.passed(item=destination, **applied.evidence, authorization=answer.name))
         else:
@@ -345,6 +349,10 @@ def dmarc_rua_unauthorized(domain: Domain, ctx: RunContext) -> list[Result]:
                     note=f"the owner of {destination} publishes this, or the rua/ruf URI is changed",
                 )
             )
-    if not results:
+    if len(unknown) > _MAX_UNKNOWN_ITEMS:  # hostile records list thousands: keep the report readable
+        rest = unknown[_MAX_UNKNOWN_ITEMS:]
+        unknown[_MAX_UNKNOWN_ITEMS:] = [Result.error(f"{len(rest)} more report destinations were not checked: "
+                                                     f"{rest[0].reason}", item="more destinations")]
+    if not results and not unknown:
         return [Result.passed(**applied.evidence, note="no report destination outside the organizational domain")]
-    return results
+    return results + unknown

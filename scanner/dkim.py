@@ -23,9 +23,13 @@ _ED25519_KEY_OCTETS = 32
 _KNOWN_KEY_TYPES = ("rsa", "ed25519")
 
 
-def clip(text: str, limit: int = 60) -> str:
-    """A value shortened for a problem message, so hostile data cannot flood the evidence."""
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+_MAX_PROBLEMS = 20
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A value quoted and shortened for a problem message, so hostile data cannot flood the evidence."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +59,20 @@ def parse_tag_list(text: str, *, fold_names: bool = False) -> TagList:
     for spec in specs:
         match = _TAG_SPEC.match(spec)
         if match is None:
-            problems.append(f"not a tag=value pair: {clip(spec.strip()) or '(empty)'!r}")
+            problems.append(f"not a tag=value pair: {shown(spec.strip()) if spec.strip() else '(empty)'}")
             continue
         name, value = match.group(1), match.group(2)
         if fold_names:
             name = name.lower()
         if not _TAG_VALUE.match(value):
-            problems.append(f"tag {name!r} has characters a tag value cannot hold: {clip(value)!r}")
+            problems.append(f"tag {name!r} has characters a tag value cannot hold: {shown(value)}")
         if any(name == seen for seen, _ in tags):
             # RFC 6376 §3.2: a duplicated tag name makes the entire tag-list invalid.
             problems.append(f"tag {name!r} appears more than once")
             continue
         tags.append((name, value))
+    if len(problems) > _MAX_PROBLEMS:
+        problems[_MAX_PROBLEMS:] = [f"… and {len(problems) - _MAX_PROBLEMS} more problems"]
     return TagList(tuple(tags), tuple(problems))
 
 
@@ -126,13 +132,13 @@ def parse_dkim_key(record: str) -> DkimKey:
     if version is not None:
         # RFC 6376 §3.6.1: if present, v= must be "DKIM1" and the first tag; other values discard the record.
         if version != "DKIM1":
-            problems.append(f"v= must be DKIM1, not {clip(version)!r}")
+            problems.append(f"v= must be DKIM1, not {shown(version)}")
         elif parsed.names[0] != "v":
             problems.append("v=DKIM1 must be the first tag")
     key_type = (parsed.get("k") or "rsa").strip()
     if key_type not in _KNOWN_KEY_TYPES:
         # RFC 6376 §3.6.1: verifiers ignore keys of a type they do not know, so no signature verifies.
-        problems.append(f"k={clip(key_type)!r} is not a known key type (rsa, ed25519)")
+        problems.append(f"k={shown(key_type)} is not a known key type (rsa, ed25519)")
     hashes = _colon_list(parsed.get("h") or "")
     if hashes and "sha256" not in hashes:
         # RFC 8301 §3.1: sha1 must not be used, so a key limited to it (or to unknown hashes) verifies nothing.

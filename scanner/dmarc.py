@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from scanner.dkim import TagList, clip, parse_tag_list
+from scanner.dkim import TagList, parse_tag_list, shown
 
 # RFC 7489 §6.4: dmarc-version = "v" *WSP "=" *WSP "DMARC1" (the value is case-sensitive).
 _DMARC_VERSION = re.compile(r"^\s*[vV]\s*=\s*DMARC1\s*(;|$)")
@@ -23,6 +23,7 @@ _FO_OPTIONS = ("0", "1", "d", "s")
 # RFC 7489 §11.5 (Failure Report Formats registry): "afrf" is the only registered format.
 _REPORT_FORMATS = ("afrf",)
 _RI_MAX = 2**32 - 1
+_MAX_PROBLEMS = 20
 
 
 def is_dmarc_record(text: str) -> bool:
@@ -90,9 +91,9 @@ def _parse_uri(text: str) -> tuple[ReportUri | None, str | None]:
     """One dmarc-uri (RFC 7489 §6.4), or why it is not one."""
     uri, bang, size = text.rpartition("!") if "!" in text else (text, "", "")
     if bang and not _SIZE_LIMIT.match(size):
-        return None, f"{clip(text)!r} has an invalid size limit after '!'"
+        return None, f"{shown(text)} has an invalid size limit after '!'"
     if not _URI.match(uri):
-        return None, f"{clip(text)!r} is not a URI (commas and '!' must be percent-encoded)"
+        return None, f"{shown(text)} is not a URI (commas and '!' must be percent-encoded)"
     scheme, _, rest = uri.partition(":")
     scheme = scheme.lower()
     if scheme != "mailto":
@@ -101,7 +102,7 @@ def _parse_uri(text: str) -> tuple[ReportUri | None, str | None]:
     local, at, domain = address.rpartition("@")
     domain = domain.lower().rstrip(".")
     if not at or not _LOCAL_PART.match(local) or not is_hostname(domain):
-        return None, f"{clip(text)!r} is not a mailto: URI with a valid address"
+        return None, f"{shown(text)} is not a mailto: URI with a valid address"
     return ReportUri(uri, scheme, address, domain, size or None), None
 
 
@@ -123,7 +124,7 @@ def _choice(tag: str, value: str | None, allowed: tuple[str, ...], problems: lis
         return None
     if value.lower() in allowed:
         return value.lower()
-    problems.append(f"{tag}={clip(value)!r} is not one of {', '.join(allowed)}")
+    problems.append(f"{tag}={shown(value)} is not one of {', '.join(allowed)}")
     return None
 
 
@@ -132,7 +133,7 @@ def _list(tag: str, value: str, allowed: tuple[str, ...], problems: list[str]) -
     items = tuple(item.strip(" \t\r\n").lower() for item in value.split(":"))
     bad = [item for item in items if item not in allowed]
     if bad:
-        problems.append(f"{tag}={clip(value)!r}: {', '.join(repr(clip(b, 20)) for b in bad[:5])} not allowed")
+        problems.append(f"{tag}={shown(value)}: {', '.join(shown(b, 20) for b in bad[:5])} not allowed")
         return None
     return items
 
@@ -140,7 +141,7 @@ def _list(tag: str, value: str, allowed: tuple[str, ...], problems: list[str]) -
 def _number(tag: str, value: str, digits: int, maximum: int, problems: list[str]) -> int | None:
     """An unsigned decimal of at most ``digits`` digits and ``maximum``, or None with a problem."""
     if not value.isascii() or not value.isdigit() or len(value) > digits or int(value) > maximum:
-        problems.append(f"{tag}={clip(value)!r} is not a whole number from 0 to {maximum}")
+        problems.append(f"{tag}={shown(value)} is not a whole number from 0 to {maximum}")
         return None
     return int(value)
 
@@ -175,7 +176,8 @@ def parse_dmarc_record(text: str) -> DmarcRecord:
         rf=rf or ("afrf",),
         ri=86400 if ri is None else ri,
         policy_valid=policy_valid,
-        problems=tuple(problems),
+        problems=tuple(problems[:_MAX_PROBLEMS]) + ((f"… and {len(problems) - _MAX_PROBLEMS} more problems",)
+                                                     if len(problems) > _MAX_PROBLEMS else ()),
     )
 
 
