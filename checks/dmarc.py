@@ -99,13 +99,13 @@ def applied_dmarc(domain: Domain) -> AppliedDmarc | Result:
     if own.failed:
         return Result.error(f"DNS lookup of {own.name} TXT failed: {own.error}")
     if dmarc_records(own):
-        return AppliedDmarc(own.name, tuple(dmarc_records(own)), inherited=False)
+        return AppliedDmarc(own.name, tuple(sorted(dmarc_records(own))), inherited=False)
     org = domain.dns.get("dmarc_org")
     if org is not None:
         if org.failed:
             return Result.error(f"DNS lookup of {org.name} TXT failed: {org.error}")
         if dmarc_records(org):
-            return AppliedDmarc(org.name, tuple(dmarc_records(org)), inherited=True)
+            return AppliedDmarc(org.name, tuple(sorted(dmarc_records(org))), inherited=True)
     return AppliedDmarc(own.name, (), inherited=False)
 
 
@@ -146,8 +146,12 @@ def dmarc_multiple(domain: Domain, ctx: RunContext) -> Result:
         return applied
     if len(applied.records) <= 1:
         return Result.passed(**applied.evidence)
-    first = parse_dmarc_record(applied.records[0])
-    return Result.failed(**applied.evidence, publish=_publish(applied.looked_up, rewrite_record(first, {})),
+    # Suggest keeping the strongest valid record.
+    keep = max(
+        (parse_dmarc_record(r) for r in applied.records),  # records are sorted, so ties resolve the same way
+        key=lambda r: (_rank(r.applied_policy), -len(r.problems)),
+    )
+    return Result.failed(**applied.evidence, publish=_publish(applied.looked_up, rewrite_record(keep, {})),
                          note="publish exactly one record and delete the others")
 
 
