@@ -8,7 +8,7 @@ from typing import Any
 
 from checks.dkim import Selector, key_location
 from checks.registry import Result, RunContext, Sender, check
-from scanner.dkim import parse_dkim_key
+from scanner.dkim import parse_dkim_key, zone_txt
 from scanner.model import Domain, Scope, Severity
 
 
@@ -55,7 +55,7 @@ def spf_side(sender: Sender, domain: Domain) -> Side:
         return Side(None, f"the SPF evaluation is incomplete: {spf.failure}")
     wanted = next((p for p in sender.spf_include if "*" not in p and "?" not in p), None)
     fix = _spf_record_with(spf.record, wanted) if wanted else None
-    publish = f'{domain.name}. TXT "{fix}"' if fix else None
+    publish = zone_txt(domain.name, fix) if fix else None
     seen = f"SPF record {spf.record!r}" if spf.record else "no SPF record"
     return Side(False, f"{seen} does not include {' or '.join(sender.spf_include)}", publish)
 
@@ -78,9 +78,7 @@ def dkim_side(sender: Sender, domain: Domain, ctx: RunContext) -> Side:
     if failures:
         return Side(None, "; ".join(failures))
     first = Selector(names[0], (sender.name,), None)
-    publish = (
-        f'{key_location(first, domain)} TXT "v=DKIM1; k=rsa; p=<base64 public key from {sender.title or sender.name}>"'
-    )
+    publish = zone_txt(key_location(first, domain), f"v=DKIM1; k=rsa; p=<base64 public key from {sender.title or sender.name}>")
     looked = ", ".join(f"{n}._domainkey.{domain.name}" for n in names)
     return Side(False, f"no valid, unrevoked key at {looked}", publish)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from checks.registry import Result, RunContext, check
-from scanner.dkim import DkimKey, parse_dkim_key, parse_tag_list
+from scanner.dkim import DkimKey, parse_dkim_key, parse_tag_list, zone_txt
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
 
@@ -70,10 +70,8 @@ def key_location(selector: Selector, domain: Domain) -> str:
 def _new_key_record(selector: Selector, domain: Domain, ctx: RunContext) -> str:
     """The record to publish when a selector needs a new key from its sender."""
     who = " / ".join(selector.senders)
-    return (
-        f'{key_location(selector, domain)} TXT "v=DKIM1; k=rsa; '
-        f'p=<base64 public key of a new {ctx.policy.dkim_min_bits}-bit RSA key from {who}>"'
-    )
+    key = f"<base64 public key of a new {ctx.policy.dkim_min_bits}-bit RSA key from {who}>"
+    return zone_txt(key_location(selector, domain), f"v=DKIM1; k=rsa; p={key}")
 
 
 def _judge_keys(
@@ -223,7 +221,7 @@ def _testing(selector: Selector, domain: Domain, ctx: RunContext) -> Result:
         item=selector.name,
         senders=list(selector.senders),
         records_seen=list(selector.key_records),
-        publish=f'{key_location(selector, domain)} TXT "{without_testing_flag(testing[0])}"',
+        publish=zone_txt(key_location(selector, domain), without_testing_flag(testing[0])),
     )
 
 
@@ -259,7 +257,7 @@ def _syntax(selector: Selector, domain: Domain, ctx: RunContext) -> Result:
         senders=list(selector.senders),
         records_seen=list(selector.records),
         problems=problems,
-        publish=f'{key_location(selector, domain)} TXT "v=DKIM1; k={key_type}; p=<base64 public key from {who}>"',
+        publish=zone_txt(key_location(selector, domain), f"v=DKIM1; k={key_type}; p=<base64 public key from {who}>"),
         note="publish exactly one TXT record at the selector",
     )
 

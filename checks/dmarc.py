@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checks.registry import Result, RunContext, check
+from scanner.dkim import zone_txt
 from scanner.dmarc import POLICIES, DmarcRecord, is_dmarc_record, parse_dmarc_record, rewrite_record
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
@@ -127,7 +128,7 @@ def _no_single_record(applied: AppliedDmarc, domain: Domain, ctx: RunContext, **
 
 def _publish(location: str, text: str) -> str:
     """A DMARC record as a zone-file line."""
-    return f'{location}. TXT "{text}"'
+    return zone_txt(location, text)
 
 
 @check(

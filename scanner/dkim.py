@@ -32,6 +32,21 @@ def shown(text: str, limit: int = 60) -> str:
     return quoted if len(quoted) <= limit else quoted[: limit - 1] + "…"
 
 
+def _escape_octet(octet: int) -> str:
+    """One octet inside a quoted master-file string (RFC 1035 §5.1): '"' and '\\' escaped, non-ASCII as \\DDD."""
+    if octet in (34, 92):
+        return "\\" + chr(octet)
+    return chr(octet) if 32 <= octet < 127 else f"\\{octet:03d}"
+
+
+def zone_txt(owner: str, text: str) -> str:
+    """A TXT record as a master-file line, split into strings of at most 255 octets (RFC 6376 §3.6.2.2)."""
+    data = text.encode("utf-8")
+    chunks = [data[i : i + 255] for i in range(0, len(data), 255)] or [b""]
+    strings = " ".join('"' + "".join(_escape_octet(b) for b in chunk) + '"' for chunk in chunks)
+    return f"{owner.rstrip('.')}. TXT {strings}"
+
+
 @dataclass(frozen=True, slots=True)
 class TagList:
     """An RFC 6376 §3.2 tag=value list, in record order, with what was wrong with its syntax."""

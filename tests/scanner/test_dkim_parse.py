@@ -125,3 +125,19 @@ def test_hostile_records_give_problems_not_crashes() -> None:
 def test_tag_list_folding_for_dmarc() -> None:
     tags = parse_tag_list("V=DMARC1; P=reject;", fold_names=True)
     assert tags.tags == (("v", "DMARC1"), ("p", "reject")) and tags.problems == ()
+
+
+def test_zone_txt_round_trips_through_a_master_file_parser() -> None:
+    import dns.rdata
+    import dns.rdataclass
+    import dns.rdatatype
+
+    from scanner.dkim import zone_txt
+
+    text = 'v=DKIM1; n="quoted" back\\slash caf\u00e9 <script>; p=' + "A" * 600
+    line = zone_txt("s1._domainkey.acme.example.", text)
+    owner, kind, rdata = line.split(" ", 2)
+    assert (owner, kind) == ("s1._domainkey.acme.example.", "TXT")
+    parsed = dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, rdata)
+    assert all(len(s) <= 255 for s in parsed.strings)
+    assert b"".join(parsed.strings).decode("utf-8") == text
