@@ -6,7 +6,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
-from checks.dkim import Selector, key_location
+from checks.dkim import Selector, key_location, without_testing_flag
 from checks.registry import Result, RunContext, Sender, check
 from scanner.dkim import parse_dkim_key, zone_txt
 from scanner.model import Domain, Scope, Severity
@@ -61,26 +61,38 @@ def spf_side(sender: Sender, domain: Domain) -> Side:
 
 
 def dkim_side(sender: Sender, domain: Domain, ctx: RunContext) -> Side:
-    """Whether DKIM can align for the sender: a usable key at one of its selectors under the domain."""
+    """Whether DKIM can align for the sender: a usable key, not in testing mode, at one of its selectors."""
     names = sender.dkim_selectors or ctx.tenant.dkim_selectors
     if not names:
         return Side(None, f"no DKIM selector is known for {sender.name}: list it in the tenant's dkim_selectors")
     failures = []
+    testing: list[tuple[Selector, str]] = []
     for name in names:
         selector = Selector(name, (sender.name,), domain.dns.get(f"dkim:{name}"))
         answer = selector.answer
         if answer is None:
             failures.append(f"{key_location(selector, domain)} was not collected")
-        elif answer.failed:
+            continue
+        if answer.failed:
             failures.append(f"DNS lookup of {answer.name} TXT failed: {answer.error}")
-        elif any(parse_dkim_key(r).usable for r in selector.key_records):
-            return Side(True, f"a valid key is published at {key_location(selector, domain)}")
+            continue
+        for record in selector.key_records:
+            key = parse_dkim_key(record)
+            if key.usable and not key.testing:
+                return Side(True, f"a valid key is published at {key_location(selector, domain)}")
+            if key.usable:
+                testing.append((selector, record))
     if failures:
         return Side(None, "; ".join(failures))
+    if testing:
+        # RFC 6376 §3.6.1 t=y: verifiers treat mail signed with a key in testing mode like unsigned mail.
+        selector, record = testing[0]
+        where = key_location(selector, domain)
+        return Side(False, f"the key at {where} is in testing mode (t=y)", zone_txt(where, without_testing_flag(record)))
     first = Selector(names[0], (sender.name,), None)
-    publish = zone_txt(key_location(first, domain), f"v=DKIM1; k=rsa; p=<base64 public key from {sender.title or sender.name}>")
+    key_text = f"v=DKIM1; k=rsa; p=<base64 public key from {sender.title or sender.name}>"
     looked = ", ".join(f"{n}._domainkey.{domain.name}" for n in names)
-    return Side(False, f"no valid, unrevoked key at {looked}", publish)
+    return Side(False, f"no valid, unrevoked key at {looked}", zone_txt(key_location(first, domain), key_text))
 
 
 @check(

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from checks.alignment import sender_unaligned
 from checks.evaluate import evaluate
 from checks.registry import Policy, Sender
+from scanner.dkim import zone_txt
 from scanner.dns import DnsClient
 from scanner.model import Domain, Inventory, Status, Tenant
 from scanner.zoneserver import ZoneServer
@@ -167,6 +168,13 @@ def test_hostile_key_records_do_not_align(dns_server, add_zone, key) -> None:
                              f"s1._domainkey TXT {record('v=DKIM1; p=' + key[:-8] + 'caf' + chr(233))}")
     found = judge(dns_server, "acme.example", ("google", "sendgrid"), SpfStandIn("v=spf1 -all"))
     assert found["google"].status is Status.FAIL and found["sendgrid"].status is Status.FAIL
+
+
+def test_key_in_testing_mode_does_not_align(dns_server, add_zone, key) -> None:
+    add_zone("acme.example", f"google._domainkey TXT {record('v=DKIM1; t=y; p=' + key)}")
+    finding = judge(dns_server, "acme.example", ("google",), SpfStandIn(None))["google"]
+    assert finding.status is Status.FAIL and "testing mode" in finding.evidence["dkim"]["why"]
+    assert finding.evidence["publish"] == zone_txt("google._domainkey.acme.example", f"v=DKIM1; p={key}")
 
 
 def test_parked_domain_passes_without_senders(dns_server, add_zone) -> None:
