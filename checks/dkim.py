@@ -48,7 +48,7 @@ def declared_selectors(domain: Domain, ctx: RunContext) -> list[Selector]:
         for selector in sender.dkim_selectors if sender is not None else ():
             owners.setdefault(selector, []).append(name)
     for selector in ctx.tenant.dkim_selectors:
-        owners.setdefault(selector, []).append("tenant")
+        owners.setdefault(selector, []).append("tenant dkim_selectors")
     return [Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners)]
 
 

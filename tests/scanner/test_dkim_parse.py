@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from scanner.dkim import parse_dkim_key, parse_tag_list
+from scanner.dkim import parse_dkim_key, parse_tag_list, zone_txt
 
 
 def _b64(data: bytes) -> str:
@@ -128,12 +131,6 @@ def test_tag_list_folding_for_dmarc() -> None:
 
 
 def test_zone_txt_round_trips_through_a_master_file_parser() -> None:
-    import dns.rdata
-    import dns.rdataclass
-    import dns.rdatatype
-
-    from scanner.dkim import zone_txt
-
     text = 'v=DKIM1; n="quoted" back\\slash caf\u00e9 <script>; p=' + "A" * 600
     line = zone_txt("s1._domainkey.acme.example.", text)
     owner, kind, rdata = line.split(" ", 2)
