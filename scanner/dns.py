@@ -12,9 +12,13 @@ import dns.rcode
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
+from scanner.dmarc import report_domains
 from scanner.model import DnsAnswer, DnsFacts, Outcome
 from scanner.mtasts import MtaStsPolicy, PolicyFetcher, sts_records
 from scanner.spf import evaluate_spf
+
+# Bounds the lookups a hostile DMARC record can cause; RFC 7489 §6.2 lets receivers cap destinations too.
+MAX_REPORT_DESTINATIONS = 10
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -100,18 +104,30 @@ class DnsClient:
             # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
             return await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
 
-        async def inherited_dmarc() -> None:
+        async def dmarc_and_report_destinations() -> None:
             org = self.organizational_domain(name)
+            owner, published = name, dmarc
             if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
                 # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
-                answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+                owner = org
+                published = answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+            # RFC 7489 §7.1: an outside report destination must authorize the domain that published the policy.
+            outside = [d for d in report_domains(published.records) if self.organizational_domain(d) != org]
+            checked = outside[:MAX_REPORT_DESTINATIONS]
+            found = await asyncio.gather(*(self.lookup(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
+            answers.update({f"rua_auth:{d}": a for d, a in zip(checked, found, strict=True)})
+            for skipped in outside[MAX_REPORT_DESTINATIONS:]:
+                answers[f"rua_auth:{skipped}"] = DnsAnswer(
+                    f"{owner}._report._dmarc.{skipped}", "TXT", Outcome.FAILED,
+                    error=f"not looked up: only {MAX_REPORT_DESTINATIONS} outside report destinations are checked",
+                )
 
         selectors = sorted(set(selectors))
         spf, mta_sts_policy, dkim, _ = await asyncio.gather(
             evaluate_spf(self, name, txt),
             policy(),
             asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
-            inherited_dmarc(),
+            dmarc_and_report_destinations(),
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
         return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)

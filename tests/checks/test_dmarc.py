@@ -1,11 +1,20 @@
-"""dmarc.missing against zones served over real DNS on loopback."""
+"""DMARC checks against zones served over real DNS on loopback."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
 
-from checks.dmarc import dmarc_missing
+from checks.dmarc import (
+    dmarc_missing,
+    dmarc_multiple,
+    dmarc_no_rua,
+    dmarc_pct,
+    dmarc_policy_weak,
+    dmarc_rua_unauthorized,
+    dmarc_subdomain_policy_weak,
+    dmarc_syntax,
+)
 from checks.evaluate import evaluate
 from checks.registry import Policy
 from scanner.dns import DnsClient
@@ -74,3 +83,268 @@ def test_timeout_gives_error_not_pass(dns_server, add_zone) -> None:
     dns_server.timeout_names.add("_dmarc.slow.example")
     finding = _judge(dns_server, "slow.example")["slow.example"]
     assert finding.status is Status.ERROR and "timeout" in finding.reason
+
+
+ALL = [dmarc_missing, dmarc_multiple, dmarc_syntax, dmarc_policy_weak, dmarc_subdomain_policy_weak, dmarc_pct,
+       dmarc_no_rua, dmarc_rua_unauthorized]
+
+
+def judge(server: ZoneServer, name: str, checks: list, policy: Policy | None = None) -> dict[tuple[str, str], object]:
+    """Collect one domain over DNS and run the checks; findings keyed by (check id, item)."""
+    facts = asyncio.run(DnsClient([server.nameserver], timeout=0.6).collect_domain(name))
+    tenant = Tenant("acme", None, (name,))
+    inventory = Inventory((tenant,), (Domain(name, "acme", False, None, facts),))
+    findings = evaluate(inventory, checks, policy=policy or Policy(), senders={}, now=NOW)
+    return {(f.check, f.item): f for f in findings}
+
+
+def one(server: ZoneServer, name: str, check, policy: Policy | None = None):
+    """The single finding of one check on one domain."""
+    found = judge(server, name, [check], policy)
+    assert len(found) == 1, found
+    return next(iter(found.values()))
+
+
+GOOD = '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@good.example"'
+
+
+# dmarc.multiple
+
+def test_two_dmarc_records_fail(dns_server, add_zone) -> None:
+    add_zone("two.example", '_dmarc TXT "v=DMARC1; p=reject"\n_dmarc TXT "v=DMARC1; p=none"\n_dmarc TXT "other"')
+    finding = one(dns_server, "two.example", dmarc_multiple)
+    assert finding.status is Status.FAIL and len(finding.evidence["records_seen"]) == 2
+    assert finding.evidence["publish"] == '_dmarc.two.example. TXT "v=DMARC1; p=reject"'
+
+
+def test_one_dmarc_record_beside_unrelated_text_passes(dns_server, add_zone) -> None:
+    add_zone("good.example", GOOD + '\n_dmarc TXT "google-site-verification=abc"')
+    assert one(dns_server, "good.example", dmarc_multiple).status is Status.PASS
+
+
+def test_multiple_servfail_is_an_error(dns_server, add_zone) -> None:
+    add_zone("broken.example", GOOD)
+    dns_server.servfail_names.add("_dmarc.broken.example")
+    assert one(dns_server, "broken.example", dmarc_multiple).status is Status.ERROR
+
+
+def test_multiple_records_make_every_policy_check_fail(dns_server, add_zone) -> None:
+    add_zone("two.example", '_dmarc TXT "v=DMARC1; p=reject"\n_dmarc TXT "v=DMARC1; p=reject; adkim=s"')
+    found = judge(dns_server, "two.example", [dmarc_policy_weak, dmarc_subdomain_policy_weak, dmarc_no_rua])
+    assert {f.status for f in found.values()} == {Status.FAIL}
+    assert all("several DMARC records" in f.evidence["problem"] for f in found.values())
+
+
+# dmarc.syntax
+
+def test_invalid_tag_values_fail_syntax_with_a_corrected_record(dns_server, add_zone) -> None:
+    add_zone("bad.example", '_dmarc TXT "v=DMARC1; p=monitor; pct=150; rua=dmarc@bad.example; fo=2"')
+    finding = one(dns_server, "bad.example", dmarc_syntax)
+    assert finding.status is Status.FAIL
+    assert len(finding.evidence["problems"]) == 4
+    assert finding.evidence["publish"] == '_dmarc.bad.example. TXT "v=DMARC1; p=none; pct=100; fo=0"'
+
+
+def test_valid_record_passes_syntax(dns_server, add_zone) -> None:
+    add_zone("good.example", '_dmarc TXT "v=DMARC1; p=reject; sp=reject; adkim=s; aspf=s; fo=1; ri=3600; '
+                             'rua=mailto:a@good.example!10m; ruf=mailto:f@good.example"')
+    assert one(dns_server, "good.example", dmarc_syntax).status is Status.PASS
+
+
+def test_syntax_timeout_is_an_error(dns_server, add_zone) -> None:
+    add_zone("slow.example", '_dmarc TXT "v=DMARC1; p=bogus"')
+    dns_server.timeout_names.add("_dmarc.slow.example")
+    finding = one(dns_server, "slow.example", dmarc_syntax)
+    assert finding.status is Status.ERROR and "timeout" in finding.reason
+
+
+def test_hostile_dmarc_records_get_verdicts(dns_server, add_zone) -> None:
+    filler = " ".join(f'"x{i}={"y" * 250};"' for i in range(40))  # 40 strings of 255 octets, ~10 KB over TCP
+    add_zone("long.example", f'_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@long.example;" {filler}')
+    add_zone("script.example", '_dmarc TXT "v=DMARC1; p=<script>alert(1)</script>; rua=mailto:d@script.example"')
+    add_zone("utf.example", '_dmarc TXT "v=DMARC1; p=r\\195\\169ject; rua=mailto:d@caf\\195\\169.example"')
+    long = judge(dns_server, "long.example", ALL)
+    assert {f.status for f in long.values()} == {Status.PASS}
+    script = judge(dns_server, "script.example", ALL)
+    assert script[("dmarc.syntax", "")].status is Status.FAIL
+    assert script[("dmarc.policy_weak", "")].status is Status.FAIL
+    assert script[("dmarc.policy_weak", "")].evidence["applied_policy"] == "none"  # §6.6.3 step 6: valid rua
+    utf = judge(dns_server, "utf.example", ALL)
+    assert utf[("dmarc.syntax", "")].status is Status.FAIL
+    assert utf[("dmarc.policy_weak", "")].evidence["applied_policy"] == "no DMARC processing"
+    assert all(f.status is not Status.ERROR for found in (long, script, utf) for f in found.values())
+
+
+# dmarc.policy_weak
+
+def test_p_none_is_weak_and_the_fix_keeps_the_other_tags(dns_server, add_zone) -> None:
+    add_zone("weak.example", '_dmarc TXT "v=DMARC1; p=none; rua=mailto:d@weak.example; adkim=s"')
+    finding = one(dns_server, "weak.example", dmarc_policy_weak)
+    assert finding.status is Status.FAIL and finding.evidence["applied_policy"] == "none"
+    assert finding.evidence["publish"] == (
+        '_dmarc.weak.example. TXT "v=DMARC1; p=quarantine; rua=mailto:d@weak.example; adkim=s"'
+    )
+
+
+def test_quarantine_meets_the_default_minimum_but_not_reject(dns_server, add_zone) -> None:
+    add_zone("q.example", '_dmarc TXT "v=DMARC1; p=quarantine"')
+    assert one(dns_server, "q.example", dmarc_policy_weak).status is Status.PASS
+    strict = one(dns_server, "q.example", dmarc_policy_weak, Policy(dmarc_min_policy="reject"))
+    assert strict.status is Status.FAIL and strict.evidence["minimum"] == "reject"
+
+
+def test_no_record_is_weak(dns_server, add_zone) -> None:
+    add_zone("none.example", "")
+    finding = one(dns_server, "none.example", dmarc_policy_weak)
+    assert finding.status is Status.FAIL and finding.evidence["problem"] == "no DMARC record applies"
+
+
+def test_subdomain_is_judged_on_the_inherited_sp(dns_server, add_zone) -> None:
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject; sp=none; rua=mailto:d@org.example"\nmail A 127.0.0.9')
+    finding = one(dns_server, "mail.org.example", dmarc_policy_weak)
+    assert finding.status is Status.FAIL
+    assert finding.evidence["inherited"] is True and finding.evidence["judged_tag"] == "sp"
+    assert "organizational domain" in finding.evidence["inheritance"]
+    assert finding.evidence["publish"] == (
+        '_dmarc.org.example. TXT "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@org.example"'
+    )
+
+
+def test_inherited_lookup_failure_is_an_error(dns_server, add_zone) -> None:
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject"\nmail A 127.0.0.9')
+    dns_server.servfail_names.add("_dmarc.org.example")
+    assert one(dns_server, "mail.org.example", dmarc_policy_weak).status is Status.ERROR
+
+
+def test_policy_weak_servfail_is_an_error(dns_server, add_zone) -> None:
+    add_zone("broken.example", GOOD)
+    dns_server.servfail_names.add("_dmarc.broken.example")
+    assert one(dns_server, "broken.example", dmarc_policy_weak).status is Status.ERROR
+
+
+# dmarc.subdomain_policy_weak
+
+def test_sp_none_is_weak(dns_server, add_zone) -> None:
+    add_zone("sp.example", '_dmarc TXT "v=DMARC1; p=reject; sp=none"')
+    finding = one(dns_server, "sp.example", dmarc_subdomain_policy_weak)
+    assert finding.status is Status.FAIL
+    assert finding.evidence["publish"] == '_dmarc.sp.example. TXT "v=DMARC1; p=reject; sp=quarantine"'
+
+
+def test_sp_defaults_to_p(dns_server, add_zone) -> None:
+    add_zone("good.example", GOOD)
+    add_zone("weak.example", '_dmarc TXT "v=DMARC1; p=none"')
+    assert one(dns_server, "good.example", dmarc_subdomain_policy_weak).status is Status.PASS
+    assert one(dns_server, "weak.example", dmarc_subdomain_policy_weak).status is Status.FAIL
+
+
+def test_subdomain_policy_timeout_is_an_error(dns_server, add_zone) -> None:
+    add_zone("slow.example", GOOD)
+    dns_server.timeout_names.add("_dmarc.slow.example")
+    assert one(dns_server, "slow.example", dmarc_subdomain_policy_weak).status is Status.ERROR
+
+
+# dmarc.pct
+
+def test_pct_under_100_fails_and_the_fix_drops_it(dns_server, add_zone) -> None:
+    add_zone("pct.example", '_dmarc TXT "v=DMARC1; p=reject; pct=25; rua=mailto:d@pct.example"')
+    finding = one(dns_server, "pct.example", dmarc_pct)
+    assert finding.status is Status.FAIL and finding.evidence["pct"] == 25
+    assert finding.evidence["publish"] == '_dmarc.pct.example. TXT "v=DMARC1; p=reject; rua=mailto:d@pct.example"'
+
+
+def test_pct_default_and_100_pass(dns_server, add_zone) -> None:
+    add_zone("good.example", GOOD)
+    add_zone("full.example", '_dmarc TXT "v=DMARC1; p=reject; pct=100"')
+    assert one(dns_server, "good.example", dmarc_pct).status is Status.PASS
+    assert one(dns_server, "full.example", dmarc_pct).status is Status.PASS
+
+
+def test_pct_servfail_is_an_error(dns_server, add_zone) -> None:
+    add_zone("broken.example", '_dmarc TXT "v=DMARC1; p=reject; pct=1"')
+    dns_server.servfail_names.add("_dmarc.broken.example")
+    assert one(dns_server, "broken.example", dmarc_pct).status is Status.ERROR
+
+
+# dmarc.no_rua
+
+def test_no_rua_fails_with_a_record_that_adds_one(dns_server, add_zone) -> None:
+    add_zone("quiet.example", '_dmarc TXT "v=DMARC1; p=reject"')
+    finding = one(dns_server, "quiet.example", dmarc_no_rua)
+    assert finding.status is Status.FAIL
+    assert finding.evidence["publish"] == (
+        '_dmarc.quiet.example. TXT "v=DMARC1; p=reject; rua=mailto:dmarc-reports@quiet.example"'
+    )
+
+
+def test_rua_without_a_mailto_uri_fails(dns_server, add_zone) -> None:
+    add_zone("https.example", '_dmarc TXT "v=DMARC1; p=reject; rua=https://127.0.0.1/dmarc"')
+    finding = one(dns_server, "https.example", dmarc_no_rua)
+    assert finding.status is Status.FAIL and finding.evidence["rua"] == ["https://127.0.0.1/dmarc"]
+
+
+def test_rua_present_passes(dns_server, add_zone) -> None:
+    add_zone("good.example", GOOD)
+    assert one(dns_server, "good.example", dmarc_no_rua).status is Status.PASS
+
+
+def test_no_rua_timeout_is_an_error(dns_server, add_zone) -> None:
+    add_zone("slow.example", '_dmarc TXT "v=DMARC1; p=reject"')
+    dns_server.timeout_names.add("_dmarc.slow.example")
+    assert one(dns_server, "slow.example", dmarc_no_rua).status is Status.ERROR
+
+
+# dmarc.rua_unauthorized
+
+def test_outside_destination_without_authorization_fails(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@reports.test,mailto:d@ok.test,'
+                             'mailto:d@acme.example; ruf=mailto:f@mail.acme.example"')
+    add_zone("reports.test", '@ TXT "v=spf1 -all"')
+    add_zone("ok.test", 'acme.example._report._dmarc TXT "v=DMARC1"')
+    found = judge(dns_server, "acme.example", [dmarc_rua_unauthorized])
+    assert set(found) == {("dmarc.rua_unauthorized", "reports.test"), ("dmarc.rua_unauthorized", "ok.test")}
+    bad = found[("dmarc.rua_unauthorized", "reports.test")]
+    assert bad.status is Status.FAIL and bad.evidence["outcome"] == "nxdomain"
+    assert bad.evidence["publish"] == 'acme.example._report._dmarc.reports.test. TXT "v=DMARC1"'
+    assert found[("dmarc.rua_unauthorized", "ok.test")].status is Status.PASS
+
+
+def test_wildcard_authorization_counts(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@agg.test"')
+    add_zone("agg.test", '*._report._dmarc TXT "v=DMARC1"')
+    assert one(dns_server, "acme.example", dmarc_rua_unauthorized).status is Status.PASS
+
+
+def test_destinations_inside_the_organizational_domain_pass(dns_server, add_zone) -> None:
+    add_zone("good.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@good.example,mailto:e@reports.good.example"')
+    finding = one(dns_server, "good.example", dmarc_rua_unauthorized)
+    assert finding.status is Status.PASS and "no report destination outside" in finding.evidence["note"]
+
+
+def test_authorization_lookup_failure_is_an_error(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@reports.test"')
+    add_zone("reports.test", 'acme.example._report._dmarc TXT "v=DMARC1"')
+    dns_server.servfail_names.add("acme.example._report._dmarc.reports.test")
+    finding = one(dns_server, "acme.example", dmarc_rua_unauthorized)
+    assert finding.status is Status.ERROR and finding.item == "reports.test" and "SERVFAIL" in finding.reason
+
+
+def test_inherited_record_is_authorized_for_the_organizational_domain(dns_server, add_zone) -> None:
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@reports.test"\nmail A 127.0.0.9')
+    add_zone("reports.test", 'org.example._report._dmarc TXT "v=DMARC1"')
+    finding = one(dns_server, "mail.org.example", dmarc_rua_unauthorized)
+    assert finding.status is Status.PASS and finding.evidence["inherited"] is True
+    assert finding.evidence["authorization"] == "org.example._report._dmarc.reports.test"
+
+
+def test_many_destinations_are_bounded(dns_server, add_zone) -> None:
+    record = "v=DMARC1; p=reject; rua=" + ",".join(f"mailto:d@r{i}.test" for i in range(30))
+    strings = " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200))
+    add_zone("many.example", f"_dmarc TXT {strings}")
+    for i in range(30):
+        add_zone(f"r{i}.test", "")
+    found = judge(dns_server, "many.example", [dmarc_rua_unauthorized])
+    failed = [f for f in found.values() if f.status is Status.FAIL]
+    errors = [f for f in found.values() if f.status is Status.ERROR]
+    assert len(failed) == 10 and len(errors) == 11  # 10 looked up; 20 not: 10 shown, the rest summed up
+    assert "10 more report destinations" in found[("dmarc.rua_unauthorized", "more destinations")].reason

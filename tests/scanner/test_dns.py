@@ -53,3 +53,22 @@ def test_nameserver_entries() -> None:
     assert (parse_nameserver("127.0.0.1:5353").address, parse_nameserver("127.0.0.1:5353").port) == ("127.0.0.1", 5353)
     assert parse_nameserver("::1").port == 53
     assert (parse_nameserver("[::1]:5300").address, parse_nameserver("[::1]:5300").port) == ("::1", 5300)
+
+
+def test_outside_report_destinations_are_looked_up_under_the_policy_domain(dns_server, add_zone) -> None:
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:a@org.example,mailto:b@rep.test; '
+                            'ruf=mailto:c@x.org.example,mailto:d@REP.test,mailto:e@other.test"\nmail A 127.0.0.9')
+    add_zone("rep.test", 'org.example._report._dmarc TXT "v=DMARC1"')
+    add_zone("other.test", "")
+    client = _client(dns_server)
+    own = asyncio.run(client.collect_domain("org.example"))
+    inherited = asyncio.run(client.collect_domain("mail.org.example"))
+    for facts in (own, inherited):
+        auth = {k: v for k, v in facts.answers.items() if k.startswith("rua_auth:")}
+        assert sorted(auth) == ["rua_auth:other.test", "rua_auth:rep.test"]  # same-organization destinations skipped
+        assert auth["rua_auth:rep.test"].name == "org.example._report._dmarc.rep.test"  # RFC 7489 §7.1
+        assert auth["rua_auth:rep.test"].outcome is Outcome.ANSWER
+        assert auth["rua_auth:other.test"].outcome is Outcome.NXDOMAIN
+    # Five base lookups per domain (MX, TXT, _dmarc, _mta-sts, _smtp._tls) plus two authorizations; the
+    # subdomain reuses the cached organizational record and both authorizations.
+    assert client.queries == 5 + 2 + 5
