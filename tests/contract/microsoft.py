@@ -10,6 +10,7 @@ import secrets
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -118,7 +119,11 @@ class GraphState:
     ignore_writes: bool = False  # writes answer success and change nothing
     page_size: int = 100
     invitations: int = 0
+    mailbox_delay: float = 0.0  # seconds each per-mailbox call takes (to observe concurrency)
+    inflight: dict[str, int] = field(default_factory=dict)  # user id -> per-mailbox calls in flight
+    peak: dict[str, int] = field(default_factory=dict)  # user id -> most per-mailbox calls seen in flight
     lock: threading.Lock = field(default_factory=threading.Lock)
+    count_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 class GraphServer(ContractServer):
@@ -156,8 +161,22 @@ class GraphServer(ContractServer):
             return _graph_error(404, "UnknownError", "no such route")
         if request.bearer not in self.state.tokens:
             return _graph_error(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.")
-        with self.state.lock:
-            return self._graph(request, [unquote(p) for p in path[len("/v1.0/"):].split("/")])
+        parts = [unquote(p) for p in path[len("/v1.0/"):].split("/")]
+        if len(parts) < 3 or parts[0] != "users":
+            with self.state.lock:
+                return self._graph(request, parts)
+        state, uid = self.state, parts[1]
+        with state.count_lock:
+            state.inflight[uid] = state.inflight.get(uid, 0) + 1
+            state.peak[uid] = max(state.peak.get(uid, 0), state.inflight[uid])
+        try:
+            if state.mailbox_delay:
+                time.sleep(state.mailbox_delay)
+            with state.lock:
+                return self._graph(request, parts)
+        finally:
+            with state.count_lock:
+                state.inflight[uid] -= 1
 
     def _token(self, request: Request) -> Reply:
         form = request.form()
