@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 NON_PREMIUM = "Authentication_RequestFromNonPremiumTenantOrB2CTenant"
 """Graph's 403 code when signInActivity is selected in a tenant without Entra ID P1/P2."""
 
+DENIED = "Authorization_RequestDenied"
+"""Graph's 403 code when the app lacks a permission (here: AuditLog.Read.All for signInActivity)."""
+
 NO_MAILBOX = "MailboxNotEnabledForRESTAPI"
 """Graph's 404 code for a user without an Exchange Online mailbox (or with an on-premises one)."""
 
@@ -353,14 +356,20 @@ class MicrosoftAdapter:
         """Read domains, users (with sign-in activity when licensed), mailbox purpose, inbox rules and invites."""
         async with self.client() as api:
             problems = await self._check_domains(api, tenant)
+            sign_in_gap: tuple[FactState, str] | None = None
             try:
                 crawl = await self._crawl(api, tenant, sign_in=True)
             except ApiError as exc:
-                if exc.status != 403 or exc.code != NON_PREMIUM:
+                if exc.status != 403 or exc.code not in (NON_PREMIUM, DENIED):
                     raise
-                log.info("no premium licence: reading users without signInActivity", extra={"adapter": self.label})
+                # Without a premium licence (or AuditLog.Read.All) the whole listing fails: read it again without.
+                sign_in_gap = (FactState.UNSUPPORTED, NON_PREMIUM_REASON) if exc.code == NON_PREMIUM else (
+                    FactState.FAILED, f"signInActivity could not be read (AuditLog.Read.All missing?): {exc}")
+                log.info("reading users without signInActivity", extra={"adapter": self.label, "why": exc.code})
                 crawl = await self._crawl(api, tenant, sign_in=False)
         crawl.problems[:0] = problems
+        if sign_in_gap is not None and sign_in_gap[0] is FactState.FAILED:
+            crawl.problems.append(f"{self.label}: {sign_in_gap[1]}")
         if crawl.rule_failures:
             crawl.problems.append(
                 f"{self.label}: inbox rules could not be read for {len(crawl.rule_failures)} mailbox(es), "
@@ -372,10 +381,10 @@ class MicrosoftAdapter:
         crawl.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
         crawl.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED, FORWARDS_NOTE)
         crawl.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
-        if crawl.sign_in:
+        if sign_in_gap is None:
             crawl.cover(Fact.MAILBOX_LAST_LOGIN, FactState.COLLECTED)
         else:
-            crawl.cover(Fact.MAILBOX_LAST_LOGIN, FactState.UNSUPPORTED, NON_PREMIUM_REASON)
+            crawl.cover(Fact.MAILBOX_LAST_LOGIN, *sign_in_gap)
         for fact, reason in NOT_IN_GRAPH.items():
             crawl.cover(fact, FactState.UNSUPPORTED, reason)
         return Collected(tuple(crawl.mailboxes), {}, tuple(crawl.coverage), tuple(crawl.problems))
@@ -383,11 +392,16 @@ class MicrosoftAdapter:
     async def _check_domains(self, api: ApiClient, tenant: Tenant) -> list[str]:
         """Problems for configured domains that the Microsoft 365 tenant does not hold as verified."""
         verified: set[str] = set()
-        async for page in api.pages(f"{self.graph}/domains", None, self._next_link):
-            for item in self._values(page, "/domains"):
-                name = item.get("id")
-                if isinstance(name, str) and item.get("isVerified") is True:
-                    verified.add(name.lower().rstrip("."))
+        try:
+            async for page in api.pages(f"{self.graph}/domains", None, self._next_link):
+                for item in self._values(page, "/domains"):
+                    name = item.get("id")
+                    if isinstance(name, str) and item.get("isVerified") is True:
+                        verified.add(name.lower().rstrip("."))
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            return [f"{self.label}: the tenant's domains could not be read (Domain.Read.All missing?): {exc}"]
         return [
             f"{self.label}: {domain} is not a verified domain of the Microsoft 365 tenant; its mailboxes are not seen"
             for domain in tenant.domains if domain not in verified
@@ -544,7 +558,9 @@ class MicrosoftAdapter:
 
     async def restore_forwarding_rule(self, user: str, saved: Mapping[str, Any]) -> RuleState | None:
         """Re-create a deleted rule from its saved form (the undo of a delete); returns the new rule as re-read."""
-        body = {k: v for k, v in saved.items() if k != "id" and not k.startswith("@odata")}
+        # id, hasError and isReadOnly are read-only properties of messageRule
+        body = {k: v for k, v in saved.items()
+                if k not in ("id", "hasError", "isReadOnly") and not k.startswith("@odata")}
         url = f"{self.graph}/users/{quote(user, safe='')}/mailFolders/inbox/messageRules"
         async with self.client() as api:
             _, created = await api.request("POST", url, json_body=body)
@@ -579,7 +595,9 @@ class MicrosoftAdapter:
         async with self.client() as api:
             _, body = await api.request("POST", url, json_body={
                 "invitedUserEmailAddress": address, "inviteRedirectUrl": redirect_url, "sendInvitationMessage": True})
-            invited = body.get("invitedUser") if isinstance(body, Mapping) else None
+            if not isinstance(body, Mapping):
+                raise AdapterError(f"{self.label}: POST {url} returned an unexpected response")
+            invited = body.get("invitedUser")
             uid = invited.get("id") if isinstance(invited, Mapping) else None
             if not isinstance(uid, str):
                 raise AdapterError(f"{self.label}: POST {url} returned no invited user id")

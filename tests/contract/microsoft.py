@@ -113,6 +113,7 @@ class GraphState:
     domains: list[str] = field(default_factory=list)
     tokens: set[str] = field(default_factory=set)
     premium: bool = True  # False: selecting signInActivity answers 403 NonPremiumTenant
+    audit_log_denied: bool = False  # True: selecting signInActivity answers 403 (no AuditLog.Read.All)
     no_mailbox: set[str] = field(default_factory=set)  # user ids answering 404 MailboxNotEnabledForRESTAPI
     denied_rules: set[str] = field(default_factory=set)  # user ids whose rules answer 403 ErrorAccessDenied
     redirect_single: bool = False  # beta reading: redirectTo as one recipient object, not a collection
@@ -254,6 +255,8 @@ class GraphServer(ContractServer):
         if sign_in and not self.state.premium:
             return _graph_error(403, "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
                                 "Neither tenant is B2C or tenant doesn't have premium license")
+        if sign_in and self.state.audit_log_denied:
+            return _graph_error(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
         top = int(query.get("$top", "100"))
         if top < 1 or top > (MAX_TOP_SIGN_IN if sign_in else MAX_TOP):
             return _graph_error(400, "Request_UnsupportedQuery", f"Invalid page size specified: '{top}'.")
@@ -328,7 +331,7 @@ class GraphServer(ContractServer):
         return _graph_error(405, "ErrorInvalidRequest", "Method not allowed.")
 
     def _rule_shape(self, rule: dict[str, Any]) -> dict[str, Any]:
-        shaped = json.loads(json.dumps(rule))
+        shaped: dict[str, Any] = json.loads(json.dumps(rule))
         redirect = shaped.get("actions", {}).get("redirectTo")
         if self.state.redirect_single and isinstance(redirect, list):
             shaped["actions"]["redirectTo"] = redirect[0] if redirect else None
@@ -362,7 +365,8 @@ def _recipient(address: str) -> dict[str, Any]:
     return {"emailAddress": {"name": address.partition("@")[0], "address": address}}
 
 
-def _rule(rule_id: str, name: str, sequence: int, *, enabled: bool = True, **actions: list[str]) -> dict[str, Any]:
+def _rule(rule_id: str, name: str, sequence: int, actions: dict[str, list[str]], *, enabled: bool = True
+          ) -> dict[str, Any]:
     body: dict[str, Any] = {"forwardTo": [], "redirectTo": [], "forwardAsAttachmentTo": [], "stopProcessingRules": True}
     body.update({k: [_recipient(a) for a in v] for k, v in actions.items()})
     return {"id": rule_id, "displayName": name, "sequence": sequence, "isEnabled": enabled, "hasError": False,
@@ -405,14 +409,14 @@ def publish(estate: Estate, state: GraphState) -> None:
         state.users[uid] = user
         if box.kind in PURPOSE:
             state.purposes[uid] = PURPOSE[box.kind]
-        rules = [_rule(f"AQAAAJ5d{index:04d}0=", "file newsletters", 1)]
+        rules = [_rule(f"AQAAAJ5d{index:04d}0=", "file newsletters", 1, {})]
         rules[0]["actions"] = {"moveToFolder": "AAMkAD-newsletters", "stopProcessingRules": False}
         for number, (target, mechanism) in enumerate(box.forwards, start=2):
             key = "forwardTo" if mechanism is ForwardMechanism.INBOX_RULE else "redirectTo"
-            rules.append(_rule(f"AQAAAJ5d{index:04d}{number}=", f"to {target}", number, **{key: [target]}))
+            rules.append(_rule(f"AQAAAJ5d{index:04d}{number}=", f"to {target}", number, {key: [target]}))
         if box.forwards:
-            rules.append(_rule(f"AQAAAJ5d{index:04d}9=", "old forward (off)", 9, enabled=False,
-                               forwardTo=["archive@elsewhere.test"]))
+            rules.append(_rule(f"AQAAAJ5d{index:04d}9=", "old forward (off)", 9, {"forwardTo": ["archive@elsewhere.test"]},
+                               enabled=False))
         state.rules[uid] = rules
 
 
@@ -438,7 +442,9 @@ class MicrosoftHarness:
         """Start a TLS server publishing the estate through Graph, with /users paged at ``page_size``."""
         state = GraphState(page_size=page_size)
         publish(estate, state)
-        return GraphServer(state, self.ca.server_context()).start()
+        server = GraphServer(state, self.ca.server_context())
+        server.start()
+        return server
 
     def tenant_toml(self, server: ContractServer, estate: Estate, workdir: Path) -> str:
         """The tenant table; its first line completes the suite's [http] table with the test CA."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from scanner.adapters.microsoft import (
 from scanner.collect import adapter_for
 from scanner.config import load_config
 from scanner.errors import AdapterError
-from scanner.model import Fact, FactState, Forward, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
+from scanner.model import Coverage, Fact, FactState, Forward, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
 from tests.contract.estate import NOW, Estate, EstateMailbox, standard_estate
 from tests.contract.microsoft import CLIENT_SECRET, HARNESS, INITIAL_DOMAIN, TOKEN_PATH, GraphServer
 
@@ -48,6 +49,15 @@ def server(estate: Estate) -> Iterator[GraphServer]:
     server.stop()
 
 
+@contextmanager
+def _serving(estate: Estate, *, page_size: int) -> Iterator[GraphServer]:
+    server = HARNESS.serve(estate, page_size=page_size)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 def _adapter(server: GraphServer, estate: Estate, tmp_path: Path, *, max_retry_after: float = 0.05,
              secret: str | None = None) -> MicrosoftAdapter:
     text = HTTP.format(max_retry_after=max_retry_after) + HARNESS.tenant_toml(server, estate, tmp_path)
@@ -60,8 +70,8 @@ def _adapter(server: GraphServer, estate: Estate, tmp_path: Path, *, max_retry_a
     return adapter
 
 
-def _collect(server: GraphServer, estate: Estate, tmp_path: Path, **kwargs: float) -> Collected:
-    adapter = _adapter(server, estate, tmp_path, **kwargs)
+def _collect(server: GraphServer, estate: Estate, tmp_path: Path) -> Collected:
+    adapter = _adapter(server, estate, tmp_path)
     return asyncio.run(adapter.collect(_tenant(estate)))
 
 
@@ -70,10 +80,10 @@ def _tenant(estate: Estate) -> Tenant:
 
 
 def _uid(server: GraphServer, address: str) -> str:
-    return next(u["id"] for u in server.state.users.values() if u["mail"] == address)
+    return str(next(u["id"] for u in server.state.users.values() if u["mail"] == address))
 
 
-def _coverage(collected: Collected, fact: Fact):
+def _coverage(collected: Collected, fact: Fact) -> Coverage:
     (found,) = [c for c in collected.coverage if c.fact is fact and not c.subject]
     return found
 
@@ -162,6 +172,15 @@ def test_non_premium_tenant_is_read_without_sign_in_activity(server: GraphServer
     assert _coverage(collected, Fact.MAILBOX_LIST).state is FactState.COLLECTED
 
 
+def test_missing_audit_log_permission_fails_last_login(server: GraphServer, estate: Estate, tmp_path: Path) -> None:
+    server.state.audit_log_denied = True
+    collected = _collect(server, estate, tmp_path)
+    assert len(collected.mailboxes) == len(estate.mailboxes)
+    coverage = _coverage(collected, Fact.MAILBOX_LAST_LOGIN)
+    assert coverage.state is FactState.FAILED and "Authorization_RequestDenied" in coverage.reason
+    assert len(collected.problems) == 1
+
+
 def test_a_user_without_a_mailbox_is_an_account_not_an_error(server: GraphServer, estate: Estate,
                                                              tmp_path: Path) -> None:
     server.state.no_mailbox.add(_uid(server, "ben@acme.example"))
@@ -177,7 +196,7 @@ def test_room_and_equipment_mailboxes_are_resources(tmp_path: Path) -> None:
         EstateMailbox("room1@acme.example", "Room 1", kind=MailboxKind.RESOURCE, last_login=None),
         EstateMailbox("van@acme.example", "Van", kind=MailboxKind.RESOURCE, last_login=None),
     ))
-    with HARNESS.serve(estate, page_size=4) as server:
+    with _serving(estate, page_size=4) as server:
         server.state.purposes[_uid(server, "van@acme.example")] = "equipment"
         collected = _collect(server, estate, tmp_path)
     assert {m.address: m for m in collected.mailboxes} == HARNESS.expected(estate)
@@ -231,7 +250,7 @@ def test_throttling_waits_for_retry_after(server: GraphServer, estate: Estate, t
 
 def test_per_mailbox_concurrency_stays_within_outlook_limit(tmp_path: Path) -> None:
     estate = standard_estate(users=12)
-    with HARNESS.serve(estate, page_size=50) as server:
+    with _serving(estate, page_size=50) as server:
         server.state.mailbox_delay = 0.01
         collected = _collect(server, estate, tmp_path)
     assert len(collected.mailboxes) == len(estate.mailboxes)
