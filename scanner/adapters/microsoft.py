@@ -253,8 +253,8 @@ class GraphSignIn:
         with self._lock:
             secret = ""
             try:
-                secret = self._secret.resolve()
                 if self._app is None:
+                    secret = self._secret.resolve()
                     self._app = msal.ConfidentialClientApplication(
                         self._options.client_id,
                         client_credential=secret,
