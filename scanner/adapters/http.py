@@ -7,6 +7,7 @@ import email.utils
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ class ApiClient:
         concurrency: int = 8,
         retry: RetryPolicy = RetryPolicy(),
         timeout: float = 30.0,
-        verify: str | bool = True,
+        verify: ssl.SSLContext | str | bool = True,
         transient: Callable[[httpx.Response], bool] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int | None = None,
