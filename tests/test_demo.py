@@ -51,3 +51,19 @@ def test_demo_manifest_matches_the_files(demo_out) -> None:
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
 
+
+
+def test_every_check_fails_somewhere_and_passes_elsewhere_in_the_demo(demo_out) -> None:
+    from checks.registry import load_checks
+
+    out, _ = demo_out
+    findings = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    seen: dict[str, set[str]] = {}
+    for finding in findings:
+        seen.setdefault(finding["check"], set()).add(finding["status"])
+    incomplete = {
+        check.meta.id: sorted(seen.get(check.meta.id, set()))
+        for check in load_checks()
+        if not {"fail", "pass"} <= seen.get(check.meta.id, set())
+    }
+    assert incomplete == {}
