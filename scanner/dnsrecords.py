@@ -13,7 +13,7 @@ import re
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
-from scanner.model import DnsAnswer, Outcome
+from scanner.model import DnsAnswer, DnsFacts, Outcome
 
 # RFC 7489 §6.4: a DMARC record starts with "v=DMARC1".
 _DMARC = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
@@ -142,3 +142,23 @@ def dkim_key(answer: DnsAnswer | None) -> tuple[str, int] | None:
 def mode_rank(mode: str | None) -> int:
     """How strict an MTA-STS mode is: 0 none or no policy, 1 testing, 2 enforce."""
     return MTA_STS_MODES.index(mode) if mode in MTA_STS_MODES else 0
+
+
+def mta_sts_mode(facts: DnsFacts) -> tuple[str | None, str]:
+    """The MTA-STS mode in force as (mode, ""), or (None, why) when it cannot be known.
+
+    With no ``_mta-sts`` TXT record no policy applies (RFC 8461 §3.1), which is mode "none".
+    """
+    policy = facts.mta_sts_policy
+    mode = getattr(policy, "mode", None) if policy is not None else None
+    if mode is not None:
+        value = str(getattr(mode, "value", mode)).lower()
+        return (value, "") if value in MTA_STS_MODES else (None, f"unknown MTA-STS mode {value[:40]!r}")
+    answer = facts.get("mta_sts")
+    if answer is None:
+        return None, "the _mta-sts record was not collected"
+    if answer.failed:
+        return None, f"DNS lookup of {answer.name} TXT failed: {answer.error}"
+    if not any(r.lower().startswith("v=stsv1") for r in records(answer)):
+        return "none", ""
+    return None, "an MTA-STS record is published but its policy was not fetched"
