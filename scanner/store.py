@@ -389,6 +389,15 @@ class Store:
             value = json.loads(body)
             return _with_last_known(conn, kind, key, seq, value) if kind == "domain" else value
 
+    def domain_state(self, key: str) -> tuple[DomainState, RunRecord] | None:
+        """A domain (key ``tenant/name``) as the latest run recorded it, with that run; None if never seen."""
+        with self.engine.connect() as conn:
+            last = conn.execute(sa.select(run_order.c.run_id).order_by(run_order.c.seq.desc()).limit(1)).scalar()
+        body = self.object_state("domain", key)
+        if body is None or last is None:
+            return None
+        return _domain_state(body), self.run(last)
+
     def object_count(self) -> int:
         """How many distinct object bodies the store holds."""
         with self.engine.connect() as conn:
