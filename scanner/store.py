@@ -502,7 +502,7 @@ class Store:
             newer = versions.alias("newer")
             superseded = sa.exists().where(
                 newer.c.kind == versions.c.kind, newer.c.key == versions.c.key,
-                newer.c.seq > versions.c.seq, newer.c.seq < floor,
+                newer.c.seq > versions.c.seq, newer.c.seq <= floor,
             )
             squashed = conn.execute(sa.delete(versions).where(versions.c.seq < floor, superseded)).rowcount
             squashed += conn.execute(
@@ -736,6 +736,8 @@ def _record_delta(
     """Write the versions and change-log rows of one run: what appeared, changed or (in complete scopes) went."""
     before = _state_rows(conn, seq - 1, None)
     known_scopes = {scope for _, scope in before.values()}
+    if before:
+        known_scopes.add(CONFIG_SCOPE)  # the config was read by the earlier runs, even with no exceptions in it
     if complete is None:
         complete = known_scopes | {scope for *_, scope in seen}
     rows: list[dict[str, Any]] = []
