@@ -39,6 +39,8 @@ def write_changes_csv(changes: Sequence[ChangeRecord], out: TextIO) -> None:
     writer.writerow(COLUMNS)
     for change in changes:
         record = change_record(change)
+        for column in ("before", "after"):
+            record[column] = json.dumps(record[column], ensure_ascii=False, sort_keys=True)
         writer.writerow([safe_cell(record[c]) for c in COLUMNS])
 
 
