@@ -51,3 +51,19 @@ def test_demo_manifest_matches_the_files(demo_out) -> None:
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
 
+
+
+def test_demo_shows_the_scripted_drift(demo_out) -> None:
+    out, done = demo_out
+    changes = json.loads((out / "after-change" / "changes.json").read_text(encoding="utf-8"))
+    assert sorted((c["object_type"], c["object_key"], c["field"], c["action"]) for c in changes) == [
+        ("dns", "harbordental.example", "dmarc", "changed"),
+        ("forward", "theo.brennan@harbordental.example -> theo.brennan@personal-mail.test", "", "added"),
+    ]
+    assert "change log of run" in done.stdout
+    findings = json.loads((out / "after-change" / "findings.json").read_text(encoding="utf-8"))
+    failing = {(f["check"], f["subject"], f["item"]) for f in findings if f["status"] == "fail"}
+    assert ("drift.dns_weakened", "harbordental.example", "dmarc") in failing
+    assert ("drift.forwarding_added", "theo.brennan@harbordental.example", "") in failing
+    first = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    assert not [f for f in first if f["check"].startswith("drift.") and f["status"] != "pass"]
