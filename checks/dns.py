@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from checks.registry import Result, RunContext, check
-from scanner.dnsrecords import dkim_key, dmarc_policy, dmarc_record, dmarc_rua, dmarc_tags, mta_sts_mode, mx_hosts, spf_record, spf_terms
+from scanner.dnsrecords import (
+    dkim_key,
+    dmarc_policy,
+    dmarc_record,
+    dmarc_rua,
+    dmarc_tags,
+    mta_sts_mode,
+    mx_hosts,
+    spf_record,
+    spf_terms,
+)
 from scanner.model import Baseline, DnsAnswer, Domain, Scope, Severity
 
 
