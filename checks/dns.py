@@ -28,7 +28,9 @@ def _unknown(domain: Domain, key: str, fact: str) -> str | None:
     return None
 
 
-def _dmarc_fix(domain: Domain, answer: DnsAnswer | None, *, p: str | None = None, rua: tuple[str, ...] | None = None) -> str:
+def _dmarc_fix(
+    domain: Domain, answer: DnsAnswer | None, *, p: str | None = None, rua: tuple[str, ...] | None = None
+) -> str:
     tags = dmarc_tags(dmarc_record(answer)) or {"v": "DMARC1", "p": "none"}
     tags.pop("v", None)
     if p is not None:
@@ -86,7 +88,8 @@ def _dkim(domain: Domain, expected: tuple[str, ...]) -> Result:
     if missing or unexpected:
         return Result.failed(
             item="dkim_selectors", expected=list(expected), actual=present, missing=missing, unexpected=unexpected,
-            publish=[f'{s}._domainkey.{domain.name}. TXT "v=DKIM1; k=rsa; p=<the sender\'s public key>"' for s in missing]
+            publish=[f'{s}._domainkey.{domain.name}. TXT "v=DKIM1; k=rsa; p=<the sender\'s public key>"'
+                     for s in missing]
             + [f"remove {s}._domainkey.{domain.name} TXT, or add {s!r} to the baseline" for s in unexpected],
         )
     if unknown:

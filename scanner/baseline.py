@@ -134,6 +134,9 @@ def render_baseline(domain: str, baseline: Baseline, *, run_id: str, taken: date
         if value is None:
             continue
         # A JSON string is a valid TOML basic string (both escape with \\ and \\uXXXX).
-        text = "[" + ", ".join(json.dumps(v, ensure_ascii=True) for v in value) + "]" if key in LISTS else json.dumps(value)
+        if key in LISTS:
+            text = "[" + ", ".join(json.dumps(v, ensure_ascii=True) for v in value) + "]"
+        else:
+            text = json.dumps(value)
         lines.append(f"{key} = {text}")
     return "\n".join(lines) + "\n"

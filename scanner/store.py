@@ -336,7 +336,7 @@ class Store:
         self, run_id: str, items: Iterable[tuple[str, str, object] | tuple[str, str, object, str]],
         complete: Iterable[str] | None = None,
     ) -> int:
-        """Record what a run saw as a delta against the state before it; returns how many bodies were new.
+        """Record what a run saw as a delta against the state before it; returns how many bodies were new to the store.
 
         Each item is (kind, key, body) or (kind, key, body, scope); the scope is the tenant (default: the
         key up to its first "/"). ``complete`` names the scopes the run saw completely (None: all of them).
@@ -355,17 +355,8 @@ class Store:
             seen.append((kind, key, digest, str(scope)))
         with self.engine.begin() as conn:
             seq, started = self._position(conn, run_id)
-            known: set[str] = set()
-            hashes = list(bodies)
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start : start + 500]
-                known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
-            new = [{"hash": h, "kind": k, "body": b} for h, (k, b) in bodies.items() if h not in known]
-            for start in range(0, len(new), 5000):
-                conn.execute(sa.insert(objects), new[start : start + 5000])
             scopes = None if complete is None else set(complete)
-            _record_delta(conn, run_id, seq, started, seen, scopes)
-        return len(new)
+            return _record_delta(conn, run_id, seq, started, seen, scopes, bodies)
 
     def snapshot(self, run_id: str, kind: str | None = None) -> dict[tuple[str, str], Any]:
         """The state as of a run, keyed by (kind, key): what it saw, plus what it could not see carried forward."""
@@ -720,7 +711,9 @@ def _domain_state(body: dict[str, Any]) -> DomainState:
     return DomainState(answers, body.get("catch_all"), str(mode).lower() if mode is not None else None)
 
 
-def _change_row(change: FieldChange, at: datetime, source: str, run_id: str | None, job_id: str | None) -> dict[str, Any]:
+def _change_row(
+    change: FieldChange, at: datetime, source: str, run_id: str | None, job_id: str | None
+) -> dict[str, Any]:
     return {
         "at": at, "source": source, "run_id": run_id, "job_id": job_id, "tenant": change.tenant,
         "domain": change.domain, "subject": change.subject, "object_type": change.object_type,
@@ -731,9 +724,11 @@ def _change_row(change: FieldChange, at: datetime, source: str, run_id: str | No
 
 def _record_delta(
     conn: Connection, run_id: str, seq: int, at: datetime, seen: Sequence[tuple[str, str, str, str]],
-    complete: set[str] | None,
-) -> None:
-    """Write the versions and change-log rows of one run: what appeared, changed or (in complete scopes) went."""
+    complete: set[str] | None, bodies: dict[str, tuple[str, str]] | None = None,
+) -> int:
+    """Write one run's versions (what appeared, changed or, in complete scopes, went), the bodies they need
+    that the store lacks (from ``bodies``: hash -> (kind, text)), and its change-log rows; returns how many
+    bodies were new."""
     before = _state_rows(conn, seq - 1, None)
     known_scopes = {scope for _, scope in before.values()}
     if before:
@@ -756,6 +751,17 @@ def _record_delta(
         if scope in complete and (kind, key) not in present:
             rows.append({"kind": kind, "key": key, "seq": seq, "scope": scope, "hash": None, "deleted": True})
             pairs.append((kind, key, digest, None, scope))
+    added = 0
+    if bodies is not None:
+        needed = sorted({r["hash"] for r in rows if r["hash"] is not None})
+        known: set[str] = set()
+        for start in range(0, len(needed), 500):
+            chunk = needed[start : start + 500]
+            known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
+        new = [{"hash": h, "kind": bodies[h][0], "body": bodies[h][1]} for h in needed if h not in known]
+        for start in range(0, len(new), 5000):
+            conn.execute(sa.insert(objects), new[start : start + 5000])
+        added = len(new)
     for start in range(0, len(rows), 5000):
         conn.execute(sa.insert(versions), rows[start : start + 5000])
     # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
@@ -774,3 +780,4 @@ def _record_delta(
         log.extend(_change_row(c, at, "scan", run_id, None) for c in object_changes(kind, key, old_body, new_body))
     for start in range(0, len(log), 5000):
         conn.execute(sa.insert(changes), log[start : start + 5000])
+    return added
