@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import click
 from rich.console import Console
 
 from checks.registry import RegistryError, load_checks
-from scanner.config import BUNDLED, Config, load_config
-from scanner.errors import MailwardenError
+from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
+from scanner.baseline import capture, render_baseline
+from scanner.config import BUNDLED, Config, load_config, normalize_domain
+from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
 from scanner.pipeline import ScanResult, run_scan
 from scanner.store import Store
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
-from scanner.zoneserver import ZoneServer
+from scanner.zoneserver import ZoneServer, load_zone_file
 
 DEMO = BUNDLED / "demo"
 DEMO_AS_OF = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -111,27 +116,157 @@ def scan(config_path: Path | None, out_dir: Path, fail_on: str | None) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("mailwarden-demo"),
               show_default=True, help="Directory for the outputs and the demo's own store.")
 def demo(out_dir: Path) -> None:
-    """Scan the bundled demo estate, served by an in-process DNS server on loopback."""
+    """Scan the bundled demo estate twice, with a scripted change between, served by a DNS server on loopback.
+
+    The first run's outputs go to OUT, the second's to OUT/after-change, and the change log between
+    them is printed (config/demo/drift/README.md says what changes).
+    """
     with _user_errors(), ZoneServer() as server:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
+        database = out_dir / "mailwarden-demo.db"
+        database.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
         plain = load_config(DEMO / "mailwarden.toml")
         # The demo's MTA-STS policy hosts resolve to loopback; serve their policies over real HTTPS,
         # with a certificate from a throwaway CA that only this run trusts.
         ca = LoopbackCA()
         hosts = [f"mta-sts.{d}" for t in plain.tenants for d in (*t.domains, *t.parked_domains)]
         with PolicyServer(policies_from_directory(DEMO / "mta-sts"), ca.server_context(hosts)) as https:
-            config = load_config(
-                DEMO / "mailwarden.toml",
-                overrides={
-                    "dns": {"nameservers": [server.nameserver]},
-                    "store": {"url": f"sqlite:///{(out_dir / 'mailwarden-demo.db').resolve()}"},
-                    "mta_sts": {"port": https.port, "ca_bundle": str(ca.write(out_dir / "demo-ca.pem").resolve())},
-                },
-            )
+            overrides: dict[str, dict[str, object]] = {
+                "dns": {"nameservers": [server.nameserver]},
+                "store": {"url": f"sqlite:///{database.resolve()}"},
+                "mta_sts": {"port": https.port, "ca_bundle": str(ca.write(out_dir / "demo-ca.pem").resolve())},
+            }
             click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
             click.echo(f"demo MTA-STS policy server on https://127.0.0.1:{https.port}, serving config/demo/mta-sts")
-            _scan(config, out_dir, None, as_of=DEMO_AS_OF)
+            _scan(load_config(DEMO / "mailwarden.toml", overrides=overrides), out_dir, None, as_of=DEMO_AS_OF)
+            with tempfile.TemporaryDirectory(prefix="mailwarden-demo-") as temp:
+                changed = Path(temp) / "demo"
+                shutil.copytree(DEMO, changed, ignore=shutil.ignore_patterns("drift"))
+                shutil.copytree(DEMO / "drift", changed, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
+                for zone in sorted((DEMO / "drift" / "zones").glob("*.zone")):
+                    server.add_zone(load_zone_file(zone, zone.name[: -len(".zone")]))
+                click.echo("\nscripted change applied (config/demo/drift): scanning again")
+                after = out_dir / "after-change"
+                _scan(load_config(changed / "mailwarden.toml", overrides=overrides), after, None, as_of=DEMO_AS_OF)
+        store = Store(f"sqlite:///{database.resolve()}")
+        try:
+            last = store.runs()[-1]
+            found = store.changes(run_id=last.id)
+        finally:
+            store.close()
+        with (after / "changes.json").open("w", encoding="utf-8") as handle:
+            write_changes_json(found, handle)
+        click.echo(f"\nchange log of run {last.id} ({len(found)} changes; also in {after / 'changes.json'}):")
+        write_changes_table(found, sys.stdout)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
+_UNITS = {"m": timedelta(minutes=1), "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+
+
+def parse_duration(text: str) -> timedelta:
+    """A duration such as 30m, 24h, 7d or 2w."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ConfigError(f"{text!r} is not a duration such as 30m, 24h, 7d or 2w")
+    return int(match.group(1)) * _UNITS[match.group(2)]
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """--since: a duration back from now (24h, 7d) or an ISO 8601 date or date-time (UTC unless it says)."""
+    if _DURATION.match(text):
+        return now - parse_duration(text)
+    try:
+        if len(text.strip()) == 10:
+            return datetime.combine(date.fromisoformat(text.strip()), datetime.min.time(), UTC)
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: expected 24h, 7d, 2w, a date (2026-11-01) or a date-time") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path),
+                             help="Config file (default: ./mailwarden.toml).")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--since", help="Only changes since then: 24h, 7d, 2w, or a date such as 2026-11-01.")
+@click.option("--tenant", help="Only this tenant.")
+@click.option("--domain", help="Only this domain: its DNS, its settings and its mailboxes.")
+@click.option("--mailbox", help="Only this mailbox: its settings, forwards and invite.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def changes(config_path: Path | None, since: str | None, tenant: str | None, domain: str | None,
+            mailbox: str | None, fmt: str) -> None:
+    """Print the change log: each object's field before and after, with the run (or job) and time."""
+    with _user_errors():
+        config = _config(config_path)
+        start = parse_since(since, datetime.now(UTC)) if since else None
+        store = Store(config.store.url)
+        try:
+            found = store.changes(
+                since=start, tenant=tenant, domain=normalize_domain(domain) if domain else None,
+                subject=mailbox.strip().lower() if mailbox else None,
+            )
+        finally:
+            store.close()
+    {"json": write_changes_json, "csv": write_changes_csv, "table": write_changes_table}[fmt](found, sys.stdout)
+
+
+@main.group()
+def baseline() -> None:
+    """Baselines: a domain's declared MX, SPF, DMARC, DKIM and MTA-STS."""
+
+
+@baseline.command("capture")
+@CONFIG_OPTION
+@click.option("--domain", required=True, help="The domain whose recorded state becomes the baseline.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="File to write (default: <domain>.baseline.toml; '-' for standard output).")
+def baseline_capture(config_path: Path | None, domain: str, out_path: Path | None) -> None:
+    """Write the domain's state as the latest run recorded it as a baseline file."""
+    with _user_errors():
+        config = _config(config_path)
+        try:
+            name = normalize_domain(domain)
+        except ValueError as exc:
+            raise ConfigError(f"--domain: {exc}") from None
+        owners = [t.name for t in config.tenant_models() if name in t.domains or name in t.parked_domains]
+        if not owners:
+            raise ConfigError(f"--domain {name}: no tenant in {config.source} manages it")
+        store = Store(config.store.url)
+        try:
+            found = store.domain_state(f"{owners[0]}/{name}")
+        finally:
+            store.close()
+        if found is None:
+            raise StoreError(f"the store holds no run that saw {name}: run 'mailwarden scan' first")
+        state, run = found
+        text = render_baseline(name, capture(state), run_id=run.id, taken=run.started)
+        if out_path is not None and str(out_path) == "-":
+            click.echo(text, nl=False)
+            return
+        target = out_path or Path(f"{name}.baseline.toml")
+        target.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {target}: add it to tenant {owners[0]!r}'s baselines list to check {name} against it")
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--keep", required=True, help="How much history to keep, such as 400d.")
+def prune(config_path: Path | None, keep: str) -> None:
+    """Remove runs older than --keep, keeping what the kept runs' history still needs."""
+    with _user_errors():
+        config = _config(config_path)
+        cutoff = datetime.now(UTC) - parse_duration(keep)
+        store = Store(config.store.url)
+        try:
+            done = store.prune(cutoff)
+        finally:
+            store.close()
+    click.echo(f"pruned runs started before {cutoff:%Y-%m-%d %H:%M}Z: {done.runs} runs, {done.versions} object "
+               f"versions, {done.objects} object bodies, {done.findings} resolved findings")
 
 
 @main.command("checks")

@@ -184,10 +184,16 @@ class TenantConfig(_Strict):
     dkim_selectors: list[str] = []
     roster: Path | None = None
     export: Path | None = None
+    baselines: list[Path] = []  # baseline files (see README "Baselines"), relative to the config file
     google: GoogleOptions | None = None
     microsoft: MicrosoftOptions | None = None
     mailcow: MailcowOptions | None = None
 
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _one_or_many_files(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("domains", "parked_domains", mode="after")
     @classmethod

@@ -264,6 +264,39 @@ class Coverage:
 
 
 @dataclass(frozen=True, slots=True)
+class DomainState:
+    """A domain as the store last recorded it: raw DNS answers (failures replaced by the last known answer)."""
+
+    answers: Mapping[str, DnsAnswer] = field(default_factory=dict)
+    catch_all: str | None = None
+    mta_sts_mode: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreviousState:
+    """The recorded state before this run, the reference for drift checks; keys are ``tenant/name``."""
+
+    run_id: str
+    taken: datetime
+    tenants: frozenset[str] = frozenset()
+    domains: Mapping[str, DomainState] = field(default_factory=dict)
+    forwards: Mapping[str, tuple[Forward, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """What a domain's mail DNS is declared to be; a None field is not part of the baseline."""
+
+    mx: tuple[str, ...] | None = None
+    spf_terms: tuple[str, ...] | None = None
+    dmarc_policy: str | None = None
+    dmarc_rua: tuple[str, ...] | None = None
+    dkim_selectors: tuple[str, ...] | None = None
+    mta_sts_mode: str | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Inventory:
     """Everything one run collected, with its coverage."""
 
@@ -273,6 +306,8 @@ class Inventory:
     people: Mapping[str, tuple[Person, ...]] = field(default_factory=dict)
     exceptions: tuple[PolicyException, ...] = ()
     coverage: tuple[Coverage, ...] = ()
+    previous: PreviousState | None = None
+    baselines: Mapping[str, Baseline] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,10 +16,11 @@ from reports.html import render_html
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
 from scanner import __version__
+from scanner.baseline import load_baselines
 from scanner.collect import Collection, collect
 from scanner.config import Config
 from scanner.model import FactState, Finding, Inventory, plain
-from scanner.store import RunRecord, Store
+from scanner.store import CONFIG_SCOPE, RunRecord, Store
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,17 +51,17 @@ def senders_of(config: Config) -> dict[str, Sender]:
     }
 
 
-def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object]]:
-    """Every object a run saw, as (kind, key, plain body) for the store."""
+def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str]]:
+    """Every object a run saw, as (kind, key, plain body, scope) for the store; the scope is the tenant."""
     for domain in inventory.domains:
-        yield "domain", f"{domain.tenant}/{domain.name}", plain(domain)
+        yield "domain", f"{domain.tenant}/{domain.name}", plain(domain), domain.tenant
     for mailbox in inventory.mailboxes:
-        yield "mailbox", f"{mailbox.tenant}/{mailbox.address}", plain(mailbox)
+        yield "mailbox", f"{mailbox.tenant}/{mailbox.address}", plain(mailbox), mailbox.tenant
     for tenant, people in inventory.people.items():
         for person in people:
-            yield "person", f"{tenant}/{person.email}", plain(person)
+            yield "person", f"{tenant}/{person.email}", plain(person), tenant
     for exception in inventory.exceptions:
-        yield "exception", f"{exception.check}/{exception.subject}", plain(exception)
+        yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
 
 
 def run_scope(collection: Collection) -> dict[str, object]:
@@ -102,10 +103,14 @@ def run_scan(
     run_id = new_run_id(started)
     store.start_run(run_id, started, config.digest, __version__)
     try:
+        baselines = load_baselines(config)
         collection = asyncio.run(collect(config, progress=progress))
-        store.save_snapshot(run_id, snapshot_items(collection.inventory))
+        # The drift checks judge against the state recorded before this run; the snapshot then records
+        # only what this run saw completely (a partial tenant's objects carry forward unchanged).
+        inventory = replace(collection.inventory, previous=store.previous_state(run_id), baselines=baselines)
+        store.save_snapshot(run_id, snapshot_items(inventory), complete=(*collection.complete_tenants, CONFIG_SCOPE))
         results = evaluate(
-            collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+            inventory, checks, policy=policy_of(config), senders=senders_of(config),
             now=as_of or started,
             run_id=run_id,
         )

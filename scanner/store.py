@@ -12,8 +12,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from scanner.changes import FAILED, FieldChange, object_changes
 from scanner.errors import StoreError
-from scanner.model import Finding, Remediation, Severity, Status
+from scanner.model import (
+    DnsAnswer,
+    DomainState,
+    Finding,
+    Forward,
+    ForwardMechanism,
+    Outcome,
+    PreviousState,
+    Remediation,
+    Severity,
+    Status,
+)
 
 metadata = sa.MetaData()
 
@@ -88,12 +100,87 @@ run_findings = sa.Table(
 )
 
 
+run_order = sa.Table(
+    "run_order",
+    metadata,
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("seq", sa.Integer, nullable=False, unique=True),
+)
+"""Each run's position: snapshot versions are ordered by it (times can tie, ids need not sort)."""
+
+versions = sa.Table(
+    "versions",
+    metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("scope", sa.String(128), nullable=False),  # the tenant; "" for objects from the config
+    sa.Column("hash", sa.String(64)),  # NULL when deleted
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Index("ix_versions_seq", "seq"),
+)
+"""Delta snapshots: a row only where an object appeared, changed or disappeared in a run.
+
+The state as of run R is, per (kind, key), the row with the highest seq <= R's seq, unless deleted.
+No foreign key to runs: after a prune, the rows below the oldest kept run are its base state.
+"""
+
+changes = sa.Table(
+    "changes",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("source", sa.String(16), nullable=False),  # scan (derived from snapshots) or job (remediation)
+    sa.Column("run_id", sa.String(40)),
+    sa.Column("job_id", sa.String(64)),
+    sa.Column("tenant", sa.String(128), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("object_type", sa.String(32), nullable=False),
+    sa.Column("object_key", sa.String(1024), nullable=False),
+    sa.Column("field", sa.String(255), nullable=False),
+    sa.Column("action", sa.String(16), nullable=False),
+    sa.Column("before", sa.JSON),
+    sa.Column("after", sa.JSON),
+    sa.Index("ix_changes_domain_at", "domain", "at"),
+    sa.Index("ix_changes_subject_at", "subject", "at"),
+    sa.Index("ix_changes_tenant_at", "tenant", "at"),
+    sa.Index("ix_changes_at", "at"),
+    sa.Index("ix_changes_run", "run_id"),
+)
+"""The change log: one row per object field that changed, with when, which run or job, before and after."""
+
+CONFIG_SCOPE = ""
+"""The scope of objects read from the config (exceptions): every run that loaded the config saw all of them."""
+
+
 def _migration_1(conn: Connection) -> None:
     """Version 1: runs, objects, snapshots, findings, run_findings."""
     metadata.create_all(conn, tables=[runs, objects, snapshots, findings, run_findings])
 
 
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1,)
+def _migration_2(conn: Connection) -> None:
+    """Version 2: delta snapshots (versions), run order and the change log; replays and drops ``snapshots``."""
+    metadata.create_all(conn, tables=[run_order, versions, changes])
+    rows = conn.execute(sa.select(runs.c.id, runs.c.started, runs.c.scope).order_by(runs.c.started, runs.c.id)).all()
+    for seq, row in enumerate(rows, start=1):
+        conn.execute(sa.insert(run_order).values(run_id=row.id, seq=seq))
+        seen = conn.execute(
+            sa.select(snapshots.c.kind, snapshots.c.key, snapshots.c.hash).where(snapshots.c.run_id == row.id)
+        ).all()
+        if not seen:
+            continue
+        tenants = (row.scope or {}).get("tenants", {})
+        # Version 1 recorded no per-object scope: a key's tenant is the part before the first "/", and
+        # only a tenant the run's scope marks complete may lose objects (unknown is never "deleted").
+        complete = {name for name, t in tenants.items() if isinstance(t, dict) and t.get("state") == "complete"}
+        complete.add(CONFIG_SCOPE)
+        items = [(r.kind, r.key, r.hash, _legacy_scope(r.kind, r.key)) for r in seen]
+        _record_delta(conn, row.id, seq, _utc(row.started) or datetime.now(UTC), items, complete)
+    snapshots.drop(conn)
+
+
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2)
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)
@@ -111,6 +198,35 @@ class RunRecord:
     scope: dict[str, Any]
     config_digest: str
     tool_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One change-log row: an object's field before and after, and which run (or job) saw it when."""
+
+    at: datetime
+    source: str
+    run_id: str | None
+    job_id: str | None
+    tenant: str
+    domain: str
+    subject: str
+    object_type: str
+    object_key: str
+    field: str
+    action: str
+    before: Any
+    after: Any
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What a prune removed."""
+
+    runs: int
+    versions: int
+    objects: int
+    findings: int
 
 
 def content_hash(body: str) -> str:
@@ -190,6 +306,8 @@ class Store:
                     tool_version=tool_version,
                 )
             )
+            last = conn.execute(sa.select(sa.func.max(run_order.c.seq))).scalar()
+            conn.execute(sa.insert(run_order).values(run_id=run_id, seq=int(last or 0) + 1))
 
     def finish_run(self, run_id: str, finished: datetime, state: str, scope: dict[str, Any]) -> None:
         """Record how a run ended: complete, partial (with what failed) or failed."""
@@ -214,44 +332,188 @@ class Store:
 
     # snapshots
 
-    def save_snapshot(self, run_id: str, items: Iterable[tuple[str, str, object]]) -> int:
-        """Store what a run saw, one object per (kind, key); returns how many bodies were new to the store."""
+    def save_snapshot(
+        self, run_id: str, items: Iterable[tuple[str, str, object] | tuple[str, str, object, str]],
+        complete: Iterable[str] | None = None,
+    ) -> int:
+        """Record what a run saw as a delta against the state before it; returns how many bodies were new to the store.
+
+        Each item is (kind, key, body) or (kind, key, body, scope); the scope is the tenant (default: the
+        key up to its first "/"). ``complete`` names the scopes the run saw completely (None: all of them).
+        Objects of other scopes are not recorded at all, so their state carries forward unchanged: a run
+        that failed to see a tenant never records its objects as changed or deleted. The change log rows
+        for the delta are written in the same transaction.
+        """
         bodies: dict[str, tuple[str, str]] = {}
-        refs: list[dict[str, str]] = []
-        for kind, key, value in items:
+        seen: list[tuple[str, str, str, str]] = []
+        for item in items:
+            kind, key, value = item[0], item[1], item[2]
+            scope = item[3] if len(item) > 3 else _legacy_scope(kind, key)  # type: ignore[misc]
             body = canonical(value)
             digest = content_hash(body)
             bodies[digest] = (kind, body)
-            refs.append({"run_id": run_id, "kind": kind, "key": key, "hash": digest})
+            seen.append((kind, key, digest, str(scope)))
         with self.engine.begin() as conn:
-            known: set[str] = set()
-            hashes = list(bodies)
-            for start in range(0, len(hashes), 500):
-                chunk = hashes[start : start + 500]
-                known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
-            new = [{"hash": h, "kind": k, "body": b} for h, (k, b) in bodies.items() if h not in known]
-            if new:
-                conn.execute(sa.insert(objects), new)
-            if refs:
-                conn.execute(sa.insert(snapshots), refs)
-        return len(new)
+            seq, started = self._position(conn, run_id)
+            scopes = None if complete is None else set(complete)
+            return _record_delta(conn, run_id, seq, started, seen, scopes, bodies)
 
     def snapshot(self, run_id: str, kind: str | None = None) -> dict[tuple[str, str], Any]:
-        """The objects a run saw, keyed by (kind, key)."""
-        query = (
-            sa.select(snapshots.c.kind, snapshots.c.key, objects.c.body)
-            .join(objects, objects.c.hash == snapshots.c.hash)
-            .where(snapshots.c.run_id == run_id)
-        )
-        if kind is not None:
-            query = query.where(snapshots.c.kind == kind)
+        """The state as of a run, keyed by (kind, key): what it saw, plus what it could not see carried forward."""
         with self.engine.connect() as conn:
-            return {(r.kind, r.key): json.loads(r.body) for r in conn.execute(query)}
+            seq, _ = self._position(conn, run_id)
+            state = _state_rows(conn, seq, kind)
+            return {ident: json.loads(body) for ident, body in _bodies(conn, state).items()}
+
+    def object_state(self, kind: str, key: str, run_id: str | None = None) -> Any | None:
+        """One object as of a run (default: the latest), or None when it did not exist then."""
+        with self.engine.connect() as conn:
+            seq = self._position(conn, run_id)[0] if run_id is not None else _last_seq(conn)
+            row = conn.execute(
+                sa.select(versions.c.hash, versions.c.deleted)
+                .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq)
+                .order_by(versions.c.seq.desc()).limit(1)
+            ).one_or_none()
+            if row is None or row.deleted:
+                return None
+            body = conn.execute(sa.select(objects.c.body).where(objects.c.hash == row.hash)).scalar_one()
+            value = json.loads(body)
+            return _with_last_known(conn, kind, key, seq, value) if kind == "domain" else value
+
+    def domain_state(self, key: str) -> tuple[DomainState, RunRecord] | None:
+        """A domain (key ``tenant/name``) as the latest run recorded it, with that run; None if never seen."""
+        with self.engine.connect() as conn:
+            last = conn.execute(sa.select(run_order.c.run_id).order_by(run_order.c.seq.desc()).limit(1)).scalar()
+        body = self.object_state("domain", key)
+        if body is None or last is None:
+            return None
+        return _domain_state(body), self.run(last)
 
     def object_count(self) -> int:
         """How many distinct object bodies the store holds."""
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(objects)).scalar_one())
+
+    def version_count(self) -> int:
+        """How many object versions (appearances, changes, deletions) the store holds."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(versions)).scalar_one())
+
+    def previous_state(self, run_id: str) -> PreviousState | None:
+        """The recorded state before a run, for the drift checks; None when nothing was recorded before it."""
+        with self.engine.connect() as conn:
+            seq, _ = self._position(conn, run_id)
+            before = conn.execute(
+                sa.select(run_order.c.run_id, runs.c.started).join(runs, runs.c.id == run_order.c.run_id)
+                .where(run_order.c.seq < seq).order_by(run_order.c.seq.desc()).limit(1)
+            ).one_or_none()
+            if before is None:
+                return None
+            state = {i: v for i, v in _state_rows(conn, seq - 1, None).items() if i[0] in ("domain", "mailbox")}
+            if not state:
+                return None
+            domains: dict[str, DomainState] = {}
+            forwards: dict[str, tuple[Forward, ...]] = {}
+            tenants: set[str] = set()
+            for (kind, key), text in _bodies(conn, state).items():
+                body = json.loads(text)
+                tenants.add(key.partition("/")[0])
+                if kind == "domain":
+                    domains[key] = _domain_state(_with_last_known(conn, kind, key, seq - 1, body))
+                else:
+                    found = tuple(
+                        Forward(str(f["target"]), ForwardMechanism(f["mechanism"]))
+                        for f in body.get("forwards") or ()
+                    )
+                    if found:
+                        forwards[key] = found
+        return PreviousState(before.run_id, _utc(before.started) or datetime.now(UTC), frozenset(tenants),
+                             domains, forwards)
+
+    def _position(self, conn: Connection, run_id: str) -> tuple[int, datetime]:
+        row = conn.execute(
+            sa.select(run_order.c.seq, runs.c.started).join(runs, runs.c.id == run_order.c.run_id)
+            .where(run_order.c.run_id == run_id)
+        ).one_or_none()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in the store")
+        return int(row.seq), _utc(row.started) or datetime.now(UTC)
+
+    # the change log
+
+    def changes(
+        self, *, since: datetime | None = None, tenant: str | None = None, domain: str | None = None,
+        subject: str | None = None, run_id: str | None = None,
+    ) -> list[ChangeRecord]:
+        """Change-log rows matching every given filter, oldest first."""
+        query = sa.select(changes)
+        if since is not None:
+            query = query.where(changes.c.at >= since)
+        if tenant is not None:
+            query = query.where(changes.c.tenant == tenant)
+        if domain is not None:
+            query = query.where(changes.c.domain == domain)
+        if subject is not None:
+            query = query.where(changes.c.subject == subject)
+        if run_id is not None:
+            query = query.where(changes.c.run_id == run_id)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query.order_by(changes.c.at, changes.c.id)).all()
+        return [
+            ChangeRecord(_utc(r.at) or datetime.now(UTC), r.source, r.run_id, r.job_id, r.tenant, r.domain,
+                         r.subject, r.object_type, r.object_key, r.field, r.action, r.before, r.after)
+            for r in rows
+        ]
+
+    def record_job_change(self, job_id: str, at: datetime, change: FieldChange) -> None:
+        """Write a remediation job's before and after into the change log (source "job")."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(changes), [_change_row(change, at, "job", None, job_id)])
+
+    # retention
+
+    def prune(self, cutoff: datetime) -> PruneResult:
+        """Remove runs started before ``cutoff`` and what only they reference.
+
+        The newest run is always kept. Object versions below the oldest kept run are squashed to the
+        one that was current then, so the state as of every kept run stays reconstructable; the change
+        log keeps its rows from ``cutoff`` on, and findings keep their rows while a kept run or an open
+        finding references them.
+        """
+        with self.engine.begin() as conn:
+            ordered = conn.execute(
+                sa.select(run_order.c.run_id, run_order.c.seq, runs.c.started, runs.c.state)
+                .join(runs, runs.c.id == run_order.c.run_id).order_by(run_order.c.seq)
+            ).all()
+            doomed = [r for r in ordered[:-1] if (_utc(r.started) or cutoff) < cutoff and r.state != "running"]
+            kept = [r for r in ordered if r not in doomed]
+            if not doomed or not kept:
+                return PruneResult(0, 0, 0, 0)
+            floor = min(r.seq for r in kept)
+            newer = versions.alias("newer")
+            superseded = sa.exists().where(
+                newer.c.kind == versions.c.kind, newer.c.key == versions.c.key,
+                newer.c.seq > versions.c.seq, newer.c.seq <= floor,
+            )
+            squashed = conn.execute(sa.delete(versions).where(versions.c.seq < floor, superseded)).rowcount
+            squashed += conn.execute(
+                sa.delete(versions).where(versions.c.seq < floor, versions.c.deleted.is_(True))
+            ).rowcount
+            ids = [r.run_id for r in doomed]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                conn.execute(sa.delete(run_findings).where(run_findings.c.run_id.in_(chunk)))
+                conn.execute(sa.delete(run_order).where(run_order.c.run_id.in_(chunk)))
+                conn.execute(sa.update(findings).where(findings.c.resolved_run.in_(chunk)).values(resolved_run=None))
+                conn.execute(sa.delete(runs).where(runs.c.id.in_(chunk)))
+            referenced = sa.select(run_findings.c.fingerprint).distinct()
+            dropped = conn.execute(
+                sa.delete(findings).where(findings.c.is_open.is_(False), findings.c.fingerprint.not_in(referenced))
+            ).rowcount
+            conn.execute(sa.delete(changes).where(changes.c.at < cutoff))
+            used = sa.select(versions.c.hash).where(versions.c.hash.is_not(None)).distinct()
+            bodies = conn.execute(sa.delete(objects).where(objects.c.hash.not_in(used))).rowcount
+        return PruneResult(len(ids), squashed, bodies, dropped)
 
     # findings
 
@@ -261,8 +523,9 @@ class Store:
         """Store a run's findings and advance each one's lifecycle; returns them with first and last seen.
 
         A finding opens when its check fails (or is excepted) and resolves when the check passes on the
-        subject, or when the subject is gone from a tenant this run saw completely. Errors and
-        unsupported results change nothing: unknown is never a resolution.
+        subject in a tenant this run saw completely, or when the subject is gone from such a tenant.
+        Errors, unsupported results and passes in a partial tenant change nothing: unknown is never a
+        resolution.
         """
         complete = set(complete_tenants)
         tenants = {f.tenant for f in results} | complete
@@ -290,7 +553,9 @@ class Store:
                     last = now
                     change = {"is_open": True, "first_seen": first, "last_seen": last, "resolved_at": None,
                               "resolved_run": None}
-                elif finding.status is Status.PASS and was_open:
+                elif finding.status is Status.PASS and was_open and finding.tenant in complete:
+                    # A pass resolves only where the run saw the tenant completely: a pass judged on a
+                    # partial view (a page of forwards missing) may be the view's doing, not the fix's.
                     event = "resolved"
                     change = {"is_open": False, "resolved_at": now, "resolved_run": run_id}
                 else:
@@ -375,3 +640,144 @@ def _finding(row: Any) -> Finding:
         evidence=row.evidence, reason=row.reason, remediation=remediation, run_id=row.run_id,
         first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
     )
+
+
+def _legacy_scope(kind: str, key: str) -> str:
+    """The scope of an item given without one: the tenant before the key's first "/" (exceptions: the config)."""
+    return CONFIG_SCOPE if kind == "exception" else key.partition("/")[0]
+
+
+def _last_seq(conn: Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.max(run_order.c.seq))).scalar() or 0)
+
+
+def _state_rows(conn: Connection, seq: int, kind: str | None) -> dict[tuple[str, str], tuple[str, str]]:
+    """The state as of ``seq``: per live (kind, key), its (hash, scope)."""
+    latest = sa.select(versions.c.kind, versions.c.key, sa.func.max(versions.c.seq).label("top")).where(
+        versions.c.seq <= seq
+    )
+    if kind is not None:
+        latest = latest.where(versions.c.kind == kind)
+    sub = latest.group_by(versions.c.kind, versions.c.key).subquery()
+    query = sa.select(versions.c.kind, versions.c.key, versions.c.hash, versions.c.scope).join(
+        sub, sa.and_(versions.c.kind == sub.c.kind, versions.c.key == sub.c.key, versions.c.seq == sub.c.top)
+    ).where(versions.c.deleted.is_(False))
+    return {(r.kind, r.key): (r.hash, r.scope) for r in conn.execute(query)}
+
+
+def _bodies(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """The stored body text of each object of a state."""
+    wanted = sorted({h for h, _ in state.values()})
+    text: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        text.update(conn.execute(sa.select(objects.c.hash, objects.c.body).where(objects.c.hash.in_(chunk))).all())
+    return {ident: text[h] for ident, (h, _) in state.items()}
+
+
+def _with_last_known(conn: Connection, kind: str, key: str, seq: int, body: dict[str, Any]) -> dict[str, Any]:
+    """A domain body whose FAILED DNS answers are replaced by the last answer an earlier version knew."""
+    answers = dict((body.get("dns") or {}).get("answers") or {})
+    unknown = {k for k, a in answers.items() if isinstance(a, dict) and a.get("outcome") == FAILED}
+    if not unknown:
+        return body
+    older = conn.execute(
+        sa.select(objects.c.body).join(versions, versions.c.hash == objects.c.hash)
+        .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq)
+        .order_by(versions.c.seq.desc())
+    ).scalars()
+    for text in older:
+        if not unknown:
+            break
+        old = (json.loads(text).get("dns") or {}).get("answers") or {}
+        for name in list(unknown):
+            answer = old.get(name)
+            if isinstance(answer, dict) and answer.get("outcome") != FAILED:
+                answers[name] = answer
+                unknown.discard(name)
+    return {**body, "dns": {**(body.get("dns") or {}), "answers": answers}}
+
+
+def _domain_state(body: dict[str, Any]) -> DomainState:
+    dns = body.get("dns") or {}
+    answers = {
+        name: DnsAnswer(str(a.get("name", "")), str(a.get("rdtype", "")), Outcome(a.get("outcome", "failed")),
+                        tuple(str(r) for r in a.get("records") or ()), a.get("error"))
+        for name, a in (dns.get("answers") or {}).items()
+        if isinstance(a, dict)
+    }
+    policy = dns.get("mta_sts_policy")
+    mode = policy.get("mode") if isinstance(policy, dict) else None
+    return DomainState(answers, body.get("catch_all"), str(mode).lower() if mode is not None else None)
+
+
+def _change_row(
+    change: FieldChange, at: datetime, source: str, run_id: str | None, job_id: str | None
+) -> dict[str, Any]:
+    return {
+        "at": at, "source": source, "run_id": run_id, "job_id": job_id, "tenant": change.tenant,
+        "domain": change.domain, "subject": change.subject, "object_type": change.object_type,
+        "object_key": change.object_key, "field": change.field, "action": change.action,
+        "before": json.loads(canonical(change.before)), "after": json.loads(canonical(change.after)),
+    }
+
+
+def _record_delta(
+    conn: Connection, run_id: str, seq: int, at: datetime, seen: Sequence[tuple[str, str, str, str]],
+    complete: set[str] | None, bodies: dict[str, tuple[str, str]] | None = None,
+) -> int:
+    """Write one run's versions (what appeared, changed or, in complete scopes, went), the bodies they need
+    that the store lacks (from ``bodies``: hash -> (kind, text)), and its change-log rows; returns how many
+    bodies were new."""
+    before = _state_rows(conn, seq - 1, None)
+    known_scopes = {scope for _, scope in before.values()}
+    if before:
+        known_scopes.add(CONFIG_SCOPE)  # the config was read by the earlier runs, even with no exceptions in it
+    if complete is None:
+        complete = known_scopes | {scope for *_, scope in seen}
+    rows: list[dict[str, Any]] = []
+    pairs: list[tuple[str, str, str | None, str | None, str]] = []
+    present: set[tuple[str, str]] = set()
+    for kind, key, digest, scope in seen:
+        if scope not in complete:
+            continue
+        present.add((kind, key))
+        old = before.get((kind, key))
+        if old is not None and old[0] == digest:
+            continue
+        rows.append({"kind": kind, "key": key, "seq": seq, "scope": scope, "hash": digest, "deleted": False})
+        pairs.append((kind, key, old[0] if old else None, digest, scope))
+    for (kind, key), (digest, scope) in before.items():
+        if scope in complete and (kind, key) not in present:
+            rows.append({"kind": kind, "key": key, "seq": seq, "scope": scope, "hash": None, "deleted": True})
+            pairs.append((kind, key, digest, None, scope))
+    added = 0
+    if bodies is not None:
+        needed = sorted({r["hash"] for r in rows if r["hash"] is not None})
+        known: set[str] = set()
+        for start in range(0, len(needed), 500):
+            chunk = needed[start : start + 500]
+            known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
+        new = [{"hash": h, "kind": bodies[h][0], "body": bodies[h][1]} for h in needed if h not in known]
+        for start in range(0, len(new), 5000):
+            conn.execute(sa.insert(objects), new[start : start + 5000])
+        added = len(new)
+    for start in range(0, len(rows), 5000):
+        conn.execute(sa.insert(versions), rows[start : start + 5000])
+    # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
+    logged = [p for p in pairs if p[4] in known_scopes]
+    wanted = sorted({h for p in logged for h in p[2:4] if h is not None})
+    text: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        text.update(conn.execute(sa.select(objects.c.hash, objects.c.body).where(objects.c.hash.in_(chunk))).all())
+    log: list[dict[str, Any]] = []
+    for kind, key, old_hash, new_hash, _ in logged:
+        old_body = json.loads(text[old_hash]) if old_hash else None
+        if old_body is not None and kind == "domain":
+            old_body = _with_last_known(conn, kind, key, seq - 1, old_body)
+        new_body = json.loads(text[new_hash]) if new_hash else None
+        log.extend(_change_row(c, at, "scan", run_id, None) for c in object_changes(kind, key, old_body, new_body))
+    for start in range(0, len(log), 5000):
+        conn.execute(sa.insert(changes), log[start : start + 5000])
+    return added

@@ -52,12 +52,14 @@ def test_demo_manifest_matches_the_files(demo_out) -> None:
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
 
 
-
 def test_every_check_fails_somewhere_and_passes_elsewhere_in_the_demo(demo_out) -> None:
     from checks.registry import load_checks
 
     out, _ = demo_out
-    findings = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    findings = [  # drift checks fail only in the second scan, after the scripted change
+        *json.loads((out / "findings.json").read_text(encoding="utf-8")),
+        *json.loads((out / "after-change" / "findings.json").read_text(encoding="utf-8")),
+    ]
     seen: dict[str, set[str]] = {}
     for finding in findings:
         seen.setdefault(finding["check"], set()).add(finding["status"])
@@ -67,3 +69,21 @@ def test_every_check_fails_somewhere_and_passes_elsewhere_in_the_demo(demo_out) 
         if not {"fail", "pass"} <= seen.get(check.meta.id, set())
     }
     assert incomplete == {}
+
+
+def test_demo_shows_the_scripted_drift(demo_out) -> None:
+    out, done = demo_out
+    changes = json.loads((out / "after-change" / "changes.json").read_text(encoding="utf-8"))
+    assert sorted((c["object_type"], c["object_key"], c["field"], c["action"]) for c in changes) == [
+        ("dns", "cedarlegal.example", "mx", "changed"),
+        ("dns", "harbordental.example", "dmarc", "changed"),
+        ("domain", "cedarlaw.example", "catch_all", "changed"),
+        ("forward", "theo.brennan@harbordental.example -> theo.brennan@personal-mail.test", "", "added"),
+    ]
+    assert "change log of run" in done.stdout
+    findings = json.loads((out / "after-change" / "findings.json").read_text(encoding="utf-8"))
+    failing = {(f["check"], f["subject"], f["item"]) for f in findings if f["status"] == "fail"}
+    assert ("drift.dns_weakened", "harbordental.example", "dmarc") in failing
+    assert ("drift.forwarding_added", "theo.brennan@harbordental.example", "") in failing
+    first = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    assert not [f for f in first if f["check"].startswith("drift.") and f["status"] != "pass"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -112,3 +113,131 @@ def test_unusable_url_is_a_store_error(tmp_path: Path) -> None:
         Store("nosuchdb://x")
     with pytest.raises(StoreError, match="cannot open the store"):
         Store(f"sqlite:///{tmp_path}/missing-dir/x.db")
+
+
+# delta snapshots, partial runs, migration and retention
+
+from scanner.store import CONFIG_SCOPE, _migration_1, metadata, meta_table  # noqa: E402
+
+
+def _saw(store: Store, n: int, items: list[tuple[str, str, object]], complete: tuple[str, ...] = ("acme",),
+         state: str = "complete") -> str:
+    run_id = f"run{n}"
+    store.start_run(run_id, T0 + timedelta(days=n), "digest", "test")
+    store.save_snapshot(run_id, items, complete=(*complete, CONFIG_SCOPE))
+    store.finish_run(run_id, T0 + timedelta(days=n), state, {})
+    return run_id
+
+
+def test_a_run_stores_only_what_changed_and_deletion_markers(store: Store) -> None:
+    items = [("mailbox", f"acme/m{i}", {"n": i}) for i in range(50)]
+    _saw(store, 1, items)
+    assert store.version_count() == 50
+    _saw(store, 2, items)
+    assert store.version_count() == 50  # nothing changed: nothing stored
+    _saw(store, 3, [*items[1:49], ("mailbox", "acme/m49", {"n": "new"}), ("mailbox", "acme/m50", {"n": 50})])
+    assert store.version_count() == 53  # m0 deleted, m49 changed, m50 appeared
+    state = store.snapshot("run3")
+    assert ("mailbox", "acme/m0") not in state and state[("mailbox", "acme/m49")] == {"n": "new"}
+    assert store.snapshot("run2")[("mailbox", "acme/m0")] == {"n": 0}
+    assert store.object_state("mailbox", "acme/m49", "run1") == {"n": 49}
+    assert store.object_state("mailbox", "acme/m0") is None
+
+
+def test_partial_run_between_complete_ones_resolves_nothing_and_deletes_nothing(store: Store) -> None:
+    a, b = _finding("a@acme.example", Status.FAIL), _finding("b@acme.example", Status.FAIL)
+    both = [("mailbox", "acme/a@acme.example", {"f": 1}), ("mailbox", "acme/b@acme.example", {"f": 1})]
+    _saw(store, 1, both)
+    store.record_findings("run1", [a, b], T0 + timedelta(days=1), ("acme",))
+    # Run 2 saw acme partially: b is missing and a passes on what it saw. Nothing resolves, nothing is deleted.
+    _saw(store, 2, both[:1] + [("mailbox", "acme/a@acme.example", {"f": 0})], complete=(), state="partial")
+    store.record_findings("run2", [_finding("a@acme.example", Status.PASS)], T0 + timedelta(days=2), ())
+    assert store.lifecycle_events("run2") == {"new": [], "reopened": [], "resolved": []}
+    assert store.snapshot("run2") == store.snapshot("run1")
+    assert store.changes(run_id="run2") == []
+    # Run 3 saw acme completely, as run 1 did: a persists, b persists, no change, no deletion.
+    _saw(store, 3, both)
+    out = {f.subject: f for f in store.record_findings("run3", [a, b], T0 + timedelta(days=3), ("acme",))}
+    assert store.lifecycle_events("run3") == {"new": [], "reopened": [], "resolved": []}
+    assert out["b@acme.example"].first_seen == T0 + timedelta(days=1)
+    assert store.changes() == []
+
+
+def test_failed_lookup_is_replaced_by_the_last_known_answer_in_the_previous_state(store: Store) -> None:
+    def domain(outcome: str, records: list[str]) -> dict:
+        answer = {"name": "_dmarc.acme.example", "rdtype": "TXT", "outcome": outcome, "records": records, "error": None}
+        return {"name": "acme.example", "tenant": "acme", "parked": False, "catch_all": None,
+                "dns": {"answers": {"dmarc": answer}, "spf": None, "mta_sts_policy": None}}
+
+    _saw(store, 1, [("domain", "acme/acme.example", domain("answer", ["v=DMARC1; p=reject"]))])
+    _saw(store, 2, [("domain", "acme/acme.example", domain("failed", []))])
+    store.start_run("run3", T0 + timedelta(days=3), "digest", "test")
+    previous = store.previous_state("run3")
+    assert previous is not None and previous.run_id == "run2" and previous.tenants == frozenset({"acme"})
+    assert previous.domains["acme/acme.example"].answers["dmarc"].records == ("v=DMARC1; p=reject",)
+
+
+def test_version_1_store_is_migrated_with_its_history(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        metadata.create_all(conn, tables=[meta_table])
+        conn.execute(sa.insert(meta_table).values(key="schema_version", value="1"))
+        _migration_1(conn)
+        bodies = {"x1": {"s": "active"}, "x2": {"s": "suspended"}, "y": {"s": "active"}}
+        conn.execute(sa.text("insert into objects (hash, kind, body) values (:h, 'mailbox', :b)"),
+                     [{"h": h, "b": json.dumps(b)} for h, b in bodies.items()])
+        for n, (scope, refs) in enumerate([
+            ({"tenants": {"acme": {"state": "complete"}}}, {"acme/a": "x1", "acme/b": "y"}),
+            ({"tenants": {"acme": {"state": "partial"}}}, {"acme/a": "x2"}),  # b unseen: not deleted
+            ({"tenants": {"acme": {"state": "complete"}}}, {"acme/a": "x2"}),  # b gone: deleted
+        ], start=1):
+            conn.execute(sa.text("insert into runs (id, started, state, scope, config_digest, tool_version) "
+                                 "values (:id, :t, 'complete', :scope, 'd', 'v')"),
+                         {"id": f"r{n}", "t": T0 + timedelta(days=n), "scope": json.dumps(scope)})
+            conn.execute(sa.text("insert into snapshots (run_id, kind, key, hash) values (:r, 'mailbox', :k, :h)"),
+                         [{"r": f"r{n}", "k": k, "h": h} for k, h in refs.items()])
+    store = Store(url)
+    assert store.version == len(MIGRATIONS)
+    assert not sa.inspect(store.engine).has_table("snapshots")
+    assert store.snapshot("r1") == {("mailbox", "acme/a"): {"s": "active"}, ("mailbox", "acme/b"): {"s": "active"}}
+    assert store.snapshot("r2") == store.snapshot("r1")  # a partial run's view carries nothing forward
+    assert store.snapshot("r3") == {("mailbox", "acme/a"): {"s": "suspended"}}
+    assert [(c.run_id, c.field, c.action, c.before, c.after) for c in store.changes()] == [
+        ("r3", "s", "changed", "active", "suspended"), ("r3", "", "removed", {"s": "active"}, None),
+    ]
+
+
+def test_prune_keeps_what_the_kept_runs_reference(store: Store) -> None:
+    now = datetime.now(UTC)
+    old = [("mailbox", "acme/a", {"v": 1}), ("mailbox", "acme/b", {"v": 1}), ("mailbox", "acme/c", {"v": 1})]
+    for n, items in enumerate([old, [old[0], ("mailbox", "acme/b", {"v": 2}), old[2]],
+                               [old[0], ("mailbox", "acme/b", {"v": 3})], [old[0], ("mailbox", "acme/b", {"v": 3})]],
+                              start=1):
+        run_id = f"run{n}"
+        store.start_run(run_id, now - timedelta(days=500 - 100 * n), "digest", "test")
+        store.save_snapshot(run_id, items)
+        finding = _finding("a@acme.example", Status.FAIL if n < 4 else Status.PASS)
+        store.record_findings(run_id, [finding, _finding(f"gone{n}@acme.example", Status.FAIL)],
+                              now - timedelta(days=500 - 100 * n), ("acme",))
+        store.finish_run(run_id, now - timedelta(days=500 - 100 * n), "complete", {})
+    before = {r: store.snapshot(r) for r in ("run3", "run4")}
+    done = store.prune(now - timedelta(days=250))  # runs 1 (400 days old) and 2 (300) go; 3 (200) and 4 stay
+    assert done.runs == 2
+    assert [r.id for r in store.runs()] == ["run3", "run4"]
+    assert {r: store.snapshot(r) for r in ("run3", "run4")} == before
+    assert store.object_count() == 2  # {"v": 1} for a, {"v": 3} for b; b's {"v": 2} and c are unreferenced
+    assert store.findings_for_run("run3")  # kept runs keep their findings
+    with store.engine.connect() as conn:
+        kept = set(conn.execute(sa.text("select subject from findings")).scalars())
+    assert "gone1@acme.example" not in kept and "gone3@acme.example" in kept and "a@acme.example" in kept
+    assert store.prune(now - timedelta(days=1)).runs == 1  # the newest run always stays
+    assert [r.id for r in store.runs()] == ["run4"] and store.snapshot("run4") == before["run4"]
+
+
+def test_pass_in_a_partial_tenant_does_not_resolve(store: Store) -> None:
+    _run(store, 1, [_finding("a@acme.example", Status.FAIL)])
+    _run(store, 2, [_finding("a@acme.example", Status.PASS)], complete=())
+    assert store.lifecycle_events("run2")["resolved"] == []
+    _run(store, 3, [_finding("a@acme.example", Status.PASS)])
+    assert store.lifecycle_events("run3")["resolved"] == [fingerprint("forwarding.external", "acme", "a@acme.example")]

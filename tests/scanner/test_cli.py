@@ -1,0 +1,108 @@
+"""The drift verbs end to end: scan twice over loopback DNS, then changes, baseline capture and prune."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from scanner.cli import main, parse_since
+from scanner.errors import ConfigError
+from scanner.store import Store
+
+ZONE = (
+    '@ MX 10 mx1.acme.example.\n@ TXT "v=spf1 ip4:127.0.0.10 -all"\n'
+    '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@acme.example"\n'
+)
+
+
+@pytest.fixture
+def config(dns_server, tmp_path: Path) -> Path:
+    path = tmp_path / "mailwarden.toml"
+    path.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path / "store.db"}"\n[dns]\nnameservers = ["{dns_server.nameserver}"]\n'
+        'timeout = 1.0\n[[tenants]]\nname = "acme"\ndomains = ["acme.example"]\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def _scan(config: Path, out: Path) -> None:
+    done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(out)])
+    assert done.exit_code == 0, done.output
+
+
+def test_changes_between_two_scans_in_every_format(config: Path, add_zone, tmp_path: Path) -> None:
+    add_zone("acme.example", ZONE)
+    _scan(config, tmp_path / "one")
+    add_zone("acme.example", ZONE.replace("p=reject", "p=none"))
+    _scan(config, tmp_path / "two")
+    runner = CliRunner()
+    listed = json.loads(runner.invoke(main, ["changes", "--config", str(config), "--format", "json",
+                                             "--since", "24h", "--domain", "ACME.example"]).output)
+    assert [(c["object_type"], c["object_key"], c["field"], c["before"], c["after"]) for c in listed] == [
+        ("dns", "acme.example", "dmarc", ["v=DMARC1; p=reject; rua=mailto:d@acme.example"],
+         ["v=DMARC1; p=none; rua=mailto:d@acme.example"]),
+    ]
+    runs = Store(f"sqlite:///{tmp_path / 'store.db'}").runs()
+    assert listed[0]["run_id"] == runs[-1].id and listed[0]["source"] == "scan"
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(main, ["changes", "--config", str(config), "--format", "csv"]).output)))
+    assert [r["field"] for r in rows] == ["dmarc"]
+    table = runner.invoke(main, ["changes", "--config", str(config), "--tenant", "acme"]).output
+    assert "dns acme.example dmarc" in table and "p=none" in table
+    assert runner.invoke(main, ["changes", "--config", str(config), "--mailbox", "x@acme.example"]).output == "no changes\n"
+    findings = json.loads((tmp_path / "two" / "findings.json").read_text(encoding="utf-8"))
+    weakened = [f for f in findings if f["check"] == "drift.dns_weakened" and f["item"] == "dmarc"]
+    assert weakened[0]["status"] == "fail" and weakened[0]["evidence"]["policy_after"] == "none"
+
+
+def test_baseline_capture_then_deviation(config: Path, add_zone, tmp_path: Path) -> None:
+    add_zone("acme.example", ZONE)
+    _scan(config, tmp_path / "one")
+    target = tmp_path / "acme.baseline.toml"
+    done = CliRunner().invoke(main, ["baseline", "capture", "--config", str(config), "--domain", "acme.example",
+                                     "--out", str(target)])
+    assert done.exit_code == 0, done.output
+    text = target.read_text(encoding="utf-8")
+    assert 'dmarc_policy = "reject"' in text and 'mx = ["10 mx1.acme.example"]' in text
+    config.write_text(config.read_text(encoding="utf-8") + f'baselines = ["{target.name}"]\n', encoding="utf-8")
+    _scan(config, tmp_path / "two")
+    add_zone("acme.example", ZONE.replace("mx1.acme", "mx9.acme"))
+    _scan(config, tmp_path / "three")
+    for out, status in (("two", "pass"), ("three", "fail")):
+        findings = json.loads((tmp_path / out / "findings.json").read_text(encoding="utf-8"))
+        mx = [f for f in findings if f["check"] == "dns.baseline_drift" and f["item"] == "mx"]
+        assert mx[0]["status"] == status
+    assert mx[0]["evidence"]["expected"] == ["10 mx1.acme.example"]
+    assert mx[0]["evidence"]["actual"] == ["10 mx9.acme.example"]
+
+
+def test_baseline_capture_without_a_run_says_what_to_do(config: Path) -> None:
+    done = CliRunner().invoke(main, ["baseline", "capture", "--config", str(config), "--domain", "acme.example"])
+    assert done.exit_code != 0 and "run 'mailwarden scan' first" in done.output
+    other = CliRunner().invoke(main, ["baseline", "capture", "--config", str(config), "--domain", "nope.example"])
+    assert "no tenant" in other.output
+
+
+def test_prune_keeps_the_latest_run(config: Path, add_zone, tmp_path: Path) -> None:
+    add_zone("acme.example", ZONE)
+    _scan(config, tmp_path / "one")
+    _scan(config, tmp_path / "two")
+    done = CliRunner().invoke(main, ["prune", "--config", str(config), "--keep", "0d"])
+    assert done.exit_code == 0 and "1 runs" in done.output
+    assert len(Store(f"sqlite:///{tmp_path / 'store.db'}").runs()) == 1
+    assert "is not a duration" in CliRunner().invoke(main, ["prune", "--config", str(config), "--keep", "ever"]).output
+
+
+def test_since_accepts_durations_and_dates() -> None:
+    now = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    assert parse_since("24h", now) == now - timedelta(hours=24)
+    assert parse_since("7d", now) == now - timedelta(days=7)
+    assert parse_since("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
+    with pytest.raises(ConfigError):
+        parse_since("last week", now)
