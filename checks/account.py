@@ -41,7 +41,7 @@ def _signs_in(mailbox: Mailbox) -> str:
     title="Active mailbox belongs to someone who left",
     severity=Severity.HIGH,
     scope=Scope.MAILBOX,
-    requires=(Fact.MAILBOX_OWNERS,),
+    requires=(),  # the roster or the owners of record, whichever the provider and config give; judged below
     rationale=(
         "A leaver's mailbox that is still active keeps a working login and a live inbox outside anyone's "
         "control: the classic persistence path after a messy exit."
@@ -62,6 +62,18 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         signed_in_after = mailbox.last_login is not None and mailbox.last_login.date() > person.left
         return Result.failed(basis="roster", left=person.left.isoformat(), last_login=last_login,
                              signed_in_after_leaving=signed_in_after)
+    owners = ctx.coverage(Fact.MAILBOX_OWNERS, mailbox.address)
+    if owners is None or owners.state is not FactState.COLLECTED:
+        # Without owners of record only the roster can speak, and only for the people it lists.
+        if person is not None:
+            return Result.passed(basis="roster", on_roster=True)
+        why = owners.reason if owners is not None and owners.reason else "owners of record were not collected"
+        if owners is not None and owners.state is FactState.FAILED:
+            return Result.error(f"owners of record are unknown ({why}) and the roster does not list the mailbox")
+        return Result.unsupported(
+            f"{ctx.tenant.provider or 'no provider'} does not expose owners of record ({why}) and the roster "
+            "does not list the mailbox"
+        )
     if mailbox.owners:
         standings = owner_standings(mailbox, ctx, roster)
         owners = {o: text for o, (_, text) in standings.items()}

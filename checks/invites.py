@@ -59,7 +59,8 @@ def expired_invite(mailbox: Mailbox, ctx: RunContext) -> Result:
     if invite is None:
         return Result.passed(applies=False, why=NO_INVITE)
     if invite.expires is None:
-        return Result.passed(sent=invite.sent.isoformat(), expires=None)
+        # Unknown is never a pass: the provider says the invite is pending but not when it lapses.
+        return Result.unsupported(f"{ctx.tenant.provider or 'the source'} reports no expiry for this invite")
     evidence = {"sent": invite.sent.isoformat(), "expires": invite.expires.isoformat()}
     if invite.expires <= ctx.now:
         return Result.failed(**evidence, days_since_expiry=(ctx.now - invite.expires).days)

@@ -117,10 +117,14 @@ def test_ghost_excepted_and_expired_exception() -> None:
     assert "expired 2026-11-01" in findings["hr@acme.example"].evidence["expired_exception"]
 
 
-def test_ghost_unsupported_when_provider_does_not_report_owners() -> None:
+def test_ghost_without_owners_data_relies_on_the_roster_and_is_unsupported_beyond_it() -> None:
     coverage = (Coverage("acme", Fact.MAILBOX_OWNERS, FactState.UNSUPPORTED, "no owners"),) + COLLECTED[1:]
-    finding = _run(ghost_account, Mailbox("acme", "bob@acme.example"), coverage=coverage)["bob@acme.example"]
-    assert finding.status is Status.UNSUPPORTED
+    findings = _run(ghost_account, Mailbox("acme", "bob@acme.example"), Mailbox("acme", "stranger@acme.example"),
+                    coverage=coverage)
+    assert findings["bob@acme.example"].status is Status.FAIL  # the roster says bob left
+    assert findings["bob@acme.example"].evidence["basis"] == "roster"
+    assert findings["stranger@acme.example"].status is Status.UNSUPPORTED
+    assert "no owners" in findings["stranger@acme.example"].reason
 
 
 # account.inactive

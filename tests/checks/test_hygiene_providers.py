@@ -124,15 +124,13 @@ FAILING_EVIDENCE: dict[str, dict[str, Any]] = {
 UNSUPPORTED = {
     "files": frozenset(),
     "google": frozenset({"catchall.enabled"}),
-    "microsoft": frozenset(
-        {"catchall.enabled", "shared.ownerless", "mailbox.no_owner", "account.ghost", "delegate.external"}
-    ),
-    "mailcow": frozenset({"shared.ownerless", "mailbox.no_owner", "account.ghost", "invite.stale", "invite.expired"}),
+    "microsoft": frozenset({"catchall.enabled", "shared.ownerless", "mailbox.no_owner", "delegate.external"}),
+    "mailcow": frozenset({"shared.ownerless", "mailbox.no_owner", "invite.stale", "invite.expired"}),
 }
 """Checks unsupported per source: Google has no catch-all in its APIs; Graph has no owners, delegates or
 catch-all; mailcow has no owners and no invites. Must equal what the adapters' capabilities imply."""
 
-CANNOT_FAIL = {
+NO_EXPIRY = {
     ("google", "invite.expired"): (
         "a Cloud Identity UserInvitation has no expiry field (name, state, mailsSentCount, updateTime), "
         "so the adapter's invites carry none"
@@ -141,6 +139,12 @@ CANNOT_FAIL = {
         "Graph shows a pending guest's externalUserState and when it changed, never an invitation expiry, "
         "so the adapter's invites carry none"
     ),
+}
+"""Invites whose expiry the provider does not give: invite.expired is unsupported for each invited mailbox
+(unknown is never a pass) and passes, not applying, for the rest. account.ghost needs no owners data where
+the roster speaks for the mailbox, so it is judged on every source."""
+
+CANNOT_FAIL = {
     ("mailcow", "delegate.external"): (
         "mailcow grants send-as (sender_acl) only to its own mailboxes, and the adapter keeps the tenant's "
         "domains: an outside delegate cannot be represented (ben's pa@outside.test is not published)"
@@ -320,9 +324,10 @@ def _pairs(kind: str) -> list[tuple[str, str]]:
         for check in HYGIENE:
             unsupported = check in UNSUPPORTED[source]
             cannot_fail = (source, check) in CANNOT_FAIL
-            judged_here = not unsupported and not cannot_fail
+            no_expiry = (source, check) in NO_EXPIRY
+            judged_here = not unsupported and not cannot_fail and not no_expiry
             if {"judged": judged_here, "unsupported": unsupported, "cannot_fail": cannot_fail,
-                "passing": not unsupported}[kind]:
+                "no_expiry": no_expiry, "passing": not unsupported and not no_expiry}[kind]:
                 pairs.append((source, check))
     return pairs
 
@@ -438,13 +443,25 @@ def test_collected_but_unrepresentable_failure_passes_everywhere(
         assert {f.status for f in run.of(name, check)} == {Status.PASS}, name
     finding = run.one("plain", check, FAILING[check])
     mailbox = next(m for m in run.inventory.mailboxes if m.address == FAILING[check])
-    if check == "invite.expired":
-        assert mailbox.invite is not None and mailbox.invite.expires is None
-        assert finding.evidence["expires"] is None
-        assert run.one("plain", "invite.stale", FAILING[check]).status is Status.FAIL  # the invite itself was read
-    else:
-        assert mailbox.delegates == ()
-        assert finding.evidence["delegates"] == 0
+    assert mailbox.delegates == ()
+    assert finding.evidence["delegates"] == 0
+
+
+@pytest.mark.parametrize(("source", "check"), _pairs("no_expiry"), ids=map(_ids, _pairs("no_expiry")))
+def test_invites_without_an_expiry_are_unsupported_never_passed(
+    judged: Callable[[str], Judged], source: str, check: str
+) -> None:
+    run = judged(source)
+    assert NO_EXPIRY[(source, check)]
+    invited = {m.address for m in run.inventory.mailboxes if m.invite is not None}
+    assert FAILING[check] in invited and all(m.invite.expires is None for m in run.inventory.mailboxes if m.invite)
+    for name in RUNS:
+        for finding in run.of(name, check):
+            if finding.subject in invited:
+                assert finding.status is Status.UNSUPPORTED and "reports no expiry" in finding.reason, finding
+            else:
+                assert finding.status is Status.PASS and finding.evidence["applies"] is False, finding
+    assert run.one("plain", "invite.stale", FAILING[check]).status is Status.FAIL  # the invite itself was read
 
 
 def test_files_export_without_a_fact_makes_its_checks_unsupported(tmp_path: Path) -> None:
@@ -458,8 +475,12 @@ def test_files_export_without_a_fact_makes_its_checks_unsupported(tmp_path: Path
         path.write_text(config_text(dns.nameserver, FILES_TENANT, "plain"), encoding="utf-8")
         write_roster(tmp_path / "people.csv")
         _, _, findings = _judge("files", load_config(path), _hygiene_checks())
+    ghost = {f.subject: f.status for f in findings if f.check == "account.ghost"}
+    assert ghost == {"ana@acme.example": Status.PASS, "info@acme.example": Status.UNSUPPORTED}  # roster lists ana only
     for check in HYGIENE:
         statuses = {f.status for f in findings if f.check == check}
+        if check == "account.ghost":
+            continue
         if any(f in PROVIDER_FACTS and f is not Fact.MAILBOX_LIST for f in _requires(check)):
             assert statuses == {Status.UNSUPPORTED}, check
             reasons = [f.reason for f in findings if f.check == check]

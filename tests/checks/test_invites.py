@@ -60,15 +60,17 @@ def test_expired_invite_fails_even_when_also_stale() -> None:
     assert finding.remediation is not None and finding.remediation.action == "invite.revoke"
 
 
-def test_unexpired_or_never_expiring_invite_passes_expired() -> None:
+def test_unexpired_invite_passes_and_one_without_an_expiry_is_unsupported() -> None:
     findings = _run(
         expired_invite,
         _invited("jo@acme.example", "2026-11-03", "2026-12-03"),
         _invited("ever@acme.example", "2025-01-01"),
         Mailbox("acme", "ann@acme.example"),
     )
-    assert {f.status for f in findings.values()} == {Status.PASS}
-    assert findings["ever@acme.example"].evidence["expires"] is None
+    assert findings["jo@acme.example"].status is Status.PASS
+    assert findings["ann@acme.example"].status is Status.PASS
+    assert findings["ever@acme.example"].status is Status.UNSUPPORTED  # when it lapses is unknown: never a pass
+    assert "no expiry" in findings["ever@acme.example"].reason
 
 
 def test_excepted_and_expired_exception_for_both_checks() -> None:
