@@ -161,7 +161,10 @@ def _event_flags(events: Mapping[str, Sequence[str]]) -> dict[str, int]:
 
 
 def report_data(
-    findings: Sequence[Finding], events: Mapping[str, Sequence[str]], domains: Mapping[tuple[str, str], Any]
+    findings: Sequence[Finding],
+    events: Mapping[str, Sequence[str]],
+    domains: Mapping[tuple[str, str], Any],
+    display_names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned)."""
     statuses = [s.value for s in Status]
@@ -204,7 +207,10 @@ def report_data(
                 for purpose, a in sorted(answers.items())
             ],
         })
+    display_names = display_names or {}
+    subjects = {f.subject for f in findings}
     return {
+        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects},
         "statuses": statuses,
         "severities": severities,
         "tenants": list(tenants),
@@ -234,6 +240,10 @@ def render_report(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
         domains=store.snapshot(run.id, "domain"),
+        display_names={
+            str(body.get("address", "")): str(body.get("display_name") or "")
+            for body in store.snapshot(run.id, "mailbox").values()
+        },
         points=points,
         previous=previous,
     )
@@ -248,8 +258,12 @@ def render_html(
     domains: Mapping[tuple[str, str], Any] | None = None,
     points: Sequence[TrendPoint] = (),
     previous: Sequence[Finding] = (),
+    display_names: Mapping[str, str] | None = None,
 ) -> Path:
-    """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds."""
+    """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
+
+    ``display_names`` maps a mailbox address to the name its provider shows, for the findings table.
+    """
     by_status = status_counts(findings)
     failing = [f for f in findings if f.status is Status.FAIL]
     by_severity = Counter(f.severity.value for f in failing)
@@ -287,7 +301,7 @@ def render_html(
         points=points,
         coverage_checks=sorted((t, c, dict(n)) for (t, c), n in unsupported.items()),
         exceptions=exception_rows(exceptions, findings, run),
-        data=script_json(report_data(findings, events, domains or {})),
+        data=script_json(report_data(findings, events, domains or {}, display_names)),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
         script_hash=_csp_hash("\n" + script + "\n"),

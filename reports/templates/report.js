@@ -21,6 +21,8 @@
     return node;
   }
   function $(id) { return document.getElementById(id); }
+  // Keys come from the data (a subject or a domain could be "constructor"): look up own properties only.
+  function own(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined; }
   function status(r) { return data.statuses[r[F.status]]; }
   function severity(r) { return data.severities[r[F.severity]]; }
   function checkId(r) { return data.checks[r[F.check]][0]; }
@@ -47,7 +49,7 @@
     var text = searchText[i];
     if (text === undefined) {
       var r = rows[i];
-      text = [r[F.id], checkId(r), title(r), tenant(r), domain(r), r[F.subject], r[F.item], r[F.reason],
+      text = [r[F.id], checkId(r), title(r), tenant(r), domain(r), r[F.subject], own(data.names, r[F.subject]) || "", r[F.item], r[F.reason],
               JSON.stringify(r[F.evidence]), r[F.change] ? r[F.change].join(" ") : ""].join("\n").toLowerCase();
       searchText[i] = text;
     }
@@ -166,6 +168,8 @@
       a.setAttribute("href", "#domain=" + encodeURIComponent(domain(r))); d.appendChild(a);
       tr.appendChild(d);
       var sub = el("td", r[F.subject]);
+      var shown = own(data.names, r[F.subject]);
+      if (shown) { sub.appendChild(el("br")); sub.appendChild(el("span", shown, "muted")); }
       if (r[F.item]) { sub.appendChild(el("br")); sub.appendChild(el("code", r[F.item])); }
       tr.appendChild(sub);
       tr.appendChild(el("td", (r[F.firstSeen] || "").slice(0, 10)));
@@ -238,7 +242,7 @@
   });
 
   // Domains: an index with counts, and one domain's records as seen, what is wrong and what to publish.
-  var domainCounts = {};
+  var domainCounts = Object.create(null);
   data.domains.forEach(function (d) { domainCounts[d] = { tenant: "", counts: {} }; });
   Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.dns[d].tenant; });
   rows.forEach(function (r) {
@@ -291,8 +295,8 @@
 
   function openDomain(name) {
     var view = $("domain-view");
-    var dns = data.dns[name];
-    if (!dns && data.domains.indexOf(name) < 0) { view.hidden = true; return; }
+    var dns = own(data.dns, name);
+    if (!dns && !domainCounts[name]) { view.hidden = true; return; }
     $("domain-view-title").textContent = name;
     $("domain-view-meta").textContent = "tenant " + ((dns && dns.tenant) || domainCounts[name].tenant) +
       (dns && dns.parked ? " · parked (sends no mail)" : "") + (dns && dns.catch_all ? " · catch-all to " + dns.catch_all : "");
