@@ -115,28 +115,31 @@ def status_counts(findings: Iterable[Finding]) -> Counter[str]:
     return Counter(f.status.value for f in findings)
 
 
-def trend(store: Store, run: RunRecord, findings: Sequence[Finding]) -> tuple[list[TrendPoint], list[Finding]]:
-    """Counts per status for the recent finished runs up to this one, and the previous run's findings.
+def trend(store: Store, run: RunRecord, events: Mapping[str, Sequence[str]]) -> list[TrendPoint]:
+    """New (or reopened) and resolved findings per run, for the recent finished runs up to this one.
 
-    Reads each earlier run's findings through ``Store.findings_for_run``; a store method returning
-    counts per run would make this one query (see the report's coverage note in the README).
+    Read from ``Store.lifecycle_events``, a query of one run's events each, so the chart costs next to
+    nothing at any size; counts by status for earlier runs would need every earlier run's findings.
     """
     earlier = [r for r in store.runs() if r.started <= run.started and r.id != run.id
-               and r.state in ("complete", "partial")]
-    points: list[TrendPoint] = []
-    previous: list[Finding] = []
-    for index, record in enumerate(earlier[-(TREND_RUNS - 1):]):
-        rows = store.findings_for_run(record.id)
-        if index == len(earlier[-(TREND_RUNS - 1):]) - 1:
-            previous = rows
-        points.append(TrendPoint(record.id, record.started.date().isoformat(), status_counts(rows)))
-    points.append(TrendPoint(run.id, run.started.date().isoformat(), status_counts(findings)))
-    return points, previous
+               and r.state in ("complete", "partial")][-(TREND_RUNS - 1):]
+    points = []
+    for record in earlier:
+        points.append(_point(record, store.lifecycle_events(record.id)))
+    points.append(_point(run, events))
+    return points
+
+
+def _point(run: RunRecord, events: Mapping[str, Sequence[str]]) -> TrendPoint:
+    return TrendPoint(run.id, run.started.date().isoformat(), {
+        "new": len(events.get("new", ())) + len(events.get("reopened", ())),
+        "resolved": len(events.get("resolved", ())),
+    })
 
 
 def trend_svg(points: Sequence[TrendPoint], width: int = 560, height: int = 140) -> dict[str, Any]:
-    """Polylines (numbers only) for the trend chart of failing, error and excepted counts per run."""
-    series = ("fail", "error", "excepted")
+    """Polylines and dots (numbers only) for the chart of new and resolved findings per run."""
+    series = ("new", "resolved")
     top = max([max((p.counts.get(s, 0) for s in series), default=0) for p in points] + [1])
     left, bottom, right, upper = 40, height - 20, width - 10, 10
     step = (right - left) / max(len(points) - 1, 1)
@@ -221,21 +224,16 @@ def report_data(
     }
 
 
-def _named(fingerprints: Iterable[str], *pools: Sequence[Finding]) -> list[Finding]:
+def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Finding]:
     wanted = set(fingerprints)
-    found: dict[str, Finding] = {}
-    for pool in pools:
-        for f in pool:
-            if f.id in wanted and f.id not in found:
-                found[f.id] = f
-    return sorted(found.values(), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
+    return sorted((f for f in findings if f.id in wanted), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
 
 
 def render_report(
     store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path
 ) -> Path:
     """Write report.html for a stored run, reading its history, snapshot and exceptions from the store."""
-    points, previous = trend(store, run, findings)
+    points = trend(store, run, events)
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -245,7 +243,6 @@ def render_report(
             for body in store.snapshot(run.id, "mailbox").values()
         },
         points=points,
-        previous=previous,
     )
 
 
@@ -257,7 +254,6 @@ def render_html(
     exceptions: Iterable[Mapping[str, Any]] = (),
     domains: Mapping[tuple[str, str], Any] | None = None,
     points: Sequence[TrendPoint] = (),
-    previous: Sequence[Finding] = (),
     display_names: Mapping[str, str] | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
@@ -276,14 +272,14 @@ def render_html(
     for tenant in run.scope.get("tenants", {}):
         per_tenant.setdefault(tenant, Counter())
     new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), findings)
-    resolved = _named(events.get("resolved", ()), findings, previous)
+    resolved = _named(events.get("resolved", ()), findings)  # a subject gone from the inventory is counted, not named
     resolved_count = len(events.get("resolved", ()))
     unsupported: dict[tuple[str, str], Counter[str]] = {}
     for f in findings:
         if f.status in (Status.UNSUPPORTED, Status.ERROR):
             unsupported.setdefault((f.tenant, f.check), Counter())[f.status.value] += 1
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
-    points = list(points) or [TrendPoint(run.id, run.started.date().isoformat(), by_status)]
+    points = list(points) or [_point(run, events)]
     html = environment().get_template("report.html.j2").render(
         run=run,
         by_status=by_status,

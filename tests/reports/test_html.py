@@ -141,7 +141,7 @@ def test_trend_and_resolved_span_runs(tmp_path: Path) -> None:
     write_outputs(store, "r2", tmp_path / "out")
     store.close()
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert html.count('<circle class="dot-fail"') == 3
-    assert "2026-11-25: 1 fail" in html and "2026-12-09: 0 fail" in html
+    assert html.count('<circle class="dot-new"') == 3 and html.count('<circle class="dot-resolved"') == 3
+    assert "2026-11-25: 1 new" in html and "2026-12-02: 0 new" in html and "2026-12-09: 1 resolved" in html
     resolved = html[html.index('<ul id="resolved-list">'):]
     assert "ann@acme.example" in resolved[:resolved.index("</ul>")]
