@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -126,6 +127,12 @@ def test_a_finding_shows_what_its_action_would_change(demo_report: Path, watched
     assert "What forwarding.disable would change" in detail
     assert "Turn off the forwards of j.park@northwindlogistics.example" in detail
     assert page.locator("#findings-body a.remediation-link").count() == 0  # comes with the remediation service
+
+    # the email's "details" links: #finding=ID opens that finding
+    findings = json.loads((demo_report.parent / "findings.json").read_text(encoding="utf-8"))
+    target = next(f for f in findings if f["check"] == "dmarc.missing" and f["status"] == "fail")
+    page.goto(demo_report.as_uri() + f"#finding={target['id']}")
+    expect(page.locator("#findings-body tr.detail")).to_contain_text('_dmarc.nwl-customs.example. TXT "v=DMARC1;')
     assert watched.problems == []
 
 
