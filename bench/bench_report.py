@@ -54,8 +54,8 @@ def _domain(tenant: str, name: str) -> Domain:
     }))
 
 
-def estate(domains: int, findings: int, tenants: int) -> tuple[Inventory, list[tuple[str, str, str]]]:
-    """Tenants' domains and mailboxes, and the (tenant, domain, mailbox-or-"") subjects findings are about."""
+def estate(domains: int, findings: int, tenants: int) -> Inventory:
+    """Tenants' domains (with DNS answers) and enough mailboxes for the findings wanted."""
     per_domain_mailboxes = max(1, (findings - domains * len(DOMAIN_CHECKS)) // (domains * len(MAILBOX_CHECKS)))
     all_domains, mailboxes = [], []
     for d in range(domains):
@@ -64,7 +64,7 @@ def estate(domains: int, findings: int, tenants: int) -> tuple[Inventory, list[t
         all_domains.append(_domain(tenant, name))
         for m in range(per_domain_mailboxes):
             mailboxes.append(Mailbox(tenant, f"user{m:02d}@{name}", display_name=f"User {m} of {name}"))
-    return Inventory(domains=tuple(all_domains), mailboxes=tuple(mailboxes)), []
+    return Inventory(domains=tuple(all_domains), mailboxes=tuple(mailboxes))
 
 
 def generate(inventory: Inventory, total: int, seed: int) -> Iterator[Finding]:
@@ -100,7 +100,7 @@ def generate(inventory: Inventory, total: int, seed: int) -> Iterator[Finding]:
 def build_store(path: Path, domains: int, findings: int, tenants: int) -> tuple[Store, str, int]:
     """Two weekly runs over the same estate; returns the store, the second run's id and the findings per run."""
     store = Store(f"sqlite:///{path}")
-    inventory, _ = estate(domains, findings, tenants)
+    inventory = estate(domains, findings, tenants)
     start = datetime(2026, 11, 16, 6, tzinfo=UTC)
     run_id, produced = "", 0
     for week in range(2):
