@@ -10,3 +10,5 @@ if ! command -v knotd >/dev/null && [ ! -x /usr/sbin/knotd ]; then
 fi
 echo "## DNS scan (bench/bench_dns.py)"
 "$PY" bench/bench_dns.py --domains 1000 10000 --rtt 0 10
+echo "## Report (bench/bench_report.py)"
+"$PY" bench/bench_report.py --browser

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from reports.records import COLUMNS, finding_record
 from scanner.model import Finding
@@ -25,12 +27,31 @@ def safe_cell(value: object) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def write_rows(handle: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> int:
+    """Write a header row and one row per mapping, every cell through ``safe_cell``; returns the row count."""
+    writer = csv.writer(handle)
+    writer.writerow(columns)
+    count = 0
+    for row in rows:
+        writer.writerow([safe_cell(row.get(column)) for column in columns])
+        count += 1
+    return count
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> int:
+    """Write a UTF-8 CSV file with the given columns; returns the row count."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        return write_rows(handle, columns, rows)
+
+
+def findings_csv_text(findings: Sequence[Finding]) -> str:
+    """findings.csv as text (for an email attachment)."""
+    buffer = io.StringIO(newline="")
+    write_rows(buffer, COLUMNS, (finding_record(f) for f in findings))
+    return buffer.getvalue()
+
+
 def write_findings_csv(findings: Sequence[Finding], path: Path) -> Path:
     """Write one row per finding, UTF-8, with the documented columns."""
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(COLUMNS)
-        for finding in findings:
-            record = finding_record(finding)
-            writer.writerow([safe_cell(record[column]) for column in COLUMNS])
+    write_csv(path, COLUMNS, (finding_record(f) for f in findings))
     return path

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import click
@@ -17,13 +17,19 @@ from rich.console import Console
 
 from checks.registry import RegistryError, load_checks
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
+from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
+from reports.mail import send_reports
 from scanner.baseline import capture, render_baseline
 from scanner.config import BUNDLED, Config, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
+from reports.csv_out import write_findings_csv
+from reports.html import render_report
+from reports.json_out import write_findings_json
+from reports.manifest import write_manifest
 from scanner.pipeline import ScanResult, run_scan
-from scanner.store import Store
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
+from scanner.store import RunRecord, Store
 from scanner.zoneserver import ZoneServer, load_zone_file
 
 DEMO = BUNDLED / "demo"
@@ -32,6 +38,7 @@ DEMO_AS_OF = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 EXIT_CONFIG = 2
 EXIT_FAILED_RUN = 1
 EXIT_FINDINGS = 3
+EXIT_DELIVERY = 4
 
 SEVERITIES = click.Choice([s.value for s in Severity])
 
@@ -283,3 +290,112 @@ def list_checks() -> None:
         if meta.references:
             click.echo(f"    references: {'; '.join(meta.references)}")
         click.echo(f"    remediation: {meta.remediation or '-'}")
+
+
+def _latest_run(store: Store, run_id: str | None) -> RunRecord:
+    if run_id is not None:
+        return store.run(run_id)
+    finished = [r for r in store.runs() if r.state in ("complete", "partial")]
+    if not finished:
+        raise StoreError("the store holds no finished run yet: run `mailwarden scan` first")
+    return finished[-1]
+
+
+def _day_or_moment(value: datetime | None) -> date | datetime | None:
+    """A bare date (midnight, no zone) stays a whole day; anything else is a moment (UTC when no zone)."""
+    if value is None or value.tzinfo is not None or value.time() != time.min:
+        return value
+    return value.date()
+
+
+def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+    """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = store.run(run_id)
+    findings = store.findings_for_run(run_id)
+    files = []
+    if "json" in formats:
+        files.append(write_findings_json(findings, out_dir / "findings.json"))
+    if "csv" in formats:
+        files.append(write_findings_csv(findings, out_dir / "findings.csv"))
+    if "html" in formats:
+        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html"))
+    files.append(write_manifest(run, files, out_dir / "manifest.json"))
+    return files
+
+
+DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
+
+
+@main.group("evidence", invoke_without_command=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file (default: ./mailwarden.toml).")
+@click.option("--since", type=DATES, help="First day (or UTC moment) of the period: runs started then or later.")
+@click.option("--until", type=DATES, help="Last day (inclusive, or a UTC moment) of the period.")
+@click.option("--tenant", help="Only this tenant's findings, changes, inventory and exceptions.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Directory for the pack.")
+@click.pass_context
+def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
+             tenant: str | None, out_dir: Path | None) -> None:
+    """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out_dir is None:
+        raise click.UsageError("--out DIR is required to write an evidence pack")
+    with _user_errors():
+        config = _config(config_path)
+        if tenant is not None and tenant not in {t.name for t in config.tenants}:
+            raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+        store = Store(config.store.url)
+        try:
+            period = Period.of(_day_or_moment(since), _day_or_moment(until))
+            try:
+                files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest)
+            except EvidenceError as exc:
+                click.echo(f"mailwarden: {exc}", err=True)
+                sys.exit(EXIT_FAILED_RUN)
+        finally:
+            store.close()
+    click.echo(f"evidence pack in {out_dir.resolve()}: " + ", ".join(f.name for f in files))
+
+
+@evidence.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+def evidence_verify(directory: Path) -> None:
+    """Check every file of an evidence pack against its manifest's SHA-256; exit 1 naming any bad file."""
+    problems = verify_evidence(directory)
+    for problem in problems:
+        click.echo(f"mailwarden: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_FAILED_RUN)
+    click.echo(f"{directory}: every file matches manifest.json")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file (default: ./mailwarden.toml).")
+@click.option("--run", "run_id", help="A stored run id (default: the latest finished run).")
+@click.option("--format", "formats", type=click.Choice(["html", "json", "csv"]), multiple=True,
+              help="Re-render the run as report.html, findings.json and/or findings.csv (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("mailwarden-out"),
+              show_default=True, help="Directory for the re-rendered files.")
+@click.option("--email", "send", is_flag=True, help="Send the report by email to each list in [email].")
+def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...], out_dir: Path, send: bool) -> None:
+    """Re-render a stored run (--format) and/or email it (--email); rendered from the store, never live data."""
+    failed = False
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            run = _latest_run(store, run_id)
+            if formats or not send:
+                files = render_formats(store, run.id, out_dir, formats or ("html",))
+                click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
+            if send:
+                if config.email is None:
+                    raise ConfigError(f"{config.source}: email: --email needs an [email] table")
+                for outcome in send_reports(store, run.id, config):
+                    click.echo(outcome.line, err=not outcome.delivered)
+                    failed = failed or not outcome.delivered
+        finally:
+            store.close()
+    if failed:
+        sys.exit(EXIT_DELIVERY)

@@ -143,6 +143,55 @@ class RemediationConfig(_Strict):
 
 
 
+class EmailList(_Strict):
+    """One set of recipients and the tenants whose report they get (all tenants when none are named)."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_. -]*$")
+    to: list[str] = Field(min_length=1)
+    tenants: list[str] = []
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for address in value:
+            local, at, domain = address.partition("@")
+            if not at or not local or not domain or any(c in address for c in " ,;<>\r\n"):
+                raise ValueError(f"{address!r} is not a plain email address")
+        return value
+
+
+class EmailConfig(_Strict):
+    """The weekly email: the SMTP server, how to reach it, and who gets which tenants' report."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True)
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = "starttls"
+    username: str | None = None
+    password: SecretRef | None = None
+    sender: str = Field(alias="from", min_length=3, pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
+    lists: list[EmailList] = Field(min_length=1)
+    retries: int = Field(default=3, ge=0, le=10)
+    retry_delay: float = Field(default=5.0, ge=0)
+    timeout: float = Field(default=30.0, gt=0)
+    ca_bundle: Path | None = None
+    report_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    top: int = Field(default=10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _auth(self) -> EmailConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("'username' and 'password' go together: give both or neither")
+        if self.password is not None and self.security == "none":
+            raise ValueError("a password is never sent unencrypted: use security = \"starttls\" or \"tls\"")
+        names = [entry.name for entry in self.lists]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ValueError(f"lists[{i}].name: list {name!r} is declared twice")
+        return self
+
+
 class GoogleOptions(_Strict):
     """Google Workspace: the admin to impersonate and the API endpoints (overridable for tests)."""
 
@@ -237,6 +286,7 @@ class Config(_Strict):
     policy: PolicyConfig
     senders: dict[str, SenderConfig] = {}
     remediation: RemediationConfig = RemediationConfig()
+    email: EmailConfig | None = None
     tenants: list[TenantConfig] = []
     exceptions: list[ExceptionConfig] = []
 
@@ -256,6 +306,11 @@ class Config(_Strict):
                         f"tenants[{i}].senders: {sender!r} is not in the sender catalogue "
                         f"(known: {', '.join(sorted(self.senders))})"
                     )
+        if self.email is not None:
+            for i, entry in enumerate(self.email.lists):
+                for tenant in entry.tenants:
+                    if tenant not in names:
+                        raise ValueError(f"email.lists[{i}].tenants: no tenant named {tenant!r}")
         return self
 
     def tenant_models(self) -> tuple[Tenant, ...]:

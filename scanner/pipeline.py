@@ -12,7 +12,7 @@ from pathlib import Path
 from checks.evaluate import evaluate
 from checks.registry import Check, Policy, Sender, load_checks
 from reports.csv_out import write_findings_csv
-from reports.html import render_html
+from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
 from scanner import __version__
@@ -132,8 +132,7 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> tuple[RunRecord, 
     files = [
         write_findings_json(findings, out_dir / "findings.json"),
         write_findings_csv(findings, out_dir / "findings.csv"),
-        render_html(run, findings, events, out_dir / "report.html",
-                    exceptions=store.snapshot(run_id, "exception").values()),
+        render_report(store, run, findings, events, out_dir / "report.html"),
     ]
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return run, tuple(findings), tuple(files)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from dataclasses import replace
 from pathlib import Path
 
 from checks.evaluate import fingerprint
@@ -60,3 +61,87 @@ def test_expiry_follows_the_runs_exception_expired_finding(tmp_path: Path) -> No
 def test_no_exceptions_renders_an_empty_section(tmp_path: Path) -> None:
     section = _report(tmp_path, (), [])
     assert "<tr data-check=" not in section
+
+
+HOSTILE = '</script><script>alert("x")</script><!--<script>'
+
+
+def _hostile_store(tmp_path: Path) -> Path:
+    """A stored run whose evidence, subject, display name and DNS records carry script-closing text."""
+    from scanner.model import DnsAnswer, DnsFacts, Domain, Mailbox, Outcome, Remediation
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.start_run("r1", NOW, "d" * 64, "test")
+    inventory = Inventory(
+        domains=(Domain("acme.example", "acme", dns=DnsFacts({"txt": DnsAnswer(
+            "acme.example", "TXT", Outcome.ANSWER, (HOSTILE,))})),),
+        mailboxes=(Mailbox("acme", "ann@acme.example", display_name=HOSTILE),),
+    )
+    store.save_snapshot("r1", snapshot_items(inventory))
+    findings = [
+        Finding(id=fingerprint("dmarc.missing", "acme", "acme.example"), check="dmarc.missing", status=Status.FAIL,
+                severity=Severity.HIGH, tenant="acme", domain="acme.example", subject="acme.example",
+                title="Domain publishes no DMARC record",
+                evidence={"records_seen": [HOSTILE], "publish": f'_dmarc.acme.example. TXT "{HOSTILE}"'}),
+        Finding(id=fingerprint("forwarding.external", "acme", "ann@acme.example"), check="forwarding.external",
+                status=Status.FAIL, severity=Severity.HIGH, tenant="acme", domain="acme.example",
+                subject="ann@acme.example", title="Mailbox forwards mail outside the tenant",
+                evidence={"targets": [HOSTILE]}, reason=HOSTILE,
+                remediation=Remediation("forwarding.disable", {"subject": "ann@acme.example"})),
+    ]
+    store.record_findings("r1", findings, NOW, ["acme"])
+    store.finish_run("r1", NOW, "complete", {"tenants": {"acme": {
+        "state": "complete", "problems": [HOSTILE], "mailboxes": 1, "domains": 1,
+        "gaps": [{"fact": "mailbox.owners", "state": "unsupported", "reason": HOSTILE, "subject": ""}]}}})
+    write_outputs(store, "r1", tmp_path / "out")
+    store.close()
+    return tmp_path / "out" / "report.html"
+
+
+def test_script_closing_text_never_leaves_the_data_block(tmp_path: Path) -> None:
+    import json
+
+    html = _hostile_store(tmp_path).read_text(encoding="utf-8")
+    assert HOSTILE not in html
+    assert html.count("</script>") == 2 and html.count("<script") == 2
+    assert "<!--" not in html
+    start = html.index('<script type="application/json" id="report-data">') + len(
+        '<script type="application/json" id="report-data">')
+    data = json.loads(html[start:html.index("</script>", start)])
+    by_check = {data["checks"][row[1]][0]: row for row in data["findings"]}
+    assert by_check["dmarc.missing"][9]["records_seen"] == [HOSTILE]  # exact once parsed back
+    assert by_check["forwarding.external"][8] == HOSTILE
+    assert data["names"]["ann@acme.example"] == HOSTILE
+    assert data["dns"]["acme.example"]["answers"][0][4] == [HOSTILE]
+    # the server-rendered parts (problems, coverage) are HTML-escaped
+    assert "&lt;/script&gt;&lt;script&gt;alert(&#34;x&#34;)" in html
+
+
+def test_action_change_is_embedded_with_the_finding(tmp_path: Path) -> None:
+    import json
+
+    html = _hostile_store(tmp_path).read_text(encoding="utf-8")
+    start = html.index('id="report-data">') + len('id="report-data">')
+    data = json.loads(html[start:html.index("</script>", start)])
+    change = next(row[10] for row in data["findings"] if row[10])
+    assert change[0] == "forwarding.disable" and HOSTILE in change[1]
+    assert '<template id="remediation-link">' in html
+
+
+def test_trend_and_resolved_span_runs(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    failing = _finding("forwarding.external", "ann@acme.example", Status.FAIL)
+    for index, status in enumerate((Status.FAIL, Status.FAIL, Status.PASS)):
+        run_id, when = f"r{index}", NOW + timedelta(days=7 * index)
+        store.start_run(run_id, when, "d" * 64, "test")
+        store.record_findings(run_id, [replace(failing, status=status)], when, ["acme"])
+        store.finish_run(run_id, when, "complete", {"tenants": {}})
+    write_outputs(store, "r2", tmp_path / "out")
+    store.close()
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert html.count('<circle class="dot-new"') == 3 and html.count('<circle class="dot-resolved"') == 3
+    assert "2026-11-25: 1 new" in html and "2026-12-02: 0 new" in html and "2026-12-09: 1 resolved" in html
+    resolved = html[html.index('<ul id="resolved-list">'):]
+    assert "ann@acme.example" in resolved[:resolved.index("</ul>")]

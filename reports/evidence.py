@@ -1,0 +1,242 @@
+"""The evidence pack: findings, changes, inventory and exceptions as CSV over a time range, with a hashed manifest."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any
+
+from reports.csv_out import write_csv
+from reports.html import exception_rows
+from reports.manifest import sha256_file
+from reports.records import COLUMNS, finding_record
+from scanner import __version__
+from scanner.errors import MailwardenError
+from scanner.model import Finding, Status, domain_of
+from scanner.store import RunRecord, Store, canonical, content_hash
+
+CHANGE_COLUMNS = (
+    "at", "source", "run_id", "job_id", "tenant", "domain", "subject", "object_type", "object_key", "field",
+    "action", "before", "after",
+)
+"""changes.csv columns, in order (the change log's fields, so either source fills them alike)."""
+INVENTORY_COLUMNS = ("run_id", "kind", "tenant", "key", "sha256", "body")
+"""inventory.csv columns, in order."""
+EXCEPTION_COLUMNS = (
+    "check", "subject", "reason", "approved_by", "expires", "first_run", "last_run", "expired_at_last_run",
+    "covered_at_last_run",
+)
+"""exceptions.csv columns, in order."""
+PACK_COLUMNS: Mapping[str, Sequence[str]] = {
+    "findings.csv": COLUMNS,
+    "changes.csv": CHANGE_COLUMNS,
+    "inventory.csv": INVENTORY_COLUMNS,
+    "exceptions.csv": EXCEPTION_COLUMNS,
+}
+"""Every file of the pack with its columns; part of the evidence contract documented in README.md."""
+FINISHED = ("complete", "partial")
+
+
+class EvidenceError(MailwardenError):
+    """The evidence pack could not be written, or does not match its manifest."""
+
+
+@dataclass(frozen=True, slots=True)
+class Period:
+    """The time range a pack covers: runs started at or after ``since`` and at or before ``until``."""
+
+    since: datetime | None
+    until: datetime | None
+
+    @classmethod
+    def of(cls, since: date | datetime | None, until: date | datetime | None) -> Period:
+        """A period from dates (``until`` inclusive, to the end of its day) or aware datetimes, in UTC."""
+        def moment(value: date | datetime | None, end: bool) -> datetime | None:
+            if value is None:
+                return None
+            if not isinstance(value, datetime):
+                return datetime.combine(value, time.max if end else time.min, tzinfo=UTC)
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return cls(moment(since, False), moment(until, True))
+
+    def holds(self, when: datetime) -> bool:
+        """True when ``when`` falls inside the period."""
+        return (self.since is None or when >= self.since) and (self.until is None or when <= self.until)
+
+
+def select_runs(store: Store, period: Period) -> list[RunRecord]:
+    """Finished runs (complete or partial) that started inside the period, oldest first."""
+    return [r for r in store.runs() if r.state in FINISHED and period.holds(r.started)]
+
+
+def _tenant_of(kind: str, key: str) -> str:
+    # Snapshot keys are "tenant/name" for domains, mailboxes and people; exceptions are "check/subject".
+    return "" if kind == "exception" else key.partition("/")[0]
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def _subject(kind: str, key: str, body: Mapping[str, Any]) -> tuple[str, str]:
+    """(domain, subject) of a snapshot object."""
+    if kind == "domain":
+        name = str(body.get("name") or key.partition("/")[2])
+        return name, name
+    address = str(body.get("address") or body.get("email") or "")
+    if kind in ("mailbox", "person") and address:
+        return domain_of(address), address
+    return "", str(body.get("subject") or key)
+
+
+def snapshot_changes(store: Store, runs: Sequence[RunRecord], tenant: str | None) -> Iterator[dict[str, Any]]:
+    """Field-level changes between each selected run and the finished run before it, from their snapshots.
+
+    Replaceable: once the change log (issue 6) is in the store, this becomes a read of ``Store.changes``
+    with the same columns (CHANGE_COLUMNS). An object missing from a later run counts as removed only
+    when that run saw its tenant completely: a partial crawl never turns "not seen" into "deleted".
+    """
+    ordered = [r for r in store.runs() if r.state in FINISHED]
+    position = {r.id: i for i, r in enumerate(ordered)}
+    for run in runs:
+        index = position.get(run.id, 0)
+        if index == 0:
+            continue
+        before, after = store.snapshot(ordered[index - 1].id), store.snapshot(run.id)
+        complete = {t for t, s in run.scope.get("tenants", {}).items() if s.get("state") == "complete"}
+        for kind_key in sorted(set(before) | set(after)):
+            kind, key = kind_key
+            owner = _tenant_of(kind, key)
+            if tenant is not None and owner != tenant:
+                continue
+            old, new = before.get(kind_key), after.get(kind_key)
+            if old == new:
+                continue
+            domain, subject = _subject(kind, key, new if new is not None else old)
+            base = {"at": run.started.isoformat(), "source": "run", "run_id": run.id, "job_id": "",
+                    "tenant": owner, "domain": domain, "subject": subject, "object_type": kind, "object_key": key}
+            if old is None:
+                yield {**base, "field": "", "action": "added", "before": "", "after": canonical(new)}
+            elif new is None:
+                if owner in complete:
+                    yield {**base, "field": "", "action": "removed", "before": canonical(old), "after": ""}
+            else:
+                fields_before, fields_after = _flatten(old), _flatten(new)
+                for field in sorted(set(fields_before) | set(fields_after)):
+                    if fields_before.get(field) != fields_after.get(field):
+                        yield {**base, "field": field, "action": "changed",
+                               "before": _text(fields_before.get(field)), "after": _text(fields_after.get(field))}
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else canonical(value)
+
+
+def _inventory_rows(store: Store, run: RunRecord, tenant: str | None) -> Iterator[dict[str, Any]]:
+    for (kind, key), body in sorted(store.snapshot(run.id).items()):
+        owner = _tenant_of(kind, key)
+        if kind == "exception" or (tenant is not None and owner != tenant):
+            continue
+        text = canonical(body)
+        yield {"run_id": run.id, "kind": kind, "tenant": owner, "key": key, "sha256": content_hash(text),
+               "body": text}
+
+
+def _exception_rows(
+    store: Store, runs: Sequence[RunRecord], findings: Mapping[str, Sequence[Finding]], tenant: str | None
+) -> list[dict[str, Any]]:
+    seen: dict[tuple[str, ...], dict[str, Any]] = {}
+    for run in runs:
+        snapshot = store.snapshot(run.id, "exception").values()
+        run_findings = findings[run.id]
+        subjects = {f.subject.lower() for f in run_findings} | {f.domain for f in run_findings}
+        for row in exception_rows(snapshot, run_findings, run):
+            if tenant is not None and str(row["subject"]).lower() not in subjects:
+                continue
+            key = (row["check"], row["subject"], row["reason"], row["approved_by"], row["expires"])
+            entry = seen.setdefault(key, {
+                "check": row["check"], "subject": row["subject"], "reason": row["reason"],
+                "approved_by": row["approved_by"], "expires": row["expires"], "first_run": run.id,
+            })
+            entry["last_run"] = run.id
+            entry["expired_at_last_run"] = "yes" if row["expired"] else "no"
+            entry["covered_at_last_run"] = sum(1 for status, _, _ in row["covers"] if status == Status.EXCEPTED.value)
+    return sorted(seen.values(), key=lambda e: (e["check"], e["subject"], e["expires"]))
+
+
+def write_evidence(
+    store: Store, out_dir: Path, period: Period, *, tenant: str | None = None, config_digest: str = ""
+) -> list[Path]:
+    """Write the evidence pack for the runs inside ``period`` (one tenant's, or all) and its manifest."""
+    runs = select_runs(store, period)
+    if not runs:
+        raise EvidenceError(f"no finished run in the store between {_when(period.since)} and {_when(period.until)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    findings = {
+        run.id: [f for f in store.findings_for_run(run.id) if tenant is None or f.tenant == tenant] for run in runs
+    }
+    rows: dict[str, int] = {}
+    rows["findings.csv"] = write_csv(out_dir / "findings.csv", COLUMNS,
+                                     (finding_record(f) for run in runs for f in findings[run.id]))
+    rows["changes.csv"] = write_csv(out_dir / "changes.csv", CHANGE_COLUMNS, snapshot_changes(store, runs, tenant))
+    rows["inventory.csv"] = write_csv(out_dir / "inventory.csv", INVENTORY_COLUMNS,
+                                      _inventory_rows(store, runs[-1], tenant))
+    rows["exceptions.csv"] = write_csv(out_dir / "exceptions.csv", EXCEPTION_COLUMNS,
+                                       _exception_rows(store, runs, findings, tenant))
+    files = [out_dir / name for name in PACK_COLUMNS]
+    manifest = {
+        "kind": "mailwarden evidence pack",
+        "tool_version": __version__,
+        "created": datetime.now(UTC).isoformat(),
+        "period": {"since": _when(period.since), "until": _when(period.until),
+                   "first_run_started": runs[0].started.isoformat(), "last_run_started": runs[-1].started.isoformat()},
+        "tenant": tenant,
+        "config_sha256": config_digest,
+        "runs": [{"id": r.id, "started": r.started.isoformat(), "finished": r.finished.isoformat() if r.finished else None,
+                  "state": r.state, "config_sha256": r.config_digest, "tool_version": r.tool_version} for r in runs],
+        "files": {
+            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size, "rows": rows[f.name],
+                     "columns": list(PACK_COLUMNS[f.name])}
+            for f in files
+        },
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return [*files, out_dir / "manifest.json"]
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def verify_evidence(directory: Path) -> list[str]:
+    """Problems with a pack: a file changed, missing or not in its manifest; empty when every hash matches."""
+    try:
+        manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
+        listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
+    except FileNotFoundError:
+        return [f"{directory / 'manifest.json'}: missing"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return [f"{directory / 'manifest.json'}: not a valid manifest ({exc})"]
+    problems = []
+    for name, entry in sorted(listed.items()):
+        path = directory / name
+        if Path(name).name != name:
+            problems.append(f"{name}: not a plain file name in the manifest")
+        elif not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != entry.get("sha256"):
+            problems.append(f"{path}: SHA-256 differs from the manifest (the file was changed)")
+    for path in sorted(directory.iterdir()):
+        if path.name != "manifest.json" and path.name not in listed:
+            problems.append(f"{path}: not listed in the manifest")
+    return problems

@@ -1,0 +1,198 @@
+"""The emailed report: a multipart message per recipient list, sent over SMTP with retries, never dropped silently."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from reports.actions import action_change, remediation_link
+from reports.csv_out import findings_csv_text
+from reports.html import environment
+from scanner.config import Config, EmailConfig, EmailList
+from scanner.errors import MailwardenError
+from scanner.model import Finding, Severity, Status
+from scanner.store import RunRecord, Store
+
+
+class DeliveryError(MailwardenError):
+    """A message could not be delivered after every attempt."""
+
+    def __init__(self, message: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.attempts = attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """How sending one list's message went."""
+
+    list_name: str
+    recipients: tuple[str, ...]
+    delivered: bool
+    attempts: int
+    problem: str = ""
+
+    @property
+    def line(self) -> str:
+        """One line for the terminal."""
+        if self.delivered:
+            return f"sent to list {self.list_name} ({', '.join(self.recipients)})"
+        return f"mailwarden: NOT delivered to list {self.list_name} ({', '.join(self.recipients)}): {self.problem}"
+
+
+def _link(base: str, key: str, value: str) -> str:
+    return f"{base}#{key}={quote(value, safe='@.')}" if base else ""
+
+
+def message_context(
+    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig
+) -> dict[str, Any]:
+    """What the email says about the list's tenants: summary, what is new, the top findings and their fixes."""
+    mine = [f for f in findings if not entry.tenants or f.tenant in entry.tenants]
+    by_status = Counter(f.status.value for f in mine)
+    failing = [f for f in mine if f.status is Status.FAIL]
+    by_severity = Counter(f.severity.value for f in failing)
+    fresh = set(events.get("new", ())) | set(events.get("reopened", ()))
+    new = sorted((f for f in mine if f.id in fresh), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
+    top = sorted(failing, key=lambda f: (-f.severity.rank, f.id not in fresh, f.tenant, f.subject, f.check))
+    tenants: dict[str, Counter[str]] = {}
+    for f in mine:
+        tenants.setdefault(f.tenant, Counter())[f.status.value] += 1
+
+    def fix(f: Finding) -> dict[str, str]:
+        change = action_change(f)
+        publish = f.evidence.get("publish")
+        return {
+            "action": change.action if change else "",
+            "change": change.summary if change else "",
+            "publish": str(publish) if publish else "",
+            "remediation_link": (remediation_link(f) or "") if change else "",
+            "report_link": _link(email.report_url, "finding", f.id),
+            "domain_link": _link(email.report_url, "domain", f.domain),
+        }
+
+    return {
+        "run": run,
+        "list": entry,
+        "statuses": [s.value for s in Status],
+        "severities": [s.value for s in reversed(Severity)],
+        "by_status": by_status,
+        "by_severity": by_severity,
+        "tenants": sorted(tenants.items()),
+        "new": new[:20],
+        "new_count": len(new),
+        "top": [(f, fix(f)) for f in top[: email.top]],
+        "failing": len(failing),
+        "report_url": email.report_url,
+        "findings": mine,
+    }
+
+
+def build_message(
+    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig
+) -> EmailMessage:
+    """The multipart message for one list: plain text and HTML alternatives, and findings.csv attached."""
+    context = message_context(run, findings, events, entry, email)
+    env = environment()
+    message = EmailMessage()
+    message["Subject"] = (f"mailwarden report {run.started.date().isoformat()} for {entry.name}: "
+                          f"{context['failing']} failing, {context['new_count']} new")
+    message["From"] = email.sender
+    message["To"] = ", ".join(entry.to)
+    message["Date"] = format_datetime(run.finished or run.started)
+    message["Message-ID"] = make_msgid(domain=email.sender.rpartition("@")[2])
+    message["X-Mailwarden-Run"] = run.id
+    message.set_content(env.get_template("email.txt.j2").render(**context))
+    message.add_alternative(env.get_template("email.html.j2").render(**context), subtype="html")
+    message.add_attachment(findings_csv_text(context["findings"]).encode("utf-8"), maintype="text", subtype="csv",
+                           filename="findings.csv")
+    return message
+
+
+def _permanent(exc: BaseException) -> bool:
+    # RFC 5321 §4.2.1: a 5yz reply is a permanent failure; sending again will not help.
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return all(500 <= code < 600 for code, _ in exc.recipients.values())
+    return isinstance(exc, smtplib.SMTPResponseException) and 500 <= exc.smtp_code < 600
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "every recipient refused: " + "; ".join(
+            f"{rcpt} ({code} {reply.decode('utf-8', 'replace')})" for rcpt, (code, reply) in exc.recipients.items())
+    if isinstance(exc, smtplib.SMTPResponseException):
+        reply = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+        return f"the server replied {exc.smtp_code} {reply}"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return f"TLS failed: {exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def deliver(
+    message: EmailMessage, email: EmailConfig, *, password: str | None, ca_bundle: Path | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Send one message, retrying transient failures with backoff; returns the attempts made or raises DeliveryError."""
+    context = ssl.create_default_context(cafile=str(ca_bundle) if ca_bundle else None)
+    attempts = email.retries + 1
+    last: BaseException | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            if email.security == "tls":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(email.host, email.port, timeout=email.timeout, context=context)
+            else:
+                smtp = smtplib.SMTP(email.host, email.port, timeout=email.timeout)
+            with smtp:
+                if email.security == "starttls":
+                    smtp.starttls(context=context)  # RFC 3207; raises when the server does not offer it
+                if email.username is not None and password is not None:
+                    smtp.login(email.username, password)
+                refused = smtp.send_message(message)
+            if refused:
+                # Some recipients took it; sending again would duplicate theirs, so this is reported, not retried.
+                raise DeliveryError(f"{email.host}:{email.port} refused " + "; ".join(
+                    f"{rcpt} ({code} {reply.decode('utf-8', 'replace')})" for rcpt, (code, reply) in refused.items()),
+                    attempt)
+            return attempt
+        except (smtplib.SMTPException, OSError) as exc:
+            last = exc
+            if _permanent(exc) or attempt == attempts:
+                break
+            sleep(email.retry_delay * 2 ** (attempt - 1))
+    assert last is not None
+    raise DeliveryError(
+        f"could not deliver to {email.host}:{email.port} ({email.security}) after {attempt} attempt(s): "
+        f"{_describe(last)}",
+        attempt,
+    )
+
+
+def send_reports(store: Store, run_id: str, config: Config) -> Iterator[Delivery]:
+    """Build and send each list's message for a stored run; yields how each went (failures included)."""
+    email = config.email
+    if email is None:
+        raise DeliveryError(f"{config.source}: email: there is no [email] table")
+    run = store.run(run_id)
+    findings = store.findings_for_run(run_id)
+    events = store.lifecycle_events(run_id)
+    password = email.password.resolve() if email.password is not None else None
+    ca_bundle = config.resolve_path(email.ca_bundle) if email.ca_bundle is not None else None
+    for entry in email.lists:
+        message = build_message(run, findings, events, entry, email)
+        try:
+            attempts = deliver(message, email, password=password, ca_bundle=ca_bundle)
+        except DeliveryError as exc:
+            yield Delivery(entry.name, tuple(entry.to), False, exc.attempts, str(exc))
+        else:
+            yield Delivery(entry.name, tuple(entry.to), True, attempts)

@@ -1,0 +1,357 @@
+"use strict";
+// mailwarden report: filters, search, sorting and pagination over the embedded findings, and the
+// per-domain view. Every value reaches the page through textContent or attributes, never as HTML.
+(function () {
+  var data = JSON.parse(document.getElementById("report-data").textContent);
+  var PAGE = 50, DPAGE = 25;
+  var ATTENTION = { fail: 1, error: 1, excepted: 1, unsupported: 1 };
+  var STATUS_ORDER = { fail: 0, error: 1, excepted: 2, unsupported: 3, pass: 4 };
+  var F = { id: 0, check: 1, status: 2, severity: 3, tenant: 4, domain: 5, subject: 6, item: 7, reason: 8,
+            evidence: 9, change: 10, link: 11, firstSeen: 12, flag: 13 };
+  var rows = data.findings;
+  var state = { tenant: "", domain: "", check: "", severity: "", status: "attention", q: "",
+                sort: "severity", dir: -1, page: 0, open: {} };
+  var matches = [];
+  var searchText = null;
+
+  function el(tag, text, cls) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+  function $(id) { return document.getElementById(id); }
+  // Keys come from the data (a subject or a domain could be "constructor"): look up own properties only.
+  function own(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined; }
+  function status(r) { return data.statuses[r[F.status]]; }
+  function severity(r) { return data.severities[r[F.severity]]; }
+  function checkId(r) { return data.checks[r[F.check]][0]; }
+  function title(r) { return data.checks[r[F.check]][1]; }
+  function tenant(r) { return data.tenants[r[F.tenant]]; }
+  function domain(r) { return data.domains[r[F.domain]]; }
+  function show(value) { return typeof value === "string" ? value : JSON.stringify(value, null, 1); }
+
+  function fillSelect(select, values) {
+    values.slice().sort().forEach(function (v) {
+      var o = el("option", v); o.value = v; select.appendChild(o);
+    });
+  }
+  fillSelect($("f-tenant"), data.tenants.filter(function (t) { return t; }));
+  fillSelect($("f-domain"), data.domains.filter(function (d) { return d; }));
+  fillSelect($("f-check"), data.checks.map(function (c) { return c[0]; }));
+  data.severities.slice().reverse().forEach(function (v) {
+    var o = el("option", v); o.value = v; $("f-severity").appendChild(o);
+  });
+  data.statuses.forEach(function (v) { var o = el("option", v); o.value = v; $("f-status").appendChild(o); });
+
+  function haystack(i) {
+    if (searchText === null) searchText = new Array(rows.length);
+    var text = searchText[i];
+    if (text === undefined) {
+      var r = rows[i];
+      text = [r[F.id], checkId(r), title(r), tenant(r), domain(r), r[F.subject], own(data.names, r[F.subject]) || "", r[F.item], r[F.reason],
+              JSON.stringify(r[F.evidence]), r[F.change] ? r[F.change].join(" ") : ""].join("\n").toLowerCase();
+      searchText[i] = text;
+    }
+    return text;
+  }
+
+  var SORTS = {
+    severity: function (r) { return r[F.severity]; },
+    status: function (r) { return -STATUS_ORDER[status(r)]; },
+    check: checkId, tenant: tenant, domain: domain,
+    subject: function (r) { return r[F.subject] + "\u0000" + r[F.item]; },
+    first_seen: function (r) { return r[F.firstSeen]; }
+  };
+
+  function compute() {
+    var tenantI = state.tenant ? data.tenants.indexOf(state.tenant) : -1;
+    var domainI = state.domain ? data.domains.indexOf(state.domain) : -1;
+    var checkI = -1, sevI = state.severity ? data.severities.indexOf(state.severity) : -1;
+    data.checks.forEach(function (c, i) { if (c[0] === state.check) checkI = i; });
+    var words = state.q.toLowerCase().split(/\s+/).filter(Boolean);
+    var out = [];
+    for (var i = 0; i < rows.length; i++) {
+      var r = rows[i];
+      if (state.tenant && r[F.tenant] !== tenantI) continue;
+      if (state.domain && r[F.domain] !== domainI) continue;
+      if (state.check && r[F.check] !== checkI) continue;
+      if (state.severity && r[F.severity] !== sevI) continue;
+      var s = status(r);
+      if (state.status === "attention" && !ATTENTION[s]) continue;
+      if (state.status === "new" && !r[F.flag]) continue;
+      if (state.status && state.status !== "attention" && state.status !== "new" && s !== state.status) continue;
+      if (words.length) {
+        var text = haystack(i), ok = true;
+        for (var w = 0; w < words.length; w++) { if (text.indexOf(words[w]) < 0) { ok = false; break; } }
+        if (!ok) continue;
+      }
+      out.push(i);
+    }
+    var key = SORTS[state.sort] || SORTS.severity, dir = state.dir;
+    var keys = {};
+    out.forEach(function (i) { keys[i] = key(rows[i]); });
+    out.sort(function (a, b) {
+      var ka = keys[a], kb = keys[b];
+      if (ka < kb) return -dir;
+      if (ka > kb) return dir;
+      var sa = STATUS_ORDER[status(rows[a])] - STATUS_ORDER[status(rows[b])];
+      if (sa) return sa;
+      return a - b;
+    });
+    matches = out;
+  }
+
+  function evidenceList(r) {
+    var box = el("div");
+    if (r[F.reason]) box.appendChild(el("p", r[F.reason]));
+    var ev = r[F.evidence] || {};
+    Object.keys(ev).sort().forEach(function (k) {
+      var line = el("div");
+      line.appendChild(el("strong", k + ": "));
+      line.appendChild(el(k === "publish" ? "pre" : "code", show(ev[k]), k === "publish" ? "publish" : ""));
+      box.appendChild(line);
+    });
+    return box;
+  }
+
+  function changeBlock(r) {
+    var c = r[F.change];
+    var box = el("div", null, "change");
+    box.appendChild(el("strong", "What " + c[0] + " would change"));
+    box.appendChild(el("p", c[1]));
+    var p = el("p");
+    p.appendChild(el("span", "before: ")); p.appendChild(el("code", c[2]));
+    p.appendChild(el("span", " → after: ")); p.appendChild(el("code", c[3]));
+    box.appendChild(p);
+    if (r[F.link]) {
+      // The remediation link template (one place, in report.html.j2) is filled here when a link exists.
+      var link = $("remediation-link").content.cloneNode(true);
+      var a = link.querySelector("a");
+      if (/^https?:/i.test(r[F.link])) { a.setAttribute("href", r[F.link]); box.appendChild(link); }
+    }
+    return box;
+  }
+
+  function detailRow(r) {
+    var tr = el("tr", null, "detail");
+    var td = el("td"); td.colSpan = 8;
+    var head = el("p");
+    head.appendChild(el("strong", title(r)));
+    head.appendChild(el("span", "  id " + r[F.id] + (r[F.item] ? "  item " + r[F.item] : ""), "muted"));
+    td.appendChild(head);
+    td.appendChild(evidenceList(r));
+    if (r[F.change]) td.appendChild(changeBlock(r));
+    tr.appendChild(td);
+    return tr;
+  }
+
+  function render() {
+    var body = $("findings-body");
+    var pages = Math.max(1, Math.ceil(matches.length / PAGE));
+    if (state.page >= pages) state.page = pages - 1;
+    if (state.page < 0) state.page = 0;
+    var start = state.page * PAGE, slice = matches.slice(start, start + PAGE);
+    var frag = document.createDocumentFragment();
+    slice.forEach(function (i) {
+      var r = rows[i], s = status(r);
+      var tr = el("tr", null, "finding");
+      tr.dataset.index = i; tr.dataset.status = s; tr.dataset.check = checkId(r); tr.id = "finding-" + r[F.id];
+      var st = el("td", s, s);
+      if (r[F.flag]) { st.appendChild(document.createTextNode(" ")); st.appendChild(el("span", r[F.flag] === 2 ? "reopened" : "new", "badge")); }
+      tr.appendChild(st);
+      tr.appendChild(el("td", severity(r), "sev-" + severity(r)));
+      var c = el("td"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
+      tr.appendChild(c);
+      tr.appendChild(el("td", tenant(r)));
+      var d = el("td"), a = el("a", domain(r), "domain-link");
+      a.setAttribute("href", "#domain=" + encodeURIComponent(domain(r))); d.appendChild(a);
+      tr.appendChild(d);
+      var sub = el("td", r[F.subject]);
+      var shown = own(data.names, r[F.subject]);
+      if (shown) { sub.appendChild(el("br")); sub.appendChild(el("span", shown, "muted")); }
+      if (r[F.item]) { sub.appendChild(el("br")); sub.appendChild(el("code", r[F.item])); }
+      tr.appendChild(sub);
+      tr.appendChild(el("td", (r[F.firstSeen] || "").slice(0, 10)));
+      var fix = el("td");
+      if (r[F.change]) fix.appendChild(el("code", r[F.change][0]));
+      else if (r[F.evidence] && r[F.evidence].publish) fix.appendChild(el("span", "publish a record"));
+      tr.appendChild(fix);
+      frag.appendChild(tr);
+      if (state.open[i]) frag.appendChild(detailRow(r));
+    });
+    body.replaceChildren(frag);
+    $("findings-count").textContent = matches.length === 0
+      ? "No finding matches these filters (" + rows.length + " in this run)."
+      : "Showing " + (start + 1) + "–" + (start + slice.length) + " of " + matches.length +
+        " matching findings (" + rows.length + " in this run).";
+    $("page-info").textContent = "page " + (state.page + 1) + " of " + pages;
+    document.querySelectorAll("th[data-sort]").forEach(function (th) {
+      th.classList.toggle("asc", th.dataset.sort === state.sort && state.dir === 1);
+      th.classList.toggle("desc", th.dataset.sort === state.sort && state.dir === -1);
+    });
+  }
+
+  function update() { compute(); state.page = 0; render(); }
+  function readFilters() {
+    state.tenant = $("f-tenant").value; state.domain = $("f-domain").value; state.check = $("f-check").value;
+    state.severity = $("f-severity").value; state.status = $("f-status").value; state.q = $("f-search").value;
+  }
+  function writeFilters() {
+    $("f-tenant").value = state.tenant; $("f-domain").value = state.domain; $("f-check").value = state.check;
+    $("f-severity").value = state.severity; $("f-status").value = state.status; $("f-search").value = state.q;
+  }
+  ["f-tenant", "f-domain", "f-check", "f-severity", "f-status"].forEach(function (id) {
+    $(id).addEventListener("change", function () { readFilters(); update(); });
+  });
+  var timer = null;
+  $("f-search").addEventListener("input", function () {
+    clearTimeout(timer);
+    timer = setTimeout(function () { readFilters(); update(); }, 150);
+  });
+  $("filters").addEventListener("submit", function (e) { e.preventDefault(); });
+  $("f-reset").addEventListener("click", function () {
+    state.tenant = state.domain = state.check = state.severity = state.q = ""; state.status = "attention";
+    writeFilters(); update();
+  });
+  document.querySelectorAll("th[data-sort]").forEach(function (th) {
+    th.addEventListener("click", function () {
+      if (state.sort === th.dataset.sort) state.dir = -state.dir;
+      else { state.sort = th.dataset.sort; state.dir = th.dataset.sort === "severity" ? -1 : 1; }
+      compute(); render();
+    });
+  });
+  $("pager").addEventListener("click", function (e) {
+    var which = e.target.dataset && e.target.dataset.page;
+    if (!which) return;
+    state.page += which === "next" ? 1 : -1; render();
+  });
+  $("findings-body").addEventListener("click", function (e) {
+    if (e.target.closest("a")) return;
+    var tr = e.target.closest("tr.finding");
+    if (!tr) return;
+    var i = Number(tr.dataset.index);
+    if (state.open[i]) delete state.open[i]; else state.open[i] = true;
+    render();
+  });
+  document.querySelectorAll("[data-filter-tenant]").forEach(function (a) {
+    a.addEventListener("click", function (e) {
+      e.preventDefault(); state.tenant = a.dataset.filterTenant; writeFilters(); update();
+      $("findings-section").scrollIntoView();
+    });
+  });
+
+  // Domains: an index with counts, and one domain's records as seen, what is wrong and what to publish.
+  var domainCounts = Object.create(null);
+  data.domains.forEach(function (d) { domainCounts[d] = { tenant: "", counts: {} }; });
+  Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.dns[d].tenant; });
+  rows.forEach(function (r) {
+    var entry = domainCounts[domain(r)];
+    if (!entry.tenant) entry.tenant = tenant(r);
+    var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + 1;
+  });
+  var domainNames = data.domains.filter(function (d) { return d; }).sort(function (a, b) {
+    var fa = domainCounts[a].counts.fail || 0, fb = domainCounts[b].counts.fail || 0;
+    return fb - fa || (a < b ? -1 : a > b ? 1 : 0);
+  });
+  var dstate = { q: "", page: 0, list: domainNames };
+  function renderDomains() {
+    var pages = Math.max(1, Math.ceil(dstate.list.length / DPAGE));
+    if (dstate.page >= pages) dstate.page = pages - 1;
+    if (dstate.page < 0) dstate.page = 0;
+    var frag = document.createDocumentFragment();
+    dstate.list.slice(dstate.page * DPAGE, dstate.page * DPAGE + DPAGE).forEach(function (d) {
+      var tr = el("tr"), td = el("td"), a = el("a", d, "domain-link");
+      a.setAttribute("href", "#domain=" + encodeURIComponent(d)); td.appendChild(a); tr.appendChild(td);
+      tr.appendChild(el("td", domainCounts[d].tenant));
+      data.statuses.forEach(function (s) { var n = domainCounts[d].counts[s] || 0; tr.appendChild(el("td", n, n && s !== "pass" ? s : "")); });
+      frag.appendChild(tr);
+    });
+    $("domain-index-body").replaceChildren(frag);
+    $("domain-page-info").textContent = dstate.list.length + " domains, page " + (dstate.page + 1) + " of " + pages;
+  }
+  $("d-search").addEventListener("input", function () {
+    var q = this.value.toLowerCase();
+    dstate.list = domainNames.filter(function (d) { return d.toLowerCase().indexOf(q) >= 0; });
+    dstate.page = 0; renderDomains();
+  });
+  $("domain-pager").addEventListener("click", function (e) {
+    var which = e.target.dataset && e.target.dataset.dpage;
+    if (!which) return;
+    dstate.page += which === "next" ? 1 : -1; renderDomains();
+  });
+
+  function seenOf(r) {
+    var ev = r[F.evidence] || {}, parts = [];
+    ["record", "records_seen", "looked_up", "outcome", "problem", "problems", "note"].forEach(function (k) {
+      if (ev[k] !== undefined && ev[k] !== null && ev[k] !== "") parts.push(k + ": " + show(ev[k]));
+    });
+    if (!parts.length) {
+      Object.keys(ev).sort().forEach(function (k) { if (k !== "publish") parts.push(k + ": " + show(ev[k])); });
+    }
+    if (r[F.reason]) parts.push(r[F.reason]);
+    return parts.join("\n");
+  }
+
+  function openDomain(name) {
+    var view = $("domain-view");
+    var dns = own(data.dns, name);
+    if (!dns && !domainCounts[name]) { view.hidden = true; return; }
+    $("domain-view-title").textContent = name;
+    $("domain-view-meta").textContent = "tenant " + ((dns && dns.tenant) || domainCounts[name].tenant) +
+      (dns && dns.parked ? " · parked (sends no mail)" : "") + (dns && dns.catch_all ? " · catch-all to " + dns.catch_all : "");
+    var recs = document.createDocumentFragment();
+    ((dns && dns.answers) || []).forEach(function (a) {
+      var tr = el("tr");
+      tr.appendChild(el("td", a[0])); tr.appendChild(el("td", a[1])); tr.appendChild(el("td", a[2]));
+      tr.appendChild(el("td", a[3] + (a[5] ? ": " + a[5] : ""), a[3] === "failed" ? "error" : ""));
+      var td = el("td");
+      (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", rec)); });
+      if (!(a[4] || []).length) td.appendChild(el("span", "none", "muted"));
+      tr.appendChild(td); recs.appendChild(tr);
+    });
+    if (!dns) { var none = el("tr"); var td0 = el("td", "no DNS snapshot for this domain in this run", "muted"); td0.colSpan = 5; none.appendChild(td0); recs.appendChild(none); }
+    $("domain-records").tBodies[0].replaceChildren(recs);
+    var probs = document.createDocumentFragment(), count = 0;
+    rows.forEach(function (r) {
+      if (domain(r) !== name || !ATTENTION[status(r)]) return;
+      count++;
+      var tr = el("tr");
+      tr.appendChild(el("td", status(r), status(r))); tr.appendChild(el("td", severity(r), "sev-" + severity(r)));
+      var c = el("td"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
+      tr.appendChild(c);
+      tr.appendChild(el("td", r[F.subject] + (r[F.item] ? " " + r[F.item] : "")));
+      tr.appendChild(el("td", null)).appendChild(el("pre", seenOf(r)));
+      var fix = el("td"), ev = r[F.evidence] || {};
+      if (ev.publish) fix.appendChild(el("pre", show(ev.publish), "publish"));
+      if (r[F.change]) fix.appendChild(changeBlock(r));
+      tr.appendChild(fix); probs.appendChild(tr);
+    });
+    if (!count) { var ok = el("tr"); var td1 = el("td", "nothing wrong found on this domain", "muted"); td1.colSpan = 6; ok.appendChild(td1); probs.appendChild(ok); }
+    $("domain-problems").tBodies[0].replaceChildren(probs);
+    $("domain-view-filter").dataset.domain = name;
+    view.hidden = false;
+    view.scrollIntoView();
+  }
+  $("domain-view-filter").addEventListener("click", function (e) {
+    e.preventDefault();
+    state.domain = this.dataset.domain; state.status = ""; writeFilters(); update();
+    $("findings-section").scrollIntoView();
+  });
+  $("domain-view-close").addEventListener("click", function () { $("domain-view").hidden = true; });
+
+  function route() {
+    var hash = location.hash.slice(1);
+    if (hash.indexOf("domain=") === 0) openDomain(decodeURIComponent(hash.slice(7)));
+    else if (hash.indexOf("finding=") === 0) {
+      var id = decodeURIComponent(hash.slice(8));
+      state.tenant = state.domain = state.check = state.severity = state.status = ""; state.q = id; writeFilters(); update();
+      matches.forEach(function (i) { if (rows[i][F.id] === id) state.open[i] = true; });
+      render();
+      var row = $("finding-" + id); if (row) row.scrollIntoView();
+    }
+  }
+  window.addEventListener("hashchange", route);
+
+  compute(); render(); renderDomains(); route();
+})();
