@@ -67,6 +67,7 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
 def run_scope(collection: Collection) -> dict[str, object]:
     """Per tenant: how collection went, its figures and its coverage gaps, for the run record."""
     tenants: dict[str, object] = {}
+    providers = {t.name: t.provider for t in collection.inventory.tenants}
     for outcome in collection.outcomes:
         gaps = [
             {"fact": c.fact.value, "state": c.state.value, "reason": c.reason, "subject": c.subject}
@@ -74,6 +75,7 @@ def run_scope(collection: Collection) -> dict[str, object]:
             if c.tenant == outcome.tenant and c.state is not FactState.COLLECTED
         ]
         tenants[outcome.tenant] = {
+            "provider": providers.get(outcome.tenant) or "none (DNS only)",
             "state": outcome.state,
             "problems": list(outcome.problems),
             "mailboxes": outcome.mailboxes,

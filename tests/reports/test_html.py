@@ -145,3 +145,23 @@ def test_trend_and_resolved_span_runs(tmp_path: Path) -> None:
     assert "2026-11-25: 1 new" in html and "2026-12-02: 0 new" in html and "2026-12-09: 1 resolved" in html
     resolved = html[html.index('<ul id="resolved-list">'):]
     assert "ann@acme.example" in resolved[:resolved.index("</ul>")]
+
+
+
+def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
+    """The coverage tables say which provider each gap and undecided check belongs to."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "out"
+    script = shutil.which("mailwarden") or str(Path(sys.executable).parent / "mailwarden")
+    subprocess.run([script, "demo", "--out", str(out)], check=True, capture_output=True, timeout=120)
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert {t["provider"] for t in manifest["scope"]["tenants"].values()} == {"files"}
+    html = (out / "report.html").read_text(encoding="utf-8")
+    checks_table = html.split('<table id="coverage-checks">', 1)[1].split("</table>", 1)[0]
+    assert "<th>provider</th>" in checks_table
+    assert "<td>northwind-logistics</td><td>files</td><td><code>spf.ptr</code></td>" in checks_table
