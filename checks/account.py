@@ -62,13 +62,13 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         signed_in_after = mailbox.last_login is not None and mailbox.last_login.date() > person.left
         return Result.failed(basis="roster", left=person.left.isoformat(), last_login=last_login,
                              signed_in_after_leaving=signed_in_after)
-    owners = ctx.coverage(Fact.MAILBOX_OWNERS, mailbox.address)
-    if owners is None or owners.state is not FactState.COLLECTED:
+    owners_fact = ctx.coverage(Fact.MAILBOX_OWNERS, mailbox.address)
+    if owners_fact is None or owners_fact.state is not FactState.COLLECTED:
         # Without owners of record only the roster can speak, and only for the people it lists.
         if person is not None:
             return Result.passed(basis="roster", on_roster=True)
-        why = owners.reason if owners is not None and owners.reason else "owners of record were not collected"
-        if owners is not None and owners.state is FactState.FAILED:
+        why = owners_fact.reason if owners_fact is not None and owners_fact.reason else "owners of record were not collected"
+        if owners_fact is not None and owners_fact.state is FactState.FAILED:
             return Result.error(f"owners of record are unknown ({why}) and the roster does not list the mailbox")
         return Result.unsupported(
             f"{ctx.tenant.provider or 'no provider'} does not expose owners of record ({why}) and the roster "

@@ -308,9 +308,9 @@ class Config(_Strict):
                     )
         if self.email is not None:
             for i, entry in enumerate(self.email.lists):
-                for tenant in entry.tenants:
-                    if tenant not in names:
-                        raise ValueError(f"email.lists[{i}].tenants: no tenant named {tenant!r}")
+                for listed in entry.tenants:
+                    if listed not in names:
+                        raise ValueError(f"email.lists[{i}].tenants: no tenant named {listed!r}")
         return self
 
     def tenant_models(self) -> tuple[Tenant, ...]:
