@@ -115,7 +115,9 @@ class ApiClient:
         self.label = label
         self._token = token
         self._client = httpx.AsyncClient(
-            headers=dict(headers or {}), timeout=timeout, verify=verify, follow_redirects=False,
+            headers=dict(headers or {}), timeout=timeout, follow_redirects=False,
+            # A CA bundle path becomes a context: httpx deprecates verify=<path>.
+            verify=ssl.create_default_context(cafile=verify) if isinstance(verify, str) else verify,
             limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
         )
         self._limit = asyncio.Semaphore(concurrency)

@@ -1,0 +1,268 @@
+"""Provider crawl benchmark: the Google and Graph adapters against rate-limited contract servers on loopback.
+
+    python bench/bench_providers.py --mailboxes 10000 100000 --rate 250
+
+Each run splits the mailboxes evenly between a Google Workspace contract server and a Microsoft Graph
+contract server (TLS), each in its own process, each enforcing a request rate (a token bucket; excess
+requests get the provider's throttle reply: Google 403 userRateLimitExceeded without Retry-After,
+Graph 429 with Retry-After: 1) and the real page sizes (Directory users 500, Graph /users 500 with
+signInActivity). The estate is written straight into the servers' state. A fresh process collects
+both tenants concurrently, as a scan does, and reports its peak RSS (ru_maxrss).
+
+The floor is the time the rate limits allow: the requests the adapters must make (token grants,
+listing pages, per-user calls), less the one second of requests the full token bucket grants at once,
+divided by the rate, for the slower of the two servers. The figures
+come out as Markdown table rows for bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+FORWARDING_EVERY = 50  # one mailbox in 50 forwards mail outside (2%): Gmail then needs two more reads
+NOW = "2026-11-20T08:00:00Z"
+
+
+def serve_google(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """A Google Workspace contract server holding ``users`` users; returns the server and the tenant's settings."""
+    from tests.contract import google
+    from tests.contract.server import ContractServer
+
+    key = google.test_key()
+    space = google.Workspace(key, page_size=500)
+    space.domains = [{"domainName": "gw.bench.example", "verified": True, "isPrimary": True,
+                      "creationTime": "1612345678901", "domainAliases": []}]
+    space.admin = "admin@gw.bench.example"
+    space.users[space.admin] = {"id": "1", "primaryEmail": space.admin, "name": {"fullName": "Admin"},
+                                "suspended": False, "archived": False, "isMailboxSetup": False,
+                                "creationTime": "2020-01-01T00:00:00.000Z", "lastLoginTime": NOW}
+    for i in range(users - 1):
+        address = f"user{i:06d}@gw.bench.example"
+        space.users[address] = {
+            "id": f"10470{i:012d}", "primaryEmail": address, "name": {"fullName": f"User {i}"},
+            "suspended": i % 97 == 0, "archived": False, "isAdmin": False, "isMailboxSetup": True,
+            "creationTime": "2024-03-01T09:00:00.000Z",
+            "lastLoginTime": "1970-01-01T00:00:00.000Z" if i % 31 == 0 else NOW, "orgUnitPath": "/"}
+        if i % FORWARDING_EVERY == 0:
+            mail = space.mail.setdefault(address, google.Mail())
+            target = f"u{i}@elsewhere.test"
+            mail.addresses.append({"forwardingEmail": target, "verificationStatus": "accepted"})
+            mail.auto = {"enabled": True, "emailAddress": target, "disposition": "leaveInInbox"}
+    server = ContractServer(space, throttled=space.throttled).start()
+    space.token_url = f"{server.url}/token"
+    key_file = workdir / "google-sa.json"
+    key_file.write_text(json.dumps(key.info(space.token_url)), encoding="utf-8")
+    tenant = (f'\n[[tenants]]\nname = "gw"\nprovider = "google"\ncredentials = "file:{key_file}"\n'
+              f'domains = ["gw.bench.example"]\n[tenants.google]\nadmin = "{space.admin}"\n'
+              f'customer_id = "{google.CUSTOMER_ID}"\ndirectory_url = "{server.url}"\ngmail_url = "{server.url}"\n'
+              f'cloudidentity_url = "{server.url}"\n')
+    forwarding = len(range(0, users - 1, FORWARDING_EVERY))
+    # token for the admin (directory) and (invitations); domains; user and group pages; invitations page;
+    # per user: a token as that user, forwardingAddresses, delegates (+ autoForwarding, filters when forwarding).
+    needed = 2 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding
+    return server, {"tenant": tenant, "needed": needed}
+
+
+def serve_graph(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """A Microsoft Graph contract server (TLS) holding ``users`` users; returns the server and the tenant's settings."""
+    from tests.contract import microsoft
+
+    ca = microsoft.LoopbackCa.create()
+    state = microsoft.GraphState(page_size=500)
+    state.domains = ["m365.bench.example", microsoft.INITIAL_DOMAIN]
+    for i in range(users):
+        uid = f"6f1c2a9e-0000-4000-8000-{i:012d}"
+        address = f"user{i:06d}@m365.bench.example"
+        state.users[uid] = {
+            "id": uid, "mail": address, "userPrincipalName": address, "displayName": f"User {i}",
+            "accountEnabled": i % 97 != 0, "userType": "Member", "createdDateTime": "2024-03-01T09:00:00Z",
+            "externalUserState": None, "externalUserStateChangeDateTime": None,
+            "signInActivity": {"lastSignInDateTime": NOW, "lastNonInteractiveSignInDateTime": NOW,
+                               "lastSuccessfulSignInDateTime": NOW if i % 31 else None},
+        }
+        rules = [{"id": f"AQAAAJ5d{i}0=", "displayName": "file newsletters", "sequence": 1, "isEnabled": True,
+                  "hasError": False, "isReadOnly": False, "conditions": {},
+                  "actions": {"moveToFolder": "AAMkAD-newsletters", "stopProcessingRules": False}}]
+        if i % FORWARDING_EVERY == 0:
+            rules.append(microsoft._rule(f"AQAAAJ5d{i}1=", "to home", 2, {"forwardTo": [f"u{i}@elsewhere.test"]}))
+        state.rules[uid] = rules
+        if i % 211 == 0:
+            state.purposes[uid] = "shared"
+    server = microsoft.GraphServer(state, ca.server_context())
+    server.start()
+    (workdir / "ca.pem").write_bytes(ca.ca_pem)
+    (workdir / "ms-secret").write_text(microsoft.CLIENT_SECRET, encoding="utf-8")
+    tenant = (f'\n[[tenants]]\nname = "m365"\nprovider = "microsoft"\ncredentials = "file:{workdir / "ms-secret"}"\n'
+              f'domains = ["m365.bench.example"]\n[tenants.microsoft]\ntenant_id = "{microsoft.TENANT_ID}"\n'
+              f'client_id = "{microsoft.CLIENT_ID}"\ngraph_url = "{server.url}/v1.0"\nlogin_url = "{server.url}"\n')
+    # OpenID discovery, token, domains, user pages; per user: mailboxSettings, inbox rules.
+    needed = 1 + 1 + 1 + math.ceil(users / 500) + 2 * users
+    return server, {"tenant": tenant, "needed": needed, "ca": str(workdir / "ca.pem")}
+
+
+def child_serve(provider: str, users: int, rate: float, workdir: Path) -> None:
+    """Run one contract server until stdin closes; report request counts on each line read."""
+    server, info = (serve_google if provider == "google" else serve_graph)(users, rate, workdir)
+    throttled = [0]
+    original = server.throttled
+
+    def counted(request: Any) -> Any:
+        throttled[0] += 1
+        return original(request)
+
+    server.throttled = counted
+    server.faults.rate_limit = rate
+    server.faults.burst = rate
+    print(json.dumps(info), flush=True)
+    for _ in sys.stdin:
+        cpu = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"requests": len(server.log), "throttled": throttled[0],
+                          "cpu": cpu.ru_utime + cpu.ru_stime}), flush=True)
+    server.stop()
+
+
+def child_scan(config_path: Path) -> None:
+    """Collect every tenant of the config concurrently, as a scan does; print figures and peak RSS."""
+    from scanner.collect import adapter_for
+    from scanner.config import load_config
+    from scanner.model import FactState
+
+    config = load_config(config_path)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    async def one(settings: Any, tenant: Any) -> dict[str, Any]:
+        adapter = adapter_for(settings, config)
+        assert adapter is not None
+        started = time.perf_counter()
+        collected = await adapter.collect(tenant)
+        failed = [c for c in collected.coverage if c.state is FactState.FAILED]
+        return {"tenant": tenant.name, "seconds": time.perf_counter() - started,
+                "mailboxes": len(collected.mailboxes), "problems": len(collected.problems),
+                "failed": len(failed), "first_problem": collected.problems[0][:300] if collected.problems else "",
+                "forwards": sum(1 for m in collected.mailboxes if m.forwards)}
+
+    async def run() -> list[dict[str, Any]]:
+        return await asyncio.gather(*(one(s, t) for s, t in zip(config.tenants, config.tenant_models(), strict=True)))
+
+    started = time.perf_counter()
+    tenants = asyncio.run(run())
+    elapsed = time.perf_counter() - started
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"seconds": elapsed, "tenants": tenants, "baseline_mb": baseline / 1024,
+                      "peak_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}))
+
+
+def _start(provider: str, users: int, rate: float, workdir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--child", "serve", provider, str(users), str(rate), str(workdir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line:
+        raise SystemExit(f"the {provider} contract server did not start")
+    return child, json.loads(line)
+
+
+def _stats(child: subprocess.Popen[str]) -> dict[str, Any]:
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write("stats\n")
+    child.stdin.flush()
+    return json.loads(child.stdout.readline())
+
+
+def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[str, Any]:
+    """One run: start both servers, collect in a fresh process, return the figures."""
+    half = mailboxes // 2
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as directory:
+        workdir = Path(directory)
+        (workdir / "g").mkdir()
+        (workdir / "m").mkdir()
+        started = [_start("google", half, rates["google"], workdir / "g"),
+                   _start("graph", mailboxes - half, rates["graph"], workdir / "m")]
+        try:
+            (google, g_info), (graph, m_info) = started
+            config = workdir / "mailwarden.toml"
+            config.write_text(
+                f'[store]\nurl = "sqlite:///{workdir / "mw.db"}"\n'
+                f'[http]\nconcurrency = {concurrency}\nca_bundle = "{m_info["ca"]}"\n'
+                + g_info["tenant"] + m_info["tenant"], encoding="utf-8")
+            before = {"google": _stats(google), "graph": _stats(graph)}
+            done = subprocess.run([sys.executable, __file__, "--child", "scan", str(config)],
+                                  capture_output=True, text=True, cwd=ROOT)
+            if done.returncode != 0:
+                raise SystemExit(f"the scanning process failed:\n{done.stderr[-3000:]}")
+            scan = json.loads(done.stdout)
+            after = {"google": _stats(google), "graph": _stats(graph)}
+        finally:
+            for child, _ in started:
+                assert child.stdin is not None
+                child.stdin.close()
+                child.wait(timeout=30)
+    servers = {}
+    for name, info in (("google", g_info), ("graph", m_info)):
+        served = after[name]["requests"] - before[name]["requests"] - (after[name]["throttled"] - before[name]["throttled"])
+        servers[name] = {"needed": info["needed"], "served": served,
+                         "throttled": after[name]["throttled"] - before[name]["throttled"],
+                         "cpu": after[name]["cpu"] - before[name]["cpu"],
+                         # the token bucket starts full (one second of requests), which the floor discounts
+                         "floor": max(0.0, info["needed"] - rates[name]) / rates[name] if rates[name] else 0.0}
+    floor = max(s["floor"] for s in servers.values())
+    return {"mailboxes": mailboxes, "rates": rates, "concurrency": concurrency, "scan": scan, "servers": servers,
+            "floor": floor}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mailboxes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--rate", type=float, nargs=2, default=[300.0, 200.0], metavar=("GOOGLE", "GRAPH"),
+                        help="requests/s the Google and the Graph server allow (0: unlimited)")
+    parser.add_argument("--concurrency", type=int, default=16, help="[http] concurrency per tenant")
+    parser.add_argument("--json", action="store_true", help="print the raw figures too")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        role, *rest = args.child
+        if role == "serve":
+            child_serve(rest[0], int(rest[1]), float(rest[2]), Path(rest[3]))
+        else:
+            child_scan(Path(rest[0]))
+        return
+    rates = {"google": args.rate[0], "graph": args.rate[1]}
+    print("| mailboxes | rate limits (req/s, Google + Graph) | requests needed (Google + Graph) | served | throttled "
+          "| floor (s) | time (s) | x floor | mailboxes/s | peak RSS (MB) | scanner CPU (s) | server CPU (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for mailboxes in args.mailboxes:
+        result = measure(mailboxes, rates, args.concurrency)
+        scan, servers = result["scan"], result["servers"]
+        g, m = servers["google"], servers["graph"]
+        seen = sum(t["mailboxes"] for t in scan["tenants"])
+        ratio = scan["seconds"] / result["floor"] if result["floor"] else float("nan")
+        print(f"| {mailboxes:,} | {args.rate[0]:g} + {args.rate[1]:g} | {g['needed']:,} + {m['needed']:,} | {g['served']:,} + {m['served']:,} "
+              f"| {g['throttled']:,} + {m['throttled']:,} | {result['floor']:.1f} | {scan['seconds']:.1f} "
+              f"| {ratio:.2f} | {seen / scan['seconds']:,.0f} | {scan['peak_mb']:.0f} | {scan['cpu']:.0f} "
+              f"| {g['cpu']:.0f} + {m['cpu']:.0f} |", flush=True)
+        for tenant in scan["tenants"]:
+            if tenant["problems"] or tenant["failed"]:
+                print(f"  ! {tenant['tenant']}: {tenant['problems']} problems, {tenant['failed']} failed facts: "
+                      f"{tenant['first_problem']}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(result), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
