@@ -102,7 +102,7 @@ def _summarize(result: ScanResult, out_dir: Path) -> None:
         (f for f in result.findings if f.status is Status.FAIL), key=lambda f: (-f.severity.rank, f.check, f.subject)
     )
     for finding in failing[:10]:
-        click.echo(f"  {finding.severity.value:8} {finding.check:24} {finding.subject}")
+        click.echo(f"  {finding.severity.value:8} {finding.check:30} {finding.subject}")
     if len(failing) > 10:
         click.echo(f"  … and {len(failing) - 10} more")
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
