@@ -70,14 +70,15 @@ class Holder:
             return True
         if self.host != socket.gethostname():
             return False
-        return self.pid == os.getpid() or not _process_exists(self.pid)
+        return self.pid == os.getpid() or not process_exists(self.pid)
 
     def describe(self) -> str:
         """One line naming the run and its process."""
         return f"run {self.run_id} (process {self.pid} on {self.host}, heartbeat {self.heartbeat:%Y-%m-%d %H:%M:%S}Z)"
 
 
-def _process_exists(pid: int) -> bool:
+def process_exists(pid: int) -> bool:
+    """True when a process with this id exists on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
