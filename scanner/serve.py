@@ -241,8 +241,13 @@ def execute_report(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
 
 def run_job(job: str, config_path: str, stop: threading.Event | None = None) -> None:
     """One execution of a scheduled job (``scan`` or ``report``): reads the config afresh, logs start and end."""
-    config = load_config(Path(config_path))
-    store = Store(config.store.url)
+    try:
+        config = load_config(Path(config_path))
+        store = Store(config.store.url)
+    except MailwardenError as exc:  # an edited config that no longer loads: said once per trigger, never a crash
+        log.error("job %s not started: %s", job, exc, extra={"event": "job.end", "job": job, "state": "failed",
+                                                              "problem": str(exc)})
+        return
     try:
         ensure_tables(store)
         row_id = _begin_job(store, job, datetime.now(UTC))
