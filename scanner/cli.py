@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -27,7 +28,9 @@ from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
-from scanner.pipeline import ScanResult, run_scan
+from scanner.lease import ScanBusy
+from scanner.pipeline import ScanInterrupted, ScanResult, run_scan
+from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
 from scanner.zoneserver import ZoneServer, load_zone_file
@@ -50,7 +53,7 @@ def _user_errors() -> Iterator[None]:
         yield
     except (MailwardenError, RegistryError) as exc:
         click.echo(f"mailwarden: {exc}", err=True)
-        sys.exit(EXIT_CONFIG if not isinstance(exc, RegistryError) else EXIT_FAILED_RUN)
+        sys.exit(EXIT_FAILED_RUN if isinstance(exc, (RegistryError, ScanBusy, ScanInterrupted)) else EXIT_CONFIG)
 
 
 def _config(path: Path | None) -> Config:
@@ -65,7 +68,8 @@ def main(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
 
 
-def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None) -> None:
+def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
+          tenants: tuple[str, ...] = ()) -> None:
     console = Console(stderr=True)
     store = Store(config.store.url)
     try:
@@ -74,9 +78,9 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
 
             def progress(tenant: str) -> None:
                 done.append(tenant)
-                status.update(f"collected {len(done)}/{len(config.tenants)} tenants ({tenant})")
+                status.update(f"collected {len(done)}/{len(tenants or config.tenants)} tenants ({tenant})")
 
-            result = run_scan(config, out_dir, store=store, as_of=as_of, progress=progress)
+            result = run_scan(config, out_dir, store=store, as_of=as_of, progress=progress, tenants=tenants or None)
     finally:
         store.close()
     _summarize(result, out_dir)
@@ -113,10 +117,12 @@ def _summarize(result: ScanResult, out_dir: Path) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("mailwarden-out"),
               show_default=True, help="Directory for findings.json, findings.csv, report.html, manifest.json.")
 @click.option("--fail-on", type=SEVERITIES, help="Exit 3 when a failing finding has this severity or higher.")
-def scan(config_path: Path | None, out_dir: Path, fail_on: str | None) -> None:
+@click.option("--tenant", "tenants", multiple=True,
+              help="Scan only this tenant (one unit of work; repeatable); the others' state carries forward.")
+def scan(config_path: Path | None, out_dir: Path, fail_on: str | None, tenants: tuple[str, ...]) -> None:
     """Collect, check and report once."""
     with _user_errors():
-        _scan(_config(config_path), out_dir, fail_on)
+        _scan(_config(config_path), out_dir, fail_on, tenants=tenants)
 
 
 @main.command()
@@ -399,3 +405,34 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
             store.close()
     if failed:
         sys.exit(EXIT_DELIVERY)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--host", help="Address the web app listens on (default: [serve] host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port the web app listens on (default: [serve] port, 8080).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON (default: [serve] log_format).")
+def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
+    """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
+    with _user_errors():
+        run_server(config_path if config_path is not None else Path("mailwarden.toml"), host=host, port=port,
+                   log_format=log_format)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def status(config_path: Path | None, fmt: str) -> None:
+    """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            found = job_status(config, store)
+        finally:
+            store.close()
+    if fmt == "json":
+        click.echo(json.dumps(found, indent=2))
+    else:
+        for line in status_lines(found):
+            click.echo(line)

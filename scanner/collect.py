@@ -6,7 +6,8 @@ import asyncio
 import importlib
 import logging
 import ssl
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Collection as Names
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class TenantOutcome:
     problems: tuple[str, ...] = ()
     mailboxes: int = 0
     domains: int = 0
+    seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,23 +167,64 @@ async def _collect_tenant(
     return result
 
 
-async def collect(config: Config, *, progress: Callable[[str], None] = lambda name: None) -> Collection:
-    """Collect every tenant concurrently, sharing one DNS client (and its cache) for the run."""
+async def _collect_unit(
+    tenant: Tenant,
+    settings: TenantConfig,
+    config: Config,
+    dns_client: DnsClient,
+    policies: PolicyFetcher,
+    progress: Callable[[str], None],
+    slots: asyncio.Semaphore,
+) -> tuple[_TenantResult, float]:
+    """One unit of work: one tenant, within the scan's bounded parallelism and the per-tenant timeout.
+
+    A tenant that exceeds ``[scan] tenant_timeout`` is failed with the reason; the others go on.
+    """
+    async with slots:
+        started = time.monotonic()
+        limit = config.scan.tenant_timeout
+        try:
+            result = await asyncio.wait_for(
+                _collect_tenant(tenant, settings, config, dns_client, policies, progress), timeout=limit
+            )
+        except TimeoutError:
+            why = f"collection timed out after {limit:g} s ([scan] tenant_timeout)"
+            result = _TenantResult(tenant, failed=True, problems=[why])
+            result.coverage += [Coverage(tenant.name, fact, FactState.FAILED, why) for fact in PROVIDER_FACTS]
+            result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, why))
+            progress(tenant.name)
+        return result, time.monotonic() - started
+
+
+async def collect(
+    config: Config, *, progress: Callable[[str], None] = lambda name: None, only: Names[str] | None = None
+) -> Collection:
+    """Collect each tenant as its own unit of work, at most ``[scan] tenant_concurrency`` at once, sharing one
+    DNS client (and its cache) for the run.
+
+    ``only`` names the tenants to collect (default: all). The inventory still lists every tenant of the
+    config, so what is attributed to a tenant does not change with the selection; the outcomes, objects and
+    coverage are those of the collected tenants alone.
+    """
     dns_client = DnsClient(config.dns.nameservers, timeout=config.dns.timeout, concurrency=config.dns.concurrency)
     policies = policy_fetcher(config)
     tenants = config.tenant_models()
-    results = await asyncio.gather(
-        *(
-            _collect_tenant(t, s, config, dns_client, policies, progress)
-            for t, s in zip(tenants, config.tenants, strict=True)
-        )
+    slots = asyncio.Semaphore(config.scan.tenant_concurrency)
+    chosen = [
+        (t, s) for t, s in zip(tenants, config.tenants, strict=True) if only is None or t.name in only
+    ]
+    units = await asyncio.gather(
+        *(_collect_unit(t, s, config, dns_client, policies, progress, slots) for t, s in chosen)
     )
+    results = [r for r, _ in units]
     outcomes = []
-    for r in results:
+    for r, seconds in units:
         state = "failed" if r.failed else ("partial" if r.problems else "complete")
         for problem in r.problems:
             log.warning("tenant %s: %s", r.tenant.name, problem, extra={"tenant": r.tenant.name})
-        outcomes.append(TenantOutcome(r.tenant.name, state, tuple(r.problems), len(r.mailboxes), len(r.domains)))
+        outcomes.append(
+            TenantOutcome(r.tenant.name, state, tuple(r.problems), len(r.mailboxes), len(r.domains), round(seconds, 3))
+        )
     inventory = Inventory(
         tenants=tenants,
         domains=tuple(d for r in results for d in r.domains),
@@ -191,4 +234,3 @@ async def collect(config: Config, *, progress: Callable[[str], None] = lambda na
         coverage=tuple(c for r in results for c in r.coverage),
     )
     return Collection(inventory, tuple(outcomes), dns_client.queries)
-

@@ -9,7 +9,9 @@ import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
+from apscheduler.triggers.cron import CronTrigger
 from pydantic import GetCoreSchemaHandler, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pydantic_core import core_schema
@@ -192,6 +194,66 @@ class EmailConfig(_Strict):
         return self
 
 
+def _cron_trigger(spec: str, timezone: str) -> CronTrigger:
+    """An APScheduler cron trigger from 5 fields (minute hour day month weekday) or 6 (seconds first)."""
+    fields = spec.split()
+    if len(fields) == 5:
+        return CronTrigger.from_crontab(spec, timezone=timezone)
+    if len(fields) == 6:
+        second, minute, hour, day, month, weekday = fields
+        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=weekday,
+                           timezone=timezone)
+    raise ValueError(f"{spec!r} is not a cron expression: give 5 fields (minute hour day month weekday) or 6 "
+                     "(seconds first)")
+
+
+class ScanConfig(_Strict):
+    """How one scan runs its units of work (one per tenant): how many at once, and how long each may take."""
+
+    tenant_concurrency: int = Field(default=4, ge=1, le=256)
+    tenant_timeout: float = Field(default=1800.0, gt=0)
+
+
+class ScheduleConfig(_Strict):
+    """When ``mailwarden serve`` scans and emails the report (cron expressions in ``timezone``)."""
+
+    scan: str = "0 6 * * *"  # empty: no scheduled scan
+    report: str = "0 7 * * MON"  # empty: no scheduled report (needs [email] otherwise)
+    timezone: str = "UTC"
+    misfire_grace_time: int = Field(default=3600, ge=1)  # seconds a missed run may still start late
+    coalesce: bool = True  # several missed runs start once
+    out: Path = Path("mailwarden-out")  # where each scheduled scan writes its outputs (relative to this file)
+    lease_ttl: float = Field(default=600.0, gt=0)  # seconds without a heartbeat after which a scan is orphaned
+
+    @model_validator(mode="after")
+    def _valid_schedule(self) -> ScheduleConfig:
+        try:
+            ZoneInfo(self.timezone)
+        except (KeyError, ValueError, OSError):
+            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone such as 'Europe/Berlin'") from None
+        for name in ("scan", "report"):
+            spec = getattr(self, name)
+            if spec.strip():
+                try:
+                    _cron_trigger(spec, self.timezone)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
+        return self
+
+    def trigger(self, job: str) -> CronTrigger | None:
+        """The APScheduler trigger of a job (``scan`` or ``report``), or None when it is not scheduled."""
+        spec = getattr(self, job).strip()
+        return _cron_trigger(spec, self.timezone) if spec else None
+
+
+class ServeConfig(_Strict):
+    """Where ``mailwarden serve`` listens, and how it logs."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
+
+
 class GoogleOptions(_Strict):
     """Google Workspace: the admin to impersonate and the API endpoints (overridable for tests)."""
 
@@ -287,6 +349,9 @@ class Config(_Strict):
     senders: dict[str, SenderConfig] = {}
     remediation: RemediationConfig = RemediationConfig()
     email: EmailConfig | None = None
+    scan: ScanConfig = ScanConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    serve: ServeConfig = ServeConfig()
     tenants: list[TenantConfig] = []
     exceptions: list[ExceptionConfig] = []
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import threading
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -19,8 +22,20 @@ from scanner import __version__
 from scanner.baseline import load_baselines
 from scanner.collect import Collection, collect
 from scanner.config import Config
+from scanner.errors import ConfigError, MailwardenError
+from scanner.lease import Lease
 from scanner.model import FactState, Finding, Inventory, plain
 from scanner.store import CONFIG_SCOPE, RunRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+class ScanInterrupted(MailwardenError):
+    """The scan was stopped (SIGTERM, SIGINT) before it finished; its run is recorded ``interrupted``."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} was interrupted before it finished: recorded as interrupted")
+        self.run_id = run_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +79,11 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
         yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
 
 
-def run_scope(collection: Collection) -> dict[str, object]:
-    """Per tenant: how collection went, its figures and its coverage gaps, for the run record."""
+def run_scope(collection: Collection, findings: Sequence[Finding] = ()) -> dict[str, object]:
+    """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
+    by_tenant: dict[str, Counter[str]] = {}
+    for finding in findings:
+        by_tenant.setdefault(finding.tenant, Counter())[finding.status.value] += 1
     tenants: dict[str, object] = {}
     providers = {t.name: t.provider for t in collection.inventory.tenants}
     for outcome in collection.outcomes:
@@ -80,9 +98,26 @@ def run_scope(collection: Collection) -> dict[str, object]:
             "problems": list(outcome.problems),
             "mailboxes": outcome.mailboxes,
             "domains": outcome.domains,
+            "seconds": outcome.seconds,
+            "findings": dict(sorted(by_tenant.get(outcome.tenant, Counter()).items())),
             "gaps": gaps,
         }
     return {"tenants": tenants}
+
+
+async def _collect_unless_stopped(
+    config: Config, progress: Callable[[str], None], only: Sequence[str] | None, stop: threading.Event | None
+) -> Collection:
+    """Collect; when ``stop`` is set meanwhile, cancel every unit and raise CancelledError."""
+    task = asyncio.ensure_future(collect(config, progress=progress, only=only))
+    if stop is None:
+        return await task
+    while not task.done():
+        if stop.is_set():
+            task.cancel()
+            break
+        await asyncio.wait({task}, timeout=0.1)
+    return await task
 
 
 def run_scan(
@@ -94,34 +129,53 @@ def run_scan(
     now: datetime | None = None,
     as_of: datetime | None = None,
     progress: Callable[[str], None] = lambda name: None,
+    tenants: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
 ) -> ScanResult:
     """Collect, evaluate and report once; the outputs are rendered from what the store holds.
 
     ``as_of`` is the moment the checks judge against (default: the run's start); the demo pins it
-    to the date its bundled export files describe, so its findings do not age.
+    to the date its bundled export files describe, so its findings do not age. ``tenants`` limits the
+    run to those units of work (the others' state carries forward untouched). The scan holds the
+    store's scan lease (scanner/lease.py) throughout: a second scan is refused while it runs. When
+    ``stop`` is set (or SIGINT arrives) before the findings are recorded, the run is recorded
+    ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps.
     """
     checks = load_checks() if checks is None else checks
+    known = {t.name for t in config.tenants}
+    for name in tenants or ():
+        if name not in known:
+            raise ConfigError(f"{config.source}: tenants: no tenant named {name!r}")
     started = datetime.now(UTC) if now is None else now
     run_id = new_run_id(started)
-    store.start_run(run_id, started, config.digest, __version__)
-    try:
-        baselines = load_baselines(config)
-        collection = asyncio.run(collect(config, progress=progress))
-        # The drift checks judge against the state recorded before this run; the snapshot then records
-        # only what this run saw completely (a partial tenant's objects carry forward unchanged).
-        inventory = replace(collection.inventory, previous=store.previous_state(run_id), baselines=baselines)
-        store.save_snapshot(run_id, snapshot_items(inventory), complete=(*collection.complete_tenants, CONFIG_SCOPE))
-        results = evaluate(
-            inventory, checks, policy=policy_of(config), senders=senders_of(config),
-            now=as_of or started,
-            run_id=run_id,
-        )
-        store.record_findings(run_id, results, started, collection.complete_tenants)
-    except BaseException:
-        store.finish_run(run_id, datetime.now(UTC), "failed", {})
-        raise
-    finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
-    store.finish_run(run_id, finished, collection.state, run_scope(collection))
+    with Lease(store, run_id, ttl=config.schedule.lease_ttl):
+        store.start_run(run_id, started, config.digest, __version__)
+        try:
+            baselines = load_baselines(config)
+            collection = asyncio.run(_collect_unless_stopped(config, progress, tenants, stop))
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError
+            # The drift checks judge against the state recorded before this run; the snapshot then records
+            # only what this run saw completely (a partial tenant's objects carry forward unchanged).
+            inventory = replace(collection.inventory, previous=store.previous_state(run_id), baselines=baselines)
+            store.save_snapshot(run_id, snapshot_items(inventory), complete=(*collection.complete_tenants, CONFIG_SCOPE))
+            results = evaluate(
+                inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                now=as_of or started,
+                run_id=run_id,
+            )
+            if tenants is not None:
+                # Only the chosen units were collected: the others' results are judgements on nothing.
+                results = [f for f in results if f.tenant in tenants]
+            store.record_findings(run_id, results, started, collection.complete_tenants)
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            store.finish_run(run_id, datetime.now(UTC), "interrupted", {"problem": "stopped before it finished"})
+            raise ScanInterrupted(run_id) from None
+        except BaseException:
+            store.finish_run(run_id, datetime.now(UTC), "failed", {})
+            raise
+        finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
+        store.finish_run(run_id, finished, collection.state, run_scope(collection, results))
     return ScanResult(*write_outputs(store, run_id, out_dir), dns_queries=collection.dns_queries)
 
 

@@ -29,9 +29,9 @@ def _finding(tenant: str, subject: str, status: Status, check: str = "forwarding
                    evidence={"targets": [FORMULA]})
 
 
-def _store(path: Path) -> Store:
+def _store(url: str) -> Store:
     """Three weekly runs of two tenants: a mailbox renamed, one added, one gone, an exception throughout."""
-    store = Store(f"sqlite:///{path}")
+    store = Store(url)
     exception = PolicyException("forwarding.external", "ceo@acme.example", "board mirror", "it@acme.example",
                                 date(2027, 1, 31))
     weeks = [
@@ -61,8 +61,9 @@ def _store(path: Path) -> Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return _store(tmp_path / "s.db")
+def store(store_url: str) -> Store:
+    """The three runs, on SQLite and on PostgreSQL."""
+    return _store(store_url)
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -158,11 +159,11 @@ def test_verification_catches_missing_and_unlisted_files(store: Store, tmp_path:
 
 
 @pytest.fixture
-def config_for(store: Store, tmp_path: Path, write_config: Callable[[str], Path]) -> Path:
+def config_for(store: Store, store_url: str, write_config: Callable[[str], Path]) -> Path:
     store.close()
     return write_config(f'''
 [store]
-url = "sqlite:///{tmp_path / 's.db'}"
+url = "{store_url}"
 [[tenants]]
 name = "acme"
 domains = ["acme.example"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -47,8 +48,11 @@ ANN = Mailbox("acme", "ann@acme.example", display_name="Ann")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    """A fresh store, on SQLite and on PostgreSQL (the ``store_url`` fixture is parametrized over both)."""
+    opened = Store(store_url)
+    yield opened
+    opened.close()
 
 
 def _scan(store: Store, n: int, inventory: Inventory, complete: tuple[str, ...] = ("acme",)) -> str:

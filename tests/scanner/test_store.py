@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -26,8 +27,11 @@ def _finding(subject: str, status: Status, tenant: str = "acme") -> Finding:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(f"sqlite:///{tmp_path / 'store.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    """A fresh store, on SQLite and on PostgreSQL (the ``store_url`` fixture is parametrized over both)."""
+    opened = Store(store_url)
+    yield opened
+    opened.close()
 
 
 def _run(store: Store, n: int, findings: list[Finding], complete: tuple[str, ...] = ("acme",)) -> dict[str, Finding]:
@@ -93,14 +97,14 @@ def test_findings_for_run_round_trip(store: Store) -> None:
     assert stored["b@acme.example"].first_seen is None
 
 
-def test_schema_is_versioned_and_reopening_migrates_nothing(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v.db'}"
+def test_schema_is_versioned_and_reopening_migrates_nothing(store_url: str) -> None:
+    url = store_url
     assert Store(url).version == len(MIGRATIONS)
     assert Store(url).version == len(MIGRATIONS)
 
 
-def test_newer_schema_is_refused(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v.db'}"
+def test_newer_schema_is_refused(store_url: str) -> None:
+    url = store_url
     Store(url)
     with sa.create_engine(url).begin() as conn:
         conn.execute(sa.text("update mw_meta set value = '99' where key = 'schema_version'"))
@@ -177,8 +181,8 @@ def test_failed_lookup_is_replaced_by_the_last_known_answer_in_the_previous_stat
     assert previous.domains["acme/acme.example"].answers["dmarc"].records == ("v=DMARC1; p=reject",)
 
 
-def test_version_1_store_is_migrated_with_its_history(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
+def test_version_1_store_is_migrated_with_its_history(store_url: str) -> None:
+    url = store_url
     engine = sa.create_engine(url)
     with engine.begin() as conn:
         metadata.create_all(conn, tables=[meta_table])
