@@ -20,7 +20,7 @@ from reports.changelog import write_changes_csv, write_changes_json, write_chang
 from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
 from reports.mail import send_reports
 from scanner.baseline import capture, render_baseline
-from scanner.config import BUNDLED, Config, load_config, normalize_domain
+from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
 from reports.csv_out import write_findings_csv
@@ -308,7 +308,8 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
     return value.date()
 
 
-def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
+                   remediation: RemediationConfig | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = store.run(run_id)
@@ -319,7 +320,8 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
     if "csv" in formats:
         files.append(write_findings_csv(findings, out_dir / "findings.csv"))
     if "html" in formats:
-        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html"))
+        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
+                                   remediation))
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return files
 
@@ -387,7 +389,7 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
-                files = render_formats(store, run.id, out_dir, formats or ("html",))
+                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation)
                 click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
             if send:
                 if config.email is None:
