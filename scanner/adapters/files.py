@@ -335,8 +335,7 @@ class FilesAdapter:
         detail = before.get("detail") or {}
         if action in ("forwarding.disable", "invite.revoke"):
             stem = "forwards" if action == "forwarding.disable" else "invites"
-            saved = [dict(r) for r in detail.get("rows", ())]
-            self._edit(stem, lambda rows: (rows + saved, []))
+            self._put_back(stem, list(detail.get("rows", ())))
         elif action == "catchall.disable":
             self._set_field("domains", "domain", subject, "catch_all", detail.get("catch_all") or "")
         elif action == "account.suspend":
@@ -388,8 +387,17 @@ class FilesAdapter:
             header = next(csv.reader(handle), [])
         return path, rows, [h.strip() for h in header]
 
+    @staticmethod
+    def _newline(path: Path) -> str:
+        """The file's own line ending, kept when it is rewritten."""
+        try:
+            return "\r\n" if b"\r\n" in path.read_bytes()[:65536] else "\n"
+        except OSError:
+            return "\n"
+
     def _write(self, path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
         """Replace an export file atomically: readers see the old file or the new one, never a mix."""
+        newline = self._newline(path)
         handle = tempfile.NamedTemporaryFile(
             "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
         try:
@@ -398,7 +406,7 @@ class FilesAdapter:
                     json.dump(rows, handle, indent=2, ensure_ascii=False)
                     handle.write("\n")
                 else:
-                    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+                    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator=newline)
                     writer.writeheader()
                     writer.writerows(rows)
                 handle.flush()
@@ -411,11 +419,19 @@ class FilesAdapter:
     def _edit(
         self, stem: str, change: Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
     ) -> list[dict[str, Any]]:
-        """Rewrite a file's rows with ``change`` (returning the rows kept and the rows taken out)."""
+        """Rewrite a file's rows with ``change`` (returning the rows kept and the rows taken out, each with its
+        position under ``at`` so an undo puts it back where it was)."""
         path, rows, columns = self._raw(stem)
         kept, taken = change(rows)
         self._write(path, kept, columns)
-        return taken
+        return [{"at": rows.index(row), "row": row} for row in taken]
+
+    def _put_back(self, stem: str, saved: list[dict[str, Any]]) -> None:
+        """Re-insert rows an edit took out, at their old positions."""
+        path, rows, columns = self._raw(stem)
+        for item in sorted(saved, key=lambda i: int(i.get("at", len(rows)))):
+            rows.insert(min(int(item.get("at", len(rows))), len(rows)), dict(item["row"]))
+        self._write(path, rows, columns)
 
     def _set_field(self, stem: str, key: str, subject: str, column: str, value: Any) -> str:
         """Set one column of the row whose ``key`` is ``subject``; returns the value it had."""
