@@ -50,11 +50,11 @@ class Estate:
                 for p in sorted((self.root / "demo").rglob("*")) if p.is_file() and p.suffix in (".csv", ".json")}
 
 
-@pytest.fixture
-def estate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
-    """A fresh scanned copy of the demo (each test may change its export files)."""
-    monkeypatch.setenv(SECRET_ENV, SECRET)
-    demo = tmp_path / "demo"
+@pytest.fixture(scope="session")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """The demo copied and scanned once: its directory (config, exports, store, outputs), run id and link port."""
+    root = tmp_path_factory.mktemp("scanned")
+    demo = root / "demo"
     shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("drift"))
     port = free_port()
     config_path = demo / "mailwarden.toml"
@@ -64,18 +64,42 @@ base_url = "http://127.0.0.1:{port}"
 secret = "env:{SECRET_ENV}"
 audit_sink = "audit.jsonl"
 """, encoding="utf-8")
+    os.environ[SECRET_ENV] = SECRET
+    try:
+        with ZoneServer() as server:
+            server.load_directory(demo / "zones")
+            config = _load(root, server)
+            store = Store(config.store.url)
+            try:
+                run = run_scan(config, root / "out", store=store, as_of=DEMO_AS_OF).run.id
+            finally:
+                store.close()
+    finally:
+        del os.environ[SECRET_ENV]
+    return root, run, port
+
+
+def _load(root: Path, server: ZoneServer) -> Config:
+    overrides: dict[str, dict[str, object]] = {
+        "dns": {"nameservers": [server.nameserver], "timeout": 1.0},
+        "store": {"url": f"sqlite:///{root / 'store.db'}"},
+        "mta_sts": {"port": free_port(), "timeout": 1.0},
+    }
+    return load_config(root / "demo" / "mailwarden.toml", overrides=overrides)
+
+
+@pytest.fixture
+def estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
+    """A fresh copy of the scanned demo (each test may change its export files and store)."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    template, run_id, port = scanned
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     with ZoneServer() as server:
-        server.load_directory(demo / "zones")
-        overrides: dict[str, dict[str, object]] = {
-            "dns": {"nameservers": [server.nameserver], "timeout": 1.0},
-            "store": {"url": f"sqlite:///{tmp_path / 'store.db'}"},
-            "mta_sts": {"port": free_port(), "timeout": 1.0},
-        }
-        config = load_config(config_path, overrides=overrides)
+        server.load_directory(tmp_path / "demo" / "zones")
+        config = _load(tmp_path, server)
         store = Store(config.store.url)
-        result = run_scan(config, tmp_path / "out", store=store, as_of=DEMO_AS_OF)
         try:
-            yield Estate(tmp_path, config, store, tmp_path / "out", result.run.id, port, server)
+            yield Estate(tmp_path, config, store, tmp_path / "out", run_id, port, server)
         finally:
             store.close()
 
@@ -86,5 +110,3 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     return caplog
 
-
-assert not os.environ.get(SECRET_ENV), "the test secret must come from the fixture only"
