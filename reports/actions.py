@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from scanner.model import Finding
+from remediation.actions import DNS_PUBLISH, plan_for, publish_records
+from remediation.links import Signer
+from scanner.config import RemediationConfig
+from scanner.model import Finding, Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +75,11 @@ _DESCRIBERS: Mapping[str, Callable[[Finding], tuple[str, str, str]]] = {
 def action_change(finding: Finding) -> ActionChange | None:
     """What the finding's remediation action would change, or None when it has no action."""
     if finding.remediation is None:
-        return None
+        records = publish_records(finding.evidence) if finding.status is Status.FAIL else []
+        if not records:
+            return None
+        return ActionChange(DNS_PUBLISH, f"Publish in {finding.domain}'s DNS zone (mailwarden verifies it, it never "
+                            "writes DNS): " + "; ".join(records), "as seen in the evidence", "the record live in DNS")
     action = finding.remediation.action
     describe = _DESCRIBERS.get(action)
     if describe is None:
@@ -82,11 +89,20 @@ def action_change(finding: Finding) -> ActionChange | None:
     return ActionChange(action, *describe(finding))
 
 
-def remediation_link(finding: Finding) -> str | None:
-    """The signed one-click link for the finding's action; None until the remediation service exists.
+def link_signer(settings: RemediationConfig | None) -> Signer | None:
+    """The link signer when ``[remediation]`` names a base URL and a secret; None otherwise (no links)."""
+    if settings is None or not settings.links:
+        return None
+    return Signer(settings)
 
-    REMEDIATION LINK: the remediation service (its own issue) returns ``{base_url}/r/{signed token}``
-    here. The HTML report's ``<template id="remediation-link">`` and the weekly email's
-    ``remediation_link`` block render whatever this returns; nothing else needs to change.
+
+def remediation_link(finding: Finding, signer: Signer | None = None) -> str | None:
+    """The signed one-click link ``{base_url}/r/{token}`` for a failing finding's job; None without a signer.
+
+    The HTML report's ``<template id="remediation-link">`` and the weekly email's ``remediation_link``
+    block render whatever this returns.
     """
-    return None
+    if signer is None or finding.status is not Status.FAIL:
+        return None
+    plan = plan_for(finding)
+    return signer.link(plan) if plan is not None else None

@@ -15,7 +15,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from reports.actions import action_change, remediation_link
+from reports.actions import action_change, link_signer, remediation_link
+from remediation.links import Signer
+from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
 from scanner.store import RunRecord, Store
 
@@ -168,6 +170,7 @@ def report_data(
     events: Mapping[str, Sequence[str]],
     domains: Mapping[tuple[str, str], Any],
     display_names: Mapping[str, str] | None = None,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned)."""
     statuses = [s.value for s in Status]
@@ -190,7 +193,7 @@ def report_data(
             tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names)),
             f.subject, f.item, f.reason, f.evidence,
             [change.action, change.summary, change.before, change.after] if change else None,
-            remediation_link(f) if change else None,
+            remediation_link(f, signer) if change else None,
             f.first_seen.isoformat() if f.first_seen else "",
             flags.get(f.id, 0),
         ])
@@ -230,9 +233,14 @@ def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Fin
 
 
 def render_report(
-    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path
+    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
+    remediation: RemediationConfig | None = None,
 ) -> Path:
-    """Write report.html for a stored run, reading its history, snapshot and exceptions from the store."""
+    """Write report.html for a stored run, reading its history, snapshot and exceptions from the store.
+
+    With ``remediation`` (the ``[remediation]`` config) naming a base URL and a secret, each failing
+    finding with a job carries its signed link.
+    """
     points = trend(store, run, events)
     return render_html(
         run, findings, events, path,
@@ -243,6 +251,7 @@ def render_report(
             for body in store.snapshot(run.id, "mailbox").values()
         },
         points=points,
+        signer=link_signer(remediation),
     )
 
 
@@ -255,6 +264,7 @@ def render_html(
     domains: Mapping[tuple[str, str], Any] | None = None,
     points: Sequence[TrendPoint] = (),
     display_names: Mapping[str, str] | None = None,
+    signer: Signer | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -297,7 +307,7 @@ def render_html(
         points=points,
         coverage_checks=sorted((t, c, dict(n)) for (t, c), n in unsupported.items()),
         exceptions=exception_rows(exceptions, findings, run),
-        data=script_json(report_data(findings, events, domains or {}, display_names)),
+        data=script_json(report_data(findings, events, domains or {}, display_names, signer)),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
         script_hash=_csp_hash("\n" + script + "\n"),

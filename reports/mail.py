@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from reports.actions import action_change, remediation_link
+from reports.actions import action_change, link_signer, remediation_link
+from remediation.links import Signer
 from reports.csv_out import findings_csv_text
 from reports.html import environment
 from scanner.config import Config, EmailConfig, EmailList
@@ -54,7 +55,8 @@ def _link(base: str, key: str, value: str) -> str:
 
 
 def message_context(
-    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig
+    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig,
+    signer: Signer | None = None,
 ) -> dict[str, Any]:
     """What the email says about the list's tenants: summary, what is new, the top findings and their fixes."""
     mine = [f for f in findings if not entry.tenants or f.tenant in entry.tenants]
@@ -75,7 +77,7 @@ def message_context(
             "action": change.action if change else "",
             "change": change.summary if change else "",
             "publish": str(publish) if publish else "",
-            "remediation_link": (remediation_link(f) or "") if change else "",
+            "remediation_link": (remediation_link(f, signer) or "") if change else "",
             "report_link": _link(email.report_url, "finding", f.id),
             "domain_link": _link(email.report_url, "domain", f.domain),
         }
@@ -98,10 +100,11 @@ def message_context(
 
 
 def build_message(
-    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig
+    run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig,
+    signer: Signer | None = None,
 ) -> EmailMessage:
     """The multipart message for one list: plain text and HTML alternatives, and findings.csv attached."""
-    context = message_context(run, findings, events, entry, email)
+    context = message_context(run, findings, events, entry, email, signer)
     env = environment()
     message = EmailMessage()
     message["Subject"] = (f"mailwarden report {run.started.date().isoformat()} for {entry.name}: "
@@ -188,8 +191,9 @@ def send_reports(store: Store, run_id: str, config: Config) -> Iterator[Delivery
     events = store.lifecycle_events(run_id)
     password = email.password.resolve() if email.password is not None else None
     ca_bundle = config.resolve_path(email.ca_bundle) if email.ca_bundle is not None else None
+    signer = link_signer(config.remediation)
     for entry in email.lists:
-        message = build_message(run, findings, events, entry, email)
+        message = build_message(run, findings, events, entry, email, signer)
         try:
             attempts = deliver(message, email, password=password, ca_bundle=ca_bundle)
         except DeliveryError as exc:

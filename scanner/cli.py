@@ -21,7 +21,7 @@ from reports.changelog import write_changes_csv, write_changes_json, write_chang
 from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
 from reports.mail import send_reports
 from scanner.baseline import capture, render_baseline
-from scanner.config import BUNDLED, Config, load_config, normalize_domain
+from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
 from reports.csv_out import write_findings_csv
@@ -314,7 +314,8 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
     return value.date()
 
 
-def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...]) -> list[Path]:
+def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
+                   remediation: RemediationConfig | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = store.run(run_id)
@@ -325,7 +326,8 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
     if "csv" in formats:
         files.append(write_findings_csv(findings, out_dir / "findings.csv"))
     if "html" in formats:
-        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html"))
+        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
+                                   remediation))
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return files
 
@@ -393,7 +395,7 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
-                files = render_formats(store, run.id, out_dir, formats or ("html",))
+                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation)
                 click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
             if send:
                 if config.email is None:
@@ -436,3 +438,154 @@ def status(config_path: Path | None, fmt: str) -> None:
     else:
         for line in status_lines(found):
             click.echo(line)
+
+
+def _operator() -> str:
+    """Who runs a command-line job: the local account (the web app takes it from the trusted proxy)."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
+
+
+@main.command()
+@CONFIG_OPTION
+@click.option("--check", "check_id", required=True, help="The check whose failing findings to fix, such as forwarding.external.")
+@click.option("--tenant", help="Only this tenant's findings.")
+@click.option("--run", "run_id", help="A stored run id (default: the latest finished run).")
+@click.option("--canary", default=1, show_default=True, type=click.IntRange(min=1),
+              help="How many subjects to fix and re-verify before the rest.")
+@click.option("--yes", "apply", is_flag=True, help="Make the changes (without it: print the plan, change nothing).")
+@click.option("--reason", default="bulk remediation from the command line", show_default=True,
+              help="Why: recorded in each job's intent entry.")
+def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_id: str | None, canary: int,
+              apply: bool, reason: str) -> None:
+    """Fix every failing finding of a check: a dry run by default; --yes applies to a canary first, then the rest."""
+    import asyncio
+
+    from remediation.actions import describe
+    from remediation.jobs import DONE, ALREADY_DONE, BulkStep, Jobs, bulk, plans_for_check
+
+    failed = False
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            run = _latest_run(store, run_id)
+            plans = plans_for_check(store, run.id, check_id, tenant)
+            runner = Jobs(store, config, config.resolve_path(config.remediation.audit_sink)
+                          if config.remediation.audit_sink else None)
+            click.echo(f"run {run.id}: {len(plans)} failing finding(s) of {check_id} with a job"
+                       + ("" if apply else " (dry run: nothing is changed; --yes applies)"))
+
+            def report(step: BulkStep) -> None:
+                nonlocal failed
+                line = f"  {step.plan.tenant}  {describe(step.plan.action, step.plan.subject, step.plan.params)}"
+                if step.job is None:
+                    click.echo(f"{line}  [{step.note}]")
+                    return
+                state = step.job.state
+                failed = failed or state not in (DONE, ALREADY_DONE) or step.note.startswith("canary re-")
+                detail = f": {step.job.error}" if step.job.error else ""
+                click.echo(f"{line}  [{step.note}: {state}{detail}] job {step.job.id}")
+
+            asyncio.run(bulk(runner, plans, canary=canary, apply=apply, actor=_operator(), reason=reason,
+                             report=report))
+        finally:
+            store.close()
+    if failed:
+        click.echo("stopped at the first failure; fix it and re-run (what is done is skipped)", err=True)
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@main.command()
+@CONFIG_OPTION
+@click.argument("job_id")
+@click.option("--reason", default="undo from the command line", show_default=True)
+def undo(config_path: Path | None, job_id: str, reason: str) -> None:
+    """Reverse a done job from its recorded before-state (itself a logged job)."""
+    import asyncio
+
+    from remediation.jobs import DONE, ALREADY_DONE, Jobs
+
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            runner = Jobs(store, config, config.resolve_path(config.remediation.audit_sink)
+                          if config.remediation.audit_sink else None)
+            job = asyncio.run(runner.undo(job_id, _operator(), reason))
+        finally:
+            store.close()
+    click.echo(f"job {job.id} ({job.summary}): {job.state}" + (f": {job.error}" if job.error else ""))
+    if job.state not in (DONE, ALREADY_DONE):
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@main.command("jobs")
+@CONFIG_OPTION
+@click.option("--tenant", help="Only this tenant's jobs.")
+def list_jobs(config_path: Path | None, tenant: str | None) -> None:
+    """Print the remediation jobs, newest first."""
+    from remediation.jobs import Jobs
+
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            found = Jobs(store, config).history(tenant=tenant)
+        finally:
+            store.close()
+    for job in found:
+        click.echo(f"{job.created:%Y-%m-%d %H:%M:%S}Z  {job.id}  {job.state:12} {job.actor:24} {job.tenant}  "
+                   f"{job.summary}" + (f"  ({job.error})" if job.error else ""))
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The remediation audit log."""
+
+
+@audit_group.command("verify")
+@CONFIG_OPTION
+@click.option("--sink", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also compare with this JSON-lines copy (default: [remediation] audit_sink, if set).")
+def audit_verify(config_path: Path | None, sink: Path | None) -> None:
+    """Check the audit log's hash chain (and its copy); exit 1 naming a changed, removed or reordered entry."""
+    from remediation.audit import entries, verify
+
+    with _user_errors():
+        config = _config(config_path)
+        if sink is None and config.remediation.audit_sink is not None:
+            sink = config.resolve_path(config.remediation.audit_sink)
+        store = Store(config.store.url)
+        try:
+            problems = verify(store, sink)
+            count = len(entries(store))
+        finally:
+            store.close()
+    for problem in problems:
+        click.echo(f"mailwarden: audit log: {problem}", err=True)
+    if problems:
+        sys.exit(EXIT_FAILED_RUN)
+    click.echo(f"audit log: {count} entries, the hash chain is intact" + (f" and {sink} agrees" if sink else ""))
+
+
+@audit_group.command("show")
+@CONFIG_OPTION
+@click.option("--job", "job_id", help="Only this job's entries.")
+def audit_show(config_path: Path | None, job_id: str | None) -> None:
+    """Print the audit log as JSON lines."""
+    from remediation.audit import entries
+
+    with _user_errors():
+        config = _config(config_path)
+        store = Store(config.store.url)
+        try:
+            found = entries(store, job_id)
+        finally:
+            store.close()
+    for entry in found:
+        click.echo(entry.line())

@@ -138,10 +138,29 @@ class SenderConfig(_Strict):
 
 
 class RemediationConfig(_Strict):
-    """The remediation service that report links point to."""
+    """The remediation service that report links point to, who may use it, and where its audit log is copied."""
 
-    base_url: str = ""
+    base_url: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")
     secret: SecretRef | None = None
+    link_ttl_days: int = Field(default=7, ge=1, le=90)
+    identity_header: str = Field(default="X-Forwarded-User", pattern=r"^[A-Za-z0-9-]+$")
+    trusted_proxies: list[str] = ["127.0.0.1", "::1"]
+    audit_sink: Path | None = None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return value
+
+    @property
+    def links(self) -> bool:
+        """True when report links can be issued: a base URL and a secret are configured."""
+        return bool(self.base_url) and self.secret is not None
 
 
 

@@ -21,7 +21,7 @@ from reports.manifest import write_manifest
 from scanner import __version__
 from scanner.baseline import load_baselines
 from scanner.collect import Collection, collect
-from scanner.config import Config
+from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
 from scanner.model import FactState, Finding, Inventory, plain
@@ -176,11 +176,13 @@ def run_scan(
             raise
         finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
         store.finish_run(run_id, finished, collection.state, run_scope(collection, results))
-    return ScanResult(*write_outputs(store, run_id, out_dir), dns_queries=collection.dns_queries)
+    return ScanResult(*write_outputs(store, run_id, out_dir, config.remediation), dns_queries=collection.dns_queries)
 
 
-def write_outputs(store: Store, run_id: str, out_dir: Path) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
-    """Render findings.json, findings.csv, report.html and manifest.json for a stored run."""
+def write_outputs(
+    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None
+) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
+    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = store.run(run_id)
     findings = store.findings_for_run(run_id)
@@ -188,7 +190,7 @@ def write_outputs(store: Store, run_id: str, out_dir: Path) -> tuple[RunRecord, 
     files = [
         write_findings_json(findings, out_dir / "findings.json"),
         write_findings_csv(findings, out_dir / "findings.csv"),
-        render_report(store, run, findings, events, out_dir / "report.html"),
+        render_report(store, run, findings, events, out_dir / "report.html", remediation),
     ]
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return run, tuple(findings), tuple(files)

@@ -406,7 +406,11 @@ def status_lines(status: dict[str, Any]) -> list[str]:
 
 
 def remediation_app(config: Config) -> Any | None:
-    """The remediation web app (remediation/web.py ``build_app``), or None while it is not there."""
+    """The remediation web app (remediation/web.py ``build_app``), or None when links are not configured."""
+    if not config.remediation.links:
+        log.info("remediation links are not configured ([remediation] base_url and secret): serving /healthz only",
+                 extra={"event": "serve.no_remediation"})
+        return None
     try:
         module = importlib.import_module("remediation.web")
     except ModuleNotFoundError as exc:

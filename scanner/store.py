@@ -180,7 +180,52 @@ def _migration_2(conn: Connection) -> None:
     snapshots.drop(conn)
 
 
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2)
+jobs = sa.Table(
+    "jobs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("tenant", sa.String(128), nullable=False, index=True),
+    sa.Column("domain", sa.String(255), nullable=False),
+    sa.Column("subject", sa.String(512), nullable=False),
+    sa.Column("params", sa.JSON, nullable=False),
+    sa.Column("issued", sa.JSON, nullable=False),  # the state the finding (or link) saw
+    sa.Column("finding", sa.String(40), nullable=False),
+    sa.Column("check_id", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(40), nullable=False),
+    sa.Column("undo_of", sa.String(40)),
+    sa.Column("link", sa.String(64), unique=True),  # the link nonce: a link starts at most one job
+    sa.Column("state", sa.String(16), nullable=False),  # pending, running, done, already_done, failed, refused
+    sa.Column("actor", sa.String(255), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("created", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished", sa.DateTime(timezone=True)),
+    sa.Column("before", sa.JSON),
+    sa.Column("after", sa.JSON),
+    sa.Column("error", sa.Text),
+)
+"""Remediation jobs: one action on one subject; claimed by a conditional update, so it runs once."""
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # intent or state
+    sa.Column("job_id", sa.String(40), nullable=False, index=True),
+    sa.Column("body", sa.Text, nullable=False),  # canonical JSON
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+"""The audit log: append-only, each entry hashing the previous entry's hash (remediation/audit.py)."""
+
+
+def _migration_3(conn: Connection) -> None:
+    """Version 3: remediation jobs and the hash-chained audit log."""
+    metadata.create_all(conn, tables=[jobs, audit])
+
+
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2, _migration_3)
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)

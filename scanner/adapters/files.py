@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from scanner.adapters.base import Collected
+from scanner.adapters.base import Collected, Refused
 from scanner.config import Config, TenantConfig
 from scanner.errors import AdapterError
 from scanner.model import (
@@ -291,6 +293,176 @@ class FilesAdapter:
         return found
 
 
+    # Remediation writes: only remediation jobs call these. Each rewrites one export file atomically
+    # (a temporary file in the same directory, then a rename) and returns the state read back.
+
+    async def remedy_read(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The action's normalized state of ``subject`` as the export files say now."""
+        return {"state": self._state(action, subject, params), "detail": {}}
+
+    async def remedy_apply(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Make the action's change in the export files; returns the state read back and what the undo needs."""
+        subject = subject.lower()
+        detail: dict[str, Any] = {}
+        if action == "forwarding.disable":
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            detail["rows"] = self._edit("forwards", lambda rows: _split(
+                rows, lambda r: _low(r, "mailbox") == subject and _low(r, "target") in targets))
+        elif action == "catchall.disable":
+            detail["catch_all"] = self._set_field("domains", "domain", subject, "catch_all", "")
+        elif action == "account.suspend":
+            detail["status"] = self._set_field("mailboxes", "address", subject, "status", "suspended")
+        elif action == "invite.revoke":
+            detail["rows"] = self._edit("invites", lambda rows: _split(rows, lambda r: _low(r, "address") == subject))
+        elif action == "invite.resend":
+            detail["row"] = self._resend(subject)
+        elif action == "delegate.remove":
+            delegate = str(params.get("delegate", "")).lower()
+            detail["delegates"] = self._set_field(
+                "mailboxes", "address", subject, "delegates",
+                lambda old: ";".join(d for d in _list(old) if d.lower() != delegate))
+        else:
+            raise Refused(f"the files adapter has no action {action!r}")
+        return {"state": self._state(action, subject, params), "detail": detail}
+
+    async def remedy_restore(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Put back what ``remedy_apply`` changed, from its recorded detail; returns the state read back."""
+        subject = subject.lower()
+        detail = before.get("detail") or {}
+        if action in ("forwarding.disable", "invite.revoke"):
+            stem = "forwards" if action == "forwarding.disable" else "invites"
+            self._put_back(stem, list(detail.get("rows", ())))
+        elif action == "catchall.disable":
+            self._set_field("domains", "domain", subject, "catch_all", detail.get("catch_all") or "")
+        elif action == "account.suspend":
+            self._set_field("mailboxes", "address", subject, "status", detail.get("status") or "active")
+        elif action == "delegate.remove":
+            self._set_field("mailboxes", "address", subject, "delegates", detail.get("delegates") or "")
+        elif action == "invite.resend":
+            raise Refused("a sent invitation cannot be unsent")
+        else:
+            raise Refused(f"the files adapter has no action {action!r}")
+        return {"state": self._state(action, subject, params), "detail": {}}
+
+    def _state(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        subject = subject.lower()
+        if action == "forwarding.disable":
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            rows = self._raw("forwards")[1]
+            return {"forwards": sorted({_low(r, "target") for r in rows
+                                        if _low(r, "mailbox") == subject and _low(r, "target") in targets})}
+        if action == "catchall.disable":
+            found = [r for r in self._raw("domains")[1] if _low(r, "domain").rstrip(".") == subject]
+            if not found:
+                raise AdapterError(f"{self.directory}: domain {subject} is not in the domains file")
+            return {"catch_all": _low(found[0], "catch_all") or None}
+        if action in ("invite.revoke", "invite.resend"):
+            rows = [r for r in self._raw("invites")[1] if _low(r, "address") == subject]
+            if action == "invite.revoke":
+                return {"invite": bool(rows)}
+            return {"invite_sent": _iso(rows[0].get("sent")) if rows else None}
+        rows = [r for r in self._raw("mailboxes")[1] if _low(r, "address") == subject]
+        if not rows:
+            raise AdapterError(f"{self.directory}: mailbox {subject} is not in the mailboxes file")
+        if action == "account.suspend":
+            return {"status": _low(rows[0], "status") or "active"}
+        if action == "delegate.remove":
+            delegate = str(params.get("delegate", "")).lower()
+            return {"delegates": [delegate] if delegate in {d.lower() for d in _list(rows[0].get("delegates"))} else []}
+        raise Refused(f"the files adapter has no action {action!r}")
+
+    def _raw(self, stem: str) -> tuple[Path, list[dict[str, Any]], list[str]]:
+        """An export file's rows as written (every column kept) and its column order."""
+        path = _find(self.directory, stem)
+        if path is None:
+            raise AdapterError(f"{self.directory}: no {stem}.csv or {stem}.json")
+        rows = [dict(row) for _, row in read_rows(path)]
+        if path.suffix == ".json":
+            return path, rows, []
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            header = next(csv.reader(handle), [])
+        return path, rows, [h.strip() for h in header]
+
+    @staticmethod
+    def _newline(path: Path) -> str:
+        """The file's own line ending, kept when it is rewritten."""
+        try:
+            return "\r\n" if b"\r\n" in path.read_bytes()[:65536] else "\n"
+        except OSError:
+            return "\n"
+
+    def _write(self, path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+        """Replace an export file atomically: readers see the old file or the new one, never a mix."""
+        newline = self._newline(path)
+        handle = tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", newline="", dir=path.parent, prefix=f".{path.name}.", delete=False)
+        try:
+            with handle:
+                if path.suffix == ".json":
+                    json.dump(rows, handle, indent=2, ensure_ascii=False)
+                    handle.write("\n")
+                else:
+                    writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore", lineterminator=newline)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(handle.name, path)
+        except OSError as exc:
+            Path(handle.name).unlink(missing_ok=True)
+            raise AdapterError(f"{path}: cannot rewrite the export file ({exc.strerror})") from None
+
+    def _edit(
+        self, stem: str, change: Callable[[list[dict[str, Any]]], tuple[list[dict[str, Any]], list[dict[str, Any]]]]
+    ) -> list[dict[str, Any]]:
+        """Rewrite a file's rows with ``change`` (returning the rows kept and the rows taken out, each with its
+        position under ``at`` so an undo puts it back where it was)."""
+        path, rows, columns = self._raw(stem)
+        kept, taken = change(rows)
+        self._write(path, kept, columns)
+        return [{"at": rows.index(row), "row": row} for row in taken]
+
+    def _put_back(self, stem: str, saved: list[dict[str, Any]]) -> None:
+        """Re-insert rows an edit took out, at their old positions."""
+        path, rows, columns = self._raw(stem)
+        for item in sorted(saved, key=lambda i: int(i.get("at", len(rows)))):
+            rows.insert(min(int(item.get("at", len(rows))), len(rows)), dict(item["row"]))
+        self._write(path, rows, columns)
+
+    def _set_field(self, stem: str, key: str, subject: str, column: str, value: Any) -> str:
+        """Set one column of the row whose ``key`` is ``subject``; returns the value it had."""
+        path, rows, columns = self._raw(stem)
+        for row in rows:
+            if _low(row, key).rstrip(".") == subject:
+                old = row.get(column)
+                old_text = ";".join(old) if isinstance(old, list) else str(old or "")
+                row[column] = value(old_text) if callable(value) else value
+                if columns and column not in columns:
+                    columns.append(column)
+                self._write(path, rows, columns)
+                return old_text
+        raise AdapterError(f"{path}: no row for {subject}")
+
+    def _resend(self, subject: str) -> dict[str, Any]:
+        path, rows, columns = self._raw("invites")
+        for row in rows:
+            if _low(row, "address") == subject:
+                saved = dict(row)
+                sent, expires = _iso(row.get("sent")), _iso(row.get("expires"))
+                now = datetime.now(UTC).replace(microsecond=0)
+                row["sent"] = now.isoformat().replace("+00:00", "Z")
+                if sent and expires:
+                    lasted = datetime.fromisoformat(expires) - datetime.fromisoformat(sent)
+                    row["expires"] = (now + lasted).isoformat().replace("+00:00", "Z")
+                self._write(path, rows, columns)
+                return saved
+        raise AdapterError(f"{path}: no pending invitation for {subject}")
+
+
 def build(tenant: TenantConfig, config: Config) -> FilesAdapter:
     """The files adapter for a tenant, reading its ``export`` directory."""
     assert tenant.export is not None  # the config validator requires it for provider "files"
@@ -316,3 +488,28 @@ def read_roster(path: Path) -> tuple[tuple[Person, ...], tuple[str, ...]]:
         except RowError as exc:
             problems.append(f"{location}: {exc}")
     return tuple(people), tuple(problems)
+
+
+def _low(row: Mapping[str, Any], key: str) -> str:
+    value = row.get(key)
+    return value.strip().lower() if isinstance(value, str) else ""
+
+
+def _list(value: object) -> list[str]:
+    items = value if isinstance(value, list) else str(value or "").replace(",", ";").split(";")
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def _iso(value: object) -> str | None:
+    """An export time as ISO 8601 UTC, or None when absent or unreadable."""
+    try:
+        parsed = _when({"v": value}, "v")
+    except RowError:
+        return None
+    return parsed.isoformat() if parsed else None
+
+
+def _split(
+    rows: list[dict[str, Any]], taken: Callable[[dict[str, Any]], bool]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    return [r for r in rows if not taken(r)], [r for r in rows if taken(r)]

@@ -21,7 +21,7 @@ import google.auth.crypt
 import google.auth.jwt
 import httpx
 
-from scanner.adapters.base import Collected
+from scanner.adapters.base import Collected, Refused
 from scanner.adapters.http import ApiClient, ApiError, RetryPolicy, endpoint_of
 from scanner.config import Config, GoogleOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
@@ -712,6 +712,131 @@ class GoogleAdapter:
             return _invitation(raw)
         return await self._write(job)
 
+
+    # The remediation surface (scanner/adapters/base.py REMEDY_STATES): the actions mapped onto the writes above.
+
+    async def remedy_read(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The action's normalized state of ``subject``, read from Google now, with what an undo would need."""
+        subject = subject.lower()
+        if action == "forwarding.disable":
+            _gmail_mechanisms(params)
+            auto, filters = await self.auto_forwarding(subject), await self.filters(subject)
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            live = ({auto.email.lower()} if auto.enabled and auto.email else set()) | {
+                f.forward.lower() for f in filters if f.forward}
+            detail = {"auto": {"enabled": auto.enabled, "email": auto.email, "disposition": auto.disposition},
+                      "filters": [{"id": f.id, "forward": f.forward, "criteria": dict(f.criteria),
+                                   "action": dict(f.action)} for f in filters if f.forward.lower() in targets]}
+            return {"state": {"forwards": sorted(live & targets)}, "detail": detail}
+        if action == "account.suspend":
+            return {"state": {"status": (await self._user_status(subject)).value}, "detail": {}}
+        if action in ("invite.revoke", "invite.resend"):
+            invitation = await self._invitation(subject)
+            pending = invitation is not None and invitation.state.upper() == "INVITED"
+            if action == "invite.revoke":
+                return {"state": {"invite": pending}, "detail": {}}
+            sent = invitation.updated.isoformat() if pending and invitation and invitation.updated else None
+            return {"state": {"invite_sent": sent}, "detail": {}}
+        if action == "delegate.remove":
+            delegate = str(params.get("delegate", "")).lower()
+            found = {d.email.lower() for d in await self._delegates(subject)}
+            return {"state": {"delegates": [delegate] if delegate in found else []}, "detail": {}}
+        raise Refused(_refusal(action))
+
+    async def remedy_apply(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Make the action's change through the Google APIs; returns the state read back afterwards."""
+        subject = subject.lower()
+        detail = dict(before.get("detail") or {})
+        if action == "forwarding.disable":
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            auto = detail.get("auto") or {}
+            if auto.get("enabled") and str(auto.get("email", "")).lower() in targets:
+                await self.disable_auto_forwarding(subject)
+            for saved in detail.get("filters", ()):
+                await self.delete_filter(subject, str(saved["id"]))
+        elif action == "account.suspend":
+            await self.suspend_user(subject)
+        elif action == "invite.revoke":
+            await self.cancel_invitation(subject)
+        elif action == "invite.resend":
+            await self.send_invitation(subject)
+        elif action == "delegate.remove":
+            await self.remove_delegate(subject, str(params.get("delegate", "")))
+        else:
+            raise Refused(_refusal(action))
+        after = await self.remedy_read(action, subject, params)
+        return {"state": after["state"], "detail": detail}
+
+    async def remedy_restore(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Undo ``remedy_apply`` from the recorded before-state; returns the state read back afterwards."""
+        subject = subject.lower()
+        detail = before.get("detail") or {}
+        if action == "forwarding.disable":
+            auto = detail.get("auto") or {}
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            if auto.get("enabled") and str(auto.get("email", "")).lower() in targets:
+                await self.set_auto_forwarding(subject, AutoForwarding(True, str(auto["email"]),
+                                                                       str(auto.get("disposition") or "")))
+            for saved in detail.get("filters", ()):
+                await self.create_filter(subject, GmailFilter(str(saved["id"]), str(saved.get("forward", "")),
+                                                              saved.get("criteria") or {}, saved.get("action") or {}))
+        elif action == "account.suspend":
+            if (before.get("state") or {}).get("status") == MailboxStatus.ACTIVE.value:
+                await self.unsuspend_user(subject)
+        elif action == "delegate.remove":
+            await self.add_delegate(subject, str(params.get("delegate", "")))
+        elif action == "invite.revoke":
+            await self.send_invitation(subject)
+        elif action == "invite.resend":
+            raise Refused("a sent invitation cannot be unsent")
+        else:
+            raise Refused(_refusal(action))
+        return await self.remedy_read(action, subject, params)
+
+    async def _user_status(self, user: str) -> MailboxStatus:
+        async def job(s: _Session) -> MailboxStatus:
+            url = f"{self.options.directory_url.rstrip('/')}/admin/directory/v1/users/{quote(user.lower(), safe='@')}"
+            raw = await s.client.get(url, token=s.as_admin())
+            if not isinstance(raw, Mapping):
+                raise AdapterError(f"{endpoint_of('GET', url)} returned an unexpected response: expected an object")
+            if _flag(raw.get("suspended")):
+                return MailboxStatus.SUSPENDED
+            return MailboxStatus.DISABLED if _flag(raw.get("archived")) else MailboxStatus.ACTIVE
+        return await self._write(job)
+
+    async def _invitation(self, email: str) -> Invitation | None:
+        if not self.options.customer_id:
+            raise Refused(f"{self.label}: {INVITES_NEED_CUSTOMER_ID}")
+
+        async def job(s: _Session) -> Invitation | None:
+            url = (f"{self.options.cloudidentity_url.rstrip('/')}/v1/customers/"
+                   f"{quote(self.options.customer_id)}/userinvitations/{quote(email.lower(), safe='@')}")
+            status, raw = await s.client.request("GET", url, token=s.as_admin(READ_INVITES), allow=frozenset({404}))
+            return None if status == 404 or not isinstance(raw, Mapping) else _invitation(raw)
+        return await self._write(job)
+
+    async def _delegates(self, user: str) -> tuple[Delegate, ...]:
+        async def job(s: _Session) -> tuple[Delegate, ...]:
+            url = f"{self._gmail(user)}/delegates"
+            return _delegates(await s.client.get(url, token=s.as_user(user, READ_GMAIL)), endpoint_of("GET", url))
+        return await self._write(job)
+
+
+def _gmail_mechanisms(params: Mapping[str, Any]) -> None:
+    """Refuse forwards Gmail settings cannot turn off: a group's outside members are its forwards."""
+    if ForwardMechanism.ALIAS.value in params.get("mechanisms", ()):
+        raise Refused("the forward is an outside member of a Google group; remove the member in the Admin "
+                      "console or Groups (membership changes are not a remediation action)")
+
+
+def _refusal(action: str) -> str:
+    if action == "catchall.disable":
+        return CATCH_ALL_UNSUPPORTED
+    return f"Google Workspace has no remediation action {action!r}"
 
 def build(tenant: TenantConfig, config: Config) -> GoogleAdapter:
     """The Google Workspace adapter for a tenant with a [tenants.google] table."""

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from scanner.adapters.base import Collected
+from scanner.adapters.base import Collected, Refused
 from scanner.adapters.http import ApiClient, RetryPolicy
 from scanner.config import Config, MailcowOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
@@ -587,6 +587,97 @@ class MailcowAdapter:
         """Stop ``delegate`` sending as ``mailbox`` (its send-as grant); returns the delegate as read back."""
         return await self.remove_send_as(delegate, mailbox)
 
+
+    async def set_send_as(self, grantee: str, entries: Iterable[str]) -> MailboxState:
+        """Set ``grantee``'s whole sender_acl (the undo of ``remove_send_as``); returns it as read back."""
+        async with self._client() as client:
+            await self._write(client, "/edit/mailbox",
+                              {"items": [grantee], "attr": {"sender_acl": list(entries) or ["default"]}})
+            return await self._mailbox(client, grantee)
+
+    # The remediation surface (scanner/adapters/base.py REMEDY_STATES): the actions mapped onto the writes above.
+
+    async def remedy_read(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The action's normalized state of ``subject``, read from mailcow now, with what an undo would need."""
+        subject = subject.lower()
+        async with self._client() as client:
+            if action == "forwarding.disable":
+                if set(params.get("mechanisms", ())) - {ForwardMechanism.ALIAS.value}:
+                    raise Refused("mailcow's API cannot edit a user's sieve script; only alias forwards can be "
+                                  "turned off")
+                targets = {str(t).lower() for t in params.get("targets", ())}
+                alias = await self._find_alias(client, subject)
+                live = set(alias.goto) & targets if alias.active else set()
+                return {"state": {"forwards": sorted(live)},
+                        "detail": {"goto": list(alias.goto), "active": alias.active}}
+            if action == "catchall.disable":
+                try:
+                    alias = await self._find_alias(client, f"@{subject.rstrip('.')}")
+                except AdapterError:
+                    return {"state": {"catch_all": None}, "detail": {}}
+                target = alias.goto[0] if alias.active and alias.goto else None
+                return {"state": {"catch_all": target}, "detail": {"active": alias.active}}
+            if action == "account.suspend":
+                box = await self._mailbox(client, subject)
+                return {"state": {"status": box.status.value}, "detail": {}}
+            if action == "delegate.remove":
+                delegate = str(params.get("delegate", "")).lower()
+                grantee = await self._mailbox(client, delegate)
+                return {"state": {"delegates": [delegate] if subject in grantee.sender_acl else []},
+                        "detail": {"sender_acl": list(grantee.sender_acl)}}
+        raise Refused(_refusal(action))
+
+    async def remedy_apply(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Make the action's change through the mailcow API; returns the state read back afterwards."""
+        subject = subject.lower()
+        detail = dict(before.get("detail") or {})
+        if action == "forwarding.disable":
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            remaining = [t for t in detail.get("goto", ()) if t not in targets]
+            if remaining:
+                await self.set_forward_targets(subject, remaining)
+            else:
+                await self.disable_alias(subject)
+        elif action == "catchall.disable":
+            await self.disable_catch_all(subject)
+        elif action == "account.suspend":
+            await self.suspend_mailbox(subject)
+        elif action == "delegate.remove":
+            await self.remove_delegate(subject, str(params.get("delegate", "")))
+        else:
+            raise Refused(_refusal(action))
+        after = await self.remedy_read(action, subject, params)
+        return {"state": after["state"], "detail": detail}
+
+    async def remedy_restore(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Undo ``remedy_apply`` from the recorded before-state; returns the state read back afterwards."""
+        subject = subject.lower()
+        detail = before.get("detail") or {}
+        state = before.get("state") or {}
+        if action == "forwarding.disable":
+            await self.set_forward_targets(subject, detail.get("goto", ()))
+            if detail.get("active"):
+                await self.enable_alias(subject)
+        elif action == "catchall.disable":
+            if detail.get("active"):
+                await self.enable_alias(f"@{subject.rstrip('.')}")
+        elif action == "account.suspend":
+            await self.set_mailbox_status(subject, MailboxStatus(state.get("status", "active")))
+        elif action == "delegate.remove":
+            await self.set_send_as(str(params.get("delegate", "")), detail.get("sender_acl", ()))
+        else:
+            raise Refused(_refusal(action))
+        return await self.remedy_read(action, subject, params)
+
+
+def _refusal(action: str) -> str:
+    if action.startswith("invite."):
+        return INVITES_REASON
+    return f"mailcow has no remediation action {action!r}"
 
 def _alias_state(row: Mapping[str, Any]) -> AliasState:
     alias_id = row.get("id")

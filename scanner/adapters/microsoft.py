@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import msal
 
-from scanner.adapters.base import Collected
+from scanner.adapters.base import Collected, Refused
 from scanner.adapters.http import RETRY_STATUSES, ApiClient, ApiError, RetryPolicy, endpoint_of, retry_after
 from scanner.config import Config, HttpConfig, MicrosoftOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, MailwardenError
@@ -665,6 +665,93 @@ class MicrosoftAdapter:
         state = raw.get("externalUserState")
         return AccountState(str(raw.get("id") or user), str(address).lower(), raw.get("accountEnabled") is not False,
                             str(raw.get("userType") or ""), state if isinstance(state, str) else None)
+
+
+    # The remediation surface (scanner/adapters/base.py REMEDY_STATES): the actions mapped onto the writes above.
+
+    async def _uid(self, address: str) -> str:
+        uid = await self.find_user(address)
+        if uid is None:
+            raise AdapterError(f"{self.label}: no user {address} in the directory")
+        return uid
+
+    async def remedy_read(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        """The action's normalized state of ``subject``, read from Graph now, with what an undo would need."""
+        subject = subject.lower()
+        if action == "forwarding.disable":
+            unsupported = set(params.get("mechanisms", ())) - {ForwardMechanism.INBOX_RULE.value,
+                                                                ForwardMechanism.REDIRECT.value}
+            if unsupported:
+                raise Refused(f"Graph turns off inbox-rule forwards only, not {', '.join(sorted(unsupported))} "
+                              "(set mailbox forwarding in Exchange admin)")
+            uid = await self._uid(subject)
+            targets = {str(t).lower() for t in params.get("targets", ())}
+            rules = [r for r in await self.forwarding_rules(uid)
+                     if r.enabled and {f.target.lower() for f in r.forwards} & targets]
+            live = {f.target.lower() for r in rules for f in r.forwards} & targets
+            return {"state": {"forwards": sorted(live)}, "detail": {"user": uid, "rules": [r.rule_id for r in rules]}}
+        if action in ("account.suspend", "invite.revoke", "invite.resend"):
+            uid = await self.find_user(subject)
+            async with self.client() as api:
+                account = await self._read_account(api, uid) if uid else None
+                raw = await self._get_user(api, uid) if uid else None
+            pending = account is not None and account.user_type.lower() == "guest" and account.external_state == PENDING
+            if action == "account.suspend":
+                if account is None:
+                    raise AdapterError(f"{self.label}: no user {subject} in the directory")
+                status = MailboxStatus.ACTIVE if account.enabled else MailboxStatus.DISABLED
+                return {"state": {"status": status.value}, "detail": {"user": account.user}}
+            if action == "invite.revoke":
+                return {"state": {"invite": pending}, "detail": {"user": uid or ""}}
+            changed = parse_time(raw.get("externalUserStateChangeDateTime")) if pending and raw else None
+            return {"state": {"invite_sent": changed.isoformat() if changed else None}, "detail": {}}
+        raise Refused(_refusal(action))
+
+    async def remedy_apply(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Make the action's change through Graph; returns the state read back afterwards."""
+        detail = dict(before.get("detail") or {})
+        if action == "forwarding.disable":
+            for rule_id in detail.get("rules", ()):
+                await self.disable_forwarding_rule(str(detail["user"]), str(rule_id))
+        elif action == "account.suspend":
+            await self.disable_account(str(detail["user"]))
+        elif action == "invite.revoke":
+            await self.revoke_invite(str(detail["user"]))
+        elif action == "invite.resend":
+            await self.resend_invite(subject.lower())
+        else:
+            raise Refused(_refusal(action))
+        after = await self.remedy_read(action, subject, params)
+        return {"state": after["state"], "detail": detail}
+
+    async def remedy_restore(
+        self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Undo ``remedy_apply`` from the recorded before-state; returns the state read back afterwards."""
+        detail = before.get("detail") or {}
+        if action == "forwarding.disable":
+            for rule_id in detail.get("rules", ()):
+                await self.enable_forwarding_rule(str(detail["user"]), str(rule_id))
+        elif action == "account.suspend":
+            if (before.get("state") or {}).get("status") == MailboxStatus.ACTIVE.value:
+                await self.enable_account(str(detail["user"]))
+        elif action == "invite.revoke":
+            await self.resend_invite(subject.lower())
+        elif action == "invite.resend":
+            raise Refused("a sent invitation cannot be unsent")
+        else:
+            raise Refused(_refusal(action))
+        return await self.remedy_read(action, subject, params)
+
+
+def _refusal(action: str) -> str:
+    if action == "catchall.disable":
+        return "Exchange Online has no catch-all address to turn off through Graph"
+    if action == "delegate.remove":
+        return "Graph does not expose mailbox permissions (FullAccess, SendAs); remove them in Exchange admin"
+    return f"Microsoft 365 has no remediation action {action!r}"
 
 
 def _code(body: Any) -> str:

@@ -414,3 +414,23 @@ def test_json_lines_carry_the_structured_extras() -> None:
     line = json.loads(JsonLines().format(record))
     assert line["message"] == "job scan ended" and line["event"] == "job.end" and line["findings"] == {"fail": 2}
     assert line["level"] == "info" and line["ts"].endswith("Z") and "args" not in line
+
+
+def test_the_remediation_app_is_mounted_only_when_links_are_configured(tmp_path: Path, monkeypatch) -> None:
+    from starlette.testclient import TestClient
+
+    from scanner.serve import remediation_app
+
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n', encoding="utf-8")
+    assert remediation_app(load_config(bare)) is None
+    monkeypatch.setenv("MW_SERVE_TEST_SECRET", "s" * 40)
+    linked = tmp_path / "linked.toml"
+    linked.write_text(
+        f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n[remediation]\nbase_url = "https://mw.example"\n'
+        'secret = "env:MW_SERVE_TEST_SECRET"\n', encoding="utf-8",
+    )
+    app = remediation_app(load_config(linked))
+    assert app is not None
+    response = TestClient(app).get("/r/not-a-signed-token")
+    assert response.status_code == 400 and "This link cannot be used" in response.text

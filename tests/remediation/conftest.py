@@ -1,0 +1,112 @@
+"""Fixtures: a copy of the demo estate scanned once over loopback DNS, with remediation links configured."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scanner.cli import DEMO, DEMO_AS_OF
+from scanner.config import Config, load_config
+from scanner.pipeline import run_scan
+from scanner.store import Store
+from scanner.zoneserver import ZoneServer
+
+SECRET_ENV = "MAILWARDEN_TEST_LINK_SECRET"
+SECRET = "test-secret-3f9a1c7e5b2d4680-never-shown"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Estate:
+    """A scanned copy of the demo estate: its config, store, output directory and export files."""
+
+    root: Path
+    config: Config
+    store: Store
+    out: Path
+    run_id: str
+    port: int
+    dns: ZoneServer
+
+    def export(self, tenant: str) -> Path:
+        return self.root / "demo" / tenant
+
+    def files_state(self) -> dict[str, bytes]:
+        """Every export file's bytes, to show nothing changed."""
+        return {str(p.relative_to(self.root)): p.read_bytes()
+                for p in sorted((self.root / "demo").rglob("*")) if p.is_file() and p.suffix in (".csv", ".json")}
+
+
+@pytest.fixture(scope="session")
+def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
+    """The demo copied and scanned once: its directory (config, exports, store, outputs), run id and link port."""
+    root = tmp_path_factory.mktemp("scanned")
+    demo = root / "demo"
+    shutil.copytree(DEMO, demo, ignore=shutil.ignore_patterns("drift"))
+    port = free_port()
+    config_path = demo / "mailwarden.toml"
+    config_path.write_text(config_path.read_text(encoding="utf-8") + f"""
+[remediation]
+base_url = "http://127.0.0.1:{port}"
+secret = "env:{SECRET_ENV}"
+audit_sink = "audit.jsonl"
+""", encoding="utf-8")
+    os.environ[SECRET_ENV] = SECRET
+    try:
+        with ZoneServer() as server:
+            server.load_directory(demo / "zones")
+            config = _load(root, server)
+            store = Store(config.store.url)
+            try:
+                run = run_scan(config, root / "out", store=store, as_of=DEMO_AS_OF).run.id
+            finally:
+                store.close()
+    finally:
+        del os.environ[SECRET_ENV]
+    return root, run, port
+
+
+def _load(root: Path, server: ZoneServer) -> Config:
+    overrides: dict[str, dict[str, object]] = {
+        "dns": {"nameservers": [server.nameserver], "timeout": 1.0},
+        "store": {"url": f"sqlite:///{root / 'store.db'}"},
+        "mta_sts": {"port": free_port(), "timeout": 1.0},
+    }
+    return load_config(root / "demo" / "mailwarden.toml", overrides=overrides)
+
+
+@pytest.fixture
+def estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
+    """A fresh copy of the scanned demo (each test may change its export files and store)."""
+    monkeypatch.setenv(SECRET_ENV, SECRET)
+    template, run_id, port = scanned
+    shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    with ZoneServer() as server:
+        server.load_directory(tmp_path / "demo" / "zones")
+        config = _load(tmp_path, server)
+        store = Store(config.store.url)
+        try:
+            yield Estate(tmp_path, config, store, tmp_path / "out", run_id, port, server)
+        finally:
+            store.close()
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every log record at DEBUG and above."""
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
