@@ -9,20 +9,23 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from reports.csv_out import write_csv
 from reports.html import exception_rows
+from reports.changelog import change_record
 from reports.manifest import sha256_file
 from reports.records import COLUMNS, finding_record
 from scanner import __version__
 from scanner.errors import MailwardenError
-from scanner.model import Finding, Status, domain_of
-from scanner.store import RunRecord, Store, canonical, content_hash
+from scanner.model import Finding, Status
+from scanner.store import RunRecord, Store, canonical, content_hash, jobs
 
 CHANGE_COLUMNS = (
     "at", "source", "run_id", "job_id", "tenant", "domain", "subject", "object_type", "object_key", "field",
     "action", "before", "after",
 )
-"""changes.csv columns, in order (the change log's fields, so either source fills them alike)."""
+"""changes.csv columns, in order: the change log's fields (scans' and remediation jobs' changes alike)."""
 INVENTORY_COLUMNS = ("run_id", "kind", "tenant", "key", "sha256", "body")
 """inventory.csv columns, in order."""
 EXCEPTION_COLUMNS = (
@@ -30,11 +33,17 @@ EXCEPTION_COLUMNS = (
     "covered_at_last_run",
 )
 """exceptions.csv columns, in order."""
+REMEDIATION_COLUMNS = (
+    "job_id", "created", "finished", "state", "action", "tenant", "domain", "subject", "check", "finding", "run_id",
+    "actor", "reason", "undo_of", "before", "after", "error",
+)
+"""remediation_log.csv columns, in order."""
 PACK_COLUMNS: Mapping[str, Sequence[str]] = {
     "findings.csv": COLUMNS,
     "changes.csv": CHANGE_COLUMNS,
     "inventory.csv": INVENTORY_COLUMNS,
     "exceptions.csv": EXCEPTION_COLUMNS,
+    "remediation_log.csv": REMEDIATION_COLUMNS,
 }
 """Every file of the pack with its columns; part of the evidence contract documented in README.md."""
 FINISHED = ("complete", "partial")
@@ -77,63 +86,42 @@ def _tenant_of(kind: str, key: str) -> str:
     return "" if kind == "exception" else key.partition("/")[0]
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict) and value:
-        out: dict[str, Any] = {}
-        for key, inner in value.items():
-            out.update(_flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    return {prefix: value}
+def logged_changes(store: Store, period: Period, tenant: str | None) -> Iterator[dict[str, Any]]:
+    """The change log's rows inside the period: what scans saw change, and what remediation jobs changed.
 
-
-def _subject(kind: str, key: str, body: Mapping[str, Any]) -> tuple[str, str]:
-    """(domain, subject) of a snapshot object."""
-    if kind == "domain":
-        name = str(body.get("name") or key.partition("/")[2])
-        return name, name
-    address = str(body.get("address") or body.get("email") or "")
-    if kind in ("mailbox", "person") and address:
-        return domain_of(address), address
-    return "", str(body.get("subject") or key)
-
-
-def snapshot_changes(store: Store, runs: Sequence[RunRecord], tenant: str | None) -> Iterator[dict[str, Any]]:
-    """Field-level changes between each selected run and the finished run before it, from their snapshots.
-
-    Replaceable: once the change log (issue 6) is in the store, this becomes a read of ``Store.changes``
-    with the same columns (CHANGE_COLUMNS). An object missing from a later run counts as removed only
-    when that run saw its tenant completely: a partial crawl never turns "not seen" into "deleted".
+    The change log never records a partial crawl's unseen objects as removed, so neither does this file.
     """
-    ordered = [r for r in store.runs() if r.state in FINISHED]
-    position = {r.id: i for i, r in enumerate(ordered)}
-    for run in runs:
-        index = position.get(run.id, 0)
-        if index == 0:
+    for change in store.changes(since=period.since, tenant=tenant):
+        if period.until is not None and change.at > period.until:
             continue
-        before, after = store.snapshot(ordered[index - 1].id), store.snapshot(run.id)
-        complete = {t for t, s in run.scope.get("tenants", {}).items() if s.get("state") == "complete"}
-        for kind_key in sorted(set(before) | set(after)):
-            kind, key = kind_key
-            owner = _tenant_of(kind, key)
-            if tenant is not None and owner != tenant:
-                continue
-            old, new = before.get(kind_key), after.get(kind_key)
-            if old == new:
-                continue
-            domain, subject = _subject(kind, key, new if new is not None else old)
-            base = {"at": run.started.isoformat(), "source": "run", "run_id": run.id, "job_id": "",
-                    "tenant": owner, "domain": domain, "subject": subject, "object_type": kind, "object_key": key}
-            if old is None:
-                yield {**base, "field": "", "action": "added", "before": "", "after": canonical(new)}
-            elif new is None:
-                if owner in complete:
-                    yield {**base, "field": "", "action": "removed", "before": canonical(old), "after": ""}
-            else:
-                fields_before, fields_after = _flatten(old), _flatten(new)
-                for field in sorted(set(fields_before) | set(fields_after)):
-                    if fields_before.get(field) != fields_after.get(field):
-                        yield {**base, "field": field, "action": "changed",
-                               "before": _text(fields_before.get(field)), "after": _text(fields_after.get(field))}
+        record = change_record(change)
+        yield {**record, "before": _text(change.before), "after": _text(change.after),
+               "run_id": change.run_id or "", "job_id": change.job_id or ""}
+
+
+def remediation_rows(store: Store, period: Period, tenant: str | None) -> Iterator[dict[str, Any]]:
+    """Every remediation job created inside the period, with who asked, why, and its before and after."""
+    query = sa.select(jobs).order_by(jobs.c.created, jobs.c.id)
+    if period.since is not None:
+        query = query.where(jobs.c.created >= period.since)
+    if period.until is not None:
+        query = query.where(jobs.c.created <= period.until)
+    if tenant is not None:
+        query = query.where(jobs.c.tenant == tenant)
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            yield {
+                "job_id": row.id, "created": _when(_aware(row.created)), "finished": _when(_aware(row.finished)),
+                "state": row.state, "action": row.action, "tenant": row.tenant, "domain": row.domain,
+                "subject": row.subject, "check": row.check_id, "finding": row.finding, "run_id": row.run_id,
+                "actor": row.actor, "reason": row.reason, "undo_of": row.undo_of or "",
+                "before": _text(row.before), "after": _text(row.after), "error": row.error or "",
+            }
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
 
 
 def _text(value: Any) -> str:
@@ -188,11 +176,13 @@ def write_evidence(
     rows: dict[str, int] = {}
     rows["findings.csv"] = write_csv(out_dir / "findings.csv", COLUMNS,
                                      (finding_record(f) for run in runs for f in findings[run.id]))
-    rows["changes.csv"] = write_csv(out_dir / "changes.csv", CHANGE_COLUMNS, snapshot_changes(store, runs, tenant))
+    rows["changes.csv"] = write_csv(out_dir / "changes.csv", CHANGE_COLUMNS, logged_changes(store, period, tenant))
     rows["inventory.csv"] = write_csv(out_dir / "inventory.csv", INVENTORY_COLUMNS,
                                       _inventory_rows(store, runs[-1], tenant))
     rows["exceptions.csv"] = write_csv(out_dir / "exceptions.csv", EXCEPTION_COLUMNS,
                                        _exception_rows(store, runs, findings, tenant))
+    rows["remediation_log.csv"] = write_csv(out_dir / "remediation_log.csv", REMEDIATION_COLUMNS,
+                                            remediation_rows(store, period, tenant))
     files = [out_dir / name for name in PACK_COLUMNS]
     manifest = {
         "kind": "mailwarden evidence pack",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import shutil
 import subprocess
@@ -174,6 +175,18 @@ def test_the_demo_is_remediated_end_to_end_from_the_command_line(estate: Estate)
                              text=True, env=env, timeout=60)
     rows = json.loads(changes.stdout)
     assert {r["source"] for r in rows} == {"job"} and rows
+    # The evidence pack carries the same: every job in remediation_log.csv, its changes in changes.csv.
+    pack = estate.root / "pack"
+    written = subprocess.run([script, "evidence", "--config", str(config), "--out", str(pack)], capture_output=True,
+                             text=True, env=env, timeout=60)
+    assert written.returncode == 0, written.stderr
+    with (pack / "remediation_log.csv").open(newline="", encoding="utf-8") as handle:
+        logged = list(csv.DictReader(handle))
+    assert {r["check"] for r in logged} == set(checks)
+    assert all(r["actor"].startswith("cli:") and r["state"] in ("done", "already_done") for r in logged)
+    with (pack / "changes.csv").open(newline="", encoding="utf-8") as handle:
+        by_jobs = {r["job_id"] for r in csv.DictReader(handle) if r["source"] == "job"}
+    assert by_jobs and by_jobs <= {r["job_id"] for r in logged}
     forwards = (estate.root / "cedar-law" / "forwards.csv").read_text(encoding="utf-8")
     assert "personal-mail.test" not in forwards and "gmail.test" not in forwards
     assert plan_for is not None

@@ -97,7 +97,7 @@ def test_changes_come_from_consecutive_snapshots(store: Store, tmp_path: Path) -
     assert ("r2", "new@acme.example", "removed", "") in seen  # acme was seen completely in r2
     renamed = next(c for c in changes if c["field"] == "display_name")
     assert renamed["before"] == "Ann" and renamed["after"] == "'" + FORMULA  # neutralized in the cell
-    assert all(c["source"] == "run" and c["tenant"] == "acme" for c in changes)
+    assert all(c["source"] == "scan" and c["tenant"] == "acme" for c in changes)
 
 
 def test_period_and_tenant_select_runs_and_rows(store: Store, tmp_path: Path) -> None:
