@@ -52,6 +52,10 @@ def entry_hash(seq: int, kind: str, job_id: str, body: str, prev_hash: str) -> s
 
 def append(conn: Connection, kind: str, job_id: str, body: Mapping[str, Any], at: datetime) -> Entry:
     """Append one entry inside the caller's transaction (the job's record and its audit entry commit together)."""
+    # Appends take turns: each locks the same row (the schema version's, which always exists) until its
+    # transaction ends. Under PostgreSQL's READ COMMITTED two appends would otherwise read the same last entry
+    # and both claim its successor's seq. SQLite serializes writers itself (it renders no FOR UPDATE).
+    conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version").with_for_update())
     last = conn.execute(sa.select(audit.c.seq, audit.c.hash).order_by(audit.c.seq.desc()).limit(1)).one_or_none()
     seq = (last.seq + 1) if last is not None else 1
     prev = last.hash if last is not None else GENESIS
@@ -118,7 +122,16 @@ def _verify_sink(sink: Path, found: list[Entry]) -> list[str]:
         return [f"audit sink {sink}: cannot read it ({exc.strerror})"]
     if len(lines) != len(found):
         return [f"audit sink {sink} holds {len(lines)} entries, the store {len(found)}"]
+    lines.sort(key=_sink_seq)  # jobs finishing at once copy their entries after their commits, in either order
     for entry, line in zip(found, lines, strict=True):
         if line != entry.line():
             return [f"audit sink {sink}: entry {entry.seq} differs from the store's"]
     return []
+
+
+def _sink_seq(line: str) -> int:
+    try:
+        seq = json.loads(line).get("seq")
+    except (ValueError, AttributeError):
+        return 0
+    return seq if isinstance(seq, int) else 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -300,11 +302,28 @@ class FilesAdapter:
         """The action's normalized state of ``subject`` as the export files say now."""
         return {"state": self._state(action, subject, params), "detail": {}}
 
+    @contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the export directory's lock, so jobs running at once (threads or processes) never interleave
+        their read-modify-writes of one file and lose each other's change."""
+        try:
+            fd = os.open(self.directory, os.O_RDONLY)
+        except OSError as exc:
+            raise AdapterError(f"{self.directory}: cannot open the export directory ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     async def remedy_apply(
         self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Make the action's change in the export files; returns the state read back and what the undo needs."""
-        subject = subject.lower()
+        with self._exclusive():
+            return self._apply(action, subject.lower(), params)
+
+    def _apply(self, action: str, subject: str, params: Mapping[str, Any]) -> dict[str, Any]:
         detail: dict[str, Any] = {}
         if action == "forwarding.disable":
             targets = {str(t).lower() for t in params.get("targets", ())}
@@ -331,8 +350,11 @@ class FilesAdapter:
         self, action: str, subject: str, params: Mapping[str, Any], before: Mapping[str, Any]
     ) -> dict[str, Any]:
         """Put back what ``remedy_apply`` changed, from its recorded detail; returns the state read back."""
-        subject = subject.lower()
-        detail = before.get("detail") or {}
+        with self._exclusive():
+            return self._restore(action, subject.lower(), params, before.get("detail") or {})
+
+    def _restore(self, action: str, subject: str, params: Mapping[str, Any], detail: Mapping[str, Any]
+                 ) -> dict[str, Any]:
         if action in ("forwarding.disable", "invite.revoke"):
             stem = "forwards" if action == "forwarding.disable" else "invites"
             self._put_back(stem, list(detail.get("rows", ())))

@@ -107,7 +107,7 @@ class Workspace:
     never_as_epoch: bool = True  # a user who never signed in: lastLoginTime 1970-01-01 (True) or absent (False)
     encode_invitation_names: bool = False  # invitation names end in the address with "@" as %40 (uncertain)
     refuse_subjects: set[str] = field(default_factory=set)  # impersonating these answers invalid_grant
-    noop_writes: bool = False  # writes answer success but change nothing (a re-read must show it)
+    noop_writes: bool = False  # every write answers success but changes nothing (a re-read must show it)
     token_url: str = ""
     tokens: dict[str, tuple[str, frozenset[str], float]] = field(default_factory=dict)
     grants: list[dict[str, Any]] = field(default_factory=list)  # verified claims of every token issued
@@ -233,8 +233,12 @@ class Workspace:
         if parts[0] == "filters":
             if request.method == "POST":
                 created = {"id": f"ANe1Bmj{next(self._ids)}", **(request.json() or {})}
-                mail.filters.append(created)
+                if not self.noop_writes:
+                    mail.filters.append(created)
                 return Reply(200, created)
+            if request.method == "DELETE" and self.noop_writes:
+                return Reply(204) if any(f["id"] == parts[1] for f in mail.filters) else _error(
+                    404, "Filter not found", "notFound")
             if request.method == "DELETE":
                 before = len(mail.filters)
                 mail.filters = [f for f in mail.filters if f["id"] != parts[1]]
@@ -243,8 +247,13 @@ class Workspace:
         if parts[0] == "delegates":
             if request.method == "POST":
                 email = (request.json() or {}).get("delegateEmail", "").lower()
-                mail.delegates.append({"delegateEmail": email, "verificationStatus": "accepted"})
-                return Reply(200, mail.delegates[-1])
+                added = {"delegateEmail": email, "verificationStatus": "accepted"}
+                if not self.noop_writes:
+                    mail.delegates.append(added)
+                return Reply(200, added)
+            if request.method == "DELETE" and self.noop_writes:
+                return Reply(204) if any(d["delegateEmail"] == parts[1].lower() for d in mail.delegates) else _error(
+                    404, "Delegate not found", "notFound")
             if request.method == "DELETE":
                 before = len(mail.delegates)
                 mail.delegates = [d for d in mail.delegates if d["delegateEmail"] != parts[1].lower()]
@@ -267,12 +276,23 @@ class Workspace:
             return self._page(listed, "userInvitations", request, "pageSize", 100)
         email, _, action = parts[0].partition(":")
         invitation = self.invitations.get(email.lower())
+        if invitation is None and action == "send":
+            # "If the invitation does not exist, this also creates one" (userinvitations how-to guide).
+            invitation = {"name": f"customers/{CUSTOMER_ID}/userinvitations/{email.lower()}",
+                          "state": "NOT_YET_SENT", "mailsSentCount": 0, "updateTime": ""}
+            if not self.noop_writes:
+                self.invitations[email.lower()] = invitation
         if invitation is None:
             return _error(404, "Requested entity was not found.", "notFound", "NOT_FOUND")
         if action == "cancel":
-            del self.invitations[email.lower()]
+            # The unmanaged account stays; its invitation is no longer sent (uncertain: the reference does not
+            # name the state after a cancel, NOT_YET_SENT is how every unmanaged user first appears).
+            if not self.noop_writes:
+                invitation.update(state="NOT_YET_SENT", updateTime="2026-11-25T09:00:00Z")
             return Reply(200, {"name": f"operations/cancel-{email}", "done": True, "response": {}})
         if action == "send":
+            if self.noop_writes:
+                return Reply(200, {"name": f"operations/send-{email}", "done": True, "response": invitation})
             invitation.update(state="INVITED", mailsSentCount=invitation["mailsSentCount"] + 1,
                               updateTime="2026-11-25T09:00:00Z")
             return Reply(200, {"name": f"operations/send-{email}", "done": True, "response": invitation})

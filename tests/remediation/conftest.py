@@ -1,4 +1,5 @@
-"""Fixtures: a copy of the demo estate scanned once over loopback DNS, with remediation links configured."""
+"""Fixtures: a copy of the demo estate scanned once over loopback DNS, with remediation links configured;
+its store on SQLite, or (stored_estate) on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from scanner.cli import DEMO, DEMO_AS_OF
 from scanner.config import Config, load_config
 from scanner.pipeline import run_scan
-from scanner.store import Store
+from scanner.store import Store, changes, metadata
 from scanner.zoneserver import ZoneServer
 
 SECRET_ENV = "MAILWARDEN_TEST_LINK_SECRET"
@@ -79,29 +83,65 @@ audit_sink = "audit.jsonl"
     return root, run, port
 
 
-def _load(root: Path, server: ZoneServer) -> Config:
+def _load(root: Path, server: ZoneServer, url: str | None = None) -> Config:
     overrides: dict[str, dict[str, object]] = {
         "dns": {"nameservers": [server.nameserver], "timeout": 1.0},
-        "store": {"url": f"sqlite:///{root / 'store.db'}"},
+        "store": {"url": url or f"sqlite:///{root / 'store.db'}"},
         "mta_sts": {"port": free_port(), "timeout": 1.0},
     }
     return load_config(root / "demo" / "mailwarden.toml", overrides=overrides)
 
 
-@pytest.fixture
-def estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
-    """A fresh copy of the scanned demo (each test may change its export files and store)."""
+def copy_store(source_url: str, target_url: str) -> None:
+    """Copy every row of one store into another, empty one (e.g. the scanned SQLite store into PostgreSQL)."""
+    source, target = Store(source_url), Store(target_url)
+    try:
+        with source.engine.connect() as src, target.engine.begin() as dst:
+            present = set(sa.inspect(src).get_table_names())  # metadata also holds tables a migration dropped
+            for table in (t for t in metadata.sorted_tables if t.name in present):
+                rows = [{k: v.replace(tzinfo=UTC) if isinstance(v, datetime) and v.tzinfo is None else v
+                         for k, v in row._mapping.items() if not (table is changes and k == "id")}
+                        for row in src.execute(sa.select(table).order_by(*table.primary_key.columns))]
+                dst.execute(sa.delete(table))
+                if rows:
+                    dst.execute(sa.insert(table), rows)
+    finally:
+        source.close()
+        target.close()
+
+
+@contextmanager
+def _estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            url: str | None = None) -> Iterator[Estate]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
     template, run_id, port = scanned
     shutil.copytree(template, tmp_path, dirs_exist_ok=True)
+    copied = f"sqlite:///{tmp_path / 'store.db'}"
+    if url is not None and url != copied:
+        copy_store(copied, url)
     with ZoneServer() as server:
         server.load_directory(tmp_path / "demo" / "zones")
-        config = _load(tmp_path, server)
+        config = _load(tmp_path, server, url)
         store = Store(config.store.url)
         try:
             yield Estate(tmp_path, config, store, tmp_path / "out", run_id, port, server)
         finally:
             store.close()
+
+
+@pytest.fixture
+def estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Estate]:
+    """A fresh copy of the scanned demo (each test may change its export files and store)."""
+    with _estate(scanned, tmp_path, monkeypatch) as fresh:
+        yield fresh
+
+
+@pytest.fixture
+def stored_estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                  store_url: str) -> Iterator[Estate]:
+    """The scanned demo copy with its store on SQLite and on PostgreSQL (``store_url`` is parametrized over both)."""
+    with _estate(scanned, tmp_path, monkeypatch, store_url) as fresh:
+        yield fresh
 
 
 @pytest.fixture

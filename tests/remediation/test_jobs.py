@@ -1,4 +1,5 @@
-"""Jobs and the audit log over a scanned copy of the demo: idempotency, failure, undo, tampering, canary bulk."""
+"""Jobs and the audit log over a scanned copy of the demo, on SQLite and PostgreSQL: idempotency, failure, undo,
+tampering, concurrency, canary bulk."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import csv
 import json
 import shutil
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from remediation.actions import plan_for
@@ -17,6 +20,12 @@ from remediation.audit import entries, verify
 from remediation.jobs import Jobs, bulk, plans_for_check
 from scanner.store import audit
 from tests.remediation.conftest import Estate
+
+
+@pytest.fixture
+def estate(stored_estate: Estate) -> Estate:
+    """Every test here runs on SQLite and on PostgreSQL."""
+    return stored_estate
 
 
 def _runner(estate: Estate) -> Jobs:
@@ -121,6 +130,10 @@ def test_audit_verify_passes_on_a_good_log_and_fails_on_each_tampering(estate: E
     assert verify(estate.store)
     restore()
     lines = sink.read_text(encoding="utf-8").splitlines()
+    sink.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
+    assert verify(estate.store, sink) == []  # jobs finishing at once may copy their entries in either order
+    sink.write_text("\n".join([lines[0].replace("ops", "ope"), *lines[1:]]) + "\n", encoding="utf-8")
+    assert any("differs" in p for p in verify(estate.store, sink))
     sink.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # the second sink lost an entry
     assert any("sink" in p for p in verify(estate.store, sink))
 
@@ -154,8 +167,9 @@ def test_the_demo_is_remediated_end_to_end_from_the_command_line(estate: Estate)
     script = shutil.which("mailwarden") or str(Path(sys.executable).parent / "mailwarden")
     config = estate.root / "run.toml"
     text = (estate.root / "demo" / "mailwarden.toml").read_text(encoding="utf-8")
-    config.write_text(text.replace('url = "sqlite:///mailwarden-demo.db"',
-                                   f'url = "sqlite:///{estate.root / "store.db"}"'), encoding="utf-8")
+    assert 'url = "sqlite:///mailwarden-demo.db"' in text
+    config.write_text(text.replace('url = "sqlite:///mailwarden-demo.db"', f'url = "{estate.config.store.url}"'),
+                      encoding="utf-8")
     shutil.copytree(estate.root / "demo", estate.root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.toml"))
     env = {"MAILWARDEN_TEST_LINK_SECRET": "x" * 32, "PATH": "/usr/bin:/bin"}
     checks = ("forwarding.external", "catchall.enabled", "delegate.external", "invite.expired", "account.ghost")
@@ -190,3 +204,55 @@ def test_the_demo_is_remediated_end_to_end_from_the_command_line(estate: Estate)
     forwards = (estate.root / "cedar-law" / "forwards.csv").read_text(encoding="utf-8")
     assert "personal-mail.test" not in forwards and "gmail.test" not in forwards
     assert plan_for is not None
+
+
+def _at_once(count: int, work) -> list:  # type: ignore[no-untyped-def,type-arg]
+    """Run ``work(i)`` in ``count`` threads released together; their results (an exception is re-raised)."""
+    barrier = threading.Barrier(count)
+    results: list[object] = [None] * count
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = work(i)
+        except Exception as exc:  # noqa: BLE001 - handed back to the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for result in results:
+        if isinstance(result, Exception):
+            raise result
+    return results
+
+
+def test_two_simultaneous_executions_of_one_job_execute_it_once(estate: Estate, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from scanner.adapters.files import FilesAdapter
+
+    real = FilesAdapter.remedy_apply
+    applied: list[str] = []
+
+    async def counted(self, action, subject, params, before):  # type: ignore[no-untyped-def]
+        applied.append(subject)
+        return await real(self, action, subject, params, before)
+
+    monkeypatch.setattr(FilesAdapter, "remedy_apply", counted)
+    runner = _runner(estate)
+    job = runner.create(_plan(estate, "forwarding.external"), "ops", "fix")
+    results = _at_once(2, lambda i: asyncio.run(Jobs(estate.store, estate.config).execute(job.id)))
+    assert len(applied) == 1
+    assert runner.get(job.id).state == "done" and {r.state for r in results} <= {"running", "done"}
+    assert [e.kind for e in entries(estate.store)] == ["intent", "state"]
+
+
+def test_jobs_running_at_the_same_time_keep_one_unbroken_audit_chain(estate: Estate) -> None:
+    plans = plans_for_check(estate.store, estate.run_id, "forwarding.external")[:4]
+    assert len(plans) == 4
+    sink = estate.root / "demo" / "audit.jsonl"
+    done = _at_once(4, lambda i: asyncio.run(Jobs(estate.store, estate.config, sink).execute(
+        Jobs(estate.store, estate.config, sink).create(plans[i], f"ops{i}", "fix").id)))
+    assert [j.state for j in done] == ["done"] * 4, [j.error for j in done]
+    assert len(entries(estate.store)) == 8 and verify(estate.store, sink) == []

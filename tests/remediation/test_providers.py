@@ -1,15 +1,30 @@
-"""The remediation surface of a provider adapter against its contract server (mailcow): read, apply, restore, refuse."""
+"""Each provider's remediation write path against its contract server: adapter surface, and jobs end to end."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from remediation.actions import reached
+import tests.contract.google as google_contract
+import tests.contract.mailcow as mailcow_contract
+import tests.contract.microsoft as microsoft_contract
+from remediation.actions import IRREVERSIBLE, Plan, normalized, reached, remedies_for
+from remediation.audit import entries, verify
+from remediation.jobs import Job, JobError, Jobs
 from scanner.adapters.base import Refused
+from scanner.config import Config, load_config
+from scanner.model import ForwardMechanism
+from scanner.store import Store, canonical
+from tests.contract.estate import NOW, standard_estate
+from tests.contract.google import Workspace
+from tests.contract.microsoft import GraphServer
 from tests.contract.mailcow import MailcowState, mailcow_app
 from tests.contract.server import ContractServer, Faults
 from tests.scanner.adapters.test_mailcow import _adapter, _alias, _box, _domain
@@ -66,3 +81,198 @@ def test_what_mailcow_cannot_do_is_refused_with_the_reason(
     with pytest.raises(Refused, match="sieve"):
         asyncio.run(adapter.remedy_read("forwarding.disable", "ana@acme.example",
                                         {"targets": ["x@gmail.test"], "mechanisms": ["redirect"]}))
+
+
+# Every provider's write path through remediation.jobs, against its contract server.
+
+HTTP = """
+[dns]
+nameservers = ["127.0.0.1:9"]
+timeout = 0.2
+
+[http]
+timeout = 5.0
+attempts = 2
+backoff_base = 0.01
+backoff_cap = 0.05
+max_retry_after = 0.05
+"""
+
+HARNESSES = {h.provider: h for h in (google_contract.HARNESS, microsoft_contract.HARNESS, mailcow_contract.HARNESS)}
+INVITED = (NOW - timedelta(days=20)).isoformat()  # when standard_estate's pending invitation was sent
+
+
+@dataclass(frozen=True)
+class Case:
+    """One action on one subject of standard_estate, as a provider shows it."""
+
+    provider: str
+    action: str
+    subject: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        mechanisms = self.params.get("mechanisms")
+        return f"{self.provider}-{self.action}" + (f"-{mechanisms[0]}" if mechanisms else "")
+
+
+def _forwards(target: str, mechanism: ForwardMechanism) -> dict[str, Any]:
+    return {"targets": [target], "mechanisms": [mechanism.value]}
+
+
+SUPPORTED = [
+    Case("google", "forwarding.disable", "ana@acme.example", _forwards("ana@personal.test", ForwardMechanism.AUTO_FORWARD)),
+    Case("google", "forwarding.disable", "ben@acme.example", _forwards("ben@outside.test", ForwardMechanism.INBOX_RULE)),
+    Case("google", "account.suspend", "user1@acme.example"),
+    Case("google", "invite.revoke", "new.hire@acme.example"),
+    Case("google", "invite.resend", "new.hire@acme.example", {"sent": INVITED}),
+    Case("google", "delegate.remove", "ben@acme.example", {"delegate": "pa@outside.test"}),
+    Case("microsoft", "forwarding.disable", "ben@acme.example",
+         _forwards("ben@outside.test", ForwardMechanism.INBOX_RULE)),
+    Case("microsoft", "forwarding.disable", "ana@acme.example", _forwards("ana@personal.test", ForwardMechanism.REDIRECT)),
+    Case("microsoft", "account.suspend", "user1@acme.example"),
+    Case("microsoft", "invite.revoke", "new.hire@acme.example"),
+    Case("microsoft", "invite.resend", "new.hire@acme.example", {"sent": INVITED}),
+    Case("mailcow", "forwarding.disable", "ana@acme.example", _forwards("ana@personal.test", ForwardMechanism.ALIAS)),
+    Case("mailcow", "catchall.disable", "acme.example"),
+    Case("mailcow", "account.suspend", "user1@acme.example"),
+    Case("mailcow", "delegate.remove", "info@acme.example", {"delegate": "ana@acme.example"}),
+]
+
+REFUSED = [
+    (Case("google", "catchall.disable", "acme.example"), "Admin console"),
+    (Case("google", "forwarding.disable", "ana@acme.example", _forwards("ana@personal.test", ForwardMechanism.ALIAS)),
+     "Google group"),
+    (Case("microsoft", "catchall.disable", "acme.example"), "no catch-all"),
+    (Case("microsoft", "delegate.remove", "ben@acme.example", {"delegate": "pa@outside.test"}), "mailbox permissions"),
+    (Case("microsoft", "forwarding.disable", "ana@acme.example",
+          _forwards("ana@personal.test", ForwardMechanism.AUTO_FORWARD)), "inbox-rule forwards only"),
+    (Case("mailcow", "invite.revoke", "new.hire@acme.example"), "no invitations"),
+    (Case("mailcow", "invite.resend", "new.hire@acme.example", {"sent": INVITED}), "no invitations"),
+    (Case("mailcow", "forwarding.disable", "ben@acme.example", _forwards("ben@outside.test", ForwardMechanism.REDIRECT)),
+     "sieve"),
+]
+
+
+@dataclass
+class Provider:
+    """A provider's contract server publishing standard_estate, a config naming it, and jobs over a fresh store."""
+
+    case: Case
+    server: ContractServer
+    config: Config
+    runner: Jobs
+    sink: Path
+
+    @property
+    def plan(self) -> Plan:
+        return Plan(self.case.action, "acme", "acme.example", self.case.subject, self.case.params,
+                    finding=f"f-{self.case}", check="test.check", run_id="run-1")
+
+    def run(self, reason: str = "fix") -> Job:
+        """Create and execute one job for the case's plan."""
+        return asyncio.run(self.runner.execute(self.runner.create(self.plan, "ops@msp.example", reason).id))
+
+    def read(self) -> dict[str, Any]:
+        """The action's state as a fresh adapter reads it from the server now."""
+        state: dict[str, Any] = asyncio.run(remedies_for(self.config, "acme").remedy_read(
+            self.case.action, self.case.subject, self.case.params))["state"]
+        return state
+
+    def writes(self) -> int:
+        """Requests to the server that could change it (anything but GET and the token endpoint)."""
+        token = HARNESSES[self.case.provider].token_path
+        return sum(1 for method, path in list(self.server.log) if method != "GET" and path != token)
+
+    def raw(self) -> str:
+        """The server's own records behind the subject, as canonical JSON (not the adapter's reading)."""
+        subject = self.case.subject
+        if isinstance(self.server, GraphServer):
+            users = [u for u in self.server.state.users.values() if (u.get("mail") or "").lower() == subject]
+            return canonical({"users": users, "rules": [self.server.state.rules.get(u["id"]) for u in users]})
+        if isinstance(self.server.app, Workspace):
+            space = self.server.app
+            mail = space.mail.get(subject)
+            return canonical({"user": space.users.get(subject), "mail": asdict(mail) if mail else None,
+                              "invitation": space.invitations.get(subject)})
+        state = mailcow_contract.with_state(self.server)
+        return canonical({"mailboxes": state.mailboxes, "aliases": state.aliases})
+
+    def ignore_writes(self) -> None:
+        """Flip the server's switch: every write answers success and changes nothing."""
+        if isinstance(self.server, GraphServer):
+            self.server.state.ignore_writes = True
+        elif isinstance(self.server.app, Workspace):
+            self.server.app.noop_writes = True
+        else:
+            mailcow_contract.with_state(self.server).ignore_writes = True
+
+
+@contextmanager
+def _provider(case: Case, workdir: Path) -> Iterator[Provider]:
+    harness = HARNESSES[case.provider]
+    estate = standard_estate(users=2)
+    server = harness.serve(estate, page_size=100)
+    store = Store(f"sqlite:///{workdir / 'store.db'}")
+    try:
+        path = workdir / "mailwarden.toml"
+        path.write_text(HTTP + harness.tenant_toml(server, estate, workdir), encoding="utf-8")
+        config = load_config(path)
+        yield Provider(case, server, config, Jobs(store, config, workdir / "audit.jsonl"), workdir / "audit.jsonl")
+    finally:
+        store.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("case", SUPPORTED, ids=str)
+def test_each_supported_action_runs_through_a_job_against_the_contract_server(case: Case, tmp_path: Path) -> None:
+    with _provider(case, tmp_path) as provider:
+        before, raw_before = provider.read(), provider.raw()
+        assert not reached(case.action, before, case.params), before
+
+        done = provider.run()
+        assert done.state == "done", done.error
+        assert done.before is not None and done.before["state"] == before
+        assert done.after is not None and reached(case.action, done.after["state"], case.params)
+        assert reached(case.action, provider.read(), case.params)  # a fresh re-read agrees
+        raw_done = provider.raw()
+        assert raw_done != raw_before  # the contract server's own state changed
+
+        writes = provider.writes()
+        assert writes > 0
+        again = provider.run("again")
+        assert again.state == "already_done" and provider.writes() == writes and provider.raw() == raw_done
+
+        if case.action in IRREVERSIBLE:
+            with pytest.raises(JobError, match="cannot be undone"):
+                provider.runner.plan_undo(done.id)
+        else:
+            undone = asyncio.run(provider.runner.undo(done.id, "ops@msp.example", "mistake"))
+            assert undone.state == "done", undone.error
+            assert normalized(case.action, provider.read()) == normalized(case.action, before)
+            assert provider.raw() != raw_done
+        kinds = [e.kind for e in entries(provider.runner.store)]
+        assert kinds == ["intent", "state"] * (2 if case.action in IRREVERSIBLE else 3)
+        assert verify(provider.runner.store, provider.sink) == []
+
+
+@pytest.mark.parametrize("case", SUPPORTED, ids=str)
+def test_a_write_that_reports_success_but_changes_nothing_is_failed_never_done(case: Case, tmp_path: Path) -> None:
+    with _provider(case, tmp_path) as provider:
+        raw_before = provider.raw()
+        provider.ignore_writes()
+        job = provider.run()
+        assert job.state == "failed" and "not the target state" in (job.error or ""), (job.state, job.error)
+        assert provider.writes() > 0 and provider.raw() == raw_before
+        assert [c for c in provider.runner.store.changes() if c.source == "job"] == []
+        assert not provider.runner.settled(job.finding, job.action)
+
+
+@pytest.mark.parametrize(("case", "reason"), REFUSED, ids=[str(c) for c, _ in REFUSED])
+def test_an_action_the_provider_cannot_do_is_refused_with_its_reason(case: Case, reason: str, tmp_path: Path) -> None:
+    with _provider(case, tmp_path) as provider:
+        raw_before = provider.raw()
+        job = provider.run()
+        assert job.state == "refused" and reason in (job.error or ""), (job.state, job.error)
+        assert provider.writes() == 0 and provider.raw() == raw_before
+        assert [e.kind for e in entries(provider.runner.store)] == ["intent", "state"]

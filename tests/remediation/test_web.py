@@ -181,7 +181,9 @@ def test_state_changed_since_the_link_offers_nothing(estate: Estate, client: Tes
     assert 'id="blocked"' in page.text and "no longer matches" in page.text and 'id="confirm"' not in page.text
 
 
-def test_two_posts_at_once_execute_once(estate: Estate) -> None:
+def test_two_posts_at_once_execute_once(stored_estate: Estate) -> None:
+    """On SQLite and on PostgreSQL."""
+    estate = stored_estate
     target = finding(estate, "forwarding.external", "eleanor.price@cedarlaw.example")
     path = path_of(links(estate)[str(target["id"])])
     app = build_app(estate.config)

@@ -336,5 +336,6 @@ def test_send_and_cancel_an_invitation(server: ContractServer, space: Workspace,
     adapter = _adapter(server, estate, tmp_path)
     sent = asyncio.run(adapter.send_invitation("new.hire@acme.example"))
     assert sent is not None and sent.state == "INVITED" and sent.mails_sent == 2
-    assert asyncio.run(adapter.cancel_invitation("new.hire@acme.example")) is None
-    assert "new.hire@acme.example" not in space.invitations
+    cancelled = asyncio.run(adapter.cancel_invitation("new.hire@acme.example"))
+    assert cancelled is not None and cancelled.state == "NOT_YET_SENT"  # the unmanaged account stays, unsent
+    assert space.invitations["new.hire@acme.example"]["state"] == "NOT_YET_SENT"
