@@ -55,6 +55,7 @@ class DnsClient:
         self._cache: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0
+        self.wire_queries = 0
 
     async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
         """The answer for ``name``/``rdtype``; the same question is asked at most once per client."""
@@ -68,6 +69,7 @@ class DnsClient:
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
             self.queries += 1
+            self.wire_queries += 1
             try:
                 answer = await self._resolver.resolve(name, rdtype, search=False)
             except dns.resolver.NXDOMAIN:
