@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-import dns.asyncresolver
-import dns.exception
 import dns.nameserver
-import dns.rcode
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from scanner.dmarc import report_domains
+from scanner.dnswire import WireResolver, render_rdata
 from scanner.model import DnsAnswer, DnsFacts, Outcome
 from scanner.mtasts import MtaStsPolicy, PolicyFetcher, sts_records
 from scanner.spf import evaluate_spf
@@ -32,30 +30,26 @@ def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     return dns.nameserver.Do53Nameserver(entry, 53)
 
 
-def render_rdata(rdata: object) -> str:
-    """A record's data as text; TXT strings are joined as RFC 7208 §3.3 and RFC 6376 §3.6.2.2 say."""
-    strings = getattr(rdata, "strings", None)
-    if strings is not None:
-        return b"".join(strings).decode("utf-8", errors="replace")
-    return str(rdata)
-
-
 class DnsClient:
     """Looks names up through one resolver, with bounded concurrency and a per-run cache."""
 
     def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 3.0, concurrency: int = 64) -> None:
         servers = [parse_nameserver(n) for n in nameservers]
-        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
-        if servers:
-            self._resolver.nameservers = servers
-        self._resolver.lifetime = timeout
+        if not servers:  # the system resolver's nameservers, from /etc/resolv.conf
+            system = dns.resolver.Resolver()
+            servers = [dns.nameserver.Do53Nameserver(str(n), system.port) for n in system.nameservers]
         # One attempt may not use the whole lifetime, so a lost packet is retried (bounded by the lifetime).
-        self._resolver.timeout = max(timeout / 3, 0.2)
+        self._wire = WireResolver([(s.address, s.port) for s in servers], lifetime=timeout,
+                                  attempt=max(timeout / 3, 0.2))
         self._limit = asyncio.Semaphore(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0
-        self.wire_queries = 0
+
+    @property
+    def wire_queries(self) -> int:
+        """Queries put on the wire so far: UDP datagrams and TCP queries, retries included."""
+        return self._wire.sent
 
     async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
         """The answer for ``name``/``rdtype``; the same question is asked at most once per client."""
@@ -69,21 +63,7 @@ class DnsClient:
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
             self.queries += 1
-            self.wire_queries += 1
-            try:
-                answer = await self._resolver.resolve(name, rdtype, search=False)
-            except dns.resolver.NXDOMAIN:
-                return DnsAnswer(name, rdtype, Outcome.NXDOMAIN)
-            except dns.resolver.NoAnswer:
-                return DnsAnswer(name, rdtype, Outcome.NODATA)
-            except dns.exception.Timeout:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"timeout after {self._resolver.lifetime:g}s")
-            except dns.resolver.NoNameservers as exc:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=_nameserver_failure(exc))
-            except dns.exception.DNSException as exc:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
-        records = tuple(render_rdata(r) for r in answer)
-        return DnsAnswer(name, rdtype, Outcome.ANSWER, records)
+            return await self._wire.resolve(name, rdtype)
 
     def organizational_domain(self, name: str) -> str:
         """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
@@ -134,14 +114,3 @@ class DnsClient:
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
         return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
 
-
-def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
-    """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""
-    rcodes = []
-    for error in exc.kwargs.get("errors", []):
-        answer = error[4] if len(error) > 4 else None
-        if answer is not None and hasattr(answer, "rcode") and answer.rcode() != dns.rcode.NOERROR:
-            rcodes.append(dns.rcode.to_text(answer.rcode()))
-        else:
-            rcodes.append(str(error[3]))
-    return "no nameserver answered: " + (", ".join(dict.fromkeys(rcodes)) or "no usable nameserver")
