@@ -73,9 +73,15 @@ POLICY_ADDRESS = "127.0.0.1"  # where every mta-sts.<domain> points: the bench's
 SOA = "@ IN SOA ns1.{o}. hostmaster.{o}. 1 3600 600 86400 300\n@ IN NS ns1.{o}.\nns1 IN A 127.0.0.53\n"
 
 
-def _key(bits: int) -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+def _key(rng: random.Random, bits: int) -> str:
+    """A distinct RSA public key of ``bits`` bits, base64 DER, as every domain's selector has its own key.
+
+    Only the public half is published, so a random odd modulus of the right size stands in for a real
+    key pair (generating thousands of RSA key pairs would take minutes); parsers see a well-formed key.
+    """
+    modulus = rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+    key = rsa.RSAPublicNumbers(65537, modulus).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(der).decode("ascii")
 
 
@@ -108,7 +114,6 @@ def generate(n: int, seed: int = 7) -> Estate:
     a 1024-bit key, an MTA-STS policy naming the wrong MX, MTA-STS without TLS-RPT.
     """
     rng = random.Random(seed)
-    strong, weak = _key(2048), _key(1024)
     selectors = catalogue_selectors()
     lines = [SOA.format(o="test")]
     tenants: list[dict[str, object]] = []
@@ -163,7 +168,7 @@ def generate(n: int, seed: int = 7) -> Estate:
                 for selector in own.get(s) or selectors.get(s, ()):
                     if 0.36 <= fault < 0.41:
                         continue  # DKIM missing
-                    key = weak if 0.41 <= fault < 0.44 else strong
+                    key = _key(rng, 1024 if 0.41 <= fault < 0.44 else 2048)
                     lines.append(f"{selector}._domainkey.{d} IN TXT {_txt(f'v=DKIM1; k=rsa; p={key}')}\n")
             if fault > 0.8:  # 20 % publish MTA-STS (RFC 8461) with its policy host, and TLS-RPT (RFC 8460)
                 lines.append(f'_mta-sts.{d} IN TXT "v=STSv1; id=2026{i}"\nmta-sts.{d} IN A {POLICY_ADDRESS}\n')
