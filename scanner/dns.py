@@ -42,7 +42,7 @@ class DnsClient:
         self._wire = WireResolver([(s.address, s.port) for s in servers], lifetime=timeout,
                                   attempt=max(timeout / 3, 0.2))
         self._limit = asyncio.Semaphore(concurrency)
-        self._cache: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+        self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0
 
@@ -53,12 +53,29 @@ class DnsClient:
 
     async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
         """The answer for ``name``/``rdtype``; the same question is asked at most once per client."""
+        return await self.ask(name, rdtype)
+
+    def ask(self, name: str, rdtype: str) -> asyncio.Future[DnsAnswer]:
+        """The task answering ``name``/``rdtype``, shared by everyone who asks it (inside a running loop).
+
+        Awaiting or gathering it directly costs no further coroutine or task, which matters across thousands
+        of domains; ``lookup`` is the same for callers who want a coroutine.
+        """
         key = (name.lower().rstrip("."), rdtype.upper())
         task = self._cache.get(key)
+        if task is not None and task.get_loop() is not (loop := asyncio.get_running_loop()):
+            # Asked in an earlier event loop (the client outlived an asyncio.run): reuse a finished answer
+            # on this loop; a question that loop dropped unanswered is asked again.
+            if task.done() and not task.cancelled():
+                answer = task.result()
+                task = self._cache[key] = loop.create_future()
+                task.set_result(answer)
+            else:
+                task = None
         if task is None:
             task = asyncio.ensure_future(self._query(*key))
             self._cache[key] = task
-        return await task
+        return task
 
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
@@ -74,11 +91,11 @@ class DnsClient:
     ) -> DnsFacts:
         """What DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
         mx, txt, dmarc, mta_sts, tlsrpt = await asyncio.gather(
-            self.lookup(name, "MX"),
-            self.lookup(name, "TXT"),
-            self.lookup(f"_dmarc.{name}", "TXT"),
-            self.lookup(f"_mta-sts.{name}", "TXT"),  # RFC 8461 §3.1
-            self.lookup(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
+            self.ask(name, "MX"),
+            self.ask(name, "TXT"),
+            self.ask(f"_dmarc.{name}", "TXT"),
+            self.ask(f"_mta-sts.{name}", "TXT"),  # RFC 8461 §3.1
+            self.ask(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
         )
         answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
 
@@ -92,11 +109,11 @@ class DnsClient:
             if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
                 # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
                 owner = org
-                published = answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+                published = answers["dmarc_org"] = await self.ask(f"_dmarc.{org}", "TXT")
             # RFC 7489 §7.1: an outside report destination must authorize the domain that published the policy.
             outside = [d for d in report_domains(published.records) if self.organizational_domain(d) != org]
             checked = outside[:MAX_REPORT_DESTINATIONS]
-            found = await asyncio.gather(*(self.lookup(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
+            found = await asyncio.gather(*(self.ask(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
             answers.update({f"rua_auth:{d}": a for d, a in zip(checked, found, strict=True)})
             for skipped in outside[MAX_REPORT_DESTINATIONS:]:
                 answers[f"rua_auth:{skipped}"] = DnsAnswer(
@@ -108,7 +125,7 @@ class DnsClient:
         spf, mta_sts_policy, dkim, _ = await asyncio.gather(
             evaluate_spf(self, name, txt),
             policy(),
-            asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
+            asyncio.gather(*(self.ask(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
             dmarc_and_report_destinations(),
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import secrets
 import socket
 import struct
@@ -42,6 +43,9 @@ _SOCKETS_PER_SERVER = 4  # RFC 5452 §9.2: spread queries over several source po
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 2.0  # between rounds over all nameservers, as dnspython's resolver waits
 _IN = 1
 _OPT_TYPE = 41
+_POINTER_TO_QUESTION = b"\xc0\x0c"  # RFC 1035 §4.1.4: a name compressed to the question's, at offset 12
+# Lowercase LDH (and underscore) labels of 1 to 63 octets, at most 253 octets in all (RFC 1035 §2.3.4).
+_PLAIN_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 
 
 def render_rdata(rdata: object) -> str:
@@ -136,7 +140,7 @@ class _Reply:
         return list(dict.fromkeys(answer)) if answer is not None and len(answer) > 1 else answer
 
 
-def parse_reply(data: bytes, question_end: int) -> _Reply:
+def parse_reply(data: bytes, question_end: int, qname: dns.name.Name) -> _Reply:
     """Parse a UDP reply with dnspython's wire parser: header, answer records, the OPT record's extended rcode.
 
     Only what the outcome needs is parsed into objects; the question was matched byte for byte already, the
@@ -148,7 +152,11 @@ def parse_reply(data: bytes, question_end: int) -> _Reply:
     parser = dns.wire.Parser(data, question_end)
     records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]] = {}
     for _ in range(answers):
-        owner = dns.name.from_wire_parser(parser)
+        if data[parser.current : parser.current + 2] == _POINTER_TO_QUESTION:
+            parser.get_bytes(2)
+            owner = qname  # the question's name (matched to ours already); equal names compare equal
+        else:
+            owner = dns.name.from_wire_parser(parser)
         rdtype, rdclass, _ttl, length = parser.get_struct("!HHIH")
         with parser.restrict_to(length):
             rdata = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
@@ -195,9 +203,15 @@ class WireResolver:
     async def resolve(self, name: str, rdtype: str) -> DnsAnswer:
         """The answer for one question: records, NXDOMAIN, NODATA, or a failure saying why."""
         try:
-            qname = dns.name.from_text(name)
             qtype = dns.rdatatype.RdataType.make(rdtype)
-            question = _Question(name, qname, qtype, qname.to_wire() + struct.pack("!HH", qtype, _IN))
+            if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
+                labels = name.encode("ascii").split(b".")
+                qname = dns.name.Name([*labels, b""])
+                wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+            else:
+                qname = dns.name.from_text(name)
+                wire = qname.to_wire()
+            question = _Question(name, qname, qtype, wire + struct.pack("!HH", qtype, _IN))
         except (dns.exception.DNSException, ValueError) as exc:
             return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         self._active += 1
@@ -302,7 +316,7 @@ class WireResolver:
                 raise TimeoutError from None
             return _Reply.from_message(message)
         try:
-            return parse_reply(data, name_end + 4)
+            return parse_reply(data, name_end + 4, question.qname)
         except dns.exception.DNSException:
             raise
         except Exception as exc:  # noqa: BLE001 (hostile bytes can trip any parser error): a malformed reply

@@ -289,7 +289,7 @@ async def _address_of(host: str, dns_client: DnsClient) -> tuple[str | None, tup
     """The first IPv4 (else IPv6) address of the policy host, or why there is none."""
     failures = []
     for rdtype in ("A", "AAAA"):
-        answer = await dns_client.lookup(host, rdtype)
+        answer = await dns_client.ask(host, rdtype)
         for record in answer.records if answer.outcome is Outcome.ANSWER else ():
             try:
                 return str(ipaddress.ip_address(record)), (FetchOutcome.FETCHED, "")

@@ -397,7 +397,7 @@ class _Walk:
                    term: str = "", answer: DnsAnswer | None = None) -> SpfNode:
         """Fetch, parse and follow one record."""
         if answer is None:
-            answer = await self.client.lookup(domain, "TXT")
+            answer = await self.client.ask(domain, "TXT")
         path = path + (domain,)
         base = SpfNode(domain, via, qualifier, term)
         if answer.failed:
@@ -470,7 +470,7 @@ class _Walk:
             else:
                 rdtypes = {"a": ("A", "AAAA"), "mx": ("MX",), "exists": ("A",)}[t.name]
                 lookups.append((t, target, asyncio.ensure_future(
-                    asyncio.gather(*(self.client.lookup(target, r) for r in rdtypes)))))
+                    asyncio.gather(*(self.client.ask(target, r) for r in rdtypes)))))
         done_children = list(await asyncio.gather(*children))
         voids = list(void)
         term_failures: list[str] = []
