@@ -315,7 +315,7 @@ def measure_mailwarden(config_path: Path) -> dict[str, object]:
     from checks.registry import load_checks
     from scanner.collect import collect
     from scanner.config import load_config
-    from scanner.pipeline import policy_of, senders_of
+    from scanner.pipeline import paused_gc, policy_of, senders_of
 
     clients: list[scanner.collect.DnsClient] = []
 
@@ -329,10 +329,12 @@ def measure_mailwarden(config_path: Path) -> dict[str, object]:
     checks = [c for c in load_checks() if any(f.value.startswith("dns.") for f in c.meta.requires)
               or c.meta.scope.value == "domain"]
     start = time.perf_counter()
-    collection = asyncio.run(collect(config))
+    with paused_gc():  # as run_scan does
+        collection = asyncio.run(collect(config))
     collected = time.perf_counter()
-    findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
-                        now=datetime.now(UTC))
+    with paused_gc():
+        findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                            now=datetime.now(UTC))
     seconds = time.perf_counter() - start
     domains = len(collection.inventory.domains)
     errors = Counter(f"{f.check}: {re.sub(r'd[0-9]{5}', 'dNNNNN', f.reason)[:200]}"
@@ -432,7 +434,8 @@ def run(n: int, rtt: float, server: str, workdir: Path, checkdmarc_serial_max: i
                         + (f" {r.get('errors', 0)} errors of {r.get('findings', 0)} results |" if "findings" in r
                            else " |"))
             if "failing" in r:
-                print(f"  {n:,} domains, {rtt:g} ms, {name}: statuses {r['statuses']}; failing {r['failing']}",
+                print(f"  {n:,} domains, {rtt:g} ms, {name}: collect {r['collect_seconds']:.1f} s, evaluate "
+                      f"{r['seconds'] - r['collect_seconds']:.1f} s; statuses {r['statuses']}; failing {r['failing']}",
                       file=sys.stderr)
             for reason, count in r.get("error_reasons", {}).items():  # type: ignore[union-attr]
                 print(f"  {n:,} domains, {rtt:g} ms, {name}: {count} x {reason}", file=sys.stderr)

@@ -12,8 +12,8 @@ from publicsuffixlist import PublicSuffixList
 from scanner.dmarc import report_domains
 from scanner.dnswire import WireResolver, render_rdata
 from scanner.model import DnsAnswer, DnsFacts, Outcome
-from scanner.mtasts import MtaStsPolicy, PolicyFetcher, sts_records
-from scanner.spf import evaluate_spf
+from scanner.mtasts import PolicyFetcher, sts_records
+from scanner.spf import SpfEvaluation, evaluate_spf
 
 # Bounds the lookups a hostile DMARC record can cause; RFC 7489 §6.2 lets receivers cap destinations too.
 MAX_REPORT_DESTINATIONS = 10
@@ -42,6 +42,7 @@ class DnsClient:
         self._wire = WireResolver([(s.address, s.port) for s in servers], lifetime=timeout,
                                   attempt=max(timeout / 3, 0.2))
         self._limit = asyncio.Semaphore(concurrency)
+        self._domains = asyncio.Semaphore(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0
@@ -90,6 +91,18 @@ class DnsClient:
         self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None
     ) -> DnsFacts:
         """What DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
+        # As many domains in flight as questions may be: enough to keep every query slot busy, while the
+        # rest of a large portfolio waits unstarted (no thousands of half-done collections held in memory).
+        async with self._domains:
+            answers, spf = await self._collect_records(name, sorted(set(selectors)))
+        # RFC 8461 §3.3: the policy is fetched only when the domain announces one. The fetch waits for its own
+        # slot (PolicyFetcher bounds them) without holding up the DNS of the domains behind this one.
+        announced = policies is not None and sts_records(answers["mta_sts"])
+        mta_sts_policy = await policies.fetch_policy(name, self) if policies is not None and announced else None
+        return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
+
+    async def _collect_records(self, name: str, selectors: list[str]) -> tuple[dict[str, DnsAnswer], SpfEvaluation]:
+        """Every record of the domain (and the SPF evaluation through its includes), the MTA-STS policy aside."""
         mx, txt, dmarc, mta_sts, tlsrpt = await asyncio.gather(
             self.ask(name, "MX"),
             self.ask(name, "TXT"),
@@ -98,10 +111,6 @@ class DnsClient:
             self.ask(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
         )
         answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
-
-        async def policy() -> MtaStsPolicy | None:
-            # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
-            return await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
 
         async def dmarc_and_report_destinations() -> None:
             org = self.organizational_domain(name)
@@ -121,13 +130,11 @@ class DnsClient:
                     error=f"not looked up: only {MAX_REPORT_DESTINATIONS} outside report destinations are checked",
                 )
 
-        selectors = sorted(set(selectors))
-        spf, mta_sts_policy, dkim, _ = await asyncio.gather(
+        spf, dkim, _ = await asyncio.gather(
             evaluate_spf(self, name, txt),
-            policy(),
             asyncio.gather(*(self.ask(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
             dmarc_and_report_destinations(),
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
-        return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
+        return answers, spf
 

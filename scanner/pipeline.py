@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +32,23 @@ class ScanResult:
     findings: tuple[Finding, ...]
     files: tuple[Path, ...]
     dns_queries: int
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a scan builds its inventory and findings.
+
+    A portfolio scan allocates millions of objects that live until the run ends; the collector would
+    re-scan them over and over (a third of a 10,000-domain scan's time). Reference counting still frees
+    everything else at once, and the collector resumes, as it was, when the block ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def new_run_id(now: datetime) -> str:
@@ -102,13 +121,15 @@ def run_scan(
     run_id = new_run_id(started)
     store.start_run(run_id, started, config.digest, __version__)
     try:
-        collection = asyncio.run(collect(config, progress=progress))
+        with paused_gc():
+            collection = asyncio.run(collect(config, progress=progress))
         store.save_snapshot(run_id, snapshot_items(collection.inventory))
-        results = evaluate(
-            collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
-            now=as_of or started,
-            run_id=run_id,
-        )
+        with paused_gc():
+            results = evaluate(
+                collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                now=as_of or started,
+                run_id=run_id,
+            )
         store.record_findings(run_id, results, started, collection.complete_tenants)
     except BaseException:
         store.finish_run(run_id, datetime.now(UTC), "failed", {})
