@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Iterable
 
 import dns.nameserver
@@ -30,6 +31,43 @@ def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     return dns.nameserver.Do53Nameserver(entry, 53)
 
 
+class _Slots:
+    """At most ``size`` holders at once, served first come first served.
+
+    asyncio.Semaphore rescans its queue of waiters on every release, which with a portfolio's tens of
+    thousands of queued questions costs more than the questions; this hands a freed slot to the next
+    waiter directly.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # the holder that left handed its slot over
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed over, but this waiter is gone: pass it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
+
+
 class DnsClient:
     """Looks names up through one resolver, with bounded concurrency and a per-run cache."""
 
@@ -41,8 +79,8 @@ class DnsClient:
         # One attempt may not use the whole lifetime, so a lost packet is retried (bounded by the lifetime).
         self._wire = WireResolver([(s.address, s.port) for s in servers], lifetime=timeout,
                                   attempt=max(timeout / 3, 0.2))
-        self._limit = asyncio.Semaphore(concurrency)
-        self._domains = asyncio.Semaphore(concurrency)
+        self._limit = _Slots(concurrency)
+        self._domains = _Slots(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0

@@ -43,6 +43,7 @@ _SOCKETS_PER_SERVER = 4  # RFC 5452 §9.2: spread queries over several source po
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 2.0  # between rounds over all nameservers, as dnspython's resolver waits
 _IN = 1
 _OPT_TYPE = 41
+_TXT = 16
 _POINTER_TO_QUESTION = b"\xc0\x0c"  # RFC 1035 §4.1.4: a name compressed to the question's, at offset 12
 # Lowercase LDH (and underscore) labels of 1 to 63 octets, at most 253 octets in all (RFC 1035 §2.3.4).
 _PLAIN_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
@@ -98,10 +99,23 @@ class _Question:
     """One question as it goes on the wire, and what its attempts met."""
 
     name: str
-    qname: dns.name.Name
     rdtype: dns.rdatatype.RdataType
-    wire: bytes  # the question section: name, type, class
+    wire: bytes  # the question section: name (lowercase), type, class
     errors: list[str] = field(default_factory=list)
+
+    @property
+    def owner(self) -> bytes:
+        """The question's name as a record key: its wire form, lowercase."""
+        return self.wire[:-4]
+
+
+# A record's data as the outcome needs it: TXT strings as they are, any other type parsed by dnspython.
+_Data = tuple[bytes, ...] | dns.rdata.Rdata
+
+
+def _key(name: dns.name.Name) -> bytes:
+    """A name as a record key: its uncompressed wire form, lowercase (names compare without case, RFC 4343)."""
+    return name.canonicalize().to_wire()
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,28 +123,29 @@ class _Reply:
     """A reply's rcode and its answer section's records by owner and type (authority and additional are skipped)."""
 
     rcode: dns.rcode.Rcode
-    records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]]
+    records: dict[tuple[bytes, int], list[_Data]]
 
     @classmethod
     def from_message(cls, message: dns.message.Message) -> _Reply:
         """The reply as dnspython parsed it in full (the TCP path)."""
-        records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]] = {}
+        records: dict[tuple[bytes, int], list[_Data]] = {}
         for rrset in message.answer:
             if rrset.rdclass == _IN:
-                records.setdefault((rrset.name, rrset.rdtype), []).extend(rrset)
+                entries = records.setdefault((_key(rrset.name), rrset.rdtype), [])
+                entries.extend(tuple(r.strings) if rrset.rdtype == _TXT else r for r in rrset)  # type: ignore[attr-defined]
         return cls(message.rcode(), records)
 
-    def chain(self, qname: dns.name.Name, qtype: int) -> list[dns.rdata.Rdata] | None:
+    def chain(self, owner: bytes, qtype: int) -> list[_Data] | None:
         """The records answering the question after CNAMEs in the answer section, as dnspython's resolve_chaining."""
-        name, answer, steps = qname, None, 0
+        answer, steps = None, 0
         while steps < dns.message.MAX_CHAIN:
-            answer = self.records.get((name, qtype))
+            answer = self.records.get((owner, qtype))
             if answer is not None or qtype == dns.rdatatype.CNAME:
                 break
-            cname = self.records.get((name, dns.rdatatype.CNAME))
+            cname = self.records.get((owner, dns.rdatatype.CNAME))
             if cname is None:
                 break
-            name = cname[0].target  # type: ignore[attr-defined]
+            owner = _key(cname[0].target)  # type: ignore[union-attr]
             steps += 1
         if steps >= dns.message.MAX_CHAIN:
             raise dns.message.ChainTooLong
@@ -140,28 +155,48 @@ class _Reply:
         return list(dict.fromkeys(answer)) if answer is not None and len(answer) > 1 else answer
 
 
-def parse_reply(data: bytes, question_end: int, qname: dns.name.Name) -> _Reply:
-    """Parse a UDP reply with dnspython's wire parser: header, answer records, the OPT record's extended rcode.
+def _txt_strings(data: bytes) -> tuple[bytes, ...]:
+    """The character-strings of TXT data (RFC 1035 §3.3.14): each a length octet and that many octets."""
+    strings = []
+    index = 0
+    while index < len(data):
+        end = index + 1 + data[index]
+        if end > len(data):
+            raise dns.exception.FormError("a TXT string runs past the record")
+        strings.append(data[index + 1 : end])
+        index = end
+    if not strings:
+        raise ValueError("the list of strings must not be empty")  # dnspython's own check, kept
+    return tuple(strings)
 
-    Only what the outcome needs is parsed into objects; the question was matched byte for byte already, the
-    authority and additional records are walked to check the message is well formed (dnspython raises the
-    same FormError family for a short or overlong message).
+
+def parse_reply(data: bytes, question: _Question) -> _Reply:
+    """Parse a UDP reply: header, answer records, the OPT record's extended rcode.
+
+    Names and records other than TXT go through dnspython's wire parser; TXT data is split into its
+    strings directly (the answers are mostly TXT, and that is all the outcome needs). The question was
+    matched to ours already; the authority and additional records are walked to check the message is
+    well formed, as dnspython would (a short or overlong message raises the same FormError family).
     """
     flags = int.from_bytes(data[2:4], "big")
     answers, authority, additional = struct.unpack_from("!HHH", data, 6)
-    parser = dns.wire.Parser(data, question_end)
-    records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]] = {}
+    parser = dns.wire.Parser(data, 12 + len(question.wire))
+    records: dict[tuple[bytes, int], list[_Data]] = {}
     for _ in range(answers):
         if data[parser.current : parser.current + 2] == _POINTER_TO_QUESTION:
             parser.get_bytes(2)
-            owner = qname  # the question's name (matched to ours already); equal names compare equal
+            owner = question.owner  # compressed to the question's name, which matched ours
         else:
-            owner = dns.name.from_wire_parser(parser)
+            owner = _key(dns.name.from_wire_parser(parser))
         rdtype, rdclass, _ttl, length = parser.get_struct("!HHIH")
-        with parser.restrict_to(length):
-            rdata = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
+        entry: _Data
+        if rdtype == _TXT:
+            entry = _txt_strings(parser.get_bytes(length))
+        else:
+            with parser.restrict_to(length):
+                entry = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
         if rdclass == _IN:
-            records.setdefault((owner, rdtype), []).append(rdata)
+            records.setdefault((owner, rdtype), []).append(entry)
     ednsflags = 0
     for index in range(authority + additional):
         _skip_name(parser)
@@ -205,13 +240,10 @@ class WireResolver:
         try:
             qtype = dns.rdatatype.RdataType.make(rdtype)
             if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
-                labels = name.encode("ascii").split(b".")
-                qname = dns.name.Name([*labels, b""])
-                wire = b"".join(bytes((len(label),)) + label for label in labels) + b"\x00"
+                wire = b"".join(bytes((len(label),)) + label for label in name.encode("ascii").split(b".")) + b"\x00"
             else:
-                qname = dns.name.from_text(name)
-                wire = qname.to_wire()
-            question = _Question(name, qname, qtype, wire + struct.pack("!HH", qtype, _IN))
+                wire = _key(dns.name.from_text(name))
+            question = _Question(name, qtype, wire + struct.pack("!HH", qtype, _IN))
         except (dns.exception.DNSException, ValueError) as exc:
             return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         self._active += 1
@@ -263,7 +295,7 @@ class WireResolver:
             question.errors.append(dns.rcode.to_text(rcode))
             return None
         try:
-            answer = reply.chain(question.qname, question.rdtype)  # CNAMEs in the reply, RFC 1034 §4.3.2
+            answer = reply.chain(question.owner, question.rdtype)  # CNAMEs in the reply, RFC 1034 §4.3.2
         except Exception as exc:  # noqa: BLE001 (dnspython raises several kinds for a bad chain)
             question.errors.append(str(exc) or type(exc).__name__)
             return None
@@ -271,7 +303,9 @@ class WireResolver:
             return DnsAnswer(question.name, rdtype, Outcome.NXDOMAIN)
         if answer is None:
             return DnsAnswer(question.name, rdtype, Outcome.NODATA)
-        return DnsAnswer(question.name, rdtype, Outcome.ANSWER, tuple(render_rdata(r) for r in answer))
+        return DnsAnswer(question.name, rdtype, Outcome.ANSWER, tuple(
+            b"".join(r).decode("utf-8", errors="replace") if isinstance(r, tuple) else render_rdata(r) for r in answer
+        ))
 
     async def _ask(self, question: _Question, server: tuple[str, int], timeout: float) -> _Reply:
         """One attempt at one nameserver: a UDP datagram, then TCP if the reply is truncated."""
@@ -306,7 +340,7 @@ class WireResolver:
             timer.cancel()
             del channel.waiting[qid]
         if data[2] & 0x02:  # TC: RFC 7766 §5, ask again over TCP
-            query = dns.message.make_query(question.qname, question.rdtype)
+            query = dns.message.make_query(dns.name.from_wire(question.wire, 0)[0], question.rdtype)
             self.sent += 1
             try:
                 message = await dns.asyncquery.tcp(
@@ -316,7 +350,7 @@ class WireResolver:
                 raise TimeoutError from None
             return _Reply.from_message(message)
         try:
-            return parse_reply(data, name_end + 4, question.qname)
+            return parse_reply(data, question)
         except dns.exception.DNSException:
             raise
         except Exception as exc:  # noqa: BLE001 (hostile bytes can trip any parser error): a malformed reply
