@@ -111,7 +111,7 @@ class DnsClient:
                 task.set_result(answer)
             else:
                 task = None
-        if task is None:
+        if task is None or task.cancelled():  # a question whose every asker gave up is asked anew
             task = asyncio.ensure_future(self._query(*key))
             self._cache[key] = task
         return task

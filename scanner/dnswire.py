@@ -70,7 +70,7 @@ class _Channel:
         except BaseException:
             self.sock.close()
             raise
-        self.waiting: dict[int, asyncio.Future[bytes]] = {}
+        self.waiting: dict[int, tuple[asyncio.Future[bytes], bytes]] = {}  # id -> (waiter, question section)
 
     def _readable(self) -> None:
         while True:
@@ -79,14 +79,13 @@ class _Channel:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # an ICMP error, e.g. nothing listens there: every waiting query learns it
-                for waiter in self.waiting.values():
+                for waiter, _ in self.waiting.values():
                     if not waiter.done():
                         waiter.set_exception(exc)
                 return
-            if len(data) >= 12:
-                waiter = self.waiting.get(int.from_bytes(data[:2], "big"))
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(data)
+            entry = self.waiting.get(int.from_bytes(data[:2], "big")) if len(data) >= 12 else None
+            if entry is not None and not entry[0].done() and _answers(data, entry[1]):
+                entry[0].set_result(data)
 
     def close(self) -> None:
         """Stop reading and close the socket."""
@@ -314,11 +313,9 @@ class WireResolver:
         qid = secrets.randbits(16)
         while qid in channel.waiting:
             qid = secrets.randbits(16)
-        name_end = 12 + len(question.wire) - 4
-        expected_name, expected_type = question.wire[:-4].lower(), question.wire[-4:]
         started = time.monotonic()
         waiter: asyncio.Future[bytes] = loop.create_future()
-        channel.waiting[qid] = waiter
+        channel.waiting[qid] = (waiter, question.wire)
         timer = loop.call_later(timeout, _expire, waiter)
         try:
             try:
@@ -326,16 +323,7 @@ class WireResolver:
             except (BlockingIOError, InterruptedError):
                 pass  # the send buffer is full: as good as a lost datagram, the attempt times out and is retried
             self.sent += 1
-            while True:
-                data = await waiter
-                # RFC 5452 §9.1: a reply must carry our id (already matched), QR set, and our question.
-                if (data[2] & 0x80 and data[4:6] == b"\x00\x01" and data[12:name_end].lower() == expected_name
-                        and data[name_end : name_end + 4] == expected_type):
-                    break
-                waiter = loop.create_future()  # not ours (spoofed or stale): keep waiting for the real one
-                channel.waiting[qid] = waiter
-                timer.cancel()
-                timer = loop.call_later(max(timeout - (time.monotonic() - started), 0), _expire, waiter)
+            data = await waiter
         finally:
             timer.cancel()
             del channel.waiting[qid]
@@ -378,6 +366,18 @@ class WireResolver:
             for channel in pool:
                 channel.close()
         self._pools.clear()
+
+
+def _answers(data: bytes, question: bytes) -> bool:
+    """Whether a datagram (with our id) is a reply to our question, RFC 5452 §9.1: QR set, one question, ours.
+
+    Others (spoofed, or stale replies to an earlier query that had the same id) are dropped and the query
+    keeps waiting for its own. Names compare without case (RFC 4343); ours is lowercase already.
+    """
+    end = 12 + len(question)
+    return bool(data[2] & 0x80) and data[4:6] == b"\x00\x01" and data[12 : end - 4].lower() == question[:-4] and (
+        data[end - 4 : end] == question[-4:]
+    )
 
 
 def _expire(waiter: asyncio.Future[bytes]) -> None:
