@@ -18,14 +18,18 @@ import base64
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
+import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -48,23 +52,36 @@ SENDER_ZONES = {
     "zendesk.com": 'mail IN TXT "v=spf1 ip4:127.10.0.0/16 ~all"\n',
     "trekmail.net": 'spf IN TXT "v=spf1 ip4:127.11.0.0/16 -all"\nmail IN A 127.11.0.1\n',
 }
-SENDERS = {  # catalogue name: (spf include, dkim selectors)
-    "google": ("_spf.google.com", ("google",)),
-    "microsoft": ("spf.protection.outlook.com", ("selector1", "selector2")),
-    "sendgrid": ("sendgrid.net", ("s1", "s2")),
-    "mailchimp": ("servers.mcsv.net", ("k1",)),
-    "mailgun": ("mailgun.org", ("smtp",)),
-    "postmark": ("spf.mtasv.net", ("pm",)),
-    "amazon-ses": ("amazonses.com", ()),
-    "zendesk": ("mail.zendesk.com", ("zendesk1",)),
-    "trekmail": ("spf.trekmail.net", ()),
+SPF_INCLUDES = {  # catalogue name: the SPF include its customers publish (DKIM selectors come from the catalogue)
+    "google": "_spf.google.com",
+    "microsoft": "spf.protection.outlook.com",
+    "sendgrid": "sendgrid.net",
+    "mailchimp": "servers.mcsv.net",
+    "mailgun": "mailgun.org",
+    "postmark": "spf.mtasv.net",
+    "amazon-ses": "amazonses.com",
+    "zendesk": "mail.zendesk.com",
+    "trekmail": "spf.trekmail.net",
 }
+MTA_STS_MX = {  # the policy's mx patterns for each inbound service (RFC 8461 §3.2)
+    "google": ("aspmx.l.google.com", "*.aspmx.l.google.com"),
+    "microsoft": ("*.mail.protection.outlook.com",),
+    "trekmail": ("mail.trekmail.net",),
+}
+TOOLS = ("mailwarden", "checkdmarc-serial", "checkdmarc-threads")
+POLICY_ADDRESS = "127.0.0.1"  # where every mta-sts.<domain> points: the bench's PolicyServer
 SOA = "@ IN SOA ns1.{o}. hostmaster.{o}. 1 3600 600 86400 300\n@ IN NS ns1.{o}.\nns1 IN A 127.0.0.53\n"
 
 
-def _key(bits: int) -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+def _key(rng: random.Random, bits: int) -> str:
+    """A distinct RSA public key of ``bits`` bits, base64 DER, as every domain's selector has its own key.
+
+    Only the public half is published, so a random odd modulus of the right size stands in for a real
+    key pair (generating thousands of RSA key pairs would take minutes); parsers see a well-formed key.
+    """
+    modulus = rng.getrandbits(bits) | (1 << (bits - 1)) | 1
+    key = rsa.RSAPublicNumbers(65537, modulus).public_key()
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(der).decode("ascii")
 
 
@@ -73,21 +90,53 @@ def _txt(value: str) -> str:
     return " ".join(f'"{value[i:i + 255]}"' for i in range(0, len(value), 255))
 
 
-def generate(n: int, seed: int = 7) -> tuple[str, dict[str, str], list[dict[str, object]]]:
-    """The test. zone text, the sender zones, and the tenants (each ~20 domains with its senders)."""
+def catalogue_selectors() -> dict[str, tuple[str, ...]]:
+    """Each catalogue sender's DKIM selectors, from config/senders.toml (what mailwarden looks up)."""
+    catalogue = tomllib.loads((ROOT / "config" / "senders.toml").read_text())["senders"]
+    return {name: tuple(entry.get("dkim_selectors", ())) for name, entry in catalogue.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Estate:
+    """The generated test data: zones, tenants, and the MTA-STS policy each policy host serves."""
+
+    zones: dict[str, str]
+    tenants: list[dict[str, object]]
+    policies: dict[str, str]  # policy host -> policy text
+    policy_hosts: dict[str, list[str]]  # tenant -> its policy hosts (one certificate each)
+
+
+def generate(n: int, seed: int = 7) -> Estate:
+    """N domains in tenants of 20, each tenant with one inbox provider and a few bulk senders, and ~30 % faults.
+
+    Configuration is right except for the deliberate faults drawn per domain: over the SPF lookup limit,
+    ?all, an SPF typo, no SPF, two SPF records, no DMARC, p=none, a declared sender's DKIM key missing,
+    a 1024-bit key, an MTA-STS policy naming the wrong MX, MTA-STS without TLS-RPT.
+    """
     rng = random.Random(seed)
-    strong, weak = _key(2048), _key(1024)
+    selectors = catalogue_selectors()
     lines = [SOA.format(o="test")]
     tenants: list[dict[str, object]] = []
+    policies: dict[str, str] = {}
+    policy_hosts: dict[str, list[str]] = {}
     for start in range(0, n, 20):
+        tenant = f"t{start // 20:04d}"
         mailbox = rng.choices(["google", "microsoft", "trekmail", "self"], [40, 30, 20, 10])[0]
         extra = [s for s, p in (("sendgrid", .15), ("mailchimp", .1), ("mailgun", .05), ("postmark", .05),
                                 ("amazon-ses", .05), ("zendesk", .05)) if rng.random() < p]
-        senders = ([] if mailbox == "self" else [mailbox]) + extra
+        senders = (["mailcow"] if mailbox == "self" else [mailbox]) + extra
+        # Senders without catalogue selectors: the tenant names its own (Amazon SES Easy DKIM tokens are
+        # per identity; TrekMail shows the selector in its dashboard).
+        own: dict[str, tuple[str, ...]] = {}
+        if "amazon-ses" in senders:
+            own["amazon-ses"] = tuple(f"{rng.getrandbits(128):032x}" for _ in range(3))
+        if "trekmail" in senders:
+            own["trekmail"] = (f"tm{rng.randrange(1, 10)}",)
         domains = []
         for i in range(start, min(n, start + 20)):
             d = f"d{i:05d}"
-            domains.append(f"{d}.test")
+            domain = f"{d}.test"
+            domains.append(domain)
             fault = rng.random()
             if mailbox == "google":
                 lines.append(f"{d} IN MX 1 aspmx.l.google.com.\n{d} IN MX 5 alt1.aspmx.l.google.com.\n")
@@ -97,7 +146,7 @@ def generate(n: int, seed: int = 7) -> tuple[str, dict[str, str], list[dict[str,
                 lines.append(f"{d} IN MX 10 mail.trekmail.net.\n")
             else:
                 lines.append(f"{d} IN MX 10 mail.{d}.test.\nmail.{d} IN A 127.12.{i // 250 % 250}.{i % 250 + 1}\n")
-            includes = [f"include:{SENDERS[s][0]}" for s in senders]
+            includes = [f"include:{SPF_INCLUDES[s]}" for s in senders if s in SPF_INCLUDES]
             if fault < 0.05:  # over the lookup limit
                 includes += ["include:sendgrid.net", "include:servers.mcsv.net", "include:mailgun.org",
                              "include:spf.mtasv.net", "a", "mx", "a:x.test", "exists:%{i}.x.test"]
@@ -114,18 +163,30 @@ def generate(n: int, seed: int = 7) -> tuple[str, dict[str, str], list[dict[str,
                 policy = "none" if 0.26 <= fault < 0.36 else rng.choice(["quarantine", "reject"])
                 lines.append(f'_dmarc.{d} IN TXT "v=DMARC1; p={policy}; rua=mailto:dmarc@{d}.test"\n')
             for s in senders:
-                for selector in SENDERS[s][1]:
+                # Keys are published as TXT under the domain: Knot, being authoritative only, does not follow a
+                # CNAME into another zone as the recursive resolver in front of a real scanner would.
+                for selector in own.get(s) or selectors.get(s, ()):
                     if 0.36 <= fault < 0.41:
                         continue  # DKIM missing
-                    key = weak if 0.41 <= fault < 0.44 else strong
+                    key = _key(rng, 1024 if 0.41 <= fault < 0.44 else 2048)
                     lines.append(f"{selector}._domainkey.{d} IN TXT {_txt(f'v=DKIM1; k=rsa; p={key}')}\n")
-            if fault > 0.8:
-                lines.append(f'_mta-sts.{d} IN TXT "v=STSv1; id=2026{i}"\n_smtp._tls.{d} IN TXT '
-                             f'"v=TLSRPTv1; rua=mailto:tls@{d}.test"\n')
-        tenants.append({"name": f"t{start // 20:04d}", "domains": domains, "senders": senders})
-    sender_zones = {origin: f"$ORIGIN {origin}.\n$TTL 300\n" + SOA.format(o=origin) + body
-                    for origin, body in SENDER_ZONES.items()}
-    return "$ORIGIN test.\n$TTL 300\n" + "".join(lines), sender_zones, tenants
+            if fault > 0.8:  # 20 % publish MTA-STS (RFC 8461) with its policy host, and TLS-RPT (RFC 8460)
+                lines.append(f'_mta-sts.{d} IN TXT "v=STSv1; id=2026{i}"\nmta-sts.{d} IN A {POLICY_ADDRESS}\n')
+                if fault < 0.985:  # else MTA-STS without TLS-RPT
+                    lines.append(f'_smtp._tls.{d} IN TXT "v=TLSRPTv1; rua=mailto:tls@{d}.test"\n')
+                patterns = MTA_STS_MX.get(mailbox, (f"mail.{domain}",))
+                if 0.97 <= fault < 0.985:  # the policy still names the previous provider
+                    patterns = ("mx.old-provider.example",)
+                policies[f"mta-sts.{domain}"] = (
+                    f"version: STSv1\nmode: {'enforce' if fault > 0.9 else 'testing'}\n"
+                    + "".join(f"mx: {p}\n" for p in patterns) + "max_age: 604800\n")
+                policy_hosts.setdefault(tenant, []).append(f"mta-sts.{domain}")
+        tenants.append({"name": tenant, "domains": domains, "senders": senders,
+                        "dkim_selectors": sorted({x for v in own.values() for x in v})})
+    zones = {"test": "$ORIGIN test.\n$TTL 300\n" + "".join(lines)}
+    for origin, body in SENDER_ZONES.items():
+        zones[origin] = f"$ORIGIN {origin}.\n$TTL 300\n" + SOA.format(o=origin) + body
+    return Estate(zones, tenants, policies, policy_hosts)
 
 
 def free_port() -> int:
@@ -186,12 +247,48 @@ def start_inprocess(workdir: Path, zones: dict[str, str], port: int) -> subproce
     return process
 
 
-def start_relay(port: int, target: int, rtt_ms: float) -> subprocess.Popen[bytes]:
+def start_relay(port: int, target: int, rtt_ms: float, *, dns_probe: bool = True) -> subprocess.Popen[bytes]:
     """A UDP/TCP relay on 127.0.0.1:port that adds ``rtt_ms`` of round-trip time before reaching ``target``."""
     process = subprocess.Popen([sys.executable, str(Path(__file__).parent / "relay.py"), str(port), str(target),
                                 str(rtt_ms)])
-    _wait_for(port, "test.")
+    if dns_probe:
+        _wait_for(port, "test.")
+    else:
+        _wait_for_tcp(port)
     return process
+
+
+def start_policy_server(estate: Estate, workdir: Path) -> tuple[object, Path]:
+    """The MTA-STS policies over HTTPS on loopback (one certificate per tenant, chosen by SNI), and the CA bundle."""
+    from scanner.policyserver import LoopbackCA, PolicyServer
+
+    ca = LoopbackCA("mailwarden bench CA")
+    contexts = {}
+    for hosts in estate.policy_hosts.values():
+        context = ca.server_context(hosts)
+        contexts.update(dict.fromkeys(hosts, context))
+    default = ca.server_context(["mta-sts.invalid"])
+    server = PolicyServer(estate.policies, default)
+    record = default.sni_callback
+
+    def choose(sock: ssl.SSLObject, name: str | None, context: ssl.SSLContext) -> None:
+        record(sock, name, context)  # type: ignore[misc]
+        sock.context = contexts.get((name or "").lower(), default)
+
+    default.sni_callback = choose  # type: ignore[assignment]
+    server.start()
+    return server, ca.write(workdir / "ca.pem")
+
+
+def _wait_for_tcp(port: int, deadline: float = 30.0) -> None:
+    start = time.monotonic()
+    while time.monotonic() - start < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on TCP port {port}")
 
 
 def _wait_for(port: int, name: str, deadline: float = 120.0) -> None:
@@ -208,38 +305,45 @@ def _wait_for(port: int, name: str, deadline: float = 120.0) -> None:
     raise RuntimeError(f"no DNS server answered on port {port}")
 
 
-def measure_mailwarden(config_path: Path) -> dict[str, float]:
+def measure_mailwarden(config_path: Path) -> dict[str, object]:
     """In this process: collect + evaluate every DNS check for every tenant; count wire queries."""
-    import dns.asyncquery
+    from collections import Counter
+    from datetime import UTC, datetime
 
+    import scanner.collect
     from checks.evaluate import evaluate
     from checks.registry import load_checks
     from scanner.collect import collect
     from scanner.config import load_config
-    from scanner.pipeline import policy_of, senders_of
+    from scanner.pipeline import paused_gc, policy_of, senders_of
 
-    queries = [0]
-    for name in ("udp", "tcp"):
-        original = getattr(dns.asyncquery, name)
+    clients: list[scanner.collect.DnsClient] = []
 
-        async def counted(*args: object, _original=original, **kwargs: object) -> object:
-            queries[0] += 1
-            return await _original(*args, **kwargs)
+    class Counted(scanner.collect.DnsClient):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)
+            clients.append(self)
 
-        setattr(dns.asyncquery, name, counted)
+    scanner.collect.DnsClient = Counted  # type: ignore[misc]
     config = load_config(config_path)
     checks = [c for c in load_checks() if any(f.value.startswith("dns.") for f in c.meta.requires)
               or c.meta.scope.value == "domain"]
     start = time.perf_counter()
-    collection = asyncio.run(collect(config))
-    from datetime import UTC, datetime
-
-    findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
-                        now=datetime.now(UTC))
+    with paused_gc():  # as run_scan does
+        collection = asyncio.run(collect(config))
+    collected = time.perf_counter()
+    with paused_gc():
+        findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                            now=datetime.now(UTC))
     seconds = time.perf_counter() - start
     domains = len(collection.inventory.domains)
-    return {"seconds": seconds, "domains": domains, "queries": queries[0], "findings": len(findings),
-            "checks": len(checks), "errors": sum(1 for f in findings if f.status.value == "error")}
+    errors = Counter(f"{f.check}: {re.sub(r'd[0-9]{5}', 'dNNNNN', f.reason)[:200]}"
+                     for f in findings if f.status.value == "error")
+    return {"seconds": seconds, "collect_seconds": collected - start, "domains": domains,
+            "queries": sum(c.wire_queries for c in clients), "findings": len(findings), "checks": len(checks),
+            "errors": sum(errors.values()), "error_reasons": dict(errors.most_common(20)),
+            "statuses": dict(Counter(f.status.value for f in findings)),
+            "failing": dict(sorted(Counter(f.check for f in findings if f.status.value == "fail").items()))}
 
 
 def measure_checkdmarc(domains: list[str], port: int, threads: int) -> dict[str, float]:
@@ -285,39 +389,59 @@ def _child(kind: str, args: list[str]) -> dict[str, float]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run(n: int, rtt: float, server: str, workdir: Path, checkdmarc_serial_max: int) -> list[str]:
+def run(n: int, rtt: float, server: str, workdir: Path, checkdmarc_serial_max: int,
+        tools: tuple[str, ...] = TOOLS) -> list[str]:
     """All measurements for N domains at one RTT, as Markdown table rows."""
-    zone, sender_zones, tenants = generate(n)
-    zones = {"test": zone, **sender_zones}
+    estate = generate(n)
     port = free_port()
-    processes = [(start_knot if server == "knot" else start_inprocess)(workdir, zones, port)]
-    target = port
+    processes = [(start_knot if server == "knot" else start_inprocess)(workdir, estate.zones, port)]
+    policy_server, ca_bundle = start_policy_server(estate, workdir)
+    target, policy_port = port, policy_server.port  # type: ignore[attr-defined]
     try:
         if rtt > 0:
             target = free_port()
             processes.append(start_relay(target, port, rtt))
+            policy_port = free_port()
+            processes.append(start_relay(policy_port, policy_server.port, rtt, dns_probe=False))  # type: ignore[attr-defined]
         config = workdir / "bench.toml"
         config.write_text(
             f'[dns]\nnameservers = ["127.0.0.1:{target}"]\ntimeout = 3.0\nconcurrency = 256\n'
+            f'\n[mta_sts]\nport = {policy_port}\nca_bundle = "{ca_bundle}"\ntimeout = 10.0\n'
+            # The operator's own mail servers, as they would declare them, so mx.unexpected can judge them.
+            + '\n[senders.mailcow]\ntitle = "mailcow (self-hosted)"\ndkim_selectors = ["dkim"]\n'
+            'mx_patterns = ["mail.d*.test"]\nreturn_path = "customer"\n'
             + "".join(f'\n[[tenants]]\nname = "{t["name"]}"\ndomains = {json.dumps(t["domains"])}\n'
-                      f'senders = {json.dumps(t["senders"])}\n' for t in tenants)
+                      f'senders = {json.dumps(t["senders"])}\ndkim_selectors = {json.dumps(t["dkim_selectors"])}\n'
+                      for t in estate.tenants)
         )
-        domains = [d for t in tenants for d in t["domains"]]  # type: ignore[union-attr]
+        domains = [d for t in estate.tenants for d in t["domains"]]  # type: ignore[attr-defined]
         (workdir / "domains.json").write_text(json.dumps(domains))
         rows = []
-        results = [("mailwarden", _child("mailwarden", [str(config)]))]
+        results = []
+        if "mailwarden" in tools:
+            results.append(("mailwarden", _child("mailwarden", [str(config)])))
         serial = domains[:checkdmarc_serial_max] if rtt > 0 else domains
-        results.append((f"checkdmarc serial{'' if len(serial) == n else f' (first {len(serial)})'}",
-                        _child("checkdmarc", [str(workdir / "domains.json"), str(target), "1", str(len(serial))])))
-        results.append(("checkdmarc 32 threads",
-                        _child("checkdmarc", [str(workdir / "domains.json"), str(target), "32", str(n)])))
+        if "checkdmarc-serial" in tools:
+            results.append((f"checkdmarc serial{'' if len(serial) == n else f' (first {len(serial):,})'}",
+                            _child("checkdmarc", [str(workdir / "domains.json"), str(target), "1", str(len(serial))])))
+        if "checkdmarc-threads" in tools:
+            results.append(("checkdmarc 32 threads",
+                            _child("checkdmarc", [str(workdir / "domains.json"), str(target), "32", str(n)])))
         for name, r in results:
             rows.append(f"| {n:,} | {rtt:g} ms | {name} | {r['domains'] / r['seconds']:,.0f} | "
-                        f"{r['seconds']:,.1f} s | {r['queries'] / r['domains']:.1f} | {r['rss_mb']:,.0f} MB |"
+                        f"{r['seconds']:,.1f} s | {r['queries'] / r['domains']:.1f} | {r['rss_mb']:,.0f} MB | "
+                        f"{r['load']:.1f} |"
                         + (f" {r.get('errors', 0)} errors of {r.get('findings', 0)} results |" if "findings" in r
                            else " |"))
+            if "failing" in r:
+                print(f"  {n:,} domains, {rtt:g} ms, {name}: collect {r['collect_seconds']:.1f} s, evaluate "
+                      f"{r['seconds'] - r['collect_seconds']:.1f} s; statuses {r['statuses']}; failing {r['failing']}",
+                      file=sys.stderr)
+            for reason, count in r.get("error_reasons", {}).items():  # type: ignore[union-attr]
+                print(f"  {n:,} domains, {rtt:g} ms, {name}: {count} x {reason}", file=sys.stderr)
         return rows
     finally:
+        policy_server.stop()  # type: ignore[attr-defined]
         for process in processes:
             process.terminate()
             process.wait()
@@ -331,26 +455,29 @@ def main() -> None:
     parser.add_argument("--server", choices=["knot", "inprocess"], default="knot")
     parser.add_argument("--checkdmarc-serial-max", type=int, default=500,
                         help="with added RTT, time serial checkdmarc on at most this many domains (it is slow)")
+    parser.add_argument("--tools", nargs="+", choices=TOOLS, default=list(TOOLS), help="what to measure")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
+        load = os.getloadavg()[0]  # the 1-minute load average as the measurement starts
         if kind == "mailwarden":
             result = measure_mailwarden(Path(rest[0]))
         else:
             domains = json.loads(Path(rest[0]).read_text())[: int(rest[3])]
             result = measure_checkdmarc(domains, int(rest[1]), int(rest[2]))
         result["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result["load"] = load
         print(json.dumps(result))
         return
     if args.server == "knot" and not (shutil.which("knotd") or os.path.exists("/usr/sbin/knotd")):
         sys.exit("knotd is not installed: apt-get install -y knot (or use --server inprocess)")
-    print("| domains | added RTT | tool | domains/s | time | DNS queries/domain | peak RSS | |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| domains | added RTT | tool | domains/s | time | DNS queries/domain | peak RSS | load | |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for n in args.domains:
         for rtt in args.rtt:
             with tempfile.TemporaryDirectory(prefix="mw-bench-") as tmp:
-                for row in run(n, rtt, args.server, Path(tmp), args.checkdmarc_serial_max):
+                for row in run(n, rtt, args.server, Path(tmp), args.checkdmarc_serial_max, tuple(args.tools)):
                     print(row, flush=True)
 
 

@@ -132,37 +132,55 @@ def evaluate(
         name: RunContext(tenant=t, policy=policy, now=now, senders=senders, inventory=inventory)
         for name, t in tenants.items()
     }
-    findings: list[Finding] = []
-    for check in checks:
-        meta = check.meta
-        for subject in _subjects(meta.scope, inventory, tenants):
-            missing = _missing_fact(check, subject, coverage)
-            results = [missing] if missing is not None else _run_one(check, subject, contexts[subject.tenant.name])
-            for result in results:
-                result = _apply_exception(result, meta.id, subject.name, exceptions, now)
-                remediation = (
-                    Remediation(meta.remediation, {"subject": subject.name, **({"item": result.item} if result.item else {})})
-                    if meta.remediation and result.status in (Status.FAIL, Status.EXCEPTED)
-                    else None
-                )
-                findings.append(
-                    Finding(
-                        id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
-                        check=meta.id,
-                        status=result.status,
-                        severity=meta.severity,
-                        tenant=subject.tenant.name,
-                        domain=subject.domain,
-                        subject=subject.name,
-                        item=result.item,
-                        title=meta.title,
-                        evidence=dict(result.evidence),
-                        reason=result.reason,
-                        remediation=remediation,
-                        run_id=run_id,
-                    )
-                )
+    # Subject by subject, every check of the scope in turn: the checks of one domain read the same records,
+    # so the memoized parsers (DKIM keys, DMARC and SPF records) parse each once. Findings keep check order.
+    per_check: list[list[Finding]] = [[] for _ in checks]
+    for scope in Scope:
+        scoped = [(i, c) for i, c in enumerate(checks) if c.meta.scope is scope]
+        if not scoped:
+            continue
+        for subject in _subjects(scope, inventory, tenants):
+            for index, check in scoped:
+                per_check[index].extend(_judge(check, subject, coverage, contexts, exceptions, now, run_id))
+    findings = [finding for found in per_check for finding in found]
     return findings
+
+
+def _judge(
+    check: Check,
+    subject: _Subject,
+    coverage: Mapping[tuple[str, Fact, str], Coverage],
+    contexts: Mapping[str, RunContext],
+    exceptions: Mapping[tuple[str, str], PolicyException],
+    now: datetime,
+    run_id: str,
+) -> Iterator[Finding]:
+    """The findings of one check on one subject."""
+    meta = check.meta
+    missing = _missing_fact(check, subject, coverage)
+    results = [missing] if missing is not None else _run_one(check, subject, contexts[subject.tenant.name])
+    for result in results:
+        result = _apply_exception(result, meta.id, subject.name, exceptions, now)
+        remediation = (
+            Remediation(meta.remediation, {"subject": subject.name, **({"item": result.item} if result.item else {})})
+            if meta.remediation and result.status in (Status.FAIL, Status.EXCEPTED)
+            else None
+        )
+        yield Finding(
+            id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
+            check=meta.id,
+            status=result.status,
+            severity=meta.severity,
+            tenant=subject.tenant.name,
+            domain=subject.domain,
+            subject=subject.name,
+            item=result.item,
+            title=meta.title,
+            evidence=dict(result.evidence),
+            reason=result.reason,
+            remediation=remediation,
+            run_id=run_id,
+        )
 
 
 def checks_by_id(checks: Iterable[Check]) -> dict[str, Check]:

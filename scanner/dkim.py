@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import re
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ _KNOWN_KEY_TYPES = ("rsa", "ed25519")
 
 
 _MAX_PROBLEMS = 20
+# The pure parsers here and in scanner/dmarc.py and scanner/spf.py are memoized: every check of a domain
+# reads the same records. Longer (hostile) texts are parsed each time rather than kept in the cache.
+CACHED_TEXT = 4096
 
 
 def shown(text: str, limit: int = 60) -> str:
@@ -66,6 +70,12 @@ class TagList:
 
 def parse_tag_list(text: str, *, fold_names: bool = False) -> TagList:
     """Split a tag=value list (RFC 6376 §3.2); ``fold_names`` lowercases names (DMARC, RFC 7489 §6.4)."""
+    if len(text) > CACHED_TEXT:
+        return _split_tag_list(text, fold_names)
+    return _split_tag_list_cached(text, fold_names)
+
+
+def _split_tag_list(text: str, fold_names: bool) -> TagList:
     tags: list[tuple[str, str]] = []
     problems: list[str] = []
     specs = text.split(";")
@@ -89,6 +99,9 @@ def parse_tag_list(text: str, *, fold_names: bool = False) -> TagList:
     if len(problems) > _MAX_PROBLEMS:
         problems[_MAX_PROBLEMS:] = [f"… and {len(problems) - _MAX_PROBLEMS} more problems"]
     return TagList(tuple(tags), tuple(problems))
+
+
+_split_tag_list_cached = functools.lru_cache(maxsize=1024)(_split_tag_list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +154,10 @@ def _colon_list(value: str) -> tuple[str, ...]:
 
 def parse_dkim_key(record: str) -> DkimKey:
     """Parse one DKIM key record (a TXT record at ``<selector>._domainkey.<domain>``)."""
+    return _parse_key(record) if len(record) > CACHED_TEXT else _parse_key_cached(record)
+
+
+def _parse_key(record: str) -> DkimKey:
     parsed = parse_tag_list(record)
     problems = list(parsed.problems)
     version = parsed.get("v")
@@ -194,3 +211,6 @@ def parse_dkim_key(record: str) -> DkimKey:
         services=services,
         problems=tuple(problems),
     )
+
+
+_parse_key_cached = functools.lru_cache(maxsize=1024)(_parse_key)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from scanner.dkim import TagList, parse_tag_list, shown
+from scanner.dkim import CACHED_TEXT, TagList, parse_tag_list, shown
 
 # RFC 7489 §6.4: dmarc-version = "v" *WSP "=" *WSP "DMARC1" (the value is case-sensitive).
 _DMARC_VERSION = re.compile(r"^\s*[vV]\s*=\s*DMARC1\s*(;|$)")
@@ -148,6 +149,10 @@ def _number(tag: str, value: str, digits: int, maximum: int, problems: list[str]
 
 def parse_dmarc_record(text: str) -> DmarcRecord:
     """Parse one DMARC record strictly; syntax errors fall back to defaults as RFC 7489 §6.3 says."""
+    return _parse_record(text) if len(text) > CACHED_TEXT else _parse_record_cached(text)
+
+
+def _parse_record(text: str) -> DmarcRecord:
     tags = parse_tag_list(text, fold_names=True)  # RFC 7489 §6.4 tag names are case-insensitive
     problems = list(tags.problems)
     if not tags.tags or tags.tags[0] != ("v", "DMARC1"):
@@ -179,6 +184,9 @@ def parse_dmarc_record(text: str) -> DmarcRecord:
         problems=tuple(problems[:_MAX_PROBLEMS]) + ((f"… and {len(problems) - _MAX_PROBLEMS} more problems",)
                                                      if len(problems) > _MAX_PROBLEMS else ()),
     )
+
+
+_parse_record_cached = functools.lru_cache(maxsize=1024)(_parse_record)
 
 
 def _uri_text(uris: tuple[ReportUri, ...]) -> str | None:

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 from collections.abc import Iterable
 
-import dns.asyncresolver
-import dns.exception
 import dns.nameserver
-import dns.rcode
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from scanner.dmarc import report_domains
+from scanner.dnswire import WireResolver, render_rdata
 from scanner.model import DnsAnswer, DnsFacts, Outcome
-from scanner.mtasts import MtaStsPolicy, PolicyFetcher, sts_records
-from scanner.spf import evaluate_spf
+from scanner.mtasts import PolicyFetcher, sts_records
+from scanner.spf import SpfEvaluation, evaluate_spf
 
 # Bounds the lookups a hostile DMARC record can cause; RFC 7489 §6.2 lets receivers cap destinations too.
 MAX_REPORT_DESTINATIONS = 10
@@ -32,12 +31,41 @@ def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     return dns.nameserver.Do53Nameserver(entry, 53)
 
 
-def render_rdata(rdata: object) -> str:
-    """A record's data as text; TXT strings are joined as RFC 7208 §3.3 and RFC 6376 §3.6.2.2 say."""
-    strings = getattr(rdata, "strings", None)
-    if strings is not None:
-        return b"".join(strings).decode("utf-8", errors="replace")
-    return str(rdata)
+class _Slots:
+    """At most ``size`` holders at once, served first come first served.
+
+    asyncio.Semaphore rescans its queue of waiters on every release, which with a portfolio's tens of
+    thousands of queued questions costs more than the questions; this hands a freed slot to the next
+    waiter directly.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._free = size
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self._free > 0 and not self._waiting:
+            self._free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # the holder that left handed its slot over
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # handed over, but this waiter is gone: pass it on
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._free += 1
 
 
 class DnsClient:
@@ -45,43 +73,53 @@ class DnsClient:
 
     def __init__(self, nameservers: Iterable[str] = (), *, timeout: float = 3.0, concurrency: int = 64) -> None:
         servers = [parse_nameserver(n) for n in nameservers]
-        self._resolver = dns.asyncresolver.Resolver(configure=not servers)
-        if servers:
-            self._resolver.nameservers = servers
-        self._resolver.lifetime = timeout
+        if not servers:  # the system resolver's nameservers, from /etc/resolv.conf
+            system = dns.resolver.Resolver()
+            servers = [dns.nameserver.Do53Nameserver(str(n), system.port) for n in system.nameservers]
         # One attempt may not use the whole lifetime, so a lost packet is retried (bounded by the lifetime).
-        self._resolver.timeout = max(timeout / 3, 0.2)
-        self._limit = asyncio.Semaphore(concurrency)
-        self._cache: dict[tuple[str, str], asyncio.Task[DnsAnswer]] = {}
+        self._wire = WireResolver([(s.address, s.port) for s in servers], lifetime=timeout,
+                                  attempt=max(timeout / 3, 0.2))
+        self._limit = _Slots(concurrency)
+        self._domains = _Slots(concurrency)
+        self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
         self._psl = PublicSuffixList()
         self.queries = 0
 
+    @property
+    def wire_queries(self) -> int:
+        """Queries put on the wire so far: UDP datagrams and TCP queries, retries included."""
+        return self._wire.sent
+
     async def lookup(self, name: str, rdtype: str) -> DnsAnswer:
         """The answer for ``name``/``rdtype``; the same question is asked at most once per client."""
+        return await self.ask(name, rdtype)
+
+    def ask(self, name: str, rdtype: str) -> asyncio.Future[DnsAnswer]:
+        """The task answering ``name``/``rdtype``, shared by everyone who asks it (inside a running loop).
+
+        Awaiting or gathering it directly costs no further coroutine or task, which matters across thousands
+        of domains; ``lookup`` is the same for callers who want a coroutine.
+        """
         key = (name.lower().rstrip("."), rdtype.upper())
         task = self._cache.get(key)
-        if task is None:
+        if task is not None and task.get_loop() is not (loop := asyncio.get_running_loop()):
+            # Asked in an earlier event loop (the client outlived an asyncio.run): reuse a finished answer
+            # on this loop; a question that loop dropped unanswered is asked again.
+            if task.done() and not task.cancelled():
+                answer = task.result()
+                task = self._cache[key] = loop.create_future()
+                task.set_result(answer)
+            else:
+                task = None
+        if task is None or task.cancelled():  # a question whose every asker gave up is asked anew
             task = asyncio.ensure_future(self._query(*key))
             self._cache[key] = task
-        return await task
+        return task
 
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
             self.queries += 1
-            try:
-                answer = await self._resolver.resolve(name, rdtype, search=False)
-            except dns.resolver.NXDOMAIN:
-                return DnsAnswer(name, rdtype, Outcome.NXDOMAIN)
-            except dns.resolver.NoAnswer:
-                return DnsAnswer(name, rdtype, Outcome.NODATA)
-            except dns.exception.Timeout:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"timeout after {self._resolver.lifetime:g}s")
-            except dns.resolver.NoNameservers as exc:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=_nameserver_failure(exc))
-            except dns.exception.DNSException as exc:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
-        records = tuple(render_rdata(r) for r in answer)
-        return DnsAnswer(name, rdtype, Outcome.ANSWER, records)
+            return await self._wire.resolve(name, rdtype)
 
     def organizational_domain(self, name: str) -> str:
         """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
@@ -91,18 +129,26 @@ class DnsClient:
         self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None
     ) -> DnsFacts:
         """What DNS says about one domain's mail: MX, apex TXT, DMARC, DKIM, MTA-STS (and its policy), TLS-RPT."""
+        # As many domains in flight as questions may be: enough to keep every query slot busy, while the
+        # rest of a large portfolio waits unstarted (no thousands of half-done collections held in memory).
+        async with self._domains:
+            answers, spf = await self._collect_records(name, sorted(set(selectors)))
+        # RFC 8461 §3.3: the policy is fetched only when the domain announces one. The fetch waits for its own
+        # slot (PolicyFetcher bounds them) without holding up the DNS of the domains behind this one.
+        announced = policies is not None and sts_records(answers["mta_sts"])
+        mta_sts_policy = await policies.fetch_policy(name, self) if policies is not None and announced else None
+        return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
+
+    async def _collect_records(self, name: str, selectors: list[str]) -> tuple[dict[str, DnsAnswer], SpfEvaluation]:
+        """Every record of the domain (and the SPF evaluation through its includes), the MTA-STS policy aside."""
         mx, txt, dmarc, mta_sts, tlsrpt = await asyncio.gather(
-            self.lookup(name, "MX"),
-            self.lookup(name, "TXT"),
-            self.lookup(f"_dmarc.{name}", "TXT"),
-            self.lookup(f"_mta-sts.{name}", "TXT"),  # RFC 8461 §3.1
-            self.lookup(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
+            self.ask(name, "MX"),
+            self.ask(name, "TXT"),
+            self.ask(f"_dmarc.{name}", "TXT"),
+            self.ask(f"_mta-sts.{name}", "TXT"),  # RFC 8461 §3.1
+            self.ask(f"_smtp._tls.{name}", "TXT"),  # RFC 8460 §3
         )
         answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
-
-        async def policy() -> MtaStsPolicy | None:
-            # RFC 8461 §3.3: the policy is fetched only when the domain announces one.
-            return await policies.fetch_policy(name, self) if policies and sts_records(mta_sts) else None
 
         async def dmarc_and_report_destinations() -> None:
             org = self.organizational_domain(name)
@@ -110,11 +156,11 @@ class DnsClient:
             if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
                 # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
                 owner = org
-                published = answers["dmarc_org"] = await self.lookup(f"_dmarc.{org}", "TXT")
+                published = answers["dmarc_org"] = await self.ask(f"_dmarc.{org}", "TXT")
             # RFC 7489 §7.1: an outside report destination must authorize the domain that published the policy.
             outside = [d for d in report_domains(published.records) if self.organizational_domain(d) != org]
             checked = outside[:MAX_REPORT_DESTINATIONS]
-            found = await asyncio.gather(*(self.lookup(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
+            found = await asyncio.gather(*(self.ask(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
             answers.update({f"rua_auth:{d}": a for d, a in zip(checked, found, strict=True)})
             for skipped in outside[MAX_REPORT_DESTINATIONS:]:
                 answers[f"rua_auth:{skipped}"] = DnsAnswer(
@@ -122,24 +168,11 @@ class DnsClient:
                     error=f"not looked up: only {MAX_REPORT_DESTINATIONS} outside report destinations are checked",
                 )
 
-        selectors = sorted(set(selectors))
-        spf, mta_sts_policy, dkim, _ = await asyncio.gather(
+        spf, dkim, _ = await asyncio.gather(
             evaluate_spf(self, name, txt),
-            policy(),
-            asyncio.gather(*(self.lookup(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
+            asyncio.gather(*(self.ask(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
             dmarc_and_report_destinations(),
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
-        return DnsFacts(answers, spf=spf, mta_sts_policy=mta_sts_policy)
+        return answers, spf
 
-
-def _nameserver_failure(exc: dns.resolver.NoNameservers) -> str:
-    """Say which rcode the servers gave (SERVFAIL, REFUSED...) without dumping the whole response."""
-    rcodes = []
-    for error in exc.kwargs.get("errors", []):
-        answer = error[4] if len(error) > 4 else None
-        if answer is not None and hasattr(answer, "rcode") and answer.rcode() != dns.rcode.NOERROR:
-            rcodes.append(dns.rcode.to_text(answer.rcode()))
-        else:
-            rcodes.append(str(error[3]))
-    return "no nameserver answered: " + (", ".join(dict.fromkeys(rcodes)) or "no usable nameserver")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
+import h11
 
 from scanner.model import DnsAnswer, Outcome
 
@@ -209,47 +209,25 @@ class PolicyFetcher:
             return await self._fetch(url, host, address)
 
     async def _fetch(self, url: str, host: str, address: str) -> MtaStsPolicy:
-        target = f"[{address}]" if ":" in address else address
+        # One TLS connection per policy host, never reused for another (the certificate names one host);
+        # HTTP/1.1 framing by h11, so the fetch costs a handshake and little else.
         try:
-            # trust_env=False: no proxy or CA settings from the environment; the policy host is reached directly.
-            async with httpx.AsyncClient(
-                verify=self._context, follow_redirects=False, timeout=self.timeout, trust_env=False
-            ) as client:
-                request = client.build_request(
-                    "GET",
-                    f"https://{target}:{self.port}{POLICY_PATH}",
-                    headers={
-                        "Host": host if self.port == 443 else f"{host}:{self.port}",
-                        "Accept": "text/plain",
-                        "Accept-Encoding": "identity",  # the size limit applies to what is read, uncompressed
-                    },
-                    extensions={"sni_hostname": host},  # SNI and certificate checks name the Policy Host
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    body = bytearray()
-                    async for chunk in response.aiter_raw():
-                        body += chunk
-                        if len(body) > MAX_POLICY_BYTES:
-                            break
-                finally:
-                    await response.aclose()
-        except httpx.TimeoutException as exc:
-            reason = f"timed out after {self.timeout:g}s ({type(exc).__name__})"
-            return MtaStsPolicy(url, FetchOutcome.UNKNOWN, reason, address)
-        except httpx.HTTPError as exc:
-            if _caused_by(exc, ssl.SSLError):
-                return MtaStsPolicy(url, FetchOutcome.CERTIFICATE, f"TLS handshake failed: {_short(exc)}", address)
+            async with asyncio.timeout(self.timeout):
+                status, headers, body = await self._get(host, address)
+        except TimeoutError:
+            return MtaStsPolicy(url, FetchOutcome.UNKNOWN, f"timed out after {self.timeout:g}s", address)
+        except ssl.SSLError as exc:
+            return MtaStsPolicy(url, FetchOutcome.CERTIFICATE, f"TLS handshake failed: {_short(exc)}", address)
+        except (OSError, EOFError, h11.ProtocolError) as exc:
             return MtaStsPolicy(url, FetchOutcome.UNREACHABLE, f"{type(exc).__name__}: {_short(exc)}", address)
-        status = response.status_code
-        content_type = response.headers.get("content-type", "")[:200]
+        content_type = headers.get("content-type", "")[:200]
         text = bytes(body[:MAX_POLICY_BYTES]).decode("utf-8", errors="replace")
         seen = MtaStsPolicy(
             url, FetchOutcome.REJECTED, "", address, status, content_type, min(len(body), MAX_POLICY_BYTES + 1),
             text[:KEPT_TEXT],
         )
         if 300 <= status < 400:
-            location = response.headers.get("location", "")[:200]
+            location = headers.get("location", "")[:200]
             return replace(seen, reason=f"HTTP {status} redirect to {location!r} (RFC 8461 §3.3: not followed)")
         if status != 200:
             return replace(seen, reason=f"HTTP {status}; RFC 8461 §3.3 requires 200")
@@ -268,12 +246,50 @@ class PolicyFetcher:
             problems=_bounded(parsed.problems, 50),
         )
 
+    async def _get(self, host: str, address: str) -> tuple[int, dict[str, str], bytearray]:
+        """GET the policy from ``address`` with SNI, certificate check and Host naming the Policy Host (RFC 8461 §3.3)."""
+        reader, writer = await asyncio.open_connection(
+            address, self.port, ssl=self._context, server_hostname=host
+        )
+        try:
+            connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_POLICY_BYTES)
+            request = h11.Request(method="GET", target=POLICY_PATH, headers=[
+                ("Host", host if self.port == 443 else f"{host}:{self.port}"),
+                ("Accept", "text/plain"),
+                ("Accept-Encoding", "identity"),  # the size limit applies to what is read, uncompressed
+                ("Connection", "close"),
+                ("User-Agent", "mailwarden"),
+            ])
+            writer.write(connection.send(request) + connection.send(h11.EndOfMessage()))
+            status, headers, body = 0, {}, bytearray()
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    connection.receive_data(await reader.read(65536))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                    for name, value in event.headers:  # repeated fields are joined, RFC 9110 §5.3
+                        key = name.decode("latin-1")
+                        text = value.decode("latin-1")
+                        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                    if len(body) > MAX_POLICY_BYTES:
+                        break
+                elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+                    break
+            if not status:
+                raise h11.RemoteProtocolError("the connection closed before a response")
+            return status, headers, body
+        finally:
+            writer.transport.abort()  # the answer is read (or given up on): no need to wait for a TLS close
+
 
 async def _address_of(host: str, dns_client: DnsClient) -> tuple[str | None, tuple[FetchOutcome, str]]:
     """The first IPv4 (else IPv6) address of the policy host, or why there is none."""
     failures = []
     for rdtype in ("A", "AAAA"):
-        answer = await dns_client.lookup(host, rdtype)
+        answer = await dns_client.ask(host, rdtype)
         for record in answer.records if answer.outcome is Outcome.ANSWER else ():
             try:
                 return str(ipaddress.ip_address(record)), (FetchOutcome.FETCHED, "")
@@ -299,14 +315,3 @@ def _short(exc: BaseException) -> str:
     """An exception's message on one line, bounded."""
     return " ".join(str(exc).split())[:300] or type(exc).__name__
 
-
-def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
-    """Whether ``kind`` is anywhere in the exception's cause or context chain."""
-    seen: BaseException | None = exc
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False

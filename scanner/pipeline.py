@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import secrets
 import threading
@@ -46,6 +48,23 @@ class ScanResult:
     findings: tuple[Finding, ...]
     files: tuple[Path, ...]
     dns_queries: int
+
+
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector while a scan builds its inventory and findings.
+
+    A portfolio scan allocates millions of objects that live until the run ends; the collector would
+    re-scan them over and over (a third of a 10,000-domain scan's time). Reference counting still frees
+    everything else at once, and the collector resumes, as it was, when the block ends.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def new_run_id(now: datetime) -> str:
@@ -152,18 +171,20 @@ def run_scan(
         store.start_run(run_id, started, config.digest, __version__)
         try:
             baselines = load_baselines(config)
-            collection = asyncio.run(_collect_unless_stopped(config, progress, tenants, stop))
+            with paused_gc():
+                collection = asyncio.run(_collect_unless_stopped(config, progress, tenants, stop))
             if stop is not None and stop.is_set():
                 raise asyncio.CancelledError
             # The drift checks judge against the state recorded before this run; the snapshot then records
             # only what this run saw completely (a partial tenant's objects carry forward unchanged).
             inventory = replace(collection.inventory, previous=store.previous_state(run_id), baselines=baselines)
             store.save_snapshot(run_id, snapshot_items(inventory), complete=(*collection.complete_tenants, CONFIG_SCOPE))
-            results = evaluate(
-                inventory, checks, policy=policy_of(config), senders=senders_of(config),
-                now=as_of or started,
-                run_id=run_id,
-            )
+            with paused_gc():
+                results = evaluate(
+                    inventory, checks, policy=policy_of(config), senders=senders_of(config),
+                    now=as_of or started,
+                    run_id=run_id,
+                )
             if tenants is not None:
                 # Only the chosen units were collected: the others' results are judgements on nothing.
                 results = [f for f in results if f.tenant in tenants]

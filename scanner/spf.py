@@ -9,6 +9,7 @@ chain is asked once per run however many domains include it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
+from scanner.dkim import CACHED_TEXT
 from scanner.model import DnsAnswer, Outcome
 
 if TYPE_CHECKING:
@@ -312,6 +314,10 @@ def parse_term(text: str) -> SpfTerm:
 
 def parse_record(record: str) -> tuple[tuple[SpfTerm, ...], tuple[str, ...]]:
     """The terms of an SPF record and record-level errors (duplicate redirect/exp)."""
+    return _parse_record(record) if len(record) > CACHED_TEXT else _parse_record_cached(record)
+
+
+def _parse_record(record: str) -> tuple[tuple[SpfTerm, ...], tuple[str, ...]]:
     body = record[len("v=spf1") :]
     # RFC 7208 §4.6.1: terms are separated by one or more spaces (SP only, not tabs or other controls).
     terms = tuple(parse_term(t) for t in body.split(" ") if t)
@@ -321,6 +327,9 @@ def parse_record(record: str) -> tuple[tuple[SpfTerm, ...], tuple[str, ...]]:
         if count > 1:
             errors.append(f"'{name}=' appears {count} times; it may appear once (RFC 7208 §6)")
     return terms, tuple(errors)
+
+
+_parse_record_cached = functools.lru_cache(maxsize=1024)(_parse_record)
 
 
 def render_record(terms: list[str] | tuple[str, ...]) -> str:
@@ -388,7 +397,7 @@ class _Walk:
                    term: str = "", answer: DnsAnswer | None = None) -> SpfNode:
         """Fetch, parse and follow one record."""
         if answer is None:
-            answer = await self.client.lookup(domain, "TXT")
+            answer = await self.client.ask(domain, "TXT")
         path = path + (domain,)
         base = SpfNode(domain, via, qualifier, term)
         if answer.failed:
@@ -461,7 +470,7 @@ class _Walk:
             else:
                 rdtypes = {"a": ("A", "AAAA"), "mx": ("MX",), "exists": ("A",)}[t.name]
                 lookups.append((t, target, asyncio.ensure_future(
-                    asyncio.gather(*(self.client.lookup(target, r) for r in rdtypes)))))
+                    asyncio.gather(*(self.client.ask(target, r) for r in rdtypes)))))
         done_children = list(await asyncio.gather(*children))
         voids = list(void)
         term_failures: list[str] = []
