@@ -1,1 +1,1 @@
-"""Remediation jobs: the only write path (actions, signed links, audit log) — not built yet."""
+"""Remediation: the only write path (actions through adapters, jobs, signed links, audit log, web app)."""
