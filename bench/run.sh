@@ -12,3 +12,7 @@ echo "## DNS scan (bench/bench_dns.py)"
 "$PY" bench/bench_dns.py --domains 1000 10000 --rtt 0 10
 echo "## Report (bench/bench_report.py)"
 "$PY" bench/bench_report.py --browser
+echo "## Drift (bench/bench_drift.py)"
+"$PY" bench/bench_drift.py
+echo "## Provider crawl (bench/bench_providers.py, about 10 minutes)"
+"$PY" bench/bench_providers.py --mailboxes 10000 100000 --rate 300 200
