@@ -5,24 +5,14 @@ from __future__ import annotations
 from checks.dmarc import dmarc_records
 from checks.mx import mx_records
 from checks.registry import Result, RunContext, check
-from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
+from scanner.dnsrecords import dmarc_tags, records
+from scanner.model import Domain, Scope, Severity
+from scanner.spf import spf_records
 
 
-def spf_records(answer: DnsAnswer | None) -> list[str]:
-    """The apex TXT strings that are SPF records (RFC 7208 §4.5: version ``v=spf1``, ended by a space or the end)."""
-    if answer is None or answer.outcome is not Outcome.ANSWER:
-        return []
-    return [r for r in answer.records if r.lower() == "v=spf1" or r.lower().startswith("v=spf1 ")]
-
-
-def dmarc_tags(record: str) -> dict[str, str]:
-    """A DMARC record's tags (RFC 7489 §6.4), names and values lowercased; the first of a repeated tag wins."""
-    tags: dict[str, str] = {}
-    for part in record.split(";"):
-        name, sep, value = part.partition("=")
-        if sep:
-            tags.setdefault(name.strip().lower(), value.strip().lower())
-    return tags
+def _lowered(record: str) -> dict[str, str]:
+    """A DMARC record's tags with values lowercased (policy values compare case-insensitively)."""
+    return {name: value.lower() for name, value in dmarc_tags(record).items()}
 
 
 def lock_records(domain: str) -> list[str]:
@@ -40,7 +30,7 @@ def _dmarc_policy(domain: Domain) -> tuple[str | None, list[str], Result | None]
     assert own is not None
     records = dmarc_records(own)
     if records:
-        return (dmarc_tags(records[0]).get("p") if len(records) == 1 else None), records, None
+        return (_lowered(records[0]).get("p") if len(records) == 1 else None), records, None
     inherited = domain.dns.get("dmarc_org")
     if inherited is None:
         return None, [], None
@@ -50,7 +40,7 @@ def _dmarc_policy(domain: Domain) -> tuple[str | None, list[str], Result | None]
     if len(records) != 1:
         # RFC 7489 §6.6.3: no record, or more than one, means no DMARC policy applies.
         return None, records, None
-    tags = dmarc_tags(records[0])
+    tags = _lowered(records[0])
     # RFC 7489 §6.3: sp= applies to subdomains of the organizational domain; p= when sp= is absent.
     return tags.get("sp", tags.get("p")), records, None
 
@@ -79,7 +69,7 @@ def parked_not_locked(domain: Domain, ctx: RunContext) -> Result:
     if error is not None:
         return error
     mx = mx_records(mx_answer)
-    spf = spf_records(txt_answer)
+    spf = list(spf_records(records(txt_answer)))
     missing = []
     if not (len(mx) == 1 and mx[0].null):
         missing.append("null MX (RFC 7505)")
@@ -88,7 +78,7 @@ def parked_not_locked(domain: Domain, ctx: RunContext) -> Result:
     if policy != "reject":
         missing.append("DMARC p=reject")
     seen = {
-        "mx": list(mx_answer.records) if mx_answer.outcome is Outcome.ANSWER else [],
+        "mx": list(records(mx_answer)),
         "spf": spf,
         "dmarc": dmarc_seen,
     }

@@ -1,24 +1,16 @@
-"""Small readers of raw DNS answers for drift and baselines: DMARC tags, SPF terms, MX hosts, DKIM keys.
+"""What drift and baselines compare, read from raw DNS answers through the shared record parsers.
 
-They read only what drift and baselines compare. Where a full parser exists after merging (scanner.spf's
-SpfEvaluation, the DMARC and DKIM checks' parsers), it should replace the matching function here.
+Drift compares this run's answers with the stored answers of an earlier run, so it works from raw
+records (scanner.spf, scanner.dmarc and scanner.dkim do the parsing) rather than from a run's
+SpfEvaluation, which earlier snapshots hold only as plain data.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
-
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
-
+from scanner.dkim import parse_dkim_key, parse_tag_list
+from scanner.dmarc import is_dmarc_record, parse_dmarc_record
 from scanner.model import DnsAnswer, DnsFacts, Outcome
-
-# RFC 7489 §6.4: a DMARC record starts with "v=DMARC1".
-_DMARC = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
-# RFC 7208 §4.5: an SPF record starts with "v=spf1" followed by a space or the end.
-_SPF = re.compile(r"^\s*v=spf1(\s|$)", re.IGNORECASE)
+from scanner.spf import spf_records
 
 DMARC_POLICIES = ("none", "quarantine", "reject")
 """RFC 7489 §6.3 p= values, weakest first."""
@@ -37,37 +29,35 @@ def records(answer: DnsAnswer | None) -> tuple[str, ...]:
 
 def dmarc_record(answer: DnsAnswer | None) -> str | None:
     """The DMARC record of an answer, when exactly one is published (RFC 7489 §6.6.3: more is none)."""
-    found = [r for r in records(answer) if _DMARC.match(r)]
+    found = [r for r in records(answer) if is_dmarc_record(r)]
     return found[0] if len(found) == 1 else None
 
 
 def dmarc_tags(record: str | None) -> dict[str, str]:
-    """A DMARC record's tags (RFC 7489 §6.4), names lowercased."""
+    """A DMARC record's tags (RFC 7489 §6.4: names case-insensitive), the first of a repeated tag winning."""
     if record is None:
         return {}
     tags: dict[str, str] = {}
-    for part in record.split(";"):
-        name, sep, value = part.partition("=")
-        if sep:
-            tags.setdefault(name.strip().lower(), value.strip())
+    for name, value in parse_tag_list(record, fold_names=True).tags:
+        tags.setdefault(name, value)
     return tags
 
 
 def dmarc_policy(record: str | None) -> str | None:
-    """The p= policy, lowercased, or None when the record is missing or its p= is not a known value."""
-    value = dmarc_tags(record).get("p", "").lower()
-    return value if value in DMARC_POLICIES else None
+    """The p= policy, or None when the record is missing or its p= is not a valid value."""
+    return None if record is None else parse_dmarc_record(record).policy
 
 
 def dmarc_rua(record: str | None) -> tuple[str, ...]:
     """The rua= reporting URIs (RFC 7489 §6.4), lowercased and sorted."""
-    value = dmarc_tags(record).get("rua", "")
-    return tuple(sorted({u.strip().lower() for u in value.split(",") if u.strip()}))
+    if record is None:
+        return ()
+    return tuple(sorted({uri.uri.strip().lower() for uri in parse_dmarc_record(record).rua}))
 
 
 def spf_record(answer: DnsAnswer | None) -> str | None:
     """The SPF record among apex TXT strings, when exactly one is published (RFC 7208 §4.5: more is permerror)."""
-    found = [r for r in records(answer) if _SPF.match(r)]
+    found = spf_records(records(answer))
     return found[0] if len(found) == 1 else None
 
 
@@ -110,32 +100,16 @@ def mx_hosts(answer: DnsAnswer | None) -> tuple[str, ...]:
 def dkim_key(answer: DnsAnswer | None) -> tuple[str, int] | None:
     """The DKIM key published in an answer as (algorithm, bits); ("revoked", 0) for an empty or unreadable p=.
 
-    None when no key record is published. RFC 6376 §3.6.1: p= is the base64 public key, and an empty
-    p= means the key was revoked.
+    None when no key record is published. RFC 6376 §3.6.1: an empty p= means the key was revoked.
     """
     texts = [r for r in records(answer) if "p=" in r.replace(" ", "")]
     if not texts:
         return None
-    tags: dict[str, str] = {}
-    for part in texts[0].split(";"):
-        name, sep, value = part.partition("=")
-        if sep:
-            tags.setdefault(name.strip().lower(), "".join(value.split()))
-    data = tags.get("p", "")
-    if not data:
-        return ("revoked", 0)
-    try:
-        key = load_der_public_key(base64.b64decode(data, validate=True))
-    except (ValueError, binascii.Error, TypeError):
-        if tags.get("k", "rsa").lower() == "ed25519" and len(data) == 44:
-            return ("ed25519", 256)  # RFC 8463 §3: the raw 32-byte key, not DER
-        return ("revoked", 0)
-    if isinstance(key, rsa.RSAPublicKey):
-        return ("rsa", int(key.key_size))
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return ("ec", int(key.key_size))
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return ("ed25519", 256)
+    key = parse_dkim_key(texts[0])
+    if not key.revoked and key.key_type == "rsa" and key.bits:
+        return ("rsa", key.bits)
+    if not key.revoked and key.key_type == "ed25519" and key.usable:
+        return ("ed25519", 256)  # RFC 8463 §3: a raw 32-byte key
     return ("revoked", 0)
 
 
