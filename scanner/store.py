@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -20,11 +21,13 @@ from scanner.model import (
     Finding,
     Forward,
     ForwardMechanism,
+    Mailbox,
     Outcome,
     PreviousState,
     Remediation,
     Severity,
     Status,
+    mailbox_from_plain,
 )
 
 metadata = sa.MetaData()
@@ -225,7 +228,25 @@ def _migration_3(conn: Connection) -> None:
     metadata.create_all(conn, tables=[jobs, audit])
 
 
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2, _migration_3)
+staged = sa.Table(
+    "staged",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("kind", sa.String(32), primary_key=True),
+    sa.Column("key", sa.String(512), primary_key=True),
+    sa.Column("scope", sa.String(128), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+"""What a running scan has seen so far, written page by page as the adapters read; ``commit_snapshot`` folds
+it into ``versions``, the evaluation reads the mailboxes back from it, and the run's end drops it."""
+
+
+def _migration_4(conn: Connection) -> None:
+    """Version 4: the staging table a scan streams what it sees into."""
+    metadata.create_all(conn, tables=[staged])
+
+
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2, _migration_3, _migration_4)
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)
@@ -353,11 +374,14 @@ class Store:
             )
             last = conn.execute(sa.select(sa.func.max(run_order.c.seq))).scalar()
             conn.execute(sa.insert(run_order).values(run_id=run_id, seq=int(last or 0) + 1))
+            # Scans run one at a time (the lease): staging left by a killed one is of no use to anybody.
+            conn.execute(sa.delete(staged))
 
     def finish_run(self, run_id: str, finished: datetime, state: str, scope: dict[str, Any]) -> None:
-        """Record how a run ended: complete, partial (with what failed) or failed."""
+        """Record how a run ended: complete, partial (with what failed) or failed; its staging goes."""
         with self.engine.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(finished=finished, state=state, scope=scope))
+            conn.execute(sa.delete(staged).where(staged.c.run_id == run_id))
 
     def run(self, run_id: str) -> RunRecord:
         """One stored run."""
@@ -386,22 +410,90 @@ class Store:
         Each item is (kind, key, body) or (kind, key, body, scope); the scope is the tenant (default: the
         key up to its first "/"). ``complete`` names the scopes the run saw completely (None: all of them).
         Objects of other scopes are not recorded at all, so their state carries forward unchanged: a run
-        that failed to see a tenant never records its objects as changed or deleted. The change log rows
-        for the delta are written in the same transaction.
+        that failed to see a tenant never records its objects as changed or deleted. A scan does the same
+        in steps: ``stage`` page by page, then ``commit_snapshot``.
         """
-        bodies: dict[str, tuple[str, str]] = {}
-        seen: list[tuple[str, str, str, str]] = []
+        page: list[tuple[str, str, object, str]] = []
+        added = 0
         for item in items:
-            kind, key, value = item[0], item[1], item[2]
-            scope = item[3] if len(item) > 3 else _legacy_scope(kind, key)  # type: ignore[misc]
+            scope = item[3] if len(item) > 3 else _legacy_scope(item[0], item[1])  # type: ignore[misc]
+            page.append((item[0], item[1], item[2], str(scope)))
+            if len(page) >= STAGE_PAGE:
+                added += self.stage(run_id, page)[0]
+                page = []
+        added += self.stage(run_id, page)[0]
+        self.commit_snapshot(run_id, complete)
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(staged).where(staged.c.run_id == run_id))
+        return added
+
+    def stage(self, run_id: str, items: Iterable[tuple[str, str, object, str]]) -> tuple[int, list[str]]:
+        """Keep a page of what a running scan saw, as (kind, key, body, scope); returns how many bodies were new
+        to the store and the keys this run had staged already (the first sighting stays)."""
+        rows: dict[tuple[str, str], dict[str, str]] = {}
+        bodies: dict[str, tuple[str, str]] = {}
+        repeated: list[str] = []
+        for kind, key, value, scope in items:
+            if (kind, key) in rows:
+                repeated.append(key)
+                continue
             body = canonical(value)
             digest = content_hash(body)
             bodies[digest] = (kind, body)
-            seen.append((kind, key, digest, str(scope)))
+            rows[(kind, key)] = {"run_id": run_id, "kind": kind, "key": key, "scope": scope, "hash": digest}
+        if not rows:
+            return 0, repeated
         with self.engine.begin() as conn:
-            seq, started = self._position(conn, run_id)
-            scopes = None if complete is None else set(complete)
-            return _record_delta(conn, run_id, seq, started, seen, scopes, bodies)
+            for kind in {k for k, _ in rows}:
+                keys = sorted(key for k, key in rows if k == kind)
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start : start + 500]
+                    for key in conn.execute(sa.select(staged.c.key).where(
+                            staged.c.run_id == run_id, staged.c.kind == kind, staged.c.key.in_(chunk))).scalars():
+                        repeated.append(key)
+                        del rows[(kind, key)]
+            used = {row["hash"] for row in rows.values()}
+            added = _store_bodies(conn, {h: b for h, b in bodies.items() if h in used})
+            values = list(rows.values())
+            for start in range(0, len(values), 5000):
+                conn.execute(sa.insert(staged), values[start : start + 5000])
+        return added, repeated
+
+    def unstage(self, run_id: str, scope: str) -> None:
+        """Forget what a running scan staged for one scope (a tenant whose collection failed)."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(staged).where(staged.c.run_id == run_id, staged.c.scope == scope))
+
+    def commit_snapshot(self, run_id: str, complete: Iterable[str] | None = None) -> None:
+        """Fold a run's staging into its delta: versions for what appeared or changed, and (in the scopes it saw
+        completely, see ``save_snapshot``) for what went, with the change-log rows, in one transaction.
+
+        The comparison with the state before the run is done by the database, so it takes no memory per object.
+        """
+        with self.engine.begin() as conn:
+            seq, at = self._position(conn, run_id)
+            before = _live(seq - 1)
+            known = set(conn.execute(sa.select(before.c.scope).distinct()).scalars())
+            if known:
+                known.add(CONFIG_SCOPE)  # the config was read by the earlier runs, even with no exceptions in it
+            mine = staged.c.run_id == run_id
+            scopes = set(complete) if complete is not None else known | set(
+                conn.execute(sa.select(staged.c.scope).where(mine).distinct()).scalars())
+            columns = ["kind", "key", "seq", "scope", "hash", "deleted"]
+            same = sa.and_(before.c.kind == staged.c.kind, before.c.key == staged.c.key)
+            conn.execute(sa.insert(versions).from_select(columns, sa.select(
+                staged.c.kind, staged.c.key, sa.literal(seq), staged.c.scope, staged.c.hash, sa.literal(False),
+            ).select_from(staged.outerjoin(before, same)).where(
+                mine, staged.c.scope.in_(sorted(scopes)),
+                sa.or_(before.c.hash.is_(None), before.c.hash != staged.c.hash),
+            )))
+            seen = sa.select(staged.c.key).where(mine, same).exists()
+            conn.execute(sa.insert(versions).from_select(columns, sa.select(
+                before.c.kind, before.c.key, sa.literal(seq), before.c.scope, sa.null(), sa.literal(True),
+            ).where(before.c.scope.in_(sorted(scopes)), ~seen)))
+            # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
+            if known:
+                _log_delta(conn, run_id, seq, at, sorted(known))
 
     def snapshot(self, run_id: str, kind: str | None = None) -> dict[tuple[str, str], Any]:
         """The state as of a run, keyed by (kind, key): what it saw, plus what it could not see carried forward."""
@@ -444,8 +536,12 @@ class Store:
         with self.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(versions)).scalar_one())
 
-    def previous_state(self, run_id: str) -> PreviousState | None:
-        """The recorded state before a run, for the drift checks; None when nothing was recorded before it."""
+    def previous_state(self, run_id: str, *, forwards: bool = True) -> PreviousState | None:
+        """The recorded state before a run, for the drift checks; None when nothing was recorded before it.
+
+        ``forwards=False`` leaves out the mailboxes' forwards: a scan reads them a page at a time
+        (``Recording.previous_forwards``).
+        """
         with self.engine.connect() as conn:
             seq, _ = self._position(conn, run_id)
             before = conn.execute(
@@ -454,26 +550,26 @@ class Store:
             ).one_or_none()
             if before is None:
                 return None
-            state = {i: v for i, v in _state_rows(conn, seq - 1, None).items() if i[0] in ("domain", "mailbox")}
-            if not state:
+            live = _live(seq - 1)
+            tenants = set(conn.execute(
+                sa.select(live.c.scope).where(live.c.kind.in_(("domain", "mailbox"))).distinct()).scalars())
+            if not tenants:
                 return None
             domains: dict[str, DomainState] = {}
-            forwards: dict[str, tuple[Forward, ...]] = {}
-            tenants: set[str] = set()
-            for (kind, key), text in _bodies(conn, state).items():
-                body = json.loads(text)
-                tenants.add(key.partition("/")[0])
-                if kind == "domain":
-                    domains[key] = _domain_state(_with_last_known(conn, kind, key, seq - 1, body))
-                else:
-                    found = tuple(
-                        Forward(str(f["target"]), ForwardMechanism(f["mechanism"]))
-                        for f in body.get("forwards") or ()
-                    )
-                    if found:
-                        forwards[key] = found
+            for (kind, key), text in _bodies(conn, _state_rows(conn, seq - 1, "domain")).items():
+                domains[key] = _domain_state(_with_last_known(conn, kind, key, seq - 1, json.loads(text)))
+            found = _forwards(conn, _state_rows(conn, seq - 1, "mailbox")) if forwards else {}
         return PreviousState(before.run_id, _utc(before.started) or datetime.now(UTC), frozenset(tenants),
-                             domains, forwards)
+                             domains, found)
+
+    @contextlib.contextmanager
+    def recording(self, run_id: str, now: datetime, complete_tenants: Iterable[str]) -> Iterator[Recording]:
+        """A run's evaluation in one transaction: its staged mailboxes read back a page at a time, its findings
+        written as they come, and at the end the findings of subjects gone from complete tenants resolved."""
+        with self.engine.begin() as conn:
+            recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants))
+            yield recording
+            recording.resolve_missing()
 
     def _position(self, conn: Connection, run_id: str) -> tuple[int, datetime]:
         row = conn.execute(
@@ -570,65 +666,10 @@ class Store:
         A finding opens when its check fails (or is excepted) and resolves when the check passes on the
         subject in a tenant this run saw completely, or when the subject is gone from such a tenant.
         Errors, unsupported results and passes in a partial tenant change nothing: unknown is never a
-        resolution.
+        resolution. A scan records its findings page by page through ``recording``.
         """
-        complete = set(complete_tenants)
-        tenants = {f.tenant for f in results} | complete
-        with self.engine.begin() as conn:
-            existing = {
-                row.fingerprint: row
-                for row in conn.execute(sa.select(findings).where(findings.c.tenant.in_(tenants)))
-            } if tenants else {}
-            inserts: list[dict[str, Any]] = []
-            updates: list[dict[str, Any]] = []
-            stored: list[dict[str, Any]] = []
-            out: list[Finding] = []
-            seen: set[str] = set()
-            for finding in results:
-                seen.add(finding.id)
-                row = existing.get(finding.id)
-                first = _utc(row.first_seen) if row is not None else None
-                last = _utc(row.last_seen) if row is not None else None
-                was_open = bool(row is not None and row.is_open)
-                event = ""
-                if finding.status in PRESENT:
-                    event = "persisting" if was_open else ("reopened" if first is not None else "new")
-                    if event != "persisting":
-                        first = first if event == "reopened" else now
-                    last = now
-                    change = {"is_open": True, "first_seen": first, "last_seen": last, "resolved_at": None,
-                              "resolved_run": None}
-                elif finding.status is Status.PASS and was_open and finding.tenant in complete:
-                    # A pass resolves only where the run saw the tenant completely: a pass judged on a
-                    # partial view (a page of forwards missing) may be the view's doing, not the fix's.
-                    event = "resolved"
-                    change = {"is_open": False, "resolved_at": now, "resolved_run": run_id}
-                else:
-                    change = {}
-                if row is None:
-                    inserts.append({"fingerprint": finding.id, "check_id": finding.check, "tenant": finding.tenant,
-                                    "subject": finding.subject, "item": finding.item, "is_open": False,
-                                    "first_seen": None, "last_seen": None, "resolved_at": None,
-                                    "resolved_run": None, **change})
-                elif change:
-                    updates.append({"fp": finding.id, **{k: change.get(k, getattr(row, k)) for k in _MUTABLE}})
-                stored.append(_run_row(run_id, finding, event))
-                out.append(replace(finding, run_id=run_id, first_seen=first, last_seen=last))
-            for fingerprint, row in existing.items():
-                if row.is_open and fingerprint not in seen and row.tenant in complete:
-                    # The subject (or the check) is gone from a tenant this run saw completely.
-                    updates.append({"fp": fingerprint, "is_open": False, "first_seen": row.first_seen,
-                                    "last_seen": row.last_seen, "resolved_at": now, "resolved_run": run_id})
-            if inserts:
-                conn.execute(sa.insert(findings), inserts)
-            if updates:
-                conn.execute(
-                    sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")),
-                    updates,
-                )
-            if stored:
-                conn.execute(sa.insert(run_findings), stored)
-        return out
+        with self.recording(run_id, now, complete_tenants) as recording:
+            return recording.add(results)
 
     def findings_for_run(self, run_id: str) -> list[Finding]:
         """A run's findings as stored, with their lifecycle times."""
@@ -657,6 +698,119 @@ class Store:
                 conn.execute(sa.select(findings.c.fingerprint).where(findings.c.resolved_run == run_id)).scalars()
             )
         return events
+
+
+STAGE_PAGE = 5000
+"""Objects per staging write when a whole snapshot is saved at once."""
+
+
+class Recording:
+    """One run's findings, written page by page in one transaction (``Store.recording``)."""
+
+    def __init__(self, conn: Connection, run_id: str, seq: int, now: datetime, complete: set[str]) -> None:
+        self._conn = conn
+        self._run_id = run_id
+        self._seq = seq
+        self._now = now
+        self._complete = complete
+
+    def mailbox_pages(self, size: int) -> Iterator[list[Mailbox]]:
+        """The run's staged mailboxes in key order, ``size`` at a time."""
+        after = ""
+        while True:
+            rows = self._conn.execute(
+                sa.select(staged.c.key, objects.c.body).join(objects, objects.c.hash == staged.c.hash)
+                .where(staged.c.run_id == self._run_id, staged.c.kind == "mailbox", staged.c.key > after)
+                .order_by(staged.c.key).limit(size)
+            ).all()
+            if not rows:
+                return
+            after = rows[-1].key
+            yield [mailbox_from_plain(json.loads(row.body)) for row in rows]
+
+    def mailboxes(self, keys: Collection[str]) -> dict[str, Mailbox]:
+        """The run's staged mailboxes with these keys (``tenant/address``), by key."""
+        found: dict[str, Mailbox] = {}
+        wanted = sorted(set(keys))
+        for start in range(0, len(wanted), 500):
+            for row in self._conn.execute(
+                sa.select(staged.c.key, objects.c.body).join(objects, objects.c.hash == staged.c.hash).where(
+                    staged.c.run_id == self._run_id, staged.c.kind == "mailbox",
+                    staged.c.key.in_(wanted[start : start + 500]))
+            ):
+                found[row.key] = mailbox_from_plain(json.loads(row.body))
+        return found
+
+    def previous_forwards(self, keys: Collection[str]) -> dict[str, tuple[Forward, ...]]:
+        """The forwards the state before this run recorded for these mailboxes (keys ``tenant/address``)."""
+        wanted = sorted(set(keys))
+        state: dict[tuple[str, str], tuple[str, str]] = {}
+        for start in range(0, len(wanted), 500):
+            state.update(_state_rows(self._conn, self._seq - 1, "mailbox", wanted[start : start + 500]))
+        return _forwards(self._conn, state)
+
+    def add(self, results: Sequence[Finding]) -> list[Finding]:
+        """Store findings and advance each one's lifecycle; returns them with first and last seen."""
+        conn, now, complete = self._conn, self._now, self._complete
+        ids = sorted({f.id for f in results})
+        existing: dict[str, Any] = {}
+        for start in range(0, len(ids), 500):
+            for row in conn.execute(sa.select(findings).where(findings.c.fingerprint.in_(ids[start : start + 500]))):
+                existing[row.fingerprint] = row
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        stored: list[dict[str, Any]] = []
+        out: list[Finding] = []
+        for finding in results:
+            row = existing.get(finding.id)
+            first = _utc(row.first_seen) if row is not None else None
+            last = _utc(row.last_seen) if row is not None else None
+            was_open = bool(row is not None and row.is_open)
+            event = ""
+            if finding.status in PRESENT:
+                event = "persisting" if was_open else ("reopened" if first is not None else "new")
+                if event != "persisting":
+                    first = first if event == "reopened" else now
+                last = now
+                change = {"is_open": True, "first_seen": first, "last_seen": last, "resolved_at": None,
+                          "resolved_run": None}
+            elif finding.status is Status.PASS and was_open and finding.tenant in complete:
+                # A pass resolves only where the run saw the tenant completely: a pass judged on a
+                # partial view (a page of forwards missing) may be the view's doing, not the fix's.
+                event = "resolved"
+                change = {"is_open": False, "resolved_at": now, "resolved_run": self._run_id}
+            else:
+                change = {}
+            if row is None:
+                inserts.append({"fingerprint": finding.id, "check_id": finding.check, "tenant": finding.tenant,
+                                "subject": finding.subject, "item": finding.item, "is_open": False,
+                                "first_seen": None, "last_seen": None, "resolved_at": None,
+                                "resolved_run": None, **change})
+            elif change:
+                updates.append({"fp": finding.id, **{k: change.get(k, getattr(row, k)) for k in _MUTABLE}})
+            stored.append(_run_row(self._run_id, finding, event))
+            out.append(replace(finding, run_id=self._run_id, first_seen=first, last_seen=last))
+        if inserts:
+            conn.execute(sa.insert(findings), inserts)
+        if updates:
+            conn.execute(sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), updates)
+        if stored:
+            conn.execute(sa.insert(run_findings), stored)
+        return out
+
+    def resolve_missing(self) -> None:
+        """Resolve the open findings of complete tenants that this run did not report: the subject (or the
+        check) is gone from a tenant the run saw completely."""
+        if not self._complete:
+            return
+        reported = sa.select(run_findings.c.fingerprint).where(
+            run_findings.c.run_id == self._run_id, run_findings.c.fingerprint == findings.c.fingerprint
+        ).exists()
+        self._conn.execute(
+            sa.update(findings)
+            .where(findings.c.is_open.is_(True), findings.c.tenant.in_(sorted(self._complete)), ~reported)
+            .values(is_open=False, resolved_at=self._now, resolved_run=self._run_id)
+        )
 
 
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
@@ -696,18 +850,90 @@ def _last_seq(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.max(run_order.c.seq))).scalar() or 0)
 
 
-def _state_rows(conn: Connection, seq: int, kind: str | None) -> dict[tuple[str, str], tuple[str, str]]:
-    """The state as of ``seq``: per live (kind, key), its (hash, scope)."""
+def _live(seq: int, kind: str | None = None, keys: Sequence[str] | None = None) -> sa.Subquery:
+    """The state as of ``seq`` as a subquery: per live (kind, key), its hash and scope."""
     latest = sa.select(versions.c.kind, versions.c.key, sa.func.max(versions.c.seq).label("top")).where(
         versions.c.seq <= seq
     )
     if kind is not None:
         latest = latest.where(versions.c.kind == kind)
+    if keys is not None:
+        latest = latest.where(versions.c.key.in_(keys))
     sub = latest.group_by(versions.c.kind, versions.c.key).subquery()
-    query = sa.select(versions.c.kind, versions.c.key, versions.c.hash, versions.c.scope).join(
+    return sa.select(versions.c.kind, versions.c.key, versions.c.hash, versions.c.scope).join(
         sub, sa.and_(versions.c.kind == sub.c.kind, versions.c.key == sub.c.key, versions.c.seq == sub.c.top)
-    ).where(versions.c.deleted.is_(False))
-    return {(r.kind, r.key): (r.hash, r.scope) for r in conn.execute(query)}
+    ).where(versions.c.deleted.is_(False)).subquery("live")
+
+
+def _state_rows(
+    conn: Connection, seq: int, kind: str | None, keys: Sequence[str] | None = None
+) -> dict[tuple[str, str], tuple[str, str]]:
+    """The state as of ``seq`` (of one kind, of some keys): per live (kind, key), its (hash, scope)."""
+    live = _live(seq, kind, keys)
+    return {(r.kind, r.key): (r.hash, r.scope) for r in conn.execute(sa.select(live))}
+
+
+def _forwards(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -> dict[str, tuple[Forward, ...]]:
+    """The forwards of the mailboxes of a state, by key; mailboxes without forwards are left out."""
+    found: dict[str, tuple[Forward, ...]] = {}
+    for (_, key), text in _bodies(conn, state).items():
+        forwards = tuple(
+            Forward(str(f["target"]), ForwardMechanism(f["mechanism"])) for f in json.loads(text).get("forwards") or ()
+        )
+        if forwards:
+            found[key] = forwards
+    return found
+
+
+def _store_bodies(conn: Connection, bodies: dict[str, tuple[str, str]]) -> int:
+    """Insert the bodies (hash -> (kind, text)) the store lacks; returns how many were new."""
+    needed = sorted(bodies)
+    known: set[str] = set()
+    for start in range(0, len(needed), 500):
+        chunk = needed[start : start + 500]
+        known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
+    new = [{"hash": h, "kind": bodies[h][0], "body": bodies[h][1]} for h in needed if h not in known]
+    for start in range(0, len(new), 5000):
+        conn.execute(sa.insert(objects), new[start : start + 5000])
+    return len(new)
+
+
+def _log_delta(conn: Connection, run_id: str, seq: int, at: datetime, scopes: Sequence[str]) -> None:
+    """Write the change-log rows for the versions a run recorded in ``scopes``, a thousand objects at a time."""
+    query = sa.select(versions.c.kind, versions.c.key, versions.c.hash).where(
+        versions.c.seq == seq, versions.c.scope.in_(scopes))
+    after = ("", "")
+    while True:
+        rows = conn.execute(query.where(sa.tuple_(versions.c.kind, versions.c.key) > sa.tuple_(*after))
+                            .order_by(versions.c.kind, versions.c.key).limit(1000)).all()
+        if not rows:
+            return
+        after = (rows[-1].kind, rows[-1].key)
+        old: dict[tuple[str, str], tuple[str, str]] = {}
+        for kind in {r.kind for r in rows}:
+            old.update(_state_rows(conn, seq - 1, kind, [r.key for r in rows if r.kind == kind]))
+        _log_pairs(conn, run_id, seq, at,
+                   [(r.kind, r.key, old[(r.kind, r.key)][0] if (r.kind, r.key) in old else None, r.hash) for r in rows])
+
+
+def _log_pairs(
+    conn: Connection, run_id: str, seq: int, at: datetime, pairs: Sequence[tuple[str, str, str | None, str | None]]
+) -> None:
+    """Write the change-log rows for objects that went from one body (hash) to another (None: absent)."""
+    wanted = sorted({h for p in pairs for h in p[2:4] if h is not None})
+    text: dict[str, str] = {}
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        text.update(conn.execute(sa.select(objects.c.hash, objects.c.body).where(objects.c.hash.in_(chunk))).all())
+    log: list[dict[str, Any]] = []
+    for kind, key, old_hash, new_hash in pairs:
+        old_body = json.loads(text[old_hash]) if old_hash else None
+        if old_body is not None and kind == "domain":
+            old_body = _with_last_known(conn, kind, key, seq - 1, old_body)
+        new_body = json.loads(text[new_hash]) if new_hash else None
+        log.extend(_change_row(c, at, "scan", run_id, None) for c in object_changes(kind, key, old_body, new_body))
+    for start in range(0, len(log), 5000):
+        conn.execute(sa.insert(changes), log[start : start + 5000])
 
 
 def _bodies(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -769,19 +995,16 @@ def _change_row(
 
 def _record_delta(
     conn: Connection, run_id: str, seq: int, at: datetime, seen: Sequence[tuple[str, str, str, str]],
-    complete: set[str] | None, bodies: dict[str, tuple[str, str]] | None = None,
-) -> int:
-    """Write one run's versions (what appeared, changed or, in complete scopes, went), the bodies they need
-    that the store lacks (from ``bodies``: hash -> (kind, text)), and its change-log rows; returns how many
-    bodies were new."""
+    complete: set[str],
+) -> None:
+    """Write one version-1 run's versions (what appeared, changed or, in complete scopes, went) and its
+    change-log rows: migration 2's replay of the old full snapshots, whose bodies are in the store already."""
     before = _state_rows(conn, seq - 1, None)
     known_scopes = {scope for _, scope in before.values()}
     if before:
-        known_scopes.add(CONFIG_SCOPE)  # the config was read by the earlier runs, even with no exceptions in it
-    if complete is None:
-        complete = known_scopes | {scope for *_, scope in seen}
+        known_scopes.add(CONFIG_SCOPE)
     rows: list[dict[str, Any]] = []
-    pairs: list[tuple[str, str, str | None, str | None, str]] = []
+    pairs: list[tuple[str, str, str | None, str | None]] = []
     present: set[tuple[str, str]] = set()
     for kind, key, digest, scope in seen:
         if scope not in complete:
@@ -791,38 +1014,13 @@ def _record_delta(
         if old is not None and old[0] == digest:
             continue
         rows.append({"kind": kind, "key": key, "seq": seq, "scope": scope, "hash": digest, "deleted": False})
-        pairs.append((kind, key, old[0] if old else None, digest, scope))
+        if scope in known_scopes:
+            pairs.append((kind, key, old[0] if old else None, digest))
     for (kind, key), (digest, scope) in before.items():
         if scope in complete and (kind, key) not in present:
             rows.append({"kind": kind, "key": key, "seq": seq, "scope": scope, "hash": None, "deleted": True})
-            pairs.append((kind, key, digest, None, scope))
-    added = 0
-    if bodies is not None:
-        needed = sorted({r["hash"] for r in rows if r["hash"] is not None})
-        known: set[str] = set()
-        for start in range(0, len(needed), 500):
-            chunk = needed[start : start + 500]
-            known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
-        new = [{"hash": h, "kind": bodies[h][0], "body": bodies[h][1]} for h in needed if h not in known]
-        for start in range(0, len(new), 5000):
-            conn.execute(sa.insert(objects), new[start : start + 5000])
-        added = len(new)
+            if scope in known_scopes:
+                pairs.append((kind, key, digest, None))
     for start in range(0, len(rows), 5000):
         conn.execute(sa.insert(versions), rows[start : start + 5000])
-    # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
-    logged = [p for p in pairs if p[4] in known_scopes]
-    wanted = sorted({h for p in logged for h in p[2:4] if h is not None})
-    text: dict[str, str] = {}
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        text.update(conn.execute(sa.select(objects.c.hash, objects.c.body).where(objects.c.hash.in_(chunk))).all())
-    log: list[dict[str, Any]] = []
-    for kind, key, old_hash, new_hash, _ in logged:
-        old_body = json.loads(text[old_hash]) if old_hash else None
-        if old_body is not None and kind == "domain":
-            old_body = _with_last_known(conn, kind, key, seq - 1, old_body)
-        new_body = json.loads(text[new_hash]) if new_hash else None
-        log.extend(_change_row(c, at, "scan", run_id, None) for c in object_changes(kind, key, old_body, new_body))
-    for start in range(0, len(log), 5000):
-        conn.execute(sa.insert(changes), log[start : start + 5000])
-    return added
+    _log_pairs(conn, run_id, seq, at, pairs)
