@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from scanner.model import Coverage, Fact, Mailbox, Tenant
 from scanner.errors import AdapterError
 
 
+PAGE = 500
+"""Mailboxes per page handed to the collect stage (the Directory and Graph list pages are this size)."""
+
+Emit = Callable[[Sequence[Mailbox]], Awaitable[None]]
+"""Where an adapter sends its mailboxes, a page at a time; the scan stores each page as it comes."""
+
+
 @dataclass(frozen=True, slots=True)
 class Collected:
-    """What an adapter read for one tenant: mailboxes, per-domain settings, coverage and problems."""
+    """What an adapter read for one tenant besides its mailboxes: per-domain settings, coverage and problems.
+
+    ``mailboxes`` is filled only by ``collect_all``; an adapter sends its mailboxes through ``emit``.
+    """
 
     mailboxes: tuple[Mailbox, ...] = ()
     catch_all: Mapping[str, str | None] = field(default_factory=dict)
@@ -26,9 +36,48 @@ class Adapter(Protocol):
     name: str
     capabilities: frozenset[Fact]
 
-    async def collect(self, tenant: Tenant) -> Collected:
-        """Read the tenant's mailboxes and settings; a fact it could not read is FAILED coverage, not absence."""
+    async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
+        """Read the tenant, sending mailboxes to ``emit`` a page at a time as they are read (nothing kept once
+        sent); a fact it could not read is FAILED coverage, not absence."""
         ...
+
+
+class Pages:
+    """Groups mailboxes read one at a time into pages for ``emit``; ``flush`` sends the last, short page."""
+
+    def __init__(self, emit: Emit, size: int = PAGE) -> None:
+        self._emit = emit
+        self._size = size
+        self._page: list[Mailbox] = []
+
+    async def add(self, mailbox: Mailbox) -> None:
+        """Queue one mailbox, sending the page when it is full."""
+        self._page.append(mailbox)
+        if len(self._page) >= self._size:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send what is queued."""
+        page, self._page = self._page, []
+        if page:
+            await self._emit(page)
+
+
+async def emit_all(emit: Emit, mailboxes: Sequence[Mailbox]) -> None:
+    """Send mailboxes an adapter holds already (an export file, a single API answer) in pages."""
+    for start in range(0, len(mailboxes), PAGE):
+        await emit(mailboxes[start : start + PAGE])
+
+
+async def collect_all(adapter: Adapter, tenant: Tenant) -> Collected:
+    """The whole tenant in memory, mailboxes included: for tests and small tools, not for scans."""
+    found: list[Mailbox] = []
+
+    async def keep(page: Sequence[Mailbox]) -> None:
+        found.extend(page)
+
+    collected = await adapter.collect(tenant, keep)
+    return replace(collected, mailboxes=tuple(found))
 
 
 class Refused(AdapterError):

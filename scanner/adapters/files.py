@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from scanner.adapters.base import Collected, Refused
+from scanner.adapters.base import Collected, Emit, Refused, emit_all
 from scanner.config import Config, TenantConfig
 from scanner.errors import AdapterError
 from scanner.model import (
@@ -161,9 +161,14 @@ class FilesAdapter:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
 
-    async def collect(self, tenant: Tenant) -> Collected:
-        """Read the export directory; bad rows are reported by file and line and the rest is kept."""
-        return self.read(tenant)
+    async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
+        """Read the export directory; bad rows are reported by file and line and the rest is kept.
+
+        The files are read whole (forwards and invites join mailboxes by address), then sent in pages.
+        """
+        collected = self.read(tenant)
+        await emit_all(emit, collected.mailboxes)
+        return replace(collected, mailboxes=())
 
     def read(self, tenant: Tenant) -> Collected:
         """The synchronous body of ``collect``."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -21,7 +21,7 @@ import google.auth.crypt
 import google.auth.jwt
 import httpx
 
-from scanner.adapters.base import Collected, Refused
+from scanner.adapters.base import Collected, Emit, Pages, Refused
 from scanner.adapters.http import ApiClient, ApiError, RetryPolicy, endpoint_of
 from scanner.config import Config, GoogleOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
@@ -250,6 +250,17 @@ class _Session:
             self._delegations[key] = _Delegation(self, subject, scopes)
         return self._delegations[key]
 
+    @contextmanager
+    def as_user_once(self, subject: str, scopes: tuple[str, ...]) -> Iterator[_Delegation]:
+        """The token source for a subject needed only in the block (a user's Gmail reads): its token is
+        dropped afterwards, so a crawl's memory does not grow with the number of users."""
+        key = (subject, scopes)
+        try:
+            yield self.as_user(subject, scopes)
+        finally:
+            self._delegations.pop(key, None)
+            self.cache.pop(key, None)
+
     def as_admin(self, scopes: tuple[str, ...] = READ_DIRECTORY) -> _Delegation:
         """The token source impersonating the tenant's admin."""
         return self.as_user(self.adapter.options.admin, scopes)
@@ -283,13 +294,13 @@ class _Session:
 
 @dataclass
 class _Crawl:
-    """One tenant's collection: accumulates mailboxes, coverage and problems."""
+    """One tenant's collection: sends mailboxes on as they are read, accumulates coverage and problems."""
 
     adapter: GoogleAdapter
     session: _Session
     tenant: Tenant
+    pages: Pages
     internal: set[str] = field(default_factory=set)
-    mailboxes: list[Mailbox] = field(default_factory=list)
     invites: dict[str, Invite] = field(default_factory=dict)
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -307,21 +318,15 @@ class _Crawl:
     async def run(self) -> Collected:
         options = self.adapter.options
         await self.read_domains()
-        jobs = [self.read_users(), self.read_groups()]
         if options.customer_id:
-            jobs.append(self.read_invitations())
-        await _together(*jobs)
-        by_address: dict[str, Mailbox] = {}
-        for mailbox in self.mailboxes:
-            if mailbox.address in by_address:
-                self.problems.append(f"{mailbox.address} is listed both as a user and as a group")
-                continue
-            by_address[mailbox.address] = mailbox
+            # First (a page or two), so each user can carry its invitation as it is sent on.
+            await self.read_invitations()
+        await _together(self.read_users(), self.read_groups())
         for address, invite in self.invites.items():
             # An invitation is for an unmanaged account, so normally no user has its address.
-            known = by_address.get(address)
-            by_address[address] = replace(known, invite=invite) if known else Mailbox(
-                self.tenant.name, address, MailboxKind.USER, MailboxStatus.PENDING, invite=invite)
+            await self.pages.add(Mailbox(self.tenant.name, address, MailboxKind.USER, MailboxStatus.PENDING,
+                                         invite=invite))
+        await self.pages.flush()
         for fact in self.adapter.capabilities:
             if not any(c.fact is fact and not c.subject for c in self.coverage):
                 self.coverage.append(Coverage(self.tenant.name, fact, FactState.COLLECTED))
@@ -333,7 +338,7 @@ class _Crawl:
         problems = self.problems
         if len(problems) > PROBLEMS_SHOWN:
             problems = [*problems[:PROBLEMS_SHOWN], f"... and {len(problems) - PROBLEMS_SHOWN} more problems"]
-        return Collected(tuple(by_address.values()), {}, tuple(self.coverage), tuple(problems))
+        return Collected((), {}, tuple(self.coverage), tuple(problems))
 
     async def read_domains(self) -> None:
         """The Workspace's domains and domain aliases: group members there are inside the tenant."""
@@ -374,7 +379,9 @@ class _Crawl:
             while (raw := await queue.get()) is not None:
                 mailbox = self.user(raw)
                 if mailbox is not None:
-                    self.mailboxes.append(await self.gmail(mailbox, raw))
+                    mailbox = await self.gmail(mailbox, raw)
+                    invite = self.invites.pop(mailbox.address, None)
+                    await self.pages.add(replace(mailbox, invite=invite) if invite else mailbox)
 
         await _together(produce(), *(work() for _ in range(workers)))
 
@@ -412,8 +419,12 @@ class _Crawl:
         """A user's forwards (auto-forwarding, forwarding filters) and delegates, read as that user."""
         if raw.get("isMailboxSetup") is False:
             return mailbox  # no Gmail mailbox: nothing can forward or be delegated
+        with self.session.as_user_once(mailbox.address, READ_GMAIL) as token:
+            return await self._gmail(mailbox, token)
+
+    async def _gmail(self, mailbox: Mailbox, token: _Delegation) -> Mailbox:
+        """The reads of ``gmail``, with a token impersonating the user."""
         client = self.session.client
-        token = self.session.as_user(mailbox.address, READ_GMAIL)
         base = f"{self.adapter.options.gmail_url.rstrip('/')}/gmail/v1/users/{quote(mailbox.address, safe='@')}/settings"
         try:
             addresses, delegates = await _together(
@@ -448,7 +459,8 @@ class _Crawl:
         params = {"customer": self.adapter.options.customer, "maxResults": 200}
         async for page in self.session.client.pages(url, params, _next_page, token=self.session.as_admin()):
             groups = [g for g in _items(page, "groups", endpoint) if isinstance(g.get("email"), str)]
-            self.mailboxes.extend(await _together(*(self.group(g) for g in groups)))
+            for mailbox in await _together(*(self.group(g) for g in groups)):
+                await self.pages.add(mailbox)
 
     async def group(self, raw: Mapping[str, Any]) -> Mailbox:
         address = str(raw["email"]).lower()
@@ -581,11 +593,11 @@ class GoogleAdapter:
                              verify=self.verify, transient=google_transient) as client:
             yield _Session(self, client)
 
-    async def collect(self, tenant: Tenant) -> Collected:
+    async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
         """Users with Gmail settings, groups with owners, invitations; a failed listing fails the tenant."""
         self.account()
         async with self._session() as session:
-            return await _Crawl(self, session, tenant).run()
+            return await _Crawl(self, session, tenant, Pages(emit)).run()
 
     # Remediation writes: each re-reads the state afterwards, so a write that "succeeded" without effect shows.
 

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from scanner.adapters.base import Collected, Refused
+from scanner.adapters.base import Collected, Emit, Refused, emit_all
 from scanner.adapters.http import ApiClient, RetryPolicy
 from scanner.config import Config, MailcowOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
@@ -252,8 +252,11 @@ class MailcowAdapter:
         url = f"{self.base}{path}"
         return as_list(await client.get(url), f"GET {url}")
 
-    async def collect(self, tenant: Tenant) -> Collected:
-        """Read domains, mailboxes, aliases and sieve filters; a part that fails is FAILED coverage."""
+    async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
+        """Read domains, mailboxes, aliases and sieve filters; a part that fails is FAILED coverage.
+
+        mailcow's API lists every mailbox and alias in one answer each, so the pages are sent at the end.
+        """
         async with self._client() as client:
             reading = _Reading(tenant)
             domains = await self._list(client, "/get/domain/all")
@@ -273,7 +276,8 @@ class MailcowAdapter:
             _with(box, tuple(dict.fromkeys(forwards.get(address, ()))), delegates.get(address, ()))
             for address, box in boxes.items()
         )
-        return Collected(mailboxes, catch_all, tuple(reading.coverage), tuple(reading.problems))
+        await emit_all(emit, mailboxes)
+        return Collected((), catch_all, tuple(reading.coverage), tuple(reading.problems))
 
     def _mailboxes(self, reading: _Reading, rows: list[Any]) -> dict[str, Mailbox]:
         boxes: dict[str, Mailbox] = {}

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 import msal
 
-from scanner.adapters.base import Collected, Refused
+from scanner.adapters.base import Collected, Emit, Refused
 from scanner.adapters.http import RETRY_STATUSES, ApiClient, ApiError, RetryPolicy, endpoint_of, retry_after
 from scanner.config import Config, HttpConfig, MicrosoftOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, MailwardenError
@@ -319,7 +319,7 @@ class _Crawl:
 
     tenant: Tenant
     sign_in: bool
-    mailboxes: list[Mailbox]
+    emitted: int
     coverage: list[Coverage]
     rule_failures: list[str]
     settings_failures: list[str]
@@ -352,21 +352,22 @@ class MicrosoftAdapter:
             timeout=self._http.timeout, verify=self._verify,
         )
 
-    async def collect(self, tenant: Tenant) -> Collected:
+    async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
         """Read domains, users (with sign-in activity when licensed), mailbox purpose, inbox rules and invites."""
         async with self.client() as api:
             problems = await self._check_domains(api, tenant)
             sign_in_gap: tuple[FactState, str] | None = None
+            first = _Crawl(tenant, True, 0, [], [], [], [])
             try:
-                crawl = await self._crawl(api, tenant, sign_in=True)
+                crawl = await self._crawl(api, first, emit)
             except ApiError as exc:
-                if exc.status != 403 or exc.code not in (NON_PREMIUM, DENIED):
+                if exc.status != 403 or exc.code not in (NON_PREMIUM, DENIED) or first.emitted:
                     raise
                 # Without a premium licence (or AuditLog.Read.All) the whole listing fails: read it again without.
                 sign_in_gap = (FactState.UNSUPPORTED, NON_PREMIUM_REASON) if exc.code == NON_PREMIUM else (
                     FactState.FAILED, f"signInActivity could not be read (AuditLog.Read.All missing?): {exc}")
                 log.info("reading users without signInActivity", extra={"adapter": self.label, "why": exc.code})
-                crawl = await self._crawl(api, tenant, sign_in=False)
+                crawl = await self._crawl(api, _Crawl(tenant, False, 0, [], [], [], []), emit)
         crawl.problems[:0] = problems
         if sign_in_gap is not None and sign_in_gap[0] is FactState.FAILED:
             crawl.problems.append(f"{self.label}: {sign_in_gap[1]}")
@@ -387,7 +388,7 @@ class MicrosoftAdapter:
             crawl.cover(Fact.MAILBOX_LAST_LOGIN, *sign_in_gap)
         for fact, reason in NOT_IN_GRAPH.items():
             crawl.cover(fact, FactState.UNSUPPORTED, reason)
-        return Collected(tuple(crawl.mailboxes), {}, tuple(crawl.coverage), tuple(crawl.problems))
+        return Collected((), {}, tuple(crawl.coverage), tuple(crawl.problems))
 
     async def _check_domains(self, api: ApiClient, tenant: Tenant) -> list[str]:
         """Problems for configured domains that the Microsoft 365 tenant does not hold as verified."""
@@ -407,16 +408,18 @@ class MicrosoftAdapter:
             for domain in tenant.domains if domain not in verified
         ]
 
-    async def _crawl(self, api: ApiClient, tenant: Tenant, *, sign_in: bool) -> _Crawl:
-        crawl = _Crawl(tenant, sign_in, [], [], [], [], [])
-        fields = (*USER_FIELDS, "signInActivity") if sign_in else USER_FIELDS
-        params = {"$select": ",".join(fields), "$top": str(SIGN_IN_PAGE if sign_in else PLAIN_PAGE)}
+    async def _crawl(self, api: ApiClient, crawl: _Crawl, emit: Emit) -> _Crawl:
+        """List the users page by page, sending each page's mailboxes (with their details) to ``emit``."""
+        fields = (*USER_FIELDS, "signInActivity") if crawl.sign_in else USER_FIELDS
+        params = {"$select": ",".join(fields), "$top": str(SIGN_IN_PAGE if crawl.sign_in else PLAIN_PAGE)}
         async for page in api.pages(f"{self.graph}/users", params, self._next_link):
             # One page at a time: the detail calls of a page run concurrently within the client's limit.
             users = [self._user(crawl, item) for item in self._values(page, "/users")]
             found = await asyncio.gather(*(self._details(api, crawl, mailbox, uid) for mailbox, uid in users
                                            if mailbox is not None))
-            crawl.mailboxes.extend(m for m in found if m is not None)
+            mailboxes = [m for m in found if m is not None]
+            crawl.emitted += len(mailboxes)
+            await emit(mailboxes)
         return crawl
 
     def _user(self, crawl: _Crawl, item: Mapping[str, Any]) -> tuple[Mailbox | None, str]:

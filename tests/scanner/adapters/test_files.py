@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from scanner.adapters.base import collect_all
 from scanner.adapters.files import FilesAdapter, read_roster
 from scanner.errors import AdapterError
 from scanner.model import Fact, FactState, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
@@ -33,7 +34,7 @@ def _export(tmp_path: Path, **files: str) -> Path:
 
 
 def _collect(directory: Path):
-    return asyncio.run(FilesAdapter(directory).collect(TENANT))
+    return asyncio.run(collect_all(FilesAdapter(directory), TENANT))
 
 
 def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from scanner.adapters.base import collect_all
 from scanner.adapters.base import Collected
 from scanner.adapters.http import RetryPolicy
 from scanner.adapters.mailcow import MailcowAdapter, as_list, build, number, sieve_redirects, sieve_text
@@ -79,7 +80,7 @@ def _adapter(server: ContractServer, tmp_path: Path, key: str = API_KEY, timezon
 
 
 def _collect(server: ContractServer, tmp_path: Path) -> Collected:
-    return asyncio.run(_adapter(server, tmp_path).collect(TENANT))
+    return asyncio.run(collect_all(_adapter(server, tmp_path), TENANT))
 
 
 def _coverage(collected: Collected, subject: str = "") -> dict[Fact, tuple[FactState, str]]:
@@ -334,7 +335,7 @@ def test_a_bad_key_is_a_clear_error_without_the_key_and_is_not_retried(server: C
                                                                        tmp_path: Path) -> None:
     bad = "mc-wrong-key-000000000000000000000000"
     with pytest.raises(AdapterError, match="401 error: authentication failed") as raised:
-        asyncio.run(_adapter(server, tmp_path, key=bad).collect(TENANT))
+        asyncio.run(collect_all(_adapter(server, tmp_path, key=bad), TENANT))
     assert bad not in str(raised.value)
     assert server.count() == 1  # repeated bad keys feed fail2ban
 
@@ -342,7 +343,7 @@ def test_a_bad_key_is_a_clear_error_without_the_key_and_is_not_retried(server: C
 def test_an_unreadable_key_reference_names_the_reference(server: ContractServer, tmp_path: Path) -> None:
     adapter = MailcowAdapter(MailcowOptions(url=f"{server.url}/api/v1"), SecretRef("env:MAILCOW_TEST_NO_SUCH_KEY"))
     with pytest.raises(AdapterError, match="MAILCOW_TEST_NO_SUCH_KEY"):
-        asyncio.run(adapter.collect(TENANT))
+        asyncio.run(collect_all(adapter, TENANT))
 
 
 def test_build_reads_the_tenant_table_and_http_settings(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from scanner.adapters.base import collect_all
 from scanner.adapters.base import Collected
 from scanner.adapters.microsoft import (
     NON_PREMIUM,
@@ -72,7 +73,7 @@ def _adapter(server: GraphServer, estate: Estate, tmp_path: Path, *, max_retry_a
 
 def _collect(server: GraphServer, estate: Estate, tmp_path: Path) -> Collected:
     adapter = _adapter(server, estate, tmp_path)
-    return asyncio.run(adapter.collect(_tenant(estate)))
+    return asyncio.run(collect_all(adapter, _tenant(estate)))
 
 
 def _tenant(estate: Estate) -> Tenant:
@@ -239,10 +240,10 @@ def test_unverified_configured_domain_is_a_problem(server: GraphServer, estate: 
 
 def test_throttling_waits_for_retry_after(server: GraphServer, estate: Estate, tmp_path: Path) -> None:
     adapter = _adapter(server, estate, tmp_path, max_retry_after=0.3)
-    asyncio.run(adapter.collect(_tenant(estate)))  # sign in first, so the throttled request is a Graph one
+    asyncio.run(collect_all(adapter, _tenant(estate)))  # sign in first, so the throttled request is a Graph one
     server.faults.throttle = 1
     started = time.monotonic()
-    collected = asyncio.run(adapter.collect(_tenant(estate)))
+    collected = asyncio.run(collect_all(adapter, _tenant(estate)))
     # Retry-After: 1 capped at 0.3 s; backoff alone would have waited at most 0.05 s
     assert time.monotonic() - started >= 0.3
     assert {m.address: m for m in collected.mailboxes} == HARNESS.expected(estate)
@@ -271,7 +272,7 @@ def test_wrong_client_secret_is_a_clear_error_without_the_secret(server: GraphSe
     wrong = "Wr0ng~secret.value_never-shown"
     adapter = _adapter(server, estate, tmp_path, secret=wrong)
     with pytest.raises(AdapterError, match="invalid_client") as raised:
-        asyncio.run(adapter.collect(_tenant(estate)))
+        asyncio.run(collect_all(adapter, _tenant(estate)))
     assert wrong not in str(raised.value) and CLIENT_SECRET not in str(raised.value)
     assert server.count("/v1.0/") == 0
 
@@ -285,7 +286,7 @@ def test_a_server_certificate_from_an_untrusted_ca_is_refused(server: GraphServe
     adapter = adapter_for(config.tenants[0], config)
     assert adapter is not None
     with pytest.raises(AdapterError, match="ConnectError"):
-        asyncio.run(adapter.collect(_tenant(estate)))
+        asyncio.run(collect_all(adapter, _tenant(estate)))
     assert server.count(TOKEN_PATH) == 0
 
 
@@ -299,7 +300,7 @@ def test_disable_and_enable_a_forwarding_rule(server: GraphServer, estate: Estat
     assert rule.enabled and rule.forwards == (Forward("ben@outside.test", ForwardMechanism.INBOX_RULE),)
     after = asyncio.run(adapter.disable_forwarding_rule(uid, rule.rule_id))
     assert after is not None and after.enabled is False
-    collected = asyncio.run(adapter.collect(_tenant(estate)))
+    collected = asyncio.run(collect_all(adapter, _tenant(estate)))
     assert next(m for m in collected.mailboxes if m.address == "ben@acme.example").forwards == ()
     undone = asyncio.run(adapter.enable_forwarding_rule(uid, rule.rule_id))
     assert undone is not None and undone.enabled is True

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import tests.contract
+from scanner.adapters.base import collect_all
 from scanner.collect import PROVIDER_FACTS, Collection, adapter_for, collect
 from scanner.config import load_config
 from scanner.errors import AdapterError
@@ -74,7 +75,7 @@ def _read(harness: Harness, server: ContractServer, estate: Estate, tmp_path: Pa
     tenant_config = config.tenants[0]
     adapter = adapter_for(tenant_config, config)
     assert adapter is not None
-    return adapter, asyncio.run(adapter.collect(config.tenant_models()[0]))
+    return adapter, asyncio.run(collect_all(adapter, config.tenant_models()[0]))
 
 
 def _coverage(coverage: tuple[Coverage, ...]) -> dict[str, FactState]:
@@ -129,10 +130,10 @@ def test_refreshes_an_expired_token_once(harness: Harness, server: ContractServe
     config = _config(harness, server, estate, tmp_path)
     adapter = adapter_for(config.tenants[0], config)
     assert adapter is not None
-    asyncio.run(adapter.collect(config.tenant_models()[0]))
+    asyncio.run(collect_all(adapter, config.tenant_models()[0]))
     issued = server.count(harness.token_path)
     harness.expire_tokens(server)
-    collected = asyncio.run(adapter.collect(config.tenant_models()[0]))
+    collected = asyncio.run(collect_all(adapter, config.tenant_models()[0]))
     assert {m.address: m for m in collected.mailboxes} == harness.expected(estate)
     assert server.count(harness.token_path) > issued
 
