@@ -28,7 +28,7 @@ def catchall_enabled(domain: Domain, ctx: RunContext) -> Result:
     if domain.catch_all is None:
         return Result.passed(catch_all=None)
     target = domain.catch_all
-    mailbox = next((m for m in ctx.inventory.mailboxes if m.address == target), None)
+    mailbox = ctx.inventory.mailbox(target)
     return Result.failed(
         catch_all=target,
         target_inside_tenant=ctx.tenant.owns(domain_of(target)),

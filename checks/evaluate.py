@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -123,8 +123,12 @@ def evaluate(
     senders: Mapping[str, Sender],
     now: datetime,
     run_id: str = "",
+    scopes: Collection[Scope] = tuple(Scope),
 ) -> list[Finding]:
-    """Judge the inventory with every check: exactly one or more findings per check and subject in scope."""
+    """Judge the inventory with every check: exactly one or more findings per check and subject in scope.
+
+    ``scopes`` limits the judging to subjects of those kinds (a scan judges its mailboxes page by page).
+    """
     tenants = {t.name: t for t in inventory.tenants}
     coverage = {(c.tenant, c.fact, c.subject): c for c in inventory.coverage}
     exceptions = {(e.check, e.subject): e for e in inventory.exceptions}
@@ -135,7 +139,7 @@ def evaluate(
     # Subject by subject, every check of the scope in turn: the checks of one domain read the same records,
     # so the memoized parsers (DKIM keys, DMARC and SPF records) parse each once. Findings keep check order.
     per_check: list[list[Finding]] = [[] for _ in checks]
-    for scope in Scope:
+    for scope in scopes:
         scoped = [(i, c) for i, c in enumerate(checks) if c.meta.scope is scope]
         if not scoped:
             continue

@@ -93,7 +93,7 @@ def expired_exception(tenant: Tenant, ctx: RunContext) -> list[Result]:
 def _names(subject: str, inventory: Inventory) -> str:
     """What in the inventory the subject names: "mailbox", "domain", "tenant", or ""."""
     subject = subject.lower()
-    if any(m.address == subject for m in inventory.mailboxes):
+    if inventory.mailbox(subject) is not None:
         return "mailbox"
     if any(d.name == subject for d in inventory.domains):
         return "domain"

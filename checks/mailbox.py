@@ -72,7 +72,7 @@ def owner_standing(address: str, ctx: RunContext, roster: RosterView) -> tuple[S
     person = roster.people.get(address)
     if person is not None and person.left is not None and person.has_left(ctx.today):
         return Standing.LEFT, f"left on {person.left.isoformat()} (roster)"
-    mailbox = next((m for m in ctx.inventory.mailboxes if m.address == address), None)
+    mailbox = ctx.inventory.mailbox(address)
     if mailbox is not None and mailbox.status in (MailboxStatus.DISABLED, MailboxStatus.SUSPENDED):
         return Standing(mailbox.status.value), f"mailbox {mailbox.status.value}"
     if mailbox is not None:

@@ -7,9 +7,10 @@ import importlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Collection as Names
+from collections.abc import Callable, Collection as Names, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from scanner.adapters.base import Adapter, Collected
 from scanner.adapters.files import read_roster
@@ -68,6 +69,40 @@ class Collection:
         return "partial"
 
 
+class MailboxSink(Protocol):
+    """Where the collect stage puts each tenant's mailboxes, a page at a time, as its adapter reads them."""
+
+    def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
+        """Keep a page; returns a problem for each address already kept for the tenant (the first stays)."""
+        ...
+
+    def drop(self, tenant: str) -> None:
+        """Forget what a failed tenant sent: its mailboxes are unknown, not seen."""
+        ...
+
+
+class KeptMailboxes:
+    """A sink that keeps every mailbox in memory, for ``collect`` callers that want the whole inventory."""
+
+    def __init__(self) -> None:
+        self.by_tenant: dict[str, dict[str, Mailbox]] = {}
+
+    def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
+        """Keep a page; a second mailbox with a kept address is a problem and is not kept."""
+        kept = self.by_tenant.setdefault(tenant, {})
+        problems = []
+        for mailbox in mailboxes:
+            if mailbox.address in kept:
+                problems.append(f"{mailbox.address} is listed twice by the provider; the first listing is kept")
+            else:
+                kept[mailbox.address] = mailbox
+        return problems
+
+    def drop(self, tenant: str) -> None:
+        """Forget a tenant's mailboxes."""
+        self.by_tenant.pop(tenant, None)
+
+
 ADAPTERS = {
     "files": "scanner.adapters.files",
     "google": "scanner.adapters.google",
@@ -103,7 +138,7 @@ def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
 class _TenantResult:
     tenant: Tenant
     domains: list[Domain] = field(default_factory=list)
-    mailboxes: tuple[Mailbox, ...] = ()
+    mailboxes: int = 0
     people: tuple[Person, ...] = ()
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -117,9 +152,15 @@ async def _collect_tenant(
     dns_client: DnsClient,
     policies: PolicyFetcher,
     progress: Callable[[str], None],
+    sink: MailboxSink,
 ) -> _TenantResult:
     result = _TenantResult(tenant)
     collected = Collected()
+
+    async def emit(page: Sequence[Mailbox]) -> None:
+        result.problems.extend(sink.put(tenant.name, page))
+        result.mailboxes += len(page)
+
     try:
         adapter = adapter_for(settings, config)
         if adapter is None:
@@ -128,7 +169,7 @@ async def _collect_tenant(
                 for fact in PROVIDER_FACTS
             ]
         else:
-            collected = await adapter.collect(tenant)
+            collected = await adapter.collect(tenant, emit)
             offered = {c.fact for c in collected.coverage}
             result.coverage += collected.coverage
             result.coverage += [
@@ -141,7 +182,8 @@ async def _collect_tenant(
         result.failed = True
         result.problems.append(str(exc))
         result.coverage += [Coverage(tenant.name, fact, FactState.FAILED, str(exc)) for fact in PROVIDER_FACTS]
-    result.mailboxes = collected.mailboxes
+        sink.drop(tenant.name)
+        result.mailboxes = 0
     if settings.roster is not None:
         try:
             result.people, problems = read_roster(config.resolve_path(settings.roster))
@@ -175,6 +217,7 @@ async def _collect_unit(
     policies: PolicyFetcher,
     progress: Callable[[str], None],
     slots: asyncio.Semaphore,
+    sink: MailboxSink,
 ) -> tuple[_TenantResult, float]:
     """One unit of work: one tenant, within the scan's bounded parallelism and the per-tenant timeout.
 
@@ -185,10 +228,11 @@ async def _collect_unit(
         limit = config.scan.tenant_timeout
         try:
             result = await asyncio.wait_for(
-                _collect_tenant(tenant, settings, config, dns_client, policies, progress), timeout=limit
+                _collect_tenant(tenant, settings, config, dns_client, policies, progress, sink), timeout=limit
             )
         except TimeoutError:
             why = f"collection timed out after {limit:g} s ([scan] tenant_timeout)"
+            sink.drop(tenant.name)
             result = _TenantResult(tenant, failed=True, problems=[why])
             result.coverage += [Coverage(tenant.name, fact, FactState.FAILED, why) for fact in PROVIDER_FACTS]
             result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, why))
@@ -197,7 +241,8 @@ async def _collect_unit(
 
 
 async def collect(
-    config: Config, *, progress: Callable[[str], None] = lambda name: None, only: Names[str] | None = None
+    config: Config, *, progress: Callable[[str], None] = lambda name: None, only: Names[str] | None = None,
+    sink: MailboxSink | None = None,
 ) -> Collection:
     """Collect each tenant as its own unit of work, at most ``[scan] tenant_concurrency`` at once, sharing one
     DNS client (and its cache) for the run.
@@ -205,7 +250,12 @@ async def collect(
     ``only`` names the tenants to collect (default: all). The inventory still lists every tenant of the
     config, so what is attributed to a tenant does not change with the selection; the outcomes, objects and
     coverage are those of the collected tenants alone.
+
+    Mailboxes go to ``sink`` page by page as the adapters read them (a scan stores them); without one,
+    they are kept in memory and the inventory holds them.
     """
+    kept = KeptMailboxes() if sink is None else None
+    sink = kept if sink is None else sink
     dns_client = DnsClient(config.dns.nameservers, timeout=config.dns.timeout, concurrency=config.dns.concurrency)
     policies = policy_fetcher(config)
     tenants = config.tenant_models()
@@ -214,7 +264,7 @@ async def collect(
         (t, s) for t, s in zip(tenants, config.tenants, strict=True) if only is None or t.name in only
     ]
     units = await asyncio.gather(
-        *(_collect_unit(t, s, config, dns_client, policies, progress, slots) for t, s in chosen)
+        *(_collect_unit(t, s, config, dns_client, policies, progress, slots, sink) for t, s in chosen)
     )
     results = [r for r, _ in units]
     outcomes = []
@@ -223,12 +273,17 @@ async def collect(
         for problem in r.problems:
             log.warning("tenant %s: %s", r.tenant.name, problem, extra={"tenant": r.tenant.name})
         outcomes.append(
-            TenantOutcome(r.tenant.name, state, tuple(r.problems), len(r.mailboxes), len(r.domains), round(seconds, 3))
+            TenantOutcome(r.tenant.name, state, tuple(r.problems), r.mailboxes, len(r.domains), round(seconds, 3))
         )
+    mailboxes = tuple(m for r in results for m in (kept.by_tenant.get(r.tenant.name, {}).values() if kept else ()))
+    index: dict[str, Mailbox] = {}
+    for mailbox in mailboxes:
+        index.setdefault(mailbox.address, mailbox)
     inventory = Inventory(
         tenants=tenants,
         domains=tuple(d for r in results for d in r.domains),
-        mailboxes=tuple(m for r in results for m in r.mailboxes),
+        mailboxes=mailboxes,
+        lookup=index.get if kept else None,
         people={r.tenant.name: r.people for r in results},
         exceptions=config.exception_models(),
         coverage=tuple(c for r in results for c in r.coverage),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -308,6 +308,16 @@ class Inventory:
     coverage: tuple[Coverage, ...] = ()
     previous: PreviousState | None = None
     baselines: Mapping[str, Baseline] = field(default_factory=dict)
+    lookup: Callable[[str], Mailbox | None] | None = None
+    """Finds any mailbox of the run by address, also one outside ``mailboxes`` (a scan evaluates its mailboxes
+    page by page, and a page's owners may be on another page); None: search ``mailboxes``."""
+
+    def mailbox(self, address: str) -> Mailbox | None:
+        """The run's mailbox with this address, in any tenant, or None."""
+        address = address.lower()
+        if self.lookup is not None:
+            return self.lookup(address)
+        return next((m for m in self.mailboxes if m.address == address), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,3 +363,29 @@ def plain(value: object) -> object:
         items = [plain(v) for v in value]
         return sorted(items, key=str) if isinstance(value, set | frozenset) else items
     return value
+
+
+def mailbox_from_plain(body: Mapping[str, object]) -> Mailbox:
+    """A mailbox back from its plain form (``plain(mailbox)``), as the store keeps it."""
+
+    def when(value: object) -> datetime | None:
+        return datetime.fromisoformat(value) if isinstance(value, str) else None
+
+    invite = body.get("invite")
+    return Mailbox(
+        tenant=str(body["tenant"]),
+        address=str(body["address"]),
+        kind=MailboxKind(body.get("kind", "user")),
+        status=MailboxStatus(body.get("status", "active")),
+        display_name=str(body.get("display_name") or ""),
+        created=when(body.get("created")),
+        last_login=when(body.get("last_login")),
+        owners=tuple(str(o) for o in body.get("owners") or ()),  # type: ignore[attr-defined]
+        delegates=tuple(str(d) for d in body.get("delegates") or ()),  # type: ignore[attr-defined]
+        forwards=tuple(
+            Forward(str(f["target"]), ForwardMechanism(f["mechanism"]))
+            for f in body.get("forwards") or ()  # type: ignore[attr-defined]
+        ),
+        invite=Invite(when(invite["sent"]), when(invite.get("expires")))  # type: ignore[arg-type]
+        if isinstance(invite, Mapping) else None,
+    )

@@ -9,7 +9,7 @@ import logging
 import secrets
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,8 +26,9 @@ from scanner.collect import Collection, collect
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
-from scanner.model import FactState, Finding, Inventory, plain
-from scanner.store import CONFIG_SCOPE, RunRecord, Store
+from scanner.adapters.base import PAGE
+from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +99,57 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
         yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
 
 
-def run_scope(collection: Collection, findings: Sequence[Finding] = ()) -> dict[str, object]:
+class StagedMailboxes:
+    """The collect stage's sink for a scan: each page of mailboxes goes into the store's staging as it comes."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
+        """Stage a page; a mailbox staged already for the tenant is a problem, and the first stays."""
+        _, repeated = self._store.stage(
+            self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
+        return [f"{key.partition('/')[2]} is listed twice by the provider; the first listing is kept" for key in repeated]
+
+    def drop(self, tenant: str) -> None:
+        """Unstage a failed tenant's mailboxes."""
+        self._store.unstage(self._run_id, tenant)
+
+
+class StoredLookup:
+    """Finds a run's mailboxes by address in its staging, for checks that look at other mailboxes (owners).
+
+    A page's own mailboxes and their owners and delegates are fetched in one query when the page begins
+    (``prefetch``); anything else is one query on demand. Only the current page's are held.
+    """
+
+    def __init__(self, recording: Recording, tenants: Sequence[str]) -> None:
+        self._recording = recording
+        self._tenants = tenants
+        self._held: dict[str, Mailbox | None] = {}
+
+    def prefetch(self, page: Sequence[Mailbox]) -> None:
+        """Hold the page's mailboxes and, from the same tenant, the mailboxes of their owners and delegates."""
+        self._held = {m.address: m for m in page}
+        wanted = {f"{m.tenant}/{a}" for m in page for a in (*m.owners, *m.delegates) if a not in self._held}
+        found = self._recording.mailboxes(wanted)
+        for key in wanted:
+            self._held.setdefault(key.partition("/")[2], found.get(key))
+
+    def __call__(self, address: str) -> Mailbox | None:
+        """The mailbox with this address in any tenant of the run, or None."""
+        if address in self._held and self._held[address] is not None:
+            return self._held[address]
+        found = self._recording.mailboxes([f"{tenant}/{address}" for tenant in self._tenants])
+        mailbox = next((found[f"{t}/{address}"] for t in self._tenants if f"{t}/{address}" in found), None)
+        self._held[address] = mailbox
+        return mailbox
+
+
+def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dict[str, object]:
     """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
-    by_tenant: dict[str, Counter[str]] = {}
-    for finding in findings:
-        by_tenant.setdefault(finding.tenant, Counter())[finding.status.value] += 1
+    by_tenant = counts
     tenants: dict[str, object] = {}
     providers = {t.name: t.provider for t in collection.inventory.tenants}
     for outcome in collection.outcomes:
@@ -125,10 +172,11 @@ def run_scope(collection: Collection, findings: Sequence[Finding] = ()) -> dict[
 
 
 async def _collect_unless_stopped(
-    config: Config, progress: Callable[[str], None], only: Sequence[str] | None, stop: threading.Event | None
+    config: Config, progress: Callable[[str], None], only: Sequence[str] | None, stop: threading.Event | None,
+    sink: StagedMailboxes,
 ) -> Collection:
     """Collect; when ``stop`` is set meanwhile, cancel every unit and raise CancelledError."""
-    task = asyncio.ensure_future(collect(config, progress=progress, only=only))
+    task = asyncio.ensure_future(collect(config, progress=progress, only=only, sink=sink))
     if stop is None:
         return await task
     while not task.done():
@@ -172,23 +220,20 @@ def run_scan(
         try:
             baselines = load_baselines(config)
             with paused_gc():
-                collection = asyncio.run(_collect_unless_stopped(config, progress, tenants, stop))
+                collection = asyncio.run(
+                    _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id)))
             if stop is not None and stop.is_set():
                 raise asyncio.CancelledError
             # The drift checks judge against the state recorded before this run; the snapshot then records
             # only what this run saw completely (a partial tenant's objects carry forward unchanged).
-            inventory = replace(collection.inventory, previous=store.previous_state(run_id), baselines=baselines)
-            store.save_snapshot(run_id, snapshot_items(inventory), complete=(*collection.complete_tenants, CONFIG_SCOPE))
-            with paused_gc():
-                results = evaluate(
-                    inventory, checks, policy=policy_of(config), senders=senders_of(config),
-                    now=as_of or started,
-                    run_id=run_id,
-                )
-            if tenants is not None:
-                # Only the chosen units were collected: the others' results are judgements on nothing.
-                results = [f for f in results if f.tenant in tenants]
-            store.record_findings(run_id, results, started, collection.complete_tenants)
+            previous = store.previous_state(run_id, forwards=False)
+            inventory = replace(collection.inventory, previous=previous, baselines=baselines)
+            store.stage(run_id, snapshot_items(inventory))
+            store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
+            counts = _judge_and_record(
+                store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
+                complete=collection.complete_tenants, only=tenants,
+            )
         except (KeyboardInterrupt, asyncio.CancelledError):
             store.finish_run(run_id, datetime.now(UTC), "interrupted", {"problem": "stopped before it finished"})
             raise ScanInterrupted(run_id) from None
@@ -196,8 +241,40 @@ def run_scan(
             store.finish_run(run_id, datetime.now(UTC), "failed", {})
             raise
         finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
-        store.finish_run(run_id, finished, collection.state, run_scope(collection, results))
+        store.finish_run(run_id, finished, collection.state, run_scope(collection, counts))
     return ScanResult(*write_outputs(store, run_id, out_dir, config.remediation), dns_queries=collection.dns_queries)
+
+
+def _judge_and_record(
+    store: Store, run_id: str, inventory: Inventory, checks: Sequence[Check], config: Config, *, now: datetime,
+    recorded: datetime, complete: Sequence[str], only: Sequence[str] | None,
+) -> dict[str, Counter[str]]:
+    """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes a page at
+    a time, so memory does not grow with the number of mailboxes. Returns the findings by tenant and status."""
+    counts: dict[str, Counter[str]] = {}
+    policy, senders = policy_of(config), senders_of(config)
+    with paused_gc(), store.recording(run_id, recorded, complete) as recording:
+        lookup = StoredLookup(recording, [t.name for t in inventory.tenants])
+        inventory = replace(inventory, lookup=lookup)
+
+        def judge(part: Inventory, scopes: tuple[Scope, ...]) -> None:
+            results = evaluate(part, checks, policy=policy, senders=senders, now=now, run_id=run_id, scopes=scopes)
+            if only is not None:
+                # Only the chosen units were collected: the others' results are judgements on nothing.
+                results = [f for f in results if f.tenant in only]
+            for finding in results:
+                counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
+            recording.add(results)
+
+        judge(inventory, (Scope.TENANT, Scope.DOMAIN))
+        previous = inventory.previous
+        for page in recording.mailbox_pages(PAGE):
+            lookup.prefetch(page)
+            if previous is not None:
+                keys = [f"{m.tenant}/{m.address}" for m in page]
+                previous = replace(previous, forwards=recording.previous_forwards(keys))
+            judge(replace(inventory, mailboxes=tuple(page), previous=previous), (Scope.MAILBOX,))
+    return counts
 
 
 def write_outputs(
