@@ -158,8 +158,9 @@ async def _collect_tenant(
     collected = Collected()
 
     async def emit(page: Sequence[Mailbox]) -> None:
-        result.problems.extend(sink.put(tenant.name, page))
-        result.mailboxes += len(page)
+        repeated = sink.put(tenant.name, page)
+        result.problems.extend(repeated)
+        result.mailboxes += len(page) - len(repeated)
 
     try:
         adapter = adapter_for(settings, config)
