@@ -83,6 +83,10 @@ AUTO_FORWARDING_SETTING = "gmail.auto_forwarding"
 """The Policy API setting type (listed as ``settings/gmail.auto_forwarding``) of the Admin console's
 "Allow users to automatically forward email to another address"; its value is ``enableAutoForwarding``."""
 PROBLEMS_SHOWN = 20
+FIRST_SIGN_IN_REFUSAL = (
+    "is a Workspace user who never completed first sign-in (agreedToTerms false), not an invitation: there is "
+    "nothing to resend or revoke; hand the person new sign-in details, or suspend the account"
+)
 NOT_SUPER_ADMIN = (
     "the Cloud Identity Policy API answered 403 (it needs a super admin as google.admin and the Cloud Identity "
     "API enabled for the service account's project): the org-wide automatic-forwarding setting is unknown, so "
@@ -886,6 +890,8 @@ class GoogleAdapter:
     async def _invitation_action(self, email: str, action: str) -> Invitation | None:
         if not self.options.customer_id:
             raise AdapterError(f"{self.label}: {INVITES_NEED_CUSTOMER_ID}")
+        if await self._is_user(email):
+            raise Refused(f"{email.lower()} {FIRST_SIGN_IN_REFUSAL}")
 
         async def job(s: _Session) -> Invitation | None:
             base = (f"{self.options.cloudidentity_url.rstrip('/')}/v1/customers/"
@@ -921,6 +927,8 @@ class GoogleAdapter:
         if action == "account.suspend":
             return {"state": {"status": (await self._user_status(subject)).value}, "detail": {}}
         if action in ("invite.revoke", "invite.resend"):
+            if await self._is_user(subject):
+                raise Refused(f"{subject} {FIRST_SIGN_IN_REFUSAL}")
             invitation = await self._invitation(subject)
             pending = invitation is not None and invitation.state.upper() == "INVITED"
             if action == "invite.revoke":
@@ -996,6 +1004,14 @@ class GoogleAdapter:
             if _flag(raw.get("suspended")):
                 return MailboxStatus.SUSPENDED
             return MailboxStatus.DISABLED if _flag(raw.get("archived")) else MailboxStatus.ACTIVE
+        return await self._write(job)
+
+    async def _is_user(self, address: str) -> bool:
+        """Whether the Directory has a user with this address (a pending first sign-in, not an invitation)."""
+        async def job(s: _Session) -> bool:
+            url = f"{self.options.directory_url.rstrip('/')}/admin/directory/v1/users/{quote(address.lower(), safe='@')}"
+            status, _ = await s.client.request("GET", url, token=s.as_admin(), allow=frozenset({404}))
+            return status != 404
         return await self._write(job)
 
     async def _invitation(self, email: str) -> Invitation | None:

@@ -16,7 +16,7 @@ from checks.account import inactive_account, never_used_account
 from checks.evaluate import evaluate
 from checks.invites import expired_invite, stale_invite
 from checks.registry import Policy
-from scanner.adapters.base import Collected
+from scanner.adapters.base import Collected, Refused
 from scanner.adapters.google import (
     AutoForwarding,
     GoogleAdapter,
@@ -502,3 +502,17 @@ def test_policies_are_paged(server: ContractServer, space: Workspace, estate: Es
     assert server.count("/v1/policies") == 2
     assert _by_address(collected)["ben@acme.example"].forwards == ()
     assert _by_address(collected)["ana@acme.example"].forwards != ()
+
+
+def test_a_pending_first_sign_in_has_no_invitation_to_resend_or_revoke(server: ContractServer, space: Workspace,
+                                                                       estate: Estate, tmp_path: Path) -> None:
+    space.users["never@acme.example"]["agreedToTerms"] = False
+    adapter = _adapter(server, estate, tmp_path)
+    for action in ("invite.resend", "invite.revoke"):
+        with pytest.raises(Refused, match="first sign-in"):
+            asyncio.run(adapter.remedy_read(action, "never@acme.example", {}))
+    with pytest.raises(Refused, match="first sign-in"):
+        asyncio.run(adapter.send_invitation("never@acme.example"))
+    assert "never@acme.example" not in space.invitations  # no invitation was created for a managed address
+    state = asyncio.run(adapter.remedy_read("invite.revoke", "new.hire@acme.example", {}))["state"]
+    assert state == {"invite": True}  # an unmanaged account's invitation is still handled
