@@ -72,9 +72,10 @@ def serve_google(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str,
               f'customer_id = "{google.CUSTOMER_ID}"\ndirectory_url = "{server.url}"\ngmail_url = "{server.url}"\n'
               f'cloudidentity_url = "{server.url}"\n')
     forwarding = len(range(0, users - 1, FORWARDING_EVERY))
-    # token for the admin (directory) and (invitations); domains; user and group pages; invitations page;
-    # per user: a token as that user, forwardingAddresses, delegates (+ autoForwarding, filters when forwarding).
-    needed = 2 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding
+    # token for the admin (directory), (invitations) and (policies); domains; the policies page (none set, so no
+    # org units are read); user and group pages; invitations page; per user: a token as that user,
+    # forwardingAddresses, delegates (+ autoForwarding, filters when forwarding).
+    needed = 3 + 1 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding
     return server, {"tenant": tenant, "needed": needed}
 
 

@@ -48,6 +48,8 @@ READ_DIRECTORY = tuple(
 )
 READ_GMAIL = (AUTH + "gmail.settings.basic",)
 READ_INVITES = (AUTH + "cloud-identity.userinvitations.readonly",)
+READ_POLICIES = (AUTH + "cloud-identity.policies.readonly",)
+READ_ORG_UNITS = (AUTH + "admin.directory.orgunit.readonly",)
 WRITE_USER = (AUTH + "admin.directory.user",)
 WRITE_GMAIL = (AUTH + "gmail.settings.basic", AUTH + "gmail.settings.sharing")
 WRITE_INVITES = (AUTH + "cloud-identity.userinvitations",)
@@ -72,7 +74,24 @@ INVITES_NEED_CUSTOMER_ID = (
     "pending invitations come from the Cloud Identity userinvitations API, which needs the numeric "
     "customer ID: set google.customer_id (C0...) for this tenant"
 )
+INVITES_WITHOUT_CUSTOMER_ID = (
+    "pending first sign-ins only (Directory users with agreedToTerms false, waiting since creationTime); "
+    "invitations to unmanaged accounts come from the Cloud Identity userinvitations API, which needs "
+    "google.customer_id (C0...)"
+)
+AUTO_FORWARDING_SETTING = "gmail.auto_forwarding"
+"""The Policy API setting type (listed as ``settings/gmail.auto_forwarding``) of the Admin console's
+"Allow users to automatically forward email to another address"; its value is ``enableAutoForwarding``."""
 PROBLEMS_SHOWN = 20
+FIRST_SIGN_IN_REFUSAL = (
+    "is a Workspace user who never completed first sign-in (agreedToTerms false), not an invitation: there is "
+    "nothing to resend or revoke; hand the person new sign-in details, or suspend the account"
+)
+NOT_SUPER_ADMIN = (
+    "the Cloud Identity Policy API answered 403 (it needs a super admin as google.admin and the Cloud Identity "
+    "API enabled for the service account's project): the org-wide automatic-forwarding setting is unknown, so "
+    "every user's Gmail forwarding settings were read"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +323,7 @@ class _Crawl:
     invites: dict[str, Invite] = field(default_factory=dict)
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    forwarding: ForwardingPolicy = field(default_factory=lambda: ForwardingPolicy())
 
     @property
     def directory(self) -> str:
@@ -317,7 +337,7 @@ class _Crawl:
 
     async def run(self) -> Collected:
         options = self.adapter.options
-        await self.read_domains()
+        await _together(self.read_domains(), self.read_forwarding_policy())
         if options.customer_id:
             # First (a page or two), so each user can carry its invitation as it is sent on.
             await self.read_invitations()
@@ -327,14 +347,14 @@ class _Crawl:
             await self.pages.add(Mailbox(self.tenant.name, address, MailboxKind.USER, MailboxStatus.PENDING,
                                          invite=invite))
         await self.pages.flush()
+        if not options.customer_id:
+            self.coverage.append(Coverage(self.tenant.name, Fact.MAILBOX_INVITES, FactState.COLLECTED,
+                                          INVITES_WITHOUT_CUSTOMER_ID))
         for fact in self.adapter.capabilities:
             if not any(c.fact is fact and not c.subject for c in self.coverage):
                 self.coverage.append(Coverage(self.tenant.name, fact, FactState.COLLECTED))
         self.coverage.append(Coverage(self.tenant.name, Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED,
                                       CATCH_ALL_UNSUPPORTED))
-        if not options.customer_id:
-            self.coverage.append(Coverage(self.tenant.name, Fact.MAILBOX_INVITES, FactState.UNSUPPORTED,
-                                          INVITES_NEED_CUSTOMER_ID))
         problems = self.problems
         if len(problems) > PROBLEMS_SHOWN:
             problems = [*problems[:PROBLEMS_SHOWN], f"... and {len(problems) - PROBLEMS_SHOWN} more problems"]
@@ -412,14 +432,26 @@ class _Crawl:
             last_login = None  # 1970-01-01: never signed in
         name = raw.get("name")
         display = name.get("fullName") if isinstance(name, Mapping) else None
+        invite = None
+        if status is MailboxStatus.ACTIVE and raw.get("agreedToTerms") is False:
+            # Created but first sign-in never completed (the Terms are accepted then): a pending account that
+            # has waited since it was created. Workspace sets no expiry on it. Absent agreedToTerms: unknown.
+            status = MailboxStatus.PENDING
+            if created is not None:
+                invite = Invite(created)
+            else:
+                self.fail((Fact.MAILBOX_INVITES,), "agreedToTerms is false but creationTime is unreadable, so how "
+                          "long the account has waited is unknown", address)
         return Mailbox(self.tenant.name, address, MailboxKind.USER, status,
-                       display if isinstance(display, str) else "", created, last_login)
+                       display if isinstance(display, str) else "", created, last_login, invite=invite)
 
     async def gmail(self, mailbox: Mailbox, raw: Mapping[str, Any]) -> Mailbox:
         """A user's forwards (auto-forwarding, forwarding filters) and delegates, read as that user."""
         if raw.get("isMailboxSetup") is False:
             return mailbox  # no Gmail mailbox: nothing can forward or be delegated
         with self.session.as_user_once(mailbox.address, READ_GMAIL) as token:
+            if self.forwarding.forbids(raw.get("orgUnitPath")):
+                return await self.delegates_only(mailbox, token)
             return await self._gmail(mailbox, token)
 
     async def _gmail(self, mailbox: Mailbox, token: _Delegation) -> Mailbox:
@@ -451,6 +483,91 @@ class _Crawl:
         live = sorted({d.email for d in people if d.status.lower() in ("accepted", "pending")})
         unique = sorted(set(forwards), key=lambda f: (f.target, f.mechanism.value))
         return replace(mailbox, forwards=tuple(unique), delegates=tuple(live))
+
+    async def delegates_only(self, mailbox: Mailbox, token: _Delegation) -> Mailbox:
+        """A user whose org unit turns automatic forwarding off: no forwards, so only the delegates are read."""
+        url = (f"{self.adapter.options.gmail_url.rstrip('/')}/gmail/v1/users/{quote(mailbox.address, safe='@')}"
+               "/settings/delegates")
+        try:
+            people = _delegates(await self.session.client.get(url, token=token), endpoint_of("GET", url))
+        except AdapterError as exc:
+            self.fail((Fact.MAILBOX_DELEGATES,), str(exc), mailbox.address)
+            return mailbox
+        live = sorted({d.email for d in people if d.status.lower() in ("accepted", "pending")})
+        return replace(mailbox, delegates=tuple(live))
+
+    async def read_forwarding_policy(self) -> None:
+        """The org-wide automatic-forwarding setting (Cloud Identity Policy API): the org units where it is off.
+
+        Google documents that when an admin turns automatic forwarding off, "users don't see the forwarding option
+        in their Gmail settings, and any existing forwarding rules or filters no longer forward messages"
+        (Admin Help, "Disable automatic forwarding", https://support.google.com/a/answer/2491924). Users there
+        therefore forward nothing automatically and their forwarding settings need not be read. Any failure here
+        (403: not a super admin or the API is off; a scope not delegated; a malformed page) only costs that
+        saving: every user's settings are read as without a policy, and the tenant's problems say why.
+        """
+        try:
+            policy = await self._forwarding_policy()
+        except ApiError as exc:
+            self.problems.append(NOT_SUPER_ADMIN if exc.status == 403 else
+                                 f"{exc}; every user's Gmail forwarding settings were read instead")
+            return
+        except AdapterError as exc:
+            self.problems.append(f"{exc}; the org-wide automatic-forwarding setting is unknown, so every user's "
+                                 "Gmail forwarding settings were read")
+            return
+        self.forwarding = policy
+        off = policy.off_paths()
+        if off:
+            shown = ", ".join(off[:10]) + (f" and {len(off) - 10} more" if len(off) > 10 else "")
+            self.coverage.append(Coverage(self.tenant.name, Fact.MAILBOX_FORWARDS, FactState.COLLECTED, (
+                f"the Policy API setting gmail.auto_forwarding turns automatic forwarding off for org units {shown} "
+                "(and their children without a setting of their own): Gmail forwards nothing automatically there, "
+                "existing forwarding and forwarding filters included (support.google.com/a/answer/2491924), so "
+                "those users' Gmail forwarding settings were not read; an Admin console change can take up to 24 "
+                "hours to reach users")))
+
+    async def _forwarding_policy(self) -> ForwardingPolicy:
+        url = f"{self.adapter.options.cloudidentity_url.rstrip('/')}/v1/policies"
+        endpoint = endpoint_of("GET", url)
+        params = {"filter": "setting.type.matches('^settings/gmail\\..*$')", "pageSize": 100}
+        rows: list[_PolicyRow] = []
+        token = self.session.as_admin(READ_POLICIES)
+        async for page in self.session.client.pages(url, params, _next_page, token=token):
+            for raw in _items(page, "policies", endpoint):
+                row = _forwarding_row(raw, endpoint)
+                if row is not None:
+                    rows.append(row)
+        if any(not r.whole_unit and r.enabled is not False for r in rows):
+            return ForwardingPolicy()  # a policy for some users only (a group) may allow forwarding anywhere
+        rows = [r for r in rows if r.whole_unit]
+        if not any(r.enabled is False for r in rows):
+            return ForwardingPolicy()  # nothing turns forwarding off: no org unit needs placing
+        paths = await self._org_unit_paths({r.org_unit for r in rows})
+        winners: dict[str, _PolicyRow] = {}
+        for row in rows:
+            path = paths.get(row.org_unit)
+            if path is None:
+                raise AdapterError(f"{endpoint}: an auto-forwarding policy names org unit {row.org_unit[:40]!r}, "
+                                   "which the Directory does not list")
+            path = path.rstrip("/") or "/"
+            if path not in winners or row.sort_order > winners[path].sort_order:
+                winners[path] = row  # the higher sortOrder wins within one org unit
+        return ForwardingPolicy({p: r.enabled for p, r in winners.items()})
+
+    async def _org_unit_paths(self, wanted: set[str]) -> dict[str, str]:
+        """Org unit id -> path for the policies' org units: the orgunits list, then orgunits.get for the rest."""
+        url = f"{self.directory}/customer/{quote(self.adapter.options.customer)}/orgunits"
+        token = self.session.as_admin(READ_ORG_UNITS)
+        paths = _org_unit_ids(await self.session.client.get(url, {"type": "all"}, token=token), endpoint_of("GET", url))
+        for unit in sorted(wanted - paths.keys()):
+            # orgunits.get takes "the full path of the organizational unit (minus the leading /) or its unique ID";
+            # the root, which the list leaves out, is found this way when it has no child units.
+            one = f"{url}/{quote('id:' + unit, safe=':')}"
+            raw = await self.session.client.get(one, token=token)
+            if isinstance(raw, Mapping) and isinstance(raw.get("orgUnitPath"), str):
+                paths[unit] = raw["orgUnitPath"]
+        return paths
 
     async def read_groups(self) -> None:
         """Groups as shared mailboxes: OWNER members are the owners, outside members are forwards."""
@@ -557,6 +674,82 @@ def _invitation(raw: Mapping[str, Any]) -> Invitation | None:
     return Invitation(email, str(raw.get("state", "")), sent, updated)
 
 
+@dataclass(frozen=True, slots=True)
+class ForwardingPolicy:
+    """The automatic-forwarding setting per org unit path as the Policy API states it; None: not known to be off."""
+
+    by_path: Mapping[str, bool | None] = field(default_factory=dict)
+
+    def forbids(self, path: object) -> bool:
+        """True only when the setting in force for the org unit at ``path`` turns automatic forwarding off."""
+        if not isinstance(path, str) or not path.startswith("/"):
+            return False  # no readable orgUnitPath: the user's own settings decide
+        path = path.rstrip("/") or "/"
+        while True:
+            # A child org unit inherits its parent's setting unless it has a policy of its own.
+            if path in self.by_path:
+                return self.by_path[path] is False
+            if path == "/":
+                return False  # nothing set anywhere: Gmail's default allows automatic forwarding
+            path = path.rpartition("/")[0] or "/"
+
+    def off_paths(self) -> list[str]:
+        """The org units whose own policy turns automatic forwarding off (for the coverage note)."""
+        return sorted(p for p, enabled in self.by_path.items() if enabled is False)
+
+
+@dataclass(frozen=True, slots=True)
+class _PolicyRow:
+    """One auto-forwarding policy: its org unit id (empty when it is not scoped to exactly one) and value."""
+
+    org_unit: str
+    enabled: bool | None
+    sort_order: float
+    whole_unit: bool
+
+
+def _forwarding_row(raw: Mapping[str, Any], endpoint: str) -> _PolicyRow | None:
+    """An auto-forwarding policy from a policies page; None for other settings. Raises AdapterError when malformed."""
+    setting = raw.get("setting")
+    kind = setting.get("type") if isinstance(setting, Mapping) else None
+    if not isinstance(kind, str):
+        raise AdapterError(f"{endpoint} returned an unexpected response: a policy without setting.type")
+    if kind.removeprefix("settings/") != AUTO_FORWARDING_SETTING:
+        return None
+    assert isinstance(setting, Mapping)
+    value = setting.get("value")
+    query = raw.get("policyQuery")
+    if not isinstance(value, Mapping) or not isinstance(query, Mapping):
+        raise AdapterError(f"{endpoint} returned an unexpected response: an auto-forwarding policy without "
+                           "setting.value or policyQuery")
+    enabled = value.get("enableAutoForwarding")
+    org_unit = query.get("orgUnit")
+    try:
+        sort_order = float(query.get("sortOrder") or 0)
+    except (TypeError, ValueError):
+        raise AdapterError(f"{endpoint} returned an unexpected response: policyQuery.sortOrder is not a number") from None
+    # orgUnit is set only when exactly one org unit satisfies the query; a group or licence clause narrows the
+    # policy to some of the unit's users, so it cannot speak for the whole unit.
+    text = str(query.get("query") or "")
+    whole = not query.get("group") and "entity.groups" not in text and "entity.licenses" not in text
+    unit = org_unit.removeprefix("orgUnits/").removeprefix("id:") if isinstance(org_unit, str) else ""
+    # Only an explicit false turns forwarding off; an absent value is not taken for one.
+    return _PolicyRow(unit, enabled if isinstance(enabled, bool) else None, sort_order, whole and bool(unit))
+
+
+def _org_unit_ids(body: Any, endpoint: str) -> dict[str, str]:
+    """Org unit id (without the "id:" prefix) -> path from an orgunits list, the root's id included via parents."""
+    found: dict[str, str] = {}
+    for unit in _items(body, "organizationUnits", endpoint):
+        uid, path = unit.get("orgUnitId"), unit.get("orgUnitPath")
+        if isinstance(uid, str) and isinstance(path, str):
+            found[uid.removeprefix("id:")] = path
+        parent, parent_path = unit.get("parentOrgUnitId"), unit.get("parentOrgUnitPath")
+        if isinstance(parent, str) and isinstance(parent_path, str):
+            found.setdefault(parent.removeprefix("id:"), parent_path)
+    return found
+
+
 class GoogleAdapter:
     """Reads (and, for remediation jobs only, changes) one Google Workspace tenant."""
 
@@ -570,11 +763,11 @@ class GoogleAdapter:
         self.verify: str | bool = str(config.resolve_path(config.http.ca_bundle)) if config.http.ca_bundle else True
         self.tokens: dict[tuple[str, tuple[str, ...]], _Cached] = {}
         self._account: _ServiceAccount | None = None
-        facts = {Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_OWNERS, Fact.MAILBOX_DELEGATES,
-                 Fact.MAILBOX_LAST_LOGIN}
-        if options.customer_id:
-            facts.add(Fact.MAILBOX_INVITES)
-        self.capabilities: frozenset[Fact] = frozenset(facts)
+        # Invites: Directory users who never completed first sign-in always; unmanaged-account invitations with
+        # customer_id only (the coverage reason says which).
+        self.capabilities: frozenset[Fact] = frozenset({
+            Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_OWNERS, Fact.MAILBOX_DELEGATES,
+            Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES})
 
     def account(self) -> _ServiceAccount:
         """The service account, its key read on first use."""
@@ -708,6 +901,8 @@ class GoogleAdapter:
     async def _invitation_action(self, email: str, action: str) -> Invitation | None:
         if not self.options.customer_id:
             raise AdapterError(f"{self.label}: {INVITES_NEED_CUSTOMER_ID}")
+        if await self._is_user(email):
+            raise Refused(f"{email.lower()} {FIRST_SIGN_IN_REFUSAL}")
 
         async def job(s: _Session) -> Invitation | None:
             base = (f"{self.options.cloudidentity_url.rstrip('/')}/v1/customers/"
@@ -743,6 +938,8 @@ class GoogleAdapter:
         if action == "account.suspend":
             return {"state": {"status": (await self._user_status(subject)).value}, "detail": {}}
         if action in ("invite.revoke", "invite.resend"):
+            if await self._is_user(subject):
+                raise Refused(f"{subject} {FIRST_SIGN_IN_REFUSAL}")
             invitation = await self._invitation(subject)
             pending = invitation is not None and invitation.state.upper() == "INVITED"
             if action == "invite.revoke":
@@ -818,6 +1015,14 @@ class GoogleAdapter:
             if _flag(raw.get("suspended")):
                 return MailboxStatus.SUSPENDED
             return MailboxStatus.DISABLED if _flag(raw.get("archived")) else MailboxStatus.ACTIVE
+        return await self._write(job)
+
+    async def _is_user(self, address: str) -> bool:
+        """Whether the Directory has a user with this address (a pending first sign-in, not an invitation)."""
+        async def job(s: _Session) -> bool:
+            url = f"{self.options.directory_url.rstrip('/')}/admin/directory/v1/users/{quote(address.lower(), safe='@')}"
+            status, _ = await s.client.request("GET", url, token=s.as_admin(), allow=frozenset({404}))
+            return status != 404
         return await self._write(job)
 
     async def _invitation(self, email: str) -> Invitation | None:

@@ -30,6 +30,7 @@ GRANTED = frozenset(
         "admin.directory.user.readonly", "admin.directory.domain.readonly", "admin.directory.group.readonly",
         "admin.directory.user", "gmail.settings.basic", "gmail.settings.sharing",
         "cloud-identity.userinvitations.readonly", "cloud-identity.userinvitations",
+        "cloud-identity.policies.readonly", "admin.directory.orgunit.readonly",
     )
 )
 """The scopes the tenant's admin granted the service account through domain-wide delegation."""
@@ -37,6 +38,7 @@ GRANTED = frozenset(
 SA_EMAIL = "mailwarden-scan@acme-audit.iam.gserviceaccount.test"
 ADMIN = "admin@acme.example"
 CUSTOMER_ID = "C01abc2de"
+ROOT_ORG_UNIT = "id:03ph8a2z0root"
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,9 @@ class Workspace:
     members: dict[str, list[dict[str, str]]] = field(default_factory=dict)
     mail: dict[str, Mail] = field(default_factory=dict)
     invitations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    org_units: list[dict[str, Any]] = field(default_factory=list)  # organizationUnits below the root "/"
+    policies: list[dict[str, Any]] = field(default_factory=list)  # Cloud Identity Policy API policies
+    super_admin: bool = True  # False: the Policy API answers 403 (the admin is not a super admin)
     admin: str = ADMIN
     granted: frozenset[str] = GRANTED
     token_lifetime: int = 3599
@@ -128,6 +133,8 @@ class Workspace:
             if user != subject:
                 return _error(403, "Delegation denied for " + subject, "forbidden", "PERMISSION_DENIED")
             return self.gmail(request, user, parts[5:], scopes)
+        if parts == ["v1", "policies"]:
+            return self.list_policies(request, subject, scopes)
         if parts[:2] == ["v1", "customers"] and len(parts) >= 4 and parts[3] == "userinvitations":
             return self.cloud_identity(request, parts[2], parts[4:], subject, scopes)
         return _error(404, "Not Found", "notFound")
@@ -180,6 +187,8 @@ class Workspace:
         write = request.method != "GET"
         need = {"users": "admin.directory.user", "customer": "admin.directory.domain",
                 "groups": "admin.directory.group"}[parts[0]]
+        if parts[0] == "customer" and parts[2:3] == ["orgunits"]:
+            need = "admin.directory.orgunit"
         if not ({AUTH + need} | ({AUTH + need + ".readonly"} if not write else set())) & scopes:
             return _error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
         if parts == ["users"]:
@@ -197,6 +206,18 @@ class Workspace:
                     user["suspended"] = bool(body["suspended"])
                     user["suspensionReason"] = "ADMIN" if user["suspended"] else ""
             return Reply(200, user)
+        if parts[0] == "customer" and parts[2:] == ["orgunits"]:
+            # orgunits.list: no paging; type=all is every unit below the root, else the root's children only.
+            units = self.org_units if request.query.get("type") == "all" else [
+                u for u in self.org_units if u["parentOrgUnitPath"] == "/"]
+            return Reply(200, {"kind": "admin#directory#orgUnits", "organizationUnits": units} if units else
+                         {"kind": "admin#directory#orgUnits"})
+        if parts[0] == "customer" and parts[2] == "orgunits":
+            key = "/".join(parts[3:])  # orgunits.get: the path without its leading "/", or "id:..."
+            for unit in [self.root_org_unit(), *self.org_units]:
+                if key in (unit["orgUnitId"], unit["orgUnitPath"].lstrip("/")):
+                    return Reply(200, unit)
+            return _error(404, "Org unit not found", "notFound")
         if parts[0] == "customer" and parts[2:] == ["domains"]:
             return Reply(200, {"kind": "admin#directory#domains", "domains": self.domains})
         if parts == ["groups"]:
@@ -261,6 +282,47 @@ class Workspace:
             return Reply(200, {"delegates": mail.delegates} if mail.delegates else {})
         return _error(404, "Not Found", "notFound")
 
+    @staticmethod
+    def root_org_unit() -> dict[str, Any]:
+        """The top org unit, which orgunits.list leaves out."""
+        return {"kind": "admin#directory#orgUnit", "name": "acme", "orgUnitPath": "/", "orgUnitId": ROOT_ORG_UNIT,
+                "description": ""}
+
+    def add_org_unit(self, path: str) -> str:
+        """Create the org unit at ``path`` (its parent must exist); returns its id ("id:...")."""
+        parent_path = path.rpartition("/")[0] or "/"
+        parent = next((u for u in [self.root_org_unit(), *self.org_units] if u["orgUnitPath"] == parent_path))
+        unit_id = f"id:03ph8a2z{len(self.org_units) + 1:04d}"
+        self.org_units.append({"kind": "admin#directory#orgUnit", "name": path.rpartition("/")[2],
+                               "orgUnitPath": path, "orgUnitId": unit_id, "parentOrgUnitPath": parent_path,
+                               "parentOrgUnitId": parent["orgUnitId"]})
+        return unit_id
+
+    def set_auto_forwarding(self, path: str, enabled: bool, *, kind: str = "ADMIN", group: str = "") -> None:
+        """Add a settings/gmail.auto_forwarding policy for the org unit at ``path`` (sortOrder above earlier ones)."""
+        unit = next(u for u in [self.root_org_unit(), *self.org_units] if u["orgUnitPath"] == path)
+        ou = unit["orgUnitId"].removeprefix("id:")
+        query = f"entity.org_units.exists(org_unit, org_unit.org_unit_id == orgUnitId('{ou}'))"
+        if group:
+            query += f" && entity.groups.exists(group, group.group_id == groupId('{group}'))"
+        self.policies.append({
+            "name": f"policies/ahv4hg7qc24kvaghb7zihwf4riid4{len(self.policies)}", "customer": f"customers/{CUSTOMER_ID}",
+            "policyQuery": {"query": query, "orgUnit": f"orgUnits/{ou}", "sortOrder": len(self.policies) + 1,
+                            **({"group": f"groups/{group}"} if group else {})},
+            "setting": {"type": "settings/gmail.auto_forwarding", "value": {"enableAutoForwarding": enabled}},
+            "type": kind})
+
+    def list_policies(self, request: Request, subject: str, scopes: frozenset[str]) -> Reply:
+        """policies.list: super admins only; the filter by application as documented; pageSize up to 100."""
+        if AUTH + "cloud-identity.policies.readonly" not in scopes:
+            return _error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
+        if subject != self.admin or not self.super_admin:
+            return _error(403, "The caller does not have permission", "forbidden", "PERMISSION_DENIED")
+        wanted = request.query.get("filter", "")
+        listed = [p for p in self.policies
+                  if "settings/gmail" not in wanted or p["setting"]["type"].startswith("settings/gmail.")]
+        return self._page(listed, "policies", request, "pageSize", 50)
+
     def cloud_identity(self, request: Request, customer: str, parts: list[str], subject: str,
                        scopes: frozenset[str]) -> Reply:
         write = request.method != "GET"
@@ -323,7 +385,8 @@ def publish(estate: Estate, key: ServiceAccountKey, page_size: int) -> Workspace
         user = {"id": f"10470000000000000{number:04d}", "primaryEmail": box.address,
                 "name": {"fullName": box.display_name}, "suspended": box.status is MailboxStatus.SUSPENDED,
                 "archived": box.status is MailboxStatus.DISABLED, "isAdmin": False, "isMailboxSetup": True,
-                "agreedToTerms": box.last_login is not None, "creationTime": _rfc3339(box.created),
+                # An estate user is active or suspended, never a pending first sign-in (tests set that up).
+                "agreedToTerms": True, "creationTime": _rfc3339(box.created),
                 "orgUnitPath": "/"}
         if box.status is MailboxStatus.SUSPENDED:
             user["suspensionReason"] = "ADMIN"

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from scanner.adapters.base import collect_all
-from scanner.adapters.base import Collected
+from checks.account import inactive_account, never_used_account
+from checks.evaluate import evaluate
+from checks.invites import expired_invite, stale_invite
+from checks.registry import Policy
+from scanner.adapters.base import Collected, Refused, collect_all
 from scanner.adapters.google import (
     AutoForwarding,
     GoogleAdapter,
@@ -22,8 +26,10 @@ from scanner.adapters.google import (
 )
 from scanner.config import load_config
 from scanner.errors import AdapterError
-from scanner.model import Fact, FactState, Forward, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
-from tests.contract.estate import Estate, standard_estate
+from scanner.model import (
+    Fact, FactState, Forward, ForwardMechanism, Inventory, MailboxKind, MailboxStatus, Status, Tenant,
+)
+from tests.contract.estate import NOW, Estate, standard_estate
 from tests.contract.google import ADMIN, AUTH, CUSTOMER_ID, HARNESS, SA_EMAIL, Workspace
 from tests.contract.server import ContractServer
 
@@ -104,7 +110,8 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
     subjects = [g["sub"] for g in space.grants]
     gmail_users = [m.address for m in collected.mailboxes if m.kind is MailboxKind.USER
                    and m.status is not MailboxStatus.PENDING and m.address != ADMIN]
-    assert sorted(subjects) == sorted([ADMIN, ADMIN, *gmail_users])  # directory + invitations, then one per user
+    # directory, invitations and policies as the admin, then one per user
+    assert sorted(subjects) == sorted([ADMIN, ADMIN, ADMIN, *gmail_users])
     for grant in space.grants:
         assert grant["iss"] == SA_EMAIL and grant["aud"] == f"{server.url}/token"
         assert 0 < grant["exp"] - grant["iat"] <= 3600
@@ -113,6 +120,7 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
         f"{AUTH}admin.directory.user.readonly {AUTH}admin.directory.domain.readonly "
         f"{AUTH}admin.directory.group.readonly",
         f"{AUTH}cloud-identity.userinvitations.readonly",
+        f"{AUTH}cloud-identity.policies.readonly",
     }
     # The admin's tokens are cached until expiry; a user's is dropped once that user's Gmail settings are read
     # (a crawl's memory must not grow with its users), so a second crawl asks again only for the users'.
@@ -140,13 +148,17 @@ def test_transient_hook_keys_on_reason_not_only_status() -> None:
     assert not google_transient(httpx.Response(403, content=b"<html>denied</html>"))
 
 
-def test_invites_unsupported_without_customer_id(server: ContractServer, estate: Estate, tmp_path: Path) -> None:
+def test_without_customer_id_invites_are_first_sign_ins_only(server: ContractServer, space: Workspace,
+                                                              estate: Estate, tmp_path: Path) -> None:
+    space.users["user1@acme.example"]["agreedToTerms"] = False
     adapter = _adapter(server, estate, tmp_path, customer_id="")
     collected = _collect(adapter, estate)
-    assert Fact.MAILBOX_INVITES not in adapter.capabilities
+    assert Fact.MAILBOX_INVITES in adapter.capabilities
     state, reason = _coverage(collected)[Fact.MAILBOX_INVITES]
-    assert state is FactState.UNSUPPORTED and "customer_id" in reason
-    assert "new.hire@acme.example" not in _by_address(collected)
+    assert state is FactState.COLLECTED and "agreedToTerms" in reason and "customer_id" in reason
+    boxes = _by_address(collected)
+    assert "new.hire@acme.example" not in boxes  # an unmanaged-account invitation needs customer_id
+    assert boxes["user1@acme.example"].status is MailboxStatus.PENDING
     assert server.count("/v1/customers") == 0
     with pytest.raises(AdapterError, match="customer_id"):
         asyncio.run(adapter.cancel_invitation("new.hire@acme.example"))
@@ -341,3 +353,167 @@ def test_send_and_cancel_an_invitation(server: ContractServer, space: Workspace,
     cancelled = asyncio.run(adapter.cancel_invitation("new.hire@acme.example"))
     assert cancelled is not None and cancelled.state == "NOT_YET_SENT"  # the unmanaged account stays, unsent
     assert space.invitations["new.hire@acme.example"]["state"] == "NOT_YET_SENT"
+
+
+# agreedToTerms false: created, first sign-in never completed.
+
+def test_agreed_to_terms_false_is_pending_since_creation(server: ContractServer, space: Workspace, estate: Estate,
+                                                         tmp_path: Path) -> None:
+    space.users["never@acme.example"]["agreedToTerms"] = False
+    space.users["old@acme.example"]["agreedToTerms"] = False  # suspended stays suspended
+    del space.users["user1@acme.example"]["agreedToTerms"]  # absent: unknown, left active
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    boxes = _by_address(collected)
+    never = boxes["never@acme.example"]
+    assert never.status is MailboxStatus.PENDING
+    assert never.invite is not None and never.invite.sent == never.created == NOW - timedelta(days=200)
+    assert never.invite.expires is None
+    assert boxes["old@acme.example"].status is MailboxStatus.SUSPENDED and boxes["old@acme.example"].invite is None
+    assert boxes["user1@acme.example"].status is MailboxStatus.ACTIVE and boxes["user1@acme.example"].invite is None
+    assert _coverage(collected)[Fact.MAILBOX_INVITES] == (FactState.COLLECTED, "")
+
+
+def test_pending_first_sign_in_is_judged_by_the_invite_checks_only(server: ContractServer, space: Workspace,
+                                                                   estate: Estate, tmp_path: Path) -> None:
+    space.users["never@acme.example"]["agreedToTerms"] = False
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    tenant = Tenant(estate.tenant, "google", estate.domains)
+    inventory = Inventory((tenant,), (), collected.mailboxes, {}, (), collected.coverage)
+    findings = evaluate(inventory, [stale_invite, expired_invite, never_used_account, inactive_account],
+                        policy=Policy(invite_stale_days=14, inactive_days=90), senders={}, now=NOW)
+    verdicts = {f.check: f for f in findings if f.subject == "never@acme.example"}
+    assert verdicts["invite.stale"].status is Status.FAIL  # waiting 200 days since creation
+    assert verdicts["invite.stale"].evidence["days_pending"] == 200
+    assert verdicts["invite.expired"].status is Status.UNSUPPORTED  # Workspace sets no expiry
+    # Not reported twice: a pending account cannot sign in, so the sign-in checks leave it to the invite checks.
+    assert verdicts["account.never_used"].status is Status.PASS
+    assert verdicts["account.never_used"].evidence.get("applies") is False
+    assert verdicts["account.inactive"].evidence.get("applies") is False
+
+
+def test_agreed_to_terms_false_without_a_creation_time_fails_its_invite_fact(
+        server: ContractServer, space: Workspace, estate: Estate, tmp_path: Path) -> None:
+    space.users["never@acme.example"]["agreedToTerms"] = False
+    space.users["never@acme.example"]["creationTime"] = "not a time"
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected)["never@acme.example"].status is MailboxStatus.PENDING
+    assert _coverage(collected, "never@acme.example")[Fact.MAILBOX_INVITES][0] is FactState.FAILED
+
+
+# The Cloud Identity Policy API: org units where automatic forwarding is off.
+
+def _gmail_reads(server: ContractServer, user: str, what: str) -> int:
+    return server.count(f"/gmail/v1/users/{user}/settings/{what}")
+
+
+def test_forwarding_off_at_the_root_skips_every_forwarding_read(server: ContractServer, space: Workspace,
+                                                                estate: Estate, tmp_path: Path) -> None:
+    space.set_auto_forwarding("/", False)  # the root has no child units: its id comes from orgunits.get
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    boxes = _by_address(collected)
+    expected = HARNESS.expected(estate)
+    for address, box in boxes.items():
+        if box.kind is MailboxKind.USER:
+            assert box.forwards == (), address
+            assert box.delegates == expected[address].delegates  # delegates are still read
+    assert boxes["info@acme.example"].forwards == expected["info@acme.example"].forwards  # groups unaffected
+    for user in ("ana@acme.example", "ben@acme.example", "user1@acme.example"):
+        for what in ("forwardingAddresses", "autoForwarding", "filters"):
+            assert _gmail_reads(server, user, what) == 0
+        assert _gmail_reads(server, user, "delegates") == 1
+    state, reason = _coverage(collected)[Fact.MAILBOX_FORWARDS]
+    assert state is FactState.COLLECTED and "org units /" in reason and "2491924" in reason
+    assert collected.problems == ()
+    assert server.count("/v1/policies") == 1
+
+
+def test_forwarding_off_for_a_child_unit_only_skips_its_users(server: ContractServer, space: Workspace,
+                                                             estate: Estate, tmp_path: Path) -> None:
+    space.add_org_unit("/Sales")
+    space.add_org_unit("/Sales/East")
+    space.add_org_unit("/Sales/West")
+    space.set_auto_forwarding("/", True, kind="SYSTEM")
+    space.set_auto_forwarding("/Sales", False)
+    space.set_auto_forwarding("/Sales/West", False)
+    space.set_auto_forwarding("/Sales/West", True)  # the higher sortOrder wins within one unit
+    space.users["ben@acme.example"]["orgUnitPath"] = "/Sales"
+    space.users["ana@acme.example"]["orgUnitPath"] = "/Sales/East"  # inherits /Sales
+    space.users["user1@acme.example"]["orgUnitPath"] = "/Sales/West"
+    space.mail["user1@acme.example"].addresses.append({"forwardingEmail": "u1@outside.test",
+                                                       "verificationStatus": "accepted"})
+    space.mail["user1@acme.example"].auto = {"enabled": True, "emailAddress": "u1@outside.test",
+                                             "disposition": "leaveInInbox"}
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    boxes = _by_address(collected)
+    assert boxes["ben@acme.example"].forwards == () and boxes["ana@acme.example"].forwards == ()
+    assert boxes["ben@acme.example"].delegates == ("pa@outside.test",)
+    assert _gmail_reads(server, "ben@acme.example", "filters") == 0
+    assert _gmail_reads(server, "ana@acme.example", "autoForwarding") == 0
+    assert boxes["user1@acme.example"].forwards == (Forward("u1@outside.test", ForwardMechanism.AUTO_FORWARD),)
+    assert _gmail_reads(server, "user0@acme.example", "forwardingAddresses") == 1  # at the root: read as before
+    state, reason = _coverage(collected)[Fact.MAILBOX_FORWARDS]
+    assert state is FactState.COLLECTED and "/Sales" in reason and "/Sales/West" not in reason
+    assert server.count("/admin/directory/v1/customer/my_customer/orgunits") == 1  # the list named every unit
+
+
+def test_a_group_policy_that_allows_forwarding_keeps_every_read(server: ContractServer, space: Workspace,
+                                                               estate: Estate, tmp_path: Path) -> None:
+    space.set_auto_forwarding("/", False)
+    space.set_auto_forwarding("/", True, group="03x8tuzt1hnvz8c")  # members may forward wherever they are
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected) == HARNESS.expected(estate)
+    assert _coverage(collected)[Fact.MAILBOX_FORWARDS] == (FactState.COLLECTED, "")
+
+
+def test_a_policy_without_its_value_is_not_taken_for_off(server: ContractServer, space: Workspace, estate: Estate,
+                                                         tmp_path: Path) -> None:
+    space.set_auto_forwarding("/", False)
+    del space.policies[0]["setting"]["value"]["enableAutoForwarding"]
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected) == HARNESS.expected(estate)
+
+
+def test_policy_api_403_falls_back_to_every_users_settings(server: ContractServer, space: Workspace,
+                                                           estate: Estate, tmp_path: Path) -> None:
+    space.set_auto_forwarding("/", False)
+    space.super_admin = False
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected) == HARNESS.expected(estate)  # forwards read from Gmail as without the policy
+    assert _gmail_reads(server, "ana@acme.example", "autoForwarding") == 1
+    assert any("403" in p and "super admin" in p for p in collected.problems)
+    assert _coverage(collected)[Fact.MAILBOX_FORWARDS] == (FactState.COLLECTED, "")
+
+
+def test_a_malformed_policies_page_falls_back_naming_the_endpoint(server: ContractServer, space: Workspace,
+                                                                  estate: Estate, tmp_path: Path) -> None:
+    space.set_auto_forwarding("/", False)
+    server.faults.malformed = {"/v1/policies": 10}
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert _by_address(collected) == HARNESS.expected(estate)
+    assert any("/v1/policies" in p for p in collected.problems)
+
+
+def test_policies_are_paged(server: ContractServer, space: Workspace, estate: Estate, tmp_path: Path) -> None:
+    for path in ("/A", "/B", "/C"):
+        space.add_org_unit(path)
+        space.set_auto_forwarding(path, True)
+    space.set_auto_forwarding("/B", False)  # on the second page (the server pages by 2)
+    space.users["ben@acme.example"]["orgUnitPath"] = "/B"
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert server.count("/v1/policies") == 2
+    assert _by_address(collected)["ben@acme.example"].forwards == ()
+    assert _by_address(collected)["ana@acme.example"].forwards != ()
+
+
+def test_a_pending_first_sign_in_has_no_invitation_to_resend_or_revoke(server: ContractServer, space: Workspace,
+                                                                       estate: Estate, tmp_path: Path) -> None:
+    space.users["never@acme.example"]["agreedToTerms"] = False
+    adapter = _adapter(server, estate, tmp_path)
+    for action in ("invite.resend", "invite.revoke"):
+        with pytest.raises(Refused, match="first sign-in"):
+            asyncio.run(adapter.remedy_read(action, "never@acme.example", {}))
+    with pytest.raises(Refused, match="first sign-in"):
+        asyncio.run(adapter.send_invitation("never@acme.example"))
+    assert "never@acme.example" not in space.invitations  # no invitation was created for a managed address
+    state = asyncio.run(adapter.remedy_read("invite.revoke", "new.hire@acme.example", {}))["state"]
+    assert state == {"invite": True}  # an unmanaged account's invitation is still handled
