@@ -43,6 +43,7 @@ class TenantOutcome:
     mailboxes: int = 0
     domains: int = 0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +143,7 @@ class _TenantResult:
     people: tuple[Person, ...] = ()
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     failed: bool = False
 
 
@@ -179,6 +181,7 @@ async def _collect_tenant(
                 if fact not in offered
             ]
             result.problems += collected.problems
+            result.notes += collected.notes
     except AdapterError as exc:
         result.failed = True
         result.problems.append(str(exc))
@@ -274,7 +277,8 @@ async def collect(
         for problem in r.problems:
             log.warning("tenant %s: %s", r.tenant.name, problem, extra={"tenant": r.tenant.name})
         outcomes.append(
-            TenantOutcome(r.tenant.name, state, tuple(r.problems), r.mailboxes, len(r.domains), round(seconds, 3))
+            TenantOutcome(r.tenant.name, state, tuple(r.problems), r.mailboxes, len(r.domains), round(seconds, 3),
+                          tuple(r.notes))
         )
     mailboxes = tuple(m for r in results for m in (kept.by_tenant.get(r.tenant.name, {}).values() if kept else ()))
     index: dict[str, Mailbox] = {}

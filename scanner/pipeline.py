@@ -162,6 +162,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "provider": providers.get(outcome.tenant) or "none (DNS only)",
             "state": outcome.state,
             "problems": list(outcome.problems),
+            "notes": list(outcome.notes),
             "mailboxes": outcome.mailboxes,
             "domains": outcome.domains,
             "seconds": outcome.seconds,

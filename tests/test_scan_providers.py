@@ -165,3 +165,18 @@ def test_a_provider_that_is_down_makes_the_run_partial_and_the_others_complete(
     assert {f["check"]: f["status"] for f in m365}["catchall.enabled"] == "error"
     assert not any(f["subject"].endswith("@m365-client.example") for f in m365)  # nothing read, nothing judged
     assert "m365-client" in html and "failed" in html
+
+
+def test_a_note_shows_in_the_report_and_leaves_the_tenant_complete(
+    tmp_path: Path, providers: dict[str, Provider], zones: ZoneServer
+) -> None:
+    # google.admin is not a super admin: the org-wide forwarding policy is unknown, every user's Gmail
+    # settings are read instead, so nothing is missing: a note, not a problem.
+    google.HARNESS.workspace(providers["google"].server).super_admin = False
+    findings, manifest, html, _ = _scan(_config(tmp_path, providers, zones), tmp_path / "out")
+    scope = manifest["scope"]["tenants"]  # type: ignore[index]
+    assert scope["gw-client"]["state"] == "complete" and scope["gw-client"]["problems"] == []
+    assert [n for n in scope["gw-client"]["notes"] if "Policy API answered 403" in n]
+    assert "note: the Cloud Identity Policy API answered 403" in html
+    failing = {(f["tenant"], f["check"], f["subject"]) for f in findings if f["status"] == "fail"}
+    assert ("gw-client", "forwarding.external", "ana@acme.example") in failing

@@ -21,13 +21,16 @@ Emit = Callable[[Sequence[Mailbox]], Awaitable[None]]
 class Collected:
     """What an adapter read for one tenant besides its mailboxes: per-domain settings, coverage and problems.
 
-    ``mailboxes`` is filled only by ``collect_all``; an adapter sends its mailboxes through ``emit``.
+    ``problems`` are things the adapter could not read (the tenant is partial); ``notes`` are remarks the
+    operator should see that lose nothing (the tenant stays complete). ``mailboxes`` is filled only by
+    ``collect_all``; an adapter sends its mailboxes through ``emit``.
     """
 
     mailboxes: tuple[Mailbox, ...] = ()
     catch_all: Mapping[str, str | None] = field(default_factory=dict)
     coverage: tuple[Coverage, ...] = ()
     problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class Adapter(Protocol):

@@ -323,6 +323,7 @@ class _Crawl:
     invites: dict[str, Invite] = field(default_factory=dict)
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     forwarding: ForwardingPolicy = field(default_factory=lambda: ForwardingPolicy())
 
     @property
@@ -358,7 +359,7 @@ class _Crawl:
         problems = self.problems
         if len(problems) > PROBLEMS_SHOWN:
             problems = [*problems[:PROBLEMS_SHOWN], f"... and {len(problems) - PROBLEMS_SHOWN} more problems"]
-        return Collected((), {}, tuple(self.coverage), tuple(problems))
+        return Collected((), {}, tuple(self.coverage), tuple(problems), tuple(self.notes))
 
     async def read_domains(self) -> None:
         """The Workspace's domains and domain aliases: group members there are inside the tenant."""
@@ -509,11 +510,11 @@ class _Crawl:
         try:
             policy = await self._forwarding_policy()
         except ApiError as exc:
-            self.problems.append(NOT_SUPER_ADMIN if exc.status == 403 else
-                                 f"{exc}; every user's Gmail forwarding settings were read instead")
+            self.notes.append(NOT_SUPER_ADMIN if exc.status == 403 else
+                              f"{exc}; every user's Gmail forwarding settings were read instead")
             return
         except AdapterError as exc:
-            self.problems.append(f"{exc}; the org-wide automatic-forwarding setting is unknown, so every user's "
+            self.notes.append(f"{exc}; the org-wide automatic-forwarding setting is unknown, so every user's "
                                  "Gmail forwarding settings were read")
             return
         self.forwarding = policy
