@@ -80,7 +80,7 @@ def test_malformed_rows_name_file_and_line_and_keep_the_rest(tmp_path: Path) -> 
     mailboxes_csv = export / "mailboxes.csv"
     assert collected.problems[:3] == (
         f"{mailboxes_csv}:5: 'address' is not an email address: 'not-an-address'",
-        f"{mailboxes_csv}:6: 'kind' is 'wizard'; expected one of: user, shared, role, resource",
+        f"{mailboxes_csv}:6: 'kind' is 'wizard'; expected one of: user, shared, role, resource, alias",
         f"{mailboxes_csv}:7: 'created' is not an ISO 8601 date: 'yesterday'",
     )
     assert collected.problems[3] == f"{export / 'forwards.csv'}:4: 'target' is not an email address: 'not an address'"
