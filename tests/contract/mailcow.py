@@ -302,7 +302,8 @@ class MailcowHarness:
             address = f"{address}@{estate.domains[0]}"
             result[address] = Mailbox(
                 tenant=estate.tenant, address=address, kind=MailboxKind.ALIAS, status=status, created=NOW,
-                delegates=(first,) if delegates else (), forwards=tuple(Forward(t, ForwardMechanism.ALIAS) for t in forwards),
+                delegates=(first,) if delegates else (),
+                forwards=tuple(Forward(t, ForwardMechanism.ALIAS) for t in forwards),
             )
         return result
 
