@@ -36,6 +36,23 @@ def _collect(directory: Path):
     return asyncio.run(FilesAdapter(directory).collect(TENANT))
 
 
+def test_an_alias_row_is_an_alias_subject_with_its_forwards(tmp_path: Path) -> None:
+    export = _export(
+        tmp_path,
+        mailboxes_csv=MAILBOXES + "sales@acme.example,Sales,alias,active,2025-03-01,,,\n"
+                                  "old@acme.example,,Alias,disabled,,,,\n",
+        forwards_csv=FORWARDS + "sales@acme.example,sales@partner.test,alias\n",
+    )
+    collected = _collect(export)
+    assert collected.problems == ()
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert boxes["sales@acme.example"].kind is MailboxKind.ALIAS
+    assert [(f.target, f.mechanism) for f in boxes["sales@acme.example"].forwards] == [
+        ("sales@partner.test", ForwardMechanism.ALIAS)]
+    assert (boxes["old@acme.example"].kind, boxes["old@acme.example"].status) == (
+        MailboxKind.ALIAS, MailboxStatus.DISABLED)
+
+
 def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
     export = _export(
         tmp_path,
