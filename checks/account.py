@@ -14,6 +14,10 @@ Which mailboxes each check judges; every other one passes with ``{"applies": fal
   more than ``inactive_days`` before now; an account that never signed in is left to
   account.never_used, which fails when it was created more than ``inactive_days`` before now (an
   unknown creation date is ``unsupported``).
+
+An ``alias`` (an address with no mailbox that only forwards) has no account: nothing signs in to it and
+no person leaves it, so all three pass with ``applies: false`` (account.ghost adds the roster's leave
+date when the roster lists the address as someone who left). Where it forwards is forwarding.external's.
 """
 
 from __future__ import annotations
@@ -25,10 +29,13 @@ from checks.registry import Result, RunContext, check
 from scanner.model import Fact, FactState, Mailbox, MailboxKind, MailboxStatus, Scope, Severity
 
 SIGN_IN_KINDS = (MailboxKind.USER, MailboxKind.ROLE)
+NO_ACCOUNT = "an alias has no account: nothing signs in to it, and where it forwards is judged by forwarding.external"
 
 
 def _signs_in(mailbox: Mailbox) -> str:
     """Why the sign-in checks do not apply to this mailbox, or "" when they do."""
+    if mailbox.kind is MailboxKind.ALIAS:
+        return NO_ACCOUNT
     if mailbox.kind not in SIGN_IN_KINDS:
         return f"a {mailbox.kind.value} mailbox is not signed in to directly"
     if mailbox.status is not MailboxStatus.ACTIVE:
@@ -51,6 +58,10 @@ def _signs_in(mailbox: Mailbox) -> str:
 )
 def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when an active mailbox's person left per the roster, or all its owners of record departed."""
+    if mailbox.kind is MailboxKind.ALIAS:
+        person = roster_view(ctx).people.get(mailbox.address)
+        left = {"left": person.left.isoformat()} if person and person.left and person.has_left(ctx.today) else {}
+        return Result.passed(applies=False, why=NO_ACCOUNT, **left)
     if mailbox.status is not MailboxStatus.ACTIVE:
         return Result.passed(applies=False, why=f"the account is {mailbox.status.value}")
     roster = roster_view(ctx)

@@ -15,7 +15,9 @@ cannot be judged: it is ``unsupported`` for that mailbox; a roster that failed t
 An owner's standing: ``left`` (the roster's leave date is today or earlier), ``disabled`` or
 ``suspended`` (their mailbox's status), ``present`` (an active or pending mailbox, or on the roster
 and not left), or ``not found`` (no mailbox in the inventory and not on the roster). The first three
-are departures. mailbox.no_owner applies to every mailbox, whatever its kind and status.
+are departures. mailbox.no_owner applies to every mailbox, whatever its kind and status; an ``alias``
+(an address with no mailbox that only forwards) holds no mail and has no account, so it passes with
+``applies: false`` (its listed owners, if any, in the evidence): what it forwards is forwarding.external's.
 """
 
 from __future__ import annotations
@@ -100,6 +102,10 @@ def owner_standings(mailbox: Mailbox, ctx: RunContext, roster: RosterView) -> di
 )
 def mailbox_without_owner(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when a mailbox lists no owner and, for a user mailbox, its address is not on the roster."""
+    if mailbox.kind is MailboxKind.ALIAS:
+        return Result.passed(applies=False, owners=list(mailbox.owners),
+                             why="an alias holds no mail and has no account; what it forwards is judged by "
+                                 "forwarding.external")
     if mailbox.owners:
         return Result.passed(owners=list(mailbox.owners), basis="owners listed by the provider")
     if mailbox.kind is not MailboxKind.USER:

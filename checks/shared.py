@@ -32,6 +32,8 @@ KINDS = (MailboxKind.SHARED, MailboxKind.ROLE)
 )
 def ownerless_shared(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when a shared or role mailbox has no owner of record who is still present."""
+    if mailbox.kind is MailboxKind.ALIAS:
+        return Result.passed(applies=False, why="an alias, not a mailbox: it holds no mail for owners to answer for")
     if mailbox.kind not in KINDS:
         return Result.passed(applies=False, why=f"a {mailbox.kind.value} mailbox: only shared and role mailboxes are judged")
     if mailbox.status in (MailboxStatus.DISABLED, MailboxStatus.SUSPENDED):

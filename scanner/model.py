@@ -72,6 +72,7 @@ class MailboxKind(enum.Enum):
     SHARED = "shared"
     ROLE = "role"
     RESOURCE = "resource"
+    ALIAS = "alias"  # an address with no mailbox of its own that only forwards (nothing signs in, nothing is stored)
 
 
 class MailboxStatus(enum.Enum):

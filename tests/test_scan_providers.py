@@ -126,13 +126,17 @@ def test_one_tenant_per_provider_makes_one_combined_report(
     assert {name: s["state"] for name, s in scope.items()} == dict.fromkeys(TENANTS, "complete")
     assert scope["gw-client"]["mailboxes"] == len(google.HARNESS.expected(providers["google"].estate))
     assert scope["m365-client"]["mailboxes"] == len(providers["microsoft"].estate.mailboxes)
-    assert scope["cow-client"]["mailboxes"] == len(providers["mailcow"].estate.mailboxes)
+    assert scope["cow-client"]["mailboxes"] == len(mailcow.HARNESS.expected(providers["mailcow"].estate))  # + aliases
     assert {f["tenant"] for f in findings} == TENANTS
     failing = {(f["tenant"], f["check"], f["subject"]) for f in findings if f["status"] == "fail"}
     # Each provider's forward to outside is read through its own API and judged by the same check.
     for tenant, subject in (("gw-client", "ana@acme.example"), ("m365-client", "ben@m365-client.example"),
                             ("cow-client", "ana@cow-client.example"), ("files-client", f"pat@{FILES_DOMAIN}")):
         assert (tenant, "forwarding.external", subject) in failing
+    # A mailcow alias with no mailbox that forwards outside is a subject of its own, judged the same way.
+    alias = next(f for f in findings
+                 if f["check"] == "forwarding.external" and f["subject"] == "sales@cow-client.example")
+    assert alias["status"] == "fail" and alias["evidence"]["kind"] == "alias" and "sales@cow-client.example" in html
     # Graph and Google cannot say what mailcow can (catch-all): a coverage gap, never a pass.
     catch_all = {f["tenant"]: f["status"] for f in findings if f["check"] == "catchall.enabled"}
     assert catch_all["m365-client"] == catch_all["gw-client"] == "unsupported"

@@ -54,6 +54,7 @@ class AliasState:
     address: str
     goto: tuple[str, ...]
     active: bool
+    created: str = ""  # as mailcow sends it (server-local, no offset); read with ``local_time``
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +277,7 @@ class MailcowAdapter:
             _with(box, tuple(dict.fromkeys(forwards.get(address, ()))), delegates.get(address, ()))
             for address, box in boxes.items()
         )
+        mailboxes += tuple(self._alias_subjects(reading, aliases, mailbox_rows, boxes))
         await emit_all(emit, mailboxes)
         return Collected((), catch_all, tuple(reading.coverage), tuple(reading.problems))
 
@@ -332,13 +334,58 @@ class MailcowAdapter:
         forwards: dict[str, list[Forward]] = {}
         for alias in aliases:
             if not alias.active or alias.address not in boxes:
-                # An alias without a mailbox has no mailbox subject in the model; the catch-all is read apart.
+                # An alias without a mailbox is its own subject (_alias_subjects); the catch-all is read apart.
                 continue
             for target in alias.goto:
                 if target == alias.address or _is_pseudo(target) or reading.tenant.owns(domain_of(target)):
                     continue
                 forwards.setdefault(alias.address, []).append(Forward(target, ForwardMechanism.ALIAS))
         return forwards
+
+    def _alias_subjects(
+        self, reading: _Reading, aliases: list[AliasState], mailbox_rows: list[Any], boxes: Mapping[str, Mailbox]
+    ) -> list[Mailbox]:
+        """An ALIAS subject for each of the tenant's aliases with no mailbox that has a target outside the tenant.
+
+        An alias pointing only inside the tenant (or to rspamd's localhost pseudo-addresses) is internal
+        routing and is left out: nothing leaves through it, and should it gain an outside target it appears
+        then, as a new forward. An inactive alias is kept, DISABLED and without forwards (mailcow rejects
+        mail to it, so nothing is forwarded), so that turning it back on shows as a forward added.
+        """
+        listed = {str(r.get("username") or "").strip().lower() for r in mailbox_rows if isinstance(r, Mapping)}
+        grants = {str(r.get("username") or "").strip().lower(): addresses(r.get("sender_acl"))
+                  for r in mailbox_rows if isinstance(r, Mapping) and "sender_acl" in r}
+        subjects: list[Mailbox] = []
+        for alias in aliases:
+            local_part = alias.address.partition("@")[0]
+            if not local_part or alias.address in listed:
+                continue  # the catch-all (read apart), or a mailbox's own address (its forwards are the mailbox's)
+            outside = [t for t in alias.goto
+                       if t != alias.address and not _is_pseudo(t) and not reading.tenant.owns(domain_of(t))]
+            if not outside:
+                continue
+            try:
+                created = local_time(alias.created, self.zone, "created")
+            except RecordError as exc:
+                reading.problems.append(f"mailcow alias {alias.address}: {exc}")
+                created = None  # the forward matters more than the date: keep the subject
+            # sender_acl: the tenant's mailboxes that may send as this address (the same rule as _delegates).
+            senders = sorted(g for g, acl in grants.items() if g in boxes and (
+                alias.address in acl or f"@{domain_of(alias.address)}" in acl or "*" in acl))
+            subjects.append(Mailbox(
+                tenant=reading.tenant.name,
+                address=alias.address,
+                kind=MailboxKind.ALIAS,
+                status=MailboxStatus.ACTIVE if alias.active else MailboxStatus.DISABLED,
+                created=created,
+                delegates=tuple(senders),
+                forwards=tuple(Forward(t, ForwardMechanism.ALIAS) for t in outside) if alias.active else (),
+            ))
+            # An alias has no sieve script: its forwards are fully known from /get/alias/all even when
+            # the sieve filters could not be read.
+            reading.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED, "an alias's targets (goto)",
+                          subject=alias.address)
+        return subjects
 
     async def _sieve_forwards(
         self, reading: _Reading, client: ApiClient, boxes: Mapping[str, Mailbox], forwards: dict[str, list[Forward]]
@@ -692,6 +739,7 @@ def _alias_state(row: Mapping[str, Any]) -> AliasState:
         address=str(row.get("address") or "").strip().lower(),
         goto=addresses(row.get("goto")),
         active=number(row.get("active_int", row.get("active")), "active") == 1,
+        created=str(row.get("created") or ""),
     )
 
 

@@ -10,8 +10,8 @@ from checks.evaluate import evaluate
 from checks.registry import Check, Policy
 from scanner.adapters.files import FilesAdapter, read_roster
 from scanner.model import (
-    Coverage, Fact, FactState, Finding, Inventory, Mailbox, MailboxKind, MailboxStatus, Person, PolicyException,
-    Status, Tenant,
+    Coverage, Fact, FactState, Finding, Forward, ForwardMechanism, Inventory, Mailbox, MailboxKind, MailboxStatus,
+    Person, PolicyException, Status, Tenant,
 )
 
 NOW = datetime(2026, 11, 25, 9, tzinfo=UTC)
@@ -255,3 +255,27 @@ def test_export_without_last_login_column_is_unsupported(tmp_path: Path) -> None
     findings = evaluate(inventory, [inactive_account, never_used_account], policy=Policy(), senders={}, now=NOW)
     assert {f.status for f in findings} == {Status.UNSUPPORTED}
     assert all("last_login" in f.reason for f in findings)
+
+
+# An alias (an address with no mailbox that only forwards): no account, so none of the three applies
+
+ALIAS_FORWARD = (Forward("sales@partner.test", ForwardMechanism.ALIAS),)
+
+
+def test_an_alias_is_never_a_ghost_inactive_or_never_used_account() -> None:
+    old = _at("2020-01-01")
+    aliases = (
+        Mailbox("acme", "bob@acme.example", MailboxKind.ALIAS, created=old, forwards=ALIAS_FORWARD),  # bob left
+        Mailbox("acme", "sales@acme.example", MailboxKind.ALIAS, created=old, forwards=ALIAS_FORWARD),
+        Mailbox("acme", "old@acme.example", MailboxKind.ALIAS, MailboxStatus.DISABLED, created=old),
+    )
+    no_owners = (Coverage("acme", Fact.MAILBOX_OWNERS, FactState.UNSUPPORTED, "no owners"),) + COLLECTED[1:]
+    failed_roster = COLLECTED[:2] + (Coverage("acme", Fact.ROSTER, FactState.FAILED, "people.csv unreadable"),)
+    for check in (ghost_account, inactive_account, never_used_account):
+        for coverage in (COLLECTED, no_owners, failed_roster, NO_ROSTER):
+            findings = _run(check, *aliases, coverage=coverage)
+            for finding in findings.values():
+                assert finding.status is Status.PASS, (check.meta.id, finding.subject, finding.reason)
+                assert finding.evidence["applies"] is False and "alias" in finding.evidence["why"]
+    assert _run(ghost_account, *aliases)["bob@acme.example"].evidence["left"] == "2026-06-30"
+    assert "left" not in _run(ghost_account, *aliases)["sales@acme.example"].evidence

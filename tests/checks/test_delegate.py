@@ -9,7 +9,9 @@ from checks.delegate import external_delegate
 from checks.evaluate import evaluate
 from checks.registry import Policy
 from scanner.adapters.files import FilesAdapter
-from scanner.model import Coverage, Fact, FactState, Finding, Inventory, Mailbox, PolicyException, Status, Tenant
+from scanner.model import (
+    Coverage, Fact, FactState, Finding, Inventory, Mailbox, MailboxKind, PolicyException, Status, Tenant,
+)
 
 NOW = datetime(2026, 11, 25, 9, tzinfo=UTC)
 TENANT = Tenant("acme", "files", ("acme.example", "acme-mail.example"))
@@ -81,3 +83,11 @@ def test_from_export_files(tmp_path: Path) -> None:
         ("ceo@acme.example", Status.FAIL, "va@partners.test"),
         ("ann@acme.example", Status.PASS, ""),
     }
+
+
+def test_an_alias_is_judged_on_who_may_send_as_it() -> None:
+    findings = _run(Mailbox("acme", "sales@acme.example", MailboxKind.ALIAS, delegates=("ann@acme.example",)),
+                    Mailbox("acme", "team@acme.example", MailboxKind.ALIAS, delegates=("va@partners.test",)))
+    verdicts = {(f.subject, f.item): f.status for f in findings}
+    assert verdicts == {("sales@acme.example", ""): Status.PASS,
+                        ("team@acme.example", "va@partners.test"): Status.FAIL}

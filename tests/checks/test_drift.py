@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from checks.drift import catchall_enabled, dns_weakened, forwarding_added, mx_changed
 from checks.evaluate import evaluate
 from checks.registry import Policy
+from scanner.adapters.base import collect_all
 from scanner.dns import DnsClient
 from scanner.model import (
     Coverage,
@@ -30,7 +31,12 @@ from scanner.model import (
     Status,
     Tenant,
 )
+from scanner.pipeline import snapshot_items
+from scanner.store import Store
 from scanner.zoneserver import ZoneServer
+from tests.contract.mailcow import MailcowState, mailcow_app
+from tests.contract.server import ContractServer
+from tests.scanner.adapters.test_mailcow import _adapter, _alias, _box, _domain
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 BEFORE = datetime(2026, 11, 18, tzinfo=UTC)
@@ -210,3 +216,38 @@ def test_forwarding_added_fails_with_before_and_after(dns_server) -> None:
     unknown = Inventory((TENANT,), (), (new,), {}, (), (Coverage("acme", Fact.MAILBOX_FORWARDS, FactState.FAILED, "x"),),
                         previous=previous)
     assert evaluate(unknown, [forwarding_added], policy=Policy(), senders={}, now=NOW)[0].status is Status.ERROR
+
+
+def test_an_alias_turned_back_on_is_a_forward_added_through_the_store_and_change_log(tmp_path) -> None:
+    """mailcow contract server → ALIAS subject → store snapshot → previous state → drift.forwarding_added."""
+    state = MailcowState(domains=[_domain("acme.example")])
+    state.mailboxes["ana@acme.example"] = _box("ana@acme.example")
+    number = _alias(state, "sales@acme.example", "ana@acme.example,sales@partner.test", active=0)
+    server = ContractServer(mailcow_app(state)).start()
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    tenant = Tenant("acme", "mailcow", ("acme.example",))
+    try:
+        inventories = []
+        for run, when in (("run1", BEFORE), ("run2", NOW)):
+            collected = asyncio.run(collect_all(_adapter(server, tmp_path), tenant))
+            store.start_run(run, when, "digest", "test")
+            inventory = Inventory((tenant,), (), collected.mailboxes, {}, (), collected.coverage,
+                                  previous=store.previous_state(run))
+            store.save_snapshot(run, list(snapshot_items(inventory)))
+            store.finish_run(run, when, "complete", {})
+            inventories.append(inventory)
+            state.aliases[number]["active"] = 1  # someone turns the alias back on between the runs
+        first, second = (evaluate(i, [forwarding_added], policy=Policy(), senders={}, now=NOW) for i in inventories)
+        changes = {(c.object_type, c.object_key, c.field, c.action): (c.before, c.after)
+                   for c in store.changes(run_id="run2")}
+    finally:
+        store.close()
+        server.stop()
+    assert [(f.subject, f.status) for f in first] == [("ana@acme.example", Status.PASS),
+                                                      ("sales@acme.example", Status.PASS)]
+    added = {f.subject: f for f in second}["sales@acme.example"]
+    assert added.status is Status.FAIL
+    assert (added.evidence["added"], added.evidence["before"]) == (["sales@partner.test"], [])
+    forward = ("forward", "sales@acme.example -> sales@partner.test", "", "added")
+    assert changes == {("mailbox", "sales@acme.example", "status", "changed"): ("disabled", "active"),
+                       forward: (None, {"mechanism": "alias"})}

@@ -8,7 +8,8 @@ from checks.evaluate import evaluate
 from checks.forwarding import external_forwarding
 from checks.registry import Policy
 from scanner.model import (
-    Coverage, Fact, FactState, Forward, ForwardMechanism, Inventory, Mailbox, PolicyException, Status, Tenant,
+    Coverage, Fact, FactState, Forward, ForwardMechanism, Inventory, Mailbox, MailboxKind, MailboxStatus,
+    PolicyException, Status, Tenant,
 )
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
@@ -67,3 +68,29 @@ def test_error_when_forwards_failed_for_that_mailbox_only() -> None:
     assert findings["ann@acme.example"].status is Status.ERROR
     assert "forwards.csv:4" in findings["ann@acme.example"].reason
     assert findings["bob@acme.example"].status is Status.FAIL
+
+
+def test_an_alias_is_judged_like_a_mailbox_and_says_it_is_an_alias() -> None:
+    def alias(address: str, *targets: str) -> Mailbox:
+        return Mailbox("acme", address, MailboxKind.ALIAS,
+                       forwards=tuple(Forward(t, ForwardMechanism.ALIAS) for t in targets))
+
+    coverage = (
+        Coverage("acme", Fact.MAILBOX_FORWARDS, FactState.FAILED, "sieve filters could not be read"),
+        Coverage("acme", Fact.MAILBOX_FORWARDS, FactState.COLLECTED, "an alias's targets (goto)", "sales@acme.example"),
+    )
+    findings = _run(alias("sales@acme.example", "sales@partner.test"),
+                    alias("team@acme.example", "t@acme-mail.example"),
+                    Mailbox("acme", "old@acme.example", MailboxKind.ALIAS, MailboxStatus.DISABLED),
+                    _mailbox("ann@acme.example", "ann@gmail.test"))
+    assert findings["sales@acme.example"].status is Status.FAIL
+    assert findings["sales@acme.example"].evidence == {"targets": ["sales@partner.test"], "mechanisms": ["alias"],
+                                                       "kind": "alias"}
+    assert findings["sales@acme.example"].remediation.action == "forwarding.disable"
+    assert findings["team@acme.example"].status is Status.PASS  # only inside the tenant
+    assert findings["old@acme.example"].evidence == {"forwards": 0, "kind": "alias"}  # inactive: forwards nothing
+    assert "kind" not in findings["ann@acme.example"].evidence
+    # The sieve listing failed for the tenant's mailboxes; the alias's own forwards are still known.
+    judged = _run(alias("sales@acme.example", "sales@partner.test"), _mailbox("ann@acme.example"), coverage=coverage)
+    assert judged["sales@acme.example"].status is Status.FAIL
+    assert judged["ann@acme.example"].status is Status.ERROR

@@ -10,7 +10,8 @@ from checks.invites import expired_invite, stale_invite
 from checks.registry import Check, Policy
 from scanner.adapters.files import FilesAdapter
 from scanner.model import (
-    Coverage, Fact, FactState, Finding, Inventory, Invite, Mailbox, MailboxStatus, PolicyException, Status, Tenant,
+    Coverage, Fact, FactState, Finding, Inventory, Invite, Mailbox, MailboxKind, MailboxStatus, PolicyException,
+    Status, Tenant,
 )
 
 NOW = datetime(2026, 11, 25, 9, tzinfo=UTC)
@@ -122,3 +123,9 @@ def test_export_without_invites_file_is_unsupported(tmp_path: Path) -> None:
     inventory = Inventory((TENANT,), (), collected.mailboxes, {}, (), collected.coverage)
     findings = evaluate(inventory, [stale_invite, expired_invite], policy=Policy(), senders={}, now=NOW)
     assert {f.status for f in findings} == {Status.UNSUPPORTED}
+
+
+def test_an_alias_has_no_invite_to_judge() -> None:
+    for check in (stale_invite, expired_invite):
+        finding = _run(check, Mailbox("acme", "sales@acme.example", MailboxKind.ALIAS))["sales@acme.example"]
+        assert finding.status is Status.PASS and finding.evidence == {"applies": False, "why": "no pending invite"}

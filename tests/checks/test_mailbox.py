@@ -122,3 +122,14 @@ def test_export_without_an_owners_column_is_unsupported(tmp_path: Path) -> None:
     collected = FilesAdapter(tmp_path).read(TENANT)
     finding = _run(*collected.mailboxes, coverage=collected.coverage + (ROSTER,))["info@acme.example"]
     assert finding.status is Status.UNSUPPORTED and "owners" in finding.reason
+
+
+def test_an_alias_needs_no_owner_of_record() -> None:
+    for coverage in ((OWNERS, ROSTER), (OWNERS, Coverage("acme", Fact.ROSTER, FactState.FAILED, "unreadable"))):
+        findings = _run(Mailbox("acme", "sales@acme.example", MailboxKind.ALIAS),
+                        Mailbox("acme", "team@acme.example", MailboxKind.ALIAS, owners=("ann@acme.example",)),
+                        coverage=coverage)
+        assert findings["sales@acme.example"].status is Status.PASS
+        assert findings["sales@acme.example"].evidence["applies"] is False
+        assert "alias" in findings["sales@acme.example"].evidence["why"]
+        assert findings["team@acme.example"].evidence["owners"] == ["ann@acme.example"]

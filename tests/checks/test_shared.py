@@ -151,3 +151,11 @@ def test_from_export_files(tmp_path: Path) -> None:
     assert findings["sales@acme.example"].status is Status.PASS
     assert findings["hr@acme.example"].status is Status.FAIL
     assert findings["hr@acme.example"].evidence["owners"] == {"bob@acme.example": "left on 2026-03-31 (roster)"}
+
+
+def test_an_alias_is_not_a_shared_mailbox() -> None:
+    findings = _run(_shared("sales@acme.example", kind=MailboxKind.ALIAS),
+                    _shared("team@acme.example", "bob@acme.example", kind=MailboxKind.ALIAS))
+    for subject in ("sales@acme.example", "team@acme.example"):
+        assert findings[subject].status is Status.PASS
+        assert findings[subject].evidence["applies"] is False and "alias" in findings[subject].evidence["why"]

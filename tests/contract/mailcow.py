@@ -171,8 +171,9 @@ def state_for(estate: Estate) -> MailcowState:
     """How mailcow shows the estate: forwards as aliases or sieve redirects, delegation as send-as grants.
 
     Extra records a real server holds but that the adapter must not report: another client's domain on
-    the same server, an inactive outside alias, a learning alias to spam@localhost, an internal alias,
-    a filter without a redirect and a commented-out redirect.
+    the same server, a learning alias to spam@localhost, an internal alias, a filter without a redirect
+    and a commented-out redirect. Two aliases with no mailbox that it reports as ALIAS subjects
+    (``ALIASES``): one sending inside and outside (the first mailbox may send as it), one inactive.
     """
     state = MailcowState()
     owned = set(estate.domains)
@@ -222,6 +223,8 @@ def state_for(estate: Estate) -> MailcowState:
     alias(f"hello@{domain}", first)
     alias(f"spam-report@{domain}", "spam@localhost")
     alias(f"old-forward@{domain}", "someone@elsewhere.test", active=0)
+    alias(f"sales@{domain}", f"{first},sales@partner.test")
+    state.mailboxes[first]["sender_acl"].append(f"sales@{domain}")
     alias("carl@other-client.example", "carl@other-client.example,carl@gmail.test")
     for address, targets in sieve_lines.items():
         rules = "".join(f'if true {{\n  redirect :copy "{t}";\n}}\n' for t in targets)
@@ -294,12 +297,26 @@ class MailcowHarness:
                 last_login=box.last_login.replace(microsecond=0) if box.last_login else None,
                 delegates=tuple(grants[box.address]), forwards=tuple(aliases + redirects),
             )
+        first = estate.mailboxes[0].address
+        for address, (status, forwards, delegates) in ALIASES.items():
+            address = f"{address}@{estate.domains[0]}"
+            result[address] = Mailbox(
+                tenant=estate.tenant, address=address, kind=MailboxKind.ALIAS, status=status, created=NOW,
+                delegates=(first,) if delegates else (),
+                forwards=tuple(Forward(t, ForwardMechanism.ALIAS) for t in forwards),
+            )
         return result
 
     def expected_catch_all(self, estate: Estate) -> dict[str, str | None]:
         """An active ``@domain`` alias's target, else None."""
         return dict(estate.catch_all)
 
+
+ALIASES = {
+    "sales": (MailboxStatus.ACTIVE, ("sales@partner.test",), True),
+    "old-forward": (MailboxStatus.DISABLED, (), False),
+}
+"""``state_for``'s aliases with no mailbox and an outside target, by local part: status, forwards, send-as grant."""
 
 HARNESS = MailcowHarness()
 

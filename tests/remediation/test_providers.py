@@ -15,12 +15,16 @@ import pytest
 import tests.contract.google as google_contract
 import tests.contract.mailcow as mailcow_contract
 import tests.contract.microsoft as microsoft_contract
-from remediation.actions import IRREVERSIBLE, Plan, normalized, reached, remedies_for
+from checks.evaluate import evaluate
+from checks.forwarding import external_forwarding
+from checks.registry import Policy
+from remediation.actions import IRREVERSIBLE, Plan, normalized, plan_for, reached, remedies_for
 from remediation.audit import entries, verify
 from remediation.jobs import Job, JobError, Jobs
+from scanner.adapters.base import collect_all
 from scanner.adapters.base import Refused
 from scanner.config import Config, load_config
-from scanner.model import ForwardMechanism
+from scanner.model import Forward, ForwardMechanism, Inventory, MailboxKind, Status, Tenant
 from scanner.store import Store, canonical
 from tests.contract.estate import NOW, standard_estate
 from tests.contract.google import Workspace
@@ -69,6 +73,38 @@ def test_each_mailcow_action_changes_the_server_and_its_undo_restores_it(
     _round_trip(adapter, "catchall.disable", "acme.example", {})
     _round_trip(adapter, "account.suspend", "ana@acme.example", {})
     _round_trip(adapter, "delegate.remove", "ana@acme.example", {"delegate": "ben@acme.example"})
+
+
+def test_forwarding_disable_on_an_alias_subject_from_its_finding_and_the_undo(
+    served: tuple[MailcowState, ContractServer], tmp_path: Path
+) -> None:
+    """An alias with no mailbox: collected as an ALIAS subject, judged, planned from the finding, fixed, undone."""
+    state, server = served
+    only = _alias(state, "sales@acme.example", "sales@partner.test,deals@partner.test")  # all outside
+    mixed = _alias(state, "team@acme.example", "ana@acme.example,team@partner.test")  # inside and outside
+    adapter = _adapter(server, tmp_path)
+    tenant = Tenant("acme", "mailcow", ("acme.example",))
+    collected = asyncio.run(collect_all(adapter, tenant))
+    inventory = Inventory((tenant,), (), collected.mailboxes, {}, (), collected.coverage)
+    findings = {f.subject: f for f in evaluate(inventory, [external_forwarding], policy=Policy(), senders={}, now=NOW)}
+    for subject, number, left in (("sales@acme.example", only, "sales@partner.test,deals@partner.test"),
+                                  ("team@acme.example", mixed, "ana@acme.example")):
+        finding = findings[subject]
+        assert finding.status is Status.FAIL and finding.evidence["kind"] == MailboxKind.ALIAS.value
+        plan = plan_for(finding)
+        assert plan is not None and plan.action == "forwarding.disable"
+        alias = state.aliases[number]
+        before = asyncio.run(adapter.remedy_read(plan.action, subject, plan.params))
+        assert not reached(plan.action, before["state"], plan.params)
+        after = asyncio.run(adapter.remedy_apply(plan.action, subject, plan.params, before))
+        assert reached(plan.action, after["state"], plan.params)
+        # All outside: the alias is turned off (mailcow refuses an empty goto); mixed: only the outside target goes.
+        assert (alias["active"], alias["goto"]) == ((0, left) if number == only else (1, left))
+        restored = asyncio.run(adapter.remedy_restore(plan.action, subject, plan.params, before))
+        assert restored["state"] == before["state"]
+        assert alias["active"] == 1 and set(alias["goto"].split(",")) == set(before["detail"]["goto"])
+    after_fix = {m.address: m for m in asyncio.run(collect_all(adapter, tenant)).mailboxes}
+    assert after_fix["team@acme.example"].forwards == (Forward("team@partner.test", ForwardMechanism.ALIAS),)
 
 
 def test_what_mailcow_cannot_do_is_refused_with_the_reason(
@@ -134,6 +170,8 @@ SUPPORTED = [
     Case("microsoft", "invite.revoke", "new.hire@acme.example"),
     Case("microsoft", "invite.resend", "new.hire@acme.example", {"sent": INVITED}),
     Case("mailcow", "forwarding.disable", "ana@acme.example", _forwards("ana@personal.test", ForwardMechanism.ALIAS)),
+    Case("mailcow", "forwarding.disable", "sales@acme.example",  # an alias with no mailbox (an ALIAS subject)
+         _forwards("sales@partner.test", ForwardMechanism.ALIAS)),
     Case("mailcow", "catchall.disable", "acme.example"),
     Case("mailcow", "account.suspend", "user1@acme.example"),
     Case("mailcow", "delegate.remove", "info@acme.example", {"delegate": "ana@acme.example"}),

@@ -37,6 +37,23 @@ def _collect(directory: Path):
     return asyncio.run(collect_all(FilesAdapter(directory), TENANT))
 
 
+def test_an_alias_row_is_an_alias_subject_with_its_forwards(tmp_path: Path) -> None:
+    export = _export(
+        tmp_path,
+        mailboxes_csv=MAILBOXES + "sales@acme.example,Sales,alias,active,2025-03-01,,,\n"
+                                  "old@acme.example,,Alias,disabled,,,,\n",
+        forwards_csv=FORWARDS + "sales@acme.example,sales@partner.test,alias\n",
+    )
+    collected = _collect(export)
+    assert collected.problems == ()
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert boxes["sales@acme.example"].kind is MailboxKind.ALIAS
+    assert [(f.target, f.mechanism) for f in boxes["sales@acme.example"].forwards] == [
+        ("sales@partner.test", ForwardMechanism.ALIAS)]
+    assert (boxes["old@acme.example"].kind, boxes["old@acme.example"].status) == (
+        MailboxKind.ALIAS, MailboxStatus.DISABLED)
+
+
 def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
     export = _export(
         tmp_path,
@@ -81,7 +98,7 @@ def test_malformed_rows_name_file_and_line_and_keep_the_rest(tmp_path: Path) -> 
     mailboxes_csv = export / "mailboxes.csv"
     assert collected.problems[:3] == (
         f"{mailboxes_csv}:5: 'address' is not an email address: 'not-an-address'",
-        f"{mailboxes_csv}:6: 'kind' is 'wizard'; expected one of: user, shared, role, resource",
+        f"{mailboxes_csv}:6: 'kind' is 'wizard'; expected one of: user, shared, role, resource, alias",
         f"{mailboxes_csv}:7: 'created' is not an ISO 8601 date: 'yesterday'",
     )
     assert collected.problems[3] == f"{export / 'forwards.csv'}:4: 'target' is not an email address: 'not an address'"

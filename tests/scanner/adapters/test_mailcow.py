@@ -232,6 +232,76 @@ def test_alias_forwards_leave_out_pseudo_targets_self_and_inside_targets(state: 
     assert boxes["ben@acme.example"].forwards == ()
 
 
+def test_an_alias_with_no_mailbox_and_an_outside_target_is_an_alias_subject(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    _alias(state, "sales@acme.example", "Sales@Partner.test")
+    state.aliases[100]["created"] = "2025-07-01 12:00:00"  # server-local (Europe/Berlin, CEST)
+    _alias(state, "team@acme-mail.example", "ana@acme.example,team@partner.test,null@localhost")  # inside and outside
+    collected = _collect(server, tmp_path)
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert set(boxes) == {"ana@acme.example", "sales@acme.example", "team@acme-mail.example"}
+    sales, team = boxes["sales@acme.example"], boxes["team@acme-mail.example"]
+    assert (sales.kind, sales.status, sales.last_login) == (MailboxKind.ALIAS, MailboxStatus.ACTIVE, None)
+    assert sales.forwards == (Forward("sales@partner.test", ForwardMechanism.ALIAS),)
+    assert sales.created == datetime(2025, 7, 1, 10, 0, tzinfo=UTC)
+    assert team.kind is MailboxKind.ALIAS and team.created is None  # this alias row has no 'created'
+    assert team.forwards == (Forward("team@partner.test", ForwardMechanism.ALIAS),)  # only what leaves the tenant
+    assert boxes["ana@acme.example"].kind is MailboxKind.USER and boxes["ana@acme.example"].forwards == ()
+    assert _coverage(collected, "sales@acme.example")[Fact.MAILBOX_FORWARDS][0] is FactState.COLLECTED
+    assert collected.problems == ()
+
+
+def test_an_alias_pointing_only_inside_or_to_localhost_is_internal_routing_not_a_subject(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    _alias(state, "hello@acme.example", "ana@acme.example,ana@acme-mail.example")
+    _alias(state, "learn@acme.example", "spam@localhost,ham@localhost")
+    _alias(state, "loop@acme.example", "loop@acme.example")
+    _alias(state, "@acme.example", "catch@gmail.test")  # the catch-all: read apart, never a subject
+    collected = _collect(server, tmp_path)
+    assert [m.address for m in collected.mailboxes] == ["ana@acme.example"]
+    assert collected.catch_all["acme.example"] == "catch@gmail.test"
+
+
+def test_an_inactive_outside_alias_is_a_disabled_subject_that_forwards_nothing(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    _alias(state, "old-forward@acme.example", "someone@elsewhere.test", active=0)
+    old = {m.address: m for m in _collect(server, tmp_path).mailboxes}["old-forward@acme.example"]
+    assert (old.kind, old.status, old.forwards) == (MailboxKind.ALIAS, MailboxStatus.DISABLED, ())
+
+
+def test_an_alias_of_a_mailbox_stays_that_mailboxs_forward_even_if_its_record_is_malformed(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    state.mailboxes["odd@acme.example"] = _box("odd@acme.example", active=7)
+    _alias(state, "ana@acme.example", "ana@acme.example,ana@personal.test")
+    _alias(state, "odd@acme.example", "odd@personal.test")
+    collected = _collect(server, tmp_path)
+    assert [(m.address, m.kind, m.forwards) for m in collected.mailboxes] == [
+        ("ana@acme.example", MailboxKind.USER, (Forward("ana@personal.test", ForwardMechanism.ALIAS),))]
+    assert any("odd@acme.example" in p and "'active' is 7" in p for p in collected.problems)
+
+
+def test_an_alias_subjects_forwards_stay_known_when_the_sieve_filters_fail(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    _alias(state, "sales@acme.example", "sales@partner.test")
+    server.faults.malformed["/api/v1/get/filters"] = 1
+    collected = _collect(server, tmp_path)
+    assert _coverage(collected)[Fact.MAILBOX_FORWARDS][0] is FactState.FAILED  # mailboxes' sieve unknown
+    assert _coverage(collected, "sales@acme.example")[Fact.MAILBOX_FORWARDS][0] is FactState.COLLECTED
+
+
+def test_an_alias_subject_has_the_send_as_grants_for_its_address_and_a_bad_date_is_a_problem(
+        state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
+    state.mailboxes["ben@acme-mail.example"] = _box("ben@acme-mail.example", sender_acl=["@acme.example"])
+    state.mailboxes["ana@acme.example"]["sender_acl"] = ["sales@acme.example"]
+    _alias(state, "sales@acme.example", "sales@partner.test")
+    state.aliases[100]["created"] = "last tuesday"
+    collected = _collect(server, tmp_path)
+    sales = {m.address: m for m in collected.mailboxes}["sales@acme.example"]
+    assert sales.delegates == ("ana@acme.example", "ben@acme-mail.example")
+    assert sales.created is None and sales.forwards  # the forward is kept; the date is a problem
+    assert any("alias sales@acme.example" in p and "'created'" in p for p in collected.problems)
+
+
 def test_sieve_redirects_in_filters_and_the_active_user_script_are_forwards(
         state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
     state.mailboxes["ben@acme.example"] = _box("ben@acme.example")
@@ -326,6 +396,10 @@ def test_the_shared_estate_reads_as_mailcow_shows_it(tmp_path: Path) -> None:
     assert boxes["ben@acme.example"].delegates == ()  # an outside delegate cannot exist in mailcow
     assert boxes["new.hire@acme.example"].status is MailboxStatus.ACTIVE
     assert boxes["ana@acme.example"].display_name == "Ana <script>alert(1)</script> Ruiz"
+    assert boxes["sales@acme.example"].kind is MailboxKind.ALIAS  # inside and outside: its outside target
+    assert boxes["sales@acme.example"].forwards == (Forward("sales@partner.test", ForwardMechanism.ALIAS),)
+    assert boxes["old-forward@acme.example"].status is MailboxStatus.DISABLED
+    assert "hello@acme.example" not in boxes and "spam-report@acme.example" not in boxes  # internal routing
 
 
 # Auth and secrets
