@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from checks.evaluate import fingerprint
 from scanner.errors import StoreError
-from scanner.model import Finding, Severity, Status
+from scanner.model import Finding, Forward, ForwardMechanism, Invite, Mailbox, MailboxKind, Severity, Status, plain
 from scanner.store import MIGRATIONS, Store
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -245,3 +245,46 @@ def test_pass_in_a_partial_tenant_does_not_resolve(store: Store) -> None:
     assert store.lifecycle_events("run2")["resolved"] == []
     _run(store, 3, [_finding("a@acme.example", Status.PASS)])
     assert store.lifecycle_events("run3")["resolved"] == [fingerprint("forwarding.external", "acme", "a@acme.example")]
+
+
+def test_a_scan_stages_pages_and_reads_its_mailboxes_back_a_page_at_a_time(store: Store) -> None:
+    boxes = [
+        Mailbox("acme", f"u{i}@acme.example", MailboxKind.SHARED if i == 1 else MailboxKind.USER,
+                created=T0 - timedelta(days=i), last_login=T0 if i % 2 else None,
+                owners=("u0@acme.example",) if i == 1 else (),
+                forwards=(Forward(f"u{i}@out.test", ForwardMechanism.INBOX_RULE),) if i == 3 else (),
+                invite=Invite(T0, T0 + timedelta(days=7)) if i == 4 else None)
+        for i in range(5)
+    ]
+
+    def items(found: list[Mailbox], tenant: str = "acme") -> list[tuple[str, str, object, str]]:
+        return [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in found]
+
+    store.start_run("run1", T0, "digest", "test")
+    assert store.stage("run1", items(boxes[:3]))[1] == []
+    assert store.stage("run1", items(boxes[2:]))[1] == ["acme/u2@acme.example"]  # the first sighting stays
+    store.stage("run1", items([Mailbox("beta", "x@beta.example")], "beta"))
+    store.unstage("run1", "beta")  # beta's collection failed: what it sent is unknown, not seen
+    store.commit_snapshot("run1", complete=("acme", "beta"))
+    with store.recording("run1", T0, ("acme",)) as recording:
+        pages = list(recording.mailbox_pages(2))
+        assert [len(page) for page in pages] == [2, 2, 1]
+        assert [m for page in pages for m in page] == boxes  # in key order, every field as it was
+        assert recording.mailboxes(["acme/u3@acme.example", "beta/x@beta.example"]) == {
+            "acme/u3@acme.example": boxes[3]}
+    assert sorted(key for _, key in store.snapshot("run1", "mailbox")) == [f"acme/u{i}@acme.example" for i in range(5)]
+    store.finish_run("run1", T0, "complete", {})
+    with store.recording("run1", T0, ()) as recording:
+        assert list(recording.mailbox_pages(2)) == []  # the staging went with the run's end
+
+
+def test_findings_recorded_page_by_page_resolve_what_no_page_reported(store: Store) -> None:
+    _run(store, 1, [_finding("a@acme.example", Status.FAIL), _finding("b@acme.example", Status.FAIL)])
+    now = T0 + timedelta(days=2)
+    store.start_run("run2", now, "digest", "test")
+    with store.recording("run2", now, ("acme",)) as recording:
+        recording.add([_finding("a@acme.example", Status.FAIL)])
+        recording.add([_finding("c@acme.example", Status.PASS)])
+    events = store.lifecycle_events("run2")
+    assert events["resolved"] == [fingerprint("forwarding.external", "acme", "b@acme.example")]  # gone from acme
+    assert events["new"] == []
