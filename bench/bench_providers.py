@@ -31,9 +31,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dns.zone
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scanner.zoneserver import ZoneServer  # noqa: E402
+
+DOMAINS = ("gw.bench.example", "m365.bench.example")
 FORWARDING_EVERY = 50  # one mailbox in 50 forwards mail outside (2%): Gmail then needs two more reads
 NOW = "2026-11-20T08:00:00Z"
 
@@ -138,34 +143,34 @@ def child_serve(provider: str, users: int, rate: float, workdir: Path) -> None:
 
 
 def child_scan(config_path: Path) -> None:
-    """Collect every tenant of the config concurrently, as a scan does; print figures and peak RSS."""
-    from scanner.collect import adapter_for
+    """Scan the config into its store as ``mailwarden scan`` does (collect, stage, judge, record; no report
+    rendering); print the figures and the peak RSS."""
+    import sqlalchemy as sa
+
     from scanner.config import load_config
-    from scanner.model import FactState
+    from scanner.pipeline import record_scan
+    from scanner.store import Store, run_findings
 
     config = load_config(config_path)
+    store = Store(config.store.url)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    async def one(settings: Any, tenant: Any) -> dict[str, Any]:
-        adapter = adapter_for(settings, config)
-        assert adapter is not None
-        started = time.perf_counter()
-        collected = await adapter.collect(tenant)
-        failed = [c for c in collected.coverage if c.state is FactState.FAILED]
-        return {"tenant": tenant.name, "seconds": time.perf_counter() - started,
-                "mailboxes": len(collected.mailboxes), "problems": len(collected.problems),
-                "failed": len(failed), "first_problem": collected.problems[0][:300] if collected.problems else "",
-                "forwards": sum(1 for m in collected.mailboxes if m.forwards)}
-
-    async def run() -> list[dict[str, Any]]:
-        return await asyncio.gather(*(one(s, t) for s, t in zip(config.tenants, config.tenant_models(), strict=True)))
-
     started = time.perf_counter()
-    tenants = asyncio.run(run())
+    recorded = record_scan(config, store=store)
     elapsed = time.perf_counter() - started
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    print(json.dumps({"seconds": elapsed, "tenants": tenants, "baseline_mb": baseline / 1024,
-                      "peak_mb": usage.ru_maxrss / 1024, "cpu": usage.ru_utime + usage.ru_stime}))
+    scope = store.run(recorded.run_id).scope["tenants"]
+    with store.engine.connect() as conn:
+        forwarding = conn.execute(sa.select(sa.func.count()).select_from(run_findings).where(
+            run_findings.c.run_id == recorded.run_id, run_findings.c.check_id == "forwarding.external",
+            run_findings.c.status == "fail")).scalar_one()
+    tenants = [{"tenant": name, "mailboxes": t["mailboxes"], "problems": len(t["problems"]),
+                "failed": sum(1 for g in t["gaps"] if g["state"] == "failed"),
+                "first_problem": t["problems"][0][:300] if t["problems"] else "",
+                "findings": sum(t["findings"].values())} for name, t in scope.items()]
+    print(json.dumps({"seconds": elapsed, "collect_seconds": recorded.collect_seconds,
+                      "judge_seconds": recorded.judge_seconds, "tenants": tenants, "forwarding": forwarding,
+                      "baseline_mb": baseline / 1024, "peak_mb": usage.ru_maxrss / 1024,
+                      "cpu": usage.ru_utime + usage.ru_stime}))
 
 
 def _start(provider: str, users: int, rate: float, workdir: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
@@ -189,7 +194,13 @@ def _stats(child: subprocess.Popen[str]) -> dict[str, Any]:
 def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[str, Any]:
     """One run: start both servers, collect in a fresh process, return the figures."""
     half = mailboxes // 2
-    with tempfile.TemporaryDirectory(prefix="mw-bench-") as directory:
+    with tempfile.TemporaryDirectory(prefix="mw-bench-") as directory, ZoneServer() as zones:
+        for domain in DOMAINS:  # the tenants' DNS, on loopback like everything else
+            zones.add_zone(dns.zone.from_text(
+                f"$ORIGIN {domain}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\n"
+                "ns1 IN A 127.0.0.53\n@ IN MX 10 mx\nmx IN A 127.0.0.25\n"
+                '@ IN TXT "v=spf1 ip4:127.0.0.25 -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n',
+                origin=domain, relativize=False))
         workdir = Path(directory)
         (workdir / "g").mkdir()
         (workdir / "m").mkdir()
@@ -200,6 +211,7 @@ def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[s
             config = workdir / "mailwarden.toml"
             config.write_text(
                 f'[store]\nurl = "sqlite:///{workdir / "mw.db"}"\n'
+                f'[dns]\nnameservers = ["{zones.nameserver}"]\n'
                 f'[http]\nconcurrency = {concurrency}\nca_bundle = "{m_info["ca"]}"\n'
                 + g_info["tenant"] + m_info["tenant"], encoding="utf-8")
             before = {"google": _stats(google), "graph": _stats(graph)}
@@ -227,6 +239,11 @@ def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[s
             "floor": floor}
 
 
+def half_of(mailboxes: int) -> int:
+    """The Google tenant's share (the Graph tenant has the rest)."""
+    return mailboxes // 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mailboxes", type=int, nargs="+", default=[10_000, 100_000])
@@ -245,18 +262,23 @@ def main() -> None:
         return
     rates = {"google": args.rate[0], "graph": args.rate[1]}
     print("| mailboxes | rate limits (req/s, Google + Graph) | requests needed (Google + Graph) | served | throttled "
-          "| floor (s) | time (s) | x floor | mailboxes/s | peak RSS (MB) | scanner CPU (s) | server CPU (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| floor (s) | crawl (s) | x floor | mailboxes/s | judge + record (s) | findings | peak RSS (MB) "
+          "| scanner CPU (s) | server CPU (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mailboxes in args.mailboxes:
         result = measure(mailboxes, rates, args.concurrency)
         scan, servers = result["scan"], result["servers"]
         g, m = servers["google"], servers["graph"]
         seen = sum(t["mailboxes"] for t in scan["tenants"])
-        ratio = scan["seconds"] / result["floor"] if result["floor"] else float("nan")
-        print(f"| {mailboxes:,} | {args.rate[0]:g} + {args.rate[1]:g} | {g['needed']:,} + {m['needed']:,} | {g['served']:,} + {m['served']:,} "
-              f"| {g['throttled']:,} + {m['throttled']:,} | {result['floor']:.1f} | {scan['seconds']:.1f} "
-              f"| {ratio:.2f} | {seen / scan['seconds']:,.0f} | {scan['peak_mb']:.0f} | {scan['cpu']:.0f} "
+        crawl = scan["collect_seconds"]
+        ratio = crawl / result["floor"] if result["floor"] else float("nan")
+        print(f"| {mailboxes:,} | {args.rate[0]:g} + {args.rate[1]:g} | {g['needed']:,} + {m['needed']:,} "
+              f"| {g['served']:,} + {m['served']:,} | {g['throttled']:,} + {m['throttled']:,} "
+              f"| {result['floor']:.1f} | {crawl:.1f} | {ratio:.2f} | {seen / crawl:,.0f} | {scan['judge_seconds']:.1f} "
+              f"| {sum(t['findings'] for t in scan['tenants']):,} | {scan['peak_mb']:.0f} | {scan['cpu']:.0f} "
               f"| {g['cpu']:.0f} + {m['cpu']:.0f} |", flush=True)
+        if seen != mailboxes or scan["forwarding"] != len(range(0, half_of(mailboxes), FORWARDING_EVERY)) * 2:
+            print(f"  ! saw {seen:,} mailboxes and {scan['forwarding']:,} forwarding outside", file=sys.stderr)
         for tenant in scan["tenants"]:
             if tenant["problems"] or tenant["failed"]:
                 print(f"  ! {tenant['tenant']}: {tenant['problems']} problems, {tenant['failed']} failed facts: "

@@ -8,6 +8,7 @@ import gc
 import logging
 import secrets
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -68,6 +69,13 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+def sweep_young() -> None:
+    """Free the garbage cycles made since the last sweep (a page's HTTP exchanges and SQL results) while the
+    collector is paused: only the young generations are scanned, so the long-lived inventory is not looked
+    at again, and a streamed scan's memory stays flat."""
+    gc.collect(1)
+
+
 def new_run_id(now: datetime) -> str:
     """A sortable, unique run id."""
     return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
@@ -110,6 +118,7 @@ class StagedMailboxes:
         """Stage a page; a mailbox staged already for the tenant is a problem, and the first stays."""
         _, repeated = self._store.stage(
             self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
+        sweep_young()
         return [f"{key.partition('/')[2]} is listed twice by the provider; the first listing is kept" for key in repeated]
 
     def drop(self, tenant: str) -> None:
@@ -188,6 +197,16 @@ async def _collect_unless_stopped(
     return await task
 
 
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """A scan as recorded in the store, before any output is rendered, with how long its two stages took."""
+
+    run_id: str
+    collection: Collection
+    collect_seconds: float
+    judge_seconds: float
+
+
 def run_scan(
     config: Config,
     out_dir: Path,
@@ -200,14 +219,35 @@ def run_scan(
     tenants: Sequence[str] | None = None,
     stop: threading.Event | None = None,
 ) -> ScanResult:
-    """Collect, evaluate and report once; the outputs are rendered from what the store holds.
+    """Collect, evaluate and report once (``record_scan``); the outputs are rendered from what the store holds."""
+    recorded = record_scan(config, store=store, checks=checks, now=now, as_of=as_of, progress=progress,
+                           tenants=tenants, stop=stop)
+    run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
+    return ScanResult(run, findings, files, dns_queries=recorded.collection.dns_queries)
+
+
+def record_scan(
+    config: Config,
+    *,
+    store: Store,
+    checks: Sequence[Check] | None = None,
+    now: datetime | None = None,
+    as_of: datetime | None = None,
+    progress: Callable[[str], None] = lambda name: None,
+    tenants: Sequence[str] | None = None,
+    stop: threading.Event | None = None,
+) -> Recorded:
+    """Collect and evaluate once, streaming both into the store: what the adapters read is staged page by page,
+    and the mailboxes are judged and their findings recorded page by page, so memory stays flat however many
+    mailboxes a tenant has.
 
     ``as_of`` is the moment the checks judge against (default: the run's start); the demo pins it
     to the date its bundled export files describe, so its findings do not age. ``tenants`` limits the
     run to those units of work (the others' state carries forward untouched). The scan holds the
     store's scan lease (scanner/lease.py) throughout: a second scan is refused while it runs. When
     ``stop`` is set (or SIGINT arrives) before the findings are recorded, the run is recorded
-    ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps.
+    ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps (the findings are
+    recorded in one transaction).
     """
     checks = load_checks() if checks is None else checks
     known = {t.name for t in config.tenants}
@@ -220,9 +260,11 @@ def run_scan(
         store.start_run(run_id, started, config.digest, __version__)
         try:
             baselines = load_baselines(config)
+            clock = time.perf_counter()
             with paused_gc():
                 collection = asyncio.run(
                     _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id)))
+            collected = time.perf_counter() - clock
             if stop is not None and stop.is_set():
                 raise asyncio.CancelledError
             # The drift checks judge against the state recorded before this run; the snapshot then records
@@ -233,7 +275,7 @@ def run_scan(
             store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
             counts = _judge_and_record(
                 store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
-                complete=collection.complete_tenants, only=tenants,
+                complete=collection.complete_tenants, only=tenants, stop=stop,
             )
         except (KeyboardInterrupt, asyncio.CancelledError):
             store.finish_run(run_id, datetime.now(UTC), "interrupted", {"problem": "stopped before it finished"})
@@ -243,15 +285,17 @@ def run_scan(
             raise
         finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
         store.finish_run(run_id, finished, collection.state, run_scope(collection, counts))
-    return ScanResult(*write_outputs(store, run_id, out_dir, config.remediation), dns_queries=collection.dns_queries)
+    return Recorded(run_id, collection, collected, time.perf_counter() - clock - collected)
 
 
 def _judge_and_record(
     store: Store, run_id: str, inventory: Inventory, checks: Sequence[Check], config: Config, *, now: datetime,
-    recorded: datetime, complete: Sequence[str], only: Sequence[str] | None,
+    recorded: datetime, complete: Sequence[str], only: Sequence[str] | None, stop: threading.Event | None,
 ) -> dict[str, Counter[str]]:
     """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes a page at
-    a time, so memory does not grow with the number of mailboxes. Returns the findings by tenant and status."""
+    a time, so memory does not grow with the number of mailboxes. Returns the findings by tenant and status.
+
+    A ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
     counts: dict[str, Counter[str]] = {}
     policy, senders = policy_of(config), senders_of(config)
     with paused_gc(), store.recording(run_id, recorded, complete) as recording:
@@ -270,11 +314,14 @@ def _judge_and_record(
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
         previous = inventory.previous
         for page in recording.mailbox_pages(PAGE):
+            if stop is not None and stop.is_set():
+                raise asyncio.CancelledError
             lookup.prefetch(page)
             if previous is not None:
                 keys = [f"{m.tenant}/{m.address}" for m in page]
                 previous = replace(previous, forwards=recording.previous_forwards(keys))
             judge(replace(inventory, mailboxes=tuple(page), previous=previous), (Scope.MAILBOX,))
+            sweep_young()
     return counts
 
 
