@@ -69,11 +69,21 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
-def sweep_young() -> None:
-    """Free the garbage cycles made since the last sweep (a page's HTTP exchanges and SQL results) while the
-    collector is paused: only the young generations are scanned, so the long-lived inventory is not looked
-    at again, and a streamed scan's memory stays flat."""
-    gc.collect(1)
+class Sweeper:
+    """Frees garbage cycles while the collector is paused for a scan, once a page: the young generations each
+    time (a page's HTTP exchanges and SQL results), so the long-lived inventory is not looked at again, and
+    everything every ``full_every`` pages (a cycle still in flight at a young sweep, such as a request waiting
+    out a throttle, is promoted past it and would otherwise stay until the scan ends). A streamed scan's
+    memory then stays flat."""
+
+    def __init__(self, full_every: int = 16) -> None:
+        self._full_every = full_every
+        self._pages = 0
+
+    def __call__(self) -> None:
+        """Sweep after one page."""
+        self._pages += 1
+        gc.collect(2 if self._pages % self._full_every == 0 else 1)
 
 
 def new_run_id(now: datetime) -> str:
@@ -110,15 +120,16 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
 class StagedMailboxes:
     """The collect stage's sink for a scan: each page of mailboxes goes into the store's staging as it comes."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, sweep: Sweeper) -> None:
         self._store = store
         self._run_id = run_id
+        self._sweep = sweep
 
     def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
         """Stage a page; a mailbox staged already for the tenant is a problem, and the first stays."""
         _, repeated = self._store.stage(
             self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
-        sweep_young()
+        self._sweep()
         return [f"{key.partition('/')[2]} is listed twice by the provider; the first listing is kept" for key in repeated]
 
     def drop(self, tenant: str) -> None:
@@ -261,9 +272,10 @@ def record_scan(
         try:
             baselines = load_baselines(config)
             clock = time.perf_counter()
+            sweep = Sweeper()
             with paused_gc():
                 collection = asyncio.run(
-                    _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id)))
+                    _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id, sweep)))
             collected = time.perf_counter() - clock
             if stop is not None and stop.is_set():
                 raise asyncio.CancelledError
@@ -275,7 +287,7 @@ def record_scan(
             store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
             counts = _judge_and_record(
                 store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
-                complete=collection.complete_tenants, only=tenants, stop=stop,
+                complete=collection.complete_tenants, only=tenants, stop=stop, sweep=sweep,
             )
         except (KeyboardInterrupt, asyncio.CancelledError):
             store.finish_run(run_id, datetime.now(UTC), "interrupted", {"problem": "stopped before it finished"})
@@ -291,6 +303,7 @@ def record_scan(
 def _judge_and_record(
     store: Store, run_id: str, inventory: Inventory, checks: Sequence[Check], config: Config, *, now: datetime,
     recorded: datetime, complete: Sequence[str], only: Sequence[str] | None, stop: threading.Event | None,
+    sweep: Sweeper,
 ) -> dict[str, Counter[str]]:
     """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes a page at
     a time, so memory does not grow with the number of mailboxes. Returns the findings by tenant and status.
@@ -321,7 +334,7 @@ def _judge_and_record(
                 keys = [f"{m.tenant}/{m.address}" for m in page]
                 previous = replace(previous, forwards=recording.previous_forwards(keys))
             judge(replace(inventory, mailboxes=tuple(page), previous=previous), (Scope.MAILBOX,))
-            sweep_young()
+            sweep()
     return counts
 
 

@@ -653,7 +653,10 @@ class Store:
             ).rowcount
             conn.execute(sa.delete(changes).where(changes.c.at < cutoff))
             used = sa.select(versions.c.hash).where(versions.c.hash.is_not(None)).distinct()
-            bodies = conn.execute(sa.delete(objects).where(objects.c.hash.not_in(used))).rowcount
+            # Bodies a running scan has staged are in use too; so are those only a failed tenant's pages left,
+            # until a prune finds them unreferenced.
+            bodies = conn.execute(sa.delete(objects).where(
+                objects.c.hash.not_in(used), objects.c.hash.not_in(sa.select(staged.c.hash).distinct()))).rowcount
         return PruneResult(len(ids), squashed, bodies, dropped)
 
     # findings

@@ -288,3 +288,15 @@ def test_findings_recorded_page_by_page_resolve_what_no_page_reported(store: Sto
     events = store.lifecycle_events("run2")
     assert events["resolved"] == [fingerprint("forwarding.external", "acme", "b@acme.example")]  # gone from acme
     assert events["new"] == []
+
+
+def test_prune_during_a_scan_keeps_the_bodies_it_has_staged(store: Store) -> None:
+    now = datetime.now(UTC)
+    store.start_run("run1", now - timedelta(days=30), "digest", "test")
+    store.save_snapshot("run1", [("mailbox", "acme/a", {"v": 1})])
+    store.finish_run("run1", now - timedelta(days=30), "complete", {})
+    store.start_run("run2", now, "digest", "test")
+    store.stage("run2", [("mailbox", "acme/a", {"v": 2}, "acme")])  # read, not yet committed
+    store.prune(now - timedelta(days=1))
+    store.commit_snapshot("run2", complete=("acme",))
+    assert store.object_state("mailbox", "acme/a", "run2") == {"v": 2}
