@@ -350,8 +350,13 @@ class Finding:
     last_seen: datetime | None = None
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def plain(value: object) -> object:
     """A JSON-ready form of a model value: dataclasses as dicts, enums as values, times as ISO 8601."""
+    if value is None or type(value) in _SCALARS:
+        return value  # most of a snapshot's leaves: answered before the slower tests below
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime | date):

@@ -127,7 +127,7 @@ class StagedMailboxes:
 
     def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
         """Stage a page; a mailbox staged already for the tenant is a problem, and the first stays."""
-        _, repeated = self._store.stage(
+        repeated = self._store.stage(
             self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
         self._sweep()
         return [f"{key.partition('/')[2]} is listed twice by the provider; the first listing is kept" for key in repeated]

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from scanner.changes import FAILED, FieldChange, object_changes
@@ -236,9 +238,11 @@ staged = sa.Table(
     sa.Column("key", sa.String(512), primary_key=True),
     sa.Column("scope", sa.String(128), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
 )
 """What a running scan has seen so far, written page by page as the adapters read; ``commit_snapshot`` folds
-it into ``versions``, the evaluation reads the mailboxes back from it, and the run's end drops it."""
+it into ``versions`` and ``objects`` (only the bodies that are new), the evaluation reads the mailboxes back
+from it, and the run's end drops it."""
 
 
 def _migration_4(conn: Connection) -> None:
@@ -414,59 +418,46 @@ class Store:
         in steps: ``stage`` page by page, then ``commit_snapshot``.
         """
         page: list[tuple[str, str, object, str]] = []
-        added = 0
         for item in items:
             scope = item[3] if len(item) > 3 else _legacy_scope(item[0], item[1])  # type: ignore[misc]
             page.append((item[0], item[1], item[2], str(scope)))
             if len(page) >= STAGE_PAGE:
-                added += self.stage(run_id, page)[0]
+                self.stage(run_id, page)
                 page = []
-        added += self.stage(run_id, page)[0]
-        self.commit_snapshot(run_id, complete)
+        self.stage(run_id, page)
+        added = self.commit_snapshot(run_id, complete)
         with self.engine.begin() as conn:
             conn.execute(sa.delete(staged).where(staged.c.run_id == run_id))
         return added
 
-    def stage(self, run_id: str, items: Iterable[tuple[str, str, object, str]]) -> tuple[int, list[str]]:
-        """Keep a page of what a running scan saw, as (kind, key, body, scope); returns how many bodies were new
-        to the store and the keys this run had staged already (the first sighting stays)."""
+    def stage(self, run_id: str, items: Iterable[tuple[str, str, object, str]]) -> list[str]:
+        """Keep a page of what a running scan saw, as (kind, key, body, scope); returns the keys this run had
+        staged already (the first sighting stays)."""
         rows: dict[tuple[str, str], dict[str, str]] = {}
-        bodies: dict[str, tuple[str, str]] = {}
         repeated: list[str] = []
         for kind, key, value, scope in items:
             if (kind, key) in rows:
                 repeated.append(key)
                 continue
             body = canonical(value)
-            digest = content_hash(body)
-            bodies[digest] = (kind, body)
-            rows[(kind, key)] = {"run_id": run_id, "kind": kind, "key": key, "scope": scope, "hash": digest}
+            rows[(kind, key)] = {"run_id": run_id, "kind": kind, "key": key, "scope": scope,
+                                 "hash": content_hash(body), "body": body}
         if not rows:
-            return 0, repeated
+            return repeated
         with self.engine.begin() as conn:
-            for kind in {k for k, _ in rows}:
-                keys = sorted(key for k, key in rows if k == kind)
-                for start in range(0, len(keys), 500):
-                    chunk = keys[start : start + 500]
-                    for key in conn.execute(sa.select(staged.c.key).where(
-                            staged.c.run_id == run_id, staged.c.kind == kind, staged.c.key.in_(chunk))).scalars():
-                        repeated.append(key)
-                        del rows[(kind, key)]
-            used = {row["hash"] for row in rows.values()}
-            added = _store_bodies(conn, {h: b for h, b in bodies.items() if h in used})
-            values = list(rows.values())
-            for start in range(0, len(values), 5000):
-                conn.execute(sa.insert(staged), values[start : start + 5000])
-        return added, repeated
+            kept = _insert_new(conn, list(rows.values()))
+        repeated += [row["key"] for ident, row in rows.items() if ident not in kept]
+        return repeated
 
     def unstage(self, run_id: str, scope: str) -> None:
         """Forget what a running scan staged for one scope (a tenant whose collection failed)."""
         with self.engine.begin() as conn:
             conn.execute(sa.delete(staged).where(staged.c.run_id == run_id, staged.c.scope == scope))
 
-    def commit_snapshot(self, run_id: str, complete: Iterable[str] | None = None) -> None:
+    def commit_snapshot(self, run_id: str, complete: Iterable[str] | None = None) -> int:
         """Fold a run's staging into its delta: versions for what appeared or changed, and (in the scopes it saw
-        completely, see ``save_snapshot``) for what went, with the change-log rows, in one transaction.
+        completely, see ``save_snapshot``) for what went, with the bodies the store lacks and the change-log
+        rows, in one transaction; returns how many bodies were new.
 
         The comparison with the state before the run is done by the database, so it takes no memory per object.
         """
@@ -487,6 +478,16 @@ class Store:
                 mine, staged.c.scope.in_(sorted(scopes)),
                 sa.or_(before.c.hash.is_(None), before.c.hash != staged.c.hash),
             )))
+            # The bodies of those versions that the store lacks (one per content hash).
+            recorded = sa.and_(versions.c.kind == staged.c.kind, versions.c.key == staged.c.key,
+                               versions.c.seq == seq)
+            stored = sa.select(objects.c.hash).where(objects.c.hash == staged.c.hash).exists()
+            count = sa.select(sa.func.count()).select_from(objects)
+            held = conn.execute(count).scalar_one()
+            conn.execute(sa.insert(objects).from_select(["hash", "kind", "body"], sa.select(
+                staged.c.hash, sa.func.min(staged.c.kind), sa.func.min(staged.c.body),
+            ).select_from(staged.join(versions, recorded)).where(mine, ~stored).group_by(staged.c.hash)))
+            added = conn.execute(count).scalar_one() - held
             seen = sa.select(staged.c.key).where(mine, same).exists()
             conn.execute(sa.insert(versions).from_select(columns, sa.select(
                 before.c.kind, before.c.key, sa.literal(seq), before.c.scope, sa.null(), sa.literal(True),
@@ -494,6 +495,7 @@ class Store:
             # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
             if known:
                 _log_delta(conn, run_id, seq, at, sorted(known))
+        return int(added)
 
     def snapshot(self, run_id: str, kind: str | None = None) -> dict[tuple[str, str], Any]:
         """The state as of a run, keyed by (kind, key): what it saw, plus what it could not see carried forward."""
@@ -653,10 +655,7 @@ class Store:
             ).rowcount
             conn.execute(sa.delete(changes).where(changes.c.at < cutoff))
             used = sa.select(versions.c.hash).where(versions.c.hash.is_not(None)).distinct()
-            # Bodies a running scan has staged are in use too; so are those only a failed tenant's pages left,
-            # until a prune finds them unreferenced.
-            bodies = conn.execute(sa.delete(objects).where(
-                objects.c.hash.not_in(used), objects.c.hash.not_in(sa.select(staged.c.hash).distinct()))).rowcount
+            bodies = conn.execute(sa.delete(objects).where(objects.c.hash.not_in(used))).rowcount
         return PruneResult(len(ids), squashed, bodies, dropped)
 
     # findings
@@ -722,7 +721,7 @@ class Recording:
         after = ""
         while True:
             rows = self._conn.execute(
-                sa.select(staged.c.key, objects.c.body).join(objects, objects.c.hash == staged.c.hash)
+                sa.select(staged.c.key, staged.c.body)
                 .where(staged.c.run_id == self._run_id, staged.c.kind == "mailbox", staged.c.key > after)
                 .order_by(staged.c.key).limit(size)
             ).all()
@@ -737,7 +736,7 @@ class Recording:
         wanted = sorted(set(keys))
         for start in range(0, len(wanted), 500):
             for row in self._conn.execute(
-                sa.select(staged.c.key, objects.c.body).join(objects, objects.c.hash == staged.c.hash).where(
+                sa.select(staged.c.key, staged.c.body).where(
                     staged.c.run_id == self._run_id, staged.c.kind == "mailbox",
                     staged.c.key.in_(wanted[start : start + 500]))
             ):
@@ -888,17 +887,26 @@ def _forwards(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -
     return found
 
 
-def _store_bodies(conn: Connection, bodies: dict[str, tuple[str, str]]) -> int:
-    """Insert the bodies (hash -> (kind, text)) the store lacks; returns how many were new."""
-    needed = sorted(bodies)
-    known: set[str] = set()
-    for start in range(0, len(needed), 500):
-        chunk = needed[start : start + 500]
-        known.update(conn.execute(sa.select(objects.c.hash).where(objects.c.hash.in_(chunk))).scalars())
-    new = [{"hash": h, "kind": bodies[h][0], "body": bodies[h][1]} for h in needed if h not in known]
-    for start in range(0, len(new), 5000):
-        conn.execute(sa.insert(objects), new[start : start + 5000])
-    return len(new)
+def _insert_new(conn: Connection, rows: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """Stage rows whose (kind, key) the run has not staged yet, in one statement where the database can say
+    which it inserted (SQLite, PostgreSQL); returns the (kind, key) of the rows inserted."""
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(staged)
+        statement = insert.on_conflict_do_nothing().returning(staged.c.kind, staged.c.key)
+        return {(r.kind, r.key) for r in conn.execute(statement, rows)}
+    run_id = rows[0]["run_id"]
+    taken: set[tuple[str, str]] = set()
+    for kind in {r["kind"] for r in rows}:
+        keys = sorted(r["key"] for r in rows if r["kind"] == kind)
+        for start in range(0, len(keys), 500):
+            taken.update((kind, key) for key in conn.execute(sa.select(staged.c.key).where(
+                staged.c.run_id == run_id, staged.c.kind == kind, staged.c.key.in_(keys[start : start + 500])
+            )).scalars())
+    fresh = [r for r in rows if (r["kind"], r["key"]) not in taken]
+    if fresh:
+        conn.execute(sa.insert(staged), fresh)
+    return {(r["kind"], r["key"]) for r in fresh}
 
 
 def _log_delta(conn: Connection, run_id: str, seq: int, at: datetime, scopes: Sequence[str]) -> None:
