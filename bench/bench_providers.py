@@ -1,13 +1,15 @@
-"""Provider crawl benchmark: the Google and Graph adapters against rate-limited contract servers on loopback.
+"""Provider scan benchmark: the Google and Graph adapters against rate-limited contract servers on loopback,
+scanned into the store as ``mailwarden scan`` does.
 
-    python bench/bench_providers.py --mailboxes 10000 100000 --rate 250
+    python bench/bench_providers.py --mailboxes 10000 100000 --rate 300 200
 
 Each run splits the mailboxes evenly between a Google Workspace contract server and a Microsoft Graph
 contract server (TLS), each in its own process, each enforcing a request rate (a token bucket; excess
 requests get the provider's throttle reply: Google 403 userRateLimitExceeded without Retry-After,
 Graph 429 with Retry-After: 1) and the real page sizes (Directory users 500, Graph /users 500 with
-signInActivity). The estate is written straight into the servers' state. A fresh process collects
-both tenants concurrently, as a scan does, and reports its peak RSS (ru_maxrss).
+signInActivity). The estate is written straight into the servers' state. A fresh process scans both
+tenants into a SQLite store with ``record_scan`` (collect, stage page by page, judge and record; the
+report is not rendered) and reports the crawl's and the rest's time and its peak RSS (ru_maxrss).
 
 The floor is the time the rate limits allow: the requests the adapters must make (token grants,
 listing pages, per-user calls), less the one second of requests the full token bucket grants at once,

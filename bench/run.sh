@@ -14,5 +14,5 @@ echo "## Report (bench/bench_report.py)"
 "$PY" bench/bench_report.py --browser
 echo "## Drift (bench/bench_drift.py)"
 "$PY" bench/bench_drift.py
-echo "## Provider crawl (bench/bench_providers.py, about 10 minutes)"
+echo "## Provider scan (bench/bench_providers.py, about 11 minutes)"
 "$PY" bench/bench_providers.py --mailboxes 10000 100000 --rate 300 200

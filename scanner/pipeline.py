@@ -22,12 +22,12 @@ from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
 from scanner import __version__
+from scanner.adapters.base import PAGE
 from scanner.baseline import load_baselines
 from scanner.collect import Collection, collect
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
-from scanner.adapters.base import PAGE
 from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
@@ -169,7 +169,6 @@ class StoredLookup:
 
 def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dict[str, object]:
     """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
-    by_tenant = counts
     tenants: dict[str, object] = {}
     providers = {t.name: t.provider for t in collection.inventory.tenants}
     for outcome in collection.outcomes:
@@ -186,7 +185,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "mailboxes": outcome.mailboxes,
             "domains": outcome.domains,
             "seconds": outcome.seconds,
-            "findings": dict(sorted(by_tenant.get(outcome.tenant, Counter()).items())),
+            "findings": dict(sorted(counts.get(outcome.tenant, Counter()).items())),
             "gaps": gaps,
         }
     return {"tenants": tenants}
