@@ -82,6 +82,11 @@ class MailboxSink(Protocol):
         ...
 
 
+def listed_twice(address: str) -> str:
+    """The problem of a mailbox an adapter sent twice for one tenant."""
+    return f"{address} is listed twice by the provider; the first listing is kept"
+
+
 class KeptMailboxes:
     """A sink that keeps every mailbox in memory, for ``collect`` callers that want the whole inventory."""
 
@@ -94,7 +99,7 @@ class KeptMailboxes:
         problems = []
         for mailbox in mailboxes:
             if mailbox.address in kept:
-                problems.append(f"{mailbox.address} is listed twice by the provider; the first listing is kept")
+                problems.append(listed_twice(mailbox.address))
             else:
                 kept[mailbox.address] = mailbox
         return problems

@@ -24,7 +24,7 @@ from reports.manifest import write_manifest
 from scanner import __version__
 from scanner.adapters.base import PAGE
 from scanner.baseline import load_baselines
-from scanner.collect import Collection, collect
+from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
@@ -130,7 +130,7 @@ class StagedMailboxes:
         repeated = self._store.stage(
             self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
         self._sweep()
-        return [f"{key.partition('/')[2]} is listed twice by the provider; the first listing is kept" for key in repeated]
+        return [listed_twice(key.partition("/")[2]) for key in repeated]
 
     def drop(self, tenant: str) -> None:
         """Unstage a failed tenant's mailboxes."""

@@ -324,6 +324,8 @@ class Store:
             self.engine: Engine = sa.create_engine(url)
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"the store URL is not usable: {exc}") from None
+        if self.engine.dialect.name not in ("sqlite", "postgresql"):
+            raise StoreError(f"the store must be SQLite or PostgreSQL, not {self.engine.dialect.name}")
         try:
             self.migrate()
         except sa.exc.SQLAlchemyError as exc:
@@ -888,25 +890,11 @@ def _forwards(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -
 
 
 def _insert_new(conn: Connection, rows: list[dict[str, str]]) -> set[tuple[str, str]]:
-    """Stage rows whose (kind, key) the run has not staged yet, in one statement where the database can say
-    which it inserted (SQLite, PostgreSQL); returns the (kind, key) of the rows inserted."""
-    dialect = conn.dialect.name
-    if dialect in ("sqlite", "postgresql"):
-        insert = (sqlite_insert if dialect == "sqlite" else postgresql_insert)(staged)
-        statement = insert.on_conflict_do_nothing().returning(staged.c.kind, staged.c.key)
-        return {(r.kind, r.key) for r in conn.execute(statement, rows)}
-    run_id = rows[0]["run_id"]
-    taken: set[tuple[str, str]] = set()
-    for kind in {r["kind"] for r in rows}:
-        keys = sorted(r["key"] for r in rows if r["kind"] == kind)
-        for start in range(0, len(keys), 500):
-            taken.update((kind, key) for key in conn.execute(sa.select(staged.c.key).where(
-                staged.c.run_id == run_id, staged.c.kind == kind, staged.c.key.in_(keys[start : start + 500])
-            )).scalars())
-    fresh = [r for r in rows if (r["kind"], r["key"]) not in taken]
-    if fresh:
-        conn.execute(sa.insert(staged), fresh)
-    return {(r["kind"], r["key"]) for r in fresh}
+    """Stage rows whose (kind, key) the run has not staged yet, in one statement that says which it inserted;
+    returns their (kind, key)."""
+    insert = (sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert)(staged)
+    statement = insert.on_conflict_do_nothing().returning(staged.c.kind, staged.c.key)
+    return {(r.kind, r.key) for r in conn.execute(statement, rows)}
 
 
 def _log_delta(conn: Connection, run_id: str, seq: int, at: datetime, scopes: Sequence[str]) -> None:
