@@ -36,6 +36,7 @@ class Status(enum.Enum):
     ERROR = "error"
     EXCEPTED = "excepted"
     UNSUPPORTED = "unsupported"
+    SKIPPED = "skipped"  # would only restate a more basic failure of the same subject: see Finding.caused_by
 
 
 class Scope(enum.Enum):
@@ -348,6 +349,7 @@ class Finding:
     run_id: str = ""
     first_seen: datetime | None = None
     last_seen: datetime | None = None
+    caused_by: str = ""  # with status SKIPPED: the id (fingerprint) of the root finding this one restates
 
 
 _SCALARS = frozenset({str, int, float, bool})
