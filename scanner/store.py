@@ -797,19 +797,20 @@ class Store:
             return recording.add(results)
 
     def findings_for_run(self, run_id: str) -> list[Finding]:
-        """A run's findings as stored, with their lifecycle times."""
-        # The lifecycle as it stood when the run ended (``_seal``), so a past run renders the same every time;
-        # a run still being recorded has none yet and shows the live one.
-        query = (
-            sa.select(*(c for c in run_findings.c if c.name not in ("first_seen", "last_seen")),
-                      sa.func.coalesce(run_findings.c.first_seen, findings.c.first_seen).label("first_seen"),
-                      sa.func.coalesce(run_findings.c.last_seen, findings.c.last_seen).label("last_seen"))
-            .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
-            .where(run_findings.c.run_id == run_id)
-            .order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject, run_findings.c.check_id,
-                      run_findings.c.item)
-        )
+        """A run's findings as stored, with their lifecycle times as they stood when the run was recorded."""
         with self.engine.connect() as conn:
+            sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
+            # A recorded run keeps its own first and last seen (``_seal``), so it renders the same every time;
+            # a run whose findings were never recorded has none and shows the live lifecycle.
+            source = run_findings if sealed else findings
+            query = (
+                sa.select(*(c for c in run_findings.c if c.name not in ("first_seen", "last_seen")),
+                          source.c.first_seen, source.c.last_seen)
+                .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
+                .where(run_findings.c.run_id == run_id)
+                .order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
+                          run_findings.c.check_id, run_findings.c.item)
+            )
             rows = conn.execute(query).all()
         return [_finding(row) for row in rows]
 
