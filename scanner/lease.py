@@ -309,7 +309,7 @@ class Lease:
             with self.store.engine.begin() as conn:
                 conn.execute(sa.delete(scan_lease).where(scan_lease.c.name == SCAN, scan_lease.c.run_id == self.run_id))
         except sa.exc.SQLAlchemyError as exc:  # a full disk: this process is ending, so the next scan recovers it
-            log.error("the scan lease could not be released: %s", exc, extra={"run_id": self.run_id})
+            log.warning("the scan lease could not be released: %s", exc, extra={"run_id": self.run_id})
 
     def __enter__(self) -> Lease:
         self.acquire()

@@ -297,7 +297,7 @@ def _fail(store: Store, run_id: str, problem: str, *, state: str = "failed") -> 
     try:
         store.fail_run(run_id, problem, state=state)
     except sa.exc.SQLAlchemyError as exc:
-        log.error("run %s could not be recorded %s: %s", run_id, state, exc, extra={"run_id": run_id})
+        log.warning("run %s could not be recorded %s: %s", run_id, state, exc, extra={"run_id": run_id})
         return False
     return True
 
