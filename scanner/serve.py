@@ -29,6 +29,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -504,13 +505,17 @@ def serve(config_path: Path, *, host: str | None = None, port: int | None = None
     configure_logging(log_format or config.serve.log_format)
     where = (host or config.serve.host, config.serve.port if port is None else port)
     store = Store(config.store.url)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: turn it into an exception here, so the
+    # service lease is given back, then end by the signal as before.
+    stopped = _catch_sigterm()
     try:
         with ServiceLease(store, ttl=config.schedule.lease_ttl):
             try:
                 listening = socket.create_server(where)
             except OSError as exc:
-                raise ServiceBusy(f"the web app cannot listen on {where[0]}:{where[1]}: {exc.strerror or exc}; stop "
-                                  "what uses it, or choose another port with --port or [serve] port") from None
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ServiceBusy(f"the web app cannot listen on {where[0]}:{where[1]}: {why}; stop what uses it, "
+                                  "or choose another port with --port or [serve] port") from None
             with listening:
                 stop = threading.Event()
                 app = build_serve_app(config, config_path, stop)
@@ -521,5 +526,26 @@ def serve(config_path: Path, *, host: str | None = None, port: int | None = None
                 server.run(sockets=[listening])
                 if not server.started:
                     raise MailwardenError(f"the web app could not start on {where[0]}:{where[1]} (see the log above)")
+    except _Terminated:
+        store.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
     finally:
         store.close()
+        if stopped is not None:
+            signal.signal(signal.SIGTERM, stopped)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (re-raised by uvicorn after its graceful shutdown)."""
+
+
+def _catch_sigterm() -> Any:
+    """Make SIGTERM raise _Terminated; returns the previous handler (None when not on the main thread)."""
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminated)
+    except ValueError:
+        return None
