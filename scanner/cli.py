@@ -162,7 +162,8 @@ def demo(out_dir: Path) -> None:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
         database = out_dir / "mailwarden-demo.db"
-        database.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
+        for stale in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):  # with a killed demo's log
+            stale.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
         plain = load_config(DEMO / "mailwarden.toml")
         # The demo's MTA-STS policy hosts resolve to loopback; serve their policies over real HTTPS,
         # with a certificate from a throwaway CA that only this run trusts.
