@@ -59,7 +59,7 @@ from scanner.errors import MailwardenError
 from scanner.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
     service_holder
 from scanner.model import Finding
-from scanner.pipeline import ScanInterrupted, run_scan
+from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
 from scanner.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,8 @@ def execute_scan(config: Config, store: Store, stop: threading.Event | None = No
     except ScanInterrupted as exc:
         return "interrupted", {"state": "interrupted", "run_id": exc.run_id, "problem": str(exc),
                                "duration": round(time.monotonic() - clock, 3)}
+    except ScanFailed as exc:  # a full disk or a store error: the line says which path and what to do
+        return "failed", {"state": "failed", "problem": str(exc), "duration": round(time.monotonic() - clock, 3)}
     except Exception as exc:  # noqa: BLE001 - the scheduler goes on; the record and the log say why
         log.exception("scan failed")
         return "failed", {"state": "failed", "problem": f"{type(exc).__name__}: {exc}",
