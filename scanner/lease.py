@@ -123,8 +123,14 @@ def _holder(row: Any) -> Holder:
 
 
 def ensure_lease_table(store: Store) -> None:
-    """Create the lease tables when the database lacks them."""
-    lease_metadata.create_all(store.engine, checkfirst=True)
+    """Create the lease tables when the database lacks them (a process creating them meanwhile is no error)."""
+    try:
+        lease_metadata.create_all(store.engine, checkfirst=True)
+    except sa.exc.DatabaseError:
+        with store.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not all(inspector.has_table(t.name) for t in lease_metadata.sorted_tables):
+                raise
 
 
 def current_holder(store: Store) -> Holder | None:

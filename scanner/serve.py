@@ -135,8 +135,13 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
 
 
 def ensure_tables(store: Store) -> None:
-    """Create the job log when the database lacks it."""
-    serve_metadata.create_all(store.engine, checkfirst=True)
+    """Create the job log when the database lacks it (a process creating it meanwhile is no error)."""
+    try:
+        serve_metadata.create_all(store.engine, checkfirst=True)
+    except sa.exc.DatabaseError:
+        with store.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(job_runs.name):
+                raise
 
 
 def _begin_job(store: Store, job: str, started: datetime) -> int:
