@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from scanner.config import load_config
 from scanner.pipeline import run_scan
 from scanner.store import Store
@@ -74,8 +75,21 @@ def test_a_full_disk_at_the_outputs_keeps_the_previous_ones_and_fails_the_run_in
         store.close()
 
 
-def test_a_full_disk_under_the_store_is_one_line_and_the_run_is_recorded_failed_at_once(
-    estate: ZoneServer, tmp_path: Path
+BIG = {**SECOND, "mailboxes.csv": SECOND["mailboxes.csv"] + "".join(
+    f"user{i}@acme.example,User {i},user,active,2024-01-02,2026-11-20T08:00:00Z,,\n" for i in range(400))}
+"""The later estate with 400 more mailboxes: one large write (their staging page) among small ones."""
+
+
+@pytest.mark.parametrize(("limit", "estate_files", "at_once"), [
+    # Files may grow to 40 kB: the shared-memory index (32 kB) and the scan's first small writes to the
+    # write-ahead log fit, then nothing more: the disk stays full, so the next scan records the run failed.
+    (40_000, SECOND, False),
+    # 160 kB: the small writes fit, the staging of 400 mailboxes does not; the space that write had taken is
+    # enough for the one small write that records the run failed at once.
+    (160_000, BIG, True),
+], ids=["full", "full-during-a-large-write"])
+def test_a_full_disk_under_the_store_is_one_line_and_the_run_is_recorded_failed(
+    estate: ZoneServer, tmp_path: Path, limit: int, estate_files: dict[str, str], at_once: bool
 ) -> None:
     database = tmp_path / "store.db"
     url = f"sqlite:///{database}"
@@ -88,21 +102,19 @@ def test_a_full_disk_under_the_store_is_one_line_and_the_run_is_recorded_failed_
     finally:
         store.close()
     before = _files(out)
-    _export(tmp_path, SECOND)
-    # Files may grow to 40 kB: the shared-memory index (32 kB) and the scan's first writes to the write-ahead
-    # log fit, its snapshot does not.
-    done = _limited_scan(path, out, limit=40_000)
+    _export(tmp_path, estate_files)
+    done = _limited_scan(path, out, limit=limit)
     assert done.returncode == 1, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
     assert f"the store at {url}" in lines[0] and "could not be written" in lines[0] and "free space" in lines[0]
-    # A disk this full takes no further write either: the line says so, and the next scan records the run failed.
-    assert "the next scan records this run failed" in lines[0] or "the run is recorded failed" in lines[0]
+    assert lines[0].endswith("the run is recorded failed" if at_once else "the next scan records this run failed")
     assert _files(out) == before
     store = Store(url)
     try:
         run = store.runs()[-1]
         assert run.recorded is None  # never whole: not the next scan's baseline
+        assert run.state == ("failed" if at_once else "running")
         after = run_scan(load_config(path), out, store=store)
         assert after.run.state == "complete"
         assert store.run(run.id).state == "failed"
