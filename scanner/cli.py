@@ -6,6 +6,7 @@ import json
 import logging
 import re
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -27,9 +28,9 @@ from scanner.model import Severity, Status
 from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
-from reports.manifest import write_manifest
-from scanner.lease import ScanBusy
-from scanner.pipeline import ScanInterrupted, ScanResult, run_scan
+from reports.outputs import OutputError, publish
+from scanner.lease import ScanBusy, ServiceBusy
+from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, run_scan
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -53,7 +54,30 @@ def _user_errors() -> Iterator[None]:
         yield
     except (MailwardenError, RegistryError) as exc:
         click.echo(f"mailwarden: {exc}", err=True)
-        sys.exit(EXIT_FAILED_RUN if isinstance(exc, (RegistryError, ScanBusy, ScanInterrupted)) else EXIT_CONFIG)
+        failed = (RegistryError, ScanBusy, ScanInterrupted, ScanFailed, OutputError, ServiceBusy)
+        sys.exit(EXIT_FAILED_RUN if isinstance(exc, failed) else EXIT_CONFIG)
+
+
+def _reader(config: Config) -> Store:
+    """The store for a read-only command: never created, so a wrong path is one line (exit 2), not an empty store."""
+    return Store(config.store.url, create=False)
+
+
+@contextmanager
+def _terminated_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a scan the way Ctrl-C does: the run is recorded ``interrupted`` and the outputs stay whole."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (a test runner): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _config(path: Path | None) -> Config:
@@ -73,7 +97,7 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
     console = Console(stderr=True)
     store = Store(config.store.url)
     try:
-        with console.status("collecting…") as status:
+        with _terminated_as_interrupt(), console.status("collecting…") as status:
             done: list[str] = []
 
             def progress(tenant: str) -> None:
@@ -138,7 +162,8 @@ def demo(out_dir: Path) -> None:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
         database = out_dir / "mailwarden-demo.db"
-        database.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
+        for stale in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):  # with a killed demo's log
+            stale.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
         plain = load_config(DEMO / "mailwarden.toml")
         # The demo's MTA-STS policy hosts resolve to loopback; serve their policies over real HTTPS,
         # with a certificate from a throwaway CA that only this run trusts.
@@ -216,7 +241,7 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
     with _user_errors():
         config = _config(config_path)
         start = parse_since(since, datetime.now(UTC)) if since else None
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             found = store.changes(
                 since=start, tenant=tenant, domain=normalize_domain(domain) if domain else None,
@@ -316,20 +341,23 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
                    remediation: RemediationConfig | None = None) -> list[Path]:
-    """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Re-render a stored run in the chosen formats, with a manifest hashing what was written (atomically:
+    the previous files stay until every new one is written)."""
     run = store.run(run_id)
     findings = store.findings_for_run(run_id)
-    files = []
-    if "json" in formats:
-        files.append(write_findings_json(findings, out_dir / "findings.json"))
-    if "csv" in formats:
-        files.append(write_findings_csv(findings, out_dir / "findings.csv"))
-    if "html" in formats:
-        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
-                                   remediation))
-    files.append(write_manifest(run, files, out_dir / "manifest.json"))
-    return files
+
+    def render(folder: Path) -> list[Path]:
+        files = []
+        if "json" in formats:
+            files.append(write_findings_json(findings, folder / "findings.json"))
+        if "csv" in formats:
+            files.append(write_findings_csv(findings, folder / "findings.csv"))
+        if "html" in formats:
+            files.append(render_report(store, run, findings, store.lifecycle_events(run_id), folder / "report.html",
+                                       remediation))
+        return files
+
+    return publish(run, out_dir, render)
 
 
 DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
@@ -353,7 +381,7 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         config = _config(config_path)
         if tenant is not None and tenant not in {t.name for t in config.tenants}:
             raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
             try:
@@ -391,7 +419,7 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
     failed = False
     with _user_errors():
         config = _config(config_path)
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
@@ -428,7 +456,7 @@ def status(config_path: Path | None, fmt: str) -> None:
     """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
     with _user_errors():
         config = _config(config_path)
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             found = job_status(config, store)
         finally:
@@ -533,7 +561,7 @@ def list_jobs(config_path: Path | None, tenant: str | None) -> None:
 
     with _user_errors():
         config = _config(config_path)
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             found = Jobs(store, config).history(tenant=tenant)
         finally:
@@ -560,7 +588,7 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
         config = _config(config_path)
         if sink is None and config.remediation.audit_sink is not None:
             sink = config.resolve_path(config.remediation.audit_sink)
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             problems = verify(store, sink)
             count = len(entries(store))
@@ -582,7 +610,7 @@ def audit_show(config_path: Path | None, job_id: str | None) -> None:
 
     with _user_errors():
         config = _config(config_path)
-        store = Store(config.store.url)
+        store = _reader(config)
         try:
             found = entries(store, job_id)
         finally:

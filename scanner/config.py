@@ -15,6 +15,8 @@ from apscheduler.triggers.cron import CronTrigger
 from pydantic import GetCoreSchemaHandler, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pydantic_core import core_schema
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
@@ -495,7 +497,23 @@ def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Confi
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise ConfigError(f"{path}: {where}: {message}{more}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return config.model_copy(update={"source": path.resolve(), "digest": digest})
+    store = StoreConfig(url=store_url_from(config.store.url, path.resolve().parent))
+    return config.model_copy(update={"source": path.resolve(), "digest": digest, "store": store})
+
+
+def store_url_from(url: str, base: Path) -> str:
+    """A store URL with a relative SQLite path made relative to ``base`` (the config file's directory), as every
+    other path in the config is; in-memory, absolute and PostgreSQL URLs are unchanged."""
+    if not url.startswith("sqlite"):
+        return url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # the store says what is wrong with it when it opens
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:") or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
 
 
 def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:

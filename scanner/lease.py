@@ -9,6 +9,11 @@ held ``failed`` and takes over. Nothing the orphaned run already stored is remov
 
 The table is created on first use beside the store's own tables, outside its migrations (the same way
 APScheduler keeps its job table there): it holds at most one row, never history.
+
+``mailwarden serve`` holds a second, per-store lease the same way (``service_lease``) for as long as it runs,
+so each scheduled trigger fires in one process: a second ``serve`` on the same store refuses to start,
+naming the holder's host and process; a holder whose heartbeat is older than the TTL (or whose process on
+this host is gone) is taken over.
 """
 
 from __future__ import annotations
@@ -43,11 +48,26 @@ scan_lease = sa.Table(
     sa.Column("heartbeat", sa.DateTime(timezone=True), nullable=False),
 )
 
+service_lease = sa.Table(
+    "service_lease",
+    lease_metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("acquired", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("heartbeat", sa.DateTime(timezone=True), nullable=False),
+)
+
 SCAN = "scan"
+SERVICE = "serve"
 
 
 class ScanBusy(MailwardenError):
     """Another scan holds the lease and is alive."""
+
+
+class ServiceBusy(MailwardenError):
+    """Another ``serve`` holds the store's service lease and is alive (or the web app's port is taken)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +91,12 @@ class Holder:
         if self.host != socket.gethostname():
             return False
         return self.pid == os.getpid() or not process_exists(self.pid)
+
+    def alive(self, now: datetime, ttl: float) -> bool:
+        """True while the holder counts as running: a fresh heartbeat, and on this host a process that exists."""
+        if now - self.heartbeat > timedelta(seconds=ttl):
+            return False
+        return self.host != socket.gethostname() or process_exists(self.pid)
 
     def describe(self) -> str:
         """One line naming the run and its process."""
@@ -97,16 +123,107 @@ def _holder(row: Any) -> Holder:
 
 
 def ensure_lease_table(store: Store) -> None:
-    """Create the lease table when the database lacks it."""
-    lease_metadata.create_all(store.engine, checkfirst=True)
+    """Create the lease tables when the database lacks them (a process creating them meanwhile is no error)."""
+    try:
+        lease_metadata.create_all(store.engine, checkfirst=True)
+    except sa.exc.DatabaseError:
+        with store.engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not all(inspector.has_table(t.name) for t in lease_metadata.sorted_tables):
+                raise
 
 
 def current_holder(store: Store) -> Holder | None:
-    """Who holds the scan lease now (alive or not), or None."""
-    ensure_lease_table(store)
+    """Who holds the scan lease now (alive or not), or None; reads only (no table: no holder)."""
     with store.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(scan_lease.name):
+            return None
         row = conn.execute(sa.select(scan_lease).where(scan_lease.c.name == SCAN)).one_or_none()
     return _holder(row) if row is not None else None
+
+
+def service_holder(store: Store) -> Holder | None:
+    """Who holds the service lease (a running ``serve``, alive or not), or None; reads only."""
+    with store.engine.connect() as conn:
+        if not sa.inspect(conn).has_table(service_lease.name):
+            return None
+        row = conn.execute(sa.select(service_lease).where(service_lease.c.name == SERVICE)).one_or_none()
+    if row is None:
+        return None
+    return Holder("", row.host, int(row.pid), _utc(row.acquired), _utc(row.heartbeat))
+
+
+class ServiceLease:
+    """Hold the store's service lease while ``serve`` runs, refreshing its heartbeat from a background thread."""
+
+    def __init__(self, store: Store, *, ttl: float) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def acquire(self) -> None:
+        """Take the lease, taking over a stale holder; raises ServiceBusy naming a live one's host and process."""
+        ensure_lease_table(self.store)
+        now = datetime.now(UTC)
+        holder = service_holder(self.store)
+        try:
+            with self.store.engine.begin() as conn:
+                if holder is not None:
+                    if not holder.orphaned(now, self.ttl):
+                        raise ServiceBusy(self._busy(holder))
+                    # Only the stale row as it was read: a process that took it over meanwhile keeps it.
+                    conn.execute(sa.delete(service_lease).where(
+                        service_lease.c.name == SERVICE, service_lease.c.host == holder.host,
+                        service_lease.c.pid == holder.pid, service_lease.c.heartbeat == holder.heartbeat))
+                    log.warning("took over the service lease of process %s on %s (last heartbeat %s)", holder.pid,
+                                holder.host, holder.heartbeat, extra={"event": "serve.takeover"})
+                conn.execute(sa.insert(service_lease).values(
+                    name=SERVICE, host=socket.gethostname(), pid=self._pid, acquired=now, heartbeat=now))
+        except sa.exc.IntegrityError:
+            other = service_holder(self.store)
+            raise ServiceBusy(self._busy(other)) from None
+        self._thread = threading.Thread(target=self._beat, name="service-lease", daemon=True)
+        self._thread.start()
+
+    def _busy(self, holder: Holder | None) -> str:
+        who = (f"process {holder.pid} on {holder.host} (heartbeat {holder.heartbeat:%Y-%m-%d %H:%M:%S}Z)"
+               if holder is not None else "another process")
+        return (f"another mailwarden serve is running on this store: {who}; stop it first (a dead one's lease "
+                f"is taken over once its heartbeat is {self.ttl:g} s old)")
+
+    def _beat(self) -> None:
+        interval = max(0.5, min(30.0, self.ttl / 4))
+        while not self._stop.wait(interval):
+            try:
+                with self.store.engine.begin() as conn:
+                    conn.execute(sa.update(service_lease).where(
+                        service_lease.c.name == SERVICE, service_lease.c.pid == self._pid,
+                        service_lease.c.host == socket.gethostname(),
+                    ).values(heartbeat=datetime.now(UTC)))
+            except sa.exc.SQLAlchemyError as exc:  # a blip in the database must not end the service
+                log.warning("service lease heartbeat failed: %s", exc)
+
+    def release(self) -> None:
+        """Stop the heartbeat and give the lease back."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.delete(service_lease).where(
+                    service_lease.c.name == SERVICE, service_lease.c.pid == self._pid,
+                    service_lease.c.host == socket.gethostname()))
+        except sa.exc.SQLAlchemyError as exc:
+            log.error("the service lease could not be released: %s", exc)
+
+    def __enter__(self) -> ServiceLease:
+        self.acquire()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
 
 
 def _fail_orphan(conn: Connection, run_id: str, now: datetime, why: str) -> bool:
@@ -194,8 +311,11 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        with self.store.engine.begin() as conn:
-            conn.execute(sa.delete(scan_lease).where(scan_lease.c.name == SCAN, scan_lease.c.run_id == self.run_id))
+        try:
+            with self.store.engine.begin() as conn:
+                conn.execute(sa.delete(scan_lease).where(scan_lease.c.name == SCAN, scan_lease.c.run_id == self.run_id))
+        except sa.exc.SQLAlchemyError as exc:  # a full disk: this process is ending, so the next scan recovers it
+            log.warning("the scan lease could not be released: %s", exc, extra={"run_id": self.run_id})
 
     def __enter__(self) -> Lease:
         self.acquire()

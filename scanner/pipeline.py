@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import secrets
 import threading
 import time
@@ -15,12 +16,14 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from checks.evaluate import evaluate
 from checks.registry import Check, Policy, Sender, load_checks
 from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
-from reports.manifest import write_manifest
+from reports.outputs import OutputError, publish
 from scanner import __version__
 from scanner.adapters.base import PAGE
 from scanner.baseline import load_baselines
@@ -40,6 +43,33 @@ class ScanInterrupted(MailwardenError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} was interrupted before it finished: recorded as interrupted")
         self.run_id = run_id
+
+
+class ScanFailed(MailwardenError):
+    """The scan could not write its store or its outputs; the run is recorded ``failed`` and the message says
+    which path and what to do."""
+
+
+HALT_AT = "MAILWARDEN_HALT_AT"
+"""Test hook: the name of a scan step at which the process stops and waits (to be killed or signalled)."""
+HALT_FILE = "MAILWARDEN_HALT_FILE"
+"""Test hook: a file the process appends the step's name to when it halts there."""
+STEPS = ("collected", "staged", "snapshot", "findings", "outputs")
+"""The steps a scan can be halted at: collection done, snapshot staged, snapshot committed, findings half
+recorded, outputs half written."""
+
+
+def halt_at(step: str) -> None:
+    """Stop here for up to a minute when the test hook names this step (tests kill the process meanwhile)."""
+    if os.environ.get(HALT_AT) != step:
+        return
+    marker = os.environ.get(HALT_FILE)
+    if marker:
+        with open(marker, "a", encoding="utf-8") as handle:
+            handle.write(f"{step} {os.getpid()}\n")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,11 +259,58 @@ def run_scan(
     tenants: Sequence[str] | None = None,
     stop: threading.Event | None = None,
 ) -> ScanResult:
-    """Collect, evaluate and report once (``record_scan``); the outputs are rendered from what the store holds."""
-    recorded = record_scan(config, store=store, checks=checks, now=now, as_of=as_of, progress=progress,
+    """Collect, evaluate and report once (``record_scan``); the outputs are rendered from what the store holds.
+
+    The scan lease is held until the outputs are written, so no second scan starts while this one renders.
+    Outputs that cannot be written (a full disk) leave the previous ones intact and the run ``failed``; its
+    findings are recorded, so it is still the next run's baseline, and ``mailwarden report --run`` renders it.
+    """
+    run_id, started = _new_run(config, tenants, now)
+    with Lease(store, run_id, ttl=config.schedule.lease_ttl):
+        recorded = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
                            tenants=tenants, stop=stop)
-    run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
+        try:
+            run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
+        except OutputError as exc:
+            _fail(store, run_id, f"its outputs were not written: {exc}")
+            raise ScanFailed(f"run {run_id}: {exc}") from None
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            _fail(store, run_id, f"stopped while writing its outputs to {out_dir} (its findings are recorded)",
+                  state="interrupted")
+            raise ScanInterrupted(run_id) from None
+        except sa.exc.SQLAlchemyError as exc:
+            raise _store_failed(store, run_id, exc) from None
     return ScanResult(run, findings, files, dns_queries=recorded.collection.dns_queries)
+
+
+def _new_run(config: Config, tenants: Sequence[str] | None, now: datetime | None) -> tuple[str, datetime]:
+    known = {t.name for t in config.tenants}
+    for name in tenants or ():
+        if name not in known:
+            raise ConfigError(f"{config.source}: tenants: no tenant named {name!r}")
+    started = datetime.now(UTC) if now is None else now
+    return new_run_id(started), started
+
+
+def _fail(store: Store, run_id: str, problem: str, *, state: str = "failed") -> bool:
+    """Record the run failed at once; False when the store cannot take even that (the next scan will)."""
+    try:
+        store.fail_run(run_id, problem, state=state)
+    except sa.exc.SQLAlchemyError as exc:
+        log.warning("run %s could not be recorded %s: %s", run_id, state, exc, extra={"run_id": run_id})
+        return False
+    return True
+
+
+def _store_failed(store: Store, run_id: str, exc: sa.exc.SQLAlchemyError) -> ScanFailed:
+    """The one-line error for a store that could not be written mid-scan, after recording the run failed."""
+    cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    marked = _fail(store, run_id, f"the store could not be written: {cause}")
+    return ScanFailed(
+        f"run {run_id}: the store at {store.where} could not be written ({cause}): free space there or fix its "
+        "permissions, then scan again; " + ("the run is recorded failed" if marked else
+                                             "the next scan records this run failed")
+    )
 
 
 def record_scan(
@@ -259,43 +336,61 @@ def record_scan(
     ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps (the findings are
     recorded in one transaction).
     """
-    checks = load_checks() if checks is None else checks
-    known = {t.name for t in config.tenants}
-    for name in tenants or ():
-        if name not in known:
-            raise ConfigError(f"{config.source}: tenants: no tenant named {name!r}")
-    started = datetime.now(UTC) if now is None else now
-    run_id = new_run_id(started)
+    run_id, started = _new_run(config, tenants, now)
     with Lease(store, run_id, ttl=config.schedule.lease_ttl):
+        return _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
+                       tenants=tenants, stop=stop)
+
+
+def _record(
+    config: Config, store: Store, run_id: str, started: datetime, *, checks: Sequence[Check] | None,
+    now: datetime | None, as_of: datetime | None, progress: Callable[[str], None], tenants: Sequence[str] | None,
+    stop: threading.Event | None,
+) -> Recorded:
+    """``record_scan`` with the lease held: a run is whole (a baseline) only once its findings are recorded."""
+    checks = load_checks() if checks is None else checks
+    try:
         store.start_run(run_id, started, config.digest, __version__)
-        try:
-            baselines = load_baselines(config)
-            clock = time.perf_counter()
-            sweep = Sweeper()
-            with paused_gc():
-                collection = asyncio.run(
-                    _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id, sweep)))
-            collected = time.perf_counter() - clock
-            if stop is not None and stop.is_set():
-                raise asyncio.CancelledError
-            # The drift checks judge against the state recorded before this run; the snapshot then records
-            # only what this run saw completely (a partial tenant's objects carry forward unchanged).
-            previous = store.previous_state(run_id, forwards=False)
-            inventory = replace(collection.inventory, previous=previous, baselines=baselines)
-            store.stage(run_id, snapshot_items(inventory))
-            store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
-            counts = _judge_and_record(
-                store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
-                complete=collection.complete_tenants, only=tenants, stop=stop, sweep=sweep,
-            )
-        except (KeyboardInterrupt, asyncio.CancelledError):
-            store.finish_run(run_id, datetime.now(UTC), "interrupted", {"problem": "stopped before it finished"})
-            raise ScanInterrupted(run_id) from None
-        except BaseException:
-            store.finish_run(run_id, datetime.now(UTC), "failed", {})
-            raise
-        finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
+    except sa.exc.SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise ScanFailed(f"the store at {store.where} could not be written ({cause}): free space there or fix its "
+                         "permissions, then scan again; no run was started") from None
+    try:
+        baselines = load_baselines(config)
+        clock = time.perf_counter()
+        sweep = Sweeper()
+        with paused_gc():
+            collection = asyncio.run(
+                _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id, sweep)))
+        collected = time.perf_counter() - clock
+        halt_at("collected")
+        if stop is not None and stop.is_set():
+            raise asyncio.CancelledError
+        # The drift checks judge against the state recorded before this run; the snapshot then records
+        # only what this run saw completely (a partial tenant's objects carry forward unchanged).
+        previous = store.previous_state(run_id, forwards=False)
+        inventory = replace(collection.inventory, previous=previous, baselines=baselines)
+        store.stage(run_id, snapshot_items(inventory))
+        halt_at("staged")
+        store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
+        halt_at("snapshot")
+        counts = _judge_and_record(
+            store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
+            complete=collection.complete_tenants, only=tenants, stop=stop, sweep=sweep,
+        )
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _fail(store, run_id, "stopped before it finished", state="interrupted")
+        raise ScanInterrupted(run_id) from None
+    except sa.exc.SQLAlchemyError as exc:
+        raise _store_failed(store, run_id, exc) from None
+    except BaseException:
+        _fail(store, run_id, "the scan stopped with an internal error (see the log)")
+        raise
+    finished = datetime.now(UTC) if now is None else max(now, datetime.now(UTC))
+    try:
         store.finish_run(run_id, finished, collection.state, run_scope(collection, counts))
+    except sa.exc.SQLAlchemyError as exc:
+        raise _store_failed(store, run_id, exc) from None
     return Recorded(run_id, collection, collected, time.perf_counter() - clock - collected)
 
 
@@ -324,6 +419,7 @@ def _judge_and_record(
             recording.add(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
+        halt_at("findings")
         previous = inventory.previous
         for page in recording.mailbox_pages(PAGE):
             if stop is not None and stop.is_set():
@@ -340,15 +436,18 @@ def _judge_and_record(
 def write_outputs(
     store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None
 ) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
-    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links),
+    atomically (reports/outputs.py): the previous outputs stay until every new file is written."""
     run = store.run(run_id)
     findings = store.findings_for_run(run_id)
     events = store.lifecycle_events(run_id)
-    files = [
-        write_findings_json(findings, out_dir / "findings.json"),
-        write_findings_csv(findings, out_dir / "findings.csv"),
-        render_report(store, run, findings, events, out_dir / "report.html", remediation),
-    ]
-    files.append(write_manifest(run, files, out_dir / "manifest.json"))
+
+    def render(folder: Path) -> list[Path]:
+        return [
+            write_findings_json(findings, folder / "findings.json"),
+            write_findings_csv(findings, folder / "findings.csv"),
+            render_report(store, run, findings, events, folder / "report.html", remediation),
+        ]
+
+    files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
     return run, tuple(findings), tuple(files)

@@ -13,6 +13,10 @@ here, the remediation app (remediation/web.py ``build_app``) mounted at ``/`` wh
 - SIGTERM or SIGINT: the web server stops, the scan in progress is cancelled and recorded
   ``interrupted``, the scheduler shuts down. After a kill -9, the next start marks the orphaned run
   (and its job record) ``failed``; what it had stored stays.
+- One service per store: ``serve`` holds the store's service lease (scanner/lease.py) while it runs, so a
+  second ``serve`` on the same store refuses to start, naming the other's host and process, and each trigger
+  fires once; a dead holder's lease is taken over (at once on this host, after ``lease_ttl`` elsewhere). A
+  port already in use is one line, before anything starts.
 - Each job execution is recorded in ``job_runs`` (beside the store's tables, outside its migrations, as
   APScheduler's own table is): what ``/healthz`` and ``mailwarden status`` report as the last run.
 """
@@ -25,6 +29,7 @@ import importlib
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -51,9 +56,10 @@ from starlette.routing import Mount, Route
 from reports.mail import send_reports
 from scanner.config import Config, load_config
 from scanner.errors import MailwardenError
-from scanner.lease import ScanBusy, process_exists, current_holder, recover_orphans
+from scanner.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
+    service_holder
 from scanner.model import Finding
-from scanner.pipeline import ScanInterrupted, run_scan
+from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
 from scanner.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -129,8 +135,13 @@ def configure_logging(fmt: str, level: int = logging.INFO) -> None:
 
 
 def ensure_tables(store: Store) -> None:
-    """Create the job log when the database lacks it."""
-    serve_metadata.create_all(store.engine, checkfirst=True)
+    """Create the job log when the database lacks it (a process creating it meanwhile is no error)."""
+    try:
+        serve_metadata.create_all(store.engine, checkfirst=True)
+    except sa.exc.DatabaseError:
+        with store.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(job_runs.name):
+                raise
 
 
 def _begin_job(store: Store, job: str, started: datetime) -> int:
@@ -206,6 +217,8 @@ def execute_scan(config: Config, store: Store, stop: threading.Event | None = No
     except ScanInterrupted as exc:
         return "interrupted", {"state": "interrupted", "run_id": exc.run_id, "problem": str(exc),
                                "duration": round(time.monotonic() - clock, 3)}
+    except ScanFailed as exc:  # a full disk or a store error: the line says which path and what to do
+        return "failed", {"state": "failed", "problem": str(exc), "duration": round(time.monotonic() - clock, 3)}
     except Exception as exc:  # noqa: BLE001 - the scheduler goes on; the record and the log say why
         log.exception("scan failed")
         return "failed", {"state": "failed", "problem": f"{type(exc).__name__}: {exc}",
@@ -343,21 +356,31 @@ def next_run_times(store: Store) -> dict[str, datetime | None]:
     return {r.id: datetime.fromtimestamp(r.next_run_time, UTC) if r.next_run_time is not None else None for r in rows}
 
 
+def _process_alive(host: str, pid: int) -> bool | None:
+    """Whether a process recorded as running still exists: None when it ran on another host (not knowable here)."""
+    return process_exists(pid) if host == socket.gethostname() else None
+
+
 def job_status(config: Config, store: Store) -> dict[str, Any]:
-    """Per job: its schedule, next run time and last run (state and figures); the latest stored run; the lease."""
-    ensure_tables(store)
+    """Per job: its schedule, next run time and last run (state and figures); the latest stored run; the leases.
+
+    Reads only: a store no ``serve`` has run on has no job log yet, which reads as no runs. A job or scan
+    still marked running says whether its process is alive."""
     upcoming = next_run_times(store)
     jobs: dict[str, Any] = {}
     with store.engine.connect() as conn:
+        logged = sa.inspect(conn).has_table(job_runs.name)
         for job in JOBS:
             row = conn.execute(
                 sa.select(job_runs).where(job_runs.c.job == job).order_by(job_runs.c.started.desc(), job_runs.c.id.desc())
                 .limit(1)
-            ).one_or_none()
+            ).one_or_none() if logged else None
             last = None
             if row is not None:
                 last = {"state": row.state, "started": _iso(_utc(row.started)), "finished": _iso(_utc(row.finished)),
                         "run_id": row.run_id, "figures": row.figures}
+                if row.state == "running":
+                    last["process"] = {"host": row.host, "pid": row.pid, "alive": _process_alive(row.host, row.pid)}
             jobs[job] = {
                 "schedule": getattr(config.schedule, job).strip() or None,
                 "timezone": config.schedule.timezone,
@@ -368,13 +391,19 @@ def job_status(config: Config, store: Store) -> dict[str, Any]:
     runs = store.runs()
     latest = runs[-1] if runs else None
     holder = current_holder(store)
+    service = service_holder(store)
+    now, ttl = datetime.now(UTC), config.schedule.lease_ttl
     return {
         "jobs": jobs,
         "latest_run": None if latest is None else {
             "id": latest.id, "state": latest.state, "started": _iso(latest.started), "finished": _iso(latest.finished),
         },
         "scan_running": None if holder is None else {"run_id": holder.run_id, "host": holder.host, "pid": holder.pid,
-                                                     "heartbeat": _iso(holder.heartbeat)},
+                                                     "heartbeat": _iso(holder.heartbeat),
+                                                     "alive": holder.alive(now, ttl)},
+        "service": None if service is None else {"host": service.host, "pid": service.pid,
+                                                 "heartbeat": _iso(service.heartbeat),
+                                                 "alive": service.alive(now, ttl)},
     }
 
 
@@ -390,15 +419,31 @@ def status_lines(status: dict[str, Any]) -> list[str]:
         else:
             lines.append(f"  last run: {last['state']}, started {last['started']}, finished {last['finished'] or '-'}"
                          + (f", run {last['run_id']}" if last["run_id"] else ""))
+            process = last.get("process")
+            if process is not None and process["alive"] is False:
+                lines.append(f"  its process {process['pid']} on {process['host']} is gone: it stopped without "
+                             "finishing (the next serve start records it failed)")
             if last["figures"]:
                 lines.append(f"  {_describe(job, {'state': last['state'], **last['figures']})}"
                              if "duration" in last["figures"] or "problem" in last["figures"]
                              else f"  {json.dumps(last['figures'])}")
     latest = status["latest_run"]
-    lines.append("latest stored run: " + ("none" if latest is None else f"{latest['id']} {latest['state']}"))
-    if status["scan_running"] is not None:
-        r = status["scan_running"]
-        lines.append(f"scan running: run {r['run_id']} (process {r['pid']} on {r['host']}, heartbeat {r['heartbeat']})")
+    scan = status["scan_running"]
+    dead = scan is not None and not scan["alive"]
+    state = "none" if latest is None else f"{latest['id']} {latest['state']}"
+    if latest is not None and latest["state"] == "running" and (scan is None or dead or scan["run_id"] != latest["id"]):
+        state += " (its process is gone: the next scan records it failed)"
+    lines.append("latest stored run: " + state)
+    if scan is not None and not dead:
+        lines.append(f"scan running: run {scan['run_id']} (process {scan['pid']} on {scan['host']}, "
+                     f"heartbeat {scan['heartbeat']})")
+    elif scan is not None:
+        lines.append(f"no scan running: run {scan['run_id']} stopped without finishing (process {scan['pid']} on "
+                     f"{scan['host']} is gone, last heartbeat {scan['heartbeat']}); the next scan records it failed")
+    service = status.get("service")
+    if service is not None:
+        lines.append(f"serve: process {service['pid']} on {service['host']}, heartbeat {service['heartbeat']}"
+                     + ("" if service["alive"] else " (gone: the next serve takes its lease over)"))
     return lines
 
 
@@ -462,15 +507,52 @@ def build_serve_app(config: Config, config_path: Path, stop: threading.Event) ->
 
 
 def serve(config_path: Path, *, host: str | None = None, port: int | None = None, log_format: str | None = None) -> None:
-    """Run the scheduler and the web app until SIGTERM or SIGINT."""
+    """Run the scheduler and the web app until SIGTERM or SIGINT, holding the store's service lease throughout."""
     config = load_config(config_path)
     configure_logging(log_format or config.serve.log_format)
-    stop = threading.Event()
-    app = build_serve_app(config, config_path, stop)
     where = (host or config.serve.host, config.serve.port if port is None else port)
-    log.info("serving on http://%s:%s", *where, extra={"event": "serve.listen", "host": where[0], "port": where[1]})
-    server = uvicorn.Server(uvicorn.Config(app, host=where[0], port=where[1], log_config=None, access_log=False,
-                                           lifespan="on"))
-    server.run()
-    if not server.started:
-        raise MailwardenError(f"the web app could not start on {where[0]}:{where[1]} (see the log above)")
+    store = Store(config.store.url)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down: turn it into an exception here, so the
+    # service lease is given back, then end by the signal as before.
+    stopped = _catch_sigterm()
+    try:
+        with ServiceLease(store, ttl=config.schedule.lease_ttl):
+            try:
+                listening = socket.create_server(where)
+            except OSError as exc:
+                why = os.strerror(exc.errno) if exc.errno else str(exc)
+                raise ServiceBusy(f"the web app cannot listen on {where[0]}:{where[1]}: {why}; stop what uses it, "
+                                  "or choose another port with --port or [serve] port") from None
+            with listening:
+                stop = threading.Event()
+                app = build_serve_app(config, config_path, stop)
+                bound = listening.getsockname()[:2]
+                log.info("serving on http://%s:%s", *bound,
+                         extra={"event": "serve.listen", "host": bound[0], "port": bound[1]})
+                server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+                server.run(sockets=[listening])
+                if not server.started:
+                    raise MailwardenError(f"the web app could not start on {where[0]}:{where[1]} (see the log above)")
+    except _Terminated:
+        store.close()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.raise_signal(signal.SIGTERM)
+    finally:
+        store.close()
+        if stopped is not None:
+            signal.signal(signal.SIGTERM, stopped)
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived (re-raised by uvicorn after its graceful shutdown)."""
+
+
+def _catch_sigterm() -> Any:
+    """Make SIGTERM raise _Terminated; returns the previous handler (None when not on the main thread)."""
+    def terminated(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, terminated)
+    except ValueError:
+        return None

@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,6 +52,7 @@ runs = sa.Table(
     sa.Column("scope", sa.JSON, nullable=False),  # per tenant: complete / partial / failed, with problems
     sa.Column("config_digest", sa.String(64), nullable=False),
     sa.Column("tool_version", sa.String(32), nullable=False),
+    sa.Column("recorded", sa.DateTime(timezone=True)),  # when its findings were committed; NULL: not a baseline
 )
 
 objects = sa.Table(
@@ -102,6 +104,8 @@ run_findings = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("remediation", sa.JSON),
     sa.Column("event", sa.String(16), nullable=False),  # new, persisting, reopened, resolved, or ""
+    sa.Column("first_seen", sa.DateTime(timezone=True)),  # the lifecycle as it stood when the run ended
+    sa.Column("last_seen", sa.DateTime(timezone=True)),
 )
 
 
@@ -250,7 +254,47 @@ def _migration_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[staged])
 
 
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2, _migration_3, _migration_4)
+run_resolved = sa.Table(
+    "run_resolved",
+    metadata,
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("fingerprint", sa.String(40), primary_key=True),
+)
+"""The findings each run resolved, kept when a finding later reopens (``findings.resolved_run`` moves on)."""
+
+
+def _migration_5(conn: Connection) -> None:
+    """Version 5: whole runs and immutable history: ``runs.recorded``, each run's own first and last seen,
+    and the findings it resolved. Runs recorded before it: a finished run (or one with findings) was whole,
+    and its lifecycle is frozen as it stands now."""
+    inspector = sa.inspect(conn)
+    have = {c["name"] for c in inspector.get_columns("runs")}
+    if "recorded" not in have:
+        conn.execute(sa.text("ALTER TABLE runs ADD COLUMN recorded TIMESTAMP"
+                             + (" WITH TIME ZONE" if conn.dialect.name == "postgresql" else "")))
+    have = {c["name"] for c in inspector.get_columns("run_findings")}
+    for name in ("first_seen", "last_seen"):
+        if name not in have:
+            conn.execute(sa.text(f"ALTER TABLE run_findings ADD COLUMN {name} TIMESTAMP"
+                                 + (" WITH TIME ZONE" if conn.dialect.name == "postgresql" else "")))
+    metadata.create_all(conn, tables=[run_resolved])
+    with_findings = sa.select(run_findings.c.run_id).where(run_findings.c.run_id == runs.c.id).exists()
+    conn.execute(sa.update(runs).where(
+        runs.c.recorded.is_(None), sa.or_(runs.c.state.in_(("complete", "partial")), with_findings)
+    ).values(recorded=sa.func.coalesce(runs.c.finished, runs.c.started)))
+    conn.execute(sa.update(run_findings).where(
+        run_findings.c.fingerprint == findings.c.fingerprint, run_findings.c.first_seen.is_(None),
+        run_findings.c.last_seen.is_(None),
+    ).values(first_seen=findings.c.first_seen, last_seen=findings.c.last_seen))
+    conn.execute(sa.insert(run_resolved).from_select(
+        ["run_id", "fingerprint"],
+        sa.select(findings.c.resolved_run, findings.c.fingerprint).where(findings.c.resolved_run.is_not(None)),
+    ))
+
+
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+)
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)
@@ -268,6 +312,7 @@ class RunRecord:
     scope: dict[str, Any]
     config_digest: str
     tool_version: str
+    recorded: datetime | None = None  # when its findings were committed; None: never, so not a baseline
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,39 +361,79 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class Store:
-    """Runs, snapshots and findings in one SQL database (SQLite or PostgreSQL)."""
+class StoreMissing(StoreError):
+    """A read-only command was pointed at a store that does not exist (it never creates one)."""
 
-    def __init__(self, url: str) -> None:
+
+BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite connection waits for the write lock (the one writer) before it gives up."""
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The database file of a SQLite engine (None: in memory, or not SQLite)."""
+    if engine.dialect.name != "sqlite":
+        return None
+    database = engine.url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+class Store:
+    """Runs, snapshots and findings in one SQL database (SQLite or PostgreSQL).
+
+    One writer, many readers: SQLite runs in WAL mode with a busy timeout, so readers never wait for a
+    scan and writers queue for the write lock; PostgreSQL is left as it is. Opening a store whose schema
+    is current writes nothing. ``create=False`` (the read-only commands) refuses a store that does not
+    exist instead of creating an empty one.
+    """
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
         try:
-            self.engine: Engine = sa.create_engine(url)
+            self.engine: Engine = sa.create_engine(url, connect_args=_connect_args(url))
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"the store URL is not usable: {exc}") from None
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
             raise StoreError(f"the store must be SQLite or PostgreSQL, not {self.engine.dialect.name}")
+        self.where = self.engine.url.render_as_string(hide_password=True)
+        path = _sqlite_file(self.engine)
+        if not create and path is not None and not path.is_file():
+            self.engine.dispose()
+            raise StoreMissing(f"no store at {path}: run `mailwarden scan` first, or point [store] url at the store")
+        if path is not None:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas(wal=create))
         try:
+            if not create and self.version == 0:
+                raise StoreMissing(f"no mailwarden store at {self.where}: run `mailwarden scan` first, or point "
+                                   "[store] url at the store")
             self.migrate()
         except sa.exc.SQLAlchemyError as exc:
-            where = self.engine.url.render_as_string(hide_password=True)
-            raise StoreError(f"cannot open the store at {where}: {getattr(exc, 'orig', None) or exc}") from None
+            self.engine.dispose()
+            raise StoreError(f"cannot open the store at {self.where}: {getattr(exc, 'orig', None) or exc}") from None
+        except StoreError:
+            self.engine.dispose()
+            raise
 
     @property
     def version(self) -> int:
         """The schema version: the number of migrations applied."""
         with self.engine.connect() as conn:
-            if not sa.inspect(conn).has_table("mw_meta"):
-                return 0
-            value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
-        return int(value or 0)
+            return _schema_version(conn)
 
     def migrate(self) -> None:
-        """Apply every migration the database has not seen, in one transaction."""
-        with self.engine.begin() as conn:
+        """Apply every migration the database has not seen, in one transaction; nothing is written when the
+        schema is current. Two processes migrating (or creating) one store at once take turns: the first
+        holds the write lock (SQLite ``BEGIN IMMEDIATE``, a PostgreSQL advisory lock) and the second, once
+        it has it, finds the work done."""
+        if self.version == len(MIGRATIONS):
+            return
+        with self.engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             metadata.create_all(conn, tables=[meta_table])
-            current = conn.execute(
-                sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")
-            ).scalar()
-            version = int(current or 0)
+            version = _schema_version(conn)
             if version > len(MIGRATIONS):
                 raise StoreError(
                     f"the store's schema version {version} is newer than this mailwarden knows "
@@ -356,12 +441,14 @@ class Store:
                 )
             for step in MIGRATIONS[version:]:
                 step(conn)
-            if current is None:
+            if version == 0:
+                conn.execute(sa.delete(meta_table).where(meta_table.c.key == "schema_version"))
                 conn.execute(sa.insert(meta_table).values(key="schema_version", value=str(len(MIGRATIONS))))
-            else:
+            elif version < len(MIGRATIONS):
                 conn.execute(
                     sa.update(meta_table).where(meta_table.c.key == "schema_version").values(value=str(len(MIGRATIONS)))
                 )
+            conn.commit()
 
     def close(self) -> None:
         """Release the connection pool."""
@@ -384,9 +471,26 @@ class Store:
             conn.execute(sa.delete(staged))
 
     def finish_run(self, run_id: str, finished: datetime, state: str, scope: dict[str, Any]) -> None:
-        """Record how a run ended: complete, partial (with what failed) or failed; its staging goes."""
+        """Record how a run ended: complete, partial (with what failed) or failed; its staging goes.
+
+        A run that ends complete or partial is whole (a scan has recorded its findings by then)."""
+        values: dict[str, Any] = {"finished": finished, "state": state, "scope": scope}
+        if state in ("complete", "partial"):
+            values["recorded"] = sa.func.coalesce(runs.c.recorded, finished)
         with self.engine.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(finished=finished, state=state, scope=scope))
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+            conn.execute(sa.delete(staged).where(staged.c.run_id == run_id))
+
+    def fail_run(self, run_id: str, problem: str, *, state: str = "failed") -> None:
+        """Record at once that a run failed (or was interrupted) after it began, keeping its scope and saying why.
+
+        Whether it stays a baseline is not changed: that depends only on whether its findings were recorded."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(runs.c.scope, runs.c.finished).where(runs.c.id == run_id)).one_or_none()
+            if row is None:
+                return
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(
+                state=state, finished=row.finished or datetime.now(UTC), scope={**(row.scope or {}), "problem": problem}))
             conn.execute(sa.delete(staged).where(staged.c.run_id == run_id))
 
     def run(self, run_id: str) -> RunRecord:
@@ -396,14 +500,14 @@ class Store:
         if row is None:
             raise StoreError(f"no run {run_id!r} in the store")
         return RunRecord(row.id, _utc(row.started), _utc(row.finished), row.state, row.scope,  # type: ignore[arg-type]
-                         row.config_digest, row.tool_version)
+                         row.config_digest, row.tool_version, _utc(row.recorded))
 
     def runs(self) -> list[RunRecord]:
         """Every run, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(runs).order_by(runs.c.started, runs.c.id)).all()
         return [RunRecord(r.id, _utc(r.started), _utc(r.finished), r.state, r.scope, r.config_digest,  # type: ignore[arg-type]
-                          r.tool_version) for r in rows]
+                          r.tool_version, _utc(r.recorded)) for r in rows]
 
     # snapshots
 
@@ -465,7 +569,8 @@ class Store:
         """
         with self.engine.begin() as conn:
             seq, at = self._position(conn, run_id)
-            before = _live(seq - 1)
+            hidden = _hidden(conn, seq)
+            before = _live(seq - 1, hidden=hidden)
             known = set(conn.execute(sa.select(before.c.scope).distinct()).scalars())
             if known:
                 known.add(CONFIG_SCOPE)  # the config was read by the earlier runs, even with no exceptions in it
@@ -496,35 +601,40 @@ class Store:
             ).where(before.c.scope.in_(sorted(scopes)), ~seen)))
             # A scope with no earlier state is a first sighting: its objects are the baseline, not changes.
             if known:
-                _log_delta(conn, run_id, seq, at, sorted(known))
+                _log_delta(conn, run_id, seq, at, sorted(known), hidden)
         return int(added)
 
     def snapshot(self, run_id: str, kind: str | None = None) -> dict[tuple[str, str], Any]:
         """The state as of a run, keyed by (kind, key): what it saw, plus what it could not see carried forward."""
         with self.engine.connect() as conn:
             seq, _ = self._position(conn, run_id)
-            state = _state_rows(conn, seq, kind)
+            state = _state_rows(conn, seq, kind, hidden=_hidden(conn, seq))
             return {ident: json.loads(body) for ident, body in _bodies(conn, state).items()}
 
     def object_state(self, kind: str, key: str, run_id: str | None = None) -> Any | None:
         """One object as of a run (default: the latest), or None when it did not exist then."""
         with self.engine.connect() as conn:
-            seq = self._position(conn, run_id)[0] if run_id is not None else _last_seq(conn)
+            seq = self._position(conn, run_id)[0] if run_id is not None else _last_recorded_seq(conn)
+            hidden = _hidden(conn, seq)
             row = conn.execute(
                 sa.select(versions.c.hash, versions.c.deleted)
-                .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq)
+                .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq,
+                       versions.c.seq.not_in(hidden))
                 .order_by(versions.c.seq.desc()).limit(1)
             ).one_or_none()
             if row is None or row.deleted:
                 return None
             body = conn.execute(sa.select(objects.c.body).where(objects.c.hash == row.hash)).scalar_one()
             value = json.loads(body)
-            return _with_last_known(conn, kind, key, seq, value) if kind == "domain" else value
+            return _with_last_known(conn, kind, key, seq, value, hidden) if kind == "domain" else value
 
     def domain_state(self, key: str) -> tuple[DomainState, RunRecord] | None:
-        """A domain (key ``tenant/name``) as the latest run recorded it, with that run; None if never seen."""
+        """A domain (key ``tenant/name``) as the latest whole run recorded it, with that run; None if never seen."""
         with self.engine.connect() as conn:
-            last = conn.execute(sa.select(run_order.c.run_id).order_by(run_order.c.seq.desc()).limit(1)).scalar()
+            last = conn.execute(
+                sa.select(run_order.c.run_id).join(runs, runs.c.id == run_order.c.run_id)
+                .where(runs.c.recorded.is_not(None)).order_by(run_order.c.seq.desc()).limit(1)
+            ).scalar()
         body = self.object_state("domain", key)
         if body is None or last is None:
             return None
@@ -543,6 +653,9 @@ class Store:
     def previous_state(self, run_id: str, *, forwards: bool = True) -> PreviousState | None:
         """The recorded state before a run, for the drift checks; None when nothing was recorded before it.
 
+        Only whole runs count: a run whose findings were never recorded (killed, interrupted, failed) is
+        kept for inspection but is never the baseline, so what only it saw is compared again next time.
+
         ``forwards=False`` leaves out the mailboxes' forwards: a scan reads them a page at a time
         (``Recording.previous_forwards``).
         """
@@ -550,19 +663,20 @@ class Store:
             seq, _ = self._position(conn, run_id)
             before = conn.execute(
                 sa.select(run_order.c.run_id, runs.c.started).join(runs, runs.c.id == run_order.c.run_id)
-                .where(run_order.c.seq < seq).order_by(run_order.c.seq.desc()).limit(1)
+                .where(run_order.c.seq < seq, runs.c.recorded.is_not(None)).order_by(run_order.c.seq.desc()).limit(1)
             ).one_or_none()
             if before is None:
                 return None
-            live = _live(seq - 1)
+            hidden = _hidden(conn, seq)
+            live = _live(seq - 1, hidden=hidden)
             tenants = set(conn.execute(
                 sa.select(live.c.scope).where(live.c.kind.in_(("domain", "mailbox"))).distinct()).scalars())
             if not tenants:
                 return None
             domains: dict[str, DomainState] = {}
-            for (kind, key), text in _bodies(conn, _state_rows(conn, seq - 1, "domain")).items():
-                domains[key] = _domain_state(_with_last_known(conn, kind, key, seq - 1, json.loads(text)))
-            found = _forwards(conn, _state_rows(conn, seq - 1, "mailbox")) if forwards else {}
+            for (kind, key), text in _bodies(conn, _state_rows(conn, seq - 1, "domain", hidden=hidden)).items():
+                domains[key] = _domain_state(_with_last_known(conn, kind, key, seq - 1, json.loads(text), hidden))
+            found = _forwards(conn, _state_rows(conn, seq - 1, "mailbox", hidden=hidden)) if forwards else {}
         return PreviousState(before.run_id, _utc(before.started) or datetime.now(UTC), frozenset(tenants),
                              domains, found)
 
@@ -574,6 +688,7 @@ class Store:
             recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants))
             yield recording
             recording.resolve_missing()
+            _seal(conn, run_id, now)
 
     def _position(self, conn: Connection, run_id: str) -> tuple[int, datetime]:
         row = conn.execute(
@@ -590,8 +705,9 @@ class Store:
         self, *, since: datetime | None = None, tenant: str | None = None, domain: str | None = None,
         subject: str | None = None, run_id: str | None = None,
     ) -> list[ChangeRecord]:
-        """Change-log rows matching every given filter, oldest first."""
-        query = sa.select(changes)
+        """Change-log rows matching every given filter, oldest first; only rows of whole runs (and of jobs)."""
+        unrecorded = sa.select(runs.c.id).where(runs.c.recorded.is_(None))
+        query = sa.select(changes).where(sa.or_(changes.c.run_id.is_(None), changes.c.run_id.not_in(unrecorded)))
         if since is not None:
             query = query.where(changes.c.at >= since)
         if tenant is not None:
@@ -627,7 +743,7 @@ class Store:
         """
         with self.engine.begin() as conn:
             ordered = conn.execute(
-                sa.select(run_order.c.run_id, run_order.c.seq, runs.c.started, runs.c.state)
+                sa.select(run_order.c.run_id, run_order.c.seq, runs.c.started, runs.c.state, runs.c.recorded)
                 .join(runs, runs.c.id == run_order.c.run_id).order_by(run_order.c.seq)
             ).all()
             doomed = [r for r in ordered[:-1] if (_utc(r.started) or cutoff) < cutoff and r.state != "running"]
@@ -635,12 +751,16 @@ class Store:
             if not doomed or not kept:
                 return PruneResult(0, 0, 0, 0)
             floor = min(r.seq for r in kept)
+            # Runs that were never whole: a doomed one's versions go; a kept one's never supersede anything.
+            squashed = conn.execute(sa.delete(versions).where(
+                versions.c.seq.in_([r.seq for r in doomed if r.recorded is None]))).rowcount
+            hidden = [r.seq for r in kept if r.recorded is None]
             newer = versions.alias("newer")
             superseded = sa.exists().where(
                 newer.c.kind == versions.c.kind, newer.c.key == versions.c.key,
-                newer.c.seq > versions.c.seq, newer.c.seq <= floor,
+                newer.c.seq > versions.c.seq, newer.c.seq <= floor, newer.c.seq.not_in(hidden),
             )
-            squashed = conn.execute(sa.delete(versions).where(versions.c.seq < floor, superseded)).rowcount
+            squashed += conn.execute(sa.delete(versions).where(versions.c.seq < floor, superseded)).rowcount
             squashed += conn.execute(
                 sa.delete(versions).where(versions.c.seq < floor, versions.c.deleted.is_(True))
             ).rowcount
@@ -648,6 +768,7 @@ class Store:
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 conn.execute(sa.delete(run_findings).where(run_findings.c.run_id.in_(chunk)))
+                conn.execute(sa.delete(run_resolved).where(run_resolved.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_order).where(run_order.c.run_id.in_(chunk)))
                 conn.execute(sa.update(findings).where(findings.c.resolved_run.in_(chunk)).values(resolved_run=None))
                 conn.execute(sa.delete(runs).where(runs.c.id.in_(chunk)))
@@ -676,15 +797,20 @@ class Store:
             return recording.add(results)
 
     def findings_for_run(self, run_id: str) -> list[Finding]:
-        """A run's findings as stored, with their lifecycle times."""
-        query = (
-            sa.select(run_findings, findings.c.first_seen, findings.c.last_seen)
-            .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
-            .where(run_findings.c.run_id == run_id)
-            .order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject, run_findings.c.check_id,
-                      run_findings.c.item)
-        )
+        """A run's findings as stored, with their lifecycle times as they stood when the run was recorded."""
         with self.engine.connect() as conn:
+            sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
+            # A recorded run keeps its own first and last seen (``_seal``), so it renders the same every time;
+            # a run whose findings were never recorded has none and shows the live lifecycle.
+            source = run_findings if sealed else findings
+            query = (
+                sa.select(*(c for c in run_findings.c if c.name not in ("first_seen", "last_seen")),
+                          source.c.first_seen, source.c.last_seen)
+                .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
+                .where(run_findings.c.run_id == run_id)
+                .order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
+                          run_findings.c.check_id, run_findings.c.item)
+            )
             rows = conn.execute(query).all()
         return [_finding(row) for row in rows]
 
@@ -698,9 +824,11 @@ class Store:
                 )
             ):
                 events[row.event].append(row.fingerprint)
-            events["resolved"] = list(
-                conn.execute(sa.select(findings.c.fingerprint).where(findings.c.resolved_run == run_id)).scalars()
-            )
+            resolved = set(conn.execute(
+                sa.select(run_resolved.c.fingerprint).where(run_resolved.c.run_id == run_id)).scalars())
+            resolved.update(
+                conn.execute(sa.select(findings.c.fingerprint).where(findings.c.resolved_run == run_id)).scalars())
+            events["resolved"] = sorted(resolved)
         return events
 
 
@@ -717,6 +845,7 @@ class Recording:
         self._seq = seq
         self._now = now
         self._complete = complete
+        self._hidden = _hidden(conn, seq)
 
     def mailbox_pages(self, size: int) -> Iterator[list[Mailbox]]:
         """The run's staged mailboxes in key order, ``size`` at a time."""
@@ -750,7 +879,7 @@ class Recording:
         wanted = sorted(set(keys))
         state: dict[tuple[str, str], tuple[str, str]] = {}
         for start in range(0, len(wanted), 500):
-            state.update(_state_rows(self._conn, self._seq - 1, "mailbox", wanted[start : start + 500]))
+            state.update(_state_rows(self._conn, self._seq - 1, "mailbox", wanted[start : start + 500], self._hidden))
         return _forwards(self._conn, state)
 
     def add(self, results: Sequence[Finding]) -> list[Finding]:
@@ -817,6 +946,42 @@ class Recording:
         )
 
 
+MIGRATION_LOCK = 0x6D77_6D69
+"""The PostgreSQL advisory lock key that serialises migrations ("mwmi")."""
+
+
+def _schema_version(conn: Connection) -> int:
+    if not sa.inspect(conn).has_table("mw_meta"):
+        return 0
+    value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == "schema_version")).scalar()
+    return int(value or 0)
+
+
+def _connect_args(url: str) -> dict[str, Any]:
+    # pysqlite's own busy handler: how long a connection waits for the write lock.
+    return {"timeout": BUSY_TIMEOUT} if url.startswith("sqlite") else {}
+
+
+def _sqlite_pragmas(*, wal: bool) -> Callable[[Any, Any], None]:
+    """The connect hook of a SQLite store: a busy timeout, and WAL mode (readers never wait for the writer).
+
+    WAL is a property of the database file: the first writer switches it and it stays. A read-only
+    command leaves an older store's journal mode as it is, so opening it writes nothing.
+    """
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+            if wal:
+                try:
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                except Exception:  # noqa: BLE001 - a read-only file keeps its mode; reading it still works
+                    pass
+        finally:
+            cursor.close()
+    return on_connect
+
+
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
 
 
@@ -850,15 +1015,43 @@ def _legacy_scope(kind: str, key: str) -> str:
     return CONFIG_SCOPE if kind == "exception" else key.partition("/")[0]
 
 
-def _last_seq(conn: Connection) -> int:
-    return int(conn.execute(sa.select(sa.func.max(run_order.c.seq))).scalar() or 0)
+def _last_recorded_seq(conn: Connection) -> int:
+    """The position of the latest whole run (0: none)."""
+    return int(conn.execute(
+        sa.select(sa.func.max(run_order.c.seq)).join(runs, runs.c.id == run_order.c.run_id)
+        .where(runs.c.recorded.is_not(None))).scalar() or 0)
 
 
-def _live(seq: int, kind: str | None = None, keys: Sequence[str] | None = None) -> sa.Subquery:
-    """The state as of ``seq`` as a subquery: per live (kind, key), its hash and scope."""
+def _hidden(conn: Connection, below: int) -> list[int]:
+    """The positions before ``below`` of runs that are not whole (their findings were never recorded): their
+    versions are kept, to inspect that run, but no later state is built on them."""
+    return sorted(conn.execute(
+        sa.select(run_order.c.seq).join(runs, runs.c.id == run_order.c.run_id)
+        .where(runs.c.recorded.is_(None), run_order.c.seq < below)).scalars())
+
+
+def _seal(conn: Connection, run_id: str, now: datetime) -> None:
+    """Make a run whole, in the transaction that records its findings: mark it recorded, and keep its findings'
+    first and last seen and the findings it resolved as they stand now, so its history never changes."""
+    conn.execute(sa.update(run_findings).where(
+        run_findings.c.run_id == run_id, run_findings.c.fingerprint == findings.c.fingerprint,
+    ).values(first_seen=findings.c.first_seen, last_seen=findings.c.last_seen))
+    conn.execute(sa.insert(run_resolved).from_select(
+        ["run_id", "fingerprint"],
+        sa.select(findings.c.resolved_run, findings.c.fingerprint).where(findings.c.resolved_run == run_id),
+    ))
+    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(recorded=now))
+
+
+def _live(seq: int, kind: str | None = None, keys: Sequence[str] | None = None,
+          hidden: Sequence[int] = ()) -> sa.Subquery:
+    """The state as of ``seq`` as a subquery: per live (kind, key), its hash and scope (``hidden``: positions
+    of runs left out)."""
     latest = sa.select(versions.c.kind, versions.c.key, sa.func.max(versions.c.seq).label("top")).where(
         versions.c.seq <= seq
     )
+    if hidden:
+        latest = latest.where(versions.c.seq.not_in(hidden))
     if kind is not None:
         latest = latest.where(versions.c.kind == kind)
     if keys is not None:
@@ -870,10 +1063,10 @@ def _live(seq: int, kind: str | None = None, keys: Sequence[str] | None = None) 
 
 
 def _state_rows(
-    conn: Connection, seq: int, kind: str | None, keys: Sequence[str] | None = None
+    conn: Connection, seq: int, kind: str | None, keys: Sequence[str] | None = None, hidden: Sequence[int] = ()
 ) -> dict[tuple[str, str], tuple[str, str]]:
     """The state as of ``seq`` (of one kind, of some keys): per live (kind, key), its (hash, scope)."""
-    live = _live(seq, kind, keys)
+    live = _live(seq, kind, keys, hidden)
     return {(r.kind, r.key): (r.hash, r.scope) for r in conn.execute(sa.select(live))}
 
 
@@ -897,7 +1090,9 @@ def _insert_new(conn: Connection, rows: list[dict[str, str]]) -> set[tuple[str, 
     return {(r.kind, r.key) for r in conn.execute(statement, rows)}
 
 
-def _log_delta(conn: Connection, run_id: str, seq: int, at: datetime, scopes: Sequence[str]) -> None:
+def _log_delta(
+    conn: Connection, run_id: str, seq: int, at: datetime, scopes: Sequence[str], hidden: Sequence[int]
+) -> None:
     """Write the change-log rows for the versions a run recorded in ``scopes``, a thousand objects at a time."""
     query = sa.select(versions.c.kind, versions.c.key, versions.c.hash).where(
         versions.c.seq == seq, versions.c.scope.in_(scopes))
@@ -910,13 +1105,15 @@ def _log_delta(conn: Connection, run_id: str, seq: int, at: datetime, scopes: Se
         after = (rows[-1].kind, rows[-1].key)
         old: dict[tuple[str, str], tuple[str, str]] = {}
         for kind in {r.kind for r in rows}:
-            old.update(_state_rows(conn, seq - 1, kind, [r.key for r in rows if r.kind == kind]))
+            old.update(_state_rows(conn, seq - 1, kind, [r.key for r in rows if r.kind == kind], hidden))
         _log_pairs(conn, run_id, seq, at,
-                   [(r.kind, r.key, old[(r.kind, r.key)][0] if (r.kind, r.key) in old else None, r.hash) for r in rows])
+                   [(r.kind, r.key, old[(r.kind, r.key)][0] if (r.kind, r.key) in old else None, r.hash) for r in rows],
+                   hidden)
 
 
 def _log_pairs(
-    conn: Connection, run_id: str, seq: int, at: datetime, pairs: Sequence[tuple[str, str, str | None, str | None]]
+    conn: Connection, run_id: str, seq: int, at: datetime, pairs: Sequence[tuple[str, str, str | None, str | None]],
+    hidden: Sequence[int] = (),
 ) -> None:
     """Write the change-log rows for objects that went from one body (hash) to another (None: absent)."""
     wanted = sorted({h for p in pairs for h in p[2:4] if h is not None})
@@ -928,7 +1125,7 @@ def _log_pairs(
     for kind, key, old_hash, new_hash in pairs:
         old_body = json.loads(text[old_hash]) if old_hash else None
         if old_body is not None and kind == "domain":
-            old_body = _with_last_known(conn, kind, key, seq - 1, old_body)
+            old_body = _with_last_known(conn, kind, key, seq - 1, old_body, hidden)
         new_body = json.loads(text[new_hash]) if new_hash else None
         log.extend(_change_row(c, at, "scan", run_id, None) for c in object_changes(kind, key, old_body, new_body))
     for start in range(0, len(log), 5000):
@@ -945,7 +1142,9 @@ def _bodies(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -> 
     return {ident: text[h] for ident, (h, _) in state.items()}
 
 
-def _with_last_known(conn: Connection, kind: str, key: str, seq: int, body: dict[str, Any]) -> dict[str, Any]:
+def _with_last_known(
+    conn: Connection, kind: str, key: str, seq: int, body: dict[str, Any], hidden: Sequence[int] = ()
+) -> dict[str, Any]:
     """A domain body whose FAILED DNS answers are replaced by the last answer an earlier version knew."""
     answers = dict((body.get("dns") or {}).get("answers") or {})
     unknown = {k for k, a in answers.items() if isinstance(a, dict) and a.get("outcome") == FAILED}
@@ -953,7 +1152,7 @@ def _with_last_known(conn: Connection, kind: str, key: str, seq: int, body: dict
         return body
     older = conn.execute(
         sa.select(objects.c.body).join(versions, versions.c.hash == objects.c.hash)
-        .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq)
+        .where(versions.c.kind == kind, versions.c.key == key, versions.c.seq <= seq, versions.c.seq.not_in(hidden))
         .order_by(versions.c.seq.desc())
     ).scalars()
     for text in older:
