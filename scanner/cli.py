@@ -28,8 +28,11 @@ from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
+from reports.dmarc_sources import source_rows, write_sources
+from scanner.dmarc_import import printable, run_import
+from scanner.dmarc_store import source_traffic
 from scanner.lease import ScanBusy
-from scanner.pipeline import ScanInterrupted, ScanResult, run_scan
+from scanner.pipeline import ScanInterrupted, ScanResult, run_scan, senders_of
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -201,6 +204,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path),
                              help="Config file (default: ./mailwarden.toml).")
+DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @main.command()
@@ -225,6 +229,68 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
         finally:
             store.close()
     {"json": write_changes_json, "csv": write_changes_csv, "table": write_changes_table}[fmt](found, sys.stdout)
+
+
+@main.group("dmarc")
+def dmarc_group() -> None:
+    """DMARC aggregate reports: import them, and list the sources that send as each domain."""
+
+
+@dmarc_group.command("import")
+@CONFIG_OPTION
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def dmarc_import(config_path: Path | None, paths: tuple[Path, ...]) -> None:
+    """Import aggregate reports from PATHS (files or folders), else from [dmarc_reports] paths and its mailbox.
+
+    A report already stored (same reporting org and report id) is skipped. A file that cannot be read
+    is named on stderr with the reason; every other file is still imported. Exit 1 when any was not read.
+    """
+    with _user_errors():
+        config = _config(config_path)
+        if not paths and config.dmarc_reports is None:
+            raise ConfigError(f"{config.source}: dmarc_reports: no [dmarc_reports] table, and no PATH given")
+        store = Store(config.store.url)
+        try:
+            result = run_import(store, config, list(paths))
+        finally:
+            store.close()
+    for name, reason in result.problems:
+        click.echo(f"mailwarden: {printable(name)}: {printable(reason)}", err=True)
+    click.echo(f"read {result.read} files or messages: {result.stored} reports stored ({result.records} records), "
+               f"{result.skipped} already stored, {len(result.problems)} not read")
+    if result.problems:
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@dmarc_group.command("sources")
+@CONFIG_OPTION
+@click.option("--since", type=DATES, help="Only reports whose period ends on or after this day (or UTC moment).")
+@click.option("--until", type=DATES, help="Only reports whose period begins on or before this day (inclusive).")
+@click.option("--tenant", help="Only this tenant's domains (and their subdomains).")
+@click.option("--domain", help="Only mail sent as this domain (the reports' header_from).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def dmarc_sources(config_path: Path | None, since: datetime | None, until: datetime | None, tenant: str | None,
+                  domain: str | None, fmt: str) -> None:
+    """One row per (domain, source IP): messages, DMARC pass and fail, aligned SPF and DKIM, first and last seen."""
+    with _user_errors():
+        config = _config(config_path)
+        period = Period.of(_day_or_moment(since), _day_or_moment(until))
+        owned: tuple[str, ...] = ()
+        if tenant is not None:
+            chosen = [t for t in config.tenant_models() if t.name == tenant]
+            if not chosen:
+                raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+            owned = (*chosen[0].domains, *chosen[0].parked_domains)
+        wanted = normalize_domain(domain) if domain else None
+        store = Store(config.store.url)
+        try:
+            traffic = source_traffic(store, since=period.since, until=period.until,
+                                     domains=[wanted] if wanted else None)
+        finally:
+            store.close()
+    if tenant is not None:
+        traffic = [t for t in traffic if any(t.domain == d or t.domain.endswith("." + d) for d in owned)]
+    write_sources(source_rows(traffic, senders_of(config)), fmt, sys.stdout)
 
 
 @main.group()
@@ -332,7 +398,6 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
     return files
 
 
-DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @main.group("evidence", invoke_without_command=True)

@@ -29,6 +29,7 @@ from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
 from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.dmarc_store import with_traffic
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,8 @@ def policy_of(config: Config) -> Policy:
 def senders_of(config: Config) -> dict[str, Sender]:
     """The sender catalogue as the checks see it."""
     return {
-        name: Sender(name, s.title, tuple(s.spf_include), tuple(s.dkim_selectors), tuple(s.mx_patterns), s.return_path)
+        name: Sender(name, s.title, tuple(s.spf_include), tuple(s.dkim_selectors), tuple(s.mx_patterns), s.return_path,
+                     tuple(s.ip_ranges), tuple(s.ptr_patterns))
         for name, s in config.senders.items()
     }
 
@@ -281,7 +283,8 @@ def record_scan(
             # The drift checks judge against the state recorded before this run; the snapshot then records
             # only what this run saw completely (a partial tenant's objects carry forward unchanged).
             previous = store.previous_state(run_id, forwards=False)
-            inventory = replace(collection.inventory, previous=previous, baselines=baselines)
+            inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
+                                                            baselines=baselines), as_of or started)
             store.stage(run_id, snapshot_items(inventory))
             store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
             counts = _judge_and_record(

@@ -1,0 +1,63 @@
+"""The sending sources DMARC aggregate reports name: one row per (domain, source IP), as table, JSON or CSV."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, TextIO
+
+from checks.registry import Sender, sender_of
+from reports.csv_out import write_rows
+from scanner.model import SourceTraffic
+
+SOURCE_COLUMNS = (
+    "domain", "source_ip", "ptr", "sender", "messages", "dmarc_pass", "dmarc_fail", "spf_aligned", "dkim_aligned",
+    "first_seen", "last_seen", "reports",
+)
+"""The columns of `mailwarden dmarc sources` and of the evidence pack's dmarc_sources.csv, in order."""
+
+
+def source_row(source: SourceTraffic, senders: Mapping[str, Sender]) -> dict[str, Any]:
+    """One source as a flat row; ``sender`` is the catalogue sender its IP or PTR name maps to, else unknown."""
+    return {
+        "domain": source.domain, "source_ip": source.source_ip, "ptr": source.ptr,
+        "sender": sender_of(source.source_ip, source.ptr, senders) or "unknown", "messages": source.messages,
+        "dmarc_pass": source.dmarc_pass, "dmarc_fail": source.dmarc_fail, "spf_aligned": source.spf_aligned,
+        "dkim_aligned": source.dkim_aligned, "first_seen": source.first_seen.isoformat(),
+        "last_seen": source.last_seen.isoformat(), "reports": source.reports,
+    }
+
+
+def source_rows(traffic: Iterable[SourceTraffic], senders: Mapping[str, Sender]) -> list[dict[str, Any]]:
+    """Every source as a row, in the order given (by domain, most messages first)."""
+    return [source_row(s, senders) for s in traffic]
+
+
+def write_sources(rows: Sequence[Mapping[str, Any]], fmt: str, out: TextIO) -> None:
+    """Write the rows as an aligned table, a JSON list (the only thing written) or CSV."""
+    if fmt == "json":
+        out.write(json.dumps(list(rows), indent=1, ensure_ascii=False) + "\n")
+        return
+    if fmt == "csv":
+        write_rows(out, SOURCE_COLUMNS, rows)
+        return
+    if not rows:
+        out.write("no DMARC aggregate report names a source for this selection\n")
+        return
+    shown = ("domain", "source_ip", "ptr", "sender", "messages", "dmarc_pass", "dmarc_fail", "spf_aligned",
+             "dkim_aligned", "last_seen")
+    cells = [[_printable(str(row[c])[:19] if c == "last_seen" else str(row[c])) for c in shown] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(shown)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(shown, widths)).rstrip() + "\n")
+    for row in cells:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def _printable(text: str) -> str:
+    # A reporter writes header_from and the DNS answers PTR names: neither may move a terminal's cursor.
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def pass_rate(source: Mapping[str, Any]) -> float:
+    """The share of a source's messages that passed DMARC."""
+    return source["dmarc_pass"] / source["messages"] if source["messages"] else 0.0
