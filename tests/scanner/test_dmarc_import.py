@@ -27,8 +27,8 @@ def test_import_stores_each_report_once(store_url: str) -> None:
     assert (again.read, again.stored, again.skipped) == (41, 0, 41)
     assert report_count(store) == 34
     # the repeated report (same org and id, other counts and sources) changed nothing stored
-    assert {t.source_ip: t.messages for t in source_traffic(store, domains=["test.net"])} == {
-        "192.168.1.1": 5, "10.1.1.1": 2}
+    assert {(t.domain, t.source_ip): t.messages for t in source_traffic(store, domains=["test.net", "test2.net"])
+            } == {("test.net", "192.168.1.1"): 5, ("test2.net", "10.1.1.1"): 2}  # grouped by header_from
     store.close()
 
 
