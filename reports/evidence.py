@@ -13,12 +13,15 @@ import sqlalchemy as sa
 
 from reports.csv_out import write_csv
 from reports.html import exception_rows
+from checks.registry import Sender
 from reports.changelog import change_record
+from reports.dmarc_sources import SOURCE_COLUMNS, source_rows
 from reports.manifest import sha256_file
 from reports.records import COLUMNS, finding_record
 from scanner import __version__
 from scanner.errors import MailwardenError
 from scanner.model import Finding, Status
+from scanner.dmarc_store import source_traffic
 from scanner.store import RunRecord, Store, canonical, content_hash, jobs
 
 CHANGE_COLUMNS = (
@@ -44,6 +47,7 @@ PACK_COLUMNS: Mapping[str, Sequence[str]] = {
     "inventory.csv": INVENTORY_COLUMNS,
     "exceptions.csv": EXCEPTION_COLUMNS,
     "remediation_log.csv": REMEDIATION_COLUMNS,
+    "dmarc_sources.csv": SOURCE_COLUMNS,
 }
 """Every file of the pack with its columns; part of the evidence contract documented in README.md."""
 FINISHED = ("complete", "partial")
@@ -162,8 +166,20 @@ def _exception_rows(
     return sorted(seen.values(), key=lambda e: (e["check"], e["subject"], e["expires"]))
 
 
+def _source_rows(store: Store, period: Period, run: RunRecord, tenant: str | None,
+                 senders: Mapping[str, Sender]) -> list[dict[str, Any]]:
+    """The sources the period's DMARC aggregate reports name (one tenant's domains and their subdomains)."""
+    traffic = source_traffic(store, since=period.since, until=period.until)
+    if tenant is not None:
+        owned = [key.partition("/")[2] for key in (k for _, k in store.snapshot(run.id, "domain"))
+                 if key.partition("/")[0] == tenant]
+        traffic = [t for t in traffic if any(t.domain == d or t.domain.endswith("." + d) for d in owned)]
+    return source_rows(traffic, senders)
+
+
 def write_evidence(
-    store: Store, out_dir: Path, period: Period, *, tenant: str | None = None, config_digest: str = ""
+    store: Store, out_dir: Path, period: Period, *, tenant: str | None = None, config_digest: str = "",
+    senders: Mapping[str, Sender] | None = None,
 ) -> list[Path]:
     """Write the evidence pack for the runs inside ``period`` (one tenant's, or all) and its manifest."""
     runs = select_runs(store, period)
@@ -183,6 +199,8 @@ def write_evidence(
                                        _exception_rows(store, runs, findings, tenant))
     rows["remediation_log.csv"] = write_csv(out_dir / "remediation_log.csv", REMEDIATION_COLUMNS,
                                             remediation_rows(store, period, tenant))
+    rows["dmarc_sources.csv"] = write_csv(out_dir / "dmarc_sources.csv", SOURCE_COLUMNS,
+                                          _source_rows(store, period, runs[-1], tenant, senders or {}))
     files = [out_dir / name for name in PACK_COLUMNS]
     manifest = {
         "kind": "mailwarden evidence pack",

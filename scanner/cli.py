@@ -422,7 +422,8 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
             try:
-                files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest)
+                files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest,
+                                       senders=senders_of(config))
             except EvidenceError as exc:
                 click.echo(f"mailwarden: {exc}", err=True)
                 sys.exit(EXIT_FAILED_RUN)

@@ -216,3 +216,28 @@ def test_period_bounds_are_inclusive_days() -> None:
     assert period.holds(datetime(2026, 11, 9, 23, 59, tzinfo=UTC))
     assert not period.holds(datetime(2026, 11, 10, 0, 0, tzinfo=UTC))
     assert replace(period, since=None).holds(datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_pack_lists_the_reported_sources_of_the_period(store: Store, tmp_path: Path) -> None:
+    from checks.registry import Sender
+    from scanner.dmarc_import import import_files
+    from tests.dmarc_fixtures import Row, write_report
+
+    for day, (tenant_domain, ip) in enumerate([("acme.example", "192.0.2.1"), ("globex.example", "192.0.2.2"),
+                                               ("mail.acme.example", "192.0.2.3")]):
+        begin = NOW + timedelta(days=day)
+        write_report(tmp_path / "reports", "google.com", f"r{day}", tenant_domain, begin, begin + timedelta(days=1),
+                     [Row(ip, 10 + day, dkim="fail", spf="fail" if day else "pass")])
+    write_report(tmp_path / "reports", "google.com", "old", "acme.example", NOW - timedelta(days=90),
+                 NOW - timedelta(days=89), [Row("192.0.2.9", 1)])
+    assert import_files(store, [tmp_path / "reports"]).stored == 4
+    senders = {"relay": Sender("relay", ip_ranges=("192.0.2.0/31",))}
+    write_evidence(store, tmp_path / "pack", Period.of(NOW.date(), None), senders=senders)
+    rows = {r["source_ip"]: r for r in _rows(tmp_path / "pack" / "dmarc_sources.csv")}
+    assert set(rows) == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}  # the 90-day-old report is outside the period
+    assert rows["192.0.2.1"]["sender"] == "relay" and rows["192.0.2.3"]["sender"] == "unknown"
+    assert (rows["192.0.2.1"]["dmarc_pass"], rows["192.0.2.2"]["dmarc_fail"]) == ("10", "11")
+    write_evidence(store, tmp_path / "acme", Period.of(NOW.date(), None), tenant="acme")
+    acme = {r["domain"] for r in _rows(tmp_path / "acme" / "dmarc_sources.csv")}
+    assert acme == {"acme.example", "mail.acme.example"}  # its domain and subdomains, not globex's
+    assert verify_evidence(tmp_path / "acme") == []
