@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, timedelta
 from typing import Any, TextIO
+
+from markupsafe import Markup
 
 from checks.registry import Sender, sender_of
 from reports.csv_out import write_rows
@@ -61,3 +64,55 @@ def _printable(text: str) -> str:
 def pass_rate(source: Mapping[str, Any]) -> float:
     """The share of a source's messages that passed DMARC."""
     return source["dmarc_pass"] / source["messages"] if source["messages"] else 0.0
+
+
+SHOWN_SOURCES = 10
+"""Sources listed per domain in the report (most messages first); the rest are counted."""
+CHART_HEIGHT = 28
+
+
+def pass_fail_chart(days: Mapping[date, tuple[int, int]], since: date, until: date) -> Markup:
+    """A small inline SVG: one stacked bar per day of the window, passed (green) under failed (red).
+
+    Only numbers and dates go into it, so it needs no escaping beyond what the format strings produce.
+    """
+    span = [since + timedelta(days=n) for n in range((until - since).days + 1)]
+    peak = max((sum(days.get(d, (0, 0))) for d in span), default=0) or 1
+    bars = []
+    for index, day in enumerate(span):
+        ok, failed = days.get(day, (0, 0))
+        x = index * 7
+        ok_h = round(CHART_HEIGHT * ok / peak, 1)
+        fail_h = round(CHART_HEIGHT * failed / peak, 1)
+        label = f"{day.isoformat()}: {ok} passed, {failed} failed"
+        bars.append(f'<g><title>{label}</title><rect x="{x}" y="{CHART_HEIGHT - ok_h}" width="5" height="{ok_h}" '
+                    f'class="bar-pass"/><rect x="{x}" y="{CHART_HEIGHT - ok_h - fail_h}" width="5" '
+                    f'height="{fail_h}" class="bar-fail"/></g>')
+    width = max(7 * len(span), 7)
+    return Markup(  # noqa: S704 - numbers and ISO dates only
+        f'<svg class="pass-fail" width="{width}" height="{CHART_HEIGHT}" viewBox="0 0 {width} {CHART_HEIGHT}" '
+        f'role="img" aria-label="DMARC pass and fail per day">{"".join(bars)}</svg>'
+    )
+
+
+def senders_seen(
+    traffic: Iterable[SourceTraffic], days: Mapping[str, Mapping[date, tuple[int, int]]],
+    senders: Mapping[str, Sender], since: date, until: date,
+) -> list[dict[str, Any]]:
+    """Per domain with reported traffic: its top sources as rows, how many more, totals and the daily chart."""
+    by_domain: dict[str, list[dict[str, Any]]] = {}
+    for source in traffic:
+        by_domain.setdefault(source.domain, []).append(source_row(source, senders))
+    view = []
+    for domain in sorted(by_domain):
+        rows = sorted(by_domain[domain], key=lambda r: (-r["messages"], r["source_ip"]))
+        messages = sum(r["messages"] for r in rows)
+        passed = sum(r["dmarc_pass"] for r in rows)
+        for row in rows:
+            row["pass_rate"] = f"{100 * pass_rate(row):.0f}%"
+        view.append({
+            "domain": domain, "sources": rows[:SHOWN_SOURCES], "more": len(rows) - SHOWN_SOURCES,
+            "messages": messages, "pass_rate": f"{100 * passed / messages:.1f}%" if messages else "-",
+            "chart": pass_fail_chart(days.get(domain, {}), since, until),
+        })
+    return view

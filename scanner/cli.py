@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from checks.registry import RegistryError, load_checks
+from checks.registry import RegistryError, Sender, load_checks
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
 from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
 from reports.mail import send_reports
@@ -381,7 +381,8 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 
 
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
-                   remediation: RemediationConfig | None = None) -> list[Path]:
+                   remediation: RemediationConfig | None = None, *, senders: dict[str, Sender] | None = None,
+                   window_days: int = 14) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = store.run(run_id)
@@ -393,7 +394,7 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
         files.append(write_findings_csv(findings, out_dir / "findings.csv"))
     if "html" in formats:
         files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
-                                   remediation))
+                                   remediation, senders=senders, dmarc_window_days=window_days))
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return files
 
@@ -461,7 +462,8 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
-                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation)
+                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation,
+                                       senders=senders_of(config), window_days=config.policy.dmarc_window_days)
                 click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
             if send:
                 if config.email is None:

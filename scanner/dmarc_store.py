@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -55,12 +55,13 @@ def _passed(column: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
 
 def source_traffic(
     store: Store, *, since: datetime | None = None, until: datetime | None = None,
-    domains: Collection[str] | None = None,
+    domains: Collection[str] | None = None, imported_before: datetime | None = None,
 ) -> list[SourceTraffic]:
     """One row per (header_from domain, source IP): message counts over the reports whose period meets the window.
 
     A report counts when its period overlaps [since, until]; ``domains`` limits to those header_from
-    domains (lower case). ``dmarc_pass`` counts messages whose policy-evaluated DKIM or SPF passed.
+    domains (lower case); ``imported_before`` ignores reports imported later (a past run renders as it was).
+    ``dmarc_pass`` counts messages whose policy-evaluated DKIM or SPF passed.
     """
     count = dmarc_records.c.count
     dkim_pass, spf_pass = _passed(dmarc_records.c.dkim), _passed(dmarc_records.c.spf)
@@ -87,6 +88,8 @@ def source_traffic(
         query = query.where(dmarc_reports.c.begin <= until)
     if domains is not None:
         query = query.where(dmarc_records.c.header_from.in_(sorted(domains)))
+    if imported_before is not None:
+        query = query.where(dmarc_reports.c.imported <= imported_before)
     with store.engine.connect() as conn:
         return [
             SourceTraffic(row.header_from, row.source_ip, int(row.messages or 0), int(row.dmarc_pass or 0),
@@ -94,6 +97,33 @@ def source_traffic(
                           _aware(row.last_seen), int(row.reports), row.ptr or "")
             for row in conn.execute(query)
         ]
+
+
+def daily_traffic(
+    store: Store, *, since: datetime, until: datetime, domains: Collection[str],
+    imported_before: datetime | None = None,
+) -> dict[str, dict[date, tuple[int, int]]]:
+    """Per header_from domain and day (of each report's begin, UTC): messages that passed and failed DMARC."""
+    count = dmarc_records.c.count
+    passed = sa.or_(_passed(dmarc_records.c.dkim), _passed(dmarc_records.c.spf))
+    query = (
+        sa.select(dmarc_records.c.header_from, dmarc_reports.c.begin,
+                  sa.func.sum(sa.case((passed, count), else_=0)).label("passed"), sa.func.sum(count).label("total"))
+        .select_from(dmarc_records.join(dmarc_reports, dmarc_records.c.report == dmarc_reports.c.id))
+        .where(dmarc_reports.c.end >= since, dmarc_reports.c.begin <= until,
+               dmarc_records.c.header_from.in_(sorted(domains)))
+        .group_by(dmarc_records.c.header_from, dmarc_reports.c.begin)
+    )
+    if imported_before is not None:
+        query = query.where(dmarc_reports.c.imported <= imported_before)
+    days: dict[str, dict[date, tuple[int, int]]] = {}
+    with store.engine.connect() as conn:
+        for row in conn.execute(query):
+            day = _aware(row.begin).date()
+            before = days.setdefault(row.header_from, {}).get(day, (0, 0))
+            ok, total = int(row.passed or 0), int(row.total or 0)
+            days[row.header_from][day] = (before[0] + ok, before[1] + total - ok)
+    return days
 
 
 def reported_domains(store: Store, *, since: datetime | None = None, until: datetime | None = None,

@@ -234,7 +234,7 @@ def run_scan(
     """Collect, evaluate and report once (``record_scan``); the outputs are rendered from what the store holds."""
     recorded = record_scan(config, store=store, checks=checks, now=now, as_of=as_of, progress=progress,
                            tenants=tenants, stop=stop)
-    run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
+    run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation, config)
     return ScanResult(run, findings, files, dns_queries=recorded.collection.dns_queries)
 
 
@@ -341,7 +341,8 @@ def _judge_and_record(
 
 
 def write_outputs(
-    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None
+    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
+    config: Config | None = None,
 ) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
     """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -351,7 +352,9 @@ def write_outputs(
     files = [
         write_findings_json(findings, out_dir / "findings.json"),
         write_findings_csv(findings, out_dir / "findings.csv"),
-        render_report(store, run, findings, events, out_dir / "report.html", remediation),
+        render_report(store, run, findings, events, out_dir / "report.html", remediation,
+                      senders=senders_of(config) if config is not None else None,
+                      dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14),
     ]
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
     return run, tuple(findings), tuple(files)

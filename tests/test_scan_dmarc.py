@@ -83,3 +83,61 @@ domains = ["acme.example"]
         rows = [r for r in csv.DictReader(handle) if r["check"] in ("dmarc.source_failing", "dmarc.reports_missing")]
     assert rows and {r["status"] for r in rows} == {"unsupported"}
     assert all("[dmarc_reports]" in r["reason"] for r in rows)
+
+
+def test_report_shows_the_senders_seen_with_a_chart(
+    write_config: Callable[..., Path], tmp_path: Path, dns_server, add_zone  # type: ignore[no-untyped-def]
+) -> None:
+    from html.parser import HTMLParser
+
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = [Row(f"192.0.2.{n}", 100 - n, dkim="pass" if n % 3 else "fail", spf="fail") for n in range(1, 13)]
+    write_report(tmp_path / "reports", "google.com", "one", "acme.example", now - timedelta(days=2),
+                 now - timedelta(days=1), rows)
+    write_report(tmp_path / "reports", "yahoo.com", "two<script>", "acme.example", now - timedelta(days=3),
+                 now - timedelta(days=2), [Row("198.51.100.9", 5, header_from="acme.example")])
+    config = write_config(f'''
+[store]
+url = "sqlite:///{tmp_path / 'store.db'}"
+[dns]
+nameservers = ["{dns_server.nameserver}"]
+[dmarc_reports]
+paths = ["reports"]
+[senders.nine]
+ip_ranges = ["198.51.100.9/32"]
+[[tenants]]
+name = "acme"
+domains = ["acme.example"]
+''')
+    runner = CliRunner()
+    assert runner.invoke(main, ["dmarc", "import", "--config", str(config)]).exit_code == 0
+    out = tmp_path / "out"
+    assert runner.invoke(main, ["scan", "--config", str(config), "--out", str(out)]).exit_code == 0
+    html = (out / "report.html").read_text(encoding="utf-8")
+    section = html[html.index('id="senders-seen"'):html.index('id="domains"')]
+    assert 'id="senders-acme.example"' in section and "<svg" in section
+    assert "<title>" in section and "passed" in section  # each day's bar says its counts
+
+    class Cells(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:  # type: ignore[type-arg]
+            if tag == "tr":
+                self.rows.append([])
+
+        def handle_data(self, data: str) -> None:
+            if self.rows and data.strip():
+                self.rows[-1].append(data.strip())
+
+    cells = Cells()
+    cells.feed(section)
+    body = [r for r in cells.rows if r and r[0] != "source"]
+    assert body[0][:4] == ["192.0.2.1", "no PTR", "unknown", "99"]
+    assert ["198.51.100.9", "no PTR", "nine", "5"] not in [r[:4] for r in body]  # 13 sources: only the top 10
+    assert "… and 3 more sources" in section
+    again = tmp_path / "again"
+    assert runner.invoke(main, ["report", "--config", str(config), "--out", str(again)]).exit_code == 0
+    assert 'id="senders-acme.example"' in (again / "report.html").read_text(encoding="utf-8")
