@@ -101,7 +101,7 @@ def observed_traffic(name: str, domain: Domain, ctx: RunContext) -> Result | Non
     traffic = ctx.inventory.traffic.get(domain.name)
     if traffic is None:
         return None
-    sources = [s for s in traffic.sources if sender_of(s.source_ip, s.ptr, ctx.senders) == name]
+    sources = [s for s in traffic.sources if sender_of(s.source_ip, s.trusted_ptr, ctx.senders) == name]
     messages = sum(s.messages for s in sources)
     if not sources or messages < ctx.policy.dmarc_min_messages:
         return None

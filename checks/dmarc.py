@@ -369,9 +369,10 @@ def _days(ctx: RunContext) -> str:
 
 def _source(source: SourceTraffic, ctx: RunContext) -> dict[str, Any]:
     """A source's traffic as evidence: who it is, what it sent, what aligned."""
-    sender = sender_of(source.source_ip, source.ptr, ctx.senders)
+    sender = sender_of(source.source_ip, source.trusted_ptr, ctx.senders)
     return {
-        "source_ip": source.source_ip, "ptr": source.ptr or None, "sender": sender or "unknown",
+        "source_ip": source.source_ip, "ptr": source.ptr or None, "ptr_confirmed": source.ptr_confirmed,
+        "sender": sender or "unknown",
         "declared": sender in ctx.tenant.senders, "messages": source.messages, "dmarc_pass": source.dmarc_pass,
         "dmarc_fail": source.dmarc_fail, "spf_aligned": source.spf_aligned, "dkim_aligned": source.dkim_aligned,
         "first_seen": source.first_seen.isoformat(), "last_seen": source.last_seen.isoformat(),

@@ -14,7 +14,7 @@ from reports.csv_out import write_rows
 from scanner.model import SourceTraffic
 
 SOURCE_COLUMNS = (
-    "domain", "source_ip", "ptr", "sender", "messages", "dmarc_pass", "dmarc_fail", "spf_aligned", "dkim_aligned",
+    "domain", "source_ip", "ptr", "ptr_confirmed", "sender", "messages", "dmarc_pass", "dmarc_fail", "spf_aligned", "dkim_aligned",
     "first_seen", "last_seen", "reports",
 )
 """The columns of `mailwarden dmarc sources` and of the evidence pack's dmarc_sources.csv, in order."""
@@ -24,7 +24,8 @@ def source_row(source: SourceTraffic, senders: Mapping[str, Sender]) -> dict[str
     """One source as a flat row; ``sender`` is the catalogue sender its IP or PTR name maps to, else unknown."""
     return {
         "domain": source.domain, "source_ip": source.source_ip, "ptr": source.ptr,
-        "sender": sender_of(source.source_ip, source.ptr, senders) or "unknown", "messages": source.messages,
+        "ptr_confirmed": source.ptr_confirmed,
+        "sender": sender_of(source.source_ip, source.trusted_ptr, senders) or "unknown", "messages": source.messages,
         "dmarc_pass": source.dmarc_pass, "dmarc_fail": source.dmarc_fail, "spf_aligned": source.spf_aligned,
         "dkim_aligned": source.dkim_aligned, "first_seen": source.first_seen.isoformat(),
         "last_seen": source.last_seen.isoformat(), "reports": source.reports,

@@ -205,13 +205,33 @@ def _archive(client: imaplib.IMAP4, uids: Sequence[bytes], folder: str) -> None:
 
 
 async def _reverse(client: DnsClient, ips: Iterable[str]) -> list[tuple[str, str, str]]:
+    """Each IP's PTR name, and whether it is forward-confirmed: the name's A/AAAA records include the IP.
+
+    Anyone who holds an address block sets its PTR names, so a spoofer can name its host
+    ``mail-x.google.com``; only a confirmed name may map a source to a sender.
+    """
     async def one(ip: str) -> tuple[str, str, str]:
         answer = await client.lookup(dns.reversename.from_address(ip).to_text(omit_final_dot=True), "PTR")
-        if answer.outcome is Outcome.ANSWER and answer.records:
-            return ip, sorted(answer.records)[0].rstrip(".").lower(), "answer"
-        return ip, "", "failed" if answer.outcome is Outcome.FAILED else "absent"
+        if answer.outcome is Outcome.FAILED:
+            return ip, "", "failed"
+        names = sorted(r.rstrip(".").lower() for r in answer.records) if answer.outcome is Outcome.ANSWER else []
+        if not names:
+            return ip, "", "absent"
+        address = ipaddress.ip_address(ip)
+        for name in names:
+            forward = await client.lookup(name, "AAAA" if address.version == 6 else "A")
+            if any(_same(address, record) for record in forward.records):
+                return ip, name, "confirmed"
+        return ip, names[0], "unconfirmed"
 
     return await asyncio.gather(*(one(ip) for ip in ips))
+
+
+def _same(address: ipaddress.IPv4Address | ipaddress.IPv6Address, record: str) -> bool:
+    try:
+        return ipaddress.ip_address(record) == address
+    except ValueError:
+        return False
 
 
 def resolve_sources(store: Store, config: Config, now: datetime | None = None) -> int:

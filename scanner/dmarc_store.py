@@ -76,6 +76,7 @@ def source_traffic(
             sa.func.max(dmarc_reports.c.end).label("last_seen"),
             sa.func.count(sa.distinct(dmarc_reports.c.id)).label("reports"),
             sa.func.max(dmarc_ptr.c.name).label("ptr"),
+            sa.func.max(dmarc_ptr.c.state).label("ptr_state"),
         )
         .select_from(dmarc_records.join(dmarc_reports, dmarc_records.c.report == dmarc_reports.c.id)
                      .outerjoin(dmarc_ptr, dmarc_ptr.c.ip == dmarc_records.c.source_ip))
@@ -94,7 +95,7 @@ def source_traffic(
         return [
             SourceTraffic(row.header_from, row.source_ip, int(row.messages or 0), int(row.dmarc_pass or 0),
                           int(row.spf_aligned or 0), int(row.dkim_aligned or 0), _aware(row.first_seen),
-                          _aware(row.last_seen), int(row.reports), row.ptr or "")
+                          _aware(row.last_seen), int(row.reports), row.ptr or "", row.ptr_state == "confirmed")
             for row in conn.execute(query)
         ]
 

@@ -313,11 +313,17 @@ class SourceTraffic:
     last_seen: datetime
     reports: int
     ptr: str = ""
+    ptr_confirmed: bool = False  # the PTR name resolves back to the IP (only then may it name a sender)
 
     @property
     def dmarc_fail(self) -> int:
         """Messages that failed DMARC (neither aligned SPF nor aligned DKIM passed)."""
         return self.messages - self.dmarc_pass
+
+    @property
+    def trusted_ptr(self) -> str:
+        """The PTR name when it is forward-confirmed, else "" (an unconfirmed name proves nothing)."""
+        return self.ptr if self.ptr_confirmed else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -293,7 +293,7 @@ dmarc_ptr = sa.Table(
     metadata,
     sa.Column("ip", sa.String(45), primary_key=True),
     sa.Column("name", sa.String(255), nullable=False),  # "" when the address has no PTR record
-    sa.Column("state", sa.String(16), nullable=False),  # answer, absent, failed
+    sa.Column("state", sa.String(16), nullable=False),  # confirmed (forward-confirmed), unconfirmed, absent
     sa.Column("looked_up", sa.DateTime(timezone=True), nullable=False),
 )
 """The PTR name of each source IP the reports name, as last looked up."""

@@ -21,6 +21,8 @@ def test_scan_judges_imported_reports_and_writes_the_sources(
              '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
     add_zone("quiet.example", '@ TXT "v=spf1 -all"\n_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
     add_zone("2.0.192.in-addr.arpa", "10 IN PTR out.relay.example.")
+    add_zone("relay.example", "out IN A 192.0.2.10")
+    add_zone("100.51.198.in-addr.arpa", "7 IN PTR mail.relay.example.")  # unconfirmed: mail.relay.example has no A
     now = datetime.now(UTC).replace(microsecond=0)
     for day in range(3):
         begin = now - timedelta(days=day + 1)
@@ -54,6 +56,7 @@ senders = ["relay"]
     by = {(f["check"], f["subject"], f["item"]): f for f in findings}
     stranger = by[("dmarc.source_failing", "acme.example", "198.51.100.7")]
     assert stranger["status"] == "fail" and stranger["evidence"]["messages"] == 120
+    assert stranger["evidence"]["ptr"] == "mail.relay.example" and stranger["evidence"]["sender"] == "unknown"
     assert ("dmarc.source_failing", "acme.example", "192.0.2.10") not in by  # the relay aligns
     relay = by[("alignment.sender_unaligned", "acme.example", "relay")]
     assert relay["status"] == "pass" and relay["evidence"]["dmarc_pass"] == 300  # no DKIM key by DNS, yet aligned

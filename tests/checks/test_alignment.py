@@ -187,7 +187,7 @@ def _traffic(name: str, *sources: tuple[str, str, int, int]) -> dict[str, object
     from scanner.model import DomainTraffic, SourceTraffic
 
     return {name: DomainTraffic(name, NOW, NOW, 3, tuple(
-        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 1, ptr) for ip, ptr, messages, passed in sources
+        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 1, ptr, bool(ptr)) for ip, ptr, messages, passed in sources
     ))}
 
 

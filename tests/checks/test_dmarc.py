@@ -371,7 +371,7 @@ def _sources(name: str, reports: int, *rows: tuple[str, str, int, int]) -> dict[
     from scanner.model import DomainTraffic, SourceTraffic
 
     return {name: DomainTraffic(name, NOW, NOW, reports, tuple(
-        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 2, ptr) for ip, ptr, messages, passed in rows))}
+        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 2, ptr, bool(ptr)) for ip, ptr, messages, passed in rows))}
 
 
 def test_failing_sources_fail_one_by_one_with_who_they_are(dns_server, add_zone) -> None:

@@ -57,7 +57,7 @@ addresses = ["dmarc@msp.example"]
 title = "ACME relay"
 ptr_patterns = ["*.relay.acme.example"]
 [senders.bulkmail]
-ip_ranges = ["203.0.113.0/28"]
+ip_ranges = ["203.0.113.8/29"]
 [[tenants]]
 name = "client"
 domains = ["example.com"]
@@ -99,6 +99,8 @@ def test_sources_command_maps_ptr_names_and_ranges_to_senders(
     write_config: Callable[..., Path], tmp_path: Path, dns_server, add_zone  # type: ignore[no-untyped-def]
 ) -> None:
     add_zone("100.51.198.in-addr.arpa", "1 IN PTR out1.relay.acme.example.")
+    add_zone("113.0.203.in-addr.arpa", "10 IN PTR spoof.relay.acme.example.")  # names itself the relay ...
+    add_zone("relay.acme.example", "out1 IN A 198.51.100.1\nspoof IN A 192.0.2.99")  # ... but it is not
     (tmp_path / "reports").mkdir()
     shutil.copy(DATA / "good" / BIS, tmp_path / "reports")
     shutil.copy(DATA / "good" / "tierpod__test.xml", tmp_path / "reports")
@@ -112,7 +114,10 @@ def test_sources_command_maps_ptr_names_and_ranges_to_senders(
     assert set(rows) == {"198.51.100.1", "203.0.113.10"}
     assert rows["198.51.100.1"]["ptr"] == "out1.relay.acme.example"
     assert rows["198.51.100.1"]["sender"] == "acme-relay"
-    assert rows["203.0.113.10"]["sender"] == "bulkmail" and rows["203.0.113.10"]["ptr"] == ""
+    assert rows["198.51.100.1"]["ptr_confirmed"] is True
+    # a PTR name that does not resolve back to the address names no sender (the range still does)
+    assert rows["203.0.113.10"]["ptr"] == "spoof.relay.acme.example" and rows["203.0.113.10"]["ptr_confirmed"] is False
+    assert rows["203.0.113.10"]["sender"] == "bulkmail"
     assert (rows["203.0.113.10"]["dmarc_fail"], rows["203.0.113.10"]["dkim_aligned"]) == (2, 0)
     by_tenant = runner.invoke(main_command(), ["dmarc", "sources", "--config", str(config), "--tenant", "other",
                                                "--format", "csv"])
