@@ -21,7 +21,7 @@ from reports.dmarc_sources import senders_seen
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
-from scanner.dmarc_store import daily_traffic, source_traffic
+from scanner.dmarc_store import daily_traffic, latest_report_end, source_traffic
 from scanner.store import RunRecord, Store
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -236,13 +236,18 @@ def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Fin
 
 
 def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], window_days: int) -> list[dict[str, Any]]:
-    """The run's domains' reported traffic over the window before the run, as imported by the run's end."""
+    """The run's domains' reported traffic over the window up to the newest report, as imported by the run's end."""
     domains = [key.partition("/")[2] for _, key in store.snapshot(run.id, "domain")]
     if not domains:
         return []
-    until = run.started
-    since = until - timedelta(days=window_days)
     seen_by = run.finished or run.started
+    # The window ends at the newest report the run could see (reports arrive a day or more after the
+    # mail they describe), never after the run started.
+    latest = latest_report_end(store, domains, imported_before=seen_by, not_after=run.started)
+    if latest is None:
+        return []
+    until = min(run.started, latest)
+    since = until - timedelta(days=window_days)
     traffic = source_traffic(store, since=since, until=until, domains=domains, imported_before=seen_by)
     days = daily_traffic(store, since=since, until=until, domains=domains, imported_before=seen_by)
     return senders_seen(traffic, days, senders, since.date(), until.date())
@@ -271,7 +276,7 @@ def render_report(
         points=points,
         signer=link_signer(remediation),
         dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
-        dmarc_window=f"the {dmarc_window_days} days before the run",
+        dmarc_window=f"the {dmarc_window_days} days up to the newest report",
     )
 
 

@@ -155,7 +155,9 @@ def demo(out_dir: Path) -> None:
             }
             click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
             click.echo(f"demo MTA-STS policy server on https://127.0.0.1:{https.port}, serving config/demo/mta-sts")
-            _scan(load_config(DEMO / "mailwarden.toml", overrides=overrides), out_dir, None, as_of=DEMO_AS_OF)
+            config = load_config(DEMO / "mailwarden.toml", overrides=overrides)
+            _demo_import(config)
+            _scan(config, out_dir, None, as_of=DEMO_AS_OF)
             with tempfile.TemporaryDirectory(prefix="mailwarden-demo-") as temp:
                 changed = Path(temp) / "demo"
                 shutil.copytree(DEMO, changed, ignore=shutil.ignore_patterns("drift"))
@@ -175,6 +177,17 @@ def demo(out_dir: Path) -> None:
             write_changes_json(found, handle)
         click.echo(f"\nchange log of run {last.id} ({len(found)} changes; also in {after / 'changes.json'}):")
         write_changes_table(found, sys.stdout)
+
+
+def _demo_import(config: Config) -> None:
+    """Import the demo's DMARC aggregate reports (its folder only: the demo has no mailbox to read)."""
+    store = Store(config.store.url)
+    try:
+        result = run_import(store, config, mailbox=False)
+    finally:
+        store.close()
+    click.echo(f"imported {result.stored} DMARC aggregate reports from config/demo/dmarc-reports "
+               f"(`mailwarden dmarc sources` lists what they name)")
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")

@@ -127,6 +127,19 @@ def daily_traffic(
     return days
 
 
+def latest_report_end(store: Store, domains: Collection[str], *, imported_before: datetime | None = None,
+                      not_after: datetime | None = None) -> datetime | None:
+    """The end of the newest report naming one of these policy domains (imported by then), or None."""
+    query = sa.select(sa.func.max(dmarc_reports.c.end)).where(dmarc_reports.c.domain.in_(sorted(domains)))
+    if imported_before is not None:
+        query = query.where(dmarc_reports.c.imported <= imported_before)
+    if not_after is not None:
+        query = query.where(dmarc_reports.c.begin <= not_after)
+    with store.engine.connect() as conn:
+        latest = conn.execute(query).scalar()
+    return _aware(latest) if latest is not None else None
+
+
 def reported_domains(store: Store, *, since: datetime | None = None, until: datetime | None = None,
                      domains: Collection[str] | None = None) -> dict[str, int]:
     """How many reports name each policy domain (policy_published) in a window (by overlapping period)."""

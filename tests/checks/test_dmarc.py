@@ -423,3 +423,16 @@ def test_without_imported_reports_both_checks_are_unsupported(dns_server, add_zo
     findings = _reported(dns_server, "acme.example", {}, addresses=("dmarc@msp.example",), reports=False)
     assert {f.status for f in findings} == {Status.UNSUPPORTED}
     assert all("no reports are read" in f.reason for f in findings)
+
+
+def test_a_parked_domain_owes_no_reports(dns_server, add_zone) -> None:
+    from checks.dmarc import dmarc_reports_missing
+    from scanner.model import Coverage, Fact, FactState
+
+    add_zone("old.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    facts = asyncio.run(DnsClient([dns_server.nameserver], timeout=0.6).collect_domain("old.example"))
+    inventory = Inventory((Tenant("acme", None, (), parked_domains=("old.example",)),),
+                          (Domain("old.example", "acme", True, None, facts),), report_addresses=("dmarc@msp.example",),
+                          coverage=(Coverage("acme", Fact.DMARC_REPORTS, FactState.COLLECTED),))
+    [finding] = evaluate(inventory, [dmarc_reports_missing], policy=Policy(), senders={}, now=NOW)
+    assert finding.status is Status.PASS and "parked" in finding.evidence["note"]
