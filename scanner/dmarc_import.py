@@ -24,7 +24,7 @@ import dns.reversename
 
 from scanner.config import Config, ImapConfig
 from scanner.dmarc_reports import REPORT_SUFFIXES, ReportError, read_report_file, read_report_message
-from scanner.dmarc_store import save_ptr_names, store_report, unresolved_ips
+from scanner.dmarc_store import ReportWriter, save_ptr_names, unresolved_ips
 from scanner.dns import DnsClient
 from scanner.errors import MailwardenError
 from scanner.model import Outcome
@@ -75,22 +75,23 @@ def report_paths(paths: Sequence[Path]) -> list[Path]:
 def import_files(store: Store, paths: Sequence[Path], now: datetime | None = None) -> ImportResult:
     """Read every report file under ``paths`` and store the reports not stored yet."""
     result = ImportResult()
-    for path in report_paths(paths):
-        result.read += 1
-        if not path.exists():
-            result.problems.append((str(path), "no such file or folder"))
-            continue
-        try:
-            reports = read_report_file(path)
-        except ReportError as exc:
-            result.problems.append((str(path), str(exc)))
-            continue
-        for report in reports:
-            if store_report(store, report, str(path), now):
-                result.stored += 1
-                result.records += len(report.records)
-            else:
-                result.skipped += 1
+    with ReportWriter(store, now=now) as writer:
+        for path in report_paths(paths):
+            result.read += 1
+            if not path.exists():
+                result.problems.append((str(path), "no such file or folder"))
+                continue
+            try:
+                reports = read_report_file(path)
+            except ReportError as exc:
+                result.problems.append((str(path), str(exc)))
+                continue
+            for report in reports:
+                if writer.add(report, str(path)):
+                    result.stored += 1
+                    result.records += len(report.records)
+                else:
+                    result.skipped += 1
     return result
 
 
@@ -171,12 +172,13 @@ def import_mailbox(store: Store, config: ImapConfig, source: Path, now: datetime
             except ReportError as exc:
                 result.problems.append((f"{name} ({subject})", str(exc)))
                 continue
-            for report in reports:
-                if store_report(store, report, name, now):
-                    result.stored += 1
-                    result.records += len(report.records)
-                else:
-                    result.skipped += 1
+            with ReportWriter(store, now=now) as writer:  # stored before the message is archived
+                for report in reports:
+                    if writer.add(report, name):
+                        result.stored += 1
+                        result.records += len(report.records)
+                    else:
+                        result.skipped += 1
             done.append(uid)
         if config.archive_folder and done:
             _archive(client, done, config.archive_folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import functools
 import io
 import ipaddress
 import zipfile
@@ -210,7 +211,9 @@ def _is_message(data: bytes, name: str) -> bool:
     return b"\ncontent-type:" in b"\n" + head or b"\nmime-version:" in b"\n" + head
 
 
+@functools.lru_cache(maxsize=1024)
 def _local(tag: object) -> str:
+    """A tag's local name in lower case (namespace and case vary between reporters); tags repeat, so cached."""
     text = tag if isinstance(tag, str) else ""
     return text.rpartition("}")[2].lower()
 

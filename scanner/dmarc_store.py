@@ -15,22 +15,46 @@ from scanner.model import Coverage, DomainTraffic, Fact, FactState, Inventory, S
 from scanner.store import Store, dmarc_ptr, dmarc_records, dmarc_reports
 
 
-def store_report(store: Store, report: AggregateReport, source: str, now: datetime | None = None) -> bool:
-    """Store one report and its records in one transaction; False when the same org and report id is stored."""
-    now = now or datetime.now(UTC)
-    insert = (postgresql.insert if store.engine.dialect.name == "postgresql" else sqlite.insert)(dmarc_reports)
-    with store.engine.begin() as conn:
-        report_key = conn.execute(
-            insert.values(
+class ReportWriter:
+    """Stores reports in batches (one transaction per ``batch`` reports, so a year of files is not a year of
+    disk syncs); a report already stored, now or earlier in the batch, is skipped. Use as a context manager:
+    leaving it commits what was added, an exception rolls back the open batch (a re-run imports it)."""
+
+    def __init__(self, store: Store, batch: int = 500, now: datetime | None = None) -> None:
+        self._store = store
+        self._batch = batch
+        self._now = now or datetime.now(UTC)
+        self._pending = 0
+        dialect = postgresql if store.engine.dialect.name == "postgresql" else sqlite
+        self._insert = dialect.insert(dmarc_reports)
+
+    def __enter__(self) -> ReportWriter:
+        self._conn = self._store.engine.connect()
+        self._transaction = self._conn.begin()
+        return self
+
+    def __exit__(self, kind: object, *rest: object) -> None:
+        try:
+            if kind is None:
+                self._transaction.commit()
+            else:
+                self._transaction.rollback()
+        finally:
+            self._conn.close()
+
+    def add(self, report: AggregateReport, source: str) -> bool:
+        """Store one report and its records; False when the same org and report id is stored already."""
+        key = self._conn.execute(
+            self._insert.values(
                 org_name=report.org_name[:255], report_id=report.report_id[:255], email=report.email[:255],
                 begin=report.begin, end=report.end, domain=report.policy_domain[:255], policy=report.policy,
-                schema=report.schema[:64], source=source[:1024], imported=now,
+                schema=report.schema[:64], source=source[:1024], imported=self._now,
             ).on_conflict_do_nothing(index_elements=["org_name", "report_id"]).returning(dmarc_reports.c.id)
         ).scalar()
-        if report_key is None:
+        if key is None:
             return False
         rows = [
-            {"report": report_key, "row": index, "source_ip": r.source_ip, "count": r.count,
+            {"report": key, "row": index, "source_ip": r.source_ip, "count": r.count,
              "disposition": r.disposition[:32], "dkim": r.dkim[:16], "spf": r.spf[:16],
              "header_from": r.header_from[:255], "envelope_from": r.envelope_from[:255],
              "envelope_to": r.envelope_to[:255], "reasons": list(r.reasons),
@@ -39,8 +63,13 @@ def store_report(store: Store, report: AggregateReport, source: str, now: dateti
             for index, r in enumerate(report.records, start=1)
         ]
         for start in range(0, len(rows), 1000):
-            conn.execute(sa.insert(dmarc_records), rows[start : start + 1000])
-    return True
+            self._conn.execute(sa.insert(dmarc_records), rows[start : start + 1000])
+        self._pending += 1
+        if self._pending >= self._batch:
+            self._transaction.commit()
+            self._transaction = self._conn.begin()
+            self._pending = 0
+        return True
 
 
 def report_count(store: Store) -> int:
