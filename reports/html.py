@@ -15,7 +15,9 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from checks.controls import load_catalogue
 from reports.actions import action_change, link_signer, remediation_link
+from reports.controls import ControlStatus, control_matrix, control_statuses, tenant_providers
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
@@ -242,6 +244,7 @@ def render_report(
     finding with a job carries its signed link.
     """
     points = trend(store, run, events)
+    statuses = control_statuses(load_catalogue(), findings, tenant_providers(run.scope))
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -252,6 +255,7 @@ def render_report(
         },
         points=points,
         signer=link_signer(remediation),
+        controls=statuses,
     )
 
 
@@ -265,6 +269,7 @@ def render_html(
     points: Sequence[TrendPoint] = (),
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
+    controls: Sequence[ControlStatus] = (),
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -307,6 +312,7 @@ def render_html(
         points=points,
         coverage_checks=sorted((t, c, dict(n)) for (t, c), n in unsupported.items()),
         exceptions=exception_rows(exceptions, findings, run),
+        controls=control_matrix(controls),
         data=script_json(report_data(findings, events, domains or {}, display_names, signer)),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
