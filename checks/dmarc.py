@@ -37,7 +37,7 @@ def suggested_record(domain: Domain, ctx: RunContext) -> str:
         "Without DMARC, receivers have no policy for mail that fails SPF and DKIM, so anyone can send "
         "as the domain and the owner never hears about it."
     ),
-    references=("RFC 7489 §6.6.3", "CISA BOD 18-01", "SCuBA MS.EXO.4.1v1", "SCuBA GWS.GMAIL.4.1v0.6"),
+    references=("RFC 7489 §6.6.3",),
     remediation=None,
 )
 def dmarc_missing(domain: Domain, ctx: RunContext) -> Result:
@@ -209,7 +209,7 @@ def _policy_result(
         "p=none only monitors: mail that fails DMARC is still delivered, so spoofed mail as the domain "
         "reaches inboxes."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3", "CISA BOD 18-01", "SCuBA MS.EXO.4.2v1", "SCuBA GWS.GMAIL.4.2v0.6"),
+    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
 )
 def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the policy applied to the domain's own mail is weaker than policy.dmarc_min_policy."""
@@ -235,7 +235,7 @@ def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
         "Spoofers use made-up subdomains when the domain itself is protected; sp= (defaulting to p=) "
         "decides what happens to that mail."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3", "SCuBA MS.EXO.4.2v1"),
+    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
 )
 def dmarc_subdomain_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the policy applied to the domain's subdomains (sp, else p) is weaker than the minimum."""
@@ -281,7 +281,7 @@ def dmarc_pct(domain: Domain, ctx: RunContext) -> Result:
         "Without aggregate reports nobody sees who sends as the domain or which legitimate senders fail, "
         "so tightening the policy is guesswork."
     ),
-    references=("RFC 7489 §6.2", "RFC 7489 §7.2", "CISA BOD 18-01", "SCuBA MS.EXO.4.3v1"),
+    references=("RFC 7489 §6.2", "RFC 7489 §7.2"),
 )
 def dmarc_no_rua(domain: Domain, ctx: RunContext) -> Result:
     """Fail when no single DMARC record applies, or it names no valid mailto: aggregate-report destination."""

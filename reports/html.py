@@ -15,8 +15,10 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from checks.controls import load_catalogue
 from checks.registry import Sender
 from reports.actions import action_change, link_signer, remediation_link
+from reports.controls import ControlStatus, control_matrix, control_statuses, tenant_providers
 from reports.dmarc_sources import senders_seen
 from remediation.links import Signer
 from scanner.config import RemediationConfig
@@ -265,6 +267,7 @@ def render_report(
     DMARC aggregate reports show over the ``dmarc_window_days`` before the run.
     """
     points = trend(store, run, events)
+    statuses = control_statuses(load_catalogue(), findings, tenant_providers(run.scope))
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -277,6 +280,7 @@ def render_report(
         signer=link_signer(remediation),
         dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
         dmarc_window=f"the {dmarc_window_days} days up to the newest report",
+        controls=statuses,
     )
 
 
@@ -292,6 +296,7 @@ def render_html(
     signer: Signer | None = None,
     dmarc_sources: Sequence[Mapping[str, Any]] = (),
     dmarc_window: str = "",
+    controls: Sequence[ControlStatus] = (),
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -336,6 +341,7 @@ def render_html(
         exceptions=exception_rows(exceptions, findings, run),
         dmarc_sources=dmarc_sources,
         dmarc_window=dmarc_window or "no window",
+        controls=control_matrix(controls),
         data=script_json(report_data(findings, events, domains or {}, display_names, signer)),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file

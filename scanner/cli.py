@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from checks.controls import load_catalogue, references
 from checks.registry import RegistryError, Sender, load_checks
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
 from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
@@ -24,7 +25,8 @@ from scanner.baseline import capture, render_baseline
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
-from reports.csv_out import write_findings_csv
+from reports.controls import CATALOGUE_COLUMNS, catalogue_rows
+from reports.csv_out import write_findings_csv, write_rows
 from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
@@ -177,6 +179,15 @@ def demo(out_dir: Path) -> None:
             write_changes_json(found, handle)
         click.echo(f"\nchange log of run {last.id} ({len(found)} changes; also in {after / 'changes.json'}):")
         write_changes_table(found, sys.stdout)
+        pack = out_dir / "evidence"
+        store = Store(f"sqlite:///{database.resolve()}")
+        try:
+            write_evidence(store, pack, Period.of(None, None), config_digest=plain.digest, senders=senders_of(plain),
+                           catalogue=load_catalogue(known_checks=[c.meta.id for c in load_checks()]))
+        finally:
+            store.close()
+        click.echo(f"\nevidence pack of both runs (controls.csv, evidence.xlsx): {pack}; "
+                   f"check it with `mailwarden evidence verify {pack}`")
 
 
 def _demo_import(config: Config) -> None:
@@ -366,15 +377,42 @@ def list_checks() -> None:
     """Print the check catalogue from the loaded metadata."""
     with _user_errors():
         loaded = load_checks()
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in loaded])
     for check in loaded:
         meta = check.meta
         click.echo(f"{meta.id}  [{meta.severity.value}, {meta.scope.value}]  {meta.title}")
         click.echo(f"    why: {meta.rationale}")
         if meta.requires:
             click.echo(f"    reads: {', '.join(f.value for f in meta.requires)}")
-        if meta.references:
-            click.echo(f"    references: {'; '.join(meta.references)}")
+        cited = references(meta, catalogue)
+        if cited:
+            click.echo(f"    references: {'; '.join(cited)}")
         click.echo(f"    remediation: {meta.remediation or '-'}")
+
+
+@main.command("controls")
+@click.option("--framework", "framework_id", help="Only this framework (an id from the catalogue, such as scuba-exo).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def list_controls(framework_id: str | None, fmt: str) -> None:
+    """Print the control catalogue: each framework's controls, the checks that evidence them, and how fully."""
+    with _user_errors():
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
+        chosen = [catalogue.framework(framework_id)] if framework_id else list(catalogue.frameworks)
+    rows = catalogue_rows(catalogue, chosen)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+    elif fmt == "csv":
+        write_rows(sys.stdout, CATALOGUE_COLUMNS, rows)
+    else:
+        for framework in chosen:
+            full = sum(1 for c in framework.controls if c.coverage == "full")
+            click.echo(f"{framework.id}: {framework.name}, {framework.version} "
+                       f"({len(framework.controls)} controls, {full} fully covered)")
+            for control in framework.controls:
+                click.echo(f"  {control.id}  [{control.coverage}]  {control.title}")
+                click.echo(f"      checks: {', '.join(control.checks)}")
+                if control.note:
+                    click.echo(f"      leaves out: {control.note}")
 
 
 def _latest_run(store: Store, run_id: str | None) -> RunRecord:
@@ -419,10 +457,12 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
 @click.option("--since", type=DATES, help="First day (or UTC moment) of the period: runs started then or later.")
 @click.option("--until", type=DATES, help="Last day (inclusive, or a UTC moment) of the period.")
 @click.option("--tenant", help="Only this tenant's findings, changes, inventory and exceptions.")
+@click.option("--framework", "framework_id",
+              help="Only this framework's controls and the findings behind them (an id from `mailwarden controls`).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Directory for the pack.")
 @click.pass_context
 def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
-             tenant: str | None, out_dir: Path | None) -> None:
+             tenant: str | None, framework_id: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
     if ctx.invoked_subcommand is not None:
         return
@@ -432,12 +472,15 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         config = _config(config_path)
         if tenant is not None and tenant not in {t.name for t in config.tenants}:
             raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
+        if framework_id is not None:
+            catalogue.framework(framework_id)  # an unknown id is one line naming the known ones
         store = Store(config.store.url)
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
             try:
                 files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest,
-                                       senders=senders_of(config))
+                                       senders=senders_of(config), catalogue=catalogue, framework=framework_id)
             except EvidenceError as exc:
                 click.echo(f"mailwarden: {exc}", err=True)
                 sys.exit(EXIT_FAILED_RUN)
