@@ -53,7 +53,6 @@ def _signs_in(mailbox: Mailbox) -> str:
         "A leaver's mailbox that is still active keeps a working login and a live inbox outside anyone's "
         "control: the classic persistence path after a messy exit."
     ),
-    references=("NIST SP 800-53 AC-2(3)",),
     remediation="account.suspend",
 )
 def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
@@ -108,7 +107,6 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
     scope=Scope.MAILBOX,
     requires=(Fact.MAILBOX_LAST_LOGIN,),
     rationale="An account nobody uses is an account nobody watches: a takeover of it goes unnoticed.",
-    references=("NIST SP 800-53 AC-2(3)",),
 )
 def inactive_account(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when the last sign-in is more than ``inactive_days`` ago."""
@@ -135,7 +133,6 @@ def inactive_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         "An account created long ago and never used is unneeded, or waiting with its initial password for "
         "whoever finds it first."
     ),
-    references=("NIST SP 800-53 AC-2(3)",),
 )
 def never_used_account(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when the account never signed in and was created more than ``inactive_days`` ago."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checks.dkim import Selector, key_location, without_testing_flag
-from checks.registry import Result, RunContext, Sender, check
+from checks.registry import Result, RunContext, Sender, check, sender_of
 from scanner.dkim import parse_dkim_key, zone_txt
 from scanner.model import Domain, Scope, Severity
 
@@ -95,6 +95,29 @@ def dkim_side(sender: Sender, domain: Domain, ctx: RunContext) -> Side:
     return Side(False, f"no valid, unrevoked key at {looked}", zone_txt(key_location(first, domain), key_text))
 
 
+def observed_traffic(name: str, domain: Domain, ctx: RunContext) -> Result | None:
+    """The verdict real traffic gives a sender: the receivers' aggregate reports over the window, when its
+    sources sent at least ``dmarc_min_messages`` as the domain; None when they did not (DNS then decides)."""
+    traffic = ctx.inventory.traffic.get(domain.name)
+    if traffic is None:
+        return None
+    sources = [s for s in traffic.sources if sender_of(s.source_ip, s.trusted_ptr, ctx.senders) == name]
+    messages = sum(s.messages for s in sources)
+    if not sources or messages < ctx.policy.dmarc_min_messages:
+        return None
+    passed = sum(s.dmarc_pass for s in sources)
+    evidence = {
+        "sender": name, "basis": f"DMARC aggregate reports of the last {ctx.policy.dmarc_window_days} days",
+        "messages": messages, "dmarc_pass": passed, "dmarc_fail": messages - passed,
+        "spf_aligned": sum(s.spf_aligned for s in sources), "dkim_aligned": sum(s.dkim_aligned for s in sources),
+        "sources": sorted(s.source_ip for s in sources)[:20],
+    }
+    if (messages - passed) / messages > ctx.policy.dmarc_max_fail_ratio:
+        return Result.failed(item=name, **evidence, threshold=ctx.policy.dmarc_max_fail_ratio,
+                             problem=f"{messages - passed} of {name}'s {messages} messages failed DMARC at receivers")
+    return Result.passed(item=name, **evidence)
+
+
 @check(
     id="alignment.sender_unaligned",
     title="A declared sender's mail would fail DMARC (neither SPF nor DKIM aligns)",
@@ -108,7 +131,8 @@ def dkim_side(sender: Sender, domain: Domain, ctx: RunContext) -> Side:
     references=("RFC 7489 §3.1", "RFC 7489 §4.2", "RFC 6376 §3.6.1"),
 )
 def sender_unaligned(domain: Domain, ctx: RunContext) -> list[Result]:
-    """One result per declared sender: fail when neither aligned SPF nor aligned DKIM is possible."""
+    """One result per declared sender: fail when its mail fails DMARC in the receivers' reports, or (without
+    enough reported traffic) when neither aligned SPF nor aligned DKIM is possible by DNS."""
     if domain.parked:
         return [Result.passed(note="parked domain: no sender may send as it (see parked.not_locked)")]
     if not ctx.tenant.senders:
@@ -118,6 +142,10 @@ def sender_unaligned(domain: Domain, ctx: RunContext) -> list[Result]:
         sender = ctx.senders.get(name)
         if sender is None:
             results.append(Result.error(f"sender {name!r} is not in the sender catalogue", item=name))
+            continue
+        observed = observed_traffic(name, domain, ctx)
+        if observed is not None:
+            results.append(observed)
             continue
         spf, dkim = spf_side(sender, domain), dkim_side(sender, domain, ctx)
         seen = {"sender": name, "spf": spf.evidence(), "dkim": dkim.evidence()}

@@ -21,7 +21,7 @@ from scanner.model import Fact, Mailbox, Scope, Severity, domain_of
         "A delegate can read, send as and delete from the mailbox; an outside delegate holds that power "
         "beyond the tenant's sign-in policies and offboarding."
     ),
-    references=("SCuBA GWS.GMAIL.1.1v0.6", "MITRE ATT&CK T1098.002"),
+    references=("MITRE ATT&CK T1098.002",),
     remediation="delegate.remove",
 )
 def external_delegate(mailbox: Mailbox, ctx: RunContext) -> list[Result]:

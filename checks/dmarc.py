@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from checks.registry import Result, RunContext, check
+from checks.registry import Result, RunContext, check, sender_of
 from scanner.dkim import zone_txt
 from scanner.dmarc import POLICIES, DmarcRecord, is_dmarc_record, parse_dmarc_record, rewrite_record
-from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
+from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity, SourceTraffic
 
 
 def dmarc_records(answer: DnsAnswer | None) -> list[str]:
@@ -37,7 +37,7 @@ def suggested_record(domain: Domain, ctx: RunContext) -> str:
         "Without DMARC, receivers have no policy for mail that fails SPF and DKIM, so anyone can send "
         "as the domain and the owner never hears about it."
     ),
-    references=("RFC 7489 §6.6.3", "CISA BOD 18-01", "SCuBA MS.EXO.4.1v1", "SCuBA GWS.GMAIL.4.1v0.6"),
+    references=("RFC 7489 §6.6.3",),
     remediation=None,
 )
 def dmarc_missing(domain: Domain, ctx: RunContext) -> Result:
@@ -209,7 +209,7 @@ def _policy_result(
         "p=none only monitors: mail that fails DMARC is still delivered, so spoofed mail as the domain "
         "reaches inboxes."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3", "CISA BOD 18-01", "SCuBA MS.EXO.4.2v1", "SCuBA GWS.GMAIL.4.2v0.6"),
+    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
 )
 def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the policy applied to the domain's own mail is weaker than policy.dmarc_min_policy."""
@@ -235,7 +235,7 @@ def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
         "Spoofers use made-up subdomains when the domain itself is protected; sp= (defaulting to p=) "
         "decides what happens to that mail."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3", "SCuBA MS.EXO.4.2v1"),
+    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
 )
 def dmarc_subdomain_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the policy applied to the domain's subdomains (sp, else p) is weaker than the minimum."""
@@ -281,7 +281,7 @@ def dmarc_pct(domain: Domain, ctx: RunContext) -> Result:
         "Without aggregate reports nobody sees who sends as the domain or which legitimate senders fail, "
         "so tightening the policy is guesswork."
     ),
-    references=("RFC 7489 §6.2", "RFC 7489 §7.2", "CISA BOD 18-01", "SCuBA MS.EXO.4.3v1"),
+    references=("RFC 7489 §6.2", "RFC 7489 §7.2"),
 )
 def dmarc_no_rua(domain: Domain, ctx: RunContext) -> Result:
     """Fail when no single DMARC record applies, or it names no valid mailto: aggregate-report destination."""
@@ -361,3 +361,101 @@ def dmarc_rua_unauthorized(domain: Domain, ctx: RunContext) -> list[Result]:
     if not results and not unknown:
         return [Result.passed(**applied.evidence, note="no report destination outside the organizational domain")]
     return results + unknown
+
+
+def _days(ctx: RunContext) -> str:
+    return f"the last {ctx.policy.dmarc_window_days} days"
+
+
+def _source(source: SourceTraffic, ctx: RunContext) -> dict[str, Any]:
+    """A source's traffic as evidence: who it is, what it sent, what aligned."""
+    sender = sender_of(source.source_ip, source.trusted_ptr, ctx.senders)
+    return {
+        "source_ip": source.source_ip, "ptr": source.ptr or None, "ptr_confirmed": source.ptr_confirmed,
+        "sender": sender or "unknown",
+        "declared": sender in ctx.tenant.senders, "messages": source.messages, "dmarc_pass": source.dmarc_pass,
+        "dmarc_fail": source.dmarc_fail, "spf_aligned": source.spf_aligned, "dkim_aligned": source.dkim_aligned,
+        "first_seen": source.first_seen.isoformat(), "last_seen": source.last_seen.isoformat(),
+        "reports": source.reports,
+    }
+
+
+@check(
+    id="dmarc.source_failing",
+    title="A source sending as the domain fails DMARC in the receivers' aggregate reports",
+    severity=Severity.MEDIUM,
+    scope=Scope.DOMAIN,
+    requires=("dmarc.reports",),
+    rationale=(
+        "Receivers report every source that sent mail as the domain. A source whose mail fails DMARC is "
+        "either a legitimate sender whose SPF and DKIM do not align (its mail is lost once the policy is "
+        "enforced) or someone spoofing the domain; either way the operator has to know who it is."
+    ),
+    references=("RFC 9990 §2.1", "RFC 9989 §4.4"),
+)
+def dmarc_source_failing(domain: Domain, ctx: RunContext) -> list[Result]:
+    """One failure per source that sent enough messages with too many failing DMARC in the window."""
+    traffic = ctx.inventory.traffic.get(domain.name)
+    if traffic is None or not traffic.sources:
+        return [Result.unsupported(f"no DMARC aggregate report describes mail from {domain.name} in {_days(ctx)}")]
+    judged = [s for s in traffic.sources if s.messages >= ctx.policy.dmarc_min_messages]
+    ratio = ctx.policy.dmarc_max_fail_ratio
+    results = []
+    for source in judged:
+        if source.dmarc_fail / source.messages <= ratio:
+            continue
+        failed = [side for side, aligned in (("SPF alignment", source.spf_aligned),
+                                              ("DKIM alignment", source.dkim_aligned)) if aligned < source.messages]
+        evidence = _source(source, ctx)
+        if not evidence["declared"]:
+            evidence["note"] = ("not a sender the tenant declares: someone spoofing the domain, mail forwarded "
+                                "by a third party, or a service to declare and align")
+        results.append(Result.failed(item=source.source_ip, **evidence, failed=failed,
+                                     fail_ratio=round(source.dmarc_fail / source.messages, 4),
+                                     threshold=ratio, window=_days(ctx)))
+    if not results:
+        results.append(Result.passed(
+            sources=len(traffic.sources), judged=len(judged), messages=sum(s.messages for s in traffic.sources),
+            dmarc_fail=sum(s.dmarc_fail for s in traffic.sources), threshold=ratio,
+            min_messages=ctx.policy.dmarc_min_messages, window=_days(ctx)))
+    return results
+
+
+@check(
+    id="dmarc.reports_missing",
+    title="The domain's aggregate reports come to this installation, yet none arrived",
+    severity=Severity.LOW,
+    scope=Scope.DOMAIN,
+    requires=("dns.dmarc", "dmarc.reports"),
+    rationale=(
+        "A rua address that receives nothing means the reports are lost on the way (a full mailbox, a "
+        "changed address, a missing authorization record) and the domain's traffic goes unwatched."
+    ),
+    references=("RFC 9990 §2.1", "RFC 9990 §3"),
+)
+def dmarc_reports_missing(domain: Domain, ctx: RunContext) -> Result:
+    """Fail when the applied record's rua names an address this installation reads and no report came in the window."""
+    applied = applied_dmarc(domain)
+    if isinstance(applied, Result):
+        return applied
+    record = applied.record
+    if record is None:
+        return Result.unsupported("no single DMARC record applies, so no report address is asked for "
+                                  "(see dmarc.missing, dmarc.multiple)")
+    asked = sorted({u.address.lower() for u in record.rua if u.scheme == "mailto" and u.address})
+    read = sorted(set(asked) & set(ctx.inventory.report_addresses))
+    if not read:
+        where = ", ".join(asked) or "no mailto: address"
+        return Result.unsupported(f"the DMARC record sends aggregate reports to {where}, which this installation "
+                                  "does not read ([dmarc_reports] addresses)")
+    traffic = ctx.inventory.traffic.get(domain.name)
+    reports = traffic.reports if traffic is not None else 0
+    if reports:
+        return Result.passed(**applied.evidence, rua=read, reports=reports, window=_days(ctx))
+    if domain.parked:
+        return Result.passed(**applied.evidence, rua=read, reports=0, window=_days(ctx),
+                             note="a parked domain sends no mail: receivers report only mail they saw, so none is due")
+    return Result.failed(**applied.evidence, rua=read, reports=0, window=_days(ctx),
+                         problem=f"no aggregate report for {domain.name} arrived in {_days(ctx)}",
+                         note="receivers report only mail they saw: a domain that sends no mail at all belongs "
+                              "in the tenant's parked_domains")

@@ -18,7 +18,6 @@ from scanner.model import Mailbox, MailboxKind, Scope, Severity
     scope=Scope.MAILBOX,
     requires=("mailbox.forwards",),
     rationale="A forward to an outside address copies every new message beyond the tenant's control.",
-    references=("SCuBA GWS.GMAIL.11.1v0.6", "SCuBA MS.EXO.1.1v1", "CIS Microsoft 365 6.2.1"),
     remediation="forwarding.disable",
 )
 def external_forwarding(mailbox: Mailbox, ctx: RunContext) -> Result:

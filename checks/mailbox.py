@@ -98,7 +98,6 @@ def owner_standings(mailbox: Mailbox, ctx: RunContext, roster: RosterView) -> di
     scope=Scope.MAILBOX,
     requires=(Fact.MAILBOX_OWNERS,),
     rationale="A mailbox nobody answers for is never reviewed or offboarded, and its misuse goes unnoticed.",
-    references=("NIST SP 800-53 AC-2(3)",),
 )
 def mailbox_without_owner(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when a mailbox lists no owner and, for a user mailbox, its address is not on the roster."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fnmatch
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +30,9 @@ class Policy:
     invite_stale_days: int = 7
     dkim_min_bits: int = 2048
     dmarc_min_policy: str = "quarantine"
+    dmarc_window_days: int = 14
+    dmarc_min_messages: int = 10
+    dmarc_max_fail_ratio: float = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +45,28 @@ class Sender:
     dkim_selectors: tuple[str, ...] = ()
     mx_patterns: tuple[str, ...] = ()
     return_path: str = "own"
+    ip_ranges: tuple[str, ...] = ()  # networks its outbound mail comes from (CIDR), where it publishes them
+    ptr_patterns: tuple[str, ...] = ()  # shell patterns of its outbound hosts' PTR names
+
+    def sends_from(self, ip: str, ptr: str = "") -> bool:
+        """Whether mail from this source IP (with this PTR name) is this sender's, by its ranges or PTR names."""
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        for network in self.ip_ranges:
+            try:
+                if address in ipaddress.ip_network(network, strict=False):
+                    return True
+            except ValueError:
+                continue
+        name = ptr.lower().rstrip(".")
+        return bool(name) and any(fnmatch.fnmatchcase(name, p.lower()) for p in self.ptr_patterns)
+
+
+def sender_of(ip: str, ptr: str, senders: Mapping[str, Sender]) -> str:
+    """The catalogue sender a source IP belongs to (the first by name that claims it), or "" when unknown."""
+    return next((name for name in sorted(senders) if senders[name].sends_from(ip, ptr)), "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ KINDS = (MailboxKind.SHARED, MailboxKind.ROLE)
         "A shared mailbox whose owners have all left keeps receiving mail, and often passwords and invoices, "
         "with nobody to notice misuse or approve who may read it."
     ),
-    references=("NIST SP 800-53 AC-2(3)",),
 )
 def ownerless_shared(mailbox: Mailbox, ctx: RunContext) -> Result:
     """Fail when a shared or role mailbox has no owner of record who is still present."""

@@ -187,7 +187,7 @@ def _suggested_new(domain: Domain, ctx: RunContext) -> str:
         "Without SPF, receivers cannot tell which hosts may use the domain as envelope sender, and a domain "
         "that sends no mail cannot say so."
     ),
-    references=("RFC 7208 §4.5", "RFC 7208 §10.1.2", "CISA BOD 18-01", "SCuBA MS.EXO.2.2v2"),
+    references=("RFC 7208 §4.5", "RFC 7208 §10.1.2"),
 )
 def spf_missing(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the apex publishes no v=spf1 TXT record."""

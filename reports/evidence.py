@@ -1,4 +1,5 @@
-"""The evidence pack: findings, changes, inventory and exceptions as CSV over a time range, with a hashed manifest."""
+"""The evidence pack: findings, controls, changes, inventory and exceptions as CSV over a time range, the same
+tables as one workbook, and a hashed manifest."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from reports.csv_out import write_csv
-from reports.html import exception_rows
+from checks.controls import Catalogue
+from checks.registry import Sender
 from reports.changelog import change_record
+from reports.controls import CONTROL_COLUMNS, control_statuses, tenant_providers
+from reports.csv_out import write_csv
+from reports.dmarc_sources import SOURCE_COLUMNS, source_rows
+from reports.html import exception_rows
 from reports.manifest import sha256_file
+from reports.workbook import WORKBOOK, sheet_titles, write_workbook
 from reports.records import COLUMNS, finding_record
 from scanner import __version__
 from scanner.errors import MailwardenError
 from scanner.model import Finding, Status
+from scanner.dmarc_store import source_traffic
 from scanner.store import RunRecord, Store, canonical, content_hash, jobs
 
 CHANGE_COLUMNS = (
@@ -40,10 +47,12 @@ REMEDIATION_COLUMNS = (
 """remediation_log.csv columns, in order."""
 PACK_COLUMNS: Mapping[str, Sequence[str]] = {
     "findings.csv": COLUMNS,
+    "controls.csv": CONTROL_COLUMNS,
     "changes.csv": CHANGE_COLUMNS,
     "inventory.csv": INVENTORY_COLUMNS,
     "exceptions.csv": EXCEPTION_COLUMNS,
     "remediation_log.csv": REMEDIATION_COLUMNS,
+    "dmarc_sources.csv": SOURCE_COLUMNS,
 }
 """Every file of the pack with its columns; part of the evidence contract documented in README.md."""
 FINISHED = ("complete", "partial")
@@ -162,20 +171,57 @@ def _exception_rows(
     return sorted(seen.values(), key=lambda e: (e["check"], e["subject"], e["expires"]))
 
 
+def _source_rows(store: Store, period: Period, run: RunRecord, tenant: str | None,
+                 senders: Mapping[str, Sender]) -> list[dict[str, Any]]:
+    """The sources the period's DMARC aggregate reports name (one tenant's domains and their subdomains)."""
+    traffic = source_traffic(store, since=period.since, until=period.until)
+    if tenant is not None:
+        owned = [key.partition("/")[2] for key in (k for _, k in store.snapshot(run.id, "domain"))
+                 if key.partition("/")[0] == tenant]
+        traffic = [t for t in traffic if any(t.domain == d or t.domain.endswith("." + d) for d in owned)]
+    return source_rows(traffic, senders)
+def _control_rows(
+    catalogue: Catalogue, framework: str | None, runs: Sequence[RunRecord], findings: Mapping[str, Sequence[Finding]],
+    tenant: str | None,
+) -> Iterator[dict[str, Any]]:
+    chosen = [catalogue.framework(framework)] if framework else None
+    for run in runs:
+        tenants = {name: provider for name, provider in tenant_providers(run.scope).items()
+                   if tenant is None or name == tenant}
+        for verdict in control_statuses(catalogue, findings[run.id], tenants, chosen):
+            yield verdict.record(run.id)
+
+
 def write_evidence(
-    store: Store, out_dir: Path, period: Period, *, tenant: str | None = None, config_digest: str = ""
+    store: Store, out_dir: Path, period: Period, *, tenant: str | None = None, config_digest: str = "",
+    senders: Mapping[str, Sender] | None = None, catalogue: Catalogue | None = None, framework: str | None = None,
 ) -> list[Path]:
-    """Write the evidence pack for the runs inside ``period`` (one tenant's, or all) and its manifest."""
+    """Write the evidence pack for the runs inside ``period`` (one tenant's, or all) and its manifest.
+
+    With ``framework``, the pack holds that framework's controls and only the findings of the checks
+    behind them. Without a ``catalogue``, controls.csv has its header and no rows.
+    """
     runs = select_runs(store, period)
     if not runs:
         raise EvidenceError(f"no finished run in the store between {_when(period.since)} and {_when(period.until)}")
+    behind: set[str] | None = None
+    if framework is not None:
+        if catalogue is None:
+            raise EvidenceError("a pack for one framework needs the control catalogue")
+        behind = {check for control in catalogue.framework(framework).controls for check in control.checks}
     out_dir.mkdir(parents=True, exist_ok=True)
     findings = {
-        run.id: [f for f in store.findings_for_run(run.id) if tenant is None or f.tenant == tenant] for run in runs
+        run.id: [f for f in store.findings_for_run(run.id)
+                 if (tenant is None or f.tenant == tenant) and (behind is None or f.check in behind)]
+        for run in runs
     }
     rows: dict[str, int] = {}
     rows["findings.csv"] = write_csv(out_dir / "findings.csv", COLUMNS,
                                      (finding_record(f) for run in runs for f in findings[run.id]))
+    rows["controls.csv"] = write_csv(
+        out_dir / "controls.csv", CONTROL_COLUMNS,
+        _control_rows(catalogue, framework, runs, findings, tenant) if catalogue is not None else (),
+    )
     rows["changes.csv"] = write_csv(out_dir / "changes.csv", CHANGE_COLUMNS, logged_changes(store, period, tenant))
     rows["inventory.csv"] = write_csv(out_dir / "inventory.csv", INVENTORY_COLUMNS,
                                       _inventory_rows(store, runs[-1], tenant))
@@ -183,7 +229,15 @@ def write_evidence(
                                        _exception_rows(store, runs, findings, tenant))
     rows["remediation_log.csv"] = write_csv(out_dir / "remediation_log.csv", REMEDIATION_COLUMNS,
                                             remediation_rows(store, period, tenant))
+    rows["dmarc_sources.csv"] = write_csv(out_dir / "dmarc_sources.csv", SOURCE_COLUMNS,
+                                          _source_rows(store, period, runs[-1], tenant, senders or {}))
     files = [out_dir / name for name in PACK_COLUMNS]
+    summary = {
+        "period": f"{_when(period.since) or 'the first run'} to {_when(period.until) or 'the last run'}",
+        "tenant": tenant or "all tenants", "framework": framework or "all frameworks", "runs": len(runs),
+        "first run started": runs[0].started.isoformat(), "last run started": runs[-1].started.isoformat(),
+    }
+    files.append(write_workbook(out_dir / WORKBOOK, summary, files, rows))
     manifest = {
         "kind": "mailwarden evidence pack",
         "tool_version": __version__,
@@ -191,17 +245,23 @@ def write_evidence(
         "period": {"since": _when(period.since), "until": _when(period.until),
                    "first_run_started": runs[0].started.isoformat(), "last_run_started": runs[-1].started.isoformat()},
         "tenant": tenant,
+        "framework": framework,
         "config_sha256": config_digest,
         "runs": [{"id": r.id, "started": r.started.isoformat(), "finished": r.finished.isoformat() if r.finished else None,
                   "state": r.state, "config_sha256": r.config_digest, "tool_version": r.tool_version} for r in runs],
-        "files": {
-            f.name: {"sha256": sha256_file(f), "bytes": f.stat().st_size, "rows": rows[f.name],
-                     "columns": list(PACK_COLUMNS[f.name])}
-            for f in files
-        },
+        "files": {f.name: _entry(f, rows) for f in files},
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return [*files, out_dir / "manifest.json"]
+
+
+def _entry(path: Path, rows: Mapping[str, int]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if path.name == WORKBOOK:
+        entry["sheets"] = sheet_titles(path)
+    else:
+        entry["rows"], entry["columns"] = rows[path.name], list(PACK_COLUMNS[path.name])
+    return entry
 
 
 def _when(moment: datetime | None) -> str | None:
@@ -226,6 +286,14 @@ def verify_evidence(directory: Path) -> list[str]:
             problems.append(f"{path}: missing")
         elif sha256_file(path) != entry.get("sha256"):
             problems.append(f"{path}: SHA-256 differs from the manifest (the file was changed)")
+        elif name == WORKBOOK:
+            try:
+                titles = sheet_titles(path)
+            except Exception as exc:  # noqa: BLE001 - any way a workbook fails to open is the reviewer's to see
+                problems.append(f"{path}: not a readable workbook ({type(exc).__name__}: {exc})")
+            else:
+                if titles != entry.get("sheets"):
+                    problems.append(f"{path}: its sheets {titles} are not the manifest's {entry.get('sheets')}")
     for path in sorted(directory.iterdir()):
         if path.name != "manifest.json" and path.name not in listed:
             problems.append(f"{path}: not listed in the manifest")

@@ -8,17 +8,22 @@ import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import jinja2
 from markupsafe import Markup
 
+from checks.controls import load_catalogue
+from checks.registry import Sender
 from reports.actions import action_change, link_signer, remediation_link
+from reports.controls import ControlStatus, control_matrix, control_statuses, tenant_providers
+from reports.dmarc_sources import senders_seen
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
+from scanner.dmarc_store import daily_traffic, latest_report_end, source_traffic
 from scanner.store import RunRecord, Store
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -232,16 +237,37 @@ def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Fin
     return sorted((f for f in findings if f.id in wanted), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
 
 
+def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], window_days: int) -> list[dict[str, Any]]:
+    """The run's domains' reported traffic over the window up to the newest report, as imported by the run's end."""
+    domains = [key.partition("/")[2] for _, key in store.snapshot(run.id, "domain")]
+    if not domains:
+        return []
+    seen_by = run.finished or run.started
+    # The window ends at the newest report the run could see (reports arrive a day or more after the
+    # mail they describe), never after the run started.
+    latest = latest_report_end(store, domains, imported_before=seen_by, not_after=run.started)
+    if latest is None:
+        return []
+    until = min(run.started, latest)
+    since = until - timedelta(days=window_days)
+    traffic = source_traffic(store, since=since, until=until, domains=domains, imported_before=seen_by)
+    days = daily_traffic(store, since=since, until=until, domains=domains, imported_before=seen_by)
+    return senders_seen(traffic, days, senders, since.date(), until.date())
+
+
 def render_report(
     store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
-    remediation: RemediationConfig | None = None,
+    remediation: RemediationConfig | None = None, *, senders: Mapping[str, Sender] | None = None,
+    dmarc_window_days: int = 14,
 ) -> Path:
     """Write report.html for a stored run, reading its history, snapshot and exceptions from the store.
 
     With ``remediation`` (the ``[remediation]`` config) naming a base URL and a secret, each failing
-    finding with a job carries its signed link.
+    finding with a job carries its signed link. ``senders`` (the sender catalogue) names the sources the
+    DMARC aggregate reports show over the ``dmarc_window_days`` before the run.
     """
     points = trend(store, run, events)
+    statuses = control_statuses(load_catalogue(), findings, tenant_providers(run.scope))
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -252,6 +278,9 @@ def render_report(
         },
         points=points,
         signer=link_signer(remediation),
+        dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
+        dmarc_window=f"the {dmarc_window_days} days up to the newest report",
+        controls=statuses,
     )
 
 
@@ -265,6 +294,9 @@ def render_html(
     points: Sequence[TrendPoint] = (),
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
+    dmarc_sources: Sequence[Mapping[str, Any]] = (),
+    dmarc_window: str = "",
+    controls: Sequence[ControlStatus] = (),
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -307,6 +339,9 @@ def render_html(
         points=points,
         coverage_checks=sorted((t, c, dict(n)) for (t, c), n in unsupported.items()),
         exceptions=exception_rows(exceptions, findings, run),
+        dmarc_sources=dmarc_sources,
+        dmarc_window=dmarc_window or "no window",
+        controls=control_matrix(controls),
         data=script_json(report_data(findings, events, domains or {}, display_names, signer)),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file

@@ -93,10 +93,27 @@ def message_context(
         "new": new[:20],
         "new_count": len(new),
         "top": [(f, fix(f)) for f in top[: email.top]],
+        "failing_sources": failing_sources(mine),
         "failing": len(failing),
         "report_url": email.report_url,
         "findings": mine,
     }
+
+
+FAILING_SOURCES = 5
+"""How many failing sources (dmarc.source_failing) the email names, most failed messages first."""
+
+
+def failing_sources(findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """The sources that fail DMARC in the receivers' reports, most failed messages first."""
+    failing = [f for f in findings if f.check == "dmarc.source_failing" and f.status is Status.FAIL]
+    failing.sort(key=lambda f: (-int(f.evidence.get("dmarc_fail") or 0), f.domain, f.item))
+    return [
+        {"domain": f.subject, "tenant": f.tenant, "source_ip": f.item, "ptr": f.evidence.get("ptr") or "no PTR",
+         "sender": f.evidence.get("sender") or "unknown", "dmarc_fail": f.evidence.get("dmarc_fail"),
+         "messages": f.evidence.get("messages"), "failed": ", ".join(f.evidence.get("failed") or ())}
+        for f in failing[:FAILING_SOURCES]
+    ]
 
 
 def build_message(

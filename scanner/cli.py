@@ -17,7 +17,8 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from checks.registry import RegistryError, load_checks
+from checks.controls import load_catalogue, references
+from checks.registry import RegistryError, Sender, load_checks
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
 from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
 from reports.mail import send_reports
@@ -25,12 +26,16 @@ from scanner.baseline import capture, render_baseline
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
-from reports.csv_out import write_findings_csv
+from reports.controls import CATALOGUE_COLUMNS, catalogue_rows
+from reports.csv_out import write_findings_csv, write_rows
 from reports.html import render_report
 from reports.json_out import write_findings_json
+from reports.dmarc_sources import source_rows, write_sources
 from reports.outputs import OutputError, publish
+from scanner.dmarc_import import printable, run_import
+from scanner.dmarc_store import source_traffic
 from scanner.lease import ScanBusy, ServiceBusy
-from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, run_scan
+from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, run_scan, senders_of
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -177,7 +182,9 @@ def demo(out_dir: Path) -> None:
             }
             click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
             click.echo(f"demo MTA-STS policy server on https://127.0.0.1:{https.port}, serving config/demo/mta-sts")
-            _scan(load_config(DEMO / "mailwarden.toml", overrides=overrides), out_dir, None, as_of=DEMO_AS_OF)
+            config = load_config(DEMO / "mailwarden.toml", overrides=overrides)
+            _demo_import(config)
+            _scan(config, out_dir, None, as_of=DEMO_AS_OF)
             with tempfile.TemporaryDirectory(prefix="mailwarden-demo-") as temp:
                 changed = Path(temp) / "demo"
                 shutil.copytree(DEMO, changed, ignore=shutil.ignore_patterns("drift"))
@@ -197,6 +204,26 @@ def demo(out_dir: Path) -> None:
             write_changes_json(found, handle)
         click.echo(f"\nchange log of run {last.id} ({len(found)} changes; also in {after / 'changes.json'}):")
         write_changes_table(found, sys.stdout)
+        pack = out_dir / "evidence"
+        store = Store(f"sqlite:///{database.resolve()}")
+        try:
+            write_evidence(store, pack, Period.of(None, None), config_digest=plain.digest, senders=senders_of(plain),
+                           catalogue=load_catalogue(known_checks=[c.meta.id for c in load_checks()]))
+        finally:
+            store.close()
+        click.echo(f"\nevidence pack of both runs (controls.csv, evidence.xlsx): {pack}; "
+                   f"check it with `mailwarden evidence verify {pack}`")
+
+
+def _demo_import(config: Config) -> None:
+    """Import the demo's DMARC aggregate reports (its folder only: the demo has no mailbox to read)."""
+    store = Store(config.store.url)
+    try:
+        result = run_import(store, config, mailbox=False)
+    finally:
+        store.close()
+    click.echo(f"imported {result.stored} DMARC aggregate reports from config/demo/dmarc-reports "
+               f"(`mailwarden dmarc sources` lists what they name)")
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([mhdw])\s*$")
@@ -226,6 +253,7 @@ def parse_since(text: str, now: datetime) -> datetime:
 
 CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_type=Path),
                              help="Config file (default: ./mailwarden.toml).")
+DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @main.command()
@@ -250,6 +278,68 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
         finally:
             store.close()
     {"json": write_changes_json, "csv": write_changes_csv, "table": write_changes_table}[fmt](found, sys.stdout)
+
+
+@main.group("dmarc")
+def dmarc_group() -> None:
+    """DMARC aggregate reports: import them, and list the sources that send as each domain."""
+
+
+@dmarc_group.command("import")
+@CONFIG_OPTION
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+def dmarc_import(config_path: Path | None, paths: tuple[Path, ...]) -> None:
+    """Import aggregate reports from PATHS (files or folders), else from [dmarc_reports] paths and its mailbox.
+
+    A report already stored (same reporting org and report id) is skipped. A file that cannot be read
+    is named on stderr with the reason; every other file is still imported. Exit 1 when any was not read.
+    """
+    with _user_errors():
+        config = _config(config_path)
+        if not paths and config.dmarc_reports is None:
+            raise ConfigError(f"{config.source}: dmarc_reports: no [dmarc_reports] table, and no PATH given")
+        store = Store(config.store.url)
+        try:
+            result = run_import(store, config, list(paths))
+        finally:
+            store.close()
+    for name, reason in result.problems:
+        click.echo(f"mailwarden: {printable(name)}: {printable(reason)}", err=True)
+    click.echo(f"read {result.read} files or messages: {result.stored} reports stored ({result.records} records), "
+               f"{result.skipped} already stored, {len(result.problems)} not read")
+    if result.problems:
+        sys.exit(EXIT_FAILED_RUN)
+
+
+@dmarc_group.command("sources")
+@CONFIG_OPTION
+@click.option("--since", type=DATES, help="Only reports whose period ends on or after this day (or UTC moment).")
+@click.option("--until", type=DATES, help="Only reports whose period begins on or before this day (inclusive).")
+@click.option("--tenant", help="Only this tenant's domains (and their subdomains).")
+@click.option("--domain", help="Only mail sent as this domain (the reports' header_from).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def dmarc_sources(config_path: Path | None, since: datetime | None, until: datetime | None, tenant: str | None,
+                  domain: str | None, fmt: str) -> None:
+    """One row per (domain, source IP): messages, DMARC pass and fail, aligned SPF and DKIM, first and last seen."""
+    with _user_errors():
+        config = _config(config_path)
+        period = Period.of(_day_or_moment(since), _day_or_moment(until))
+        owned: tuple[str, ...] = ()
+        if tenant is not None:
+            chosen = [t for t in config.tenant_models() if t.name == tenant]
+            if not chosen:
+                raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+            owned = (*chosen[0].domains, *chosen[0].parked_domains)
+        wanted = normalize_domain(domain) if domain else None
+        store = _reader(config)
+        try:
+            traffic = source_traffic(store, since=period.since, until=period.until,
+                                     domains=[wanted] if wanted else None)
+        finally:
+            store.close()
+    if tenant is not None:
+        traffic = [t for t in traffic if any(t.domain == d or t.domain.endswith("." + d) for d in owned)]
+    write_sources(source_rows(traffic, senders_of(config)), fmt, sys.stdout)
 
 
 @main.group()
@@ -312,15 +402,42 @@ def list_checks() -> None:
     """Print the check catalogue from the loaded metadata."""
     with _user_errors():
         loaded = load_checks()
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in loaded])
     for check in loaded:
         meta = check.meta
         click.echo(f"{meta.id}  [{meta.severity.value}, {meta.scope.value}]  {meta.title}")
         click.echo(f"    why: {meta.rationale}")
         if meta.requires:
             click.echo(f"    reads: {', '.join(f.value for f in meta.requires)}")
-        if meta.references:
-            click.echo(f"    references: {'; '.join(meta.references)}")
+        cited = references(meta, catalogue)
+        if cited:
+            click.echo(f"    references: {'; '.join(cited)}")
         click.echo(f"    remediation: {meta.remediation or '-'}")
+
+
+@main.command("controls")
+@click.option("--framework", "framework_id", help="Only this framework (an id from the catalogue, such as scuba-exo).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+def list_controls(framework_id: str | None, fmt: str) -> None:
+    """Print the control catalogue: each framework's controls, the checks that evidence them, and how fully."""
+    with _user_errors():
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
+        chosen = [catalogue.framework(framework_id)] if framework_id else list(catalogue.frameworks)
+    rows = catalogue_rows(catalogue, chosen)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=1, ensure_ascii=False))
+    elif fmt == "csv":
+        write_rows(sys.stdout, CATALOGUE_COLUMNS, rows)
+    else:
+        for framework in chosen:
+            full = sum(1 for c in framework.controls if c.coverage == "full")
+            click.echo(f"{framework.id}: {framework.name}, {framework.version} "
+                       f"({len(framework.controls)} controls, {full} fully covered)")
+            for control in framework.controls:
+                click.echo(f"  {control.id}  [{control.coverage}]  {control.title}")
+                click.echo(f"      checks: {', '.join(control.checks)}")
+                if control.note:
+                    click.echo(f"      leaves out: {control.note}")
 
 
 def _latest_run(store: Store, run_id: str | None) -> RunRecord:
@@ -340,7 +457,8 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 
 
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
-                   remediation: RemediationConfig | None = None) -> list[Path]:
+                   remediation: RemediationConfig | None = None, *, senders: dict[str, Sender] | None = None,
+                   window_days: int = 14) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written (atomically:
     the previous files stay until every new one is written)."""
     run = store.run(run_id)
@@ -354,13 +472,12 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
             files.append(write_findings_csv(findings, folder / "findings.csv"))
         if "html" in formats:
             files.append(render_report(store, run, findings, store.lifecycle_events(run_id), folder / "report.html",
-                                       remediation))
+                                       remediation, senders=senders, dmarc_window_days=window_days))
         return files
 
     return publish(run, out_dir, render)
 
 
-DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])
 
 
 @main.group("evidence", invoke_without_command=True)
@@ -368,10 +485,12 @@ DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M
 @click.option("--since", type=DATES, help="First day (or UTC moment) of the period: runs started then or later.")
 @click.option("--until", type=DATES, help="Last day (inclusive, or a UTC moment) of the period.")
 @click.option("--tenant", help="Only this tenant's findings, changes, inventory and exceptions.")
+@click.option("--framework", "framework_id",
+              help="Only this framework's controls and the findings behind them (an id from `mailwarden controls`).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), help="Directory for the pack.")
 @click.pass_context
 def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
-             tenant: str | None, out_dir: Path | None) -> None:
+             tenant: str | None, framework_id: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
     if ctx.invoked_subcommand is not None:
         return
@@ -381,11 +500,15 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         config = _config(config_path)
         if tenant is not None and tenant not in {t.name for t in config.tenants}:
             raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+        catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
+        if framework_id is not None:
+            catalogue.framework(framework_id)  # an unknown id is one line naming the known ones
         store = _reader(config)
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
             try:
-                files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest)
+                files = write_evidence(store, out_dir, period, tenant=tenant, config_digest=config.digest,
+                                       senders=senders_of(config), catalogue=catalogue, framework=framework_id)
             except EvidenceError as exc:
                 click.echo(f"mailwarden: {exc}", err=True)
                 sys.exit(EXIT_FAILED_RUN)
@@ -423,7 +546,8 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
-                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation)
+                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation,
+                                       senders=senders_of(config), window_days=config.policy.dmarc_window_days)
                 click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
             if send:
                 if config.email is None:

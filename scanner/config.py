@@ -122,6 +122,40 @@ class PolicyConfig(_Strict):
     invite_stale_days: int = Field(ge=1)
     dkim_min_bits: int = Field(ge=512)
     dmarc_min_policy: Literal["none", "quarantine", "reject"]
+    dmarc_window_days: int = Field(default=14, ge=1, le=366)
+    dmarc_min_messages: int = Field(default=10, ge=1, le=1_000_000_000)
+    dmarc_max_fail_ratio: float = Field(default=0.05, ge=0, lt=1)
+
+
+class ImapConfig(_Strict):
+    """The mailbox the DMARC ``rua`` mail lands in, read over IMAP (TLS unless said otherwise)."""
+
+    host: str = Field(min_length=1)
+    port: int = Field(default=993, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    password: SecretRef
+    folder: str = "INBOX"
+    archive_folder: str = ""  # empty: read messages stay where they are (reports are stored once anyway)
+    tls: Literal["implicit", "starttls", "none"] = "implicit"  # none: plain text, for a server on loopback only
+    ca_bundle: Path | None = None  # extra CA certificates to trust (relative to this file)
+    timeout: float = Field(default=30.0, gt=0, le=600)
+
+
+class DmarcReportsConfig(_Strict):
+    """Where DMARC aggregate reports are read from: folders of report files and an IMAP mailbox."""
+
+    paths: list[Path] = []  # folders (or files) of reports, relative to this file
+    addresses: list[str] = []  # the rua addresses whose mail this installation reads (dmarc.reports_missing)
+    imap: ImapConfig | None = None
+
+    @field_validator("addresses")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            local, at, domain = entry.partition("@")
+            if not (local and at and domain and "." in domain) or any(c.isspace() for c in entry):
+                raise ValueError(f"{entry!r} is not an email address")
+        return [entry.lower() for entry in value]
 
 
 class SenderConfig(_Strict):
@@ -132,6 +166,18 @@ class SenderConfig(_Strict):
     dkim_selectors: list[str] = []
     mx_patterns: list[str] = []
     return_path: Literal["customer", "own"] = "own"
+    ip_ranges: list[str] = []  # networks its outbound mail comes from (CIDR), where the sender publishes them
+    ptr_patterns: list[str] = []  # shell patterns of its outbound hosts' PTR names, such as "*.outbound.protection.outlook.com"
+
+    @field_validator("ip_ranges")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not a network such as 192.0.2.0/24") from None
+        return value
 
     @field_validator("spf_include", mode="before")
     @classmethod
@@ -240,6 +286,7 @@ class ScheduleConfig(_Strict):
 
     scan: str = "0 6 * * *"  # empty: no scheduled scan
     report: str = "0 7 * * MON"  # empty: no scheduled report (needs [email] otherwise)
+    dmarc_import: str = "15 * * * *"  # importing DMARC aggregate reports (when [dmarc_reports] is set)
     timezone: str = "UTC"
     misfire_grace_time: int = Field(default=3600, ge=1)  # seconds a missed run may still start late
     coalesce: bool = True  # several missed runs start once
@@ -252,7 +299,7 @@ class ScheduleConfig(_Strict):
             ZoneInfo(self.timezone)
         except (KeyError, ValueError, OSError):
             raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone such as 'Europe/Berlin'") from None
-        for name in ("scan", "report"):
+        for name in ("scan", "report", "dmarc_import"):
             spec = getattr(self, name)
             if spec.strip():
                 try:
@@ -373,6 +420,7 @@ class Config(_Strict):
     scan: ScanConfig = ScanConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     serve: ServeConfig = ServeConfig()
+    dmarc_reports: DmarcReportsConfig | None = None
     tenants: list[TenantConfig] = []
     exceptions: list[ExceptionConfig] = []
 

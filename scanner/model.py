@@ -64,6 +64,7 @@ class Fact(enum.Enum):
     DNS_DKIM = "dns.dkim"
     DNS_MTA_STS = "dns.mta_sts"
     DNS_TLSRPT = "dns.tlsrpt"
+    DMARC_REPORTS = "dmarc.reports"  # DMARC aggregate reports imported for the tenant's domains
 
 
 class MailboxKind(enum.Enum):
@@ -299,6 +300,44 @@ class Baseline:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceTraffic:
+    """What one source IP sent as one domain (header_from) over a window, as the receivers' reports say."""
+
+    domain: str
+    source_ip: str
+    messages: int
+    dmarc_pass: int
+    spf_aligned: int
+    dkim_aligned: int
+    first_seen: datetime
+    last_seen: datetime
+    reports: int
+    ptr: str = ""
+    ptr_confirmed: bool = False  # the PTR name resolves back to the IP (only then may it name a sender)
+
+    @property
+    def dmarc_fail(self) -> int:
+        """Messages that failed DMARC (neither aligned SPF nor aligned DKIM passed)."""
+        return self.messages - self.dmarc_pass
+
+    @property
+    def trusted_ptr(self) -> str:
+        """The PTR name when it is forward-confirmed, else "" (an unconfirmed name proves nothing)."""
+        return self.ptr if self.ptr_confirmed else ""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainTraffic:
+    """A domain's mail as DMARC aggregate reports describe it over the run's window."""
+
+    domain: str
+    since: datetime
+    until: datetime
+    reports: int  # reports whose published policy is this domain's
+    sources: tuple[SourceTraffic, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Inventory:
     """Everything one run collected, with its coverage."""
 
@@ -310,6 +349,10 @@ class Inventory:
     coverage: tuple[Coverage, ...] = ()
     previous: PreviousState | None = None
     baselines: Mapping[str, Baseline] = field(default_factory=dict)
+    traffic: Mapping[str, DomainTraffic] = field(default_factory=dict)
+    """Per configured domain, what the imported DMARC aggregate reports say of its mail in the window."""
+    report_addresses: tuple[str, ...] = ()
+    """The rua addresses whose mail this installation imports ([dmarc_reports] addresses)."""
     lookup: Callable[[str], Mailbox | None] | None = None
     """Finds any mailbox of the run by address, also one outside ``mailboxes`` (a scan evaluates its mailboxes
     page by page, and a page's owners may be on another page); None: search ``mailboxes``."""

@@ -32,6 +32,7 @@ from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
 from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.dmarc_store import with_traffic
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,8 @@ def policy_of(config: Config) -> Policy:
 def senders_of(config: Config) -> dict[str, Sender]:
     """The sender catalogue as the checks see it."""
     return {
-        name: Sender(name, s.title, tuple(s.spf_include), tuple(s.dkim_selectors), tuple(s.mx_patterns), s.return_path)
+        name: Sender(name, s.title, tuple(s.spf_include), tuple(s.dkim_selectors), tuple(s.mx_patterns), s.return_path,
+                     tuple(s.ip_ranges), tuple(s.ptr_patterns))
         for name, s in config.senders.items()
     }
 
@@ -270,7 +272,7 @@ def run_scan(
         recorded = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
                            tenants=tenants, stop=stop)
         try:
-            run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
+            run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation, config)
         except OutputError as exc:
             _fail(store, run_id, f"its outputs were not written: {exc}")
             raise ScanFailed(f"run {run_id}: {exc}") from None
@@ -369,7 +371,8 @@ def _record(
         # The drift checks judge against the state recorded before this run; the snapshot then records
         # only what this run saw completely (a partial tenant's objects carry forward unchanged).
         previous = store.previous_state(run_id, forwards=False)
-        inventory = replace(collection.inventory, previous=previous, baselines=baselines)
+        inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
+                                                        baselines=baselines), as_of or started)
         store.stage(run_id, snapshot_items(inventory))
         halt_at("staged")
         store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
@@ -434,7 +437,8 @@ def _judge_and_record(
 
 
 def write_outputs(
-    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None
+    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
+    config: Config | None = None,
 ) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
     """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links),
     atomically (reports/outputs.py): the previous outputs stay until every new file is written."""
@@ -446,7 +450,9 @@ def write_outputs(
         return [
             write_findings_json(findings, folder / "findings.json"),
             write_findings_csv(findings, folder / "findings.csv"),
-            render_report(store, run, findings, events, folder / "report.html", remediation),
+            render_report(store, run, findings, events, folder / "report.html", remediation,
+                          senders=senders_of(config) if config is not None else None,
+                          dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14),
         ]
 
     files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))

@@ -59,12 +59,13 @@ from scanner.errors import MailwardenError
 from scanner.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
     service_holder
 from scanner.model import Finding
+from scanner.dmarc_import import run_import
 from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
 from scanner.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
 
-JOBS = ("scan", "report")
+JOBS = ("scan", "report", "dmarc_import")
 JOB_TABLE = "apscheduler_jobs"
 
 serve_metadata = sa.MetaData()
@@ -203,6 +204,10 @@ def _describe(job: str, figures: dict[str, Any]) -> str:
         return (f"job scan ended: run {figures['run_id']} {figures['state']}; tenants {t['complete']} complete, "
                 f"{t['partial']} partial, {t['failed']} failed; {figures['mailboxes']} mailboxes, "
                 f"{figures['domains']} domains; findings {counts}; {figures['duration']} s")
+    if job == "dmarc_import":
+        return (f"job dmarc_import ended: {figures['state']}; {figures['read']} files or messages read, "
+                f"{figures['stored']} reports stored, {figures['skipped']} already stored, "
+                f"{figures['not_read']} not read; {figures['duration']} s")
     return (f"job report ended: run {figures.get('run_id')} {figures['state']}; {figures.get('sent', 0)} list(s) "
             f"sent, {figures.get('not_sent', 0)} not sent; {figures['duration']} s")
 
@@ -252,6 +257,24 @@ def execute_report(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
     return state, figures
 
 
+def execute_dmarc_import(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
+    """Import DMARC aggregate reports from the configured folders and mailbox; returns its state and figures."""
+    clock = time.monotonic()
+    try:
+        result = run_import(store, config)
+    except Exception as exc:  # noqa: BLE001 - the scheduler goes on; the record and the log say why
+        log.exception("dmarc import failed")
+        return "failed", {"state": "failed", "problem": f"{type(exc).__name__}: {exc}",
+                          "duration": round(time.monotonic() - clock, 3)}
+    state = "complete" if not result.problems else ("partial" if result.read > len(result.problems) else "failed")
+    figures: dict[str, Any] = {"state": state, "read": result.read, "stored": result.stored,
+                               "skipped": result.skipped, "not_read": len(result.problems),
+                               "duration": round(time.monotonic() - clock, 3)}
+    if result.problems:
+        figures["problems"] = [f"{name}: {reason}" for name, reason in result.problems[:20]]
+    return state, figures
+
+
 def run_job(job: str, config_path: str, stop: threading.Event | None = None) -> None:
     """One execution of a scheduled job (``scan`` or ``report``): reads the config afresh, logs start and end."""
     try:
@@ -267,6 +290,8 @@ def run_job(job: str, config_path: str, stop: threading.Event | None = None) -> 
         log.info("job %s started", job, extra={"event": "job.start", "job": job})
         if job == "scan":
             state, figures = execute_scan(config, store, stop)
+        elif job == "dmarc_import":
+            state, figures = execute_dmarc_import(config, store)
         else:
             state, figures = execute_report(config, store)
         _end_job(store, row_id, state, figures)
@@ -327,6 +352,8 @@ def sync_jobs(scheduler: BackgroundScheduler, config: Config, config_path: Path)
         if job == "report" and trigger is not None and config.email is None:
             log.warning("no [email] table: the weekly report is not scheduled")
             trigger = None
+        if job == "dmarc_import" and config.dmarc_reports is None:
+            trigger = None  # nothing to import from
         existing = scheduler.get_job(job)
         if trigger is None:
             if existing is not None:

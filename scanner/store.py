@@ -292,8 +292,62 @@ def _migration_5(conn: Connection) -> None:
     ))
 
 
+dmarc_reports = sa.Table(
+    "dmarc_reports",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("org_name", sa.String(255), nullable=False),
+    sa.Column("report_id", sa.String(255), nullable=False),
+    sa.Column("email", sa.String(255), nullable=False),
+    sa.Column("begin", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("end", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("domain", sa.String(255), nullable=False),  # policy_published: the policy's domain
+    sa.Column("policy", sa.JSON, nullable=False),  # policy_published as reported (p, sp, np, adkim, ...)
+    sa.Column("schema", sa.String(64), nullable=False),  # the XML namespace; "" for RFC 7489 reports
+    sa.Column("source", sa.String(1024), nullable=False),  # the file or mailbox message it came from
+    sa.Column("imported", sa.DateTime(timezone=True), nullable=False),
+    sa.UniqueConstraint("org_name", "report_id", name="uq_dmarc_reports_org_id"),
+    sa.Index("ix_dmarc_reports_domain_end", "domain", "end"),
+)
+"""DMARC aggregate reports, one row each; a report seen again (same org and report id) is not stored twice."""
+
+dmarc_records = sa.Table(
+    "dmarc_records",
+    metadata,
+    sa.Column("report", sa.Integer, sa.ForeignKey("dmarc_reports.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("row", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("source_ip", sa.String(45), nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("disposition", sa.String(32), nullable=False),
+    sa.Column("dkim", sa.String(16), nullable=False),  # policy_evaluated, lower case
+    sa.Column("spf", sa.String(16), nullable=False),
+    sa.Column("header_from", sa.String(255), nullable=False),
+    sa.Column("envelope_from", sa.String(255), nullable=False),
+    sa.Column("envelope_to", sa.String(255), nullable=False),
+    sa.Column("auth", sa.JSON, nullable=False),  # the auth_results: method, domain, selector, scope, result
+    sa.Column("reasons", sa.JSON, nullable=False),
+    sa.Index("ix_dmarc_records_from_ip", "header_from", "source_ip"),
+)
+"""Each report's records: a source IP's messages, how DMARC judged them, and the identifiers."""
+
+dmarc_ptr = sa.Table(
+    "dmarc_ptr",
+    metadata,
+    sa.Column("ip", sa.String(45), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),  # "" when the address has no PTR record
+    sa.Column("state", sa.String(16), nullable=False),  # confirmed (forward-confirmed), unconfirmed, absent
+    sa.Column("looked_up", sa.DateTime(timezone=True), nullable=False),
+)
+"""The PTR name of each source IP the reports name, as last looked up."""
+
+
+def _migration_6(conn: Connection) -> None:
+    """Version 6: DMARC aggregate reports, their records, and the source IPs' PTR names."""
+    metadata.create_all(conn, tables=[dmarc_reports, dmarc_records, dmarc_ptr])
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5,
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 

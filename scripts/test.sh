@@ -12,6 +12,8 @@ apt_install() {  # a brand-new machine may have no package lists yet: update onc
 # The store tests run on SQLite and on a real PostgreSQL server that the tests start on loopback in a
 # temporary directory, from Debian's postgresql package (initdb and postgres in /usr/lib/postgresql/*/bin).
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || apt_install postgresql
+# The DMARC report import reads the rua mailbox over IMAP: the tests start Debian's Dovecot on loopback.
+[ -x /usr/sbin/dovecot ] || apt_install dovecot-imapd
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -87,3 +87,23 @@ def test_demo_shows_the_scripted_drift(demo_out) -> None:
     assert ("drift.forwarding_added", "theo.brennan@harbordental.example", "") in failing
     first = json.loads((out / "findings.json").read_text(encoding="utf-8"))
     assert not [f for f in first if f["check"].startswith("drift.") and f["status"] != "pass"]
+
+
+def test_demo_writes_a_verified_evidence_pack_with_controls(demo_out) -> None:
+    import csv
+
+    from reports.evidence import verify_evidence
+    from reports.workbook import read_sheets
+
+    out, done = demo_out
+    pack = out / "evidence"
+    assert f"evidence pack of both runs (controls.csv, evidence.xlsx): {pack}" in done.stdout
+    assert verify_evidence(pack) == []
+    with (pack / "controls.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["status"] for r in rows} == {"pass", "fail"}  # the demo's export files answer every fact
+    assert {r["framework"] for r in rows} == {"nist-800-53", "bod-18-01"}  # its tenants are export files
+    ghosts = [r for r in rows if r["control"] == "AC-2(3)" and r["status"] == "fail"]
+    assert ghosts and all(r["finding_ids"] for r in ghosts)
+    sheets = read_sheets(pack / "evidence.xlsx")
+    assert "controls" in sheets and len(sheets["controls"]) == len(rows) + 1

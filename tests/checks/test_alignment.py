@@ -181,3 +181,31 @@ def test_parked_domain_passes_without_senders(dns_server, add_zone) -> None:
     add_zone("old.example", "")
     finding = judge(dns_server, "old.example", ("google",), None, parked=True)[""]
     assert finding.status is Status.PASS
+
+
+def _traffic(name: str, *sources: tuple[str, str, int, int]) -> dict[str, object]:
+    from scanner.model import DomainTraffic, SourceTraffic
+
+    return {name: DomainTraffic(name, NOW, NOW, 3, tuple(
+        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 1, ptr, bool(ptr)) for ip, ptr, messages, passed in sources
+    ))}
+
+
+def test_observed_traffic_outweighs_dns_both_ways(dns_server, add_zone, key) -> None:
+    """A sender whose DNS looks right but whose mail fails at receivers fails; one that aligns there passes."""
+    add_zone("acme.example", f"s1._domainkey TXT {record('v=DKIM1; k=rsa; p=' + key)}")
+    senders = {**SENDERS, "sendgrid": dataclasses.replace(SENDERS["sendgrid"], ptr_patterns=("*.sendgrid.net",)),
+               "google": dataclasses.replace(SENDERS["google"], ip_ranges=("209.85.128.0/17",))}
+    tenant = Tenant("acme", None, ("acme.example",), senders=("sendgrid", "google"))
+    facts = asyncio.run(DnsClient([dns_server.nameserver], timeout=0.6).collect_domain(
+        "acme.example", selectors={"s1", "s2", "google"}))
+    facts = dataclasses.replace(facts, spf=SpfStandIn("v=spf1 include:sendgrid.net -all", ("sendgrid.net",)))
+    inventory = Inventory((tenant,), (Domain("acme.example", "acme", False, None, facts),),
+                          traffic=_traffic("acme.example", ("167.89.1.1", "o1.ptr.sendgrid.net", 400, 100),
+                                           ("209.85.220.41", "", 50, 50)))
+    found = {f.item: f for f in evaluate(inventory, [sender_unaligned], policy=Policy(), senders=senders, now=NOW)}
+    sendgrid, google = found["sendgrid"], found["google"]
+    assert sendgrid.status is Status.FAIL  # a valid key at s1 by DNS, yet 300 of 400 messages failed DMARC
+    assert (sendgrid.evidence["messages"], sendgrid.evidence["dmarc_fail"]) == (400, 300)
+    assert "aggregate reports" in sendgrid.evidence["basis"]
+    assert google.status is Status.PASS and google.evidence["dmarc_pass"] == 50  # no google key by DNS

@@ -348,3 +348,91 @@ def test_many_destinations_are_bounded(dns_server, add_zone) -> None:
     errors = [f for f in found.values() if f.status is Status.ERROR]
     assert len(failed) == 10 and len(errors) == 11  # 10 looked up; 20 not: 10 shown, the rest summed up
     assert "10 more report destinations" in found[("dmarc.rua_unauthorized", "more destinations")].reason
+
+
+def _reported(server: ZoneServer, name: str, traffic: object, *, addresses: tuple[str, ...] = (),
+              senders: object = None, reports: bool = True) -> list:  # type: ignore[type-arg]
+    from checks.dmarc import dmarc_reports_missing, dmarc_source_failing
+    from checks.registry import Sender
+    from scanner.model import Coverage, Fact, FactState
+
+    facts = asyncio.run(DnsClient([server.nameserver], timeout=0.6).collect_domain(name))
+    tenant = Tenant("acme", None, (name,), senders=("relay",))
+    state = FactState.COLLECTED if reports else FactState.UNSUPPORTED
+    inventory = Inventory((tenant,), (Domain(name, "acme", False, None, facts),), traffic=traffic or {},
+                          report_addresses=addresses,
+                          coverage=(Coverage("acme", Fact.DMARC_REPORTS, state, "no reports are read"),))
+    catalogue = senders or {"relay": Sender("relay", "Relay", ptr_patterns=("*.relay.example",))}
+    return evaluate(inventory, [dmarc_source_failing, dmarc_reports_missing],
+                    policy=Policy(dmarc_min_messages=10, dmarc_max_fail_ratio=0.1), senders=catalogue, now=NOW)
+
+
+def _sources(name: str, reports: int, *rows: tuple[str, str, int, int]) -> dict[str, object]:
+    from scanner.model import DomainTraffic, SourceTraffic
+
+    return {name: DomainTraffic(name, NOW, NOW, reports, tuple(
+        SourceTraffic(name, ip, messages, passed, passed, 0, NOW, NOW, 2, ptr, bool(ptr)) for ip, ptr, messages, passed in rows))}
+
+
+def test_failing_sources_fail_one_by_one_with_who_they_are(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    traffic = _sources("acme.example", 4,
+                       ("192.0.2.10", "out.relay.example", 200, 120),  # 40% fail: fails
+                       ("198.51.100.7", "", 50, 0),  # all fail, no PTR, not a declared sender: fails
+                       ("192.0.2.11", "out2.relay.example", 100, 99),  # 1% fail: under the threshold
+                       ("203.0.113.5", "", 5, 0))  # too few messages to judge
+    findings = [f for f in _reported(dns_server, "acme.example", traffic, addresses=("dmarc@msp.example",))
+                if f.check == "dmarc.source_failing"]
+    failing = {f.item: f for f in findings if f.status is Status.FAIL}
+    assert set(failing) == {"192.0.2.10", "198.51.100.7"} and len(findings) == 2
+    relay = failing["192.0.2.10"]
+    assert (relay.evidence["sender"], relay.evidence["ptr"], relay.evidence["declared"]) == (
+        "relay", "out.relay.example", True)
+    assert (relay.evidence["messages"], relay.evidence["dmarc_fail"]) == (200, 80)
+    assert relay.evidence["failed"] == ["SPF alignment", "DKIM alignment"]
+    stranger = failing["198.51.100.7"]
+    assert stranger.evidence["sender"] == "unknown" and "spoofing" in stranger.evidence["note"]
+
+
+def test_sources_within_the_threshold_pass_with_counts(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    traffic = _sources("acme.example", 2, ("192.0.2.11", "out2.relay.example", 100, 99))
+    [source] = [f for f in _reported(dns_server, "acme.example", traffic) if f.check == "dmarc.source_failing"]
+    assert source.status is Status.PASS and source.evidence["messages"] == 100
+
+
+def test_reports_missing_only_where_they_should_arrive_here(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:DMARC@msp.example"')
+    add_zone("other.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:d@elsewhere.example"')
+    here = {f.check: f for f in _reported(dns_server, "acme.example", _sources("acme.example", 0),
+                                          addresses=("dmarc@msp.example",))}
+    assert here["dmarc.reports_missing"].status is Status.FAIL
+    assert here["dmarc.reports_missing"].evidence["rua"] == ["dmarc@msp.example"]
+    assert here["dmarc.source_failing"].status is Status.UNSUPPORTED  # silence is not a pass
+    arrived = {f.check: f for f in _reported(dns_server, "acme.example", _sources("acme.example", 3),
+                                             addresses=("dmarc@msp.example",))}
+    assert arrived["dmarc.reports_missing"].status is Status.PASS and arrived["dmarc.reports_missing"].evidence[
+        "reports"] == 3
+    elsewhere = {f.check: f for f in _reported(dns_server, "other.example", {}, addresses=("dmarc@msp.example",))}
+    assert elsewhere["dmarc.reports_missing"].status is Status.UNSUPPORTED
+    assert "d@elsewhere.example" in elsewhere["dmarc.reports_missing"].reason
+
+
+def test_without_imported_reports_both_checks_are_unsupported(dns_server, add_zone) -> None:
+    add_zone("acme.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    findings = _reported(dns_server, "acme.example", {}, addresses=("dmarc@msp.example",), reports=False)
+    assert {f.status for f in findings} == {Status.UNSUPPORTED}
+    assert all("no reports are read" in f.reason for f in findings)
+
+
+def test_a_parked_domain_owes_no_reports(dns_server, add_zone) -> None:
+    from checks.dmarc import dmarc_reports_missing
+    from scanner.model import Coverage, Fact, FactState
+
+    add_zone("old.example", '_dmarc TXT "v=DMARC1; p=reject; rua=mailto:dmarc@msp.example"')
+    facts = asyncio.run(DnsClient([dns_server.nameserver], timeout=0.6).collect_domain("old.example"))
+    inventory = Inventory((Tenant("acme", None, (), parked_domains=("old.example",)),),
+                          (Domain("old.example", "acme", True, None, facts),), report_addresses=("dmarc@msp.example",),
+                          coverage=(Coverage("acme", Fact.DMARC_REPORTS, FactState.COLLECTED),))
+    [finding] = evaluate(inventory, [dmarc_reports_missing], policy=Policy(), senders={}, now=NOW)
+    assert finding.status is Status.PASS and "parked" in finding.evidence["note"]

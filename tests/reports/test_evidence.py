@@ -12,8 +12,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from checks.controls import Catalogue, load_catalogue
 from checks.evaluate import fingerprint
+from checks.registry import load_checks
 from reports.evidence import PACK_COLUMNS, Period, verify_evidence, write_evidence
+from reports.workbook import read_sheets
 from scanner.cli import main
 from scanner.model import Domain, Finding, Inventory, Mailbox, PolicyException, Severity, Status
 from scanner.pipeline import snapshot_items
@@ -78,7 +81,7 @@ def _header(path: Path) -> list[str]:
 
 def test_pack_has_every_file_with_documented_columns(store: Store, tmp_path: Path) -> None:
     files = write_evidence(store, tmp_path / "pack", Period.of(None, None), config_digest="f" * 64)
-    assert sorted(f.name for f in files) == sorted([*PACK_COLUMNS, "manifest.json"])
+    assert sorted(f.name for f in files) == sorted([*PACK_COLUMNS, "evidence.xlsx", "manifest.json"])
     for name, columns in PACK_COLUMNS.items():
         assert _header(tmp_path / "pack" / name) == list(columns)
     manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text(encoding="utf-8"))
@@ -216,3 +219,109 @@ def test_period_bounds_are_inclusive_days() -> None:
     assert period.holds(datetime(2026, 11, 9, 23, 59, tzinfo=UTC))
     assert not period.holds(datetime(2026, 11, 10, 0, 0, tzinfo=UTC))
     assert replace(period, since=None).holds(datetime(2000, 1, 1, tzinfo=UTC))
+
+
+def test_pack_lists_the_reported_sources_of_the_period(store: Store, tmp_path: Path) -> None:
+    from checks.registry import Sender
+    from scanner.dmarc_import import import_files
+    from tests.dmarc_fixtures import Row, write_report
+
+    for day, (tenant_domain, ip) in enumerate([("acme.example", "192.0.2.1"), ("globex.example", "192.0.2.2"),
+                                               ("mail.acme.example", "192.0.2.3")]):
+        begin = NOW + timedelta(days=day)
+        write_report(tmp_path / "reports", "google.com", f"r{day}", tenant_domain, begin, begin + timedelta(days=1),
+                     [Row(ip, 10 + day, dkim="fail", spf="fail" if day else "pass")])
+    write_report(tmp_path / "reports", "google.com", "old", "acme.example", NOW - timedelta(days=90),
+                 NOW - timedelta(days=89), [Row("192.0.2.9", 1)])
+    assert import_files(store, [tmp_path / "reports"]).stored == 4
+    senders = {"relay": Sender("relay", ip_ranges=("192.0.2.0/31",))}
+    write_evidence(store, tmp_path / "pack", Period.of(NOW.date(), None), senders=senders)
+    rows = {r["source_ip"]: r for r in _rows(tmp_path / "pack" / "dmarc_sources.csv")}
+    assert set(rows) == {"192.0.2.1", "192.0.2.2", "192.0.2.3"}  # the 90-day-old report is outside the period
+    assert rows["192.0.2.1"]["sender"] == "relay" and rows["192.0.2.3"]["sender"] == "unknown"
+    assert (rows["192.0.2.1"]["dmarc_pass"], rows["192.0.2.2"]["dmarc_fail"]) == ("10", "11")
+    write_evidence(store, tmp_path / "acme", Period.of(NOW.date(), None), tenant="acme")
+    acme = {r["domain"] for r in _rows(tmp_path / "acme" / "dmarc_sources.csv")}
+    assert acme == {"acme.example", "mail.acme.example"}  # its domain and subdomains, not globex's
+    assert verify_evidence(tmp_path / "acme") == []
+
+
+@pytest.fixture(scope="module")
+def catalogue() -> Catalogue:
+    return load_catalogue(known_checks=[c.meta.id for c in load_checks()])
+
+
+def test_controls_csv_has_a_verdict_per_run_tenant_and_control(store: Store, tmp_path: Path,
+                                                               catalogue: Catalogue) -> None:
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue)
+    rows = _rows(tmp_path / "pack" / "controls.csv")
+    exo = {(r["run_id"], r["tenant"]): r for r in rows if r["control"] == "MS.EXO.1.1v1"}
+    assert set(exo) == {(f"r{i}", t) for i in range(3) for t in ("acme", "globex")}
+    ann = fingerprint("forwarding.external", "acme", "ann@acme.example")
+    assert exo[("r0", "acme")]["status"] == "fail" and exo[("r0", "acme")]["finding_ids"] == ann
+    assert exo[("r0", "acme")]["failing_subjects"] == "1"
+    assert exo[("r2", "acme")]["status"] == "excepted"  # ann fixed; the CEO's forward is excepted
+    assert exo[("r2", "globex")]["status"] == "fail"
+    assert exo[("r0", "acme")]["coverage"] == "partial" and exo[("r0", "acme")]["note"]
+    spf = [r for r in rows if r["control"] == "MS.EXO.2.2v2"]
+    assert spf and {r["status"] for r in spf} == {"not assessed"}  # no SPF finding in these runs: never a pass
+
+
+def test_workbook_holds_every_csv_unchanged(store: Store, tmp_path: Path, catalogue: Catalogue) -> None:
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue)
+    sheets = read_sheets(tmp_path / "pack" / "evidence.xlsx")
+    assert list(sheets)[0] == "summary"
+    assert sorted(sheets) == sorted(["summary", *(name[:-4] for name in PACK_COLUMNS)])
+    for name in PACK_COLUMNS:
+        with (tmp_path / "pack" / name).open(newline="", encoding="utf-8") as handle:
+            assert sheets[name[:-4]] == list(csv.reader(handle)), name
+    summary = {row[0]: row[1:] for row in sheets["summary"] if row}
+    assert summary["runs"][0] == "3" and summary["findings.csv"][0] == "9"
+
+
+def test_workbook_cells_are_text_never_formulas(store: Store, tmp_path: Path, catalogue: Catalogue) -> None:
+    from openpyxl import load_workbook
+
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue)
+    book = load_workbook(tmp_path / "pack" / "evidence.xlsx")
+    sheet = book["changes"]
+    assert sheet.freeze_panes == "A2" and sheet.auto_filter.ref and sheet.auto_filter.ref.startswith("A1:")
+    assert sheet.column_dimensions["A"].width >= len("at")
+    formulas = [c.coordinate for ws in book.worksheets for row in ws.iter_rows() for c in row if c.data_type == "f"]
+    assert formulas == []
+    values = [c.value for row in sheet.iter_rows() for c in row]
+    assert "'" + FORMULA in values  # the display name an attacker set, as inert text
+
+
+def test_verify_checks_the_workbook(store: Store, tmp_path: Path, catalogue: Catalogue) -> None:
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue)
+    assert verify_evidence(tmp_path / "pack") == []
+    manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["files"]["evidence.xlsx"]["sheets"][0] == "summary"
+    workbook = tmp_path / "pack" / "evidence.xlsx"
+    workbook.write_bytes(workbook.read_bytes()[:-10])
+    problems = verify_evidence(tmp_path / "pack")
+    assert len(problems) == 1 and "evidence.xlsx" in problems[0]
+
+
+def test_one_framework_limits_controls_and_findings(store: Store, tmp_path: Path, catalogue: Catalogue) -> None:
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue, framework="nist-800-53")
+    assert {r["framework"] for r in _rows(tmp_path / "pack" / "controls.csv")} == {"nist-800-53"}
+    assert _rows(tmp_path / "pack" / "findings.csv") == []  # forwarding.external evidences no NIST control here
+    write_evidence(store, tmp_path / "exo", Period.of(None, None), catalogue=catalogue, framework="scuba-exo")
+    assert {r["check"] for r in _rows(tmp_path / "exo" / "findings.csv")} == {"forwarding.external"}
+    manifest = json.loads((tmp_path / "exo" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["framework"] == "scuba-exo" and verify_evidence(tmp_path / "exo") == []
+
+
+def test_command_writes_a_framework_pack(config_for: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "pack"
+    done = runner.invoke(main, ["evidence", "--config", str(config_for), "--framework", "scuba-gmail",
+                                "--out", str(out)])
+    assert done.exit_code == 0, done.output
+    assert {r["framework"] for r in _rows(out / "controls.csv")} == {"scuba-gmail"}
+    assert "evidence.xlsx" in done.output
+    unknown = runner.invoke(main, ["evidence", "--config", str(config_for), "--framework", "cis",
+                                   "--out", str(tmp_path / "p")])
+    assert unknown.exit_code == 2 and "cis-m365-v7" in unknown.output

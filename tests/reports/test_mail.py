@@ -341,3 +341,23 @@ domains = ["acme.example"]
 """)
     with pytest.raises(ConfigError, match=r"email.lists\[0\].tenants: no tenant named 'nope'"):
         load_config(path)
+
+
+def test_the_email_names_the_top_failing_sources() -> None:
+    def source(ip: str, failed: int, ptr: str | None) -> Finding:
+        return Finding(id=fingerprint("dmarc.source_failing", "acme", "acme.example", ip), check="dmarc.source_failing",
+                       status=Status.FAIL, severity=Severity.MEDIUM, tenant="acme", domain="acme.example",
+                       subject="acme.example", item=ip, title="A source fails DMARC",
+                       evidence={"messages": 100, "dmarc_fail": failed, "ptr": ptr, "sender": "unknown",
+                                 "failed": ["SPF alignment", "DKIM alignment"]})
+
+    findings = [*_findings(), *(source(f"192.0.2.{n}", n * 10, f"host{n}.example" if n % 2 else None)
+                                for n in range(1, 8))]
+    text, html, _ = _parts(build_message(_run(), findings, {}, _email(25).lists[0], _email(25)))
+    block = text[text.index("SOURCES FAILING DMARC AT RECEIVERS"):]
+    listed = [line for line in block.splitlines()[1:] if line.startswith("  - ")]
+    assert len(listed) == 5 and "192.0.2.7 (host7.example)" in listed[0] and "70 of 100" in listed[0]
+    assert "192.0.2.6 (no PTR)" in listed[1] and "192.0.2.2" not in block  # the five with most failed messages
+    assert "Sources failing DMARC at receivers" in html and "192.0.2.7" in html
+    quiet = _parts(build_message(_run(), _findings(), {}, _email(25).lists[0], _email(25)))[0]
+    assert "SOURCES FAILING DMARC" not in quiet

@@ -434,3 +434,44 @@ def test_the_remediation_app_is_mounted_only_when_links_are_configured(tmp_path:
     assert app is not None
     response = TestClient(app).get("/r/not-a-signed-token")
     assert response.status_code == 400 and "This link cannot be used" in response.text
+
+
+def test_dmarc_reports_are_imported_on_their_own_schedule(
+    estate: ZoneServer, write_config: Callable[[str], Path], tmp_path: Path, serving: Callable[[Path], Serving]
+) -> None:
+    from tests.dmarc_fixtures import Row, write_report
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    now = datetime.now(UTC).replace(microsecond=0)
+    write_report(tmp_path / "reports", "google.com", "sched-1", "acme.example", now - timedelta(days=1), now,
+                 [Row("192.0.2.10", 9)])
+    (tmp_path / "reports" / "broken.xml").write_bytes(b"<feedback>")
+    config = write_config(f'''
+[store]
+url = "{url}"
+[dns]
+nameservers = ["{estate.nameserver}"]
+timeout = 1.0
+[schedule]
+scan = ""
+report = ""
+dmarc_import = "* * * * * *"
+[serve]
+port = {_free_port()}
+log_format = "json"
+[dmarc_reports]
+paths = ["reports"]
+[[tenants]]
+name = "acme"
+domains = ["acme.example"]
+''')
+    server = serving(config)
+    done = lambda: [r for r in _job_rows(url, "dmarc_import") if r.state != "running"]  # noqa: E731
+    row = _wait(done, what="a scheduled import")[0]
+    assert row.state == "partial" and row.figures["stored"] == 1 and row.figures["not_read"] == 1
+    assert "broken.xml" in row.figures["problems"][0]
+    _wait(lambda: len(done()) >= 2, what="a second import")
+    assert server.stop() in (0, -signal.SIGTERM)
+    later = done()[1:]
+    assert later and all(r.figures["stored"] == 0 and r.figures["skipped"] == 1 for r in later)  # once only
+    assert not _runs(url)  # no scan was scheduled
