@@ -237,7 +237,7 @@ def write_evidence(
         "tenant": tenant or "all tenants", "framework": framework or "all frameworks", "runs": len(runs),
         "first run started": runs[0].started.isoformat(), "last run started": runs[-1].started.isoformat(),
     }
-    files.append(write_workbook(out_dir / WORKBOOK, summary, files, rows))
+    files.append(write_workbook(out_dir / WORKBOOK, summary, files, rows, runs[-1].finished or runs[-1].started))
     manifest = {
         "kind": "mailwarden evidence pack",
         "tool_version": __version__,

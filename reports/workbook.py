@@ -12,7 +12,10 @@ with a note naming the CSV that holds it whole, and control characters Excel ref
 from __future__ import annotations
 
 import re
+import shutil
+import zipfile
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -144,13 +147,40 @@ def _write_summary(book: Workbook, summary: Mapping[str, object], files: Sequenc
 
 
 def write_workbook(path: Path, summary: Mapping[str, object], files: Sequence[Path],
-                   rows: Mapping[str, int]) -> Path:
-    """Write evidence.xlsx from the pack's CSV files: a summary sheet, then one sheet (or more) per file."""
+                   rows: Mapping[str, int], as_of: datetime) -> Path:
+    """Write evidence.xlsx from the pack's CSV files: a summary sheet, then one sheet (or more) per file.
+
+    The same pack gives the same bytes: the document's dates are ``as_of`` (the pack's last run), and the
+    zip entries carry that time too, not the moment of writing.
+    """
     book = Workbook(write_only=True)
+    moment = as_of.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+    book.properties.created = book.properties.modified = moment
     sheets = {source.name: _write_table(book, source) for source in files}
     _write_summary(book, summary, files, rows, sheets)
-    book.save(path)
+    written = path.with_name(path.name + ".part")
+    book.save(written)
+    _pin_times(written, path, moment)
+    written.unlink()
     return path
+
+
+def _pin_times(source: Path, target: Path, moment: datetime) -> None:
+    """Copy a zip file with every entry's time set to ``moment`` (zip times start in 1980)."""
+    stamp = max(moment, datetime(1980, 1, 1)).timetuple()[:6]
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
+        for entry in old.infolist():
+            pinned = zipfile.ZipInfo(entry.filename, date_time=stamp)
+            pinned.compress_type = zipfile.ZIP_DEFLATED
+            pinned.external_attr = entry.external_attr
+            if entry.filename == "docProps/core.xml":  # openpyxl stamps "modified" with the time of saving
+                text = old.read(entry).decode("utf-8")
+                text = re.sub(r"(<dcterms:modified[^>]*>)[^<]*(</dcterms:modified>)",
+                              lambda m: m.group(1) + moment.strftime("%Y-%m-%dT%H:%M:%SZ") + m.group(2), text)
+                new.writestr(pinned, text.encode("utf-8"))
+                continue
+            with old.open(entry) as data, new.open(pinned, "w") as out:
+                shutil.copyfileobj(data, out, 1 << 20)
 
 
 def sheet_titles(path: Path) -> list[str]:

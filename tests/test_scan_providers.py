@@ -22,6 +22,7 @@ from scanner.baseline import load_baselines
 from scanner.cli import main
 from scanner.collect import collect
 from scanner.config import load_config
+from scanner.dmarc_store import with_traffic
 from scanner.store import Store, canonical
 from scanner.zoneserver import ZoneServer
 from tests.contract import google, mailcow, microsoft
@@ -236,12 +237,12 @@ def test_judging_mailboxes_a_page_at_a_time_finds_what_judging_them_all_at_once_
     # Some owner's mailbox is on another page than the mailbox it owns: the stored lookup has to find it.
     assert any(owner in page_of and page_of[owner] != page_of[m.address]
                for m in whole.inventory.mailboxes for owner in m.owners)
-    expected = evaluate(
-        replace(whole.inventory, baselines=load_baselines(config)), load_checks(),
-        policy=pipeline.policy_of(config), senders=pipeline.senders_of(config), now=when,
-    )
     monkeypatch.setattr(pipeline, "PAGE", 2)
     store = Store(config.store.url)
+    expected = evaluate(
+        with_traffic(store, config, replace(whole.inventory, baselines=load_baselines(config)), when), load_checks(),
+        policy=pipeline.policy_of(config), senders=pipeline.senders_of(config), now=when,
+    )
     try:
         result = pipeline.run_scan(config, tmp_path / "out", store=store, now=when)
     finally:
