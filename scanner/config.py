@@ -305,7 +305,7 @@ class TrekMailOptions(_Strict):
     """TrekMail: the origin of its REST API v1 (``/api/v1`` is added), for white-label instances and tests."""
 
     url: str = Field(default="https://trekmail.net", min_length=8)
-    device_passwords: bool = True  # Drive sync-device passwords (scope drive:devices:read)
+    per_page: int = Field(default=100, ge=1, le=100)  # rows per listing page (the API caps it at 100)
 
 
 class TenantConfig(_Strict):
