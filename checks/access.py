@@ -21,7 +21,9 @@ from collections.abc import Iterator
 
 from checks.mailbox import roster_view
 from checks.registry import Result, RunContext, check
-from scanner.model import Fact, FactState, Grant, GrantKind, MailAccess, Mailbox, MailboxKind, MailboxStatus, Scope, Severity
+from scanner.model import (
+    Fact, FactState, Grant, GrantKind, MailAccess, Mailbox, MailboxKind, MailboxStatus, Scope, Severity,
+)
 
 READS_MAIL = (MailAccess.READ, MailAccess.FULL)
 SURFACES = (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS)
@@ -125,7 +127,8 @@ def mail_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
         return
     allowed = set(ctx.tenant.allowed_apps)
     reading = [g for g in mailbox.grants if g.kind is GrantKind.OAUTH and g.mail in READS_MAIL]
-    outside = [g for g in reading if g.client.lower() not in allowed and (not g.client_id or g.client_id.lower() not in allowed)]
+    outside = [g for g in reading
+               if g.client.lower() not in allowed and (not g.client_id or g.client_id.lower() not in allowed)]
     for grant in outside:
         yield Result.failed(item=f"{grant.kind.value}:{grant.id}", allowed_apps=sorted(allowed),
                             **grant_evidence(grant))

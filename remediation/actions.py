@@ -194,7 +194,8 @@ def describe(action: str, subject: str, params: Mapping[str, Any]) -> str:
         case "grant.revoke":
             what = {"oauth": "the OAuth grant of", "app_password": "the app password", "device_password":
                     "the device password"}.get(str(params.get("kind")), "the grant")
-            return f"Revoke {what} {params.get('client') or params.get('grant', '')} on {subject}; it cannot be restored."
+            name = params.get("client") or params.get("grant", "")
+            return f"Revoke {what} {name} on {subject}; it cannot be restored."
         case "dns.publish":
             return f"Publish in {subject}'s DNS zone: " + "; ".join(params.get("records", ()))
     return f"{action} on {subject}"

@@ -568,7 +568,8 @@ class MicrosoftAdapter:
             crawl.clients[client] = (name, app)
         name, app = crawl.clients.get(client, (client, ""))
         scopes = tuple(str(item.get("scope") or "").split())
-        return Grant(GrantKind.OAUTH, str(item.get("id") or ""), name, mail_access(scopes, GRAPH), scopes, app or client)
+        return Grant(GrantKind.OAUTH, str(item.get("id") or ""), name, mail_access(scopes, GRAPH), scopes,
+                     app or client)
 
     async def _access_coverage(self, crawl: _Crawl) -> tuple[str, ...]:
         """Coverage of the access facts, and the tenant-wide admin consents that reach mail, as notes."""

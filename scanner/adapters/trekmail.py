@@ -225,11 +225,12 @@ class TrekMailAdapter:
                 found[name] = int(row["id"])
                 status = str(row.get("status") or "")
                 if status and status != "active":
-                    reading.notes.append(f"TrekMail reports {name} as {status}"
-                                         + (": its DNS requirements are not met yet" if status == "pending_dns" else ""))
+                    why = ": its DNS requirements are not met yet" if status == "pending_dns" else ""
+                    reading.notes.append(f"TrekMail reports {name} as {status}{why}")
         for name in reading.tenant.domains:
             if name not in found:
-                reading.notes.append(f"{name} is not on this TrekMail account (or the token is constrained away from it)")
+                reading.notes.append(f"{name} is not on this TrekMail account (or the token is constrained away "
+                                     "from it)")
         return found
 
     async def _catch_all(self, reading: _Reading, client: ApiClient, domains: Mapping[str, int]
@@ -306,6 +307,8 @@ class TrekMailAdapter:
                 if state is FactState.FAILED:
                     reading.problems.append(f"trekmail: {why}")
                 return None
+            if kind == "sieve" and exc.status == 404:
+                return {"script": ""}  # no raw sieve script of the mailbox's own
             if kind == "app passwords" and exc.status == 404 and exc.code == "not_found":
                 reading.refused[kind] = "off"
                 reading.notes.append("app passwords are turned off on this TrekMail platform (404 not_found)")
@@ -348,7 +351,8 @@ class TrekMailAdapter:
                 if not isinstance(rule, Mapping) or rule.get("enabled") is False:
                     continue
                 for action in rule.get("actions") or ():
-                    if isinstance(action, Mapping) and action.get("type") in REDIRECTS and "@" in str(action.get("value")):
+                    redirect = isinstance(action, Mapping) and action.get("type") in REDIRECTS
+                    if redirect and "@" in str(action.get("value")):
                         forwards.append(Forward(str(action["value"]).strip().lower(), ForwardMechanism.INBOX_RULE))
         body = await self._sub(reading, client, "sieve", f"/mailboxes/{ident}/sieve", Fact.MAILBOX_FORWARDS,
                                address, "mailboxes:rules:read")
