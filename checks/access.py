@@ -9,7 +9,8 @@ Which mailboxes each check judges; every other one passes with ``{"applies": fal
   only is not judged. A leaver with none fails nothing, and passes only when every surface was read: a
   surface the provider does not offer makes it ``unsupported`` (the coverage names the missing permission),
   one that failed makes it ``error``. A roster that failed to load gives ``error`` for an active mailbox.
-- access.mail_grant: ``active`` mailboxes that are not aliases. It fails once per OAuth grant with mail
+- access.mail_grant: ``active`` mailboxes that are not aliases (``unsupported`` or ``error`` for them alone
+  when the provider's OAuth grants were not read). It fails once per OAuth grant with mail
   access (``read`` or ``full``: reading every message is what lets mail leave) to an app that is not in
   the tenant's ``allowed_apps`` (matched on the app's name or client id, case-insensitive). App and device
   passwords are not judged here: their names are labels a person typed, not an identity to allow.
@@ -50,9 +51,12 @@ def grant_evidence(grant: Grant) -> dict[str, object]:
             "last_used": grant.last_used.isoformat() if grant.last_used else None}
 
 
-def _surfaces_unknown(mailbox: Mailbox, ctx: RunContext) -> Result | None:
-    """``error`` or ``unsupported`` when a persistence surface of the mailbox was not read; None when all were."""
-    missing = [(f, ctx.coverage(f, mailbox.address)) for f in SURFACES]
+def unknown_surfaces(mailbox: Mailbox, ctx: RunContext, facts: tuple[Fact, ...] = SURFACES) -> Result | None:
+    """``error`` or ``unsupported`` when one of the facts was not read for the mailbox; None when all were.
+
+    The checks of persistence surfaces ask this only for the subjects they judge, so a provider without a
+    surface makes those subjects ``unsupported``, not every mailbox of the tenant."""
+    missing = [(f, ctx.coverage(f, mailbox.address)) for f in facts]
     failed = [(f, c) for f, c in missing if c is not None and c.state is FactState.FAILED]
     if failed:
         return Result.error("; ".join(f"{f.value} could not be read: {c.reason}" for f, c in failed))
@@ -98,7 +102,7 @@ def leaver_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
                             **grant_evidence(grant))
     if held:
         return
-    unknown = _surfaces_unknown(mailbox, ctx)
+    unknown = unknown_surfaces(mailbox, ctx)
     if unknown is not None:
         yield unknown
         return
@@ -111,7 +115,7 @@ def leaver_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
     title="App outside the allowed list can read a mailbox's mail",
     severity=Severity.MEDIUM,
     scope=Scope.MAILBOX,
-    requires=(Fact.MAILBOX_OAUTH_GRANTS,),
+    requires=(),  # mailbox.oauth_grants, asked only for the active mailboxes judged below
     rationale=(
         "A third-party app granted mail access reads every message with no further sign-in, so its vendor "
         "holds a copy of the mailbox; the tenant's allowed_apps names the ones it has vetted."
@@ -124,6 +128,10 @@ def mail_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
     if mailbox.kind is MailboxKind.ALIAS or mailbox.status is not MailboxStatus.ACTIVE:
         why = "an alias has no account" if mailbox.kind is MailboxKind.ALIAS else f"the account is {mailbox.status.value}"
         yield Result.passed(applies=False, why=why)
+        return
+    unknown = unknown_surfaces(mailbox, ctx, (Fact.MAILBOX_OAUTH_GRANTS,))
+    if unknown is not None:
+        yield unknown
         return
     allowed = set(ctx.tenant.allowed_apps)
     reading = [g for g in mailbox.grants if g.kind is GrantKind.OAUTH and g.mail in READS_MAIL]

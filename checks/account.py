@@ -23,7 +23,8 @@ account.recovery_path: ``shared`` and ``role`` mailboxes (whatever their status)
 the roster, or a suspended or disabled account; see checks/access.py). It fails once per recovery
 address outside the tenant's domains and once per recovery phone (a number is always someone's own);
 evidence shows a phone by its last three digits only. A person's own active account passes with
-``applies: false``: their recovery paths are theirs.
+``applies: false``: their recovery paths are theirs. Recovery paths the provider does not expose make
+only the judged mailboxes ``unsupported``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import timedelta
 
-from checks.access import departure
+from checks.access import departure, unknown_surfaces
 from checks.mailbox import DEPARTED, owner_standings, roster_view
 from checks.registry import Result, RunContext, check
 from scanner.model import (
@@ -180,7 +181,7 @@ def _masked(path: Recovery) -> str:
     title="Shared mailbox or leaver can be reset from outside the tenant",
     severity=Severity.MEDIUM,
     scope=Scope.MAILBOX,
-    requires=(Fact.MAILBOX_RECOVERY,),
+    requires=(),  # mailbox.recovery, asked only for the shared, role and leavers' mailboxes judged below
     rationale=(
         "A password reset sent to a private address or phone hands the account back to whoever holds it: a "
         "leaver, or the one person who set up a shared mailbox, can get in again after offboarding."
@@ -205,6 +206,10 @@ def recovery_path(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
             yield Result.passed(applies=False, why="a person's own account: their recovery paths are theirs")
             return
         basis, words = gone
+    unknown = unknown_surfaces(mailbox, ctx, (Fact.MAILBOX_RECOVERY,))
+    if unknown is not None:
+        yield unknown
+        return
     # A phone number belongs to a person, never to the tenant's domains: it always leads outside.
     outside = [p for p in mailbox.recovery
                if p.kind is RecoveryKind.PHONE or not ctx.tenant.owns(domain_of(p.value))]
