@@ -229,8 +229,9 @@ class TrekMailAdapter:
                     reading.notes.append(f"TrekMail reports {name} as {status}{why}")
         for name in reading.tenant.domains:
             if name not in found:
-                reading.notes.append(f"{name} is not on this TrekMail account (or the token is constrained away "
-                                     "from it)")
+                # Like Graph's unverified domains: its mailboxes are not seen, so the tenant is partial.
+                reading.problems.append(f"{name} is not on this TrekMail account (or the token is constrained "
+                                        "away from it); its mailboxes are not seen")
         return found
 
     async def _catch_all(self, reading: _Reading, client: ApiClient, domains: Mapping[str, int]
@@ -243,15 +244,19 @@ class TrekMailAdapter:
             setting = record.get("catch_all")
             if isinstance(setting, Mapping) and "enabled" in setting:
                 destination = str(setting.get("destination") or "").strip().lower()
-                found[name] = destination or None if setting.get("enabled") else None
-                if setting.get("enabled") and not destination:
-                    found[name] = f"@{name}"  # on, destination not shown: still accepts every address
+                # On without a destination shown still accepts every address: reported as "@domain".
+                found[name] = (destination or f"@{name}") if setting.get("enabled") else None
             else:
                 reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED,
                               "TrekMail's domain record does not show the catch-all setting", subject=name)
         if domains and not found:
             reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED,
                           "TrekMail's domain records do not show the catch-all setting (it can be written, not read)")
+        for name in (*reading.tenant.domains, *reading.tenant.parked_domains):
+            if name not in domains:  # unknown, never "no catch-all"
+                reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.FAILED,
+                              f"{name} is not on this TrekMail account (or the token is constrained away from it)",
+                              subject=name)
         return found
 
     async def _devices(self, reading: _Reading, client: ApiClient) -> dict[str, list[Grant]]:

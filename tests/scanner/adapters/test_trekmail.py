@@ -181,3 +181,13 @@ def test_a_bad_token_fails_the_tenant_without_echoing_it(served, tmp_path: Path)
     with pytest.raises(AdapterError, match="401 unauthenticated") as raised:
         _read(adapter)
     assert "tm_live_wrong0000" not in str(raised.value)
+
+
+def test_a_configured_domain_not_on_the_account_has_an_unknown_catch_all(served) -> None:  # type: ignore[no-untyped-def]
+    _, _, adapter = served
+    tenant = Tenant("acme", "trekmail", (*ESTATE.domains, "acme-legacy.example"))
+    collected = asyncio.run(collect_all(adapter, tenant))
+    [entry] = [c for c in collected.coverage if c.fact is Fact.DOMAIN_CATCH_ALL and c.subject == "acme-legacy.example"]
+    assert entry.state is FactState.FAILED and "not on this TrekMail account" in entry.reason
+    assert "acme-legacy.example" not in collected.catch_all
+    assert any("acme-legacy.example is not on this TrekMail account" in p for p in collected.problems)
