@@ -1,13 +1,15 @@
-"""Provider scan benchmark: the Google and Graph adapters against rate-limited contract servers on loopback,
-scanned into the store as ``mailwarden scan`` does.
+"""Provider scan benchmark: the Google, Graph and TrekMail adapters against rate-limited contract servers on
+loopback, scanned into the store as ``mailwarden scan`` does.
 
-    python bench/bench_providers.py --mailboxes 10000 100000 --rate 300 200
+    python bench/bench_providers.py --mailboxes 10000 100000 --rate 300 200 --trekmail-rate 100
 
-Each run splits the mailboxes evenly between a Google Workspace contract server and a Microsoft Graph
-contract server (TLS), each in its own process, each enforcing a request rate (a token bucket; excess
-requests get the provider's throttle reply: Google 403 userRateLimitExceeded without Retry-After,
-Graph 429 with Retry-After: 1) and the real page sizes (Directory users 500, Graph /users 500 with
-signInActivity). The estate is written straight into the servers' state. A fresh process scans both
+Each run splits the mailboxes evenly between a Google Workspace contract server, a Microsoft Graph
+contract server (TLS) and a TrekMail contract server (``--providers`` picks fewer), each in its own
+process, each enforcing a request rate (a token bucket; excess requests get the provider's throttle reply:
+Google 403 userRateLimitExceeded without Retry-After, Graph 429 with Retry-After: 1, TrekMail 429
+rate_limited with Retry-After: 1) and the real page sizes (Directory users 500, Graph /users 500 with
+signInActivity, TrekMail per_page 100). Every adapter also reads the persistence surfaces (Google tokens,
+asps and recovery fields; Graph grants and authentication methods; TrekMail app passwords and devices). The estate is written straight into the servers' state. A fresh process scans both
 tenants into a SQLite store with ``record_scan`` (collect, stage page by page, judge and record; the
 report is not rendered) and reports the crawl's and the rest's time and its peak RSS (ru_maxrss).
 
@@ -40,7 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from scanner.zoneserver import ZoneServer  # noqa: E402
 
-DOMAINS = ("gw.bench.example", "m365.bench.example")
+DOMAINS = ("gw.bench.example", "m365.bench.example", "trek.bench.example")
+PROVIDERS = ("google", "graph", "trekmail")
+APP_PASSWORD_EVERY = 40  # one mailbox in 40 holds an app password (and on Google an OAuth grant that reads mail)
 FORWARDING_EVERY = 50  # one mailbox in 50 forwards mail outside (2%): Gmail then needs two more reads
 NOW = "2026-11-20T08:00:00Z"
 
@@ -70,6 +74,11 @@ def serve_google(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str,
             target = f"u{i}@elsewhere.test"
             mail.addresses.append({"forwardingEmail": target, "verificationStatus": "accepted"})
             mail.auto = {"enabled": True, "emailAddress": target, "disposition": "leaveInInbox"}
+        if i % APP_PASSWORD_EVERY == 0:
+            space.asps[address] = [{"codeId": i, "name": "Phone", "creationTime": "1735689600000",
+                                    "lastTimeUsed": "1764000000"}]
+            space.oauth_tokens[address] = [{"clientId": f"{i}.apps.test", "displayText": "Mail app",
+                                            "scopes": ["https://mail.google.com/"]}]
     server = ContractServer(space, throttled=space.throttled).start()
     space.token_url = f"{server.url}/token"
     key_file = workdir / "google-sa.json"
@@ -79,10 +88,11 @@ def serve_google(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str,
               f'customer_id = "{google.CUSTOMER_ID}"\ndirectory_url = "{server.url}"\ngmail_url = "{server.url}"\n'
               f'cloudidentity_url = "{server.url}"\n')
     forwarding = len(range(0, users - 1, FORWARDING_EVERY))
-    # token for the admin (directory), (invitations) and (policies); domains; the policies page (none set, so no
-    # org units are read); user and group pages; invitations page; per user: a token as that user,
-    # forwardingAddresses, delegates (+ autoForwarding, filters when forwarding).
-    needed = 3 + 1 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding
+    # token for the admin (directory), (invitations), (policies) and (security); domains; the policies page (none
+    # set, so no org units are read); user and group pages; invitations page; per user: a token as that user,
+    # forwardingAddresses, delegates (+ autoForwarding, filters when forwarding); per user: tokens, asps and the
+    # recovery fields (the admin too).
+    needed = 4 + 1 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding + 3 * users
     return server, {"tenant": tenant, "needed": needed}
 
 
@@ -118,14 +128,50 @@ def serve_graph(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str, 
     tenant = (f'\n[[tenants]]\nname = "m365"\nprovider = "microsoft"\ncredentials = "file:{workdir / "ms-secret"}"\n'
               f'domains = ["m365.bench.example"]\n[tenants.microsoft]\ntenant_id = "{microsoft.TENANT_ID}"\n'
               f'client_id = "{microsoft.CLIENT_ID}"\ngraph_url = "{server.url}/v1.0"\nlogin_url = "{server.url}"\n')
-    # OpenID discovery, token, domains, user pages; per user: mailboxSettings, inbox rules.
-    needed = 1 + 1 + 1 + math.ceil(users / 500) + 2 * users
+    # OpenID discovery, token, domains, user pages; per user: mailboxSettings, inbox rules, oauth2PermissionGrants,
+    # email and phone methods; the tenant-wide consents.
+    needed = 1 + 1 + 1 + math.ceil(users / 500) + 5 * users + 1
     return server, {"tenant": tenant, "needed": needed, "ca": str(workdir / "ca.pem")}
+
+
+def serve_trekmail(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str, Any]]:
+    """A TrekMail contract server holding ``users`` mailboxes; returns the server and the tenant's settings."""
+    from tests.contract import trekmail
+    from tests.contract.server import ContractServer
+    from scanner.model import MailboxStatus
+
+    state = trekmail.TrekState()
+    state.domains[1] = {"id": 1, "name": "trek.bench.example", "status": "active",
+                        "catch_all": {"enabled": False, "destination": None}}
+    shared = 0
+    for i in range(users):
+        address = f"user{i:06d}@trek.bench.example"
+        kind = "shared" if i % 211 == 0 else "regular"
+        shared += kind == "shared"
+        target = [f"u{i}@elsewhere.test"] if i % FORWARDING_EVERY == 0 else []
+        state.mailboxes[1000 + i] = {
+            "id": 1000 + i, "email": address, "domain_id": 1, "domain": "trek.bench.example", "type": kind,
+            "status_model": MailboxStatus.SUSPENDED if i % 97 == 0 else MailboxStatus.ACTIVE,
+            "forwarding": {"enabled": bool(target), "targets": target, "keep_copy": True}, "rules": [], "sieve": "",
+            "members": [{"id": i, "email": f"user{i + 1:06d}@trek.bench.example", "can_read": True,
+                         "can_send": True}] if kind == "shared" else [],
+            "app_passwords": [{"id": i, "name": "Phone", "created_at": "2026-01-05T10:00:00.000000Z",
+                               "last_used_at": NOW, "revoked_at": None, "active": True}]
+            if i % APP_PASSWORD_EVERY == 0 and kind != "shared" else []}
+    server = ContractServer(trekmail.trek_app(state), throttled=trekmail.throttled(state)).start()
+    (workdir / "trek-token").write_text(trekmail.TOKEN, encoding="utf-8")
+    tenant = (f'\n[[tenants]]\nname = "trek"\nprovider = "trekmail"\ncredentials = "file:{workdir / "trek-token"}"\n'
+              f'domains = ["trek.bench.example"]\n[tenants.trekmail]\nurl = "{server.url}"\n')
+    # domains page, the domain record, devices, mailbox pages (100 each), forwarding addresses; per mailbox:
+    # forwarding, rules, sieve, and app passwords (a regular mailbox) or members (a shared one).
+    needed = 1 + 1 + 1 + math.ceil(users / 100) + 1 + 4 * users
+    return server, {"tenant": tenant, "needed": needed}
 
 
 def child_serve(provider: str, users: int, rate: float, workdir: Path) -> None:
     """Run one contract server until stdin closes; report request counts on each line read."""
-    server, info = (serve_google if provider == "google" else serve_graph)(users, rate, workdir)
+    serve = {"google": serve_google, "graph": serve_graph, "trekmail": serve_trekmail}[provider]
+    server, info = serve(users, rate, workdir)
     throttled = [0]
     original = server.throttled
 
@@ -193,9 +239,11 @@ def _stats(child: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(child.stdout.readline())
 
 
-def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[str, Any]:
-    """One run: start both servers, collect in a fresh process, return the figures."""
-    half = mailboxes // 2
+def measure(mailboxes: int, rates: dict[str, float], concurrency: int, providers: tuple[str, ...] = PROVIDERS
+            ) -> dict[str, Any]:
+    """One run: start the servers, collect in a fresh process, return the figures."""
+    shares = {p: mailboxes // len(providers) for p in providers}
+    shares[providers[-1]] += mailboxes - sum(shares.values())
     with tempfile.TemporaryDirectory(prefix="mw-bench-") as directory, ZoneServer() as zones:
         for domain in DOMAINS:  # the tenants' DNS, on loopback like everything else
             zones.add_zone(dns.zone.from_text(
@@ -204,32 +252,32 @@ def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[s
                 '@ IN TXT "v=spf1 ip4:127.0.0.25 -all"\n_dmarc IN TXT "v=DMARC1; p=reject"\n',
                 origin=domain, relativize=False))
         workdir = Path(directory)
-        (workdir / "g").mkdir()
-        (workdir / "m").mkdir()
-        started = [_start("google", half, rates["google"], workdir / "g"),
-                   _start("graph", mailboxes - half, rates["graph"], workdir / "m")]
+        started: dict[str, tuple[subprocess.Popen[str], dict[str, Any]]] = {}
         try:
-            (google, g_info), (graph, m_info) = started
+            for name in providers:
+                (workdir / name).mkdir()
+                started[name] = _start(name, shares[name], rates[name], workdir / name)
+            ca = started["graph"][1]["ca"] if "graph" in started else ""
             config = workdir / "mailwarden.toml"
             config.write_text(
                 f'[store]\nurl = "sqlite:///{workdir / "mw.db"}"\n'
                 f'[dns]\nnameservers = ["{zones.nameserver}"]\n'
-                f'[http]\nconcurrency = {concurrency}\nca_bundle = "{m_info["ca"]}"\n'
-                + g_info["tenant"] + m_info["tenant"], encoding="utf-8")
-            before = {"google": _stats(google), "graph": _stats(graph)}
+                f'[http]\nconcurrency = {concurrency}\n' + (f'ca_bundle = "{ca}"\n' if ca else "")
+                + "".join(info["tenant"] for _, info in started.values()), encoding="utf-8")
+            before = {name: _stats(child) for name, (child, _) in started.items()}
             done = subprocess.run([sys.executable, __file__, "--child", "scan", str(config)],
                                   capture_output=True, text=True, cwd=ROOT)
             if done.returncode != 0:
                 raise SystemExit(f"the scanning process failed:\n{done.stderr[-3000:]}")
             scan = json.loads(done.stdout)
-            after = {"google": _stats(google), "graph": _stats(graph)}
+            after = {name: _stats(child) for name, (child, _) in started.items()}
         finally:
-            for child, _ in started:
+            for child, _ in started.values():
                 assert child.stdin is not None
                 child.stdin.close()
                 child.wait(timeout=30)
     servers = {}
-    for name, info in (("google", g_info), ("graph", m_info)):
+    for name, (_, info) in started.items():
         served = after[name]["requests"] - before[name]["requests"] - (after[name]["throttled"] - before[name]["throttled"])
         servers[name] = {"needed": info["needed"], "served": served,
                          "throttled": after[name]["throttled"] - before[name]["throttled"],
@@ -238,12 +286,7 @@ def measure(mailboxes: int, rates: dict[str, float], concurrency: int) -> dict[s
                          "floor": max(0.0, info["needed"] - rates[name]) / rates[name] if rates[name] else 0.0}
     floor = max(s["floor"] for s in servers.values())
     return {"mailboxes": mailboxes, "rates": rates, "concurrency": concurrency, "scan": scan, "servers": servers,
-            "floor": floor}
-
-
-def half_of(mailboxes: int) -> int:
-    """The Google tenant's share (the Graph tenant has the rest)."""
-    return mailboxes // 2
+            "floor": floor, "shares": shares}
 
 
 def main() -> None:
@@ -251,6 +294,10 @@ def main() -> None:
     parser.add_argument("--mailboxes", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--rate", type=float, nargs=2, default=[300.0, 200.0], metavar=("GOOGLE", "GRAPH"),
                         help="requests/s the Google and the Graph server allow (0: unlimited)")
+    parser.add_argument("--trekmail-rate", type=float, default=100.0,
+                        help="requests/s the TrekMail server allows (TrekMail publishes no number; 0: unlimited)")
+    parser.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS),
+                        help="the contract servers to split the mailboxes between")
     parser.add_argument("--concurrency", type=int, default=16, help="[http] concurrency per tenant")
     parser.add_argument("--json", action="store_true", help="print the raw figures too")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -262,32 +309,39 @@ def main() -> None:
         else:
             child_scan(Path(rest[0]))
         return
-    rates = {"google": args.rate[0], "graph": args.rate[1]}
-    print("| mailboxes | rate limits (req/s, Google + Graph) | requests needed (Google + Graph) | served | throttled "
+    rates = {"google": args.rate[0], "graph": args.rate[1], "trekmail": args.trekmail_rate}
+    providers = tuple(args.providers)
+    names = " + ".join({"google": "Google", "graph": "Graph", "trekmail": "TrekMail"}[p] for p in providers)
+    print(f"| mailboxes | rate limits (req/s, {names}) | requests needed | served | throttled "
           "| floor (s) | crawl (s) | x floor | mailboxes/s | judge + record (s) | findings | peak RSS (MB) "
           "| scanner CPU (s) | server CPU (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for mailboxes in args.mailboxes:
-        result = measure(mailboxes, rates, args.concurrency)
+        result = measure(mailboxes, rates, args.concurrency, providers)
         scan, servers = result["scan"], result["servers"]
-        g, m = servers["google"], servers["graph"]
+
+        def each(key: str) -> str:
+            return " + ".join(f"{servers[p][key]:,}" if key != "cpu" else f"{servers[p][key]:.0f}" for p in providers)
+
         seen = sum(t["mailboxes"] for t in scan["tenants"])
         crawl = scan["collect_seconds"]
         ratio = crawl / result["floor"] if result["floor"] else float("nan")
-        print(f"| {mailboxes:,} | {args.rate[0]:g} + {args.rate[1]:g} | {g['needed']:,} + {m['needed']:,} "
-              f"| {g['served']:,} + {m['served']:,} | {g['throttled']:,} + {m['throttled']:,} "
+        print(f"| {mailboxes:,} | {' + '.join(f'{rates[p]:g}' for p in providers)} | {each('needed')} "
+              f"| {each('served')} | {each('throttled')} "
               f"| {result['floor']:.1f} | {crawl:.1f} | {ratio:.2f} | {seen / crawl:,.0f} | {scan['judge_seconds']:.1f} "
               f"| {sum(t['findings'] for t in scan['tenants']):,} | {scan['peak_mb']:.0f} | {scan['cpu']:.0f} "
-              f"| {g['cpu']:.0f} + {m['cpu']:.0f} |", flush=True)
-        if seen != mailboxes or scan["forwarding"] != len(range(0, half_of(mailboxes), FORWARDING_EVERY)) * 2:
-            print(f"  ! saw {seen:,} mailboxes and {scan['forwarding']:,} forwarding outside", file=sys.stderr)
+              f"| {each('cpu')} |", flush=True)
+        # Google's admin has no mailbox of its own (no forwarding); every other tenant forwards one in 50.
+        expected = sum(len(range(0, n - (p == "google"), FORWARDING_EVERY)) for p, n in result["shares"].items())
+        if seen != mailboxes or scan["forwarding"] != expected:
+            print(f"  ! saw {seen:,} mailboxes and {scan['forwarding']:,} forwarding outside (expected {expected:,})",
+                  file=sys.stderr)
         for tenant in scan["tenants"]:
             if tenant["problems"] or tenant["failed"]:
                 print(f"  ! {tenant['tenant']}: {tenant['problems']} problems, {tenant['failed']} failed facts: "
                       f"{tenant['first_problem']}", file=sys.stderr)
         if args.json:
             print(json.dumps(result), file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()

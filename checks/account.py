@@ -16,17 +16,28 @@ Which mailboxes each check judges; every other one passes with ``{"applies": fal
   unknown creation date is ``unsupported``).
 
 An ``alias`` (an address with no mailbox that only forwards) has no account: nothing signs in to it and
-no person leaves it, so all three pass with ``applies: false`` (account.ghost adds the roster's leave
+no person leaves it, so all of them pass with ``applies: false`` (account.ghost adds the roster's leave
 date when the roster lists the address as someone who left). Where it forwards is forwarding.external's.
+
+account.recovery_path: ``shared`` and ``role`` mailboxes (whatever their status), and leavers (left per
+the roster, or a suspended or disabled account; see checks/access.py). It fails once per recovery
+address outside the tenant's domains and once per recovery phone (a number is always someone's own);
+evidence shows a phone by its last three digits only. A person's own active account passes with
+``applies: false``: their recovery paths are theirs. Recovery paths the provider does not expose make
+only the judged mailboxes ``unsupported``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 
+from checks.access import departure, unknown_surfaces
 from checks.mailbox import DEPARTED, owner_standings, roster_view
 from checks.registry import Result, RunContext, check
-from scanner.model import Fact, FactState, Mailbox, MailboxKind, MailboxStatus, Scope, Severity
+from scanner.model import (
+    Fact, FactState, Mailbox, MailboxKind, MailboxStatus, Recovery, RecoveryKind, Scope, Severity, domain_of,
+)
 
 SIGN_IN_KINDS = (MailboxKind.USER, MailboxKind.ROLE)
 NO_ACCOUNT = "an alias has no account: nothing signs in to it, and where it forwards is judged by forwarding.external"
@@ -149,3 +160,58 @@ def never_used_account(mailbox: Mailbox, ctx: RunContext) -> Result:
     if age > timedelta(days=ctx.policy.inactive_days):
         return Result.failed(**evidence)
     return Result.passed(**evidence)
+
+
+RECOVERY_KINDS = (MailboxKind.SHARED, MailboxKind.ROLE)
+
+
+def _masked(path: Recovery) -> str:
+    """A recovery phone shown by its last digits only; an address as it is (forwards show theirs too)."""
+    if path.kind is RecoveryKind.PHONE:
+        digits = [c for c in path.value if c.isdigit()]
+        return "…" + "".join(digits[-3:]) if len(digits) > 3 else "…"
+    return path.value
+
+
+@check(
+    id="account.recovery_path",
+    title="Shared mailbox or leaver can be reset from outside the tenant",
+    severity=Severity.MEDIUM,
+    scope=Scope.MAILBOX,
+    requires=(),  # mailbox.recovery, asked only for the shared, role and leavers' mailboxes judged below
+    rationale=(
+        "A password reset sent to a private address or phone hands the account back to whoever holds it: a "
+        "leaver, or the one person who set up a shared mailbox, can get in again after offboarding."
+    ),
+    references=("NIST SP 800-53 PS-4", "NIST SP 800-53 IA-5"),
+)
+def recovery_path(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
+    """Fail per recovery address outside the tenant's domains, and per recovery phone, of a shared or role
+    mailbox or a leaver's account."""
+    if mailbox.kind is MailboxKind.ALIAS:
+        yield Result.passed(applies=False, why=NO_ACCOUNT)
+        return
+    if mailbox.kind in RECOVERY_KINDS:
+        basis, words = "kind", f"a {mailbox.kind.value} mailbox belongs to no single person"
+    else:
+        try:
+            gone = departure(mailbox, ctx)
+        except LookupError as exc:
+            yield Result.error(str(exc))
+            return
+        if gone is None:
+            yield Result.passed(applies=False, why="a person's own account: their recovery paths are theirs")
+            return
+        basis, words = gone
+    unknown = unknown_surfaces(mailbox, ctx, (Fact.MAILBOX_RECOVERY,))
+    if unknown is not None:
+        yield unknown
+        return
+    # A phone number belongs to a person, never to the tenant's domains: it always leads outside.
+    outside = [p for p in mailbox.recovery
+               if p.kind is RecoveryKind.PHONE or not ctx.tenant.owns(domain_of(p.value))]
+    for path in outside:
+        yield Result.failed(item=f"{path.kind.value}:{_masked(path)}", basis=basis, why=words,
+                            recovery_kind=path.kind.value, leads_to=_masked(path))
+    if not outside:
+        yield Result.passed(basis=basis, why=words, recovery=[_masked(p) for p in mailbox.recovery])

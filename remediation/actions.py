@@ -26,10 +26,12 @@ DNS_PUBLISH = "dns.publish"
 """The job for DNS findings: publish the record the finding names; verified by querying DNS, never written."""
 
 ACTIONS = ("forwarding.disable", "catchall.disable", "account.suspend", "invite.revoke", "invite.resend",
-           "delegate.remove")
+           "delegate.remove", "grant.revoke")
 """The provider actions, each carried out through the tenant's adapter."""
 
-IRREVERSIBLE = {"invite.resend": "a sent invitation cannot be unsent", DNS_PUBLISH: "nothing was written to undo"}
+GRANT_GONE = "a revoked grant cannot be restored; the person grants it again"
+IRREVERSIBLE = {"invite.resend": "a sent invitation cannot be unsent", DNS_PUBLISH: "nothing was written to undo",
+                "grant.revoke": GRANT_GONE}
 
 
 class Remedies(Protocol):
@@ -119,7 +121,20 @@ def plan_for(finding: Finding) -> Plan | None:
     if action == "delegate.remove":
         delegate = str(evidence.get("delegate") or finding.item).lower()
         return Plan(action, params={"delegate": delegate}, issued={"delegates": [delegate]}, **base)
+    if action == "grant.revoke":
+        return grant_plan(finding, base)
     return None
+
+
+def grant_plan(finding: Finding, base: Mapping[str, Any]) -> Plan | None:
+    """The revoke of the one grant a finding names (its kind, provider id and app)."""
+    evidence = finding.evidence
+    grant, kind = str(evidence.get("grant") or ""), str(evidence.get("kind") or "")
+    if not grant or not kind:
+        return None
+    params = {"kind": kind, "grant": grant, "client": str(evidence.get("client") or ""),
+              "client_id": str(evidence.get("client_id") or "")}
+    return Plan("grant.revoke", params=params, issued={"grants": [grant]}, **base)
 
 
 def _moment(value: object) -> str | None:
@@ -154,6 +169,8 @@ def reached(action: str, state: Mapping[str, Any], params: Mapping[str, Any]) ->
         return bool(now and was and datetime.fromisoformat(now) > datetime.fromisoformat(was))
     if action == "delegate.remove":
         return not state.get("delegates")
+    if action == "grant.revoke":
+        return not state.get("grants")
     if action == DNS_PUBLISH:
         return bool(state.get("live")) and not state.get("missing")
     raise Refused(f"unknown action {action!r}")
@@ -174,6 +191,11 @@ def describe(action: str, subject: str, params: Mapping[str, Any]) -> str:
             return f"Send {subject} a new invitation."
         case "delegate.remove":
             return f"Remove {params.get('delegate', '')}'s delegated access to {subject}."
+        case "grant.revoke":
+            what = {"oauth": "the OAuth grant of", "app_password": "the app password", "device_password":
+                    "the device password"}.get(str(params.get("kind")), "the grant")
+            name = params.get("client") or params.get("grant", "")
+            return f"Revoke {what} {name} on {subject}; it cannot be restored."
         case "dns.publish":
             return f"Publish in {subject}'s DNS zone: " + "; ".join(params.get("records", ()))
     return f"{action} on {subject}"

@@ -73,8 +73,15 @@ def _parts(kind: str, key: str, body: Mapping[str, Any]) -> Iterator[_Part]:
         address = str(body.get("address", key.partition("/")[2]))
         domain = address.rpartition("@")[2]
         plain = {k: v for k, v in body.items()
-                 if k not in ("tenant", "address", "forwards", "invite") and k not in VOLATILE}
+                 if k not in ("tenant", "address", "forwards", "invite", "grants", "recovery") and k not in VOLATILE}
         yield _Part("mailbox", address, tenant, domain, address, plain)
+        for grant in body.get("grants") or ():
+            # last_used moves with every use: a grant changes when it appears, goes, or its reach changes
+            yield _Part("grant", f"{address} {grant.get('kind')} {grant.get('id')}", tenant, domain, address,
+                        {"client": grant.get("client"), "mail": grant.get("mail"), "scopes": grant.get("scopes")})
+        for path in body.get("recovery") or ():
+            yield _Part("recovery", f"{address} {path.get('kind')} {path.get('value')}", tenant, domain, address,
+                        {"kind": path.get("kind")})
         for forward in body.get("forwards") or ():
             target = str(forward.get("target", ""))
             yield _Part("forward", f"{address} -> {target}", tenant, domain, address,

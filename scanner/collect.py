@@ -30,6 +30,9 @@ PROVIDER_FACTS = (
     Fact.MAILBOX_LAST_LOGIN,
     Fact.MAILBOX_INVITES,
     Fact.DOMAIN_CATCH_ALL,
+    Fact.MAILBOX_OAUTH_GRANTS,
+    Fact.MAILBOX_APP_PASSWORDS,
+    Fact.MAILBOX_RECOVERY,
 )
 
 
@@ -114,6 +117,7 @@ ADAPTERS = {
     "google": "scanner.adapters.google",
     "microsoft": "scanner.adapters.microsoft",
     "mailcow": "scanner.adapters.mailcow",
+    "trekmail": "scanner.adapters.trekmail",
 }
 """Provider name -> the module whose ``build(tenant, config)`` makes its adapter."""
 

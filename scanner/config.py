@@ -24,7 +24,7 @@ from scanner.model import PolicyException, Tenant
 BUNDLED = Path(__file__).resolve().parent.parent / "config"
 """The bundled data directory: default policy, sender catalogue, demo estate."""
 
-PROVIDERS = ("google", "microsoft", "mailcow", "files")
+PROVIDERS = ("google", "microsoft", "mailcow", "files", "trekmail")
 
 
 class SecretRef(str):
@@ -350,11 +350,18 @@ class MailcowOptions(_Strict):
     timezone: str = "UTC"
 
 
+class TrekMailOptions(_Strict):
+    """TrekMail: the origin of its REST API v1 (``/api/v1`` is added), for white-label instances and tests."""
+
+    url: str = Field(default="https://trekmail.net", min_length=8)
+    per_page: int = Field(default=100, ge=1, le=100)  # rows per listing page (the API caps it at 100)
+
+
 class TenantConfig(_Strict):
     """One client tenant."""
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    provider: Literal["google", "microsoft", "mailcow", "files"] | None = None
+    provider: Literal["google", "microsoft", "mailcow", "files", "trekmail"] | None = None
     credentials: SecretRef | None = None
     domains: list[str] = []
     domains_file: Path | None = None
@@ -367,6 +374,8 @@ class TenantConfig(_Strict):
     google: GoogleOptions | None = None
     microsoft: MicrosoftOptions | None = None
     mailcow: MailcowOptions | None = None
+    trekmail: TrekMailOptions | None = None
+    allowed_apps: list[str] = []  # OAuth apps (name or client id) allowed full mail access (access.mail_grant)
 
 
     @field_validator("baselines", mode="before")
@@ -383,7 +392,7 @@ class TenantConfig(_Strict):
     def _files_need_export(self) -> TenantConfig:
         if self.provider == "files" and self.export is None:
             raise ValueError("provider 'files' needs 'export', the directory holding the export files")
-        for provider in ("google", "microsoft", "mailcow"):
+        for provider in ("google", "microsoft", "mailcow", "trekmail"):
             if self.provider == provider:
                 if getattr(self, provider) is None:
                     raise ValueError(f"provider '{provider}' needs a [tenants.{provider}] table")
@@ -494,6 +503,7 @@ def _tenant_model(tenant: TenantConfig, source: Path) -> Tenant:
         senders=tuple(tenant.senders),
         parked_domains=tuple(tenant.parked_domains),
         dkim_selectors=tuple(tenant.dkim_selectors),
+        allowed_apps=tuple(dict.fromkeys(a.strip().lower() for a in tenant.allowed_apps if a.strip())),
     )
 
 

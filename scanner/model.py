@@ -56,6 +56,9 @@ class Fact(enum.Enum):
     MAILBOX_DELEGATES = "mailbox.delegates"
     MAILBOX_LAST_LOGIN = "mailbox.last_login"
     MAILBOX_INVITES = "mailbox.invites"
+    MAILBOX_OAUTH_GRANTS = "mailbox.oauth_grants"
+    MAILBOX_APP_PASSWORDS = "mailbox.app_passwords"
+    MAILBOX_RECOVERY = "mailbox.recovery"
     DOMAIN_CATCH_ALL = "domain.catch_all"
     ROSTER = "roster"
     DNS_MX = "dns.mx"
@@ -130,6 +133,51 @@ class Forward:
         return domain_of(self.target)
 
 
+class GrantKind(enum.Enum):
+    """A credential that outlives a password reset: an app's OAuth grant, or a password for one client."""
+
+    OAUTH = "oauth"
+    APP_PASSWORD = "app_password"
+    DEVICE_PASSWORD = "device_password"
+
+
+class MailAccess(enum.Enum):
+    """What a grant lets its holder do with the mailbox's mail, as its scopes (or protocols) say."""
+
+    FULL = "full"  # read, change and send every message (IMAP, https://mail.google.com/, Mail.ReadWrite)
+    READ = "read"  # read every message
+    NONE = "none"  # no message content (profile, calendar, files, metadata)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """An OAuth grant, app password or device password a mailbox holds; never a secret or a hash of one."""
+
+    kind: GrantKind
+    id: str  # the provider's id of the grant, as its revoke call takes it
+    client: str  # the app's name, or the label the person gave the password
+    mail: MailAccess = MailAccess.NONE
+    scopes: tuple[str, ...] = ()
+    client_id: str = ""
+    created: datetime | None = None
+    last_used: datetime | None = None
+
+
+class RecoveryKind(enum.Enum):
+    """A self-service way back into an account."""
+
+    EMAIL = "email"
+    PHONE = "phone"
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A recovery address or number of an account: where a password reset can be sent."""
+
+    kind: RecoveryKind
+    value: str
+
+
 @dataclass(frozen=True, slots=True)
 class Invite:
     """A setup invitation that has not been completed."""
@@ -153,6 +201,8 @@ class Mailbox:
     delegates: tuple[str, ...] = ()
     forwards: tuple[Forward, ...] = ()
     invite: Invite | None = None
+    grants: tuple[Grant, ...] = ()
+    recovery: tuple[Recovery, ...] = ()
 
     @property
     def domain(self) -> str:
@@ -243,6 +293,7 @@ class Tenant:
     senders: tuple[str, ...] = ()
     parked_domains: tuple[str, ...] = ()
     dkim_selectors: tuple[str, ...] = ()
+    allowed_apps: tuple[str, ...] = ()  # OAuth clients (names or ids, lowercased) allowed full mail access
 
     def owns(self, domain: str) -> bool:
         """True when ``domain`` (or a parent of it) is one of the tenant's domains."""
@@ -439,4 +490,14 @@ def mailbox_from_plain(body: Mapping[str, object]) -> Mailbox:
         ),
         invite=Invite(when(invite["sent"]), when(invite.get("expires")))  # type: ignore[arg-type]
         if isinstance(invite, Mapping) else None,
+        grants=tuple(
+            Grant(GrantKind(g["kind"]), str(g["id"]), str(g.get("client") or ""), MailAccess(g.get("mail", "none")),
+                  tuple(str(s) for s in g.get("scopes") or ()), str(g.get("client_id") or ""),
+                  when(g.get("created")), when(g.get("last_used")))
+            for g in body.get("grants") or ()  # type: ignore[attr-defined]
+        ),
+        recovery=tuple(
+            Recovery(RecoveryKind(r["kind"]), str(r["value"]))
+            for r in body.get("recovery") or ()  # type: ignore[attr-defined]
+        ),
     )

@@ -107,3 +107,22 @@ def test_demo_writes_a_verified_evidence_pack_with_controls(demo_out) -> None:
     assert ghosts and all(r["finding_ids"] for r in ghosts)
     sheets = read_sheets(pack / "evidence.xlsx")
     assert "controls" in sheets and len(sheets["controls"]) == len(rows) + 1
+
+
+def test_demo_shows_grants_that_outlive_a_leaver_and_outside_reset_paths(demo_out) -> None:
+    out, _ = demo_out
+    findings = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    by = {(f["check"], f["subject"], f["item"]): f for f in findings if f["check"].startswith(("access.", "account.rec"))}
+    leaver = {(s, i) for c, s, i in by if c == "access.leaver_grant" and by[(c, s, i)]["status"] == "fail"}
+    assert {s for s, _ in leaver} == {"ryan.mcallister@harbordental.example", "irene.castillo@harbordental.example",
+                                      "oliver.grant@cedarlaw.example"}
+    revoke = by[("access.leaver_grant", "ryan.mcallister@harbordental.example", "app_password:iPhone Mail")]
+    assert revoke["remediation"]["action"] == "grant.revoke" and revoke["severity"] == "high"
+    assert by[("access.leaver_grant", "gemma.holt@harbordental.example", "")]["status"] == "pass"
+    assert by[("access.mail_grant", "marisol.vega@harbordental.example", "")]["status"] == "pass"
+    assert by[("account.recovery_path", "accounts@harbordental.example", "")]["status"] == "pass"
+    assert by[("account.recovery_path", "hr@harbordental.example", "phone:…187")]["status"] == "fail"
+    assert by[("access.leaver_grant", "oliver.grant@cedarlaw.example", "device_password:dsync-88")]["status"] == "fail"
+    # northwind exports no grants: its active mailboxes are unsupported, its inactive ones not judged at all
+    northwind = {f["status"] for f in findings if f["tenant"] == "northwind-logistics" and f["check"] == "access.mail_grant"}
+    assert northwind == {"unsupported", "pass"}

@@ -94,6 +94,7 @@ REMEDY_STATES = {
     "invite.revoke": "{'invite': True while an invitation is pending}",
     "invite.resend": "{'invite_sent': ISO 8601 time the pending invitation was (last) sent, or None}",
     "delegate.remove": "{'delegates': [params['delegate']] while it has access, else []}",
+    "grant.revoke": "{'grants': [params['grant']] while the grant (params['kind']) is held, else []}",
 }
 """The normalized state each remediation action reads, the same for every adapter.
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner.adapters.base import Collected, Emit, Refused, emit_all
+from scanner.adapters.scopes import GOOGLE, GRAPH, mail_access
 from scanner.config import Config, TenantConfig
 from scanner.errors import AdapterError
 from scanner.model import (
@@ -23,15 +24,20 @@ from scanner.model import (
     FactState,
     Forward,
     ForwardMechanism,
+    Grant,
+    GrantKind,
     Invite,
+    MailAccess,
     Mailbox,
     MailboxKind,
     MailboxStatus,
     Person,
+    Recovery,
+    RecoveryKind,
     Tenant,
 )
 
-FILES = ("mailboxes", "forwards", "invites", "domains")
+FILES = ("mailboxes", "forwards", "invites", "domains", "grants", "recovery")
 
 
 class RowError(ValueError):
@@ -155,6 +161,9 @@ class FilesAdapter:
             Fact.MAILBOX_LAST_LOGIN,
             Fact.MAILBOX_INVITES,
             Fact.DOMAIN_CATCH_ALL,
+            Fact.MAILBOX_OAUTH_GRANTS,
+            Fact.MAILBOX_APP_PASSWORDS,
+            Fact.MAILBOX_RECOVERY,
         }
     )
 
@@ -192,8 +201,12 @@ class FilesAdapter:
         forwards = self._forwards(reading, mailboxes)
         invites = self._invites(reading, mailboxes)
         catch_all = self._catch_all(reading)
+        grants = self._grants(reading, mailboxes)
+        recovery = self._recovery(reading, mailboxes)
         result = tuple(
-            _with(m, forwards.get(m.address, ()), invites.get(m.address)) for m in mailboxes.values()
+            _with_access(_with(m, forwards.get(m.address, ()), invites.get(m.address)), grants.get(m.address, ()),
+                         recovery.get(m.address, ()))
+            for m in mailboxes.values()
         )
         return Collected(result, catch_all, tuple(reading.coverage), tuple(reading.problems))
 
@@ -299,6 +312,65 @@ class FilesAdapter:
                 )
         return found
 
+    def _grants(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Grant, ...]]:
+        """grants.csv: ``mailbox``, ``kind`` (oauth, app_password, device_password), ``client``, ``scopes``
+        (space- or semicolon-separated), ``created``, ``last_used``; optional ``id`` (default: the client) and
+        ``mail`` (full, read, none; default from the scopes, full for an app password). Never a secret."""
+        path = _find(self.directory, "grants")
+        if path is None:
+            for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+                reading.cover(fact, FactState.UNSUPPORTED, "the export has no grants file")
+            return {}
+        found: dict[str, list[Grant]] = {}
+        for location, row in reading.rows(path):
+            try:
+                mailbox = _address(row, "mailbox")
+                if mailbox not in mailboxes:
+                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                kind = _enum(row, "kind", GrantKind, None)
+                if kind is None:
+                    raise RowError("missing 'kind'")
+                client = _text(row, "client", required=True)
+                scopes = tuple(_text(row, "scopes").replace(";", " ").split())
+                default = (mail_access(scopes, {**GOOGLE, **GRAPH}) if kind is GrantKind.OAUTH else
+                           MailAccess.FULL if kind is GrantKind.APP_PASSWORD else MailAccess.NONE)
+                grant = Grant(kind, _text(row, "id") or client, client, _enum(row, "mail", MailAccess, default), scopes,
+                              created=_when(row, "created"), last_used=_when(row, "last_used"))
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+                    reading.cover(fact, FactState.FAILED, f"{location}: {exc}")
+                continue
+            found.setdefault(mailbox, []).append(grant)
+        for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+            if not any(c.fact is fact and not c.subject for c in reading.coverage):
+                reading.cover(fact, FactState.COLLECTED)
+        return {k: tuple(v) for k, v in found.items()}
+
+    def _recovery(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Recovery, ...]]:
+        """recovery.csv: ``mailbox``, ``kind`` (email or phone), ``value``."""
+        path = _find(self.directory, "recovery")
+        if path is None:
+            reading.cover(Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED, "the export has no recovery file")
+            return {}
+        found: dict[str, list[Recovery]] = {}
+        for location, row in reading.rows(path):
+            try:
+                mailbox = _address(row, "mailbox")
+                if mailbox not in mailboxes:
+                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                kind = _enum(row, "kind", RecoveryKind, None)
+                if kind is None:
+                    raise RowError("missing 'kind'")
+                value = _address(row, "value") if kind is RecoveryKind.EMAIL else _text(row, "value", required=True)
+            except RowError as exc:
+                reading.problems.append(f"{location}: {exc}")
+                reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {exc}")
+                continue
+            found.setdefault(mailbox, []).append(Recovery(kind, value))
+        if not any(c.fact is Fact.MAILBOX_RECOVERY and not c.subject for c in reading.coverage):
+            reading.cover(Fact.MAILBOX_RECOVERY, FactState.COLLECTED)
+        return {k: tuple(v) for k, v in found.items()}
 
     # Remediation writes: only remediation jobs call these. Each rewrites one export file atomically
     # (a temporary file in the same directory, then a rename) and returns the state read back.
@@ -347,6 +419,8 @@ class FilesAdapter:
             detail["delegates"] = self._set_field(
                 "mailboxes", "address", subject, "delegates",
                 lambda old: ";".join(d for d in _list(old) if d.lower() != delegate))
+        elif action == "grant.revoke":
+            self._edit("grants", lambda rows: _split(rows, lambda r: _grant_row(r, subject, params)))
         else:
             raise Refused(f"the files adapter has no action {action!r}")
         return {"state": self._state(action, subject, params), "detail": detail}
@@ -371,6 +445,8 @@ class FilesAdapter:
             self._set_field("mailboxes", "address", subject, "delegates", detail.get("delegates") or "")
         elif action == "invite.resend":
             raise Refused("a sent invitation cannot be unsent")
+        elif action == "grant.revoke":
+            raise Refused("a revoked grant cannot be restored; the person grants it again")
         else:
             raise Refused(f"the files adapter has no action {action!r}")
         return {"state": self._state(action, subject, params), "detail": {}}
@@ -392,6 +468,9 @@ class FilesAdapter:
             if action == "invite.revoke":
                 return {"invite": bool(rows)}
             return {"invite_sent": _iso(rows[0].get("sent")) if rows else None}
+        if action == "grant.revoke":
+            held = any(_grant_row(r, subject, params) for r in self._raw("grants")[1])
+            return {"grants": [str(params.get("grant"))] if held else []}
         rows = [r for r in self._raw("mailboxes")[1] if _low(r, "address") == subject]
         if not rows:
             raise AdapterError(f"{self.directory}: mailbox {subject} is not in the mailboxes file")
@@ -500,6 +579,19 @@ def _with(mailbox: Mailbox, forwards: tuple[Forward, ...], invite: Invite | None
     if not forwards and invite is None:
         return mailbox
     return replace(mailbox, forwards=forwards, invite=invite)
+
+
+def _with_access(mailbox: Mailbox, grants: tuple[Grant, ...], recovery: tuple[Recovery, ...]) -> Mailbox:
+    if not grants and not recovery:
+        return mailbox
+    return replace(mailbox, grants=grants, recovery=recovery)
+
+
+def _grant_row(row: Mapping[str, Any], subject: str, params: Mapping[str, Any]) -> bool:
+    """True when a grants.csv row is the grant a job names (its mailbox, kind and id, or client when no id)."""
+    grant = str(params.get("grant", "")).strip().lower()
+    ident = _low(row, "id") or _low(row, "client")
+    return _low(row, "mailbox") == subject and _low(row, "kind") == str(params.get("kind", "")) and ident == grant
 
 
 def read_roster(path: Path) -> tuple[tuple[Person, ...], tuple[str, ...]]:

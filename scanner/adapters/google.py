@@ -23,6 +23,7 @@ import httpx
 
 from scanner.adapters.base import Collected, Emit, Pages, Refused
 from scanner.adapters.http import ApiClient, ApiError, RetryPolicy, endpoint_of
+from scanner.adapters.scopes import GOOGLE, mail_access
 from scanner.config import Config, GoogleOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
 from scanner.model import (
@@ -31,10 +32,15 @@ from scanner.model import (
     FactState,
     Forward,
     ForwardMechanism,
+    Grant,
+    GrantKind,
     Invite,
+    MailAccess,
     Mailbox,
     MailboxKind,
     MailboxStatus,
+    Recovery,
+    RecoveryKind,
     Tenant,
     domain_of,
 )
@@ -53,6 +59,12 @@ READ_ORG_UNITS = (AUTH + "admin.directory.orgunit.readonly",)
 WRITE_USER = (AUTH + "admin.directory.user",)
 WRITE_GMAIL = (AUTH + "gmail.settings.basic", AUTH + "gmail.settings.sharing")
 WRITE_INVITES = (AUTH + "cloud-identity.userinvitations",)
+SECURITY = (AUTH + "admin.directory.user.security",)
+"""Directory tokens and asps (list and delete): an extra scope the domain-wide delegation must grant."""
+SECURITY_MISSING = (
+    "needs the https://www.googleapis.com/auth/admin.directory.user.security scope in the service account's "
+    "domain-wide delegation (Directory tokens and asps)"
+)
 
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"  # RFC 7523 §2.1
 TOKEN_LIFETIME = 3600  # Google refuses assertions whose exp is more than one hour after iat
@@ -325,6 +337,7 @@ class _Crawl:
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     forwarding: ForwardingPolicy = field(default_factory=lambda: ForwardingPolicy())
+    security: bool = True  # the security scope is delegated: tokens and asps are read
 
     @property
     def directory(self) -> str:
@@ -338,7 +351,7 @@ class _Crawl:
 
     async def run(self) -> Collected:
         options = self.adapter.options
-        await _together(self.read_domains(), self.read_forwarding_policy())
+        await _together(self.read_domains(), self.read_forwarding_policy(), self.probe_security())
         if options.customer_id:
             # First (a page or two), so each user can carry its invitation as it is sent on.
             await self.read_invitations()
@@ -400,7 +413,7 @@ class _Crawl:
             while (raw := await queue.get()) is not None:
                 mailbox = self.user(raw)
                 if mailbox is not None:
-                    mailbox = await self.gmail(mailbox, raw)
+                    mailbox = await self.access(await self.gmail(mailbox, raw))
                     invite = self.invites.pop(mailbox.address, None)
                     await self.pages.add(replace(mailbox, invite=invite) if invite else mailbox)
 
@@ -496,6 +509,48 @@ class _Crawl:
             return mailbox
         live = sorted({d.email for d in people if d.status.lower() in ("accepted", "pending")})
         return replace(mailbox, delegates=tuple(live))
+
+    async def probe_security(self) -> None:
+        """Ask once for a token with the security scope; without its delegation, tokens and asps are unsupported."""
+        try:
+            await self.session.as_admin(SECURITY).token()
+        except AdapterError as exc:
+            if "unauthorized_client" not in str(exc):
+                raise
+            self.security = False
+            for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+                self.coverage.append(Coverage(self.tenant.name, fact, FactState.UNSUPPORTED, SECURITY_MISSING))
+
+    async def access(self, mailbox: Mailbox) -> Mailbox:
+        """A user's OAuth tokens and app-specific passwords (one call each: neither list pages) and recovery
+        email and phone, read as the admin. Never a secret: neither API returns one."""
+        client = self.session.client
+        base = f"{self.directory}/users/{quote(mailbox.address, safe='@')}"
+        grants: list[Grant] = []
+        if self.security:
+            token = self.session.as_admin(SECURITY)
+            try:
+                tokens, asps = await _together(client.get(f"{base}/tokens", token=token),
+                                               client.get(f"{base}/asps", token=token))
+                grants += [_token_grant(t) for t in _items(tokens, "items", endpoint_of("GET", f"{base}/tokens"))
+                           if t.get("clientId")]
+                grants += [_asp_grant(a) for a in _items(asps, "items", endpoint_of("GET", f"{base}/asps"))
+                           if a.get("codeId") is not None]
+            except (AdapterError, ValueError) as exc:
+                self.fail((Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS), str(exc), mailbox.address)
+        recovery: list[Recovery] = []
+        try:
+            # users.list does not promise these fields with projection=basic: ask for them by name.
+            raw = await client.get(base, {"fields": "recoveryEmail,recoveryPhone"}, token=self.session.as_admin())
+            if isinstance(raw, Mapping) and isinstance(raw.get("recoveryEmail"), str) and raw["recoveryEmail"]:
+                recovery.append(Recovery(RecoveryKind.EMAIL, raw["recoveryEmail"].strip().lower()))
+            if isinstance(raw, Mapping) and isinstance(raw.get("recoveryPhone"), str) and raw["recoveryPhone"]:
+                recovery.append(Recovery(RecoveryKind.PHONE, raw["recoveryPhone"].strip()))
+        except AdapterError as exc:
+            self.fail((Fact.MAILBOX_RECOVERY,), str(exc), mailbox.address)
+        if not grants and not recovery:
+            return mailbox
+        return replace(mailbox, grants=tuple(grants), recovery=tuple(recovery))
 
     async def read_forwarding_policy(self) -> None:
         """The org-wide automatic-forwarding setting (Cloud Identity Policy API): the org units where it is off.
@@ -626,6 +681,29 @@ class _Crawl:
             return
         self.invites = found
 
+
+
+def _token_grant(raw: Mapping[str, Any]) -> Grant:
+    """A Directory token (an app's OAuth grant); revoking it by clientId removes all of the user's tokens for it."""
+    scopes = tuple(str(s) for s in raw.get("scopes") or ())
+    client_id = str(raw["clientId"])
+    name = raw.get("displayText")
+    return Grant(GrantKind.OAUTH, client_id, str(name) if name else client_id, mail_access(scopes, GOOGLE), scopes,
+                 client_id)
+
+
+def _epoch(value: Any) -> datetime | None:
+    """An asps time: int64 (as a string) "Unix time", unit not stated; above 1e12 it can only be milliseconds."""
+    if value in (None, "", "0", 0):
+        return None
+    number = int(str(value))
+    return datetime.fromtimestamp(number / 1000 if number > 1e12 else number, UTC)
+
+
+def _asp_grant(raw: Mapping[str, Any]) -> Grant:
+    """An application-specific password: it signs in to IMAP, POP and SMTP as the user (the whole mailbox)."""
+    return Grant(GrantKind.APP_PASSWORD, str(raw["codeId"]), str(raw.get("name") or ""), MailAccess.FULL,
+                 created=_epoch(raw.get("creationTime")), last_used=_epoch(raw.get("lastTimeUsed")))
 
 
 def _auto_forwarding(body: Any, endpoint: str) -> AutoForwarding:
@@ -768,7 +846,8 @@ class GoogleAdapter:
         # customer_id only (the coverage reason says which).
         self.capabilities: frozenset[Fact] = frozenset({
             Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_OWNERS, Fact.MAILBOX_DELEGATES,
-            Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES})
+            Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES, Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS,
+            Fact.MAILBOX_RECOVERY})
 
     def account(self) -> _ServiceAccount:
         """The service account, its key read on first use."""
@@ -951,6 +1030,8 @@ class GoogleAdapter:
             delegate = str(params.get("delegate", "")).lower()
             found = {d.email.lower() for d in await self._delegates(subject)}
             return {"state": {"delegates": [delegate] if delegate in found else []}, "detail": {}}
+        if action == "grant.revoke":
+            return {"state": {"grants": await self._held(subject, params)}, "detail": {}}
         raise Refused(_refusal(action))
 
     async def remedy_apply(
@@ -974,6 +1055,8 @@ class GoogleAdapter:
             await self.send_invitation(subject)
         elif action == "delegate.remove":
             await self.remove_delegate(subject, str(params.get("delegate", "")))
+        elif action == "grant.revoke":
+            await self._revoke(subject, params)
         else:
             raise Refused(_refusal(action))
         after = await self.remedy_read(action, subject, params)
@@ -1003,6 +1086,8 @@ class GoogleAdapter:
             await self.send_invitation(subject)
         elif action == "invite.resend":
             raise Refused("a sent invitation cannot be unsent")
+        elif action == "grant.revoke":
+            raise Refused("a revoked grant cannot be restored; the person grants it again")
         else:
             raise Refused(_refusal(action))
         return await self.remedy_read(action, subject, params)
@@ -1036,6 +1121,30 @@ class GoogleAdapter:
             status, raw = await s.client.request("GET", url, token=s.as_admin(READ_INVITES), allow=frozenset({404}))
             return None if status == 404 or not isinstance(raw, Mapping) else _invitation(raw)
         return await self._write(job)
+
+    def _grant_url(self, user: str, params: Mapping[str, Any]) -> str:
+        kind = {GrantKind.OAUTH.value: "tokens", GrantKind.APP_PASSWORD.value: "asps"}.get(str(params.get("kind")))
+        if kind is None:
+            raise Refused(f"Google Workspace has no {params.get('kind')} grants")
+        return (f"{self.options.directory_url.rstrip('/')}/admin/directory/v1/users/{quote(user, safe='@')}/{kind}")
+
+    async def _held(self, user: str, params: Mapping[str, Any]) -> list[str]:
+        """``[grant]`` while the user still holds the token (by clientId) or app password (by codeId)."""
+        url, grant = self._grant_url(user, params), str(params.get("grant"))
+
+        async def job(s: _Session) -> list[str]:
+            items = _items(await s.client.get(url, token=s.as_admin(SECURITY)), "items", endpoint_of("GET", url))
+            ids = {str(i.get("clientId") if "clientId" in i else i.get("codeId")) for i in items}
+            return [grant] if grant in ids else []
+        return await self._write(job)
+
+    async def _revoke(self, user: str, params: Mapping[str, Any]) -> None:
+        """DELETE tokens/{clientId} (every token of the app for this user) or asps/{codeId}."""
+        url = f"{self._grant_url(user, params)}/{quote(str(params.get('grant')), safe='')}"
+
+        async def job(s: _Session) -> None:
+            await s.client.request("DELETE", url, token=s.as_admin(SECURITY))
+        await self._write(job)
 
     async def _delegates(self, user: str) -> tuple[Delegate, ...]:
         async def job(s: _Session) -> tuple[Delegate, ...]:

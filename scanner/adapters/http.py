@@ -109,6 +109,7 @@ class ApiClient:
         timeout: float = 30.0,
         verify: ssl.SSLContext | str | bool = True,
         transient: Callable[[httpx.Response], bool] | None = None,
+        hint: Callable[[httpx.Response], tuple[bool, float | None]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         seed: int | None = None,
     ) -> None:
@@ -123,6 +124,7 @@ class ApiClient:
         self._limit = asyncio.Semaphore(concurrency)
         self._retry = retry
         self._transient = transient or (lambda response: False)
+        self._hint = hint  # a provider's own word on a retryable answer: (retry at all?, seconds to wait)
         self._sleep = sleep
         self._rng = random.Random(seed)
         self.requests = 0
@@ -148,10 +150,12 @@ class ApiClient:
         form: Mapping[str, str] | None = None,
         token: TokenSource | None = None,
         allow: frozenset[int] = frozenset(),
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[int, Any]:
         """Send one request with retries; returns (status, parsed JSON or None) for 2xx and ``allow`` statuses.
 
-        ``form`` sends a urlencoded body instead of JSON (OAuth token endpoints).
+        ``form`` sends a urlencoded body instead of JSON (OAuth token endpoints). ``headers`` go on every
+        attempt of this request alike (an idempotency key stays the same across its retries).
         """
         source = token or self._token
         endpoint = endpoint_of(method, url)
@@ -159,14 +163,14 @@ class ApiClient:
         attempt = 0
         while True:
             attempt += 1
-            headers = {}
+            sent = dict(headers or {})
             if source is not None:
-                headers["Authorization"] = f"Bearer {await source.token()}"
+                sent["Authorization"] = f"Bearer {await source.token()}"
             try:
                 async with self._limit:
                     self.requests += 1
                     response = await self._client.request(
-                        method, url, params=params, json=json_body, data=form, headers=headers
+                        method, url, params=params, json=json_body, data=form, headers=sent
                     )
             except httpx.TransportError as exc:
                 if attempt >= self._retry.attempts:
@@ -182,13 +186,15 @@ class ApiClient:
                 await source.token(refresh=True)
                 continue
             if status in RETRY_STATUSES or self._transient(response):
-                if attempt >= self._retry.attempts:
+                again, hinted = self._hint(response) if self._hint is not None else (True, None)
+                if attempt >= self._retry.attempts or not again:
                     code, message = error_message(response)
                     raise ApiError(
                         f"{self.label}: {endpoint} still answered {status} {code} after {attempt} attempts: {message}",
                         status=status, code=code,
                     )
-                await self._wait(attempt, retry_after(response), endpoint, str(status))
+                waited = retry_after(response)
+                await self._wait(attempt, hinted if waited is None else waited, endpoint, str(status))
                 continue
             if status >= 300 and status not in allow:
                 code, message = error_message(response)

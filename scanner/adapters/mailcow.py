@@ -12,7 +12,7 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from scanner.adapters.base import Collected, Emit, Refused, emit_all
-from scanner.adapters.http import ApiClient, RetryPolicy
+from scanner.adapters.http import ApiClient, ApiError, RetryPolicy
 from scanner.config import Config, MailcowOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, ConfigError
 from scanner.model import (
@@ -21,6 +21,9 @@ from scanner.model import (
     FactState,
     Forward,
     ForwardMechanism,
+    Grant,
+    GrantKind,
+    MailAccess,
     Mailbox,
     MailboxKind,
     MailboxStatus,
@@ -39,6 +42,11 @@ LEGACY_FLAGS = {"&#10004;": 1, "\u2714": 1, "&#10008;": 0, "\u2718": 0}
 
 OWNERS_REASON = "mailcow has no mailbox owners: no shared-mailbox type, and IMAP folder ACLs are not in its API"
 INVITES_REASON = "mailcow has no invitations: a mailbox exists, with a password, from the moment it is created"
+OAUTH_REASON = ("mailcow's API lists only the OAuth2 clients an admin registered (mailcow as the provider), not the "
+                "grants or tokens of a mailbox")
+RECOVERY_REASON = "mailcow's API exposes no recovery address or phone for a mailbox"
+MAIL_PROTOCOLS = ("imap_access", "pop3_access", "eas_access")
+"""App-password protocols that read the mailbox's mail (smtp, sieve and dav do not)."""
 DELEGATES_NOTE = "send-as grants (sender_acl), the closest mailcow has to delegation; IMAP folder ACLs are not in its API"
 
 
@@ -210,6 +218,7 @@ class MailcowAdapter:
             Fact.MAILBOX_DELEGATES,
             Fact.MAILBOX_LAST_LOGIN,
             Fact.DOMAIN_CATCH_ALL,
+            Fact.MAILBOX_APP_PASSWORDS,
         }
     )
 
@@ -269,7 +278,10 @@ class MailcowAdapter:
             await self._sieve_forwards(reading, client, boxes, forwards)
             catch_all = self._catch_all(reading, domains, aliases)
             delegates = self._delegates(reading, mailbox_rows, boxes)
+            boxes = await self._app_passwords(reading, client, boxes)
         reading.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
+        reading.cover(Fact.MAILBOX_OAUTH_GRANTS, FactState.UNSUPPORTED, OAUTH_REASON)
+        reading.cover(Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED, RECOVERY_REASON)
         reading.cover(Fact.MAILBOX_OWNERS, FactState.UNSUPPORTED, OWNERS_REASON)
         reading.cover(Fact.MAILBOX_INVITES, FactState.UNSUPPORTED, INVITES_REASON)
         self._last_login_coverage(reading, mailbox_rows)
@@ -341,6 +353,47 @@ class MailcowAdapter:
                     continue
                 forwards.setdefault(alias.address, []).append(Forward(target, ForwardMechanism.ALIAS))
         return forwards
+
+    async def _app_passwords(self, reading: _Reading, client: ApiClient, boxes: dict[str, Mailbox]
+                             ) -> dict[str, Mailbox]:
+        """Each mailbox's active app passwords (``/get/app-passwd/all/{mailbox}``), never their hashes."""
+        async def one(address: str) -> tuple[str, tuple[Grant, ...] | None]:
+            url = f"{self.base}/get/app-passwd/all/{quote(address, safe='@')}"
+            try:
+                rows = as_list(await client.get(url), f"GET {url}")
+            except ApiError as exc:
+                if exc.status == 404:  # a mailcow release before app passwords: the route does not exist
+                    return address, None
+                reading.cover(Fact.MAILBOX_APP_PASSWORDS, FactState.FAILED, str(exc), subject=address)
+                reading.problems.append(str(exc))
+                return address, ()
+            grants = []
+            for row in rows:
+                try:
+                    if not isinstance(row, Mapping) or row.get("id") in (None, ""):
+                        raise RecordError("an app password without an id")
+                    if number(row.get("active", 1), "active") != 1:
+                        continue
+                    # The row carries the password hash ("password"): only the fields below are kept.
+                    reads = any(number(row.get(p, 1), p) == 1 for p in MAIL_PROTOCOLS)
+                    protocols = tuple(p.removesuffix("_access") for p in (*MAIL_PROTOCOLS, "smtp_access", "dav_access",
+                                                                             "sieve_access")
+                                      if number(row.get(p, 0), p) == 1)
+                    grants.append(Grant(GrantKind.APP_PASSWORD, str(row["id"]), str(row.get("name") or ""),
+                                        MailAccess.FULL if reads else MailAccess.NONE, protocols,
+                                        created=local_time(row.get("created"), self.zone, "created")))
+                except RecordError as exc:
+                    reading.problems.append(f"mailcow app passwords of {address}: {exc}")
+            return address, tuple(grants)
+
+        found = await asyncio.gather(*(one(a) for a in boxes))
+        if any(grants is None for _, grants in found):
+            reading.cover(Fact.MAILBOX_APP_PASSWORDS, FactState.UNSUPPORTED,
+                          "this mailcow release has no app-passwd API (GET /get/app-passwd answered 404)")
+            return boxes
+        reading.cover(Fact.MAILBOX_APP_PASSWORDS, FactState.COLLECTED)
+        return {a: replace(boxes[a], grants=grants) if grants else boxes[a] for a, grants in found
+                if grants is not None}
 
     def _alias_subjects(
         self, reading: _Reading, aliases: list[AliasState], mailbox_rows: list[Any], boxes: Mapping[str, Mailbox]
@@ -676,6 +729,14 @@ class MailcowAdapter:
                 grantee = await self._mailbox(client, delegate)
                 return {"state": {"delegates": [delegate] if subject in grantee.sender_acl else []},
                         "detail": {"sender_acl": list(grantee.sender_acl)}}
+            if action == "grant.revoke":
+                if params.get("kind") != GrantKind.APP_PASSWORD.value:
+                    raise Refused(OAUTH_REASON)
+                url = f"{self.base}/get/app-passwd/all/{quote(subject, safe='@')}"
+                grant = str(params.get("grant"))
+                held = any(isinstance(r, Mapping) and str(r.get("id")) == grant for r in as_list(
+                    await client.get(url), f"GET {url}"))
+                return {"state": {"grants": [grant] if held else []}, "detail": {}}
         raise Refused(_refusal(action))
 
     async def remedy_apply(
@@ -697,6 +758,10 @@ class MailcowAdapter:
             await self.suspend_mailbox(subject)
         elif action == "delegate.remove":
             await self.remove_delegate(subject, str(params.get("delegate", "")))
+        elif action == "grant.revoke":
+            # Deleted, not deactivated: a deactivated password is one edit away from working again.
+            async with self._client() as client:
+                await self._write(client, "/delete/app-passwd", [str(params.get("grant"))])
         else:
             raise Refused(_refusal(action))
         after = await self.remedy_read(action, subject, params)
@@ -720,6 +785,8 @@ class MailcowAdapter:
             await self.set_mailbox_status(subject, MailboxStatus(state.get("status", "active")))
         elif action == "delegate.remove":
             await self.set_send_as(str(params.get("delegate", "")), detail.get("sender_acl", ()))
+        elif action == "grant.revoke":
+            raise Refused("a revoked grant cannot be restored; the person grants it again")
         else:
             raise Refused(_refusal(action))
         return await self.remedy_read(action, subject, params)

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -20,6 +20,7 @@ import msal
 
 from scanner.adapters.base import Collected, Emit, Refused
 from scanner.adapters.http import RETRY_STATUSES, ApiClient, ApiError, RetryPolicy, endpoint_of, retry_after
+from scanner.adapters.scopes import GRAPH, mail_access
 from scanner.config import Config, HttpConfig, MicrosoftOptions, SecretRef, TenantConfig
 from scanner.errors import AdapterError, MailwardenError
 from scanner.model import (
@@ -28,10 +29,15 @@ from scanner.model import (
     FactState,
     Forward,
     ForwardMechanism,
+    Grant,
+    GrantKind,
     Invite,
+    MailAccess,
     Mailbox,
     MailboxKind,
     MailboxStatus,
+    Recovery,
+    RecoveryKind,
     Tenant,
 )
 
@@ -85,6 +91,17 @@ NOT_IN_GRAPH = {
         "InternalRelay accepted domain plus a transport rule, is only visible in Exchange Online PowerShell)"
     ),
 }
+APP_PASSWORDS_REASON = (
+    "Microsoft Graph does not list a user's app passwords (legacy per-user MFA); they are visible only to the "
+    "user in My Sign-Ins"
+)
+GRANTS_PERMISSION = (
+    "needs the Graph application permission Directory.Read.All to read oauth2PermissionGrants"
+)
+METHODS_PERMISSION = (
+    "needs the Graph application permission UserAuthenticationMethod.Read.All (or UserAuthMethod-Email.Read.All "
+    "and UserAuthMethod-Phone.Read.All) to read email and phone authentication methods"
+)
 FORWARDS_NOTE = (
     "inbox rules (forwardTo, forwardAsAttachmentTo, redirectTo) only: mailbox-level forwarding "
     "(ForwardingSmtpAddress, ForwardingAddress) is not exposed by Graph"
@@ -324,6 +341,8 @@ class _Crawl:
     rule_failures: list[str]
     settings_failures: list[str]
     problems: list[str]
+    refused: dict[Fact, str] = field(default_factory=dict)  # a permission the app lacks: asked once, then not
+    clients: dict[str, tuple[str, str]] = field(default_factory=dict)  # service principal id -> (name, appId)
 
     def cover(self, fact: Fact, state: FactState, reason: str = "", subject: str = "") -> None:
         self.coverage.append(Coverage(self.tenant.name, fact, state, reason, subject))
@@ -333,7 +352,8 @@ class MicrosoftAdapter:
     """Reads a Microsoft 365 tenant through Microsoft Graph; writes only when a remediation job asks."""
 
     name = "microsoft"
-    capabilities = frozenset({Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES})
+    capabilities = frozenset({Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES,
+                              Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_RECOVERY})
 
     def __init__(self, label: str, options: MicrosoftOptions, secret: SecretRef, http: HttpConfig,
                  verify: ssl.SSLContext | bool = True) -> None:
@@ -388,7 +408,8 @@ class MicrosoftAdapter:
             crawl.cover(Fact.MAILBOX_LAST_LOGIN, *sign_in_gap)
         for fact, reason in NOT_IN_GRAPH.items():
             crawl.cover(fact, FactState.UNSUPPORTED, reason)
-        return Collected((), {}, tuple(crawl.coverage), tuple(crawl.problems))
+        notes = await self._access_coverage(crawl)
+        return Collected((), {}, tuple(crawl.coverage), tuple(crawl.problems), notes)
 
     async def _check_domains(self, api: ApiClient, tenant: Tenant) -> list[str]:
         """Problems for configured domains that the Microsoft 365 tenant does not hold as verified."""
@@ -415,7 +436,7 @@ class MicrosoftAdapter:
         async for page in api.pages(f"{self.graph}/users", params, self._next_link):
             # One page at a time: the detail calls of a page run concurrently within the client's limit.
             users = [self._user(crawl, item) for item in self._values(page, "/users")]
-            found = await asyncio.gather(*(self._details(api, crawl, mailbox, uid) for mailbox, uid in users
+            found = await asyncio.gather(*(self._with_access(api, crawl, mailbox, uid) for mailbox, uid in users
                                            if mailbox is not None))
             mailboxes = [m for m in found if m is not None]
             crawl.emitted += len(mailboxes)
@@ -491,6 +512,89 @@ class MicrosoftAdapter:
             return mailbox
         forwards = rule_forwards(rules)
         return replace(mailbox, forwards=forwards) if forwards else mailbox
+
+    async def _with_access(self, api: ApiClient, crawl: _Crawl, mailbox: Mailbox, uid: str) -> Mailbox:
+        """The mailbox with its details, then its delegated OAuth grants and email/phone authentication methods."""
+        mailbox = await self._details(api, crawl, mailbox, uid)
+        if not uid:
+            return mailbox  # a pending guest: its grants and methods belong to its home tenant
+        base = f"{self.graph}/users/{quote(uid, safe='')}"
+        grants: list[Grant] = []
+        recovery: list[Recovery] = []
+        if Fact.MAILBOX_OAUTH_GRANTS not in crawl.refused:
+            try:
+                # Only the user's own consents (Principal); tenant-wide admin consents are read once, as notes.
+                async for page in api.pages(f"{base}/oauth2PermissionGrants", None, self._next_link):
+                    for item in self._values(page, "/users/{id}/oauth2PermissionGrants"):
+                        grants.append(await self._grant(api, crawl, item))
+            except ApiError as exc:
+                self._access_failed(crawl, Fact.MAILBOX_OAUTH_GRANTS, exc, GRANTS_PERMISSION, mailbox.address)
+        if Fact.MAILBOX_RECOVERY not in crawl.refused:
+            try:
+                for kind in ("emailMethods", "phoneMethods"):
+                    async for page in api.pages(f"{base}/authentication/{kind}", None, self._next_link):
+                        for item in self._values(page, f"/users/{{id}}/authentication/{kind}"):
+                            value = item.get("emailAddress" if kind == "emailMethods" else "phoneNumber")
+                            if isinstance(value, str) and value.strip():
+                                recovery.append(Recovery(RecoveryKind.EMAIL if kind == "emailMethods" else
+                                                         RecoveryKind.PHONE, value.strip().lower() if kind ==
+                                                         "emailMethods" else value.strip()))
+            except ApiError as exc:
+                recovery = []
+                self._access_failed(crawl, Fact.MAILBOX_RECOVERY, exc, METHODS_PERMISSION, mailbox.address)
+        if not grants and not recovery:
+            return mailbox
+        return replace(mailbox, grants=tuple(grants), recovery=tuple(recovery))
+
+    def _access_failed(self, crawl: _Crawl, fact: Fact, exc: ApiError, permission: str, address: str) -> None:
+        if exc.status == 403:  # Authorization_RequestDenied: the app lacks the permission, for every user alike
+            crawl.refused.setdefault(fact, f"{permission} ({exc.code or 'HTTP 403'})")
+        else:
+            crawl.cover(fact, FactState.FAILED, str(exc), address)
+            crawl.problems.append(f"{address}: {exc}")
+
+    async def _grant(self, api: ApiClient, crawl: _Crawl, item: Mapping[str, Any]) -> Grant:
+        """One delegated permission grant; its clientId is the client's service principal, named once per crawl."""
+        client = str(item.get("clientId") or "")
+        if client and client not in crawl.clients:
+            name, app = client, ""
+            try:
+                body = await api.get(f"{self.graph}/servicePrincipals/{quote(client, safe='')}",
+                                     {"$select": "displayName,appId"})
+                if isinstance(body, Mapping):
+                    name, app = str(body.get("displayName") or client), str(body.get("appId") or "")
+            except ApiError:
+                pass  # the grant stands without a name: its client id still identifies it
+            crawl.clients[client] = (name, app)
+        name, app = crawl.clients.get(client, (client, ""))
+        scopes = tuple(str(item.get("scope") or "").split())
+        return Grant(GrantKind.OAUTH, str(item.get("id") or ""), name, mail_access(scopes, GRAPH), scopes,
+                     app or client)
+
+    async def _access_coverage(self, crawl: _Crawl) -> tuple[str, ...]:
+        """Coverage of the access facts, and the tenant-wide admin consents that reach mail, as notes."""
+        crawl.cover(Fact.MAILBOX_APP_PASSWORDS, FactState.UNSUPPORTED, APP_PASSWORDS_REASON)
+        for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_RECOVERY):
+            if fact in crawl.refused:
+                crawl.cover(fact, FactState.UNSUPPORTED, crawl.refused[fact])
+            else:
+                crawl.cover(fact, FactState.COLLECTED)
+        if Fact.MAILBOX_OAUTH_GRANTS in crawl.refused:
+            return ()
+        notes = []
+        try:
+            async with self.client() as api:
+                params = {"$filter": "consentType eq 'AllPrincipals'"}
+                async for page in api.pages(f"{self.graph}/oauth2PermissionGrants", params, self._next_link):
+                    for item in self._values(page, "/oauth2PermissionGrants"):
+                        grant = await self._grant(api, crawl, item)
+                        if grant.mail is not MailAccess.NONE:
+                            reach = "read and change" if grant.mail is MailAccess.FULL else "read"
+                            notes.append(f"tenant-wide admin consent: {grant.client} may {reach} the mail of every "
+                                         f"user who signs in to it ({' '.join(grant.scopes)})")
+        except ApiError as exc:
+            crawl.problems.append(f"{self.label}: tenant-wide admin consents could not be read: {exc}")
+        return tuple(notes)
 
     async def _rules(self, api: ApiClient, base: str) -> list[Any]:
         rules: list[Any] = []
@@ -708,6 +812,16 @@ class MicrosoftAdapter:
                 return {"state": {"invite": pending}, "detail": {"user": uid or ""}}
             changed = parse_time(raw.get("externalUserStateChangeDateTime")) if pending and raw else None
             return {"state": {"invite_sent": changed.isoformat() if changed else None}, "detail": {}}
+        if action == "grant.revoke":
+            if params.get("kind") != GrantKind.OAUTH.value:
+                raise Refused(APP_PASSWORDS_REASON)
+            uid, grant = await self._uid(subject), str(params.get("grant"))
+            held = False
+            async with self.client() as api:
+                url = f"{self.graph}/users/{quote(uid, safe='')}/oauth2PermissionGrants"
+                async for page in api.pages(url, None, self._next_link):
+                    held = held or any(str(i.get("id")) == grant for i in self._values(page, url))
+            return {"state": {"grants": [grant] if held else []}, "detail": {"user": uid}}
         raise Refused(_refusal(action))
 
     async def remedy_apply(
@@ -724,6 +838,10 @@ class MicrosoftAdapter:
             await self.revoke_invite(str(detail["user"]))
         elif action == "invite.resend":
             await self.resend_invite(subject.lower())
+        elif action == "grant.revoke":
+            # Needs DelegatedPermissionGrant.ReadWrite.All; Graph may take a while to replicate the delete.
+            async with self.client() as api:
+                await api.request("DELETE", f"{self.graph}/oauth2PermissionGrants/{quote(str(params['grant']), safe='')}")
         else:
             raise Refused(_refusal(action))
         after = await self.remedy_read(action, subject, params)
@@ -744,6 +862,8 @@ class MicrosoftAdapter:
             await self.resend_invite(subject.lower())
         elif action == "invite.resend":
             raise Refused("a sent invitation cannot be unsent")
+        elif action == "grant.revoke":
+            raise Refused("a revoked grant cannot be restored; the person grants it again")
         else:
             raise Refused(_refusal(action))
         return await self.remedy_read(action, subject, params)

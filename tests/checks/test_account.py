@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from checks.account import ghost_account, inactive_account, never_used_account
+from checks.account import ghost_account, inactive_account, never_used_account, recovery_path
 from checks.evaluate import evaluate
 from checks.registry import Check, Policy
 from scanner.adapters.files import FilesAdapter, read_roster
 from scanner.model import (
     Coverage, Fact, FactState, Finding, Forward, ForwardMechanism, Inventory, Mailbox, MailboxKind, MailboxStatus,
-    Person, PolicyException, Status, Tenant,
+    Person, PolicyException, Recovery, RecoveryKind, Status, Tenant,
 )
 
 NOW = datetime(2026, 11, 25, 9, tzinfo=UTC)
@@ -279,3 +279,52 @@ def test_an_alias_is_never_a_ghost_inactive_or_never_used_account() -> None:
                 assert finding.evidence["applies"] is False and "alias" in finding.evidence["why"]
     assert _run(ghost_account, *aliases)["bob@acme.example"].evidence["left"] == "2026-06-30"
     assert "left" not in _run(ghost_account, *aliases)["sales@acme.example"].evidence
+
+
+# account.recovery_path
+
+RECOVERY_COVERAGE = COLLECTED + (Coverage("acme", Fact.MAILBOX_RECOVERY, FactState.COLLECTED),)
+
+
+def _paths(*mailboxes: Mailbox, coverage=RECOVERY_COVERAGE) -> dict[tuple[str, str], Finding]:
+    inventory = Inventory((TENANT,), (), mailboxes, {"acme": PEOPLE}, (), coverage)
+    return {(f.subject, f.item): f for f in evaluate(inventory, [recovery_path], policy=Policy(), senders={}, now=NOW)}
+
+
+
+def test_shared_mailbox_with_outside_recovery_fails_and_masks_the_phone() -> None:
+    shared = Mailbox("acme", "billing@acme.example", kind=MailboxKind.SHARED, recovery=(
+        Recovery(RecoveryKind.EMAIL, "ann@acme.example"), Recovery(RecoveryKind.EMAIL, "ann.r@personal.example"),
+        Recovery(RecoveryKind.PHONE, "+1 5555551234")))
+    found = _paths(shared)
+    assert set(found) == {("billing@acme.example", "email:ann.r@personal.example"),
+                          ("billing@acme.example", "phone:…234")}
+    phone = found[("billing@acme.example", "phone:…234")]
+    assert phone.status is Status.FAIL and "5555551234" not in str(phone.evidence)
+
+
+def test_leaver_with_recovery_inside_the_tenant_passes() -> None:
+    bob = Mailbox("acme", "bob@acme.example", recovery=(Recovery(RecoveryKind.EMAIL, "it@acme.example"),))
+    [finding] = _paths(bob).values()
+    assert finding.status is Status.PASS and finding.evidence["basis"] == "roster"
+
+
+def test_leaver_with_private_recovery_address_fails() -> None:
+    bob = Mailbox("acme", "bob@acme.example", recovery=(Recovery(RecoveryKind.EMAIL, "bob@home.example"),))
+    [finding] = _paths(bob).values()
+    assert finding.status is Status.FAIL and finding.evidence["leads_to"] == "bob@home.example"
+
+
+def test_current_person_with_private_recovery_is_not_judged() -> None:
+    ann = Mailbox("acme", "ann@acme.example", recovery=(Recovery(RecoveryKind.PHONE, "+44 7700900123"),))
+    [finding] = _paths(ann).values()
+    assert finding.status is Status.PASS and finding.evidence["applies"] is False
+
+
+def test_recovery_path_without_the_permission_is_unsupported_naming_it() -> None:
+    coverage = COLLECTED + (
+        Coverage("acme", Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED,
+                 "needs the Graph application permission UserAuthenticationMethod.Read.All"),)
+    shared = Mailbox("acme", "billing@acme.example", kind=MailboxKind.SHARED)
+    [finding] = _paths(shared, coverage=coverage).values()
+    assert finding.status is Status.UNSUPPORTED and "UserAuthenticationMethod.Read.All" in finding.reason

@@ -30,7 +30,7 @@ GRANTED = frozenset(
         "admin.directory.user.readonly", "admin.directory.domain.readonly", "admin.directory.group.readonly",
         "admin.directory.user", "gmail.settings.basic", "gmail.settings.sharing",
         "cloud-identity.userinvitations.readonly", "cloud-identity.userinvitations",
-        "cloud-identity.policies.readonly", "admin.directory.orgunit.readonly",
+        "cloud-identity.policies.readonly", "admin.directory.orgunit.readonly", "admin.directory.user.security",
     )
 )
 """The scopes the tenant's admin granted the service account through domain-wide delegation."""
@@ -116,6 +116,8 @@ class Workspace:
     token_url: str = ""
     tokens: dict[str, tuple[str, frozenset[str], float]] = field(default_factory=dict)
     grants: list[dict[str, Any]] = field(default_factory=list)  # verified claims of every token issued
+    oauth_tokens: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # user -> Directory tokens
+    asps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # user -> application-specific passwords
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def __call__(self, request: Request) -> Reply:
@@ -137,6 +139,27 @@ class Workspace:
             return self.list_policies(request, subject, scopes)
         if parts[:2] == ["v1", "customers"] and len(parts) >= 4 and parts[3] == "userinvitations":
             return self.cloud_identity(request, parts[2], parts[4:], subject, scopes)
+        return _error(404, "Not Found", "notFound")
+
+    def security(self, request: Request, user: str, kind: str, rest: list[str], scopes: frozenset[str]) -> Reply:
+        """Directory tokens and asps: list (no paging) and delete, with the security scope only."""
+        if AUTH + "admin.directory.user.security" not in scopes:
+            return _error(403, "Request had insufficient authentication scopes.", "insufficientPermissions")
+        if user not in self.users:
+            return _error(404, "Resource Not Found: userKey", "notFound")
+        table = self.oauth_tokens if kind == "tokens" else self.asps
+        items = table.setdefault(user, [])
+        key = "clientId" if kind == "tokens" else "codeId"
+        if request.method == "GET" and not rest:
+            listing = "admin#directory#tokenList" if kind == "tokens" else "admin#directory#asps"
+            return Reply(200, {"kind": listing, "etag": '"e1"', **({"items": items} if items else {})})
+        if request.method == "DELETE" and len(rest) == 1:
+            found = [i for i in items if str(i[key]) == rest[0]]
+            if not found:
+                return _error(404, "Resource Not Found", "notFound")
+            if not self.noop_writes:
+                table[user] = [i for i in items if str(i[key]) != rest[0]]
+            return Reply(204)
         return _error(404, "Not Found", "notFound")
 
     def throttled(self, request: Request) -> Reply:
@@ -184,6 +207,8 @@ class Workspace:
     def directory(self, request: Request, parts: list[str], subject: str, scopes: frozenset[str]) -> Reply:
         if subject != self.admin:
             return _error(403, "Not Authorized to access this resource/api", "forbidden")
+        if parts[0] == "users" and len(parts) >= 3 and parts[2] in ("tokens", "asps"):
+            return self.security(request, parts[1].lower(), parts[2], parts[3:], scopes)
         write = request.method != "GET"
         need = {"users": "admin.directory.user", "customer": "admin.directory.domain",
                 "groups": "admin.directory.group"}[parts[0]]
@@ -412,7 +437,8 @@ class GoogleHarness:
 
     provider = "google"
     capabilities = frozenset({Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_OWNERS,
-                              Fact.MAILBOX_DELEGATES, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES})
+                              Fact.MAILBOX_DELEGATES, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES,
+                              Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_RECOVERY})
     list_path = "/admin/directory/v1/users"
     token_path = "/token"
 

@@ -42,6 +42,8 @@ class MailcowState:
     refuse_writes: bool = False  # HTTP 200 with [{"type": "danger", ...}]
     ignore_writes: bool = False  # HTTP 200 "success" but nothing changes (a re-read must show it)
     broken_sieve: set[str] = field(default_factory=set)  # mailboxes whose active-sieve read answers 500
+    app_passwords: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # mailbox -> rows (with hashes)
+    no_app_passwd_api: bool = False  # a release before app passwords: the route does not exist
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def number(self, value: int) -> int | str:
@@ -116,6 +118,8 @@ def mailcow_app(state: MailcowState) -> Any:
             return Reply(200, state.alias_view(alias) if alias else {})
         if what == "filters" and which == "all":
             return Reply(200, _listing([dict(f, active=state.number(f["active"])) for f in state.filters]))
+        if what == "app-passwd":
+            return app_passwords(parts)
         if what == "active-user-sieve" and which:
             if which in state.broken_sieve:
                 return Reply(500, raw=b"<html><body>500 Internal Server Error</body></html>")
@@ -123,7 +127,20 @@ def mailcow_app(state: MailcowState) -> Any:
             return Reply(200, [script] if script else {})
         return Reply(404, {"type": "error", "msg": "route not found"})
 
+    def app_passwords(parts: list[str]) -> Reply:
+        # GET /get/app-passwd/all/{mailbox}: a SELECT * of the mailbox's rows, the password hash included.
+        if state.no_app_passwd_api or parts[1:2] != ["all"] or len(parts) < 3:
+            return Reply(404, {"type": "error", "msg": "route not found"})
+        rows = state.app_passwords.get(parts[2].lower(), [])
+        return Reply(200, _listing([dict(r, active=state.number(r["active"])) for r in rows]))
+
     def write(parts: list[str], body: Any) -> Reply:
+        if parts[:2] == ["delete", "app-passwd"] and isinstance(body, list):
+            for rows in state.app_passwords.values():
+                for row in list(rows):
+                    if str(row["id"]) in {str(i) for i in body} and not state.ignore_writes:
+                        rows.remove(row)
+            return Reply(200, [{"type": "success", "msg": ["app_passwd_removed", ", ".join(map(str, body))]}])
         if parts[:2] == ["edit", "alias"] and isinstance(body, dict):
             attr = body.get("attr") or {}
             results = []
@@ -243,7 +260,7 @@ class MailcowHarness:
     provider = "mailcow"
     capabilities = frozenset(
         {Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_DELEGATES, Fact.MAILBOX_LAST_LOGIN,
-         Fact.DOMAIN_CATCH_ALL}
+         Fact.DOMAIN_CATCH_ALL, Fact.MAILBOX_APP_PASSWORDS}
     )
     list_path = PREFIX + "/get/mailbox"
     token_path = ""  # a static API key

@@ -123,6 +123,12 @@ class GraphState:
     mailbox_delay: float = 0.0  # seconds each per-mailbox call takes (to observe concurrency)
     inflight: dict[str, int] = field(default_factory=dict)  # user id -> per-mailbox calls in flight
     peak: dict[str, int] = field(default_factory=dict)  # user id -> most per-mailbox calls seen in flight
+    permission_grants: list[dict[str, Any]] = field(default_factory=list)  # oauth2PermissionGrant resources
+    service_principals: dict[str, dict[str, Any]] = field(default_factory=dict)  # by object id
+    email_methods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # user id -> emailMethods
+    phone_methods: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # user id -> phoneMethods
+    grants_denied: bool = False  # no Directory.Read.All: oauth2PermissionGrants answer 403
+    methods_denied: bool = False  # no UserAuthenticationMethod.Read.All: authentication methods answer 403
     lock: threading.Lock = field(default_factory=threading.Lock)
     count_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -210,6 +216,9 @@ class GraphServer(ContractServer):
             return self._list_users(request)
         if parts == ["invitations"] and method == "POST":
             return self._invite(request.json() or {})
+        access = self._access(request, parts)
+        if access is not None:
+            return access
         if len(parts) < 2 or parts[0] != "users":
             return _graph_error(400, "BadRequest", f"Resource not found for the segment '{parts[0]}'.")
         user = self._find(parts[1])
@@ -232,6 +241,45 @@ class GraphServer(ContractServer):
                 return _graph_error(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
             return self._rules(request, uid, rest[3:])
         return _graph_error(400, "BadRequest", "Unsupported segment.")
+
+    def _access(self, request: Request, parts: list[str]) -> Reply | None:
+        """oauth2PermissionGrants (per user, tenant-wide, delete), servicePrincipals, email and phone methods."""
+        state, denied = self.state, _graph_error(403, "Authorization_RequestDenied",
+                                                 "Insufficient privileges to complete the operation.")
+        if parts[0] == "oauth2PermissionGrants":
+            if state.grants_denied:
+                return denied
+            if len(parts) == 1 and request.method == "GET":
+                wanted = request.query.get("$filter", "")
+                rows = [g for g in state.permission_grants if "AllPrincipals" not in wanted
+                        or g["consentType"] == "AllPrincipals"]
+                return Reply(200, {"@odata.context": f"{self.url}/v1.0/$metadata#oauth2PermissionGrants",
+                                   "value": rows})
+            if len(parts) == 2 and request.method == "DELETE":
+                if not any(g["id"] == parts[1] for g in state.permission_grants):
+                    return _graph_error(404, "Request_ResourceNotFound", f"Resource '{parts[1]}' does not exist.")
+                if not state.ignore_writes:
+                    state.permission_grants = [g for g in state.permission_grants if g["id"] != parts[1]]
+                return Reply(204)
+        if parts[0] == "servicePrincipals" and len(parts) == 2 and request.method == "GET":
+            principal = state.service_principals.get(parts[1])
+            return Reply(200, principal) if principal else _graph_error(
+                404, "Request_ResourceNotFound", f"Resource '{parts[1]}' does not exist.")
+        if parts[0] != "users" or len(parts) < 3:
+            return None
+        user = self._find(parts[1])
+        if user is None:
+            return None
+        if parts[2:] == ["oauth2PermissionGrants"] and request.method == "GET":
+            if state.grants_denied:
+                return denied
+            return Reply(200, {"value": [g for g in state.permission_grants if g.get("principalId") == user["id"]]})
+        if parts[2] == "authentication" and parts[3:] in (["emailMethods"], ["phoneMethods"]):
+            if state.methods_denied:
+                return denied
+            table = state.email_methods if parts[3] == "emailMethods" else state.phone_methods
+            return Reply(200, {"value": table.get(user["id"], [])})
+        return None
 
     def _find(self, key: str) -> dict[str, Any] | None:
         key = key.lower()
@@ -426,7 +474,8 @@ class MicrosoftHarness:
     """The Graph contract for the shared adapter suite."""
 
     provider = "microsoft"
-    capabilities = frozenset({Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES})
+    capabilities = frozenset({Fact.MAILBOX_LIST, Fact.MAILBOX_FORWARDS, Fact.MAILBOX_LAST_LOGIN, Fact.MAILBOX_INVITES,
+                              Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_RECOVERY})
     list_path = "/v1.0/users"
     token_path = TOKEN_PATH
 

@@ -149,3 +149,23 @@ def test_object_changes_per_field() -> None:
         FieldChange("mailbox", "a@x.example", "t", "x.example", "a@x.example", "status", "changed", "active", "suspended")
     ]
     assert object_changes("mailbox", "t/a@x.example", before, before) == []
+
+
+def test_a_new_grant_is_a_change_its_last_use_is_not() -> None:
+    from datetime import UTC, datetime
+
+    from scanner.model import Grant, GrantKind, MailAccess, Mailbox, Recovery, RecoveryKind, mailbox_from_plain, plain
+
+    box = Mailbox("t", "a@x.example")
+    held = Mailbox("t", "a@x.example", grants=(Grant(GrantKind.APP_PASSWORD, "7", "Phone", MailAccess.FULL, ("imap",),
+                                                     last_used=datetime(2026, 11, 1, tzinfo=UTC)),),
+                   recovery=(Recovery(RecoveryKind.EMAIL, "a@home.test"),))
+    assert mailbox_from_plain(plain(held)) == held  # the store keeps and gives back the grants
+    before, after = plain(box), plain(held)
+    added = object_changes("mailbox", "t/a@x.example", before, after)  # type: ignore[arg-type]
+    assert [(c.object_type, c.object_key, c.action) for c in added] == [
+        ("grant", "a@x.example app_password 7", "added"), ("recovery", "a@x.example email a@home.test", "added")]
+    used = plain(Mailbox("t", "a@x.example", grants=(Grant(GrantKind.APP_PASSWORD, "7", "Phone", MailAccess.FULL,
+                                                           ("imap",), last_used=datetime(2026, 11, 20, tzinfo=UTC)),),
+                         recovery=held.recovery))
+    assert object_changes("mailbox", "t/a@x.example", after, used) == []  # type: ignore[arg-type]

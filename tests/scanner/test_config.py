@@ -120,3 +120,21 @@ def test_nameserver_must_be_an_address(write_config) -> None:
     path = write_config(GOOD + '\n[dns]\nnameservers = ["127.0.0.1:5353", "[::1]:53", "ns1.example"]\n')
     with pytest.raises(ConfigError, match=r"dns\.nameservers: 'ns1.example' is not 'IP'"):
         load_config(path)
+
+
+def test_trekmail_tenant_and_allowed_apps(write_config) -> None:
+    config = load_config(write_config(
+        '[[tenants]]\nname = "cedar"\nprovider = "trekmail"\ncredentials = "env:TREK"\ndomains = ["cedar.example"]\n'
+        'allowed_apps = [" Zoom ", "123-ABC.apps.test", "zoom"]\n[tenants.trekmail]\nurl = "https://mail.cedar.example"\n'))
+    [tenant] = config.tenant_models()
+    assert tenant.provider == "trekmail" and tenant.allowed_apps == ("zoom", "123-abc.apps.test")
+    assert config.tenants[0].trekmail is not None and config.tenants[0].trekmail.per_page == 100
+
+
+def test_trekmail_tenant_needs_its_table_and_credentials(write_config) -> None:
+    with pytest.raises(ConfigError, match=r"provider 'trekmail' needs a \[tenants.trekmail\] table"):
+        load_config(write_config('[[tenants]]\nname = "cedar"\nprovider = "trekmail"\ncredentials = "env:T"\n'
+                                 'domains = ["cedar.example"]\n'))
+    with pytest.raises(ConfigError, match="per_page"):
+        load_config(write_config('[[tenants]]\nname = "cedar"\nprovider = "trekmail"\ncredentials = "env:T"\n'
+                                 'domains = ["cedar.example"]\n[tenants.trekmail]\nper_page = 500\n'))

@@ -25,6 +25,7 @@ FORWARDS = """mailbox,target,mechanism
 ann@acme.example,ann.private@gmail.test,inbox_rule
 info@acme.example,ann@acme-mail.example,alias
 """
+ACCESS_FACTS = (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_RECOVERY)  # grants/recovery files
 
 
 def _export(tmp_path: Path, **files: str) -> Path:
@@ -74,7 +75,7 @@ def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
     assert boxes["bob@acme.example"].delegates == ("helper@outside.test",)
     assert boxes["bob@acme.example"].invite is not None
     assert collected.catch_all == {"acme.example": "info@acme.example", "acme-mail.example": None}
-    assert all(c.state is FactState.COLLECTED for c in collected.coverage)
+    assert all(c.state is FactState.COLLECTED for c in collected.coverage if c.fact not in ACCESS_FACTS)
 
 
 def test_json_files_work_like_csv(tmp_path: Path) -> None:
@@ -143,3 +144,62 @@ def test_roster(tmp_path: Path) -> None:
     assert [(p.email, p.left and p.left.isoformat()) for p in people] == [
         ("ann@acme.example", None), ("bob@acme.example", "2026-02-01")]
     assert problems == (f"{path}:4: 'email' is not an email address: 'x'",)
+
+
+GRANTS = """mailbox,kind,client,scopes,created,last_used
+bob@acme.example,oauth,Mail Sorter,https://www.googleapis.com/auth/gmail.readonly openid,2025-03-01,2026-10-01T10:00:00Z
+bob@acme.example,app_password,Thunderbird,,2024-05-05,
+ann@acme.example,oauth,Calendar Helper,Calendars.Read;User.Read,2025-01-01,
+ann@acme.example,device_password,NAS,,,
+"""
+RECOVERY = """mailbox,kind,value
+info@acme.example,email,ann.home@personal.test
+bob@acme.example,phone,+1 555 0100
+"""
+
+
+def test_grants_and_recovery_files_are_read_without_secrets(tmp_path: Path) -> None:
+    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES, grants_csv=GRANTS, recovery_csv=RECOVERY))
+    boxes = {m.address: m for m in collected.mailboxes}
+    sorter, password = boxes["bob@acme.example"].grants
+    assert (sorter.kind.value, sorter.id, sorter.mail.value) == ("oauth", "Mail Sorter", "read")
+    assert sorter.last_used == datetime(2026, 10, 1, 10, tzinfo=UTC)
+    assert (password.kind.value, password.mail.value) == ("app_password", "full")
+    calendar, device = boxes["ann@acme.example"].grants
+    assert calendar.mail.value == "none" and calendar.scopes == ("Calendars.Read", "User.Read")
+    assert device.kind.value == "device_password"
+    assert [(r.kind.value, r.value) for r in boxes["info@acme.example"].recovery] == [
+        ("email", "ann.home@personal.test")]
+    coverage = {c.fact: c.state for c in collected.coverage if not c.subject}
+    for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_RECOVERY):
+        assert coverage[fact] is FactState.COLLECTED
+
+
+def test_without_grants_or_recovery_files_those_facts_are_unsupported(tmp_path: Path) -> None:
+    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES))
+    reasons = {c.fact: (c.state, c.reason) for c in collected.coverage if not c.subject}
+    assert reasons[Fact.MAILBOX_OAUTH_GRANTS] == (FactState.UNSUPPORTED, "the export has no grants file")
+    assert reasons[Fact.MAILBOX_RECOVERY] == (FactState.UNSUPPORTED, "the export has no recovery file")
+
+
+def test_a_bad_grant_row_fails_the_fact_naming_file_and_line(tmp_path: Path) -> None:
+    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES,
+                                 grants_csv="mailbox,kind,client\nbob@acme.example,token,X\n"))
+    assert any("grants.csv:2" in p and "'kind'" in p for p in collected.problems)
+    failed = [c for c in collected.coverage if c.fact is Fact.MAILBOX_APP_PASSWORDS]
+    assert failed and all(c.state is FactState.FAILED for c in failed)
+
+
+def test_grant_revoke_removes_the_row_and_refuses_the_undo(tmp_path: Path) -> None:
+    from scanner.adapters.base import Refused
+
+    adapter = FilesAdapter(_export(tmp_path, mailboxes_csv=MAILBOXES, grants_csv=GRANTS))
+    params = {"kind": "app_password", "grant": "Thunderbird"}
+    before = asyncio.run(adapter.remedy_read("grant.revoke", "bob@acme.example", params))
+    assert before["state"] == {"grants": ["Thunderbird"]}
+    after = asyncio.run(adapter.remedy_apply("grant.revoke", "bob@acme.example", params, before))
+    assert after["state"] == {"grants": []}
+    assert "Thunderbird" not in (tmp_path / "grants.csv").read_text(encoding="utf-8")
+    assert "Mail Sorter" in (tmp_path / "grants.csv").read_text(encoding="utf-8")
+    with pytest.raises(Refused, match="a revoked grant cannot be restored"):
+        asyncio.run(adapter.remedy_restore("grant.revoke", "bob@acme.example", params, before))

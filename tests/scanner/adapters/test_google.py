@@ -110,8 +110,8 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
     subjects = [g["sub"] for g in space.grants]
     gmail_users = [m.address for m in collected.mailboxes if m.kind is MailboxKind.USER
                    and m.status is not MailboxStatus.PENDING and m.address != ADMIN]
-    # directory, invitations and policies as the admin, then one per user
-    assert sorted(subjects) == sorted([ADMIN, ADMIN, ADMIN, *gmail_users])
+    # directory, invitations, policies and the security scope (tokens, asps) as the admin, then one per user
+    assert sorted(subjects) == sorted([ADMIN, ADMIN, ADMIN, ADMIN, *gmail_users])
     for grant in space.grants:
         assert grant["iss"] == SA_EMAIL and grant["aud"] == f"{server.url}/token"
         assert 0 < grant["exp"] - grant["iat"] <= 3600
@@ -121,6 +121,7 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
         f"{AUTH}admin.directory.group.readonly",
         f"{AUTH}cloud-identity.userinvitations.readonly",
         f"{AUTH}cloud-identity.policies.readonly",
+        f"{AUTH}admin.directory.user.security",
     }
     # The admin's tokens are cached until expiry; a user's is dropped once that user's Gmail settings are read
     # (a crawl's memory must not grow with its users), so a second crawl asks again only for the users'.
@@ -519,3 +520,74 @@ def test_a_pending_first_sign_in_has_no_invitation_to_resend_or_revoke(server: C
     assert "never@acme.example" not in space.invitations  # no invitation was created for a managed address
     state = asyncio.run(adapter.remedy_read("invite.revoke", "new.hire@acme.example", {}))["state"]
     assert state == {"invite": True}  # an unmanaged account's invitation is still handled
+
+
+# Persistence surfaces: OAuth tokens, application-specific passwords, recovery email and phone
+
+
+def _grant_estate(space: Workspace) -> None:
+    space.oauth_tokens["ana@acme.example"] = [
+        {"kind": "admin#directory#token", "clientId": "1234.apps.googleusercontent.test", "displayText": "Mail Sorter",
+         "scopes": ["https://www.googleapis.com/auth/gmail.readonly", "openid"], "anonymous": False,
+         "nativeApp": False, "userKey": "104700000000000000001"},
+        {"kind": "admin#directory#token", "clientId": "5678.apps.googleusercontent.test", "displayText": "Calendly",
+         "scopes": ["https://www.googleapis.com/auth/calendar.events"], "anonymous": False, "nativeApp": False}]
+    space.asps["ana@acme.example"] = [
+        {"kind": "admin#directory#asp", "codeId": 41, "name": "iPhone Mail", "creationTime": "1735689600000",
+         "lastTimeUsed": "1764000000", "userKey": "104700000000000000001"}]
+    space.users["old@acme.example"]["recoveryEmail"] = "old.self@personal.test"
+    space.users["old@acme.example"]["recoveryPhone"] = "+15555551234"
+
+
+def test_tokens_asps_and_recovery_are_read(server: ContractServer, space: Workspace, estate: Estate,
+                                           tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from scanner.model import GrantKind, MailAccess
+
+    _grant_estate(space)
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    boxes = _by_address(collected)
+    sorter, calendly, asp = boxes["ana@acme.example"].grants
+    assert (sorter.kind, sorter.id, sorter.client, sorter.mail) == (
+        GrantKind.OAUTH, "1234.apps.googleusercontent.test", "Mail Sorter", MailAccess.READ)
+    assert calendly.mail is MailAccess.NONE
+    assert (asp.kind, asp.id, asp.mail) == (GrantKind.APP_PASSWORD, "41", MailAccess.FULL)
+    assert asp.created == datetime(2025, 1, 1, tzinfo=UTC)  # milliseconds
+    assert asp.last_used == datetime.fromtimestamp(1764000000, UTC)  # seconds
+    old = boxes["old@acme.example"]
+    assert [(r.kind.value, r.value) for r in old.recovery] == [("email", "old.self@personal.test"),
+                                                                ("phone", "+15555551234")]
+    coverage = {c.fact: c.state for c in collected.coverage if not c.subject}
+    for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_RECOVERY):
+        assert coverage[fact] is FactState.COLLECTED
+
+
+def test_without_the_security_scope_grants_are_unsupported_naming_it(server: ContractServer, space: Workspace,
+                                                                     estate: Estate, tmp_path: Path) -> None:
+    space.granted = frozenset(s for s in space.granted if not s.endswith("admin.directory.user.security"))
+    _grant_estate(space)
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    reasons = {c.fact: (c.state, c.reason) for c in collected.coverage if not c.subject}
+    for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+        state, reason = reasons[fact]
+        assert state is FactState.UNSUPPORTED and "admin.directory.user.security" in reason
+    assert reasons[Fact.MAILBOX_RECOVERY][0] is FactState.COLLECTED
+    assert _by_address(collected)["ana@acme.example"].grants == ()
+    assert collected.problems == ()
+
+
+def test_grant_revoke_deletes_the_token_or_asp_and_refuses_the_undo(server: ContractServer, space: Workspace,
+                                                                     estate: Estate, tmp_path: Path) -> None:
+    _grant_estate(space)
+    adapter = _adapter(server, estate, tmp_path)
+    for params in ({"kind": "oauth", "grant": "1234.apps.googleusercontent.test"},
+                   {"kind": "app_password", "grant": "41"}):
+        before = asyncio.run(adapter.remedy_read("grant.revoke", "ana@acme.example", params))
+        assert before["state"] == {"grants": [params["grant"]]}
+        after = asyncio.run(adapter.remedy_apply("grant.revoke", "ana@acme.example", params, before))
+        assert after["state"] == {"grants": []}
+        with pytest.raises(Refused, match="a revoked grant cannot be restored"):
+            asyncio.run(adapter.remedy_restore("grant.revoke", "ana@acme.example", params, before))
+    assert [t["displayText"] for t in space.oauth_tokens["ana@acme.example"]] == ["Calendly"]
+    assert space.asps["ana@acme.example"] == []

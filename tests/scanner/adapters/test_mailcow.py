@@ -528,3 +528,62 @@ def test_the_estate_without_show_last_login_has_last_login_unsupported(tmp_path:
         server.stop()
     assert all(m.last_login is None for m in collected.mailboxes)
     assert _coverage(collected)[Fact.MAILBOX_LAST_LOGIN][0] is FactState.UNSUPPORTED
+
+
+# Persistence surfaces: app passwords (never their hashes); OAuth grants and recovery paths are not in the API
+
+HASH = "{SSHA256}pK0cHQ0Ue0bU5oC7iYw9ShouldNeverBeStored"
+
+
+def _app_password(ident: int, name: str, **fields: Any) -> dict[str, Any]:
+    return {"id": ident, "name": name, "mailbox": "ana@acme.example", "password": HASH, "active": 1,
+            "imap_access": 1, "smtp_access": 1, "eas_access": 0, "dav_access": 0, "pop3_access": 0,
+            "sieve_access": 0, "created": "2026-01-05 10:00:00", "modified": None, **fields}
+
+
+def test_app_passwords_are_read_without_their_hashes(state: MailcowState, server: ContractServer,
+                                                    tmp_path: Path) -> None:
+    from scanner.model import GrantKind, MailAccess, plain
+
+    state.app_passwords["ana@acme.example"] = [
+        _app_password(7, "Thunderbird"), _app_password(8, "CalDAV only", imap_access=0, smtp_access=0, dav_access=1),
+        _app_password(9, "Old phone", active=0)]
+    collected = _collect(server, tmp_path)
+    [ana] = [m for m in collected.mailboxes if m.address == "ana@acme.example"]
+    assert [(g.kind, g.id, g.client, g.mail) for g in ana.grants] == [
+        (GrantKind.APP_PASSWORD, "7", "Thunderbird", MailAccess.FULL),
+        (GrantKind.APP_PASSWORD, "8", "CalDAV only", MailAccess.NONE)]
+    assert ana.grants[0].scopes == ("imap", "smtp")
+    assert ana.grants[0].created == datetime(2026, 1, 5, 9, tzinfo=UTC)  # Europe/Berlin, winter
+    assert "SSHA256" not in str(plain(ana))
+    coverage = _coverage(collected)
+    assert coverage[Fact.MAILBOX_APP_PASSWORDS][0] is FactState.COLLECTED
+    assert coverage[Fact.MAILBOX_OAUTH_GRANTS] == (
+        FactState.UNSUPPORTED, "mailcow's API lists only the OAuth2 clients an admin registered (mailcow as the "
+        "provider), not the grants or tokens of a mailbox")
+    assert coverage[Fact.MAILBOX_RECOVERY][0] is FactState.UNSUPPORTED
+
+
+def test_a_release_without_app_passwords_is_unsupported(state: MailcowState, server: ContractServer,
+                                                        tmp_path: Path) -> None:
+    state.no_app_passwd_api = True
+    collected = _collect(server, tmp_path)
+    assert _coverage(collected)[Fact.MAILBOX_APP_PASSWORDS] == (
+        FactState.UNSUPPORTED, "this mailcow release has no app-passwd API (GET /get/app-passwd answered 404)")
+    assert collected.problems == ()
+
+
+def test_grant_revoke_deletes_the_app_password_and_refuses_the_undo(state: MailcowState, server: ContractServer,
+                                                                     tmp_path: Path) -> None:
+    from scanner.adapters.base import Refused
+
+    state.app_passwords["ana@acme.example"] = [_app_password(7, "Thunderbird"), _app_password(8, "Laptop")]
+    adapter = _adapter(server, tmp_path)
+    params = {"kind": "app_password", "grant": "7", "client": "Thunderbird"}
+    before = asyncio.run(adapter.remedy_read("grant.revoke", "ana@acme.example", params))
+    assert before["state"] == {"grants": ["7"]}
+    after = asyncio.run(adapter.remedy_apply("grant.revoke", "ana@acme.example", params, before))
+    assert after["state"] == {"grants": []}
+    assert [r["id"] for r in state.app_passwords["ana@acme.example"]] == [8]
+    with pytest.raises(Refused, match="cannot be restored"):
+        asyncio.run(adapter.remedy_restore("grant.revoke", "ana@acme.example", params, before))

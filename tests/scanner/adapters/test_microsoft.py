@@ -361,3 +361,80 @@ def test_resend_an_invite_to_the_same_guest(server: GraphServer, estate: Estate,
     assert (state.user, state.state) == (uid, "PendingAcceptance")
     assert state.changed is not None and state.changed > NOW - timedelta(days=20)
     assert server.state.invitations == 1
+
+
+# Persistence surfaces: delegated OAuth grants, tenant-wide admin consents, email and phone authentication methods
+
+
+def _grants(server: GraphServer) -> str:
+    state = server.state
+    ana = next(u for u in state.users.values() if u["mail"] == "ana@acme.example")
+    state.service_principals = {
+        "sp-mailapp": {"id": "sp-mailapp", "displayName": "Mail Sorter", "appId": "11111111-aaaa-4000-8000-000000000001"},
+        "sp-teams": {"id": "sp-teams", "displayName": "Teams Helper", "appId": "22222222-bbbb-4000-8000-000000000002"},
+        "sp-crm": {"id": "sp-crm", "displayName": "CRM Sync", "appId": "33333333-cccc-4000-8000-000000000003"}}
+    state.permission_grants = [
+        {"id": "grant-ana-mail", "clientId": "sp-mailapp", "consentType": "Principal", "principalId": ana["id"],
+         "resourceId": "sp-graph", "scope": "Mail.Read offline_access"},
+        {"id": "grant-ana-profile", "clientId": "sp-teams", "consentType": "Principal", "principalId": ana["id"],
+         "resourceId": "sp-graph", "scope": "User.Read"},
+        {"id": "grant-all-crm", "clientId": "sp-crm", "consentType": "AllPrincipals", "principalId": None,
+         "resourceId": "sp-graph", "scope": "Mail.ReadWrite User.Read"}]
+    state.email_methods[ana["id"]] = [{"id": "3ddfcfc8-9383-446f-83cc-3ab9be4be18f", "emailAddress": "Ana@Home.test"}]
+    state.phone_methods[ana["id"]] = [{"id": "3179e48a-750b-4051-897c-87b9720928f7", "phoneNumber": "+1 5555551234",
+                                       "phoneType": "mobile", "smsSignInState": "notAllowedByPolicy"}]
+    return str(ana["id"])
+
+
+def test_grants_consents_and_methods_are_read(server: GraphServer, estate: Estate, tmp_path: Path) -> None:
+    from scanner.model import GrantKind, MailAccess
+
+    _grants(server)
+    collected = _collect(server, estate, tmp_path)
+    ana = next(m for m in collected.mailboxes if m.address == "ana@acme.example")
+    sorter, teams = ana.grants
+    assert (sorter.kind, sorter.id, sorter.client, sorter.mail) == (
+        GrantKind.OAUTH, "grant-ana-mail", "Mail Sorter", MailAccess.READ)
+    assert sorter.client_id == "11111111-aaaa-4000-8000-000000000001" and teams.mail is MailAccess.NONE
+    assert [(r.kind.value, r.value) for r in ana.recovery] == [("email", "ana@home.test"), ("phone", "+1 5555551234")]
+    assert collected.notes == ("tenant-wide admin consent: CRM Sync may read and change the mail of every user who "
+                               "signs in to it (Mail.ReadWrite User.Read)",)
+    coverage = {c.fact: (c.state, c.reason) for c in collected.coverage if not c.subject}
+    assert coverage[Fact.MAILBOX_OAUTH_GRANTS][0] is FactState.COLLECTED
+    assert coverage[Fact.MAILBOX_RECOVERY][0] is FactState.COLLECTED
+    assert coverage[Fact.MAILBOX_APP_PASSWORDS][0] is FactState.UNSUPPORTED
+
+
+def test_missing_permissions_make_the_facts_unsupported_naming_them(server: GraphServer, estate: Estate,
+                                                                   tmp_path: Path) -> None:
+    _grants(server)
+    server.state.grants_denied = server.state.methods_denied = True
+    collected = _collect(server, estate, tmp_path)
+    coverage = {c.fact: (c.state, c.reason) for c in collected.coverage if not c.subject}
+    state, reason = coverage[Fact.MAILBOX_OAUTH_GRANTS]
+    assert state is FactState.UNSUPPORTED and "Directory.Read.All" in reason
+    state, reason = coverage[Fact.MAILBOX_RECOVERY]
+    assert state is FactState.UNSUPPORTED and "UserAuthenticationMethod.Read.All" in reason
+    assert all(m.grants == () and m.recovery == () for m in collected.mailboxes)
+    assert collected.problems == ()
+    # asked once per permission (the first page's users at most), not for every user
+    asked = sum(1 for _, path in server.log if path.endswith("/oauth2PermissionGrants"))
+    assert asked <= 4
+
+
+def test_grant_revoke_deletes_the_grant_and_refuses_the_undo(server: GraphServer, estate: Estate,
+                                                              tmp_path: Path) -> None:
+    from scanner.adapters.base import Refused
+
+    _grants(server)
+    adapter = _adapter(server, estate, tmp_path)
+    params = {"kind": "oauth", "grant": "grant-ana-mail"}
+    before = asyncio.run(adapter.remedy_read("grant.revoke", "ana@acme.example", params))
+    assert before["state"] == {"grants": ["grant-ana-mail"]}
+    after = asyncio.run(adapter.remedy_apply("grant.revoke", "ana@acme.example", params, before))
+    assert after["state"] == {"grants": []}
+    assert [g["id"] for g in server.state.permission_grants] == ["grant-ana-profile", "grant-all-crm"]
+    with pytest.raises(Refused, match="a revoked grant cannot be restored"):
+        asyncio.run(adapter.remedy_restore("grant.revoke", "ana@acme.example", params, before))
+    with pytest.raises(Refused, match="app passwords"):
+        asyncio.run(adapter.remedy_read("grant.revoke", "ana@acme.example", {"kind": "app_password", "grant": "x"}))
