@@ -79,7 +79,6 @@ def unknown_surfaces(mailbox: Mailbox, ctx: RunContext, facts: tuple[Fact, ...] 
         "was removed can still read the mailbox through them, and they work again the day the account is "
         "reactivated."
     ),
-    references=("NIST SP 800-53 AC-2(3)", "NIST SP 800-53 PS-4"),
     remediation="grant.revoke",
 )
 def leaver_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
@@ -120,7 +119,6 @@ def leaver_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
         "A third-party app granted mail access reads every message with no further sign-in, so its vendor "
         "holds a copy of the mailbox; the tenant's allowed_apps names the ones it has vetted."
     ),
-    references=("NIST SP 800-53 AC-6", "NIST SP 800-53 AC-20"),
     remediation="grant.revoke",
 )
 def mail_grant(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:

@@ -183,7 +183,6 @@ def _masked(path: Recovery) -> str:
         "A password reset sent to a private address or phone hands the account back to whoever holds it: a "
         "leaver, or the one person who set up a shared mailbox, can get in again after offboarding."
     ),
-    references=("NIST SP 800-53 PS-4", "NIST SP 800-53 IA-5"),
 )
 def recovery_path(mailbox: Mailbox, ctx: RunContext) -> Iterator[Result]:
     """Fail per recovery address outside the tenant's domains, and per recovery phone, of a shared or role

@@ -101,7 +101,9 @@ def test_demo_writes_a_verified_evidence_pack_with_controls(demo_out) -> None:
     assert verify_evidence(pack) == []
     with (pack / "controls.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert {r["status"] for r in rows} == {"pass", "fail"}  # the demo's export files answer every fact
+    assert {"pass", "fail"} <= {r["status"] for r in rows}
+    unknown = [r for r in rows if r["status"] == "not assessed"]  # northwind exports no grants: never a pass
+    assert all(r["reason"] and r["tenant"] == "northwind-logistics" for r in unknown)
     assert {r["framework"] for r in rows} == {"nist-800-53", "bod-18-01"}  # its tenants are export files
     ghosts = [r for r in rows if r["control"] == "AC-2(3)" and r["status"] == "fail"]
     assert ghosts and all(r["finding_ids"] for r in ghosts)
