@@ -28,7 +28,7 @@ from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
-from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, plain
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -115,6 +115,21 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
             yield "person", f"{tenant}/{person.email}", plain(person), tenant
     for exception in inventory.exceptions:
         yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
+
+
+UNREAD_FIELDS = {Fact.MAILBOX_FORWARDS: "forwards", Fact.MAILBOX_DELEGATES: "delegates"}
+"""Mailbox facts a provider may leave unread for one mailbox (a suspended Gmail user, a mailbox Graph cannot read),
+and the stored field that then keeps its last known value."""
+
+
+def unread_fields(collection: Collection) -> dict[str, set[str]]:
+    """Per mailbox key (``tenant/address``) of a completely seen tenant: the stored fields this run did not read."""
+    complete = set(collection.complete_tenants)
+    unread: dict[str, set[str]] = {}
+    for c in collection.inventory.coverage:
+        if c.subject and c.tenant in complete and c.fact in UNREAD_FIELDS and c.state is not FactState.COLLECTED:
+            unread.setdefault(f"{c.tenant}/{c.subject}", set()).add(UNREAD_FIELDS[c.fact])
+    return unread
 
 
 class StagedMailboxes:
@@ -283,6 +298,7 @@ def record_scan(
             previous = store.previous_state(run_id, forwards=False)
             inventory = replace(collection.inventory, previous=previous, baselines=baselines)
             store.stage(run_id, snapshot_items(inventory))
+            store.keep_last_known(run_id, unread_fields(collection))
             store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
             counts = _judge_and_record(
                 store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
