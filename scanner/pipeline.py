@@ -186,6 +186,8 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
     """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
     tenants: dict[str, object] = {}
     providers = {t.name: t.provider for t in collection.inventory.tenants}
+    # The domains counted inside a tenant besides its configured ones, because its provider reports them as its own.
+    provider_domains = {t.name: list(t.provider_domains) for t in collection.inventory.tenants if t.provider_domains}
     for outcome in collection.outcomes:
         gaps = [
             {"fact": c.fact.value, "state": c.state.value, "reason": c.reason, "subject": c.subject}
@@ -202,6 +204,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "seconds": outcome.seconds,
             "findings": dict(sorted(counts.get(outcome.tenant, Counter()).items())),
             "gaps": gaps,
+            **({"provider_domains": provider_domains[outcome.tenant]} if outcome.tenant in provider_domains else {}),
         }
     return {"tenants": tenants}
 

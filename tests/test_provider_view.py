@@ -86,6 +86,7 @@ def test_a_forward_to_the_tenants_initial_domain_is_internal_and_a_rest_less_mai
     graph.state.no_rest.add(hybrid)
     result = _scan(_config(tmp_path, microsoft.HARNESS, graph, M365, zones), tmp_path / "out")
     assert result.run.state == "complete", result.run.scope
+    assert result.run.scope["tenants"]["m365"]["provider_domains"] == [microsoft.INITIAL_DOMAIN]
     ana = _finding(result, "forwarding.external", f"ana@{M365_DOMAIN}")
     assert ana.status is Status.PASS and ana.evidence["internal_by_provider"] == [f"ana@{microsoft.INITIAL_DOMAIN}"]
     assert _finding(result, "forwarding.external", f"ben@{M365_DOMAIN}").status is Status.FAIL

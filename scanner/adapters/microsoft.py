@@ -434,9 +434,9 @@ class MicrosoftAdapter:
         """List the users page by page, sending each page's mailboxes (with their details) to ``emit``.
 
         Selecting signInActivity in a tenant without Entra ID P1/P2 (or without AuditLog.Read.All) fails the whole
-        request with 403. Graph has been seen to answer that 403 for a licensed tenant too, so it is asked once more
-        in the run; refused again, the listing is read (on) without signInActivity: from the start when nothing was
-        sent yet, else restarted with the users already sent skipped (a nextLink cannot change its $select).
+        request with 403. One refusal is not taken as the tenant's answer: it is asked once more in the run, and only
+        refused again is the listing read (on) without signInActivity: from the start when nothing was sent yet, else
+        restarted with the users already sent skipped (a nextLink is followed verbatim, so its $select cannot change).
         """
         while True:
             fields = (*USER_FIELDS, "signInActivity") if crawl.sign_in else USER_FIELDS
@@ -552,13 +552,9 @@ class MicrosoftAdapter:
             mailbox = replace(mailbox, kind=kind)
         try:
             rules = await self._rules(api, base)
-        except ApiError as exc:
-            if exc.status == 404 and exc.code in NO_REST:
-                return self._unreadable(crawl, mailbox, exc.code)
-            crawl.rule_failures.append(f"{mailbox.address}: {exc}")
-            crawl.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, str(exc), mailbox.address)
-            return mailbox
         except AdapterError as exc:
+            if isinstance(exc, ApiError) and exc.status == 404 and exc.code in NO_REST:
+                return self._unreadable(crawl, mailbox, exc.code)
             crawl.rule_failures.append(f"{mailbox.address}: {exc}")
             crawl.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, str(exc), mailbox.address)
             return mailbox
