@@ -45,4 +45,6 @@ def provider_internal(addresses: list[str], ctx: RunContext) -> dict[str, object
 def configured_only(ctx: RunContext) -> dict[str, object]:
     """Evidence that "outside" was judged against the configured domains alone: the provider's list was unreadable."""
     gap = ctx.tenant.provider_domains_gap
-    return {"internal_domains": f"configured domains only; the provider's own list could not be read: {gap}"} if gap else {}
+    if not gap:
+        return {}
+    return {"internal_domains": f"configured domains only; the provider's own list could not be read: {gap}"}

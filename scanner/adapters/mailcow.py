@@ -289,7 +289,8 @@ class MailcowAdapter:
     async def _tenant_domains(self, reading: _Reading, client: ApiClient) -> tuple[str, ...] | None:
         """The tenant's domains as this server holds them: its configured domains and the alias domains that point at
         them (``GET /api/v1/get/alias-domain/all``: ``alias_domain``, ``target_domain``, ``active``; mailcow-dockerized
-        data/web/api/openapi.yaml). None when the alias domains could not be read (the reason is coverage and a problem).
+        data/web/api/openapi.yaml). None when the alias domains could not be read (the reason is coverage and a
+        problem).
 
         One mailcow server usually hosts several clients, and its API key sees them all, so the server's other hosted
         domains are not taken for this tenant's: only what points into the configured domains is.

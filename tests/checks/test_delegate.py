@@ -100,6 +100,7 @@ def test_a_delegate_at_a_domain_the_provider_reports_as_the_tenants_is_inside() 
     findings = evaluate(inventory, [external_delegate], policy=Policy(), senders={}, now=NOW)
     assert [(f.status, f.item) for f in findings] == [(Status.FAIL, "x@agency.test")]
     tenant_gap = Tenant("acme", "google", ("acme.example",), provider_domains_gap="domains.list answered 403")
-    inventory = Inventory((tenant_gap,), (), (_mailbox("ceo@acme.example", "pa@acme-alias.example"),), {}, (), COLLECTED)
+    inventory = Inventory((tenant_gap,), (), (_mailbox("ceo@acme.example", "pa@acme-alias.example"),), {}, (),
+                          COLLECTED)
     (finding,) = evaluate(inventory, [external_delegate], policy=Policy(), senders={}, now=NOW)
     assert finding.status is Status.FAIL and "could not be read" in str(finding.evidence["internal_domains"])
