@@ -87,12 +87,13 @@ def serve_google(users: int, rate: float, workdir: Path) -> tuple[Any, dict[str,
               f'domains = ["gw.bench.example"]\n[tenants.google]\nadmin = "{space.admin}"\n'
               f'customer_id = "{google.CUSTOMER_ID}"\ndirectory_url = "{server.url}"\ngmail_url = "{server.url}"\n'
               f'cloudidentity_url = "{server.url}"\n')
-    forwarding = len(range(0, users - 1, FORWARDING_EVERY))
+    suspended = len(range(0, users - 1, 97))
+    forwarding = len([i for i in range(0, users - 1, FORWARDING_EVERY) if i % 97])
     # token for the admin (directory), (invitations), (policies) and (security); domains; the policies page (none
-    # set, so no org units are read); user and group pages; invitations page; per user: a token as that user,
-    # forwardingAddresses, delegates (+ autoForwarding, filters when forwarding); per user: tokens, asps and the
-    # recovery fields (the admin too).
-    needed = 4 + 1 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1) + 2 * forwarding + 3 * users
+    # set, so no org units are read); user and group pages; invitations page; per user not suspended (a suspended
+    # user's Gmail settings are not read): a token as that user, forwardingAddresses, delegates (+ autoForwarding,
+    # filters when forwarding); per user: tokens, asps and the recovery fields (the admin too).
+    needed = 4 + 1 + 1 + math.ceil(users / 500) + 1 + 1 + 3 * (users - 1 - suspended) + 2 * forwarding + 3 * users
     return server, {"tenant": tenant, "needed": needed}
 
 
@@ -331,8 +332,10 @@ def main() -> None:
               f"| {result['floor']:.1f} | {crawl:.1f} | {ratio:.2f} | {seen / crawl:,.0f} | {scan['judge_seconds']:.1f} "
               f"| {sum(t['findings'] for t in scan['tenants']):,} | {scan['peak_mb']:.0f} | {scan['cpu']:.0f} "
               f"| {each('cpu')} |", flush=True)
-        # Google's admin has no mailbox of its own (no forwarding); every other tenant forwards one in 50.
-        expected = sum(len(range(0, n - (p == "google"), FORWARDING_EVERY)) for p, n in result["shares"].items())
+        # Google's admin has no mailbox of its own (no forwarding), and its suspended users (one in 97) are not
+        # read (their forwards are a coverage gap); every other tenant forwards one in 50.
+        expected = sum(len([i for i in range(0, n - 1, FORWARDING_EVERY) if i % 97]) if p == "google"
+                       else len(range(0, n, FORWARDING_EVERY)) for p, n in result["shares"].items())
         if seen != mailboxes or scan["forwarding"] != expected:
             print(f"  ! saw {seen:,} mailboxes and {scan['forwarding']:,} forwarding outside (expected {expected:,})",
                   file=sys.stderr)

@@ -7,6 +7,7 @@ which grant to take away; a mailbox with no external delegate gets one pass.
 
 from __future__ import annotations
 
+from checks.forwarding import configured_only, provider_internal
 from checks.registry import Result, RunContext, check
 from scanner.model import Fact, Mailbox, Scope, Severity, domain_of
 
@@ -28,5 +29,7 @@ def external_delegate(mailbox: Mailbox, ctx: RunContext) -> list[Result]:
     """Fail once for each delegate whose domain the tenant does not own."""
     outside = sorted({d for d in mailbox.delegates if not ctx.tenant.owns(domain_of(d))})
     if not outside:
-        return [Result.passed(delegates=len(mailbox.delegates))]
-    return [Result.failed(item=d, delegate=d, domain=domain_of(d), delegates=len(mailbox.delegates)) for d in outside]
+        return [Result.passed(delegates=len(mailbox.delegates),
+                              **provider_internal(list(mailbox.delegates), ctx))]
+    return [Result.failed(item=d, delegate=d, domain=domain_of(d), delegates=len(mailbox.delegates),
+                          **configured_only(ctx)) for d in outside]

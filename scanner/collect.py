@@ -8,7 +8,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Collection as Names, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -191,6 +191,7 @@ async def _collect_tenant(
             ]
             result.problems += collected.problems
             result.notes += collected.notes
+            result.tenant = provider_view(tenant, collected)
     except AdapterError as exc:
         result.failed = True
         result.problems.append(str(exc))
@@ -220,6 +221,23 @@ async def _collect_tenant(
         result.domains.append(Domain(name, tenant.name, parked, collected.catch_all.get(name), dns_facts))
     progress(tenant.name)
     return result
+
+
+def provider_view(tenant: Tenant, collected: Collected) -> Tenant:
+    """The tenant with the domains its provider reports as its own (internal everywhere, never DNS-scanned).
+
+    When the adapter tried and failed to read them, the tenant says why instead, so a forward judged external
+    against the configured domains alone can say so.
+    """
+    if collected.tenant_domains is not None:
+        configured = {*tenant.domains, *tenant.parked_domains}
+        extra = sorted({d.lower().rstrip(".") for d in collected.tenant_domains} - configured)
+        return replace(tenant, provider_domains=tuple(extra), provider_domains_gap="")
+    failed = [c.reason for c in collected.coverage
+              if c.fact is Fact.TENANT_DOMAINS and c.state is FactState.FAILED and not c.subject]
+    if failed:
+        return replace(tenant, provider_domains_gap=failed[0])
+    return tenant
 
 
 async def _collect_unit(
@@ -289,6 +307,8 @@ async def collect(
             TenantOutcome(r.tenant.name, state, tuple(r.problems), r.mailboxes, len(r.domains), round(seconds, 3),
                           tuple(r.notes))
         )
+    viewed = {r.tenant.name: r.tenant for r in results}
+    tenants = tuple(viewed.get(t.name, t) for t in tenants)
     mailboxes = tuple(m for r in results for m in (kept.by_tenant.get(r.tenant.name, {}).values() if kept else ()))
     index: dict[str, Mailbox] = {}
     for mailbox in mailboxes:

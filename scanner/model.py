@@ -60,6 +60,7 @@ class Fact(enum.Enum):
     MAILBOX_APP_PASSWORDS = "mailbox.app_passwords"
     MAILBOX_RECOVERY = "mailbox.recovery"
     DOMAIN_CATCH_ALL = "domain.catch_all"
+    TENANT_DOMAINS = "tenant.domains"  # the domains the provider itself reports as the tenant's
     ROSTER = "roster"
     DNS_MX = "dns.mx"
     DNS_SPF = "dns.spf"
@@ -294,16 +295,30 @@ class Tenant:
     parked_domains: tuple[str, ...] = ()
     dkim_selectors: tuple[str, ...] = ()
     allowed_apps: tuple[str, ...] = ()  # OAuth clients (names or ids, lowercased) allowed full mail access
+    provider_domains: tuple[str, ...] = ()
+    """Domains the provider reports as the tenant's (verified, aliases included) besides the configured ones:
+    internal like them, but outside the DNS scan's scope."""
+    provider_domains_gap: str = ""
+    """Why the provider's own list of the tenant's domains is unknown (it could not be read), else empty."""
 
     def owns(self, domain: str) -> bool:
-        """True when ``domain`` (or a parent of it) is one of the tenant's domains."""
-        domain = domain.lower().rstrip(".")
-        owned = set(self.domains) | set(self.parked_domains)
-        while domain:
-            if domain in owned:
-                return True
-            domain = domain.partition(".")[2]
-        return False
+        """True when ``domain`` (or a parent of it) is one of the tenant's domains, configured or provider-reported."""
+        return _within(domain, (*self.domains, *self.parked_domains, *self.provider_domains))
+
+    def owns_by_provider_only(self, domain: str) -> bool:
+        """True when ``domain`` is internal only because the provider reports it as the tenant's."""
+        return not _within(domain, (*self.domains, *self.parked_domains)) and _within(domain, self.provider_domains)
+
+
+def _within(domain: str, owned: tuple[str, ...]) -> bool:
+    """True when ``domain`` or a parent of it is in ``owned``."""
+    domain = domain.lower().rstrip(".")
+    names = set(owned)
+    while domain:
+        if domain in names:
+            return True
+        domain = domain.partition(".")[2]
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,8 @@ from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
-from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
 from scanner.dmarc_store import with_traffic
+from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, plain
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,21 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
         yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
 
 
+UNREAD_FIELDS = {Fact.MAILBOX_FORWARDS: "forwards", Fact.MAILBOX_DELEGATES: "delegates"}
+"""Mailbox facts a provider may leave unread for one mailbox (a suspended Gmail user, a mailbox Graph cannot read),
+and the stored field that then keeps its last known value."""
+
+
+def unread_fields(collection: Collection) -> dict[str, set[str]]:
+    """Per mailbox key (``tenant/address``) of a completely seen tenant: the stored fields this run did not read."""
+    complete = set(collection.complete_tenants)
+    unread: dict[str, set[str]] = {}
+    for c in collection.inventory.coverage:
+        if c.subject and c.tenant in complete and c.fact in UNREAD_FIELDS and c.state is not FactState.COLLECTED:
+            unread.setdefault(f"{c.tenant}/{c.subject}", set()).add(UNREAD_FIELDS[c.fact])
+    return unread
+
+
 class StagedMailboxes:
     """The collect stage's sink for a scan: each page of mailboxes goes into the store's staging as it comes."""
 
@@ -203,6 +218,8 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
     """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
     tenants: dict[str, object] = {}
     providers = {t.name: t.provider for t in collection.inventory.tenants}
+    # The domains counted inside a tenant besides its configured ones, because its provider reports them as its own.
+    provider_domains = {t.name: list(t.provider_domains) for t in collection.inventory.tenants if t.provider_domains}
     for outcome in collection.outcomes:
         gaps = [
             {"fact": c.fact.value, "state": c.state.value, "reason": c.reason, "subject": c.subject}
@@ -219,6 +236,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "seconds": outcome.seconds,
             "findings": dict(sorted(counts.get(outcome.tenant, Counter()).items())),
             "gaps": gaps,
+            **({"provider_domains": provider_domains[outcome.tenant]} if outcome.tenant in provider_domains else {}),
         }
     return {"tenants": tenants}
 
@@ -374,6 +392,7 @@ def _record(
         inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
                                                         baselines=baselines), as_of or started)
         store.stage(run_id, snapshot_items(inventory))
+        store.keep_last_known(run_id, unread_fields(collection))
         halt_at("staged")
         store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
         halt_at("snapshot")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -613,6 +613,31 @@ class Store:
         """Forget what a running scan staged for one scope (a tenant whose collection failed)."""
         with self.engine.begin() as conn:
             conn.execute(sa.delete(staged).where(staged.c.run_id == run_id, staged.c.scope == scope))
+
+    def keep_last_known(self, run_id: str, unread: Mapping[str, Collection[str]]) -> None:
+        """Give staged mailboxes (keys ``tenant/address``) the last recorded value of each field (``forwards``,
+        ``delegates``) their provider did not let this run read, so a gap is never recorded as a change (forwards
+        removed) and the drift checks of a later run compare with what was last seen. Call before committing."""
+        if not unread:
+            return
+        with self.engine.begin() as conn:
+            seq, _ = self._position(conn, run_id)
+            keys = sorted(unread)
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                before = _bodies(conn, _state_rows(conn, seq - 1, "mailbox", chunk))
+                rows = conn.execute(sa.select(staged.c.key, staged.c.body).where(
+                    staged.c.run_id == run_id, staged.c.kind == "mailbox", staged.c.key.in_(chunk))).all()
+                for row in rows:
+                    old = before.get(("mailbox", row.key))
+                    if old is None:
+                        continue  # never recorded: nothing known to keep
+                    body, known = json.loads(row.body), json.loads(old)
+                    body.update({name: known[name] for name in unread[row.key] if name in known})
+                    text = canonical(body)
+                    conn.execute(sa.update(staged).where(
+                        staged.c.run_id == run_id, staged.c.kind == "mailbox", staged.c.key == row.key,
+                    ).values(body=text, hash=content_hash(text)))
 
     def commit_snapshot(self, run_id: str, complete: Iterable[str] | None = None) -> int:
         """Fold a run's staging into its delta: versions for what appeared or changed, and (in the scopes it saw

@@ -31,6 +31,9 @@ class Collected:
     coverage: tuple[Coverage, ...] = ()
     problems: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    tenant_domains: tuple[str, ...] | None = None
+    """The domains the provider reports as the tenant's (lowercase; verified ones and domain aliases); None when
+    the adapter offers no such list or could not read it (its TENANT_DOMAINS coverage says which)."""
 
 
 class Adapter(Protocol):

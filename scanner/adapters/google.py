@@ -95,6 +95,10 @@ AUTO_FORWARDING_SETTING = "gmail.auto_forwarding"
 """The Policy API setting type (listed as ``settings/gmail.auto_forwarding``) of the Admin console's
 "Allow users to automatically forward email to another address"; its value is ``enableAutoForwarding``."""
 PROBLEMS_SHOWN = 20
+SUSPENDED_REASON = (
+    "suspended: Gmail refuses delegated access (the service account's token exchange for a suspended user answers "
+    "invalid_grant), so its Gmail settings were not read"
+)
 FIRST_SIGN_IN_REFUSAL = (
     "is a Workspace user who never completed first sign-in (agreedToTerms false), not an invitation: there is "
     "nothing to resend or revoke; hand the person new sign-in details, or suspend the account"
@@ -332,6 +336,7 @@ class _Crawl:
     tenant: Tenant
     pages: Pages
     internal: set[str] = field(default_factory=set)
+    tenant_domains: tuple[str, ...] | None = None
     invites: dict[str, Invite] = field(default_factory=dict)
     coverage: list[Coverage] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -372,19 +377,36 @@ class _Crawl:
         problems = self.problems
         if len(problems) > PROBLEMS_SHOWN:
             problems = [*problems[:PROBLEMS_SHOWN], f"... and {len(problems) - PROBLEMS_SHOWN} more problems"]
-        return Collected((), {}, tuple(self.coverage), tuple(problems), tuple(self.notes))
+        return Collected((), {}, tuple(self.coverage), tuple(problems), tuple(self.notes), self.tenant_domains)
 
     async def read_domains(self) -> None:
-        """The Workspace's domains and domain aliases: group members there are inside the tenant."""
+        """The Workspace's verified domains and domain aliases: the tenant's own (group members there are inside).
+
+        Directory API domains.list (developers.google.com/admin-sdk/directory/reference/rest/v1/domains): each
+        domain has ``domainName``, ``verified`` and ``domainAliases[]`` (DomainAlias: ``domainAliasName``,
+        ``parentDomainName``, ``verified``). A domain not verified is not proven the customer's, so it stays outside.
+        A list that cannot be read leaves the configured domains alone inside, and says so.
+        """
         url = f"{self.directory}/customer/{quote(self.adapter.options.customer)}/domains"
-        body = await self.session.client.get(url, token=self.session.as_admin())
         self.internal = set(self.tenant.domains) | set(self.tenant.parked_domains)
-        for domain in _items(body, "domains", endpoint_of("GET", url)):
-            if isinstance(domain.get("domainName"), str):
-                self.internal.add(domain["domainName"].lower())
+        try:
+            body = await self.session.client.get(url, token=self.session.as_admin())
+            listed = _items(body, "domains", endpoint_of("GET", url))
+        except AdapterError as exc:
+            self.fail((Fact.TENANT_DOMAINS,), f"the Workspace's domains could not be read: {exc}")
+            return
+        found: set[str] = set()
+        for domain in listed:
+            if isinstance(domain.get("domainName"), str) and domain.get("verified") is not False:
+                found.add(domain["domainName"].lower().rstrip("."))
             for alias in domain.get("domainAliases") or ():
-                if isinstance(alias, Mapping) and isinstance(alias.get("domainAliasName"), str):
-                    self.internal.add(alias["domainAliasName"].lower())
+                if (isinstance(alias, Mapping) and isinstance(alias.get("domainAliasName"), str)
+                        and alias.get("verified") is not False):
+                    found.add(alias["domainAliasName"].lower().rstrip("."))
+        self.internal |= found
+        self.tenant_domains = tuple(sorted(found))
+        self.coverage.append(Coverage(self.tenant.name, Fact.TENANT_DOMAINS, FactState.COLLECTED,
+                                      "verified domains and domain aliases from Directory domains.list"))
 
     def inside(self, address: str) -> bool:
         domain = domain_of(address)
@@ -463,10 +485,21 @@ class _Crawl:
         """A user's forwards (auto-forwarding, forwarding filters) and delegates, read as that user."""
         if raw.get("isMailboxSetup") is False:
             return mailbox  # no Gmail mailbox: nothing can forward or be delegated
+        if mailbox.status is MailboxStatus.SUSPENDED:
+            self.suspended(mailbox)
+            return mailbox
         with self.session.as_user_once(mailbox.address, READ_GMAIL) as token:
             if self.forwarding.forbids(raw.get("orgUnitPath")):
                 return await self.delegates_only(mailbox, token)
             return await self._gmail(mailbox, token)
+
+    def suspended(self, mailbox: Mailbox) -> None:
+        """A suspended user's Gmail settings are not read: the token exchange impersonating a suspended user is
+        refused (invalid_grant, as GAM reports it), so its forwards and delegates are unsupported, not failed, and
+        the tenant stays complete."""
+        for fact in (Fact.MAILBOX_FORWARDS, Fact.MAILBOX_DELEGATES):
+            self.coverage.append(Coverage(self.tenant.name, fact, FactState.UNSUPPORTED, SUSPENDED_REASON,
+                                          mailbox.address))
 
     async def _gmail(self, mailbox: Mailbox, token: _Delegation) -> Mailbox:
         """The reads of ``gmail``, with a token impersonating the user."""

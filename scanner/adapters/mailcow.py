@@ -270,6 +270,10 @@ class MailcowAdapter:
         async with self._client() as client:
             reading = _Reading(tenant)
             domains = await self._list(client, "/get/domain/all")
+            tenant_domains = await self._tenant_domains(reading, client)
+            if tenant_domains is not None:
+                # Forwards into the tenant's alias domains stay inside: judged with them from here on.
+                reading.tenant = replace(tenant, provider_domains=tenant_domains)
             mailbox_rows = await self._list(client, "/get/mailbox/all")
             alias_rows = await self._list(client, "/get/alias/all")
             boxes = self._mailboxes(reading, mailbox_rows)
@@ -291,7 +295,38 @@ class MailcowAdapter:
         )
         mailboxes += tuple(self._alias_subjects(reading, aliases, mailbox_rows, boxes))
         await emit_all(emit, mailboxes)
-        return Collected((), catch_all, tuple(reading.coverage), tuple(reading.problems))
+        return Collected((), catch_all, tuple(reading.coverage), tuple(reading.problems),
+                         tenant_domains=tenant_domains)
+
+    async def _tenant_domains(self, reading: _Reading, client: ApiClient) -> tuple[str, ...] | None:
+        """The tenant's domains as this server holds them: its configured domains and the alias domains that point at
+        them (``GET /api/v1/get/alias-domain/all``: ``alias_domain``, ``target_domain``, ``active``; mailcow-dockerized
+        data/web/api/openapi.yaml). None when the alias domains could not be read (the reason is coverage and a
+        problem).
+
+        One mailcow server usually hosts several clients, and its API key sees them all, so the server's other hosted
+        domains are not taken for this tenant's: only what points into the configured domains is.
+        """
+        try:
+            rows = await self._list(client, "/get/alias-domain/all")
+        except AdapterError as exc:
+            reason = f"the alias domains could not be read: {exc}"
+            reading.problems.append(f"mailcow: {reason}")
+            reading.cover(Fact.TENANT_DOMAINS, FactState.FAILED, reason)
+            return None
+        found = {*reading.tenant.domains, *reading.tenant.parked_domains}
+        for index, row in enumerate(rows, start=1):
+            alias = str(row.get("alias_domain") or "").strip().lower().rstrip(".") if isinstance(row, Mapping) else ""
+            target = str(row.get("target_domain") or "").strip().lower().rstrip(".") if isinstance(row, Mapping) else ""
+            if not alias or not target:
+                reading.problems.append(f"mailcow /get/alias-domain/all item {index}: no 'alias_domain' or "
+                                        "'target_domain'")
+                continue
+            if reading.tenant.owns(target):
+                found.add(alias)
+        reading.cover(Fact.TENANT_DOMAINS, FactState.COLLECTED,
+                      "the configured domains and the alias domains that point at them (/get/alias-domain/all)")
+        return tuple(sorted(found))
 
     def _mailboxes(self, reading: _Reading, rows: list[Any]) -> dict[str, Mailbox]:
         boxes: dict[str, Mailbox] = {}

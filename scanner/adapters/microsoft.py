@@ -52,6 +52,12 @@ DENIED = "Authorization_RequestDenied"
 NO_MAILBOX = "MailboxNotEnabledForRESTAPI"
 """Graph's 404 code for a user without an Exchange Online mailbox (or with an on-premises one)."""
 
+NO_REST = frozenset({NO_MAILBOX, "MailboxNotSupportedForRESTAPI"})
+"""Graph's 404 codes for a mailbox the REST API cannot read. Microsoft KB 4462988 ("REST API is not yet supported
+for this mailbox", learn.microsoft.com/exchange/troubleshoot/user-and-shared-mailboxes/rest-api-is-not-yet-supported-
+for-this-mailbox-error) documents both codes alike; Graph's message names the cases: "The mailbox is either inactive,
+soft-deleted, or is hosted on-premise." A user with no Exchange Online licence answers the same."""
+
 PENDING = "PendingAcceptance"
 
 USER_FIELDS = (
@@ -109,6 +115,14 @@ FORWARDS_NOTE = (
 NON_PREMIUM_REASON = (
     "signInActivity needs an Entra ID P1/P2 licence; Graph answered 403 " + NON_PREMIUM
 )
+DOMAINS_NOTE = "verified domains from Graph GET /domains (the initial *.onmicrosoft.com domain included)"
+
+
+def no_rest_reason(code: str) -> str:
+    """Why a mailbox's settings and inbox rules are unsupported when Graph answers 404 ``code`` (one of NO_REST)."""
+    return (f"Graph answered 404 {code}: the REST API cannot read this mailbox's settings or inbox rules; Microsoft "
+            "gives the mailbox being hosted on-premises (hybrid), inactive or soft-deleted, or having no Exchange "
+            "Online licence (KB 4462988)")
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
 
@@ -343,6 +357,10 @@ class _Crawl:
     problems: list[str]
     refused: dict[Fact, str] = field(default_factory=dict)  # a permission the app lacks: asked once, then not
     clients: dict[str, tuple[str, str]] = field(default_factory=dict)  # service principal id -> (name, appId)
+    sign_in_gap: tuple[FactState, str] | None = None  # why signInActivity stopped being read, once it did
+    asked_again: bool = False  # a signInActivity 403 was asked once more already in this run
+    emitted_with_sign_in: int = 0  # mailboxes sent with signInActivity before Graph refused it
+    seen: set[str] = field(default_factory=set)  # user ids read so far (a listing restarted skips them)
 
     def cover(self, fact: Fact, state: FactState, reason: str = "", subject: str = "") -> None:
         self.coverage.append(Coverage(self.tenant.name, fact, state, reason, subject))
@@ -375,20 +393,10 @@ class MicrosoftAdapter:
     async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
         """Read domains, users (with sign-in activity when licensed), mailbox purpose, inbox rules and invites."""
         async with self.client() as api:
-            problems = await self._check_domains(api, tenant)
-            sign_in_gap: tuple[FactState, str] | None = None
-            first = _Crawl(tenant, True, 0, [], [], [], [])
-            try:
-                crawl = await self._crawl(api, first, emit)
-            except ApiError as exc:
-                if exc.status != 403 or exc.code not in (NON_PREMIUM, DENIED) or first.emitted:
-                    raise
-                # Without a premium licence (or AuditLog.Read.All) the whole listing fails: read it again without.
-                sign_in_gap = (FactState.UNSUPPORTED, NON_PREMIUM_REASON) if exc.code == NON_PREMIUM else (
-                    FactState.FAILED, f"signInActivity could not be read (AuditLog.Read.All missing?): {exc}")
-                log.info("reading users without signInActivity", extra={"adapter": self.label, "why": exc.code})
-                crawl = await self._crawl(api, _Crawl(tenant, False, 0, [], [], [], []), emit)
+            problems, verified = await self._check_domains(api, tenant)
+            crawl = await self._crawl(api, _Crawl(tenant, True, 0, [], [], [], []), emit)
         crawl.problems[:0] = problems
+        sign_in_gap = crawl.sign_in_gap
         if sign_in_gap is not None and sign_in_gap[0] is FactState.FAILED:
             crawl.problems.append(f"{self.label}: {sign_in_gap[1]}")
         if crawl.rule_failures:
@@ -402,17 +410,31 @@ class MicrosoftAdapter:
         crawl.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
         crawl.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED, FORWARDS_NOTE)
         crawl.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
+        notes: list[str] = []
         if sign_in_gap is None:
             crawl.cover(Fact.MAILBOX_LAST_LOGIN, FactState.COLLECTED)
+        elif crawl.emitted_with_sign_in:
+            # Graph refused signInActivity part-way through the listing: the users read before keep their sign-ins.
+            crawl.cover(Fact.MAILBOX_LAST_LOGIN, FactState.COLLECTED)
+            notes.append(f"{self.label}: {sign_in_gap[1]} (from a later page of /users on, asked twice); the "
+                         f"{crawl.emitted - crawl.emitted_with_sign_in} users listed after it have no last sign-in")
         else:
             crawl.cover(Fact.MAILBOX_LAST_LOGIN, *sign_in_gap)
+        if verified is None:
+            crawl.cover(Fact.TENANT_DOMAINS, FactState.FAILED, problems[0] if problems else "not read")
+        else:
+            crawl.cover(Fact.TENANT_DOMAINS, FactState.COLLECTED, DOMAINS_NOTE)
         for fact, reason in NOT_IN_GRAPH.items():
             crawl.cover(fact, FactState.UNSUPPORTED, reason)
-        notes = await self._access_coverage(crawl)
-        return Collected((), {}, tuple(crawl.coverage), tuple(crawl.problems), notes)
+        notes = [*notes, *await self._access_coverage(crawl)]
+        return Collected((), {}, tuple(crawl.coverage), tuple(crawl.problems), tuple(notes),
+                         tuple(sorted(verified)) if verified is not None else None)
 
-    async def _check_domains(self, api: ApiClient, tenant: Tenant) -> list[str]:
-        """Problems for configured domains that the Microsoft 365 tenant does not hold as verified."""
+    async def _check_domains(self, api: ApiClient, tenant: Tenant) -> tuple[list[str], set[str] | None]:
+        """The tenant's verified domains, and problems for configured domains the tenant does not hold as verified.
+
+        The verified set is None when Graph refused the list (403: Domain.Read.All missing).
+        """
         verified: set[str] = set()
         try:
             async for page in api.pages(f"{self.graph}/domains", None, self._next_link):
@@ -423,25 +445,70 @@ class MicrosoftAdapter:
         except ApiError as exc:
             if exc.status != 403:
                 raise
-            return [f"{self.label}: the tenant's domains could not be read (Domain.Read.All missing?): {exc}"]
+            return [f"{self.label}: the tenant's domains could not be read (Domain.Read.All missing?): {exc}"], None
         return [
             f"{self.label}: {domain} is not a verified domain of the Microsoft 365 tenant; its mailboxes are not seen"
             for domain in tenant.domains if domain not in verified
-        ]
+        ], verified
 
     async def _crawl(self, api: ApiClient, crawl: _Crawl, emit: Emit) -> _Crawl:
-        """List the users page by page, sending each page's mailboxes (with their details) to ``emit``."""
-        fields = (*USER_FIELDS, "signInActivity") if crawl.sign_in else USER_FIELDS
-        params = {"$select": ",".join(fields), "$top": str(SIGN_IN_PAGE if crawl.sign_in else PLAIN_PAGE)}
-        async for page in api.pages(f"{self.graph}/users", params, self._next_link):
-            # One page at a time: the detail calls of a page run concurrently within the client's limit.
-            users = [self._user(crawl, item) for item in self._values(page, "/users")]
-            found = await asyncio.gather(*(self._with_access(api, crawl, mailbox, uid) for mailbox, uid in users
-                                           if mailbox is not None))
-            mailboxes = [m for m in found if m is not None]
-            crawl.emitted += len(mailboxes)
-            await emit(mailboxes)
-        return crawl
+        """List the users page by page, sending each page's mailboxes (with their details) to ``emit``.
+
+        Selecting signInActivity in a tenant without Entra ID P1/P2 (or without AuditLog.Read.All) fails the whole
+        request with 403. One refusal is not taken as the tenant's answer: it is asked once more in the run, and only
+        refused again is the listing read (on) without signInActivity: from the start when nothing was sent yet, else
+        restarted with the users already sent skipped (a nextLink is followed verbatim, so its $select cannot change).
+        """
+        while True:
+            fields = (*USER_FIELDS, "signInActivity") if crawl.sign_in else USER_FIELDS
+            params = {"$select": ",".join(fields), "$top": str(SIGN_IN_PAGE if crawl.sign_in else PLAIN_PAGE)}
+            request: tuple[str, Mapping[str, Any] | None] | None = (f"{self.graph}/users", params)
+            while request is not None:
+                page = await self._users_page(api, crawl, *request)
+                if page is None:
+                    break  # signInActivity refused twice: start over without it
+                await self._emit_page(api, crawl, page, emit)
+                request = self._next_link(page, *request)
+            else:
+                return crawl
+
+    async def _users_page(self, api: ApiClient, crawl: _Crawl, url: str, params: Mapping[str, Any] | None) -> Any:
+        """One page of /users; None when signInActivity is refused for good (``crawl.sign_in`` is then off)."""
+        while True:
+            try:
+                return await api.get(url, params)
+            except ApiError as exc:
+                if not crawl.sign_in or exc.status != 403 or exc.code not in (NON_PREMIUM, DENIED):
+                    raise
+                if not crawl.asked_again:
+                    crawl.asked_again = True
+                    log.info("asking again for signInActivity", extra={"adapter": self.label, "why": exc.code})
+                    continue
+                crawl.sign_in = False
+                crawl.emitted_with_sign_in = crawl.emitted
+                crawl.sign_in_gap = (FactState.UNSUPPORTED, NON_PREMIUM_REASON) if exc.code == NON_PREMIUM else (
+                    FactState.FAILED, f"signInActivity could not be read (AuditLog.Read.All missing?): {exc}")
+                log.info("reading users without signInActivity", extra={"adapter": self.label, "why": exc.code})
+                return None
+
+    async def _emit_page(self, api: ApiClient, crawl: _Crawl, page: Any, emit: Emit) -> None:
+        """Send one /users page's mailboxes, with their details read concurrently within the client's limit."""
+        users = []
+        for item in self._values(page, "/users"):
+            uid = item.get("id")
+            if isinstance(uid, str) and uid in crawl.seen:
+                continue  # sent before the listing was restarted without signInActivity
+            mailbox, uid = self._user(crawl, item)
+            crawl.seen.add(str(item["id"]))
+            if mailbox is not None:
+                if not crawl.sign_in and crawl.emitted_with_sign_in:
+                    assert crawl.sign_in_gap is not None
+                    crawl.cover(Fact.MAILBOX_LAST_LOGIN, *crawl.sign_in_gap, mailbox.address)
+                users.append((mailbox, uid))
+        found = await asyncio.gather(*(self._with_access(api, crawl, mailbox, uid) for mailbox, uid in users))
+        mailboxes = [m for m in found if m is not None]
+        crawl.emitted += len(mailboxes)
+        await emit(mailboxes)
 
     def _user(self, crawl: _Crawl, item: Mapping[str, Any]) -> tuple[Mailbox | None, str]:
         """The mailbox a user object describes before its mailbox details, or None for accepted guests."""
@@ -491,8 +558,8 @@ class MicrosoftAdapter:
             crawl.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, str(exc), mailbox.address)
             return mailbox
         if status == 404:
-            if _code(settings) == NO_MAILBOX:
-                return mailbox  # no Exchange Online mailbox: an account, not an error
+            if _code(settings) in NO_REST:
+                return self._unreadable(crawl, mailbox, _code(settings))
             reason = f"GET {base}/mailboxSettings answered 404 {_code(settings)}"
             crawl.settings_failures.append(f"{mailbox.address}: {reason}")
             crawl.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, reason, mailbox.address)
@@ -507,6 +574,8 @@ class MicrosoftAdapter:
         try:
             rules = await self._rules(api, base)
         except AdapterError as exc:
+            if isinstance(exc, ApiError) and exc.status == 404 and exc.code in NO_REST:
+                return self._unreadable(crawl, mailbox, exc.code)
             crawl.rule_failures.append(f"{mailbox.address}: {exc}")
             crawl.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, str(exc), mailbox.address)
             return mailbox
@@ -596,14 +665,18 @@ class MicrosoftAdapter:
             crawl.problems.append(f"{self.label}: tenant-wide admin consents could not be read: {exc}")
         return tuple(notes)
 
+    @staticmethod
+    def _unreadable(crawl: _Crawl, mailbox: Mailbox, code: str) -> Mailbox:
+        """A mailbox Graph's REST API cannot read (404 ``code``): its forwards are unsupported, the tenant complete."""
+        crawl.cover(Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, no_rest_reason(code), mailbox.address)
+        return mailbox
+
     async def _rules(self, api: ApiClient, base: str) -> list[Any]:
         rules: list[Any] = []
         url: str | None = f"{base}/mailFolders/inbox/messageRules"
         while url is not None:
             status, page = await api.request("GET", url, allow=frozenset({404}))
             if status == 404:
-                if _code(page) == NO_MAILBOX:
-                    return rules
                 raise ApiError(f"{self.label}: GET {base}/mailFolders/inbox/messageRules answered 404 {_code(page)}",
                                status=404, code=_code(page))
             rules.extend(self._values(page, "/mailFolders/inbox/messageRules"))

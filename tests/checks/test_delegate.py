@@ -91,3 +91,16 @@ def test_an_alias_is_judged_on_who_may_send_as_it() -> None:
     verdicts = {(f.subject, f.item): f.status for f in findings}
     assert verdicts == {("sales@acme.example", ""): Status.PASS,
                         ("team@acme.example", "va@partners.test"): Status.FAIL}
+
+
+def test_a_delegate_at_a_domain_the_provider_reports_as_the_tenants_is_inside() -> None:
+    tenant = Tenant("acme", "google", ("acme.example",), provider_domains=("acme-alias.example",))
+    inventory = Inventory((tenant,), (), (_mailbox("ceo@acme.example", "pa@acme-alias.example", "x@agency.test"),),
+                          {}, (), COLLECTED)
+    findings = evaluate(inventory, [external_delegate], policy=Policy(), senders={}, now=NOW)
+    assert [(f.status, f.item) for f in findings] == [(Status.FAIL, "x@agency.test")]
+    tenant_gap = Tenant("acme", "google", ("acme.example",), provider_domains_gap="domains.list answered 403")
+    inventory = Inventory((tenant_gap,), (), (_mailbox("ceo@acme.example", "pa@acme-alias.example"),), {}, (),
+                          COLLECTED)
+    (finding,) = evaluate(inventory, [external_delegate], policy=Policy(), senders={}, now=NOW)
+    assert finding.status is Status.FAIL and "could not be read" in str(finding.evidence["internal_domains"])

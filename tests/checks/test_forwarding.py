@@ -94,3 +94,27 @@ def test_an_alias_is_judged_like_a_mailbox_and_says_it_is_an_alias() -> None:
     judged = _run(alias("sales@acme.example", "sales@partner.test"), _mailbox("ann@acme.example"), coverage=coverage)
     assert judged["sales@acme.example"].status is Status.FAIL
     assert judged["ann@acme.example"].status is Status.ERROR
+
+
+def _run_in(tenant: Tenant, *mailboxes: Mailbox) -> dict[str, object]:
+    inventory = Inventory((tenant,), (), mailboxes, {}, (), COLLECTED)
+    findings = evaluate(inventory, [external_forwarding], policy=Policy(), senders={}, now=NOW)
+    return {f.subject: f for f in findings}
+
+
+def test_forward_to_a_domain_the_provider_reports_as_the_tenants_passes_and_says_why() -> None:
+    tenant = Tenant("acme", "microsoft", ("acme.example",), provider_domains=("acme.onmicrosoft.example",))
+    findings = _run_in(tenant, _mailbox("ann@acme.example", "ann@acme.onmicrosoft.example", "a@acme.example"),
+                       _mailbox("bob@acme.example", "bob@onmicrosoft.example"))
+    ann = findings["ann@acme.example"]
+    assert ann.status is Status.PASS
+    assert ann.evidence == {"forwards": 2, "internal_by_provider": ["ann@acme.onmicrosoft.example"]}
+    assert findings["bob@acme.example"].status is Status.FAIL  # a parent of the tenant's domain is not the tenant's
+
+
+def test_a_fail_judged_without_the_providers_domain_list_says_so() -> None:
+    tenant = Tenant("acme", "google", ("acme.example",), provider_domains_gap="domains.list answered 403")
+    finding = _run_in(tenant, _mailbox("ann@acme.example", "ann@acme-alias.example"))["ann@acme.example"]
+    assert finding.status is Status.FAIL
+    assert finding.evidence["internal_domains"] == (
+        "configured domains only; the provider's own list could not be read: domains.list answered 403")

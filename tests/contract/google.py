@@ -112,6 +112,7 @@ class Workspace:
     never_as_epoch: bool = True  # a user who never signed in: lastLoginTime 1970-01-01 (True) or absent (False)
     encode_invitation_names: bool = False  # invitation names end in the address with "@" as %40 (uncertain)
     refuse_subjects: set[str] = field(default_factory=set)  # impersonating these answers invalid_grant
+    domains_denied: bool = False  # True: domains.list answers 403 forbidden
     noop_writes: bool = False  # every write answers success but changes nothing (a re-read must show it)
     token_url: str = ""
     tokens: dict[str, tuple[str, frozenset[str], float]] = field(default_factory=dict)
@@ -183,6 +184,10 @@ class Workspace:
         subject = str(claims.get("sub", "")).lower()
         if subject in self.refuse_subjects or (subject not in self.users and subject != self.admin):
             return Reply(400, {"error": "invalid_grant", "error_description": "Invalid email or User ID"})
+        if self.users.get(subject, {}).get("suspended"):
+            # A suspended user cannot be impersonated: the exchange is refused with invalid_grant (as GAM and other
+            # DWD clients meet it); the description Google sends for this case is not documented (uncertain).
+            return Reply(400, {"error": "invalid_grant", "error_description": "Invalid email or User ID"})
         scopes = frozenset(str(claims.get("scope", "")).split())
         if not scopes or not scopes <= self.granted:
             return Reply(401, {"error": "unauthorized_client", "error_description": (
@@ -244,6 +249,10 @@ class Workspace:
                     return Reply(200, unit)
             return _error(404, "Org unit not found", "notFound")
         if parts[0] == "customer" and parts[2:] == ["domains"]:
+            # domains.list: Domains with domainName, verified, isPrimary, creationTime (epoch ms as a string) and
+            # domainAliases[] (domainAliasName, parentDomainName, verified, creationTime).
+            if self.domains_denied:
+                return _error(403, "Not Authorized to access this resource/api", "forbidden")
             return Reply(200, {"kind": "admin#directory#domains", "domains": self.domains})
         if parts == ["groups"]:
             return self._page(sorted(self.groups.values(), key=lambda g: g["email"]), "groups", request,

@@ -44,6 +44,8 @@ class MailcowState:
     broken_sieve: set[str] = field(default_factory=set)  # mailboxes whose active-sieve read answers 500
     app_passwords: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # mailbox -> rows (with hashes)
     no_app_passwd_api: bool = False  # a release before app passwords: the route does not exist
+    alias_domains: list[dict[str, Any]] = field(default_factory=list)  # /get/alias-domain rows
+    broken_alias_domains: bool = False  # True: /get/alias-domain/all answers 500
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def number(self, value: int) -> int | str:
@@ -116,6 +118,11 @@ def mailcow_app(state: MailcowState) -> Any:
                 return Reply(200, _listing([state.alias_view(a) for a in state.aliases.values()]))
             alias = state.aliases.get(int(which)) if which.isdigit() else None
             return Reply(200, state.alias_view(alias) if alias else {})
+        if what == "alias-domain" and which == "all":
+            # openapi.yaml "Get alias domain": alias_domain, target_domain, active, created, modified per row
+            if state.broken_alias_domains:
+                return Reply(500, raw=b"<html><body>500 Internal Server Error</body></html>")
+            return Reply(200, _listing([dict(d, active=state.number(d["active"])) for d in state.alias_domains]))
         if what == "filters" and which == "all":
             return Reply(200, _listing([dict(f, active=state.number(f["active"])) for f in state.filters]))
         if what == "app-passwd":

@@ -115,6 +115,11 @@ class GraphState:
     premium: bool = True  # False: selecting signInActivity answers 403 NonPremiumTenant
     audit_log_denied: bool = False  # True: selecting signInActivity answers 403 (no AuditLog.Read.All)
     no_mailbox: set[str] = field(default_factory=set)  # user ids answering 404 MailboxNotEnabledForRESTAPI
+    no_rest: set[str] = field(default_factory=set)  # user ids answering 404 MailboxNotSupportedForRESTAPI
+    unverified: list[str] = field(default_factory=list)  # domains added to the tenant but not verified
+    domains_denied: bool = False  # True: GET /domains answers 403 (no Domain.Read.All)
+    sign_in_refusals: int = 0  # the next this many signInActivity listings answer the non-premium 403 regardless
+    non_premium_from: int | None = None  # signInActivity pages starting at this user index answer the 403
     denied_rules: set[str] = field(default_factory=set)  # user ids whose rules answer 403 ErrorAccessDenied
     redirect_single: bool = False  # beta reading: redirectTo as one recipient object, not a collection
     ignore_writes: bool = False  # writes answer success and change nothing
@@ -208,10 +213,17 @@ class GraphServer(ContractServer):
     def _graph(self, request: Request, parts: list[str]) -> Reply:
         method = request.method
         if parts == ["domains"] and method == "GET":
+            # List domains (learn.microsoft.com/graph/api/domain-list): id is the name; isVerified, isInitial
+            # (the *.onmicrosoft.com domain made with the tenant) and supportedServices per domain.
+            if self.state.domains_denied:
+                return _graph_error(403, "Authorization_RequestDenied",
+                                    "Insufficient privileges to complete the operation.")
             return Reply(200, {"@odata.context": f"{self.url}/v1.0/$metadata#domains", "value": [
-                {"id": d, "isVerified": True, "isDefault": i == 0, "isInitial": d == INITIAL_DOMAIN,
-                 "supportedServices": ["Email", "OfficeCommunicationsOnlineAndTeams"]}
-                for i, d in enumerate(self.state.domains)]})
+                {"id": d, "isVerified": d not in self.state.unverified, "isDefault": i == 0,
+                 "isInitial": d == INITIAL_DOMAIN,
+                 "supportedServices": ["Email", "OfficeCommunicationsOnlineAndTeams"]
+                 if d not in self.state.unverified else []}
+                for i, d in enumerate([*self.state.domains, *self.state.unverified])]})
         if parts == ["users"] and method == "GET":
             return self._list_users(request)
         if parts == ["invitations"] and method == "POST":
@@ -230,6 +242,10 @@ class GraphServer(ContractServer):
         rest = parts[2:]
         if not rest:
             return self._user(request, user)
+        if uid in self.state.no_rest:
+            # Microsoft KB 4462988: 404 MailboxNotEnabledForRESTAPI or MailboxNotSupportedForRESTAPI,
+            # "REST API is not yet supported for this mailbox."
+            return _graph_error(404, "MailboxNotSupportedForRESTAPI", "REST API is not yet supported for this mailbox.")
         if uid in self.state.no_mailbox or user["userType"] == "Guest":
             return _graph_error(404, "MailboxNotEnabledForRESTAPI", "The mailbox is either inactive, soft-deleted, "
                                                                     "or is hosted on-premise.")
@@ -302,6 +318,10 @@ class GraphServer(ContractServer):
                      if (u.get("mail") or "").lower() == wanted or u["userPrincipalName"].lower() == wanted]
             return Reply(200, {"value": [self._shape(u, select) for u in found]})
         sign_in = "signInActivity" in select
+        if sign_in and self.state.sign_in_refusals > 0:
+            self.state.sign_in_refusals -= 1
+            return _graph_error(403, "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
+                                "Neither tenant is B2C or tenant doesn't have premium license")
         if sign_in and not self.state.premium:
             return _graph_error(403, "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
                                 "Neither tenant is B2C or tenant doesn't have premium license")
@@ -319,6 +339,9 @@ class GraphServer(ContractServer):
             if token.get("select") != query.get("$select") or token.get("top") != top:
                 return _graph_error(400, "Directory_InvalidSkipToken", "The paging parameters changed.")
             start = token["start"]
+        if sign_in and self.state.non_premium_from is not None and start >= self.state.non_premium_from:
+            return _graph_error(403, "Authentication_RequestFromNonPremiumTenantOrB2CTenant",
+                                "Neither tenant is B2C or tenant doesn't have premium license")
         size = min(top, self.state.page_size)
         users = sorted(self.state.users.values(), key=lambda u: u["id"])
         body: dict[str, Any] = {"@odata.context": f"{self.url}/v1.0/$metadata#users({','.join(select)})",

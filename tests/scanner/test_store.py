@@ -12,7 +12,9 @@ import sqlalchemy as sa
 
 from checks.evaluate import fingerprint
 from scanner.errors import StoreError
-from scanner.model import Finding, Forward, ForwardMechanism, Invite, Mailbox, MailboxKind, Severity, Status, plain
+from scanner.model import (
+    Finding, Forward, ForwardMechanism, Invite, Mailbox, MailboxKind, MailboxStatus, Severity, Status, plain,
+)
 from scanner.store import MIGRATIONS, Store
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
@@ -300,3 +302,24 @@ def test_prune_during_a_scan_keeps_the_bodies_it_has_staged(store: Store) -> Non
     store.prune(now - timedelta(days=1))
     store.commit_snapshot("run2", complete=("acme",))
     assert store.object_state("mailbox", "acme/a", "run2") == {"v": 2}
+
+
+def test_a_field_left_unread_keeps_its_last_recorded_value(store: Store) -> None:
+    def body(forwards: list[str], delegates: list[str], status: str = "active") -> dict[str, object]:
+        mailbox = Mailbox("acme", "old@acme.example", status=MailboxStatus(status), delegates=tuple(delegates),
+                          forwards=tuple(Forward(t, ForwardMechanism.AUTO_FORWARD) for t in forwards))
+        return plain(mailbox)  # type: ignore[return-value]
+
+    store.start_run("r1", T0, "d", "test")
+    store.save_snapshot("r1", [("mailbox", "acme/old@acme.example", body(["x@out.test"], ["pa@acme.example"]))])
+    # Suspended: the provider let nothing be read, so the mailbox arrives with no forwards and no delegates.
+    store.start_run("r2", T0 + timedelta(days=1), "d", "test")
+    store.stage("r2", [("mailbox", "acme/old@acme.example", body([], [], "suspended"), "acme")])
+    store.keep_last_known("r2", {"acme/old@acme.example": {"forwards", "delegates"},
+                                 "acme/new@acme.example": {"forwards"}})  # never recorded: nothing to keep
+    store.commit_snapshot("r2")
+    kept = store.snapshot("r2")[("mailbox", "acme/old@acme.example")]
+    assert kept["status"] == "suspended"
+    assert [f["target"] for f in kept["forwards"]] == ["x@out.test"] and kept["delegates"] == ["pa@acme.example"]
+    changes = [(c.object_type, c.field, c.after) for c in store.changes(run_id="r2")]
+    assert changes == [("mailbox", "status", "suspended")]

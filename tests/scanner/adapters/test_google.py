@@ -109,7 +109,7 @@ def test_jwt_claims_and_one_token_per_subject(server: ContractServer, space: Wor
     collected = _collect(adapter, estate)
     subjects = [g["sub"] for g in space.grants]
     gmail_users = [m.address for m in collected.mailboxes if m.kind is MailboxKind.USER
-                   and m.status is not MailboxStatus.PENDING and m.address != ADMIN]
+                   and m.status not in (MailboxStatus.PENDING, MailboxStatus.SUSPENDED) and m.address != ADMIN]
     # directory, invitations, policies and the security scope (tokens, asps) as the admin, then one per user
     assert sorted(subjects) == sorted([ADMIN, ADMIN, ADMIN, ADMIN, *gmail_users])
     for grant in space.grants:
@@ -208,6 +208,45 @@ def test_group_members_owners_and_outside_members(server: ContractServer, space:
     assert info.kind is MailboxKind.SHARED
     assert info.owners == ("ana@acme.example",)
     assert info.forwards == (Forward("helper@outside.test", ForwardMechanism.ALIAS),)
+
+
+def test_the_tenant_domains_are_the_verified_domains_and_aliases(server: ContractServer, space: Workspace,
+                                                                estate: Estate, tmp_path: Path) -> None:
+    space.domains[0]["domainAliases"] = [
+        {"domainAliasName": "acme-alias.example", "parentDomainName": "acme.example", "verified": True},
+        {"domainAliasName": "unproven.example", "parentDomainName": "acme.example", "verified": False}]
+    space.domains.append({"domainName": "acme-shop.example", "verified": True, "isPrimary": False,
+                          "creationTime": "1612345678901", "domainAliases": []})
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert collected.tenant_domains == (
+        "acme-alias.example", "acme-mail.example", "acme-shop.example", "acme.example")
+    assert _coverage(collected)[Fact.TENANT_DOMAINS][0] is FactState.COLLECTED
+
+
+def test_an_unreadable_domain_list_is_said_and_the_rest_is_read(server: ContractServer, space: Workspace,
+                                                                estate: Estate, tmp_path: Path) -> None:
+    space.domains_denied = True
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert collected.tenant_domains is None
+    state, reason = _coverage(collected)[Fact.TENANT_DOMAINS]
+    assert state is FactState.FAILED and "domains could not be read" in reason and "403" in reason
+    assert len(collected.problems) == 1
+    assert _by_address(collected)["ben@acme.example"].forwards  # the users are still read
+
+
+def test_a_suspended_user_is_not_impersonated_and_its_gmail_facts_are_unsupported(
+        server: ContractServer, space: Workspace, estate: Estate, tmp_path: Path) -> None:
+    space.mail["old@acme.example"].auto = {"enabled": True, "emailAddress": "old@outside.test"}
+    collected = _collect(_adapter(server, estate, tmp_path), estate)
+    assert collected.problems == ()  # the tenant stays complete
+    assert "old@acme.example" not in {g["sub"] for g in space.grants}
+    assert server.count("/gmail/v1/users/old@acme.example") == 0
+    gaps = _coverage(collected, "old@acme.example")
+    for fact in (Fact.MAILBOX_FORWARDS, Fact.MAILBOX_DELEGATES):
+        state, reason = gaps[fact]
+        assert state is FactState.UNSUPPORTED and reason.startswith("suspended: Gmail refuses delegated access")
+    old = _by_address(collected)["old@acme.example"]
+    assert old.status is MailboxStatus.SUSPENDED and old.forwards == ()
 
 
 def test_user_without_forwarding_addresses_skips_forwarding_reads(server: ContractServer, estate: Estate,

@@ -232,6 +232,34 @@ def test_alias_forwards_leave_out_pseudo_targets_self_and_inside_targets(state: 
     assert boxes["ben@acme.example"].forwards == ()
 
 
+def test_forwards_into_the_tenants_alias_domains_stay_inside(state: MailcowState, server: ContractServer,
+                                                             tmp_path: Path) -> None:
+    state.domains.append(_domain("other-client.example"))
+    state.alias_domains = [
+        {"alias_domain": "acme-alias.example", "target_domain": "acme.example", "active": 1},
+        {"alias_domain": "Other-Alias.example", "target_domain": "other-client.example", "active": 1}]
+    _alias(state, "ana@acme.example", "ana@acme.example,ana@acme-alias.example,ana@other-alias.example")
+    _alias(state, "desk@acme.example", "desk@acme-alias.example")
+    collected = _collect(server, tmp_path)
+    # another client's hosted domain and its alias domains stay outside: one API key sees the whole server
+    assert collected.tenant_domains == ("acme-alias.example", "acme-mail.example", "acme.example")
+    assert _coverage(collected)[Fact.TENANT_DOMAINS][0] is FactState.COLLECTED
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert boxes["ana@acme.example"].forwards == (Forward("ana@other-alias.example", ForwardMechanism.ALIAS),)
+    assert "desk@acme.example" not in boxes  # routing inside the tenant, not an alias subject
+
+
+def test_unreadable_alias_domains_are_said_not_guessed(state: MailcowState, server: ContractServer,
+                                                       tmp_path: Path) -> None:
+    state.broken_alias_domains = True
+    collected = _collect(server, tmp_path)
+    assert collected.tenant_domains is None
+    state_, reason = _coverage(collected)[Fact.TENANT_DOMAINS]
+    assert state_ is FactState.FAILED and "alias domains could not be read" in reason
+    assert any("alias domains" in p for p in collected.problems)
+    assert [m.address for m in collected.mailboxes] == ["ana@acme.example"]
+
+
 def test_an_alias_with_no_mailbox_and_an_outside_target_is_an_alias_subject(
         state: MailcowState, server: ContractServer, tmp_path: Path) -> None:
     _alias(state, "sales@acme.example", "Sales@Partner.test")

@@ -182,14 +182,77 @@ def test_missing_audit_log_permission_fails_last_login(server: GraphServer, esta
     assert len(collected.problems) == 1
 
 
-def test_a_user_without_a_mailbox_is_an_account_not_an_error(server: GraphServer, estate: Estate,
-                                                             tmp_path: Path) -> None:
-    server.state.no_mailbox.add(_uid(server, "ben@acme.example"))
+@pytest.mark.parametrize("switch", ["no_mailbox", "no_rest"])
+def test_a_mailbox_graph_cannot_read_is_unsupported_not_a_pass(server: GraphServer, estate: Estate, tmp_path: Path,
+                                                               switch: str) -> None:
+    # 404 MailboxNotEnabledForRESTAPI and MailboxNotSupportedForRESTAPI (KB 4462988) are treated alike
+    getattr(server.state, switch).add(_uid(server, "ben@acme.example"))
     collected = _collect(server, estate, tmp_path)
     ben = next(m for m in collected.mailboxes if m.address == "ben@acme.example")
-    assert collected.problems == ()
+    assert collected.problems == ()  # the tenant stays complete
     assert ben.forwards == () and ben.kind is MailboxKind.USER
-    assert not [c for c in collected.coverage if c.subject]
+    (gap,) = [c for c in collected.coverage if c.subject]
+    assert (gap.fact, gap.state, gap.subject) == (Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, "ben@acme.example")
+    code = "MailboxNotEnabledForRESTAPI" if switch == "no_mailbox" else "MailboxNotSupportedForRESTAPI"
+    assert code in gap.reason and "on-premises" in gap.reason and "soft-deleted" in gap.reason
+
+
+def test_the_tenant_domains_are_the_verified_ones_with_the_initial_domain(server: GraphServer, estate: Estate,
+                                                                          tmp_path: Path) -> None:
+    server.state.domains.append("acme-partner.example")
+    server.state.unverified.append("not-yet.example")
+    collected = _collect(server, estate, tmp_path)
+    assert collected.tenant_domains == tuple(sorted({*estate.domains, INITIAL_DOMAIN, "acme-partner.example"}))
+    assert _coverage(collected, Fact.TENANT_DOMAINS).state is FactState.COLLECTED
+
+
+def test_an_unreadable_domain_list_is_said_not_guessed(server: GraphServer, estate: Estate, tmp_path: Path) -> None:
+    server.state.domains_denied = True
+    collected = _collect(server, estate, tmp_path)
+    assert collected.tenant_domains is None
+    coverage = _coverage(collected, Fact.TENANT_DOMAINS)
+    assert coverage.state is FactState.FAILED and "Domain.Read.All" in coverage.reason
+    assert len(collected.problems) == 1 and "Domain.Read.All" in collected.problems[0]
+    assert len(collected.mailboxes) == len(estate.mailboxes)
+
+
+def test_a_sign_in_activity_403_is_asked_once_more(server: GraphServer, estate: Estate, tmp_path: Path) -> None:
+    server.state.sign_in_refusals = 1  # Graph refuses once, then answers
+    collected = _collect(server, estate, tmp_path)
+    assert collected.problems == () and collected.notes == ()
+    assert _coverage(collected, Fact.MAILBOX_LAST_LOGIN).state is FactState.COLLECTED
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert boxes == HARNESS.expected(estate)
+    assert boxes["user1@acme.example"].last_login is not None
+
+
+def test_a_sign_in_activity_403_refused_twice_is_unsupported(server: GraphServer, estate: Estate,
+                                                             tmp_path: Path) -> None:
+    server.state.sign_in_refusals = 2
+    collected = _collect(server, estate, tmp_path)
+    assert collected.problems == ()
+    coverage = _coverage(collected, Fact.MAILBOX_LAST_LOGIN)
+    assert coverage.state is FactState.UNSUPPORTED and NON_PREMIUM in coverage.reason
+    assert all(m.last_login is None for m in collected.mailboxes)
+
+
+def test_a_sign_in_activity_403_on_a_later_page_is_not_fatal(server: GraphServer, estate: Estate,
+                                                             tmp_path: Path) -> None:
+    server.state.non_premium_from = 4  # the second page of four users on
+    collected = _collect(server, estate, tmp_path)
+    assert collected.problems == ()  # the tenant stays complete
+    addresses = [m.address for m in collected.mailboxes]
+    assert sorted(addresses) == sorted(b.address for b in estate.mailboxes)  # each user once
+    first = {u["mail"] for u in sorted(server.state.users.values(), key=lambda u: u["id"])[:4]}
+    gaps = {c.subject: c for c in collected.coverage if c.fact is Fact.MAILBOX_LAST_LOGIN and c.subject}
+    assert set(gaps) == set(addresses) - first
+    assert all(c.state is FactState.UNSUPPORTED and NON_PREMIUM in c.reason for c in gaps.values())
+    expected = HARNESS.expected(estate)
+    for box in collected.mailboxes:
+        want = expected[box.address].last_login if box.address in first else None
+        assert box.last_login == want
+    assert _coverage(collected, Fact.MAILBOX_LAST_LOGIN).state is FactState.COLLECTED
+    assert len(collected.notes) == 1 and NON_PREMIUM in collected.notes[0]
 
 
 def test_room_and_equipment_mailboxes_are_resources(tmp_path: Path) -> None:
