@@ -62,6 +62,10 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         person = roster_view(ctx).people.get(mailbox.address)
         left = {"left": person.left.isoformat()} if person and person.left and person.has_left(ctx.today) else {}
         return Result.passed(applies=False, why=NO_ACCOUNT, **left)
+    for fact, what in ((Fact.MAILBOX_LIST, "the mailbox's kind or status"), (Fact.ROSTER, "its roster row")):
+        entry = ctx.coverage(fact, mailbox.address)
+        if entry is not None and entry.subject and entry.state is FactState.FAILED:
+            return Result.error(f"{what} could not be read ({entry.reason}), so whether its person left is unknown")
     if mailbox.status is not MailboxStatus.ACTIVE:
         return Result.passed(applies=False, why=f"the account is {mailbox.status.value}")
     roster = roster_view(ctx)

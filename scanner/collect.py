@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from scanner.adapters.base import Adapter, Collected
-from scanner.adapters.files import read_roster
+from scanner.adapters.files import read_roster_file
 from scanner.config import Config, TenantConfig
 from scanner.dns import DnsClient
 from scanner.errors import AdapterError, ConfigError
@@ -195,9 +195,16 @@ async def _collect_tenant(
         result.mailboxes = 0
     if settings.roster is not None:
         try:
-            result.people, problems = read_roster(config.resolve_path(settings.roster))
-            result.problems += problems
-            result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.COLLECTED))
+            roster = read_roster_file(config.resolve_path(settings.roster))
+            result.people = roster.people
+            result.problems += roster.problems
+            everyone = next((why for who, why in roster.unknown if not who), "")
+            if everyone:
+                result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, everyone))
+            else:
+                result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.COLLECTED))
+            result.coverage += [Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, why, who)
+                                for who, why in roster.unknown if who]
         except AdapterError as exc:
             result.problems.append(str(exc))
             result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, str(exc)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scanner.adapters.base import collect_all
-from scanner.adapters.files import FilesAdapter, read_roster
+from scanner.adapters.files import MAILBOX_FACTS, FilesAdapter, read_roster
 from scanner.errors import AdapterError
 from scanner.model import Fact, FactState, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
 
@@ -78,7 +78,7 @@ def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
 
 
 def test_json_files_work_like_csv(tmp_path: Path) -> None:
-    rows = [{"address": "ann@acme.example", "kind": "role", "owners": ["boss@acme.example"], "last_login": ""}]
+    rows = [{"address": "ann@acme.example", "kind": "role", "status": "active", "owners": ["boss@acme.example"], "last_login": ""}]
     export = _export(tmp_path, mailboxes_json=json.dumps(rows),
                      forwards_json=json.dumps([{"mailbox": "ann@acme.example", "target": "x@out.test"}]))
     collected = _collect(export)
@@ -102,14 +102,22 @@ def test_malformed_rows_name_file_and_line_and_keep_the_rest(tmp_path: Path) -> 
         f"{mailboxes_csv}:7: 'created' is not an ISO 8601 date: 'yesterday'",
     )
     assert collected.problems[3] == f"{export / 'forwards.csv'}:4: 'target' is not an email address: 'not an address'"
-    assert {m.address for m in collected.mailboxes} == {"ann@acme.example", "info@acme.example", "bob@acme.example"}
+    # A bad address drops its row (it is nobody's); a bad cell keeps the mailbox with that cell's facts unknown.
+    assert {m.address for m in collected.mailboxes} == {
+        "ann@acme.example", "info@acme.example", "bob@acme.example", "carol@acme.example", "dave@acme.example"}
     # The mailbox whose forward row was bad has unknown forwards, not "no forwards".
     failed = [c for c in collected.coverage if c.state is FactState.FAILED]
-    assert [(c.fact, c.subject) for c in failed] == [(Fact.MAILBOX_FORWARDS, "ann@acme.example")]
+    assert sorted((c.fact.value, c.subject) for c in failed) == [
+        ("mailbox.forwards", "ann@acme.example"),
+        ("mailbox.last_login", "carol@acme.example"),
+        ("mailbox.last_login", "dave@acme.example"),
+        ("mailbox.list", "carol@acme.example"),
+        ("mailbox.owners", "carol@acme.example"),
+    ]
 
 
 def test_missing_optional_files_are_unsupported_not_empty(tmp_path: Path) -> None:
-    export = _export(tmp_path, mailboxes_csv="address,display_name\nann@acme.example,Ann\n")
+    export = _export(tmp_path, mailboxes_csv="address,display_name,kind,status\nann@acme.example,Ann,user,active\n")
     coverage = {c.fact: c for c in _collect(export).coverage}
     assert coverage[Fact.MAILBOX_FORWARDS].state is FactState.UNSUPPORTED
     assert coverage[Fact.MAILBOX_LAST_LOGIN].state is FactState.UNSUPPORTED
@@ -130,10 +138,13 @@ def test_missing_export_is_an_adapter_error(tmp_path: Path) -> None:
         _collect(tmp_path / "nowhere")
 
 
-def test_unreadable_json_is_an_adapter_error(tmp_path: Path) -> None:
-    export = _export(tmp_path, mailboxes_json="[{")
-    with pytest.raises(AdapterError, match="mailboxes.json: cannot read the export file"):
-        _collect(export)
+def test_unreadable_json_fails_the_mailbox_facts_naming_file_and_line(tmp_path: Path) -> None:
+    export = _export(tmp_path, mailboxes_json="[\n  {")
+    collected = _collect(export)
+    assert collected.mailboxes == ()
+    assert collected.problems[0].startswith(f"{export / 'mailboxes.json'}:2: not valid JSON")
+    states = {c.fact: c.state for c in collected.coverage if not c.subject}
+    assert all(states[f] is FactState.FAILED for f in MAILBOX_FACTS)
 
 
 def test_roster(tmp_path: Path) -> None:
