@@ -85,9 +85,9 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         why = owners_fact.reason if owners_fact is not None and owners_fact.reason else "owners of record were not collected"
         if owners_fact is not None and owners_fact.state is FactState.FAILED:
             return Result.error(f"owners of record are unknown ({why}) and the roster does not list the mailbox")
+        who = ctx.tenant.provider or "a DNS-only tenant (no provider configured)"
         return Result.unsupported(
-            f"{ctx.tenant.provider or 'no provider'} does not expose owners of record ({why}) and the roster "
-            "does not list the mailbox"
+            f"{who} does not expose owners of record ({why}) and the roster does not list the mailbox"
         )
     if mailbox.owners:
         standings = owner_standings(mailbox, ctx, roster)

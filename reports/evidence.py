@@ -168,7 +168,7 @@ def write_evidence(
     """Write the evidence pack for the runs inside ``period`` (one tenant's, or all) and its manifest."""
     runs = select_runs(store, period)
     if not runs:
-        raise EvidenceError(f"no finished run in the store between {_when(period.since)} and {_when(period.until)}")
+        raise EvidenceError(f"no finished run in the store {_period_words(period.since, period.until)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     findings = {
         run.id: [f for f in store.findings_for_run(run.id) if tenant is None or f.tenant == tenant] for run in runs
@@ -202,6 +202,23 @@ def write_evidence(
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return [*files, out_dir / "manifest.json"]
+
+
+def foreign_entries(out_dir: Path) -> list[str]:
+    """What in ``out_dir`` is not part of an evidence pack (an earlier pack may be overwritten, nothing else)."""
+    if not out_dir.is_dir():
+        return []
+    pack = {*PACK_COLUMNS, "manifest.json"}
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in pack or not p.is_file())
+
+
+def _period_words(since: datetime | None, until: datetime | None) -> str:
+    """The period in words: "between A and B", "since A", "until B" or "at all"."""
+    if since is not None and until is not None:
+        return f"between {since.isoformat()} and {until.isoformat()}"
+    if since is not None:
+        return f"since {since.isoformat()}"
+    return f"until {until.isoformat()}" if until is not None else "at all"
 
 
 def _when(moment: datetime | None) -> str | None:

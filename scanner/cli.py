@@ -16,14 +16,15 @@ from pathlib import Path
 import click
 from rich.console import Console
 
-from checks.registry import RegistryError, load_checks
+from checks.registry import RegistryError, load_checks, unknown_check_ids
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
-from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
+from reports.evidence import EvidenceError, Period, foreign_entries, verify_evidence, write_evidence
 from reports.mail import send_reports
 from scanner.baseline import capture, render_baseline
+from scanner.collect import missing_inputs
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
-from scanner.model import Severity, Status
+from scanner.model import Scope, Severity, Status
 from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
@@ -71,6 +72,8 @@ def main(verbose: bool) -> None:
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
           tenants: tuple[str, ...] = ()) -> None:
     console = Console(stderr=True)
+    for line in missing_inputs(config, tenants or None):
+        click.echo(f"mailwarden: {line}", err=True)
     store = Store(config.store.url)
     try:
         with console.status("collecting…") as status:
@@ -295,7 +298,12 @@ def list_checks() -> None:
             click.echo(f"    reads: {', '.join(f.value for f in meta.requires)}")
         if meta.references:
             click.echo(f"    references: {'; '.join(meta.references)}")
-        click.echo(f"    remediation: {meta.remediation or '-'}")
+        if meta.remediation is None and meta.scope is Scope.DOMAIN and all(f.value.startswith("dns.")
+                                                                            for f in meta.requires):
+            # mailwarden never writes DNS: a DNS finding's job shows the record to publish and checks it is live.
+            click.echo("    remediation: dns.publish (the record named in the finding, verified once live)")
+        else:
+            click.echo(f"    remediation: {meta.remediation or '-'}")
 
 
 def _latest_run(store: Store, run_id: str | None) -> RunRecord:
@@ -353,6 +361,11 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         config = _config(config_path)
         if tenant is not None and tenant not in {t.name for t in config.tenants}:
             raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
+        strangers = foreign_entries(out_dir)
+        if strangers:
+            shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+            raise ConfigError(f"--out {out_dir}: the folder holds files that are not an evidence pack ({shown}); "
+                              "write the pack to an empty folder (or over an earlier pack)")
         store = Store(config.store.url)
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
@@ -471,6 +484,8 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     failed = False
     with _user_errors():
         config = _config(config_path)
+        for name, hint in unknown_check_ids((check_id,), load_checks()):
+            raise ConfigError(f"--check {name!r}: no such check{hint}; `mailwarden checks` lists them")
         store = Store(config.store.url)
         try:
             run = _latest_run(store, run_id)
@@ -538,6 +553,8 @@ def list_jobs(config_path: Path | None, tenant: str | None) -> None:
             found = Jobs(store, config).history(tenant=tenant)
         finally:
             store.close()
+    if not found:
+        click.echo("no remediation jobs" + (f" for tenant {tenant}" if tenant else "") + " yet")
     for job in found:
         click.echo(f"{job.created:%Y-%m-%d %H:%M:%S}Z  {job.id}  {job.state:12} {job.actor:24} {job.tenant}  "
                    f"{job.summary}" + (f"  ({job.error})" if job.error else ""))

@@ -140,6 +140,26 @@ def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
     return adapter
 
 
+def missing_inputs(config: Config, only: Names[str] | None = None) -> list[str]:
+    """One line per configured export directory or roster that is not there: the scan goes on, and the facts they
+    would give are ``error`` for their tenant, but the operator should hear of it without ``-v``."""
+    lines = []
+    for tenant in config.tenants:
+        if only is not None and tenant.name not in only:
+            continue
+        if tenant.provider == "files" and tenant.export is not None:
+            directory = config.resolve_path(tenant.export)
+            if not directory.is_dir():
+                lines.append(f"tenant {tenant.name}: export directory {directory} does not exist "
+                             f"({config.source}: tenants.export); its mailbox facts are error in this run")
+        if tenant.roster is not None:
+            roster = config.resolve_path(tenant.roster)
+            if not roster.is_file():
+                lines.append(f"tenant {tenant.name}: roster file {roster} does not exist "
+                             f"({config.source}: tenants.roster); who left is unknown in this run")
+    return lines
+
+
 @dataclass
 class _TenantResult:
     tenant: Tenant

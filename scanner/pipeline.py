@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.evaluate import evaluate
-from checks.registry import Check, Policy, Sender, load_checks
+from checks.registry import Check, Policy, Sender, load_checks, unknown_check_ids
 from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
@@ -260,6 +260,9 @@ def record_scan(
     recorded in one transaction).
     """
     checks = load_checks() if checks is None else checks
+    for name, hint in unknown_check_ids((e.check for e in config.exceptions), checks):
+        position = next(i for i, e in enumerate(config.exceptions) if e.check == name)
+        raise ConfigError(f"{config.source}: exceptions[{position}].check: no check {name!r}{hint}")
     known = {t.name for t in config.tenants}
     for name in tenants or ():
         if name not in known:

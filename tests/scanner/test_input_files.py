@@ -216,3 +216,26 @@ def test_json_entries_of_the_wrong_type_are_refused_by_location(tmp_path: Path) 
         read_table(path)
     path.write_text("[]", encoding="utf-8")
     assert read_table(path, ("address",)).rows == ()
+
+
+def test_a_missing_export_directory_or_roster_is_one_line_on_stderr(dns_server, add_zone, tmp_path: Path) -> None:
+    add_zone("acme.example", ZONE)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    config = _setup(tmp_path, url, dns_server.nameserver)
+    (tmp_path / "export" / "people.csv").unlink()
+    done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(tmp_path / "one")])
+    assert done.exit_code == 0
+    roster = tmp_path / "export" / "people.csv"
+    assert done.stderr.count("\n") == 1
+    assert done.stderr == (f"mailwarden: tenant acme: roster file {roster} does not exist ({config}: tenants.roster); "
+                           "who left is unknown in this run\n")
+    scope, _, _, findings = _last_run(url)
+    assert scope["state"] == "partial"
+    assert {f.status.value for f in findings if f.check == "account.ghost"} == {"error"}
+
+    shutil.rmtree(tmp_path / "export")
+    done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(tmp_path / "two")])
+    assert done.exit_code == 1  # the only tenant's provider could not be read at all: the run failed
+    assert f"mailwarden: tenant acme: export directory {tmp_path / 'export'} does not exist" in done.stderr
+    scope, _, _, findings = _last_run(url)
+    assert {f.status.value for f in findings if f.check == "forwarding.external"} <= {"error"}
