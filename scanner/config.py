@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+from importlib import resources
 import os
 import re
 import tomllib
@@ -32,7 +33,20 @@ from pydantic_core import core_schema
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
 
-BUNDLED = Path(__file__).resolve().parent.parent / "config"
+def _bundled() -> Path:
+    """Where the bundled data is: the package ``scanner.bundled`` (the repository's config/), by importlib.resources."""
+    try:
+        found = resources.files("scanner.bundled")
+    except ModuleNotFoundError:
+        # A development checkout installed (pip install -e .) before scanner.bundled existed: its config/ is beside
+        # the packages. An installed wheel always has scanner.bundled.
+        return Path(__file__).resolve().parent.parent / "config"
+    if not isinstance(found, Path):  # a zipped install: the demo copies directories, so it needs real files
+        raise ConfigError(f"the bundled data ({found}) is not on the file system: install mailwarden unzipped")
+    return found
+
+
+BUNDLED = _bundled()
 """The bundled data directory: default policy, sender catalogue, demo estate."""
 
 PROVIDERS = ("google", "microsoft", "mailcow", "files")
