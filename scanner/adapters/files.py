@@ -589,12 +589,13 @@ class FilesAdapter:
         path = _find(self.directory, stem)
         if path is None:
             raise AdapterError(f"{self.directory}: no {stem}.csv or {stem}.json")
-        rows = [dict(row) for _, row in read_rows(path)]
-        if path.suffix == ".json":
-            return path, rows, []
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
-        return path, rows, [h.strip() for h in header]
+        table = read_table(path)
+        unreadable = next(((location, why) for location, row, why in table.rows if row is None), None)
+        if unreadable is not None:
+            # Rewriting would drop the row it cannot read: refuse, and let the operator fix the file first.
+            raise AdapterError(f"{unreadable[0]}: {unreadable[1]}: fix the export file before changing it")
+        rows = [dict(row) for _, row, _ in table.rows if row is not None]
+        return path, rows, [] if path.suffix == ".json" else list(table.columns)
 
     @staticmethod
     def _newline(path: Path) -> str:

@@ -154,3 +154,13 @@ def test_roster(tmp_path: Path) -> None:
     assert [(p.email, p.left and p.left.isoformat()) for p in people] == [
         ("ann@acme.example", None), ("bob@acme.example", "2026-02-01")]
     assert problems == (f"{path}:4: 'email' is not an email address: 'x'",)
+
+
+def test_a_remediation_never_rewrites_a_file_it_cannot_read_whole(tmp_path: Path) -> None:
+    text = FORWARDS + "bob@acme.example,bob@out.test,auto_forward,extra\n"
+    export = _export(tmp_path, mailboxes_csv=MAILBOXES, forwards_csv=text)
+    adapter = FilesAdapter(export)
+    with pytest.raises(AdapterError, match=r"forwards.csv:4: 4 fields where the header has 3: fix the export file"):
+        asyncio.run(adapter.remedy_apply("forwarding.disable", "ann@acme.example",
+                                         {"targets": ["ann.private@gmail.test"]}, {}))
+    assert (export / "forwards.csv").read_text(encoding="utf-8") == text
