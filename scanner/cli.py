@@ -219,10 +219,14 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
     with _user_errors():
         config = _config(config_path)
         start = parse_since(since, datetime.now(UTC)) if since else None
+        try:
+            name = normalize_domain(domain) if domain else None
+        except ValueError as exc:
+            raise ConfigError(f"--domain: {exc}") from None
         store = Store(config.store.url)
         try:
             found = store.changes(
-                since=start, tenant=tenant, domain=normalize_domain(domain) if domain else None,
+                since=start, tenant=tenant, domain=name,
                 subject=mailbox.strip().lower() if mailbox else None,
             )
         finally:

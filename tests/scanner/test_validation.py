@@ -114,3 +114,10 @@ def test_evidence_for_an_empty_period_reads_as_a_sentence(config: Path, tmp_path
     done = _run("evidence", "--config", str(config), "--since", "2099-01-01", "--out", str(tmp_path / "pack"))
     assert done.exit_code == 1
     assert "no finished run in the store since 2099-01-01" in done.output and "None" not in done.output
+
+
+def test_an_invalid_domain_on_the_command_line_is_exit_2(config: Path) -> None:
+    for verb in (["changes", "--domain", "not a domain"], ["baseline", "capture", "--domain", "acme"]):
+        done = _run(*verb, "--config", str(config))
+        assert done.exit_code == 2, done.output
+        assert "--domain: " in done.output and "is not a valid domain name" in done.output
