@@ -10,6 +10,7 @@ install stays out).
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -25,7 +26,12 @@ def _run(args: list[str | Path], cwd: Path, timeout: float = 120) -> subprocess.
 
 
 def test_a_wheel_installed_in_a_fresh_venv_runs_the_demo_in_an_empty_folder(tmp_path: Path) -> None:
-    built = _run([sys.executable, "-m", "pip", "wheel", ROOT, "--no-deps", "--no-build-isolation", "-v",
+    # Build from a clean copy: setuptools' build/ directory in a checkout can hold files deleted since.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "test-artifacts",
+        "mailwarden-demo", "mailwarden-out", "*.db"))
+    built = _run([sys.executable, "-m", "pip", "wheel", source, "--no-deps", "--no-build-isolation", "-v",
                   "-w", tmp_path / "dist"], cwd=tmp_path)
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     noise = [line for line in (built.stdout + built.stderr).splitlines()
