@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-from importlib import resources
 import os
 import re
 import tomllib
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -29,9 +29,12 @@ from pydantic import (
 )
 
 from pydantic_core import core_schema
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
+
 
 def _bundled() -> Path:
     """Where the bundled data is: the package ``scanner.bundled`` (the repository's config/), by importlib.resources."""
@@ -101,9 +104,6 @@ class StoreConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _database_url(cls, value: str) -> str:
-        from sqlalchemy.engine import make_url
-        from sqlalchemy.exc import ArgumentError
-
         try:
             dialect = make_url(value).get_backend_name()
         except ArgumentError:
