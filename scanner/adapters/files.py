@@ -224,10 +224,14 @@ def _addresses(row: dict[str, Any], key: str) -> tuple[str, ...]:
     value = row.get(key)
     if value is None or value == "":
         return ()
-    items = value if isinstance(value, list) else str(value).replace(",", ";").split(";")
+    if not isinstance(value, str | list):
+        raise RowError(f"{key!r} must be addresses separated by ';' (or a JSON list of them)")
+    items = value if isinstance(value, list) else value.replace(",", ";").split(";")
     result = []
     for item in items:
-        item = str(item).strip().lower()
+        if not isinstance(item, str):
+            raise RowError(f"{key!r} holds {str(item)[:80]!r}, which is not an email address")
+        item = item.strip().lower()
         if not item:
             continue
         if "@" not in item:

@@ -164,3 +164,25 @@ def test_a_remediation_never_rewrites_a_file_it_cannot_read_whole(tmp_path: Path
         asyncio.run(adapter.remedy_apply("forwarding.disable", "ann@acme.example",
                                          {"targets": ["ann.private@gmail.test"]}, {}))
     assert (export / "forwards.csv").read_text(encoding="utf-8") == text
+
+
+def test_json_cells_of_the_wrong_type_fail_only_their_facts(tmp_path: Path) -> None:
+    rows = [{"address": "ann@acme.example", "kind": "user", "status": "active", "owners": 5, "last_login": 17,
+             "delegates": ["pa@acme.example"]},
+            {"address": "bob@acme.example", "kind": None, "status": "active", "owners": {"a": "x@y.test"}}]
+    collected = _collect(_export(tmp_path, mailboxes_json=json.dumps(rows)))
+    path = tmp_path / "mailboxes.json"
+    assert collected.problems == (
+        f"{path}: item 1: 'last_login' must be text",
+        f"{path}: item 1: 'owners' must be addresses separated by ';' (or a JSON list of them)",
+        f"{path}: item 2: missing 'kind'",
+        f"{path}: item 2: 'owners' must be addresses separated by ';' (or a JSON list of them)",
+    )
+    assert {m.address: m.delegates for m in collected.mailboxes} == {
+        "ann@acme.example": ("pa@acme.example",), "bob@acme.example": ()}
+    failed = sorted((c.subject, c.fact.value) for c in collected.coverage if c.state is FactState.FAILED)
+    assert failed == [
+        ("ann@acme.example", "mailbox.last_login"), ("ann@acme.example", "mailbox.owners"),
+        ("bob@acme.example", "mailbox.last_login"), ("bob@acme.example", "mailbox.list"),
+        ("bob@acme.example", "mailbox.owners"),
+    ]
