@@ -30,7 +30,7 @@ from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
 from scanner.lease import ScanBusy
-from scanner.pipeline import ScanInterrupted, ScanResult, run_scan
+from scanner.pipeline import ScanInterrupted, ScanResult, check_exception_ids, run_scan
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -434,8 +434,9 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
     with _user_errors():
-        run_server(config_path if config_path is not None else Path("mailwarden.toml"), host=host, port=port,
-                   log_format=log_format)
+        path = config_path if config_path is not None else Path("mailwarden.toml")
+        check_exception_ids(_config(path), load_checks())  # refused at start, not at the first scheduled scan
+        run_server(path, host=host, port=port, log_format=log_format)
 
 
 @main.command()

@@ -217,6 +217,13 @@ class Recorded:
     judge_seconds: float
 
 
+def check_exception_ids(config: Config, checks: Sequence[Check]) -> None:
+    """Refuse an exception naming a check that is not loaded (a typo would except nothing), suggesting the nearest."""
+    for name, hint in unknown_check_ids((e.check for e in config.exceptions), checks):
+        position = next(i for i, e in enumerate(config.exceptions) if e.check == name)
+        raise ConfigError(f"{config.source}: exceptions[{position}].check: no check {name!r}{hint}")
+
+
 def run_scan(
     config: Config,
     out_dir: Path,
@@ -260,9 +267,7 @@ def record_scan(
     recorded in one transaction).
     """
     checks = load_checks() if checks is None else checks
-    for name, hint in unknown_check_ids((e.check for e in config.exceptions), checks):
-        position = next(i for i, e in enumerate(config.exceptions) if e.check == name)
-        raise ConfigError(f"{config.source}: exceptions[{position}].check: no check {name!r}{hint}")
+    check_exception_ids(config, checks)
     known = {t.name for t in config.tenants}
     for name in tenants or ():
         if name not in known:

@@ -121,3 +121,12 @@ def test_an_invalid_domain_on_the_command_line_is_exit_2(config: Path) -> None:
         done = _run(*verb, "--config", str(config))
         assert done.exit_code == 2, done.output
         assert "--domain: " in done.output and "is not a valid domain name" in done.output
+
+
+def test_serve_refuses_an_exception_naming_an_unknown_check_at_start(config: Path) -> None:
+    config.write_text(config.read_text(encoding="utf-8") + (
+        '[[exceptions]]\ncheck = "dmarc.policy_weakk"\nsubject = "acme.example"\nreason = "r"\n'
+        'approved_by = "it@acme.example"\nexpires = 2027-01-31\n'), encoding="utf-8")
+    done = _run("serve", "--config", str(config))
+    assert done.exit_code == 2
+    assert "exceptions[0].check: no check 'dmarc.policy_weakk' (did you mean 'dmarc.policy_weak'?)" in done.output
