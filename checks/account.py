@@ -72,6 +72,10 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         person = roster_view(ctx).people.get(mailbox.address)
         left = {"left": person.left.isoformat()} if person and person.left and person.has_left(ctx.today) else {}
         return Result.passed(applies=False, why=NO_ACCOUNT, **left)
+    for fact, what in ((Fact.MAILBOX_LIST, "the mailbox's kind or status"), (Fact.ROSTER, "its roster row")):
+        entry = ctx.coverage(fact, mailbox.address)
+        if entry is not None and entry.subject and entry.state is FactState.FAILED:
+            return Result.error(f"{what} could not be read ({entry.reason}), so whether its person left is unknown")
     if mailbox.status is not MailboxStatus.ACTIVE:
         return Result.passed(applies=False, why=f"the account is {mailbox.status.value}")
     roster = roster_view(ctx)
@@ -91,9 +95,9 @@ def ghost_account(mailbox: Mailbox, ctx: RunContext) -> Result:
         why = owners_fact.reason if owners_fact is not None and owners_fact.reason else "owners of record were not collected"
         if owners_fact is not None and owners_fact.state is FactState.FAILED:
             return Result.error(f"owners of record are unknown ({why}) and the roster does not list the mailbox")
+        who = ctx.tenant.provider or "a DNS-only tenant (no provider configured)"
         return Result.unsupported(
-            f"{ctx.tenant.provider or 'no provider'} does not expose owners of record ({why}) and the roster "
-            "does not list the mailbox"
+            f"{who} does not expose owners of record ({why}) and the roster does not list the mailbox"
         )
     if mailbox.owners:
         standings = owner_standings(mailbox, ctx, roster)

@@ -82,9 +82,10 @@ def _missing_fact(
             why = entry.reason if entry is not None else "it was not collected"
             return Result.error(f"{fact.value} is unknown for tenant {subject.tenant.name}: {why}")
         if entry.state is FactState.UNSUPPORTED:
-            provider = subject.tenant.provider or "no provider"
             why = f": {entry.reason}" if entry.reason else ""
-            return Result.unsupported(f"{provider} does not expose {fact.value}{why}")
+            if subject.tenant.provider is None:
+                return Result.unsupported(f"a DNS-only tenant (no provider configured) has no {fact.value}{why}")
+            return Result.unsupported(f"{subject.tenant.provider} does not expose {fact.value}{why}")
     return None
 
 

@@ -132,9 +132,9 @@ def unknown_subject(tenant: Tenant, ctx: RunContext) -> list[Result]:
                 results.append(Result.error(f"the mailbox list of tenant {tenant.name} is unknown: {why}", item=item))
                 continue
             if listing.state is FactState.UNSUPPORTED:
+                who = tenant.provider or "a DNS-only tenant (no provider configured)"
                 results.append(Result.unsupported(
-                    f"{tenant.provider or 'no provider'} does not list mailboxes, so {exception.subject} cannot be "
-                    "looked up", item=item))
+                    f"{who} does not list mailboxes, so {exception.subject} cannot be looked up", item=item))
                 continue
         results.append(Result.failed(item=item, **evidence, names=None))
     return results

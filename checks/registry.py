@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import ipaddress
 import re
@@ -209,6 +210,18 @@ def _load_one(entry: EntryPoint) -> Check:
             f"entry point {entry.name!r} from package {package!r} names a check whose id is {meta.id!r}"
         )
     return loaded  # type: ignore[no-any-return]
+
+
+def nearest(name: str, known: Iterable[str]) -> str:
+    """The suffix " (did you mean 'x'?)" for the known name closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_check_ids(wanted: Iterable[str], checks: Iterable[Check]) -> list[tuple[str, str]]:
+    """Each wanted check id that no loaded check has, with the nearest id suggested (or "")."""
+    ids = {c.meta.id for c in checks}
+    return [(name, nearest(name, ids)) for name in wanted if name not in ids]
 
 
 def load_checks(entries: Iterable[EntryPoint] | None = None) -> tuple[Check, ...]:

@@ -203,7 +203,7 @@ def write_evidence(
     """
     runs = select_runs(store, period)
     if not runs:
-        raise EvidenceError(f"no finished run in the store between {_when(period.since)} and {_when(period.until)}")
+        raise EvidenceError(f"no finished run in the store {_period_words(period.since, period.until)}")
     behind: set[str] | None = None
     if framework is not None:
         if catalogue is None:
@@ -262,6 +262,23 @@ def _entry(path: Path, rows: Mapping[str, int]) -> dict[str, Any]:
     else:
         entry["rows"], entry["columns"] = rows[path.name], list(PACK_COLUMNS[path.name])
     return entry
+
+
+def foreign_entries(out_dir: Path) -> list[str]:
+    """What in ``out_dir`` is not part of an evidence pack (an earlier pack may be overwritten, nothing else)."""
+    if not out_dir.is_dir():
+        return []
+    pack = {*PACK_COLUMNS, WORKBOOK, "manifest.json"}
+    return sorted(p.name for p in out_dir.iterdir() if p.name not in pack or not p.is_file())
+
+
+def _period_words(since: datetime | None, until: datetime | None) -> str:
+    """The period in words: "between A and B", "since A", "until B" or "at all"."""
+    if since is not None and until is not None:
+        return f"between {since.isoformat()} and {until.isoformat()}"
+    if since is not None:
+        return f"since {since.isoformat()}"
+    return f"until {until.isoformat()}" if until is not None else "at all"
 
 
 def _when(moment: datetime | None) -> str | None:

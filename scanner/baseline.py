@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from checks.registry import nearest
 from scanner.config import Config, normalize_domain
 from scanner.dnsrecords import (
     DMARC_POLICIES,
@@ -45,7 +46,7 @@ def _expectations(table: object, where: str) -> dict[str, Any]:
                 raise ConfigError(f"{where}.{key}: must be one of {', '.join(WORDS[key])}")
             out[key] = value.lower()
         else:
-            raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(KEYS)})")
+            raise ConfigError(f"{where}.{key}: unknown key{nearest(key, KEYS)} (known: {', '.join(KEYS)})")
     return out
 
 
@@ -61,7 +62,9 @@ def read_baseline_file(path: Path, domains: tuple[str, ...]) -> dict[str, Baseli
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     unknown = set(data) - {"tenant", "domains", "captured"}
     if unknown:
-        raise ConfigError(f"{path}: {sorted(unknown)[0]}: unknown key (known: tenant, domains, captured)")
+        first = sorted(unknown)[0]
+        raise ConfigError(f"{path}: {first}: unknown key{nearest(first, ('tenant', 'domains', 'captured'))} "
+                          "(known: tenant, domains, captured)")
     common = _expectations(data.get("tenant", {}), f"{path}: tenant")
     per_domain = data.get("domains", {})
     if not isinstance(per_domain, Mapping):

@@ -18,14 +18,15 @@ import click
 from rich.console import Console
 
 from checks.controls import load_catalogue, references
-from checks.registry import RegistryError, Sender, load_checks
+from checks.registry import RegistryError, Sender, load_checks, unknown_check_ids
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
-from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
+from reports.evidence import EvidenceError, Period, foreign_entries, verify_evidence, write_evidence
 from reports.mail import send_reports
 from scanner.baseline import capture, render_baseline
+from scanner.collect import missing_inputs
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
-from scanner.model import Severity, Status
+from scanner.model import Scope, Severity, Status
 from reports.controls import CATALOGUE_COLUMNS, catalogue_rows
 from reports.csv_out import write_findings_csv, write_rows
 from reports.html import render_report
@@ -35,7 +36,7 @@ from reports.outputs import OutputError, publish
 from scanner.dmarc_import import printable, run_import
 from scanner.dmarc_store import source_traffic
 from scanner.lease import ScanBusy, ServiceBusy
-from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, run_scan, senders_of
+from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, check_exception_ids, run_scan, senders_of
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -100,6 +101,8 @@ def main(verbose: bool) -> None:
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
           tenants: tuple[str, ...] = ()) -> None:
     console = Console(stderr=True)
+    for line in missing_inputs(config, tenants or None):
+        click.echo(f"mailwarden: {line}", err=True)
     store = Store(config.store.url)
     try:
         with _terminated_as_interrupt(), console.status("collecting…") as status:
@@ -269,10 +272,14 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
     with _user_errors():
         config = _config(config_path)
         start = parse_since(since, datetime.now(UTC)) if since else None
+        try:
+            name = normalize_domain(domain) if domain else None
+        except ValueError as exc:
+            raise ConfigError(f"--domain: {exc}") from None
         store = _reader(config)
         try:
             found = store.changes(
-                since=start, tenant=tenant, domain=normalize_domain(domain) if domain else None,
+                since=start, tenant=tenant, domain=name,
                 subject=mailbox.strip().lower() if mailbox else None,
             )
         finally:
@@ -330,7 +337,10 @@ def dmarc_sources(config_path: Path | None, since: datetime | None, until: datet
             if not chosen:
                 raise ConfigError(f"{config.source}: tenants: no tenant named {tenant!r}")
             owned = (*chosen[0].domains, *chosen[0].parked_domains)
-        wanted = normalize_domain(domain) if domain else None
+        try:
+            wanted = normalize_domain(domain) if domain else None
+        except ValueError as exc:
+            raise ConfigError(f"--domain: {exc}") from None
         store = _reader(config)
         try:
             traffic = source_traffic(store, since=period.since, until=period.until,
@@ -412,7 +422,12 @@ def list_checks() -> None:
         cited = references(meta, catalogue)
         if cited:
             click.echo(f"    references: {'; '.join(cited)}")
-        click.echo(f"    remediation: {meta.remediation or '-'}")
+        if meta.remediation is None and meta.scope is Scope.DOMAIN and all(f.value.startswith("dns.")
+                                                                            for f in meta.requires):
+            # mailwarden never writes DNS: a DNS finding's job shows the record to publish and checks it is live.
+            click.echo("    remediation: dns.publish (the record named in the finding, verified once live)")
+        else:
+            click.echo(f"    remediation: {meta.remediation or '-'}")
 
 
 @main.command("controls")
@@ -503,6 +518,11 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
         catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
         if framework_id is not None:
             catalogue.framework(framework_id)  # an unknown id is one line naming the known ones
+        strangers = foreign_entries(out_dir)
+        if strangers:
+            shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+            raise ConfigError(f"--out {out_dir}: the folder holds files that are not an evidence pack ({shown}); "
+                              "write the pack to an empty folder (or over an earlier pack)")
         store = _reader(config)
         try:
             period = Period.of(_day_or_moment(since), _day_or_moment(until))
@@ -569,8 +589,9 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
     with _user_errors():
-        run_server(config_path if config_path is not None else Path("mailwarden.toml"), host=host, port=port,
-                   log_format=log_format)
+        path = config_path if config_path is not None else Path("mailwarden.toml")
+        check_exception_ids(_config(path), load_checks())  # refused at start, not at the first scheduled scan
+        run_server(path, host=host, port=port, log_format=log_format)
 
 
 @main.command()
@@ -623,6 +644,8 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     failed = False
     with _user_errors():
         config = _config(config_path)
+        for name, hint in unknown_check_ids((check_id,), load_checks()):
+            raise ConfigError(f"--check {name!r}: no such check{hint}; `mailwarden checks` lists them")
         store = Store(config.store.url)
         try:
             run = _latest_run(store, run_id)
@@ -690,6 +713,8 @@ def list_jobs(config_path: Path | None, tenant: str | None) -> None:
             found = Jobs(store, config).history(tenant=tenant)
         finally:
             store.close()
+    if not found:
+        click.echo("no remediation jobs" + (f" for tenant {tenant}" if tenant else "") + " yet")
     for job in found:
         click.echo(f"{job.created:%Y-%m-%d %H:%M:%S}Z  {job.id}  {job.state:12} {job.actor:24} {job.tenant}  "
                    f"{job.summary}" + (f"  ({job.error})" if job.error else ""))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from scanner.adapters.base import Adapter, Collected
-from scanner.adapters.files import read_roster
+from scanner.adapters.files import read_roster_file
 from scanner.config import Config, TenantConfig
 from scanner.dns import DnsClient
 from scanner.errors import AdapterError, ConfigError
@@ -144,6 +144,26 @@ def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
     return adapter
 
 
+def missing_inputs(config: Config, only: Names[str] | None = None) -> list[str]:
+    """One line per configured export directory or roster that is not there: the scan goes on, and the facts they
+    would give are ``error`` for their tenant, but the operator should hear of it without ``-v``."""
+    lines = []
+    for tenant in config.tenants:
+        if only is not None and tenant.name not in only:
+            continue
+        if tenant.provider == "files" and tenant.export is not None:
+            directory = config.resolve_path(tenant.export)
+            if not directory.is_dir():
+                lines.append(f"tenant {tenant.name}: export directory {directory} does not exist "
+                             f"({config.source}: tenants.export); its mailbox facts are error in this run")
+        if tenant.roster is not None:
+            roster = config.resolve_path(tenant.roster)
+            if not roster.is_file():
+                lines.append(f"tenant {tenant.name}: roster file {roster} does not exist "
+                             f"({config.source}: tenants.roster); who left is unknown in this run")
+    return lines
+
+
 @dataclass
 class _TenantResult:
     tenant: Tenant
@@ -200,9 +220,16 @@ async def _collect_tenant(
         result.mailboxes = 0
     if settings.roster is not None:
         try:
-            result.people, problems = read_roster(config.resolve_path(settings.roster))
-            result.problems += problems
-            result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.COLLECTED))
+            roster = read_roster_file(config.resolve_path(settings.roster))
+            result.people = roster.people
+            result.problems += roster.problems
+            everyone = next((why for who, why in roster.unknown if not who), "")
+            if everyone:
+                result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, everyone))
+            else:
+                result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.COLLECTED))
+            result.coverage += [Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, why, who)
+                                for who, why in roster.unknown if who]
         except AdapterError as exc:
             result.problems.append(str(exc))
             result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, str(exc)))

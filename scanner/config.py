@@ -5,14 +5,28 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import re
 import tomllib
 from datetime import date
+from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import GetCoreSchemaHandler, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    Strict,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from pydantic_core import core_schema
 from sqlalchemy.engine import make_url
@@ -21,7 +35,21 @@ from sqlalchemy.exc import ArgumentError
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
 
-BUNDLED = Path(__file__).resolve().parent.parent / "config"
+
+def _bundled() -> Path:
+    """Where the bundled data is: the package ``scanner.bundled`` (the repository's config/), by importlib.resources."""
+    try:
+        found = resources.files("scanner.bundled")
+    except ModuleNotFoundError:
+        # A development checkout installed (pip install -e .) before scanner.bundled existed: its config/ is beside
+        # the packages. An installed wheel always has scanner.bundled.
+        return Path(__file__).resolve().parent.parent / "config"
+    if not isinstance(found, Path):  # a zipped install: the demo copies directories, so it needs real files
+        raise ConfigError(f"the bundled data ({found}) is not on the file system: install mailwarden unzipped")
+    return found
+
+
+BUNDLED = _bundled()
 """The bundled data directory: default policy, sender catalogue, demo estate."""
 
 PROVIDERS = ("google", "microsoft", "mailcow", "files", "trekmail")
@@ -59,8 +87,13 @@ def _secret_ref(value: object) -> SecretRef:
     return SecretRef(value)
 
 
+FilePath = Annotated[Path, Strict(False)]
+"""A path from the config (TOML gives a string); numbers and booleans are strict: "0.5" is not 0.5, "yes" not true."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    # allow_inf_nan: an infinite timeout never times out, and NaN compares false with every bound.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
 
 
 class StoreConfig(_Strict):
@@ -68,13 +101,25 @@ class StoreConfig(_Strict):
 
     url: str = "sqlite:///mailwarden.db"
 
+    @field_validator("url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        try:
+            dialect = make_url(value).get_backend_name()
+        except ArgumentError:
+            # Never echo the URL: it may hold a password.
+            raise ValueError("not a database URL: use sqlite:///PATH or postgresql://HOST/DATABASE") from None
+        if dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"the store works on SQLite and PostgreSQL, not {dialect!r}")
+        return value
+
 
 class DnsConfig(_Strict):
     """How DNS is queried."""
 
     nameservers: list[str] = []
-    timeout: float = Field(default=3.0, gt=0)
-    concurrency: int = Field(default=64, ge=1)
+    timeout: StrictFloat = Field(default=3.0, gt=0, le=60)
+    concurrency: StrictInt = Field(default=64, ge=1, le=1024)
 
     @field_validator("nameservers")
     @classmethod
@@ -98,29 +143,29 @@ class DnsConfig(_Strict):
 class HttpConfig(_Strict):
     """How provider adapters talk HTTP: timeouts, concurrency per tenant, retries, trusted CAs."""
 
-    timeout: float = Field(default=30.0, gt=0)
-    concurrency: int = Field(default=8, ge=1, le=64)
-    attempts: int = Field(default=6, ge=1, le=20)
-    backoff_base: float = Field(default=0.5, ge=0)
-    backoff_cap: float = Field(default=30.0, ge=0)
-    max_retry_after: float = Field(default=120.0, ge=0)
-    ca_bundle: Path | None = None
+    timeout: StrictFloat = Field(default=30.0, gt=0, le=600)
+    concurrency: StrictInt = Field(default=8, ge=1, le=64)
+    attempts: StrictInt = Field(default=6, ge=1, le=20)
+    backoff_base: StrictFloat = Field(default=0.5, ge=0, le=60)
+    backoff_cap: StrictFloat = Field(default=30.0, ge=0, le=3600)
+    max_retry_after: StrictFloat = Field(default=120.0, ge=0, le=3600)
+    ca_bundle: FilePath | None = None
 
 
 class MtaStsConfig(_Strict):
     """How MTA-STS policies are fetched (RFC 8461 §3.3)."""
 
-    port: int = Field(default=443, ge=1, le=65535)
+    port: StrictInt = Field(default=443, ge=1, le=65535)
     ca_bundle: str = ""
-    timeout: float = Field(default=10.0, gt=0)
+    timeout: StrictFloat = Field(default=10.0, gt=0, le=300)
 
 
 class PolicyConfig(_Strict):
     """Thresholds the checks judge against; defaults come from config/default.toml."""
 
-    inactive_days: int = Field(ge=1)
-    invite_stale_days: int = Field(ge=1)
-    dkim_min_bits: int = Field(ge=512)
+    inactive_days: StrictInt = Field(ge=1, le=3650)
+    invite_stale_days: StrictInt = Field(ge=1, le=365)
+    dkim_min_bits: StrictInt = Field(ge=512, le=16384)
     dmarc_min_policy: Literal["none", "quarantine", "reject"]
     dmarc_window_days: int = Field(default=14, ge=1, le=366)
     dmarc_min_messages: int = Field(default=10, ge=1, le=1_000_000_000)
@@ -190,10 +235,10 @@ class RemediationConfig(_Strict):
 
     base_url: str = Field(default="", pattern=r"^(https?://[^\s/?#]+(/[^\s?#]*)?)?$")
     secret: SecretRef | None = None
-    link_ttl_days: int = Field(default=7, ge=1, le=90)
+    link_ttl_days: StrictInt = Field(default=7, ge=1, le=90)
     identity_header: str = Field(default="X-Forwarded-User", pattern=r"^[A-Za-z0-9-]+$")
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
-    audit_sink: Path | None = None
+    audit_sink: FilePath | None = None
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -235,18 +280,18 @@ class EmailConfig(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, populate_by_name=True)
 
     host: str = Field(min_length=1)
-    port: int = Field(default=587, ge=1, le=65535)
+    port: StrictInt = Field(default=587, ge=1, le=65535)
     security: Literal["starttls", "tls", "none"] = "starttls"
     username: str | None = None
     password: SecretRef | None = None
     sender: str = Field(alias="from", min_length=3, pattern=r"^[^@\s<>,;]+@[^@\s<>,;]+$")
     lists: list[EmailList] = Field(min_length=1)
-    retries: int = Field(default=3, ge=0, le=10)
-    retry_delay: float = Field(default=5.0, ge=0)
-    timeout: float = Field(default=30.0, gt=0)
-    ca_bundle: Path | None = None
+    retries: StrictInt = Field(default=3, ge=0, le=10)
+    retry_delay: StrictFloat = Field(default=5.0, ge=0, le=3600)
+    timeout: StrictFloat = Field(default=30.0, gt=0, le=600)
+    ca_bundle: FilePath | None = None
     report_url: str = Field(default="", pattern=r"^(https?://\S+)?$")
-    top: int = Field(default=10, ge=1, le=100)
+    top: StrictInt = Field(default=10, ge=1, le=100)
 
     @model_validator(mode="after")
     def _auth(self) -> EmailConfig:
@@ -277,8 +322,8 @@ def _cron_trigger(spec: str, timezone: str) -> CronTrigger:
 class ScanConfig(_Strict):
     """How one scan runs its units of work (one per tenant): how many at once, and how long each may take."""
 
-    tenant_concurrency: int = Field(default=4, ge=1, le=256)
-    tenant_timeout: float = Field(default=1800.0, gt=0)
+    tenant_concurrency: StrictInt = Field(default=4, ge=1, le=256)
+    tenant_timeout: StrictFloat = Field(default=1800.0, gt=0, le=86400)
 
 
 class ScheduleConfig(_Strict):
@@ -288,10 +333,10 @@ class ScheduleConfig(_Strict):
     report: str = "0 7 * * MON"  # empty: no scheduled report (needs [email] otherwise)
     dmarc_import: str = "15 * * * *"  # importing DMARC aggregate reports (when [dmarc_reports] is set)
     timezone: str = "UTC"
-    misfire_grace_time: int = Field(default=3600, ge=1)  # seconds a missed run may still start late
-    coalesce: bool = True  # several missed runs start once
-    out: Path = Path("mailwarden-out")  # where each scheduled scan writes its outputs (relative to this file)
-    lease_ttl: float = Field(default=600.0, gt=0)  # seconds without a heartbeat after which a scan is orphaned
+    misfire_grace_time: StrictInt = Field(default=3600, ge=1, le=7 * 86400)  # seconds a missed run may start late
+    coalesce: StrictBool = True  # several missed runs start once
+    out: FilePath = Path("mailwarden-out")  # where each scheduled scan writes its outputs (relative to this file)
+    lease_ttl: StrictFloat = Field(default=600.0, gt=0, le=86400)  # seconds without a heartbeat after which a scan is orphaned
 
     @model_validator(mode="after")
     def _valid_schedule(self) -> ScheduleConfig:
@@ -318,7 +363,7 @@ class ServeConfig(_Strict):
     """Where ``mailwarden serve`` listens, and how it logs."""
 
     host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
+    port: StrictInt = Field(default=8080, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
 
 
@@ -364,13 +409,13 @@ class TenantConfig(_Strict):
     provider: Literal["google", "microsoft", "mailcow", "files", "trekmail"] | None = None
     credentials: SecretRef | None = None
     domains: list[str] = []
-    domains_file: Path | None = None
+    domains_file: FilePath | None = None
     senders: list[str] = []
     parked_domains: list[str] = []
     dkim_selectors: list[str] = []
-    roster: Path | None = None
-    export: Path | None = None
-    baselines: list[Path] = []  # baseline files (see README "Baselines"), relative to the config file
+    roster: FilePath | None = None
+    export: FilePath | None = None
+    baselines: list[FilePath] = []  # baseline files (see README "Baselines"), relative to the config file
     google: GoogleOptions | None = None
     microsoft: MicrosoftOptions | None = None
     mailcow: MailcowOptions | None = None
@@ -412,7 +457,7 @@ class ExceptionConfig(_Strict):
     subject: str = Field(min_length=1)
     reason: str = Field(min_length=1)
     approved_by: str = Field(min_length=1)
-    expires: date
+    expires: Annotated[date, Strict()]  # a TOML date; a quoted "2027-01-31" is text, refused rather than guessed
 
 
 class Config(_Strict):
@@ -438,6 +483,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
+        if not self.tenants:
+            raise ValueError("tenants: no [[tenants]] table: declare at least one tenant to scan")
         names = [t.name for t in self.tenants]
         for i, name in enumerate(names):
             if name in names[:i]:
@@ -471,13 +518,23 @@ class Config(_Strict):
         return path if path.is_absolute() else self.source.parent / path
 
 
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
 def normalize_domain(name: str) -> str:
-    """Lowercase IDNA form of a domain name without a trailing dot."""
+    """Lowercase IDNA form of a domain name without a trailing dot; anything that is not a host name is refused."""
     name = name.strip().rstrip(".").lower()
     try:
-        return name.encode("idna").decode("ascii")
+        ascii_name = name.encode("idna").decode("ascii")
     except UnicodeError:
-        raise ValueError(f"{name!r} is not a valid domain name") from None
+        raise ValueError(f"{name[:80]!r} is not a valid domain name") from None
+    labels = ascii_name.split(".")
+    # RFC 1035 §2.3.1 and RFC 5890: letters, digits and hyphens, 1-63 per label, at most 253 in all; a
+    # managed mail domain has at least two labels.
+    if len(labels) < 2 or len(ascii_name) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError(f"{name[:80]!r} is not a valid domain name (letters, digits, hyphens and dots, "
+                         "such as 'acme.example')")
+    return ascii_name
 
 
 def _tenant_model(tenant: TenantConfig, source: Path) -> Tenant:
@@ -517,9 +574,58 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        where = _toml_where(text, str(exc))
+        line = _TOML_LINE.search(str(exc))
+        value = text.splitlines()[int(line.group(1)) - 1].partition("=")[2] if line and where else ""
+        if re.match(r"\s*\d{4}-\d{1,2}-\d{1,2}", value):
+            raise ConfigError(f"{path}: {where}not a valid date (YYYY-MM-DD, such as 2027-01-31): "
+                              f"{value.strip()[:40]!r} ({exc})") from None
+        raise ConfigError(f"{path}: {where}not valid TOML: {exc}") from None
+    nul = _nul_key(data)
+    if nul:
+        raise ConfigError(f"{path}: {nul}: holds a NUL byte; no name, address or path has one")
+    return data
+
+
+_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
+_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
+_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+
+
+def _toml_where(text: str, message: str) -> str:
+    """``key: `` for the key on the line a TOML error names (a bad date or value), with its table; else ""."""
+    found = _TOML_LINE.search(message)
+    if found is None:
+        return ""
+    lines = text.splitlines()
+    number = int(found.group(1))
+    if not 0 < number <= len(lines):
+        return ""
+    key = _TOML_KEY.match(lines[number - 1])
+    if key is None:
+        return ""
+    table = next((m.group(1) for line in reversed(lines[: number - 1]) if (m := _TOML_TABLE.match(line))), "")
+    name = key.group(1).strip()
+    return f"{table}.{name}: " if table else f"{name}: "
+
+
+def _nul_key(value: object, where: str = "") -> str:
+    """The key path of the first string holding a NUL byte, or ""."""
+    if isinstance(value, str):
+        return where or "(top level)" if "\x00" in value else ""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul_key(item, f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul_key(item, f"{where}[{index}]")
+            if found:
+                return found
+    return ""
 
 
 def _format_location(loc: tuple[int | str, ...]) -> str:
@@ -552,8 +658,14 @@ def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Confi
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"
+        elif error["type"] in ("date_type", "date_parsing", "date_from_datetime_inexact"):
+            message = "must be a date such as 2027-01-31 (a TOML date, without quotes)"
+        elif error["type"] in ("int_type", "float_type", "bool_type", "int_from_float"):
+            message = f"{message} (written without quotes; no conversion is made)"
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-        raise ConfigError(f"{path}: {where}: {message}{more}") from None
+        # A whole-config rule (the loc is empty) names its own keys in the message.
+        where = f"{where}: " if error["loc"] else ""
+        raise ConfigError(f"{path}: {where}{message}{more}") from None
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     store = StoreConfig(url=store_url_from(config.store.url, path.resolve().parent))
     return config.model_copy(update={"source": path.resolve(), "digest": digest, "store": store})

@@ -19,7 +19,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from checks.evaluate import evaluate
-from checks.registry import Check, Policy, Sender, load_checks
+from checks.registry import Check, Policy, Sender, load_checks, unknown_check_ids
 from reports.csv_out import write_findings_csv
 from reports.html import render_report
 from reports.json_out import write_findings_json
@@ -267,6 +267,13 @@ class Recorded:
     judge_seconds: float
 
 
+def check_exception_ids(config: Config, checks: Sequence[Check]) -> None:
+    """Refuse an exception naming a check that is not loaded (a typo would except nothing), suggesting the nearest."""
+    for name, hint in unknown_check_ids((e.check for e in config.exceptions), checks):
+        position = next(i for i, e in enumerate(config.exceptions) if e.check == name)
+        raise ConfigError(f"{config.source}: exceptions[{position}].check: no check {name!r}{hint}")
+
+
 def run_scan(
     config: Config,
     out_dir: Path,
@@ -285,6 +292,8 @@ def run_scan(
     Outputs that cannot be written (a full disk) leave the previous ones intact and the run ``failed``; its
     findings are recorded, so it is still the next run's baseline, and ``mailwarden report --run`` renders it.
     """
+    checks = load_checks() if checks is None else checks
+    check_exception_ids(config, checks)
     run_id, started = _new_run(config, tenants, now)
     with Lease(store, run_id, ttl=config.schedule.lease_ttl):
         recorded = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
@@ -356,6 +365,8 @@ def record_scan(
     ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps (the findings are
     recorded in one transaction).
     """
+    checks = load_checks() if checks is None else checks
+    check_exception_ids(config, checks)
     run_id, started = _new_run(config, tenants, now)
     with Lease(store, run_id, ttl=config.schedule.lease_ttl):
         return _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import fcntl
+import io
 import json
 import os
 import tempfile
@@ -39,9 +41,51 @@ from scanner.model import (
 
 FILES = ("mailboxes", "forwards", "invites", "domains", "grants", "recovery")
 
+MAILBOX_FACTS = (
+    Fact.MAILBOX_LIST,
+    Fact.MAILBOX_FORWARDS,
+    Fact.MAILBOX_OWNERS,
+    Fact.MAILBOX_DELEGATES,
+    Fact.MAILBOX_LAST_LOGIN,
+    Fact.MAILBOX_INVITES,
+)
+"""The facts that come from mailboxes.csv (forwards and invites are joined to its rows)."""
+
+REQUIRED = {
+    "mailboxes": ("address", "kind", "status"),
+    "forwards": ("mailbox", "target"),
+    "invites": ("address", "sent"),
+    "domains": ("domain", "catch_all"),
+    "roster": ("email", "left"),
+    "grants": ("mailbox", "kind", "client"),
+    "recovery": ("mailbox", "kind", "value"),
+}
+"""The columns without which a file's facts cannot be judged; a file missing one is refused, never defaulted."""
+
+STANDING_FACTS = (Fact.MAILBOX_LIST, Fact.MAILBOX_OWNERS, Fact.MAILBOX_LAST_LOGIN)
+"""What a mailbox's ``kind`` and ``status`` decide: which account and owner checks apply to it at all."""
+
 
 class RowError(ValueError):
     """One row of an export file is malformed."""
+
+
+class ExportFileError(AdapterError):
+    """An export file cannot be used at all: empty, cut short, not UTF-8 text, binary, of the wrong shape, or
+    missing (or repeating) a column; the message starts with ``file:line`` or the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """An export file read whole: its columns and each row with its location (``file:line`` or ``file: item N``).
+
+    A row that could not be read at all (a CSV row with the wrong number of fields, a JSON entry that is not
+    an object) has ``row`` None and ``invalid`` saying why.
+    """
+
+    path: Path
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, dict[str, Any] | None, str], ...]
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -52,22 +96,117 @@ def _find(directory: Path, stem: str) -> Path | None:
     return None
 
 
-def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Each row of a CSV (with a header) or JSON (a list of objects) file, with its location for errors."""
+def _text_of(path: Path) -> str:
+    """The file as text; empty, binary and non-UTF-8 files are refused naming the line."""
     try:
-        if path.suffix == ".json":
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(data, list):
-                raise AdapterError(f"{path}: expected a JSON list of objects")
-            for index, item in enumerate(data, start=1):
-                yield f"{path}: item {index}", item if isinstance(item, dict) else {"__invalid__": item}
-            return
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            for row in reader:
-                yield f"{path}:{reader.line_num}", {k.strip(): v for k, v in row.items() if k is not None}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as exc:
-        raise AdapterError(f"{path}: cannot read the export file: {exc}") from None
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportFileError(f"{path}: cannot read the export file ({exc.strerror})") from None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    if not data.strip():
+        raise ExportFileError(f"{path}: the file is empty (even an export with no rows has its header row)")
+    if b"\x00" in data:
+        line = data.count(b"\n", 0, data.index(b"\x00")) + 1
+        raise ExportFileError(f"{path}:{line}: a NUL byte: this is a binary file, not CSV or JSON text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ExportFileError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}): export the file as UTF-8"
+        ) from None
+
+
+def _csv_table(path: Path, text: str) -> Table:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []
+    try:
+        for record in reader:
+            if record:
+                records.append((reader.line_num, record))
+    except csv.Error as exc:
+        # The csv module stops at the first broken quote; a quote still open at the end is a cut file.
+        what = "the file ends inside a quoted cell (cut short?)" if "end of data" in str(exc) else str(exc)
+        raise ExportFileError(f"{path}:{reader.line_num}: {what}") from None
+    (_, header), body = records[0], records[1:]
+    columns = [name.strip() for name in header]
+    for index, name in enumerate(columns):
+        if name and name in columns[:index]:
+            raise ExportFileError(f"{path}:1: the column {name!r} appears twice: which one holds the data is unknown")
+    rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    for number, (line, record) in enumerate(body, start=1):
+        location = f"{path}:{line}"
+        if len(record) != len(columns):
+            if number == len(body) and len(record) < len(columns) and not text.endswith(("\n", "\r")):
+                raise ExportFileError(
+                    f"{location}: the last row has {len(record)} of {len(columns)} fields and no line end: "
+                    "the file is cut short"
+                )
+            rows.append((location, None, f"{len(record)} fields where the header has {len(columns)}"))
+            continue
+        rows.append((location, {k: v for k, v in zip(columns, record, strict=True) if k}, ""))
+    return Table(path, tuple(c for c in columns if c), tuple(rows))
+
+
+REPEATED = "\x00repeated"
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object; a key given twice is kept apart so the entry can be refused rather than the last win."""
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    return {REPEATED: repeated} if repeated else dict(pairs)
+
+
+def _json_table(path: Path, text: str) -> Table:
+    try:
+        data = json.loads(text, object_pairs_hook=_pairs)
+    except json.JSONDecodeError as exc:
+        raise ExportFileError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}; a file cut short ends so)") from None
+    if not isinstance(data, list):
+        raise ExportFileError(f"{path}: expected a JSON list of objects, found {_json_kind(data)}")
+    rows: list[tuple[str, dict[str, Any] | None, str]] = []
+    columns: dict[str, None] = {}
+    for index, item in enumerate(data, start=1):
+        location = f"{path}: item {index}"
+        if not isinstance(item, dict):
+            rows.append((location, None, f"expected an object, found {_json_kind(item)}"))
+        elif REPEATED in item:
+            rows.append((location, None, f"the key {item[REPEATED][0]!r} appears twice"))
+        else:
+            columns.update(dict.fromkeys(k.strip() for k in item))
+            rows.append((location, {k.strip(): v for k, v in item.items()}, ""))
+    return Table(path, tuple(columns), tuple(rows))
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list",
+            dict: "an object"}.get(type(value), type(value).__name__)
+
+
+def read_table(path: Path, required: tuple[str, ...] = ()) -> Table:
+    """A CSV (with a header row) or JSON (a list of objects) export file, refused whole when it cannot be trusted.
+
+    Refused (``ExportFileError``): an empty file, one cut short, not UTF-8, binary, not a list of objects, a
+    repeated column, or a missing ``required`` column. A header alone (or ``[]``) is a file with no rows.
+    """
+    text = _text_of(path)
+    table = _json_table(path, text) if path.suffix == ".json" else _csv_table(path, text)
+    missing = [c for c in required if c not in table.columns]
+    # A JSON list holding no object has no keys to look at: its entries are refused one by one instead.
+    if missing and (path.suffix != ".json" or any(row is not None for _, row, _ in table.rows)):
+        found = ", ".join(table.columns) or "none"
+        raise ExportFileError(f"{path}: no {', '.join(repr(c) for c in missing)} column (columns found: {found})")
+    return table
+
+
+def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each readable row of an export file with its location; raises ``ExportFileError`` for a file refused whole."""
+    for location, row, _ in read_table(path).rows:
+        if row is not None:
+            yield location, row
 
 
 def _text(row: dict[str, Any], key: str, *, required: bool = False) -> str:
@@ -93,10 +232,14 @@ def _addresses(row: dict[str, Any], key: str) -> tuple[str, ...]:
     value = row.get(key)
     if value is None or value == "":
         return ()
-    items = value if isinstance(value, list) else str(value).replace(",", ";").split(";")
+    if not isinstance(value, str | list):
+        raise RowError(f"{key!r} must be addresses separated by ';' (or a JSON list of them)")
+    items = value if isinstance(value, list) else value.replace(",", ";").split(";")
     result = []
     for item in items:
-        item = str(item).strip().lower()
+        if not isinstance(item, str):
+            raise RowError(f"{key!r} holds {str(item)[:80]!r}, which is not an email address")
+        item = item.strip().lower()
         if not item:
             continue
         if "@" not in item:
@@ -119,7 +262,7 @@ def _when(row: dict[str, Any], key: str) -> datetime | None:
 
 
 def _enum(row: dict[str, Any], key: str, kind: type[Any], default: Any) -> Any:
-    value = _text(row, key).lower()
+    value = _text(row, key, required=default is None).lower()
     if not value:
         return default
     try:
@@ -137,35 +280,30 @@ class _Reading:
     problems: list[str] = field(default_factory=list)
     coverage: list[Coverage] = field(default_factory=list)
 
-    def rows(self, path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-        for location, row in read_rows(path):
-            if "__invalid__" in row:
-                self.problems.append(f"{location}: expected an object")
-                continue
-            yield location, row
+    def table(self, path: Path, stem: str, facts: tuple[Fact, ...]) -> Table | None:
+        """The file read whole, or None (a problem, and ``facts`` failed for the tenant) when it is refused."""
+        try:
+            return read_table(path, REQUIRED[stem])
+        except ExportFileError as exc:
+            self.problems.append(str(exc))
+            for fact in facts:
+                self.cover(fact, FactState.FAILED, str(exc))
+            return None
 
     def cover(self, fact: Fact, state: FactState, reason: str = "", subject: str = "") -> None:
         self.coverage.append(Coverage(self.tenant.name, fact, state, reason, subject))
+
+    def failed(self, fact: Fact) -> bool:
+        """True when the fact already failed for the whole tenant."""
+        return any(c.fact is fact and not c.subject and c.state is FactState.FAILED for c in self.coverage)
 
 
 class FilesAdapter:
     """Reads export files from one directory; see the README for the format."""
 
     name = "files"
-    capabilities = frozenset(
-        {
-            Fact.MAILBOX_LIST,
-            Fact.MAILBOX_FORWARDS,
-            Fact.MAILBOX_OWNERS,
-            Fact.MAILBOX_DELEGATES,
-            Fact.MAILBOX_LAST_LOGIN,
-            Fact.MAILBOX_INVITES,
-            Fact.DOMAIN_CATCH_ALL,
-            Fact.MAILBOX_OAUTH_GRANTS,
-            Fact.MAILBOX_APP_PASSWORDS,
-            Fact.MAILBOX_RECOVERY,
-        }
-    )
+    capabilities = frozenset((*MAILBOX_FACTS, Fact.DOMAIN_CATCH_ALL, Fact.MAILBOX_OAUTH_GRANTS,
+                              Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_RECOVERY))
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -180,21 +318,30 @@ class FilesAdapter:
         return replace(collected, mailboxes=())
 
     def read(self, tenant: Tenant) -> Collected:
-        """The synchronous body of ``collect``."""
+        """The synchronous body of ``collect``.
+
+        A file refused whole makes the facts it gives ``failed`` for the tenant (a problem: the tenant is
+        partial, so nothing is taken as removed or resolved); a bad cell fails only the facts it gives, for
+        its mailbox or domain.
+        """
         if not self.directory.is_dir():
             raise AdapterError(f"export directory {self.directory} does not exist")
         reading = _Reading(tenant)
         path = _find(self.directory, "mailboxes")
         if path is None:
             raise AdapterError(f"{self.directory}: no mailboxes.csv or mailboxes.json")
-        mailboxes, columns = self._mailboxes(reading, path)
+        table = reading.table(path, "mailboxes", MAILBOX_FACTS)
+        if table is None:
+            # Forwards and invites hang on the mailbox rows: without them neither can be placed.
+            return Collected((), self._catch_all(reading), tuple(reading.coverage), tuple(reading.problems))
+        mailboxes = self._mailboxes(reading, table)
         reading.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
         for fact, column in (
             (Fact.MAILBOX_OWNERS, "owners"),
             (Fact.MAILBOX_DELEGATES, "delegates"),
             (Fact.MAILBOX_LAST_LOGIN, "last_login"),
         ):
-            if column in columns:
+            if column in table.columns:
                 reading.cover(fact, FactState.COLLECTED)
             else:
                 reading.cover(fact, FactState.UNSUPPORTED, f"{path.name} has no {column!r} column")
@@ -210,37 +357,62 @@ class FilesAdapter:
         )
         return Collected(result, catch_all, tuple(reading.coverage), tuple(reading.problems))
 
-    def _mailboxes(self, reading: _Reading, path: Path) -> tuple[dict[str, Mailbox], set[str]]:
+    def _mailboxes(self, reading: _Reading, table: Table) -> dict[str, Mailbox]:
         mailboxes: dict[str, Mailbox] = {}
-        columns: set[str] = set()
-        for location, row in reading.rows(path):
-            columns.update(row)
+        for location, row, invalid in table.rows:
+            if row is None:
+                reading.problems.append(f"{location}: {invalid}")
+                continue
             try:
                 address = _address(row, "address")
                 if address in mailboxes:
-                    raise RowError(f"mailbox {address} is listed twice")
-                mailboxes[address] = Mailbox(
-                    tenant=reading.tenant.name,
-                    address=address,
-                    kind=_enum(row, "kind", MailboxKind, MailboxKind.USER),
-                    status=_enum(row, "status", MailboxStatus, MailboxStatus.ACTIVE),
-                    display_name=_text(row, "display_name"),
-                    created=_when(row, "created"),
-                    last_login=_when(row, "last_login"),
-                    owners=_addresses(row, "owners"),
-                    delegates=_addresses(row, "delegates"),
-                )
+                    raise RowError(f"mailbox {address} is listed twice; the first row is kept")
             except RowError as exc:
                 reading.problems.append(f"{location}: {exc}")
-        return mailboxes, columns
+                continue
+            unknown: dict[Fact, str] = {}
+
+            def cell(read: Callable[[], Any], facts: tuple[Fact, ...], fallback: Any) -> Any:
+                """One cell's value; a bad cell is a problem and fails only the facts it gives, for this mailbox."""
+                try:
+                    return read()
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    for fact in facts:
+                        unknown.setdefault(fact, f"{location}: {exc}")
+                    return fallback
+
+            mailboxes[address] = Mailbox(
+                tenant=reading.tenant.name,
+                address=address,
+                kind=cell(lambda: _enum(row, "kind", MailboxKind, None), STANDING_FACTS, MailboxKind.USER),
+                status=cell(lambda: _enum(row, "status", MailboxStatus, None), STANDING_FACTS, MailboxStatus.ACTIVE),
+                display_name=cell(lambda: _text(row, "display_name"), (), ""),
+                # account.never_used judges the creation date under the sign-in fact
+                created=cell(lambda: _when(row, "created"), (Fact.MAILBOX_LAST_LOGIN,), None),
+                last_login=cell(lambda: _when(row, "last_login"), (Fact.MAILBOX_LAST_LOGIN,), None),
+                owners=cell(lambda: _addresses(row, "owners"), (Fact.MAILBOX_OWNERS,), ()),
+                delegates=cell(lambda: _addresses(row, "delegates"), (Fact.MAILBOX_DELEGATES,), ()),
+            )
+            for fact, why in unknown.items():
+                reading.cover(fact, FactState.FAILED, why, subject=address)
+        return mailboxes
 
     def _forwards(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Forward, ...]]:
         path = _find(self.directory, "forwards")
         if path is None:
             reading.cover(Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, "the export has no forwards file")
             return {}
+        table = reading.table(path, "forwards", (Fact.MAILBOX_FORWARDS,))
+        if table is None:
+            return {}
         found: dict[str, list[Forward]] = {}
-        for location, row in reading.rows(path):
+        for location, row, invalid in table.rows:
+            if row is None:
+                # Whose forward the row was is unknown, so no mailbox's forwards are known to be complete.
+                reading.problems.append(f"{location}: {invalid}")
+                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {invalid}")
+                continue
             try:
                 mailbox = _address(row, "mailbox")
             except RowError as exc:
@@ -257,7 +429,7 @@ class FilesAdapter:
                 reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}", subject=mailbox)
                 continue
             found.setdefault(mailbox, []).append(Forward(target, mechanism))
-        if not any(c.fact is Fact.MAILBOX_FORWARDS and not c.subject for c in reading.coverage):
+        if not reading.failed(Fact.MAILBOX_FORWARDS):
             reading.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED)
         return {k: tuple(v) for k, v in found.items()}
 
@@ -266,8 +438,15 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.MAILBOX_INVITES, FactState.UNSUPPORTED, "the export has no invites file")
             return {}
+        table = reading.table(path, "invites", (Fact.MAILBOX_INVITES,))
+        if table is None:
+            return {}
         found: dict[str, Invite] = {}
-        for location, row in reading.rows(path):
+        for location, row, invalid in table.rows:
+            if row is None:
+                reading.problems.append(f"{location}: {invalid}")
+                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {invalid}")
+                continue
             try:
                 address = _address(row, "address")
             except RowError as exc:
@@ -284,7 +463,7 @@ class FilesAdapter:
             except RowError as exc:
                 reading.problems.append(f"{location}: {exc}")
                 reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}", subject=address)
-        if not any(c.fact is Fact.MAILBOX_INVITES and not c.subject for c in reading.coverage):
+        if not reading.failed(Fact.MAILBOX_INVITES):
             reading.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
         return found
 
@@ -293,8 +472,14 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED, "the export has no domains file")
             return {}
+        table = reading.table(path, "domains", (Fact.DOMAIN_CATCH_ALL,))
+        if table is None:
+            return {}
         found: dict[str, str | None] = {}
-        for location, row in reading.rows(path):
+        for location, row, invalid in table.rows:
+            if row is None:
+                reading.problems.append(f"{location}: {invalid}")
+                continue
             try:
                 domain = _text(row, "domain", required=True).lower().rstrip(".")
                 target = _text(row, "catch_all").lower() or None
@@ -307,6 +492,7 @@ class FilesAdapter:
         reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.COLLECTED)
         for domain in (*reading.tenant.domains, *reading.tenant.parked_domains):
             if domain not in found:
+                # A row that could not be read leaves its domain here too: unknown, never "no catch-all".
                 reading.cover(
                     Fact.DOMAIN_CATCH_ALL, FactState.FAILED, f"{domain} is not listed in {path.name}", subject=domain
                 )
@@ -321,8 +507,17 @@ class FilesAdapter:
             for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
                 reading.cover(fact, FactState.UNSUPPORTED, "the export has no grants file")
             return {}
+        facts = (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS)
+        table = reading.table(path, "grants", facts)
+        if table is None:
+            return {}
         found: dict[str, list[Grant]] = {}
-        for location, row in reading.rows(path):
+        for location, row, invalid in table.rows:
+            if row is None:
+                reading.problems.append(f"{location}: {invalid}")
+                for fact in facts:
+                    reading.cover(fact, FactState.FAILED, f"{location}: {invalid}")
+                continue
             try:
                 mailbox = _address(row, "mailbox")
                 if mailbox not in mailboxes:
@@ -342,8 +537,8 @@ class FilesAdapter:
                     reading.cover(fact, FactState.FAILED, f"{location}: {exc}")
                 continue
             found.setdefault(mailbox, []).append(grant)
-        for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
-            if not any(c.fact is fact and not c.subject for c in reading.coverage):
+        for fact in facts:
+            if not reading.failed(fact):
                 reading.cover(fact, FactState.COLLECTED)
         return {k: tuple(v) for k, v in found.items()}
 
@@ -353,8 +548,15 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED, "the export has no recovery file")
             return {}
+        table = reading.table(path, "recovery", (Fact.MAILBOX_RECOVERY,))
+        if table is None:
+            return {}
         found: dict[str, list[Recovery]] = {}
-        for location, row in reading.rows(path):
+        for location, row, invalid in table.rows:
+            if row is None:
+                reading.problems.append(f"{location}: {invalid}")
+                reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {invalid}")
+                continue
             try:
                 mailbox = _address(row, "mailbox")
                 if mailbox not in mailboxes:
@@ -368,7 +570,7 @@ class FilesAdapter:
                 reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {exc}")
                 continue
             found.setdefault(mailbox, []).append(Recovery(kind, value))
-        if not any(c.fact is Fact.MAILBOX_RECOVERY and not c.subject for c in reading.coverage):
+        if not reading.failed(Fact.MAILBOX_RECOVERY):
             reading.cover(Fact.MAILBOX_RECOVERY, FactState.COLLECTED)
         return {k: tuple(v) for k, v in found.items()}
 
@@ -486,12 +688,13 @@ class FilesAdapter:
         path = _find(self.directory, stem)
         if path is None:
             raise AdapterError(f"{self.directory}: no {stem}.csv or {stem}.json")
-        rows = [dict(row) for _, row in read_rows(path)]
-        if path.suffix == ".json":
-            return path, rows, []
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            header = next(csv.reader(handle), [])
-        return path, rows, [h.strip() for h in header]
+        table = read_table(path)
+        unreadable = next(((location, why) for location, row, why in table.rows if row is None), None)
+        if unreadable is not None:
+            # Rewriting would drop the row it cannot read: refuse, and let the operator fix the file first.
+            raise AdapterError(f"{unreadable[0]}: {unreadable[1]}: fix the export file before changing it")
+        rows = [dict(row) for _, row, _ in table.rows if row is not None]
+        return path, rows, [] if path.suffix == ".json" else list(table.columns)
 
     @staticmethod
     def _newline(path: Path) -> str:
@@ -594,19 +797,54 @@ def _grant_row(row: Mapping[str, Any], subject: str, params: Mapping[str, Any]) 
     return _low(row, "mailbox") == subject and _low(row, "kind") == str(params.get("kind", "")) and ident == grant
 
 
-def read_roster(path: Path) -> tuple[tuple[Person, ...], tuple[str, ...]]:
-    """People from a roster file (CSV or JSON: email, name, left) and the problems of its bad rows."""
+@dataclass(frozen=True, slots=True)
+class RosterFile:
+    """A roster read: its people, the problems of its bad rows, and whom those rows leave unknown.
+
+    ``unknown`` pairs an address (or "" when the row's person cannot be told: everyone) with the reason.
+    """
+
+    people: tuple[Person, ...]
+    problems: tuple[str, ...]
+    unknown: tuple[tuple[str, str], ...] = ()
+
+
+def read_roster_file(path: Path) -> RosterFile:
+    """People from a roster file (CSV or JSON: email, name, left); a file refused whole raises ``AdapterError``.
+
+    A row whose ``email`` is not an address is only a problem (it cannot be anyone's mailbox); a row that
+    cannot be read at all leaves everyone unknown; a bad ``left`` leaves that person unknown, never present.
+    """
     if not path.is_file():
         raise AdapterError(f"roster file {path} does not exist")
     people: list[Person] = []
     problems: list[str] = []
-    for location, row in read_rows(path):
+    unknown: list[tuple[str, str]] = []
+    for location, row, invalid in read_table(path, REQUIRED["roster"]).rows:
+        if row is None:
+            problems.append(f"{location}: {invalid}")
+            unknown.append(("", f"{location}: {invalid}"))
+            continue
         try:
-            left = _when(row, "left")
-            people.append(Person(_address(row, "email"), _text(row, "name"), left.date() if left else None))
+            email = _address(row, "email")
         except RowError as exc:
             problems.append(f"{location}: {exc}")
-    return tuple(people), tuple(problems)
+            continue
+        try:
+            left = _when(row, "left")
+            name = _text(row, "name")
+        except RowError as exc:
+            problems.append(f"{location}: {exc}")
+            unknown.append((email, f"{location}: {exc}"))
+            continue
+        people.append(Person(email, name, left.date() if left else None))
+    return RosterFile(tuple(people), tuple(problems), tuple(unknown))
+
+
+def read_roster(path: Path) -> tuple[tuple[Person, ...], tuple[str, ...]]:
+    """People from a roster file and the problems of its bad rows (see ``read_roster_file``)."""
+    roster = read_roster_file(path)
+    return roster.people, roster.problems
 
 
 def _low(row: Mapping[str, Any], key: str) -> str:

@@ -249,7 +249,7 @@ def test_from_export_files(tmp_path: Path) -> None:
 
 
 def test_export_without_last_login_column_is_unsupported(tmp_path: Path) -> None:
-    (tmp_path / "mailboxes.csv").write_text("address,created\nann@acme.example,2020-01-01\n", encoding="utf-8")
+    (tmp_path / "mailboxes.csv").write_text("address,kind,status,created\nann@acme.example,user,active,2020-01-01\n", encoding="utf-8")
     collected = FilesAdapter(tmp_path).read(TENANT)
     inventory = Inventory((TENANT,), (), collected.mailboxes, {}, (), collected.coverage)
     findings = evaluate(inventory, [inactive_account, never_used_account], policy=Policy(), senders={}, now=NOW)

@@ -86,7 +86,7 @@ def test_error_for_a_domain_the_provider_did_not_report() -> None:
 
 
 def test_from_export_files(tmp_path: Path) -> None:
-    (tmp_path / "mailboxes.csv").write_text("address,kind\ninbox@acme.example,shared\n", encoding="utf-8")
+    (tmp_path / "mailboxes.csv").write_text("address,kind,status\ninbox@acme.example,shared,active\n", encoding="utf-8")
     (tmp_path / "domains.csv").write_text(
         "domain,catch_all\nacme.example,inbox@acme.example\n", encoding="utf-8"
     )

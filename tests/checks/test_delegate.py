@@ -72,9 +72,9 @@ def test_unsupported_when_provider_does_not_report_delegates() -> None:
 
 def test_from_export_files(tmp_path: Path) -> None:
     (tmp_path / "mailboxes.csv").write_text(
-        "address,delegates\n"
-        "ceo@acme.example,pa@acme.example;VA@Partners.test\n"
-        "ann@acme.example,\n",
+        "address,kind,status,delegates\n"
+        "ceo@acme.example,user,active,pa@acme.example;VA@Partners.test\n"
+        "ann@acme.example,user,active,\n",
         encoding="utf-8",
     )
     collected = FilesAdapter(tmp_path).read(TENANT)

@@ -164,7 +164,7 @@ def test_unknown_subject_errors_when_the_mailbox_list_failed() -> None:
 
 
 def test_from_export_files(tmp_path: Path) -> None:
-    (tmp_path / "mailboxes.csv").write_text("address\nceo@acme.example\nann@acme.example\n", encoding="utf-8")
+    (tmp_path / "mailboxes.csv").write_text("address,kind,status\nceo@acme.example,user,active\nann@acme.example,user,active\n", encoding="utf-8")
     collected = FilesAdapter(tmp_path).read(ACME)
     findings = _by_item(_run(
         unknown_subject,

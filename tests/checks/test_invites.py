@@ -97,8 +97,8 @@ def test_unsupported_when_provider_does_not_report_invites() -> None:
 
 def test_from_export_files(tmp_path: Path) -> None:
     (tmp_path / "mailboxes.csv").write_text(
-        "address,status\nnew@acme.example,pending\njo@acme.example,pending\npri@acme.example,pending\n"
-        "ann@acme.example,active\n",
+        "address,kind,status\nnew@acme.example,user,pending\njo@acme.example,user,pending\npri@acme.example,user,pending\n"
+        "ann@acme.example,user,active\n",
         encoding="utf-8",
     )
     (tmp_path / "invites.csv").write_text(
@@ -118,7 +118,7 @@ def test_from_export_files(tmp_path: Path) -> None:
 
 
 def test_export_without_invites_file_is_unsupported(tmp_path: Path) -> None:
-    (tmp_path / "mailboxes.csv").write_text("address\nann@acme.example\n", encoding="utf-8")
+    (tmp_path / "mailboxes.csv").write_text("address,kind,status\nann@acme.example,user,active\n", encoding="utf-8")
     collected = FilesAdapter(tmp_path).read(TENANT)
     inventory = Inventory((TENANT,), (), collected.mailboxes, {}, (), collected.coverage)
     findings = evaluate(inventory, [stale_invite, expired_invite], policy=Policy(), senders={}, now=NOW)

@@ -118,7 +118,7 @@ def test_from_export_files(tmp_path: Path) -> None:
 
 
 def test_export_without_an_owners_column_is_unsupported(tmp_path: Path) -> None:
-    (tmp_path / "mailboxes.csv").write_text("address,kind\ninfo@acme.example,shared\n", encoding="utf-8")
+    (tmp_path / "mailboxes.csv").write_text("address,kind,status\ninfo@acme.example,shared,active\n", encoding="utf-8")
     collected = FilesAdapter(tmp_path).read(TENANT)
     finding = _run(*collected.mailboxes, coverage=collected.coverage + (ROSTER,))["info@acme.example"]
     assert finding.status is Status.UNSUPPORTED and "owners" in finding.reason

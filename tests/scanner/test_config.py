@@ -138,3 +138,62 @@ def test_trekmail_tenant_needs_its_table_and_credentials(write_config) -> None:
     with pytest.raises(ConfigError, match="per_page"):
         load_config(write_config('[[tenants]]\nname = "cedar"\nprovider = "trekmail"\ncredentials = "env:T"\n'
                                  'domains = ["cedar.example"]\n[tenants.trekmail]\nper_page = 500\n'))
+@pytest.mark.parametrize(("table", "setting", "expected"), [
+    ("dns", "timeout = inf", r"dns\.timeout: Input should be a finite number"),
+    ("dns", "timeout = nan", r"dns\.timeout: Input should be a finite number"),
+    ("dns", "timeout = 600.0", r"dns\.timeout: Input should be less than or equal to 60"),
+    ("dns", 'timeout = "0.5"', r"dns\.timeout: Input should be a valid number.*without quotes"),
+    ("policy", "inactive_days = 1e11", r"policy\.inactive_days: Input should be a valid integer"),
+    ("policy", "inactive_days = 100000", r"policy\.inactive_days: Input should be less than or equal to 3650"),
+    ("schedule", 'coalesce = "yes"', r"schedule\.coalesce: Input should be a valid boolean"),
+    ("http", "timeout = -1.0", r"http\.timeout: Input should be greater than 0"),
+    ("scan", "tenant_timeout = inf", r"scan\.tenant_timeout: Input should be a finite number"),
+    ("email", 'host = "smtp.test"\nfrom = "mw@msp.test"\nport = "587"\n[[email.lists]]\nname = "a"\nto = ["a@b.test"]',
+     r"email\.port: Input should be a valid integer"),
+])
+def test_numbers_are_finite_bounded_and_never_coerced(write_config, table: str, setting: str, expected: str) -> None:
+    path = write_config(GOOD + f"\n[{table}]\n{setting}\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: {expected}"):
+        load_config(path)
+
+
+def test_a_bad_date_literal_names_the_key_and_line(write_config) -> None:
+    path = write_config(GOOD.replace("expires = 2027-01-31", "expires = 2027-13-01"))
+    with pytest.raises(ConfigError, match=rf"^{path}: exceptions\.expires: not a valid date \(YYYY-MM-DD.*'2027-13-01'.*line 15"):
+        load_config(path)
+    path = write_config(GOOD.replace("expires = 2027-01-31", 'expires = "2027-01-31"'))
+    with pytest.raises(ConfigError, match=r"exceptions\[0\]\.expires: must be a date such as 2027-01-31 \(a TOML date"):
+        load_config(path)
+
+
+def test_store_url_errors_name_file_and_key_without_echoing_the_url(write_config) -> None:
+    path = write_config(GOOD.replace('url = "sqlite:///x.db"', 'url = "postgres ql://u:pw-secret@db/x"'))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(raised.value).startswith(f"{path}: store.url: not a database URL")
+    assert "pw-secret" not in str(raised.value)
+    path = write_config(GOOD.replace('url = "sqlite:///x.db"', 'url = "mysql://db/x"'))
+    with pytest.raises(ConfigError, match=r"store\.url: the store works on SQLite and PostgreSQL, not 'mysql'"):
+        load_config(path)
+
+
+def test_a_nul_byte_in_an_address_is_refused_naming_the_key(write_config) -> None:
+    path = write_config(GOOD.replace('subject = "CEO@acme.example"', 'subject = "ceo@acme.example\\u0000x"'))
+    with pytest.raises(ConfigError, match=r"exceptions\[0\]\.subject: holds a NUL byte"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("name", ["not a domain", "acme", "-acme.example", "acme..example", "a_b.example",
+                                  "x" * 64 + ".example"])
+def test_an_invalid_domain_name_is_exit_2(write_config, name: str) -> None:
+    path = write_config(GOOD.replace('"Acme.Example."', f'"{name}"'))
+    result = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(path.parent / "out")])
+    assert result.exit_code == 2
+    assert f"{path}: tenants[0].domains: " in result.output and "is not a valid domain name" in result.output
+
+
+def test_a_config_with_no_tenants_is_exit_2(write_config) -> None:
+    path = write_config('[store]\nurl = "sqlite:///x.db"\n')
+    result = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(path.parent / "out")])
+    assert result.exit_code == 2
+    assert f"{path}: tenants: no [[tenants]] table" in result.output

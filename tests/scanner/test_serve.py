@@ -422,13 +422,14 @@ def test_the_remediation_app_is_mounted_only_when_links_are_configured(tmp_path:
     from scanner.serve import remediation_app
 
     bare = tmp_path / "bare.toml"
-    bare.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n', encoding="utf-8")
+    tenant = '[[tenants]]\nname = "acme"\ndomains = ["acme.example"]\n'
+    bare.write_text(f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n{tenant}', encoding="utf-8")
     assert remediation_app(load_config(bare)) is None
     monkeypatch.setenv("MW_SERVE_TEST_SECRET", "s" * 40)
     linked = tmp_path / "linked.toml"
     linked.write_text(
         f'[store]\nurl = "sqlite:///{tmp_path}/s.db"\n[remediation]\nbase_url = "https://mw.example"\n'
-        'secret = "env:MW_SERVE_TEST_SECRET"\n', encoding="utf-8",
+        f'secret = "env:MW_SERVE_TEST_SECRET"\n{tenant}', encoding="utf-8",
     )
     app = remediation_app(load_config(linked))
     assert app is not None

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from scanner.adapters.base import collect_all
-from scanner.adapters.files import FilesAdapter, read_roster
+from scanner.adapters.files import MAILBOX_FACTS, FilesAdapter, read_roster
 from scanner.errors import AdapterError
 from scanner.model import Fact, FactState, ForwardMechanism, MailboxKind, MailboxStatus, Tenant
 
@@ -79,7 +79,7 @@ def test_good_files_are_read_into_the_model(tmp_path: Path) -> None:
 
 
 def test_json_files_work_like_csv(tmp_path: Path) -> None:
-    rows = [{"address": "ann@acme.example", "kind": "role", "owners": ["boss@acme.example"], "last_login": ""}]
+    rows = [{"address": "ann@acme.example", "kind": "role", "status": "active", "owners": ["boss@acme.example"], "last_login": ""}]
     export = _export(tmp_path, mailboxes_json=json.dumps(rows),
                      forwards_json=json.dumps([{"mailbox": "ann@acme.example", "target": "x@out.test"}]))
     collected = _collect(export)
@@ -103,14 +103,22 @@ def test_malformed_rows_name_file_and_line_and_keep_the_rest(tmp_path: Path) -> 
         f"{mailboxes_csv}:7: 'created' is not an ISO 8601 date: 'yesterday'",
     )
     assert collected.problems[3] == f"{export / 'forwards.csv'}:4: 'target' is not an email address: 'not an address'"
-    assert {m.address for m in collected.mailboxes} == {"ann@acme.example", "info@acme.example", "bob@acme.example"}
+    # A bad address drops its row (it is nobody's); a bad cell keeps the mailbox with that cell's facts unknown.
+    assert {m.address for m in collected.mailboxes} == {
+        "ann@acme.example", "info@acme.example", "bob@acme.example", "carol@acme.example", "dave@acme.example"}
     # The mailbox whose forward row was bad has unknown forwards, not "no forwards".
     failed = [c for c in collected.coverage if c.state is FactState.FAILED]
-    assert [(c.fact, c.subject) for c in failed] == [(Fact.MAILBOX_FORWARDS, "ann@acme.example")]
+    assert sorted((c.fact.value, c.subject) for c in failed) == [
+        ("mailbox.forwards", "ann@acme.example"),
+        ("mailbox.last_login", "carol@acme.example"),
+        ("mailbox.last_login", "dave@acme.example"),
+        ("mailbox.list", "carol@acme.example"),
+        ("mailbox.owners", "carol@acme.example"),
+    ]
 
 
 def test_missing_optional_files_are_unsupported_not_empty(tmp_path: Path) -> None:
-    export = _export(tmp_path, mailboxes_csv="address,display_name\nann@acme.example,Ann\n")
+    export = _export(tmp_path, mailboxes_csv="address,display_name,kind,status\nann@acme.example,Ann,user,active\n")
     coverage = {c.fact: c for c in _collect(export).coverage}
     assert coverage[Fact.MAILBOX_FORWARDS].state is FactState.UNSUPPORTED
     assert coverage[Fact.MAILBOX_LAST_LOGIN].state is FactState.UNSUPPORTED
@@ -131,10 +139,13 @@ def test_missing_export_is_an_adapter_error(tmp_path: Path) -> None:
         _collect(tmp_path / "nowhere")
 
 
-def test_unreadable_json_is_an_adapter_error(tmp_path: Path) -> None:
-    export = _export(tmp_path, mailboxes_json="[{")
-    with pytest.raises(AdapterError, match="mailboxes.json: cannot read the export file"):
-        _collect(export)
+def test_unreadable_json_fails_the_mailbox_facts_naming_file_and_line(tmp_path: Path) -> None:
+    export = _export(tmp_path, mailboxes_json="[\n  {")
+    collected = _collect(export)
+    assert collected.mailboxes == ()
+    assert collected.problems[0].startswith(f"{export / 'mailboxes.json'}:2: not valid JSON")
+    states = {c.fact: c.state for c in collected.coverage if not c.subject}
+    assert all(states[f] is FactState.FAILED for f in MAILBOX_FACTS)
 
 
 def test_roster(tmp_path: Path) -> None:
@@ -203,3 +214,33 @@ def test_grant_revoke_removes_the_row_and_refuses_the_undo(tmp_path: Path) -> No
     assert "Mail Sorter" in (tmp_path / "grants.csv").read_text(encoding="utf-8")
     with pytest.raises(Refused, match="a revoked grant cannot be restored"):
         asyncio.run(adapter.remedy_restore("grant.revoke", "bob@acme.example", params, before))
+def test_a_remediation_never_rewrites_a_file_it_cannot_read_whole(tmp_path: Path) -> None:
+    text = FORWARDS + "bob@acme.example,bob@out.test,auto_forward,extra\n"
+    export = _export(tmp_path, mailboxes_csv=MAILBOXES, forwards_csv=text)
+    adapter = FilesAdapter(export)
+    with pytest.raises(AdapterError, match=r"forwards.csv:4: 4 fields where the header has 3: fix the export file"):
+        asyncio.run(adapter.remedy_apply("forwarding.disable", "ann@acme.example",
+                                         {"targets": ["ann.private@gmail.test"]}, {}))
+    assert (export / "forwards.csv").read_text(encoding="utf-8") == text
+
+
+def test_json_cells_of_the_wrong_type_fail_only_their_facts(tmp_path: Path) -> None:
+    rows = [{"address": "ann@acme.example", "kind": "user", "status": "active", "owners": 5, "last_login": 17,
+             "delegates": ["pa@acme.example"]},
+            {"address": "bob@acme.example", "kind": None, "status": "active", "owners": {"a": "x@y.test"}}]
+    collected = _collect(_export(tmp_path, mailboxes_json=json.dumps(rows)))
+    path = tmp_path / "mailboxes.json"
+    assert collected.problems == (
+        f"{path}: item 1: 'last_login' must be text",
+        f"{path}: item 1: 'owners' must be addresses separated by ';' (or a JSON list of them)",
+        f"{path}: item 2: missing 'kind'",
+        f"{path}: item 2: 'owners' must be addresses separated by ';' (or a JSON list of them)",
+    )
+    assert {m.address: m.delegates for m in collected.mailboxes} == {
+        "ann@acme.example": ("pa@acme.example",), "bob@acme.example": ()}
+    failed = sorted((c.subject, c.fact.value) for c in collected.coverage if c.state is FactState.FAILED)
+    assert failed == [
+        ("ann@acme.example", "mailbox.last_login"), ("ann@acme.example", "mailbox.owners"),
+        ("bob@acme.example", "mailbox.last_login"), ("bob@acme.example", "mailbox.list"),
+        ("bob@acme.example", "mailbox.owners"),
+    ]

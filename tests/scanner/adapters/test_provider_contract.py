@@ -150,7 +150,7 @@ def test_a_provider_that_is_down_fails_its_tenant_only(harness: Harness, server:
                                                        tmp_path: Path) -> None:
     export = tmp_path / "export"
     export.mkdir()
-    (export / "mailboxes.csv").write_text("address,display_name\nx@other.example,X\n", encoding="utf-8")
+    (export / "mailboxes.csv").write_text("address,display_name,kind,status\nx@other.example,X,user,active\n", encoding="utf-8")
     files_tenant = '\n[[tenants]]\nname = "other"\nprovider = "files"\nexport = "export"\ndomains = ["other.example"]\n'
     config = _config(harness, server, estate, tmp_path, files_tenant)
     server.stop()

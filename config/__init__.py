@@ -1,0 +1,1 @@
+"""Bundled data, installed as the package ``scanner.bundled``: default policy, sender catalogue, demo estate."""
