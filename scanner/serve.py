@@ -54,6 +54,7 @@ from scanner.errors import MailwardenError
 from scanner.lease import ScanBusy, process_exists, current_holder, recover_orphans
 from scanner.model import Finding
 from scanner.pipeline import ScanInterrupted, run_scan
+from scanner.security_headers import SecurityHeaders
 from scanner.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -461,6 +462,18 @@ def build_serve_app(config: Config, config_path: Path, stop: threading.Event) ->
     return Starlette(routes=routes, lifespan=lifespan)
 
 
+def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for the app, with every response's security headers and proxy headers off.
+
+    uvicorn's ``proxy_headers`` would replace the connection's address with one taken from
+    ``X-Forwarded-For`` whenever the peer is in ``FORWARDED_ALLOW_IPS`` (an environment variable some
+    container images set to ``*``): the remediation app decides who is a trusted proxy from the TCP peer
+    itself, so nothing a client sends may rewrite it.
+    """
+    return uvicorn.Config(SecurityHeaders(app), host=host, port=port, proxy_headers=False, forwarded_allow_ips="",
+                          **{"log_config": None, "access_log": False, "lifespan": "on", **options})
+
+
 def serve(config_path: Path, *, host: str | None = None, port: int | None = None, log_format: str | None = None) -> None:
     """Run the scheduler and the web app until SIGTERM or SIGINT."""
     config = load_config(config_path)
@@ -469,8 +482,7 @@ def serve(config_path: Path, *, host: str | None = None, port: int | None = None
     app = build_serve_app(config, config_path, stop)
     where = (host or config.serve.host, config.serve.port if port is None else port)
     log.info("serving on http://%s:%s", *where, extra={"event": "serve.listen", "host": where[0], "port": where[1]})
-    server = uvicorn.Server(uvicorn.Config(app, host=where[0], port=where[1], log_config=None, access_log=False,
-                                           lifespan="on"))
+    server = uvicorn.Server(server_config(app, where[0], where[1]))
     server.run()
     if not server.started:
         raise MailwardenError(f"the web app could not start on {where[0]}:{where[1]} (see the log above)")
