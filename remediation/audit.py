@@ -161,8 +161,13 @@ def entries(store: Store, job_id: str | None = None) -> list[Entry]:
     return [Entry(r.seq, r.kind, r.job_id, r.body, r.prev_hash, r.hash) for r in rows]
 
 
-def verify_chain(store: Store, key: bytes) -> tuple[list[str], list[Entry]]:
-    """The chain's problems (changed, missing, reordered entries, a missing or forged head) and its entries."""
+def verify_chain(store: Store, key: bytes, legacy: int = 0) -> tuple[list[str], list[Entry]]:
+    """The chain's problems (changed, missing, reordered entries, a missing or forged head) and its entries.
+
+    ``legacy`` is how many unkeyed entries the operator accepts (``[remediation] audit_legacy_entries``):
+    where the keyed chain begins is recorded in the database, which anyone rewriting the log could move,
+    so the count that is believed comes from the config, outside the database.
+    """
     problems: list[str] = []
     found = entries(store)
     with store.engine.connect() as conn:
@@ -175,6 +180,11 @@ def verify_chain(store: Store, key: bytes) -> tuple[list[str], list[Entry]]:
         problems.append(f"the store does not record where the keyed chain begins ({AUDIT_KEYED_FROM} is missing)")
         return problems, found
     keyed_from = int(marker)
+    if keyed_from - 1 > legacy:
+        problems.append(f"entries 1 to {keyed_from - 1} are marked as written before the audit key (the legacy "
+                        f"unkeyed chain) but the config accepts {legacy}: if this store was upgraded with that many "
+                        f"entries, set audit_legacy_entries = {keyed_from - 1} under [remediation]")
+        return problems, found
     prev = GENESIS
     for expected, entry in enumerate(found, start=1):
         if entry.seq != expected:
@@ -189,7 +199,7 @@ def verify_chain(store: Store, key: bytes) -> tuple[list[str], list[Entry]]:
         if problems:
             return problems, found
     if head is None:
-        if found or keyed_from > 1:
+        if found or keyed_from > 1 or written_with is not None:  # entries were written: the head must exist
             problems.append("the log's recorded head is missing: entries or the head were removed")
         return problems, found
     seq, _, rest = head.partition(":")
@@ -217,11 +227,10 @@ def legacy_count(store: Store) -> int:
                                 .where(audit.c.seq < int(marker))).scalar() or 0)
 
 
-def verify(store: Store, key: bytes, sink: Path | None = None) -> list[str]:
+def verify(store: Store, key: bytes, sink: Path | None = None, legacy: int = 0) -> list[str]:
     """Every problem with the audit chain, the job rows' agreement with it and (given one) the sink's; empty when intact."""
-    problems, found = verify_chain(store, key)
-    if not problems:
-        problems += _verify_jobs(store, found)
+    problems, found = verify_chain(store, key, legacy)
+    problems += _verify_jobs(store, found)
     if sink is not None:
         problems += _verify_sink(sink, found)
     return problems

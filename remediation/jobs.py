@@ -300,7 +300,7 @@ class Jobs:
     def recorded(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A done job's intent and state entries from the verified audit chain; a JobError when the chain does not
         verify or the job's row differs from its entries (the row is never what an undo restores from)."""
-        problems, found = verify_chain(self.store, self.key)
+        problems, found = verify_chain(self.store, self.key, self.config.remediation.audit_legacy_entries)
         if problems:
             raise JobError(f"the audit log does not verify ({problems[0]}), so nothing is undone; "
                            "run `mailwarden audit verify`")

@@ -563,7 +563,7 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
         key = audit_key(config.remediation)
         store = Store(config.store.url)
         try:
-            problems = verify(store, key, sink)
+            problems = verify(store, key, sink, config.remediation.audit_legacy_entries)
             count = len(entries(store))
             legacy = legacy_count(store)
         finally:

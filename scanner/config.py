@@ -152,6 +152,7 @@ class RemediationConfig(_Strict):
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     audit_sink: Path | None = None
     audit_key: SecretRef | None = None  # keys the audit chain (HMAC); never the link secret, never in the store
+    audit_legacy_entries: int = Field(default=0, ge=0)  # unkeyed entries a store upgraded to the keyed log holds
     operators: dict[str, list[str]] = {}  # identity -> tenants it may act on ("*": every tenant)
 
     @field_validator("operators")
