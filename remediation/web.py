@@ -319,6 +319,8 @@ def build_app(config: Config, store_url: str | None = None) -> Starlette:
                                    await run_in_threadpool(service.used_by, claim.nonce) or "")
         except ChangeBusy as exc:
             return service.message(request, 409, "Nothing was started", str(exc), "warn", exc.job_id)
+        except MailwardenError as exc:  # e.g. no audit key configured: nothing runs without its audit entry
+            return service.message(request, 503, "Nothing was started", str(exc))
         job = await _off_loop(service.jobs.execute, job.id)
         return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{job.id}", status_code=303,
                                 headers=HEADERS)
@@ -392,6 +394,8 @@ def build_app(config: Config, store_url: str | None = None) -> Starlette:
             return service.message(request, 409, "Nothing was changed", str(exc), "warn", exc.job_id)
         except JobError as exc:
             return service.message(request, 409, "Nothing was changed", str(exc), "warn", job_id)
+        except MailwardenError as exc:
+            return service.message(request, 503, "Nothing was changed", str(exc), "bad", job_id)
         job = await _off_loop(service.jobs.execute, created.id)
         return RedirectResponse(f"{request.scope.get('root_path', '')}/jobs/{job.id}", status_code=303,
                                 headers=HEADERS)
