@@ -44,6 +44,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -459,7 +460,7 @@ def build_serve_app(config: Config, config_path: Path, stop: threading.Event) ->
     routes: list[Any] = [Route("/healthz", healthz)]
     if sub is not None:
         routes.append(Mount("/", app=sub))
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
 
 
 def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
