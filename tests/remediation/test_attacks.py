@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import fcntl
-import hashlib
 import html
 import json
 import os
@@ -599,7 +598,7 @@ def test_jobs_left_by_a_dead_process_are_recovered_at_start(estate: Estate) -> N
 
 def test_a_tenant_list_email_carries_only_its_tenants_links(sqlite_estate: Estate) -> None:
     from reports.mail import message_context
-    from scanner.config import EmailConfig, EmailList
+    from scanner.config import EmailConfig
 
     estate = sqlite_estate
     run = next(r for r in estate.store.runs() if r.id == estate.run_id)
