@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import socket
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,13 +26,14 @@ from remediation.actions import (
     reached,
     remedies_for,
 )
-from remediation.audit import Entry, append, write_sink
+from remediation.audit import Entry, append, audit_key, job_record, verify_chain, write_sink
 from scanner.adapters.base import Refused
 from scanner.changes import FieldChange
 from scanner.config import Config
 from scanner.errors import AdapterError, MailwardenError
 from scanner.model import Status
-from scanner.store import Store, canonical, jobs
+from scanner.lease import process_exists
+from scanner.store import Store, canonical, job_claims, jobs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,31 @@ class JobError(MailwardenError):
 
 class LinkUsed(JobError):
     """The link already started a job: links are single use."""
+
+
+class ChangeBusy(JobError):
+    """Another pending or running job is making the same change (tenant, action, subject, target)."""
+
+    def __init__(self, message: str, job_id: str) -> None:
+        super().__init__(message)
+        self.job_id = job_id
+
+
+def claim_targets(action: str, params: Mapping[str, Any]) -> list[str]:
+    """The targets a job changes, each claimed once: forwards' addresses, the delegate, DNS records, or "" for the
+    subject itself."""
+    if action == "forwarding.disable":
+        return sorted({str(t).lower() for t in params.get("targets", ())}) or [""]
+    if action == "delegate.remove":
+        return [str(params.get("delegate", "")).lower()]
+    if action == DNS_PUBLISH:  # each record is a change of its own (a digest: records can be long)
+        return sorted({hashlib.sha256(str(r).encode("utf-8")).hexdigest() for r in params.get("records", ())}) or [""]
+    return [""]
+
+
+def this_process() -> str:
+    """``host:pid`` of this process, recorded as a job's owner so a restart can tell whose jobs were orphaned."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +114,14 @@ class Jobs:
     config: Config
     sink: Path | None = None
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    _key: bytes | None = field(default=None, init=False, repr=False)
+
+    @property
+    def key(self) -> bytes:
+        """The audit key (read from its secret reference once)."""
+        if self._key is None:
+            self._key = audit_key(self.config.remediation)
+        return self._key
 
     # records
 
@@ -111,12 +148,16 @@ class Jobs:
         """Record a pending job and its intent entry (who, what, why, from which finding and run) together."""
         if not actor:
             raise JobError("a job needs the operator's identity")
+        key = self.key
         now = self.clock()
         job_id = uuid.uuid4().hex
         row = {"id": job_id, "action": plan.action, "tenant": plan.tenant, "domain": plan.domain,
                "subject": plan.subject, "params": dict(plan.params), "issued": dict(plan.issued),
                "finding": plan.finding, "check_id": plan.check, "run_id": plan.run_id, "undo_of": undo_of,
-               "link": link, "state": PENDING, "actor": actor, "reason": reason, "created": now}
+               "link": link, "state": PENDING, "actor": actor, "reason": reason, "created": now,
+               "owner": this_process()}
+        claims = [{"tenant": plan.tenant, "action": plan.action, "subject": plan.subject.lower(), "target": target,
+                   "job_id": job_id} for target in claim_targets(plan.action, plan.params)]
         intent = {"who": actor, "what": {"action": plan.action, "tenant": plan.tenant, "subject": plan.subject,
                                          "params": dict(plan.params)},
                   "why": reason, "finding": plan.finding, "check": plan.check, "run": plan.run_id,
@@ -124,19 +165,38 @@ class Jobs:
         try:
             with self.store.engine.begin() as conn:
                 conn.execute(sa.insert(jobs).values(**row))
-                entry = append(conn, "intent", job_id, intent, now)
+                conn.execute(sa.insert(job_claims), claims)
+                entry = append(conn, key, "intent", job_id, intent, now)
         except sa.exc.IntegrityError:
-            if link is not None:
-                raise LinkUsed("this link was already used: each link starts one job") from None
+            self._refuse_duplicate(link, claims)
             raise
-        write_sink(self.sink, [entry])
+        problem = write_sink(self.sink, [entry])
+        if problem:
+            # No change without its audit copy: the job ends failed before anything is written.
+            if self._claim(job_id):
+                return self._finish(self.get(job_id), FAILED, None, None, problem + "; nothing was changed",
+                                    "the audit copy failed")
         return self.get(job_id)
+
+    def _refuse_duplicate(self, link: str | None, claims: list[dict[str, str]]) -> None:
+        """Raise why a job could not be recorded: its link was used, or another job is making the change."""
+        with self.store.engine.connect() as conn:
+            if link is not None and conn.execute(sa.select(jobs.c.id).where(jobs.c.link == link)).first():
+                raise LinkUsed("this link was already used: each link starts one job") from None
+            for claim in claims:
+                holder = conn.execute(sa.select(job_claims.c.job_id).where(
+                    job_claims.c.tenant == claim["tenant"], job_claims.c.action == claim["action"],
+                    job_claims.c.subject == claim["subject"], job_claims.c.target == claim["target"])).scalar()
+                if holder is not None:
+                    raise ChangeBusy(f"job {holder} is already making this change; nothing was started twice",
+                                     str(holder)) from None
 
     def _claim(self, job_id: str) -> bool:
         """Move a pending job to running; only one caller can (a conditional UPDATE, not a process lock)."""
         with self.store.engine.begin() as conn:
             claimed = conn.execute(
-                sa.update(jobs).where(jobs.c.id == job_id, jobs.c.state == PENDING).values(state=RUNNING)
+                sa.update(jobs).where(jobs.c.id == job_id, jobs.c.state == PENDING).values(state=RUNNING,
+                                                                                           owner=this_process())
             ).rowcount
         return claimed == 1
 
@@ -148,7 +208,9 @@ class Jobs:
         with self.store.engine.begin() as conn:
             conn.execute(sa.update(jobs).where(jobs.c.id == job.id, jobs.c.state == RUNNING).values(
                 state=state, finished=now if state in FINISHED else None, before=before, after=after, error=error))
-            entry: Entry = append(conn, "state", job.id, body, now)
+            if state in FINISHED:
+                conn.execute(sa.delete(job_claims).where(job_claims.c.job_id == job.id))
+            entry: Entry = append(conn, self.key, "state", job.id, body, now)
         write_sink(self.sink, [entry])
         if state == DONE and before is not None and after is not None:
             for key in sorted(set(before.get("state", {})) | set(after.get("state", {}))):
@@ -203,13 +265,29 @@ class Jobs:
 
     async def _undo(self, job: Job) -> Job:
         original = self.get(str(job.undo_of))
-        target = normalized(original.action, (original.before or {}).get("state", {}))
+        try:
+            intent, record = self.recorded(original.id)
+        except JobError as exc:
+            return self._finish(job, REFUSED, None, None, str(exc), "refused: the record does not verify")
+        what = intent.get("what") or {}
+        before = record.get("before") or {}
+        target = normalized(original.action, before.get("state") or {})
+        left = normalized(original.action, (record.get("after") or {}).get("state") or {})
         try:
             remedies = remedies_for(self.config, job.tenant)
             now = await remedies.remedy_read(job.action, job.subject, job.params)
-            if normalized(job.action, now["state"]) == target:
+            live = normalized(job.action, now["state"])
+            if live == target:
                 return self._finish(job, ALREADY_DONE, now, now, None, "already in the recorded before-state")
-            after = await remedies.remedy_restore(job.action, job.subject, job.params, original.before or {})
+            if live != left:
+                message = (f"the subject changed since job {original.id}: it is now {canonical(live)}, the job left "
+                           f"it {canonical(left)}; an undo would overwrite that later change, so nothing was written")
+                return self._finish(job, REFUSED, now, None, message, "refused: changed since the job")
+            outside = beyond_targets(original.action, what.get("params") or {}, before.get("state") or {}, live)
+            if outside:
+                message = f"the recorded before-state names {', '.join(outside)}, which the job never changed"
+                return self._finish(job, REFUSED, now, None, message, "refused: outside the job's targets")
+            after = await remedies.remedy_restore(job.action, job.subject, what.get("params") or job.params, before)
         except Refused as exc:
             return self._finish(job, REFUSED, None, None, str(exc), "refused")
         except (AdapterError, MailwardenError) as exc:
@@ -218,6 +296,39 @@ class Jobs:
             message = f"the re-read shows {canonical(after['state'])}, not the recorded before-state {canonical(target)}"
             return self._finish(job, FAILED, now, after, message, "not restored after the write")
         return self._finish(job, DONE, {"state": now["state"]}, {"state": after["state"]}, None, "restored")
+
+    def recorded(self, job_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A done job's intent and state entries from the verified audit chain; a JobError when the chain does not
+        verify or the job's row differs from its entries (the row is never what an undo restores from)."""
+        problems, found = verify_chain(self.store, self.key, self.config.remediation.audit_legacy_entries)
+        if problems:
+            raise JobError(f"the audit log does not verify ({problems[0]}), so nothing is undone; "
+                           "run `mailwarden audit verify`")
+        intent, state = job_record(found, job_id)
+        if intent is None or state is None or state.get("state") != DONE:
+            raise JobError(f"job {job_id} has no done state entry in the audit log, so nothing is undone")
+        row = self.get(job_id)
+        what = intent.get("what") or {}
+        if canonical(state.get("before")) != canonical(row.before) or canonical(state.get("after")) != canonical(row.after) \
+                or (what.get("action"), what.get("tenant"), what.get("subject")) != (row.action, row.tenant, row.subject) \
+                or canonical(what.get("params") or {}) != canonical(dict(row.params)):
+            raise JobError(f"job {job_id}'s record differs from its audit entries, so nothing is undone; "
+                           "run `mailwarden audit verify`")
+        return intent, state
+
+    async def undo_difference(self, job_id: str) -> str:
+        """"" while the subject is still in the state the job left it in; otherwise what differs, in words."""
+        original = self.get(job_id)
+        _, record = self.recorded(job_id)
+        left = normalized(original.action, (record.get("after") or {}).get("state") or {})
+        remedies = remedies_for(self.config, original.tenant)
+        now = await remedies.remedy_read(original.action, original.subject, original.params)
+        live = normalized(original.action, now["state"])
+        if live == left:
+            return ""
+        changed = sorted(k for k in set(live) | set(left) if canonical(live.get(k)) != canonical(left.get(k)))
+        return "; ".join(f"{k}: the job left {canonical(left.get(k))}, it is now {canonical(live.get(k))}"
+                         for k in changed)
 
     def plan_undo(self, job_id: str) -> Plan:
         """The plan that reverses a done job, or a JobError saying why it cannot be undone."""
@@ -231,9 +342,64 @@ class Jobs:
         for other in self.history(finding=original.finding):
             if other.undo_of == job_id and other.state in (PENDING, RUNNING, DONE, ALREADY_DONE):
                 raise JobError(f"job {job_id} is already undone (job {other.id})")
-        before = (original.before or {}).get("state", {})
-        return Plan(original.action, original.tenant, original.domain, original.subject, original.params,
-                    dict(before), original.finding, original.check, original.run_id)
+        intent, record = self.recorded(job_id)
+        if not record.get("before"):
+            raise JobError(f"job {job_id}'s before-state was not recorded (it was recovered after an interruption), "
+                           "so there is nothing to restore from")
+        what = intent.get("what") or {}
+        return Plan(str(what.get("action")), str(what.get("tenant")), original.domain, str(what.get("subject")),
+                    dict(what.get("params") or {}), dict(record["before"].get("state") or {}),
+                    str(intent.get("finding", "")), str(intent.get("check", "")), str(intent.get("run", "")))
+
+    async def recover(self) -> list[Job]:
+        """Finish or fail each job a stopped process of this host left pending or running: re-read the live
+        state, record the outcome with its audit entry. Jobs of a live process, or of another host, are left."""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(sa.select(jobs.c.id, jobs.c.owner).where(jobs.c.state.in_((PENDING, RUNNING)))).all()
+        here = socket.gethostname()
+        recovered = []
+        for row in rows:
+            host, _, pid = (row.owner or "").rpartition(":")
+            if row.owner and (host != here or not pid.isdigit() or int(pid) == os.getpid()
+                              or process_exists(int(pid))):
+                continue
+            recovered.append(await self._recover(self.get(row.id)))
+            log.warning("job %s recovered at start: %s", row.id, recovered[-1].state,
+                        extra={"event": "job.recovered", "job": row.id, "state": recovered[-1].state})
+        return recovered
+
+    async def _recover(self, job: Job) -> Job:
+        was = job.state
+        if was == PENDING and not self._claim(job.id):
+            return self.get(job.id)
+        if job.action == DNS_PUBLISH:
+            return await self._verify_dns(job)  # a publish job waits for DNS: re-verify it
+        note = "recovered at start: "
+        target: Mapping[str, Any] | None = None
+        if job.undo_of is not None:
+            original = self.get(job.undo_of)
+            target = normalized(original.action, (original.before or {}).get("state") or {})
+        try:
+            remedies = remedies_for(self.config, job.tenant)
+            now = await remedies.remedy_read(job.action, job.subject, job.params)
+        except (AdapterError, MailwardenError) as exc:
+            return self._finish(job, FAILED, None, None, f"{note}interrupted, and the live state could not be read: "
+                                f"{exc}; check the subject by hand", "recovered: unreadable")
+        done = (normalized(job.action, now["state"]) == target) if target is not None else reached(
+            job.action, now["state"], job.params)
+        if was == PENDING:
+            if done:
+                return self._finish(job, ALREADY_DONE, now, now, None, note + "already in the target state")
+            return self._finish(job, FAILED, None, {"state": now["state"]},
+                                f"{note}the process that accepted this job stopped before running it; nothing was "
+                                "written. Use the latest report's link to try again", "recovered: never ran")
+        if done:
+            return self._finish(job, DONE, None, {"state": now["state"]}, None,
+                                note + "interrupted after its write; the re-read shows the target state "
+                                "(the before-state was not recorded, so it cannot be undone)")
+        return self._finish(job, FAILED, None, {"state": now["state"]},
+                            f"{note}interrupted while running; the re-read shows {canonical(now['state'])}, not the "
+                            "target state; check the subject by hand", "recovered: interrupted")
 
     async def undo(self, job_id: str, actor: str, reason: str) -> Job:
         """Reverse a done job from its recorded before-state, as a logged job of its own."""
@@ -246,6 +412,17 @@ class Jobs:
         undone = {j.undo_of for j in found if j.undo_of and j.state in (DONE, ALREADY_DONE)}
         return any(j.action == action and j.undo_of is None and j.state in (DONE, ALREADY_DONE) and j.id not in undone
                    for j in found)
+
+
+def beyond_targets(action: str, params: Mapping[str, Any], before: Mapping[str, Any],
+                   live: Mapping[str, Any]) -> list[str]:
+    """What restoring ``before`` would add that the job never removed (outside its subject's targets)."""
+    key = {"forwarding.disable": "forwards", "delegate.remove": "delegates"}.get(action)
+    if key is None:
+        return []
+    allowed = set(claim_targets(action, params))
+    restored = {str(v).lower() for v in before.get(key) or ()} - {str(v).lower() for v in live.get(key) or ()}
+    return sorted(restored - allowed)
 
 
 def _job(row: Any) -> Job:

@@ -730,24 +730,30 @@ def audit_group() -> None:
 @click.option("--sink", type=click.Path(path_type=Path, dir_okay=False),
               help="Also compare with this JSON-lines copy (default: [remediation] audit_sink, if set).")
 def audit_verify(config_path: Path | None, sink: Path | None) -> None:
-    """Check the audit log's hash chain (and its copy); exit 1 naming a changed, removed or reordered entry."""
-    from remediation.audit import entries, verify
+    """Check the audit log's keyed chain, each job row against its entries (and the copy); exit 1 naming each problem."""
+    from remediation.audit import audit_key, entries, legacy_count, verify
 
     with _user_errors():
         config = _config(config_path)
         if sink is None and config.remediation.audit_sink is not None:
             sink = config.resolve_path(config.remediation.audit_sink)
+        key = audit_key(config.remediation)
         store = _reader(config)
         try:
-            problems = verify(store, sink)
+            problems = verify(store, key, sink, config.remediation.audit_legacy_entries)
             count = len(entries(store))
+            legacy = legacy_count(store)
         finally:
             store.close()
     for problem in problems:
         click.echo(f"mailwarden: audit log: {problem}", err=True)
     if problems:
         sys.exit(EXIT_FAILED_RUN)
-    click.echo(f"audit log: {count} entries, the hash chain is intact" + (f" and {sink} agrees" if sink else ""))
+    click.echo(f"audit log: {count} entries, the hash chain is intact and every job agrees with it"
+               + (f"; {sink} agrees" if sink else ""))
+    if legacy:
+        click.echo(f"note: the first {legacy} entries predate the audit key: they were verified as the legacy "
+                   "unkeyed SHA-256 chain, which someone with write access to the database could have recomputed")
 
 
 @audit_group.command("show")

@@ -230,6 +230,10 @@ class SenderConfig(_Strict):
         return [value] if isinstance(value, str) else value
 
 
+IDENTITY = re.compile(r"[\w.+-]{1,128}(@[\w-]{1,63}(\.[\w-]{1,63}){0,8})?")
+"""An operator identity as the reverse proxy names it: an email address or a user name (Unicode letters allowed)."""
+
+
 class RemediationConfig(_Strict):
     """The remediation service that report links point to, who may use it, and where its audit log is copied."""
 
@@ -239,6 +243,27 @@ class RemediationConfig(_Strict):
     identity_header: str = Field(default="X-Forwarded-User", pattern=r"^[A-Za-z0-9-]+$")
     trusted_proxies: list[str] = ["127.0.0.1", "::1"]
     audit_sink: FilePath | None = None
+    audit_key: SecretRef | None = None  # keys the audit chain (HMAC); never the link secret, never in the store
+    audit_legacy_entries: int = Field(default=0, ge=0, le=10**12)  # unkeyed entries a store upgraded to the keyed log holds
+    operators: dict[str, list[str]] = {}  # identity -> tenants it may act on ("*": every tenant)
+
+    @field_validator("operators")
+    @classmethod
+    def _operators(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        scopes: dict[str, list[str]] = {}
+        for identity, tenants in value.items():
+            if not IDENTITY.fullmatch(identity):
+                raise ValueError(f"{identity[:80]!r} is not an operator identity (an email address or a user name)")
+            if not tenants:
+                raise ValueError(f"{identity}: name at least one tenant, or \"*\" for every tenant")
+            scopes[identity.lower()] = list(tenants)
+        return scopes
+
+    @model_validator(mode="after")
+    def _separate_keys(self) -> RemediationConfig:
+        if self.audit_key is not None and self.audit_key == self.secret:
+            raise ValueError("audit_key: must be a secret reference of its own, not the link secret's")
+        return self
 
     @field_validator("trusted_proxies")
     @classmethod

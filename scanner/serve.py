@@ -49,6 +49,7 @@ from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
@@ -61,6 +62,7 @@ from scanner.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, c
 from scanner.model import Finding
 from scanner.dmarc_import import run_import
 from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
+from scanner.security_headers import SecurityHeaders
 from scanner.store import RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -530,7 +532,19 @@ def build_serve_app(config: Config, config_path: Path, stop: threading.Event) ->
     routes: list[Any] = [Route("/healthz", healthz)]
     if sub is not None:
         routes.append(Mount("/", app=sub))
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SecurityHeaders)])
+
+
+def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for the app, with every response's security headers and proxy headers off.
+
+    uvicorn's ``proxy_headers`` would replace the connection's address with one taken from
+    ``X-Forwarded-For`` whenever the peer is in ``FORWARDED_ALLOW_IPS`` (an environment variable some
+    container images set to ``*``): the remediation app decides who is a trusted proxy from the TCP peer
+    itself, so nothing a client sends may rewrite it.
+    """
+    return uvicorn.Config(SecurityHeaders(app), host=host, port=port, proxy_headers=False, forwarded_allow_ips="",
+                          **{"log_config": None, "access_log": False, "lifespan": "on", **options})
 
 
 def serve(config_path: Path, *, host: str | None = None, port: int | None = None, log_format: str | None = None) -> None:
@@ -556,7 +570,7 @@ def serve(config_path: Path, *, host: str | None = None, port: int | None = None
                 bound = listening.getsockname()[:2]
                 log.info("serving on http://%s:%s", *bound,
                          extra={"event": "serve.listen", "host": bound[0], "port": bound[1]})
-                server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+                server = uvicorn.Server(server_config(app, bound[0], bound[1]))
                 server.run(sockets=[listening])
                 if not server.started:
                     raise MailwardenError(f"the web app could not start on {where[0]}:{where[1]} (see the log above)")

@@ -212,6 +212,7 @@ jobs = sa.Table(
     sa.Column("before", sa.JSON),
     sa.Column("after", sa.JSON),
     sa.Column("error", sa.Text),
+    sa.Column("owner", sa.String(300)),  # host:pid of the process that created or runs it (version 5)
 )
 """Remediation jobs: one action on one subject; claimed by a conditional update, so it runs once."""
 
@@ -346,8 +347,34 @@ def _migration_6(conn: Connection) -> None:
     metadata.create_all(conn, tables=[dmarc_reports, dmarc_records, dmarc_ptr])
 
 
+job_claims = sa.Table(
+    "job_claims",
+    metadata,
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("action", sa.String(64), primary_key=True),
+    sa.Column("subject", sa.String(512), primary_key=True),
+    sa.Column("target", sa.String(512), primary_key=True),  # "" for an action without targets
+    sa.Column("job_id", sa.String(40), nullable=False, index=True),
+)
+"""One row per change a pending or running job is making: the primary key lets one job at a time claim a change."""
+
+AUDIT_KEYED_FROM = "audit_keyed_from"
+"""The mw_meta key holding the first audit entry keyed with the audit key: earlier entries are the legacy chain."""
+
+
+def _migration_7(conn: Connection) -> None:
+    """Version 7: change claims, each job's owning process, and where the keyed audit chain begins."""
+    metadata.create_all(conn, tables=[job_claims])
+    if "owner" not in {c["name"] for c in sa.inspect(conn).get_columns("jobs")}:
+        conn.execute(sa.text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(300)"))
+    # Entries written so far were chained with plain SHA-256: `audit verify` checks them as the legacy chain
+    # and keys every entry from here on.
+    last = conn.execute(sa.select(sa.func.max(audit.c.seq))).scalar()
+    conn.execute(sa.insert(meta_table).values(key=AUDIT_KEYED_FROM, value=str((last or 0) + 1)))
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
-    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6,
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 

@@ -24,6 +24,9 @@ from scanner.zoneserver import ZoneServer
 
 SECRET_ENV = "MAILWARDEN_TEST_LINK_SECRET"
 SECRET = "test-secret-3f9a1c7e5b2d4680-never-shown"
+AUDIT_KEY_ENV = "MAILWARDEN_TEST_AUDIT_KEY"
+AUDIT_KEY = "test-audit-key-8b1e0d4c2a6f9735-kept-apart"
+OPERATOR_ID = "dana.ops@msp.example"
 
 
 def free_port() -> int:
@@ -67,6 +70,12 @@ def scanned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, int]:
 base_url = "http://127.0.0.1:{port}"
 secret = "env:{SECRET_ENV}"
 audit_sink = "audit.jsonl"
+audit_key = "env:{AUDIT_KEY_ENV}"
+
+[remediation.operators]
+"{OPERATOR_ID}" = ["*"]
+"ops" = ["*"]
+"harbor.ops@msp.example" = ["harbor-dental"]
 """, encoding="utf-8")
     os.environ[SECRET_ENV] = SECRET
     try:
@@ -114,6 +123,7 @@ def copy_store(source_url: str, target_url: str) -> None:
 def _estate(scanned: tuple[Path, str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
             url: str | None = None) -> Iterator[Estate]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(AUDIT_KEY_ENV, AUDIT_KEY)
     template, run_id, port = scanned
     shutil.copytree(template, tmp_path, dirs_exist_ok=True)
     copied = f"sqlite:///{tmp_path / 'store.db'}"

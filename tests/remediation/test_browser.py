@@ -19,13 +19,14 @@ from remediation.audit import entries
 from remediation.web import build_app
 from scanner.config import Config, load_config
 from scanner.pipeline import run_scan
+from scanner.serve import server_config
 from scanner.store import Store
 from scanner.zoneserver import ZoneServer
 from tests.contract.estate import NOW, standard_estate
 from tests.contract.mailcow import HARNESS as MAILCOW
 from tests.contract.mailcow import MailcowState, with_state
 from tests.contract.server import ContractServer
-from tests.remediation.conftest import SECRET, SECRET_ENV, Estate, free_port
+from tests.remediation.conftest import AUDIT_KEY, AUDIT_KEY_ENV, SECRET, SECRET_ENV, Estate, free_port
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -35,8 +36,7 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 @contextmanager
 def _app(config: Config, port: int) -> Iterator[None]:
     """The remediation app on the loopback port the report's links name, run by uvicorn in a thread."""
-    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
+    server = uvicorn.Server(server_config(build_app(config), "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -110,6 +110,7 @@ class Hosted:
 @pytest.fixture
 def hosted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hosted]:
     monkeypatch.setenv(SECRET_ENV, SECRET)
+    monkeypatch.setenv(AUDIT_KEY_ENV, AUDIT_KEY)
     estate = standard_estate(users=2)
     server = MAILCOW.serve(estate, page_size=100)
     port = free_port()
@@ -128,6 +129,10 @@ timeout = 0.5
 base_url = "http://127.0.0.1:{port}"
 secret = "env:{SECRET_ENV}"
 audit_sink = "audit.jsonl"
+audit_key = "env:{AUDIT_KEY_ENV}"
+
+[remediation.operators]
+"dana.ops@msp.example" = ["*"]
 """ + MAILCOW.tenant_toml(server, estate, tmp_path), encoding="utf-8")
             config = load_config(path)
             store = Store(config.store.url)

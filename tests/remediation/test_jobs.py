@@ -19,7 +19,9 @@ from remediation.actions import plan_for
 from remediation.audit import entries, verify
 from remediation.jobs import Jobs, bulk, plans_for_check
 from scanner.store import audit
-from tests.remediation.conftest import Estate
+from tests.remediation.conftest import AUDIT_KEY, AUDIT_KEY_ENV, Estate
+
+KEY = AUDIT_KEY.encode()
 
 
 @pytest.fixture
@@ -100,7 +102,7 @@ def test_audit_verify_passes_on_a_good_log_and_fails_on_each_tampering(estate: E
     for check in ("catchall.enabled", "account.ghost", "invite.expired"):
         asyncio.run(runner.execute(runner.create(_plan(estate, check), "ops", "fix").id))
     sink = estate.root / "demo" / "audit.jsonl"
-    assert verify(estate.store, sink) == []
+    assert verify(estate.store, KEY, sink) == []
     engine = estate.store.engine
     with engine.begin() as conn:
         rows = conn.execute(sa.select(audit).order_by(audit.c.seq)).all()
@@ -109,33 +111,33 @@ def test_audit_verify_passes_on_a_good_log_and_fails_on_each_tampering(estate: E
         with engine.begin() as conn:
             conn.execute(sa.delete(audit))
             conn.execute(sa.insert(audit), [dict(r._mapping) for r in rows])
-        assert verify(estate.store) == []
+        assert verify(estate.store, KEY) == []
 
     with engine.begin() as conn:  # changed
         conn.execute(sa.update(audit).where(audit.c.seq == 2).values(body=rows[1].body.replace("done", "failed")))
-    assert any("changed" in p for p in verify(estate.store))
+    assert any("changed" in p for p in verify(estate.store, KEY))
     restore()
     with engine.begin() as conn:  # removed from the middle
         conn.execute(sa.delete(audit).where(audit.c.seq == 3))
-    assert any("missing" in p for p in verify(estate.store))
+    assert any("missing" in p for p in verify(estate.store, KEY))
     restore()
     with engine.begin() as conn:  # removed at the end
         conn.execute(sa.delete(audit).where(audit.c.seq == len(rows)))
-    assert any("removed" in p for p in verify(estate.store))
+    assert any("removed" in p for p in verify(estate.store, KEY))
     restore()
     with engine.begin() as conn:  # reordered: two entries swap places
         conn.execute(sa.delete(audit).where(audit.c.seq.in_((2, 3))))
         a, b = dict(rows[1]._mapping), dict(rows[2]._mapping)
         conn.execute(sa.insert(audit), [{**b, "seq": 2}, {**a, "seq": 3}])
-    assert verify(estate.store)
+    assert verify(estate.store, KEY)
     restore()
     lines = sink.read_text(encoding="utf-8").splitlines()
     sink.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")
-    assert verify(estate.store, sink) == []  # jobs finishing at once may copy their entries in either order
+    assert verify(estate.store, KEY, sink) == []  # jobs finishing at once may copy their entries in either order
     sink.write_text("\n".join([lines[0].replace("ops", "ope"), *lines[1:]]) + "\n", encoding="utf-8")
-    assert any("differs" in p for p in verify(estate.store, sink))
+    assert any("differs" in p for p in verify(estate.store, KEY, sink))
     sink.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")  # the second sink lost an entry
-    assert any("sink" in p for p in verify(estate.store, sink))
+    assert any("sink" in p for p in verify(estate.store, KEY, sink))
 
 
 def test_canary_bulk_stops_at_the_first_failure(estate: Estate, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -171,7 +173,7 @@ def test_the_demo_is_remediated_end_to_end_from_the_command_line(estate: Estate)
     config.write_text(text.replace('url = "sqlite:///mailwarden-demo.db"', f'url = "{estate.config.store.url}"'),
                       encoding="utf-8")
     shutil.copytree(estate.root / "demo", estate.root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.toml"))
-    env = {"MAILWARDEN_TEST_LINK_SECRET": "x" * 32, "PATH": "/usr/bin:/bin"}
+    env = {"MAILWARDEN_TEST_LINK_SECRET": "x" * 32, AUDIT_KEY_ENV: AUDIT_KEY, "PATH": "/usr/bin:/bin"}
     checks = ("forwarding.external", "catchall.enabled", "delegate.external", "invite.expired", "account.ghost")
     for check in checks[:1]:
         dry = subprocess.run([script, "remediate", "--config", str(config), "--check", check], capture_output=True,
@@ -255,4 +257,4 @@ def test_jobs_running_at_the_same_time_keep_one_unbroken_audit_chain(estate: Est
     done = _at_once(4, lambda i: asyncio.run(Jobs(estate.store, estate.config, sink).execute(
         Jobs(estate.store, estate.config, sink).create(plans[i], f"ops{i}", "fix").id)))
     assert [j.state for j in done] == ["done"] * 4, [j.error for j in done]
-    assert len(entries(estate.store)) == 8 and verify(estate.store, sink) == []
+    assert len(entries(estate.store)) == 8 and verify(estate.store, KEY, sink) == []

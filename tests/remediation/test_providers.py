@@ -31,6 +31,7 @@ from tests.contract.google import Workspace
 from tests.contract.microsoft import GraphServer
 from tests.contract.mailcow import MailcowState, mailcow_app
 from tests.contract.server import ContractServer, Faults
+from tests.remediation.conftest import AUDIT_KEY
 from tests.scanner.adapters.test_mailcow import _adapter, _alias, _box, _domain
 
 
@@ -254,7 +255,9 @@ def _provider(case: Case, workdir: Path) -> Iterator[Provider]:
     store = Store(f"sqlite:///{workdir / 'store.db'}")
     try:
         path = workdir / "mailwarden.toml"
-        path.write_text(HTTP + harness.tenant_toml(server, estate, workdir), encoding="utf-8")
+        (workdir / "audit.key").write_text(AUDIT_KEY, encoding="utf-8")
+        keyed = f'\n[remediation]\naudit_key = "file:{workdir / "audit.key"}"\n'
+        path.write_text(HTTP + harness.tenant_toml(server, estate, workdir) + keyed, encoding="utf-8")
         config = load_config(path)
         yield Provider(case, server, config, Jobs(store, config, workdir / "audit.jsonl"), workdir / "audit.jsonl")
     finally:
@@ -291,7 +294,7 @@ def test_each_supported_action_runs_through_a_job_against_the_contract_server(ca
             assert provider.raw() != raw_done
         kinds = [e.kind for e in entries(provider.runner.store)]
         assert kinds == ["intent", "state"] * (2 if case.action in IRREVERSIBLE else 3)
-        assert verify(provider.runner.store, provider.sink) == []
+        assert verify(provider.runner.store, AUDIT_KEY.encode(), provider.sink) == []
 
 
 @pytest.mark.parametrize("case", SUPPORTED, ids=str)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import os
 import re
 import threading
 import time
@@ -12,17 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from itsdangerous import URLSafeTimedSerializer
 from starlette.testclient import TestClient
 
 from remediation.audit import entries, verify
 from remediation.jobs import Jobs
-from remediation.links import LINK_SALT, Signer
+from remediation.links import Signer
+from scanner.config import SecretRef
 from remediation.web import build_app
-from tests.remediation.conftest import SECRET, Estate
+from tests.remediation.conftest import AUDIT_KEY, SECRET, Estate
 
 PROXY = ("127.0.0.1", 40000)
 OPERATOR = {"X-Forwarded-User": "dana.ops@msp.example"}
+
+KEY = AUDIT_KEY.encode()
 
 
 def links(estate: Estate) -> dict[str, str]:
@@ -74,9 +77,10 @@ def test_get_of_every_link_changes_nothing(estate: Estate, client: TestClient) -
     audit_before = len(entries(estate.store))
     found = list(links(estate).values())
     for link in found:
-        response = client.get(path_of(link))
+        response = client.get(path_of(link), headers=OPERATOR)
         assert response.status_code == 200, response.text
-    assert client.head(path_of(found[0])).status_code == 200
+        assert client.get(path_of(link)).status_code == 403  # anonymous: nothing shown
+    assert client.head(path_of(found[0]), headers=OPERATOR).status_code == 200
     assert estate.files_state() == before
     assert len(entries(estate.store)) == audit_before == 0
     assert Jobs(estate.store, estate.config).history() == []
@@ -104,11 +108,11 @@ def test_confirm_then_undo_through_the_files_adapter(estate: Estate, client: Tes
     # replayed: the same link again changes nothing and says so
     again = client.post(path, data={"csrf": csrf_of(page.text)}, headers=OPERATOR)
     assert again.status_code == 409
-    assert client.get(path).status_code == 410
+    assert client.get(path, headers=OPERATOR).status_code == 410
     undone = client.post(done.headers["location"] + "/undo", data={"csrf": csrf_of(job_page.text)}, headers=OPERATOR)
     assert undone.status_code == 303
     assert "eleanor.price@personal-mail.test" in forwards(estate)
-    assert verify(estate.store, estate.root / "demo" / "audit.jsonl") == []
+    assert verify(estate.store, KEY, estate.root / "demo" / "audit.jsonl") == []
     intents = [e.data for e in entries(estate.store) if e.kind == "intent"]
     assert intents[0]["who"] == "dana.ops@msp.example" and intents[0]["why"] == "left the firm"
     assert intents[0]["finding"] == target["id"] and intents[0]["run"] == estate.run_id
@@ -135,7 +139,9 @@ def test_anonymous_or_untrusted_post_is_refused(estate: Estate) -> None:
     with TestClient(build_app(estate.config), client=PROXY, follow_redirects=False) as trusted:
         csrf = csrf_of(trusted.get(path, headers=OPERATOR).text)
         assert trusted.post(path, data={"csrf": csrf}).status_code == 403  # no identity header
-        assert 'id="anonymous"' in trusted.get(path).text
+        anonymous = trusted.get(path)
+        assert anonymous.status_code == 403 and "not signed in" in anonymous.text
+        assert "eleanor" not in anonymous.text and 'id="confirm"' not in anonymous.text
     with TestClient(build_app(estate.config), client=("192.0.2.7", 40000), follow_redirects=False) as outside:
         assert outside.post(path, data={"csrf": csrf}, headers=OPERATOR).status_code == 403  # header not trusted
     assert estate.files_state() == before
@@ -144,19 +150,18 @@ def test_anonymous_or_untrusted_post_is_refused(estate: Estate) -> None:
 def test_forged_tampered_and_expired_tokens_are_refused(estate: Estate, client: TestClient) -> None:
     target = finding(estate, "forwarding.external", "eleanor.price@cedarlaw.example")
     token = path_of(links(estate)[str(target["id"])]).removeprefix("/r/")
-    forged = URLSafeTimedSerializer("not-the-secret-at-all-000", salt=LINK_SALT).dumps(
-        Signer(estate.config.remediation)._links.loads(token))
-    tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
-    for bad in (forged, tampered, "garbage"):
-        assert client.get(f"/r/{bad}").status_code == 400
     signer = Signer(estate.config.remediation)
-    real = time.time
+    other = estate.config.remediation.model_copy(update={"secret": SecretRef("env:MW_OTHER_SECRET")})
+    os.environ["MW_OTHER_SECRET"] = "not-the-secret-at-all-000"
     try:
-        time.time = lambda: real() - 8 * 86400  # type: ignore[assignment]  # issued 8 days ago; links last 7
-        expired = signer._links.dumps(signer._links.loads(token))
+        forged = Signer(other).seal(signer.payload(token))
     finally:
-        time.time = real  # type: ignore[assignment]
-    page = client.get(f"/r/{expired}")
+        del os.environ["MW_OTHER_SECRET"]
+    tampered = token[:-8] + ("AAAAAAAA" if not token.endswith("AAAAAAAA") else "BBBBBBBB")
+    for bad in (forged, tampered, "garbage"):
+        assert client.get(f"/r/{bad}", headers=OPERATOR).status_code == 400
+    expired = signer.seal(signer.payload(token), at=int(time.time()) - 8 * 86400)  # issued 8 days ago; links last 7
+    page = client.get(f"/r/{expired}", headers=OPERATOR)
     assert page.status_code == 400 and "expired" in page.text
 
 
@@ -164,11 +169,12 @@ def test_a_token_for_one_tenant_cannot_act_on_another(estate: Estate, client: Te
     target = finding(estate, "forwarding.external", "eleanor.price@cedarlaw.example")
     token = path_of(links(estate)[str(target["id"])]).removeprefix("/r/")
     signer = Signer(estate.config.remediation)
-    claim = signer._links.loads(token)
-    other = signer._links.dumps({**claim, "t": "harbor-dental"})  # validly signed, wrong tenant
+    claim = signer.payload(token)
+    other = signer.seal({**claim, "t": "harbor-dental"})  # validly sealed, wrong tenant
     page = client.get(f"/r/{other}", headers=OPERATOR)
     assert page.status_code == 400 and "does not match" in page.text
-    assert client.post(f"/r/{other}", data={"csrf": signer.form_token(other)}, headers=OPERATOR).status_code == 403
+    csrf = signer.form_token(other, OPERATOR["X-Forwarded-User"])
+    assert client.post(f"/r/{other}", data={"csrf": csrf}, headers=OPERATOR).status_code == 403
 
 
 def test_state_changed_since_the_link_offers_nothing(estate: Estate, client: TestClient) -> None:
@@ -217,7 +223,7 @@ def test_no_secret_in_any_page_or_log(estate: Estate, client: TestClient, captur
             done = client.post(path_of(link), data={"csrf": csrf_of(page.text)}, headers=OPERATOR)
             if done.status_code == 303:
                 pages.append(client.get(done.headers["location"], headers=OPERATOR).text)
-    pages.append(client.get("/jobs").text)
+    pages.append(client.get("/jobs", headers=OPERATOR).text)
     text = "\n".join(pages) + "\n".join(r.getMessage() for r in captured_logs.records)
     text += (estate.root / "demo" / "audit.jsonl").read_text(encoding="utf-8")
     assert SECRET not in text
@@ -233,7 +239,7 @@ def test_dns_publish_job_is_done_only_when_the_record_is_live(estate: Estate, cl
     assert 'id="records"' in page.text and "_dmarc.nwl-customs.example." in page.text
     first = client.post(path, data={"csrf": csrf_of(page.text)}, headers=OPERATOR)
     job_url = first.headers["location"]
-    assert 'id="job-state">pending<' in client.get(job_url).text
+    assert 'id="job-state">pending<' in client.get(job_url, headers=OPERATOR).text
     record = str(target["evidence"]["publish"])  # type: ignore[index]
     zone = estate.root / "demo" / "zones" / "nwl-customs.example.zone"
     zone.write_text(zone.read_text(encoding="utf-8") + "\n" + record + "\n", encoding="utf-8")

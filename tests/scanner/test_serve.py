@@ -433,8 +433,8 @@ def test_the_remediation_app_is_mounted_only_when_links_are_configured(tmp_path:
     )
     app = remediation_app(load_config(linked))
     assert app is not None
-    response = TestClient(app).get("/r/not-a-signed-token")
-    assert response.status_code == 400 and "This link cannot be used" in response.text
+    response = TestClient(app).get("/r/not-a-signed-token")  # anonymous: the app answers, and shows nothing
+    assert response.status_code == 403 and "Sign in first" in response.text
 
 
 def test_dmarc_reports_are_imported_on_their_own_schedule(
