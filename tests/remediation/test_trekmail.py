@@ -17,6 +17,7 @@ from scanner.store import Store
 from tests.contract.estate import standard_estate
 from tests.contract.server import ContractServer
 from tests.contract.trekmail import HARNESS, TrekState, with_state
+from tests.remediation.conftest import AUDIT_KEY
 
 HTTP = """
 [dns]
@@ -58,7 +59,9 @@ def bench(tmp_path: Path) -> Iterator[Bench]:
     server = HARNESS.serve(estate, page_size=100)
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     path = tmp_path / "mailwarden.toml"
-    path.write_text(HTTP + HARNESS.tenant_toml(server, estate, tmp_path), encoding="utf-8")
+    (tmp_path / "audit.key").write_text(AUDIT_KEY, encoding="utf-8")
+    keyed = f'\n[remediation]\naudit_key = "file:{tmp_path / "audit.key"}"\n'
+    path.write_text(HTTP + keyed + HARNESS.tenant_toml(server, estate, tmp_path), encoding="utf-8")
     config = load_config(path)
     try:
         yield Bench(server, Jobs(store, config, tmp_path / "audit.jsonl"))
