@@ -272,6 +272,8 @@ class WireResolver:
                     servers.remove(server)
                     continue
                 answer = self._outcome(question, rdtype, reply)
+                if answer is not None and answer.outcome is Outcome.NXDOMAIN:
+                    return DnsAnswer(answer.name, answer.rdtype, answer.outcome, server=f"{server[0]}:{server[1]}")
                 if answer is not None:
                     return answer
                 servers.remove(server)  # an unusable rcode or answer (question.errors says which)

@@ -102,6 +102,7 @@ run_findings = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("remediation", sa.JSON),
     sa.Column("event", sa.String(16), nullable=False),  # new, persisting, reopened, resolved, or ""
+    sa.Column("caused_by", sa.String(40), nullable=False, server_default=""),  # skipped: the root finding's id
 )
 
 
@@ -250,7 +251,16 @@ def _migration_4(conn: Connection) -> None:
     metadata.create_all(conn, tables=[staged])
 
 
-MIGRATIONS: Sequence[Callable[[Connection], None]] = (_migration_1, _migration_2, _migration_3, _migration_4)
+def _migration_caused_by(conn: Connection) -> None:
+    """run_findings.caused_by: the root finding a skipped finding restates (issue 14); stores made by a version
+    whose first migration already created the column are left as they are."""
+    if "caused_by" not in {c["name"] for c in sa.inspect(conn).get_columns("run_findings")}:
+        conn.execute(sa.text("ALTER TABLE run_findings ADD COLUMN caused_by VARCHAR(40) NOT NULL DEFAULT ''"))
+
+
+MIGRATIONS: Sequence[Callable[[Connection], None]] = (
+    _migration_1, _migration_2, _migration_3, _migration_4, _migration_caused_by,
+)
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)
@@ -831,7 +841,7 @@ def _run_row(run_id: str, finding: Finding, event: str) -> dict[str, Any]:
         "severity": finding.severity.value, "tenant": finding.tenant, "domain": finding.domain,
         "subject": finding.subject, "item": finding.item, "title": finding.title,
         "evidence": json.loads(canonical(finding.evidence)), "reason": finding.reason, "remediation": remediation,
-        "event": event,
+        "event": event, "caused_by": finding.caused_by,
     }
 
 
@@ -841,7 +851,7 @@ def _finding(row: Any) -> Finding:
         id=row.fingerprint, check=row.check_id, status=Status(row.status), severity=Severity(row.severity),
         tenant=row.tenant, domain=row.domain, subject=row.subject, item=row.item, title=row.title,
         evidence=row.evidence, reason=row.reason, remediation=remediation, run_id=row.run_id,
-        first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
+        first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen), caused_by=row.caused_by or "",
     )
 
 

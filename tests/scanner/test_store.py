@@ -300,3 +300,21 @@ def test_prune_during_a_scan_keeps_the_bodies_it_has_staged(store: Store) -> Non
     store.prune(now - timedelta(days=1))
     store.commit_snapshot("run2", complete=("acme",))
     assert store.object_state("mailbox", "acme/a", "run2") == {"v": 2}
+
+
+def test_a_store_from_before_caused_by_gains_the_column_and_keeps_skipped_findings(store_url: str) -> None:
+    store = Store(store_url)
+    with store.engine.begin() as conn:  # the schema as the previous version left it
+        conn.execute(sa.text("ALTER TABLE run_findings DROP COLUMN caused_by"))
+        conn.execute(sa.text(f"update mw_meta set value = '{len(MIGRATIONS) - 1}' where key = 'schema_version'"))
+    store = Store(store_url)
+    assert store.version == len(MIGRATIONS)
+    root = Finding(id="root1", check="dmarc.missing", status=Status.FAIL, severity=Severity.HIGH, tenant="acme",
+                   domain="acme.example", subject="acme.example", title="t")
+    skipped = Finding(id="dep1", check="dmarc.no_rua", status=Status.SKIPPED, severity=Severity.MEDIUM,
+                      tenant="acme", domain="acme.example", subject="acme.example", title="t", caused_by="root1")
+    store.start_run("r1", T0, "d", "v")
+    store.record_findings("r1", [root, skipped], T0, ["acme"])
+    stored = {f.id: f for f in store.findings_for_run("r1")}
+    assert stored["dep1"].status is Status.SKIPPED and stored["dep1"].caused_by == "root1"
+    assert stored["root1"].caused_by == ""
