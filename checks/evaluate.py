@@ -41,13 +41,10 @@ NXDOMAIN_CHECK = "domain.nxdomain"
 
 
 def rests_on(check: Check) -> tuple[str, ...]:
-    """The checks whose failure this check would only restate: its ``rests_on`` metadata, and for a check that
-    reads a domain's DNS, ``domain.nxdomain`` (every DNS verdict on a nonexistent domain restates that)."""
-    implicit = (
-        (NXDOMAIN_CHECK,)
-        if check.meta.id != NXDOMAIN_CHECK and check.meta.scope is Scope.DOMAIN and any(f in DNS_FACTS for f in check.meta.requires)
-        else ()
-    )
+    """The checks whose failure this check would only restate: its ``rests_on`` metadata, and for every other
+    check of a domain, ``domain.nxdomain`` (any verdict on a domain that does not exist restates that: its DNS
+    records, and what a provider says of a domain nobody can send to)."""
+    implicit = (NXDOMAIN_CHECK,) if check.meta.id != NXDOMAIN_CHECK and check.meta.scope is Scope.DOMAIN else ()
     return tuple(dict.fromkeys(implicit + check.meta.rests_on))
 
 
