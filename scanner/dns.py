@@ -18,6 +18,12 @@ from scanner.spf import SpfEvaluation, evaluate_spf
 MAX_REPORT_DESTINATIONS = 10
 
 
+def unreachable(answer: DnsAnswer) -> bool:
+    """True when DNS itself failed the question (timeout, SERVFAIL, REFUSED, unreachable), as opposed to an
+    answer that is a failure of the zone's own making (a CNAME loop) or a lookup the scanner chose not to make."""
+    return answer.failed and (answer.error or "").startswith(("timeout after", "no nameserver answered"))
+
+
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
     """A nameserver from config: ``IP`` or ``IP:PORT`` (IPv6 as ``[IP]:PORT``)."""
     if entry.startswith("["):
@@ -81,6 +87,7 @@ class DnsClient:
         self._domains = _Slots(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
         self.queries = 0
+        self.unanswered = 0  # questions whose every attempt failed (timeout, SERVFAIL, REFUSED, unreachable)
 
     @property
     def wire_queries(self) -> int:
@@ -116,7 +123,20 @@ class DnsClient:
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
             self.queries += 1
-            return await self._wire.resolve(name, rdtype)
+            answer = await self._wire.resolve(name, rdtype)
+        if unreachable(answer):
+            self.unanswered += 1
+        return answer
+
+    def summary(self) -> dict[str, object]:
+        """The run's DNS in figures: questions asked and answered, and each nameserver that failed and why."""
+        return {
+            "questions": self.queries,
+            "answered": self.queries - self.unanswered,
+            "unanswered": self.unanswered,
+            "nameservers": {server: dict(sorted(reasons.items()))
+                            for server, reasons in sorted(self._wire.server_failures.items())},
+        }
 
     async def collect_domain(
         self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None

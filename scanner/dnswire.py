@@ -265,6 +265,7 @@ class WireResolver:
         self.lifetime = lifetime
         self.attempt = attempt
         self.sent = 0  # queries put on the wire, UDP datagrams and TCP queries alike, retries included
+        self.server_failures: dict[str, dict[str, int]] = {}  # "IP:port" -> why an attempt failed -> how often
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pools: dict[tuple[str, int], list[_Channel]] = {}
         self._active = 0
@@ -324,13 +325,17 @@ class WireResolver:
                 try:
                     reply = await self._ask(question, server, min(self.attempt, remaining))
                 except TimeoutError:
+                    self._failed(server, "timeout")
                     continue  # lost or late: ask again (next nameserver, or the next round)
                 except (OSError, EOFError, dns.exception.DNSException, ValueError) as exc:
                     # This nameserver is no good for the question (unreachable, malformed reply), as dnspython decides.
                     question.errors.append(str(exc) or type(exc).__name__)
+                    self._failed(server, question.errors[-1])
                     servers.remove(server)
                     continue
                 answer = self._outcome(question, rdtype, reply)
+                if answer is None:
+                    self._failed(server, question.errors[-1] if question.errors else "unusable reply")
                 if isinstance(answer, DnsAnswer) and answer.outcome is Outcome.NXDOMAIN:
                     return DnsAnswer(answer.name, answer.rdtype, answer.outcome, server=f"{server[0]}:{server[1]}")
                 if answer is not None:
@@ -344,6 +349,11 @@ class WireResolver:
                 return DnsAnswer(question.name, rdtype, Outcome.FAILED, error=f"timeout after {self.lifetime:g}s")
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    def _failed(self, server: tuple[str, int], why: str) -> None:
+        """Count one failed attempt at a nameserver, by reason, for the run's DNS summary."""
+        reasons = self.server_failures.setdefault(f"{server[0]}:{server[1]}", {})
+        reasons[why] = reasons.get(why, 0) + 1
 
     def _outcome(self, question: _Question, rdtype: str, reply: _Reply) -> DnsAnswer | _Alias | None:
         """What a parsed reply establishes, or None (its reason noted) when this nameserver is no good."""

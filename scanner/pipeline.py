@@ -188,7 +188,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "findings": dict(sorted(counts.get(outcome.tenant, Counter()).items())),
             "gaps": gaps,
         }
-    return {"tenants": tenants}
+    return {"tenants": tenants, "dns": dict(collection.dns)}
 
 
 async def _collect_unless_stopped(
