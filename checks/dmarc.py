@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
 from checks.registry import Result, RunContext, check
 from scanner.dkim import zone_txt
-from scanner.dmarc import POLICIES, DmarcRecord, Discovery, discover, is_dmarc_record, parse_dmarc_record, rewrite_record
+from scanner.dmarc import (
+    POLICIES,
+    DmarcRecord,
+    Discovery,
+    discover,
+    is_dmarc_record,
+    parse_dmarc_record,
+    rewrite_record,
+    walk_targets,
+)
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
 # A check that judges the policy rests on there being exactly one well-formed record to judge.
@@ -21,8 +31,19 @@ def dmarc_records(answer: DnsAnswer | None) -> list[str]:
 
 
 def discovery_of(domain: Domain) -> Discovery:
-    """The DNS tree walk from the domain, through the answers collected for it (RFC 9989 §4.10)."""
-    return discover(domain.name, lambda name: domain.dns.get("dmarc" if name == domain.name else f"dmarc_walk:{name}"))
+    """The DNS tree walk from the domain, through the answers collected for it (RFC 9989 §4.10).
+
+    A domain's DMARC checks run one after another, so the walk is worked out once and reused (answers are
+    frozen, so the answers themselves are the key).
+    """
+    names = (domain.name, *walk_targets(domain.name))
+    answers = tuple((n, domain.dns.get("dmarc" if n == domain.name else f"dmarc_walk:{n}")) for n in names)
+    return _discover_answers(domain.name, answers)
+
+
+@functools.lru_cache(maxsize=256)
+def _discover_answers(name: str, answers: tuple[tuple[str, DnsAnswer | None], ...]) -> Discovery:
+    return discover(name, dict(answers).get)
 
 
 def suggested_record(domain: Domain, ctx: RunContext) -> str:

@@ -168,8 +168,8 @@ class DnsClient:
             walk: dict[str, DnsAnswer] = {name: dmarc}
             if not dmarc.failed and not walk_stops(single_record(dmarc), first=True):
                 for target in walk_targets(name):
-                    found = answers[f"dmarc_walk:{target}"] = walk[target] = await self.ask(f"_dmarc.{target}", "TXT")
-                    if found.failed or walk_stops(single_record(found), first=False):
+                    step = answers[f"dmarc_walk:{target}"] = walk[target] = await self.ask(f"_dmarc.{target}", "TXT")
+                    if step.failed or walk_stops(single_record(step), first=False):
                         break
             discovery = discover(name, walk.get)
             if discovery.org_domain is None:
