@@ -176,10 +176,11 @@ def evaluate(
         scoped = _root_first([(i, c) for i, c in enumerate(checks) if c.meta.scope is scope])
         if not scoped:
             continue
+        roots = {c.meta.id: rests_on(c) for _, c in scoped}
         for subject in _subjects(scope, inventory, tenants):
             causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
             for index, check in scoped:
-                cause = next((causes[r] for r in rests_on(check) if r in causes), None)
+                cause = next((causes[r] for r in roots[check.meta.id] if r in causes), None) if causes else None
                 for finding, blocks in _judge(check, subject, coverage, contexts, exceptions, now, run_id, cause):
                     per_check[index].append(finding)
                     if cause is None and blocks and finding.status in (Status.FAIL, Status.EXCEPTED):
