@@ -1,30 +1,104 @@
-"""DMARC checks (RFC 7489)."""
+"""DMARC checks, judged by RFC 9989 (DMARCbis) with what RFC 7489 receivers still do where the two differ."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from checks.registry import Result, RunContext, check, sender_of
 from scanner.dkim import zone_txt
-from scanner.dmarc import POLICIES, DmarcRecord, is_dmarc_record, parse_dmarc_record, rewrite_record
+from scanner.dmarc import (
+    POLICIES,
+    DmarcRecord,
+    Discovery,
+    discover,
+    is_dmarc_record,
+    parse_dmarc_record,
+    rewrite_record,
+    walk_targets,
+)
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity, SourceTraffic
 
+# A check that judges the policy rests on there being exactly one well-formed record to judge.
+_ON_RECORD = ("dmarc.missing", "dmarc.multiple", "dmarc.syntax")
 
 def dmarc_records(answer: DnsAnswer | None) -> list[str]:
-    """The TXT strings of an answer that are DMARC records; other TXT records are ignored (RFC 7489 §6.6.3)."""
+    """The TXT strings of an answer that are DMARC records; other TXT records are ignored (RFC 9989 §4.10 step 2)."""
     if answer is None or answer.outcome is not Outcome.ANSWER:
         return []
     return [r for r in answer.records if is_dmarc_record(r)]
 
 
+def discovery_of(domain: Domain) -> Discovery:
+    """The DNS tree walk from the domain, through the answers collected for it (RFC 9989 §4.10).
+
+    A domain's DMARC checks run one after another, so the walk is worked out once and reused (answers are
+    frozen, so the answers themselves are the key).
+    """
+    names = (domain.name, *walk_targets(domain.name))
+    answers = tuple((n, domain.dns.get("dmarc" if n == domain.name else f"dmarc_walk:{n}")) for n in names)
+    return _discover_answers(domain.name, answers)
+
+
+@functools.lru_cache(maxsize=256)
+def _discover_answers(name: str, answers: tuple[tuple[str, DnsAnswer | None], ...]) -> Discovery:
+    return discover(name, dict(answers).get)
+
+
 def suggested_record(domain: Domain, ctx: RunContext) -> str:
-    """The DMARC record to publish for a domain that has none."""
+    """The DMARC record to publish for a domain that has none: cross-version, p= first, explicit sp= and np=."""
     policy = "reject" if domain.parked else ctx.policy.dmarc_min_policy
-    if policy == "none":
+    if policy not in POLICIES or policy == "none":
         policy = "quarantine"
-    return f'_dmarc.{domain.name}. TXT "v=DMARC1; p={policy}; rua=mailto:dmarc-reports@{domain.name}"'
+    return (f'_dmarc.{domain.name}. TXT "v=DMARC1; p={policy}; sp={policy}; np={policy}; '
+            f'rua=mailto:dmarc-reports@{domain.name}"')
+
+
+_HOW = {
+    "own": "the domain's own record: its p= applies to the domain (RFC 9989 §4.11)",
+    "org": "the domain has no record of its own: receivers apply its Organizational Domain's record (RFC 9989 §4.11)",
+    "psd": "neither the domain nor its Organizational Domain publishes a record: receivers apply the Public Suffix "
+           "Domain's record (psd=y, RFC 9989 §4.11)",
+}
+_HOW_SUB = {
+    "own": "the domain is its own Organizational Domain: its sp= (np= for names that do not exist) governs its "
+           "subdomains (RFC 9989 §4.11, §4.12)",
+    "org": "a subdomain without a record walks past the domain to its Organizational Domain, whose sp= (np= for "
+           "names that do not exist) applies; the domain's own sp=/np= are ignored (RFC 9989 §4.11, §5.3)",
+    "psd": "no Organizational Domain record: the Public Suffix Domain's sp= (np=) applies (RFC 9989 §4.11)",
+}
+
+
+def _walk_evidence(walk: Discovery) -> dict[str, Any]:
+    return {"tree_walk": [f"_dmarc.{n}" for n in walk.asked], "organizational_domain": walk.org_domain,
+            "organizational_domain_why": walk.org_reason}
+
+
+def _applied(domain: Domain, subdomains: bool = False) -> tuple[str, DmarcRecord, dict[str, Any]] | Result:
+    """The record that governs the domain's mail (or, with ``subdomains``, its subdomains' mail) with evidence
+    naming it and why it applies; an error result when the tree walk could not decide; a fail-free pass marker
+    (Result with status pass) is never returned: a missing record gives an error result naming dmarc.missing."""
+    walk = discovery_of(domain)
+    chosen = walk.subdomain_policy if subdomains else walk.policy
+    if chosen is None and walk.walk_failed is not None and (subdomains or walk.record_at(domain.name) is None):
+        failed = walk.walk_failed
+        return Result.error(f"DNS lookup of {failed.name} TXT failed, so the DMARC tree walk (RFC 9989 §4.10) "
+                            f"cannot tell which record applies: {failed.error}")
+    if chosen is None:
+        return Result.error("no DMARC record applies (dmarc.missing or dmarc.multiple judge that)")
+    name, record, how = chosen
+    evidence: dict[str, Any] = {"policy_record": f"_dmarc.{name}", "record": _text_at(domain, name),
+                                "applies_because": (_HOW_SUB if subdomains else _HOW)[how], **_walk_evidence(walk)}
+    if how != "own" and not subdomains:
+        evidence["inherited"] = True
+    return name, record, evidence
+
+
+def _text_at(domain: Domain, name: str) -> str:
+    answer = domain.dns.get("dmarc" if name == domain.name else f"dmarc_walk:{name}")
+    records = dmarc_records(answer)
+    return records[0] if records else ""
 
 
 @check(
@@ -37,77 +111,32 @@ def suggested_record(domain: Domain, ctx: RunContext) -> str:
         "Without DMARC, receivers have no policy for mail that fails SPF and DKIM, so anyone can send "
         "as the domain and the owner never hears about it."
     ),
-    references=("RFC 7489 §6.6.3",),
+    references=("RFC 9989 §4.10", "RFC 9989 §4.11"),
     remediation=None,
+    rests_on=("dmarc.multiple",),
 )
 def dmarc_missing(domain: Domain, ctx: RunContext) -> Result:
-    """Fail when neither the domain nor its organizational domain publishes a DMARC record."""
+    """Fail when the tree walk finds no DMARC record that applies to the domain."""
     own = domain.dns.get("dmarc")
     assert own is not None  # the evaluate stage only calls a check whose required facts exist
     if dmarc_records(own):
         return Result.passed(record=dmarc_records(own)[0], looked_up=own.name)
-    inherited = domain.dns.get("dmarc_org")
-    if inherited is not None:
-        if inherited.failed:
-            return Result.error(f"DNS lookup of {inherited.name} TXT failed: {inherited.error}")
-        if dmarc_records(inherited):
-            return Result.passed(record=dmarc_records(inherited)[0], looked_up=inherited.name, inherited=True)
+    walk = discovery_of(domain)
+    chosen = walk.policy
+    if chosen is not None:
+        name, _, how = chosen
+        return Result.passed(record=_text_at(domain, name), looked_up=f"_dmarc.{name}", inherited=True,
+                             applies_because=_HOW[how], **_walk_evidence(walk))
+    if walk.walk_failed is not None:
+        return Result.error(f"DNS lookup of {walk.walk_failed.name} TXT failed: {walk.walk_failed.error}")
     seen = list(own.records) if own.outcome is Outcome.ANSWER else []
     return Result.failed(
         looked_up=own.name,
         outcome=own.outcome.value,
         records_seen=seen,
+        **_walk_evidence(walk),
         publish=suggested_record(domain, ctx),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class AppliedDmarc:
-    """The DMARC records that govern a domain's mail: its own, or its organizational domain's (inherited)."""
-
-    looked_up: str
-    records: tuple[str, ...]
-    inherited: bool
-
-    @property
-    def record(self) -> DmarcRecord | None:
-        """The parsed record when exactly one applies (RFC 7489 §6.6.3: several means none applies)."""
-        return parse_dmarc_record(self.records[0]) if len(self.records) == 1 else None
-
-    @property
-    def evidence(self) -> dict[str, Any]:
-        """Where the record was found, and whether it is inherited, for every result's evidence."""
-        seen: dict[str, Any] = {"looked_up": self.looked_up, "records_seen": list(self.records)}
-        if self.inherited:
-            seen["inherited"] = True
-            seen["inheritance"] = (
-                "the domain has no DMARC record of its own: it is judged on its organizational domain's record, "
-                "whose sp= (defaulting to p=) receivers apply to it (RFC 7489 §6.6.3)"
-            )
-        return seen
-
-    @property
-    def owner(self) -> str:
-        """The domain that published the records."""
-        return self.looked_up.removeprefix("_dmarc.")
-
-
-def applied_dmarc(domain: Domain) -> AppliedDmarc | Result:
-    """The DMARC records that apply to the domain (RFC 7489 §6.6.3 discovery), or an error result."""
-    own = domain.dns.get("dmarc")
-    if own is None:
-        return Result.error(f"the DMARC record of {domain.name} was not collected")
-    if own.failed:
-        return Result.error(f"DNS lookup of {own.name} TXT failed: {own.error}")
-    if dmarc_records(own):
-        return AppliedDmarc(own.name, tuple(sorted(dmarc_records(own))), inherited=False)
-    org = domain.dns.get("dmarc_org")
-    if org is not None:
-        if org.failed:
-            return Result.error(f"DNS lookup of {org.name} TXT failed: {org.error}")
-        if dmarc_records(org):
-            return AppliedDmarc(org.name, tuple(sorted(dmarc_records(org))), inherited=True)
-    return AppliedDmarc(own.name, (), inherited=False)
 
 
 def _rank(policy: str | None) -> int:
@@ -118,12 +147,6 @@ def _rank(policy: str | None) -> int:
 def _minimum(ctx: RunContext) -> str:
     """The weakest acceptable policy from the run's policy (unknown values fall back to quarantine)."""
     return ctx.policy.dmarc_min_policy if ctx.policy.dmarc_min_policy in POLICIES else "quarantine"
-
-
-def _no_single_record(applied: AppliedDmarc, domain: Domain, ctx: RunContext, **evidence: Any) -> Result:
-    """The failure of a rule that needs a policy when no single DMARC record applies."""
-    why = "no DMARC record applies" if not applied.records else "several DMARC records: receivers apply none"
-    return Result.failed(**applied.evidence, problem=why, publish=suggested_record(domain, ctx), **evidence)
 
 
 def _publish(location: str, text: str) -> str:
@@ -137,23 +160,26 @@ def _publish(location: str, text: str) -> str:
     severity=Severity.HIGH,
     scope=Scope.DOMAIN,
     requires=("dns.dmarc",),
-    rationale="With more than one DMARC record receivers apply no DMARC policy at all to the domain's mail.",
-    references=("RFC 7489 §6.6.3",),
+    rationale="With more than one DMARC record at a name receivers discard them all, so no policy of the domain's applies.",
+    references=("RFC 9989 §4.10",),
 )
 def dmarc_multiple(domain: Domain, ctx: RunContext) -> Result:
-    """Fail when the DMARC location that applies to the domain holds several DMARC records."""
-    applied = applied_dmarc(domain)
-    if isinstance(applied, Result):
-        return applied
-    if len(applied.records) <= 1:
-        return Result.passed(**applied.evidence)
-    # Suggest keeping the strongest valid record.
-    keep = max(
-        (parse_dmarc_record(r) for r in applied.records),  # records are sorted, so ties resolve the same way
-        key=lambda r: (_rank(r.applied_policy), -len(r.problems)),
-    )
-    return Result.failed(**applied.evidence, publish=_publish(applied.looked_up, rewrite_record(keep, {})),
-                         note="publish exactly one record and delete the others")
+    """Fail when the domain's _dmarc name, or the first name up the tree walk with records, holds several."""
+    walk = discovery_of(domain)
+    for name in walk.asked:
+        records = dmarc_records(domain.dns.get("dmarc" if name == domain.name else f"dmarc_walk:{name}"))
+        if len(records) == 1:
+            break  # the walk found its record here
+        if len(records) > 1:
+            keep = max(  # suggest keeping the strongest valid record; sorted, so ties resolve the same way
+                (parse_dmarc_record(r) for r in sorted(records)),
+                key=lambda r: (_rank(r.applied_policy), -len(r.problems)),
+            )
+            return Result.failed(looked_up=f"_dmarc.{name}", records_seen=sorted(records), **_walk_evidence(walk),
+                                 publish=_publish(f"_dmarc.{name}", rewrite_record(keep, {})),
+                                 note="RFC 9989 §4.10 step 2: several records at one name are all discarded; "
+                                      "publish exactly one and delete the others")
+    return Result.passed(**_walk_evidence(walk))
 
 
 @check(
@@ -163,40 +189,45 @@ def dmarc_multiple(domain: Domain, ctx: RunContext) -> Result:
     scope=Scope.DOMAIN,
     requires=("dns.dmarc",),
     rationale=(
-        "Receivers discard invalid DMARC tag values in favour of defaults, or the whole policy when p= or "
-        "sp= is invalid, so the published intent is not what is enforced."
+        "Receivers discard invalid DMARC tag values in favour of defaults, or the whole policy when p=, sp= or "
+        "np= is invalid, so the published intent is not what is enforced."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.4", "RFC 7489 §6.6.3"),
+    references=("RFC 9989 §5.3", "RFC 9989 §5.4", "RFC 9989 §4.11"),
+    rests_on=("dmarc.missing", "dmarc.multiple"),
 )
 def dmarc_syntax(domain: Domain, ctx: RunContext) -> Result:
-    """Fail when a DMARC record that applies to the domain breaks the RFC 7489 §6.4 grammar."""
-    applied = applied_dmarc(domain)
+    """Fail when the DMARC record that applies to the domain breaks the RFC 9989 §5.4 grammar.
+
+    rf=, ri= and unknown tags are ignored (RFC 9989 §5.3), never a problem; the failure blocks the policy
+    checks only when the policy itself is void (an invalid p=, sp= or np=, or a tag list that does not parse).
+    """
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return applied
-    parsed = [parse_dmarc_record(r) for r in applied.records]
-    problems = [p for record in parsed for p in record.problems]
-    if not problems:
-        return Result.passed(**applied.evidence)
-    fixed = rewrite_record(parsed[0], {})
-    return Result.failed(**applied.evidence, problems=problems, publish=_publish(applied.looked_up, fixed))
+    name, record, evidence = applied
+    if not record.problems:
+        return Result.passed(**evidence)
+    void = not record.policy_valid or bool(record.tags.problems)
+    if void:
+        evidence["consequence"] = (
+            "p=none (a valid rua= remains)" if record.rua else "no DMARC processing at all") + " (RFC 9989 §4.11)"
+    return Result.failed(blocks=void, **evidence, problems=list(record.problems),
+                         publish=_publish(f"_dmarc.{name}", rewrite_record(record, {})))
 
 
 def _policy_result(
-    applied: AppliedDmarc, domain: Domain, ctx: RunContext, tag: str, policy: str | None, fix: dict[str, str | None]
+    name: str, record: DmarcRecord, evidence: dict[str, Any], ctx: RunContext, tag: str, policy: str | None,
+    fix: dict[str, str | None],
 ) -> Result:
     """Pass when ``policy`` is at least the minimum, else fail with the record rewritten by ``fix``."""
     minimum = _minimum(ctx)
-    record = applied.record
-    assert record is not None
-    seen = {**applied.evidence, "judged_tag": tag, "applied_policy": policy or "no DMARC processing",
-            "minimum": minimum}
-    if not record.policy_valid:
-        seen["problem"] = "p= or sp= is missing or invalid, so receivers treat the record as " + (
-            "p=none (RFC 7489 §6.6.3)" if policy else "absent (RFC 7489 §6.6.3)")
+    seen = {**evidence, "judged_tag": tag, "applied_policy": policy or "no DMARC processing", "minimum": minimum}
+    if record.policy is None and record.policy_valid:
+        seen["no_p"] = ("the record has no p=: RFC 9989 receivers treat it as p=none (§5.3); RFC 7489 receivers "
+                        "require p= and fall back to p=none only with a valid rua= (RFC 7489 §6.6.3)")
     if _rank(policy) >= _rank(minimum):
         return Result.passed(**seen)
-    location = applied.looked_up
-    return Result.failed(**seen, publish=_publish(location, rewrite_record(record, fix)))
+    return Result.failed(**seen, publish=_publish(f"_dmarc.{name}", rewrite_record(record, fix)))
 
 
 @check(
@@ -209,20 +240,19 @@ def _policy_result(
         "p=none only monitors: mail that fails DMARC is still delivered, so spoofed mail as the domain "
         "reaches inboxes."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
+    references=("RFC 9989 §5.3", "RFC 9989 §4.11"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the policy applied to the domain's own mail is weaker than policy.dmarc_min_policy."""
-    applied = applied_dmarc(domain)
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return applied
-    record = applied.record
-    if record is None:
-        return _no_single_record(applied, domain, ctx, minimum=_minimum(ctx))
-    if applied.inherited:
-        # RFC 7489 §6.6.3: mail from a subdomain with no record of its own gets the organizational sp=.
-        return _policy_result(applied, domain, ctx, "sp", record.applied_subdomain_policy, {"sp": _minimum(ctx)})
-    return _policy_result(applied, domain, ctx, "p", record.applied_policy, {"p": _minimum(ctx)})
+    name, record, evidence = applied
+    if name != domain.name:
+        # RFC 9989 §4.11: an existing domain that inherits its policy gets the record's sp= (else p=).
+        return _policy_result(name, record, evidence, ctx, "sp", record.applied_subdomain_policy, {"sp": _minimum(ctx)})
+    return _policy_result(name, record, evidence, ctx, "p", record.applied_policy, {"p": _minimum(ctx)})
 
 
 @check(
@@ -235,17 +265,71 @@ def dmarc_policy_weak(domain: Domain, ctx: RunContext) -> Result:
         "Spoofers use made-up subdomains when the domain itself is protected; sp= (defaulting to p=) "
         "decides what happens to that mail."
     ),
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.3"),
+    references=("RFC 9989 §5.3", "RFC 9989 §4.11", "RFC 9989 §4.12"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_subdomain_policy_weak(domain: Domain, ctx: RunContext) -> Result:
-    """Fail when the policy applied to the domain's subdomains (sp, else p) is weaker than the minimum."""
-    applied = applied_dmarc(domain)
+    """Fail when the policy applied to the domain's existing subdomains (sp, else p) is weaker than the minimum."""
+    applied = _applied(domain, subdomains=True)
     if isinstance(applied, Result):
         return applied
-    record = applied.record
-    if record is None:
-        return _no_single_record(applied, domain, ctx, minimum=_minimum(ctx))
-    return _policy_result(applied, domain, ctx, "sp", record.applied_subdomain_policy, {"sp": _minimum(ctx)})
+    name, record, evidence = applied
+    return _policy_result(name, record, evidence, ctx, "sp", record.applied_subdomain_policy, {"sp": _minimum(ctx)})
+
+
+@check(
+    id="dmarc.np_weak",
+    title="DMARC policy for nonexistent subdomains (np) is weaker than the required minimum",
+    severity=Severity.MEDIUM,
+    scope=Scope.DOMAIN,
+    requires=("dns.dmarc",),
+    rationale=(
+        "Spoofers make up subdomains that do not exist; an explicit np= weaker than the minimum lets RFC 9989 "
+        "receivers deliver that mail even where sp= and p= are strict."
+    ),
+    references=("RFC 9989 §5.3", "RFC 9989 §4.11", "RFC 9091 §4 (obsoleted by RFC 9989)"),
+    rests_on=_ON_RECORD,
+)
+def dmarc_np_weak(domain: Domain, ctx: RunContext) -> Result:
+    """Fail when the record governing the domain's subdomains sets an explicit np= weaker than the minimum."""
+    applied = _applied(domain, subdomains=True)
+    if isinstance(applied, Result):
+        return applied
+    name, record, evidence = applied
+    if record.nonexistent_policy is None:
+        return Result.passed(**evidence, np=None, note="no explicit np=: sp= (else p=) applies to nonexistent "
+                             "subdomains too, which dmarc.subdomain_policy_weak judges")
+    evidence["rfc7489"] = "RFC 7489 receivers ignore np= and apply sp= (else p=) to nonexistent subdomains"
+    return _policy_result(name, record, evidence, ctx, "np", record.applied_nonexistent_policy, {"np": _minimum(ctx)})
+
+
+@check(
+    id="dmarc.testing",
+    title="DMARC record is in testing mode (t=y)",
+    severity=Severity.MEDIUM,
+    scope=Scope.DOMAIN,
+    requires=("dns.dmarc",),
+    rationale=(
+        "With t=y, RFC 9989 receivers apply one step less than the published policy (quarantine for reject, "
+        "none for quarantine), so the domain is less protected than its p= says."
+    ),
+    references=("RFC 9989 §5.3",),
+    rests_on=_ON_RECORD,
+)
+def dmarc_testing(domain: Domain, ctx: RunContext) -> Result:
+    """Fail when the DMARC record applied to the domain sets t=y."""
+    applied = _applied(domain)
+    if isinstance(applied, Result):
+        return applied
+    name, record, evidence = applied
+    if not record.testing:
+        return Result.passed(**evidence, t="n")
+    step_down = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+    policy = record.applied_policy if name == domain.name else record.applied_subdomain_policy
+    return Result.failed(**evidence, t="y", published_policy=policy,
+                         applied_by_rfc9989_receivers=step_down.get(policy or "", "no DMARC processing"),
+                         rfc7489="RFC 7489 receivers ignore t= and apply the published policy",
+                         publish=_publish(f"_dmarc.{name}", rewrite_record(record, {"t": None})))
 
 
 @check(
@@ -254,21 +338,25 @@ def dmarc_subdomain_policy_weak(domain: Domain, ctx: RunContext) -> Result:
     severity=Severity.MEDIUM,
     scope=Scope.DOMAIN,
     requires=("dns.dmarc",),
-    rationale="With pct under 100, receivers apply the policy to a sample only and deliver the rest as if p=none.",
-    references=("RFC 7489 §6.3", "RFC 7489 §6.6.4"),
+    rationale=(
+        "With pct under 100, RFC 7489 receivers apply the policy to a sample only and deliver the rest as if "
+        "p=none; RFC 9989 removed pct, so the same record means different things to different receivers."
+    ),
+    references=("RFC 7489 §6.3", "RFC 7489 §6.6.4", "RFC 9989 §5.3"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_pct(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the applied DMARC record sets pct below 100."""
-    applied = applied_dmarc(domain)
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return applied
-    record = applied.record
-    if record is None:
-        return Result.passed(**applied.evidence, note="no single DMARC record applies (see dmarc.missing, dmarc.multiple)")
+    name, record, evidence = applied
     if record.pct >= 100:
-        return Result.passed(**applied.evidence, pct=record.pct)
-    return Result.failed(**applied.evidence, pct=record.pct,
-                         publish=_publish(applied.looked_up, rewrite_record(record, {"pct": None})))
+        return Result.passed(**evidence, pct=record.pct)
+    return Result.failed(**evidence, pct=record.pct,
+                         rfc9989="RFC 9989 receivers ignore pct= and apply the whole policy",
+                         note="for a trial, publish t=y instead (RFC 9989 §5.3): receivers then apply one step less",
+                         publish=_publish(f"_dmarc.{name}", rewrite_record(record, {})))
 
 
 @check(
@@ -281,40 +369,36 @@ def dmarc_pct(domain: Domain, ctx: RunContext) -> Result:
         "Without aggregate reports nobody sees who sends as the domain or which legitimate senders fail, "
         "so tightening the policy is guesswork."
     ),
-    references=("RFC 7489 §6.2", "RFC 7489 §7.2"),
+    references=("RFC 9989 §5.3", "RFC 9990 §3"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_no_rua(domain: Domain, ctx: RunContext) -> Result:
-    """Fail when no single DMARC record applies, or it names no valid mailto: aggregate-report destination."""
-    applied = applied_dmarc(domain)
+    """Fail when the applied DMARC record names no valid mailto: aggregate-report destination."""
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return applied
-    record = applied.record
-    if record is None:
-        return _no_single_record(applied, domain, ctx)
+    name, record, evidence = applied
     mailto = [u.uri for u in record.rua if u.scheme == "mailto"]
     if mailto:
-        return Result.passed(**applied.evidence, rua=mailto)
+        return Result.passed(**evidence, rua=mailto)
     others = [u.uri for u in record.rua]
-    destination = f"mailto:dmarc-reports@{applied.owner}"
+    destination = f"mailto:dmarc-reports@{name}"
     return Result.failed(
-        **applied.evidence,
+        **evidence,
         rua=others,
-        problem="no valid mailto: URI in rua= (receivers only have to support mailto:, RFC 7489 §6.2)",
-        publish=_publish(applied.looked_up, rewrite_record(record, {"rua": ",".join([destination, *others])})),
+        problem="no valid mailto: URI in rua= (receivers only have to support mailto:, RFC 9989 §5.3)",
+        publish=_publish(f"_dmarc.{name}", rewrite_record(record, {"rua": ",".join([destination, *others])})),
     )
 
 
 _MAX_UNKNOWN_ITEMS = 10
 
 
-def _destinations(domain: Domain, applied: AppliedDmarc) -> Iterator[tuple[str, DnsAnswer]]:
-    """The outside report destinations of the applied records, with their authorization answers."""
-    seen: dict[str, None] = {}
-    for text in applied.records:
-        seen.update(dict.fromkeys(parse_dmarc_record(text).mailto_domains))
-    for destination in seen:
+def _destinations(domain: Domain, record: DmarcRecord) -> Iterator[tuple[str, DnsAnswer]]:
+    """The outside report destinations of the applied record, with their authorization answers."""
+    for destination in record.mailto_domains:
         answer = domain.dns.get(f"rua_auth:{destination}")
-        if answer is not None:  # collection looks up only destinations outside the organizational domain
+        if answer is not None:  # collection looks up only destinations outside the Organizational Domain
             yield destination, answer
 
 
@@ -328,25 +412,32 @@ def _destinations(domain: Domain, applied: AppliedDmarc) -> Iterator[tuple[str, 
         "Receivers send no reports to an outside destination that has not published its authorization "
         "record, so the domain owner is blind while believing reports are arriving."
     ),
-    references=("RFC 7489 §7.1",),
+    references=("RFC 9990 §3", "RFC 7489 §7.1"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_rua_unauthorized(domain: Domain, ctx: RunContext) -> list[Result]:
     """One result per outside rua/ruf destination: fail when its _report._dmarc record is absent."""
-    applied = applied_dmarc(domain)
+    walk = discovery_of(domain)
+    if walk.walk_failed is not None:
+        failed = walk.walk_failed
+        return [Result.error(f"DNS lookup of {failed.name} TXT failed, so the Organizational Domain (which "
+                             f"decides what is outside, RFC 9989 §4.12) is unknown: {failed.error}")]
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return [applied]
+    _, record, evidence = applied
     results = []
     unknown = []
-    for destination, answer in _destinations(domain, applied):
+    for destination, answer in _destinations(domain, record):
         if answer.failed:
             unknown.append(Result.error(f"DNS lookup of {answer.name} TXT failed: {answer.error}", item=destination))
         elif dmarc_records(answer):
-            results.append(Result.passed(item=destination, **applied.evidence, authorization=answer.name))
+            results.append(Result.passed(item=destination, **evidence, authorization=answer.name))
         else:
             results.append(
                 Result.failed(
                     item=destination,
-                    **applied.evidence,
+                    **evidence,
                     authorization_looked_up=answer.name,
                     outcome=answer.outcome.value,
                     authorization_records_seen=list(answer.records),
@@ -359,7 +450,7 @@ def dmarc_rua_unauthorized(domain: Domain, ctx: RunContext) -> list[Result]:
         unknown[_MAX_UNKNOWN_ITEMS:] = [Result.error(f"{len(rest)} more report destinations were not checked: "
                                                      f"{rest[0].reason}", item="more destinations")]
     if not results and not unknown:
-        return [Result.passed(**applied.evidence, note="no report destination outside the organizational domain")]
+        return [Result.passed(**evidence, note="no report destination outside the Organizational Domain")]
     return results + unknown
 
 
@@ -432,16 +523,14 @@ def dmarc_source_failing(domain: Domain, ctx: RunContext) -> list[Result]:
         "changed address, a missing authorization record) and the domain's traffic goes unwatched."
     ),
     references=("RFC 9990 §2.1", "RFC 9990 §3"),
+    rests_on=_ON_RECORD,
 )
 def dmarc_reports_missing(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the applied record's rua names an address this installation reads and no report came in the window."""
-    applied = applied_dmarc(domain)
+    applied = _applied(domain)
     if isinstance(applied, Result):
         return applied
-    record = applied.record
-    if record is None:
-        return Result.unsupported("no single DMARC record applies, so no report address is asked for "
-                                  "(see dmarc.missing, dmarc.multiple)")
+    _, record, evidence = applied
     asked = sorted({u.address.lower() for u in record.rua if u.scheme == "mailto" and u.address})
     read = sorted(set(asked) & set(ctx.inventory.report_addresses))
     if not read:
@@ -451,11 +540,11 @@ def dmarc_reports_missing(domain: Domain, ctx: RunContext) -> Result:
     traffic = ctx.inventory.traffic.get(domain.name)
     reports = traffic.reports if traffic is not None else 0
     if reports:
-        return Result.passed(**applied.evidence, rua=read, reports=reports, window=_days(ctx))
+        return Result.passed(**evidence, rua=read, reports=reports, window=_days(ctx))
     if domain.parked:
-        return Result.passed(**applied.evidence, rua=read, reports=0, window=_days(ctx),
+        return Result.passed(**evidence, rua=read, reports=0, window=_days(ctx),
                              note="a parked domain sends no mail: receivers report only mail they saw, so none is due")
-    return Result.failed(**applied.evidence, rua=read, reports=0, window=_days(ctx),
+    return Result.failed(**evidence, rua=read, reports=0, window=_days(ctx),
                          problem=f"no aggregate report for {domain.name} arrived in {_days(ctx)}",
                          note="receivers report only mail they saw: a domain that sends no mail at all belongs "
                               "in the tenant's parked_domains")

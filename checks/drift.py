@@ -18,7 +18,7 @@ from scanner.dnsrecords import (
     spf_all_rank,
     spf_record,
 )
-from scanner.model import DnsAnswer, Domain, DomainState, Mailbox, Scope, Severity
+from scanner.model import DnsAnswer, Domain, DomainState, Mailbox, Scope, Severity, Status
 
 NO_BASELINE = "no earlier run recorded this domain: nothing to compare with yet"
 
@@ -54,13 +54,13 @@ def _dmarc_rank(answer: DnsAnswer) -> tuple[int, int]:
 
 def _weakened_dmarc(domain: Domain, before: DomainState) -> Result:
     old, new = before.answers.get("dmarc"), domain.dns.get("dmarc")
+    if new is not None and new.failed:  # a lookup that failed now never passes, baseline or not
+        return Result.error(f"DNS lookup of {new.name} TXT failed: {new.error}", item="dmarc")
     if not _known(old):
         return Result.passed(item="dmarc", note=NO_BASELINE)
     assert old is not None
     if new is None:
         return Result.error(f"dns.dmarc was not collected for {domain.name}", item="dmarc")
-    if new.failed:
-        return Result.error(f"DNS lookup of {new.name} TXT failed: {new.error}", item="dmarc")
     was, now = _dmarc_rank(old), _dmarc_rank(new)
     evidence = {"before": dmarc_record(old), "after": dmarc_record(new),
                 "policy_before": dmarc_policy(dmarc_record(old)), "policy_after": dmarc_policy(dmarc_record(new))}
@@ -73,12 +73,12 @@ def _weakened_dmarc(domain: Domain, before: DomainState) -> Result:
 
 def _weakened_spf(domain: Domain, before: DomainState) -> Result:
     old, new = before.answers.get("txt"), domain.dns.get("txt")
+    if new is not None and new.failed:
+        return Result.error(f"DNS lookup of {new.name} TXT failed: {new.error}", item="spf")
     if not _known(old):
         return Result.passed(item="spf", note=NO_BASELINE)
     if new is None:
         return Result.error(f"dns.spf was not collected for {domain.name}", item="spf")
-    if new.failed:
-        return Result.error(f"DNS lookup of {new.name} TXT failed: {new.error}", item="spf")
     was, now = spf_record(old), spf_record(new)
     evidence = {"before": was, "after": now, "all_before": _all_text(spf_all(was)), "all_after": _all_text(spf_all(now))}
     if spf_all_rank(spf_all(now)) < spf_all_rank(spf_all(was)):
@@ -123,6 +123,8 @@ def _weakened_dkim(domain: Domain, before: DomainState) -> Result:
         restore.append(f'{new.name}. TXT "{old.records[0]}"' if old.records else new.name)
     if weakened:
         return Result.failed(item="dkim", weakened=weakened, publish=restore)
+    unknown += [f"DNS lookup of {a.name} TXT failed: {a.error}" for key, a in sorted(domain.dns.answers.items())
+                if key.startswith("dkim:") and a.failed and not _known(before.answers.get(key))]
     if unknown:
         return Result.error("; ".join(unknown), item="dkim")
     if not compared:
@@ -131,6 +133,9 @@ def _weakened_dkim(domain: Domain, before: DomainState) -> Result:
 
 
 def _weakened_mta_sts(domain: Domain, before: DomainState) -> Result:
+    announced = domain.dns.get("mta_sts")
+    if announced is not None and announced.failed:
+        return Result.error(f"DNS lookup of {announced.name} TXT failed: {announced.error}", item="mta_sts")
     if before.mta_sts_mode is None:
         return Result.passed(item="mta_sts", note="no MTA-STS mode was recorded before: nothing to compare with yet")
     now, why = mta_sts_mode(domain.dns)
@@ -160,7 +165,10 @@ def dns_weakened(domain: Domain, ctx: RunContext) -> Iterator[Result]:
     """One result per aspect (dmarc, spf, dkim, mta_sts): fail where it is weaker than the recorded state."""
     before = _previous(domain, ctx)
     if before is None:
-        yield Result.passed(note=NO_BASELINE)
+        # Nothing to compare with, but a lookup that failed now is still unknown, never a pass.
+        unknown = [r for judge in (_weakened_dmarc, _weakened_spf, _weakened_dkim, _weakened_mta_sts)
+                   if (r := judge(domain, DomainState())).status is Status.ERROR]
+        yield from unknown or [Result.passed(note=NO_BASELINE)]
         return
     note = _baseline_note(ctx)
     for judge in (_weakened_dmarc, _weakened_spf, _weakened_dkim, _weakened_mta_sts):

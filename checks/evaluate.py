@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from checks.registry import Check, Policy, Result, RunContext, Sender
@@ -35,6 +35,39 @@ DNS_FACTS: dict[Fact, str | None] = {
     Fact.DNS_TLSRPT: "tlsrpt",
 }
 """DNS facts of a domain, and the DnsFacts answer whose failure makes the fact unknown."""
+
+NXDOMAIN_CHECK = "domain.nxdomain"
+"""The check every other check that reads a domain's DNS rests on: a domain that does not exist has no records."""
+
+
+def rests_on(check: Check) -> tuple[str, ...]:
+    """The checks whose failure this check would only restate: its ``rests_on`` metadata, and for every other
+    check of a domain, ``domain.nxdomain`` (any verdict on a domain that does not exist restates that: its DNS
+    records, and what a provider says of a domain nobody can send to)."""
+    implicit = (NXDOMAIN_CHECK,) if check.meta.id != NXDOMAIN_CHECK and check.meta.scope is Scope.DOMAIN else ()
+    return tuple(dict.fromkeys(implicit + check.meta.rests_on))
+
+
+def _root_first(checks: Sequence[tuple[int, Check]]) -> list[tuple[int, Check]]:
+    """The checks ordered so that each comes after the checks it rests on (ties keep the given order)."""
+    by_id = {c.meta.id: (i, c) for i, c in checks}
+    ordered: list[tuple[int, Check]] = []
+    placed: set[str] = set()
+    visiting: set[str] = set()
+
+    def place(check_id: str) -> None:
+        if check_id in placed or check_id in visiting or check_id not in by_id:
+            return  # a cycle (a plug-in's mistake) is broken where it closes
+        visiting.add(check_id)
+        for root in rests_on(by_id[check_id][1]):
+            place(root)
+        visiting.discard(check_id)
+        placed.add(check_id)
+        ordered.append(by_id[check_id])
+
+    for _, check in checks:
+        place(check.meta.id)
+    return ordered
 
 
 def fingerprint(check_id: str, tenant: str, subject: str, item: str = "") -> str:
@@ -113,7 +146,7 @@ def _apply_exception(
         reason = f"excepted until {exception.expires.isoformat()}: {exception.reason} (approved by {exception.approved_by})"
         return Result(Status.EXCEPTED, result.evidence, result.item, reason)
     evidence = {**result.evidence, "expired_exception": f"{exception.reason} (expired {exception.expires.isoformat()})"}
-    return Result(Status.FAIL, evidence, result.item, result.reason)
+    return replace(result, evidence=evidence)
 
 
 def evaluate(
@@ -141,12 +174,20 @@ def evaluate(
     # so the memoized parsers (DKIM keys, DMARC and SPF records) parse each once. Findings keep check order.
     per_check: list[list[Finding]] = [[] for _ in checks]
     for scope in scopes:
-        scoped = [(i, c) for i, c in enumerate(checks) if c.meta.scope is scope]
+        scoped = _root_first([(i, c) for i, c in enumerate(checks) if c.meta.scope is scope])
         if not scoped:
             continue
+        roots = {c.meta.id: rests_on(c) for _, c in scoped}
         for subject in _subjects(scope, inventory, tenants):
+            causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
             for index, check in scoped:
-                per_check[index].extend(_judge(check, subject, coverage, contexts, exceptions, now, run_id))
+                cause = next((causes[r] for r in roots[check.meta.id] if r in causes), None) if causes else None
+                for finding, blocks in _judge(check, subject, coverage, contexts, exceptions, now, run_id, cause):
+                    per_check[index].append(finding)
+                    if cause is None and blocks and finding.status in (Status.FAIL, Status.EXCEPTED):
+                        causes.setdefault(check.meta.id, (finding.id, check.meta.id))
+                if cause is not None:
+                    causes[check.meta.id] = cause  # what rests on a skipped check rests on its root
     findings = [finding for found in per_check for finding in found]
     return findings
 
@@ -159,12 +200,22 @@ def _judge(
     exceptions: Mapping[tuple[str, str], PolicyException],
     now: datetime,
     run_id: str,
-) -> Iterator[Finding]:
-    """The findings of one check on one subject."""
+    cause: tuple[str, str] | None = None,
+) -> Iterator[tuple[Finding, bool]]:
+    """The findings of one check on one subject, each with whether its failure blocks the checks resting on it.
+
+    With ``cause`` (the failing root finding's id and check), a failure or error only restates the root: it
+    is ``skipped`` and names the root in ``caused_by`` (decided before exceptions, which cover real failures).
+    """
     meta = check.meta
     missing = _missing_fact(check, subject, coverage)
     results = [missing] if missing is not None else _run_one(check, subject, contexts[subject.tenant.name])
     for result in results:
+        caused_by = ""
+        if cause is not None and result.status in (Status.FAIL, Status.ERROR):
+            caused_by = cause[0]
+            why = f"only restates {cause[1]}, which fails on this subject: see that finding"
+            result = Result(Status.SKIPPED, result.evidence, result.item, f"{why} ({result.reason})" if result.reason else why)
         result = _apply_exception(result, meta.id, subject.name, exceptions, now)
         remediation = (
             Remediation(meta.remediation, {"subject": subject.name, **({"item": result.item} if result.item else {})})
@@ -173,6 +224,7 @@ def _judge(
         )
         yield Finding(
             id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
+            caused_by=caused_by,
             check=meta.id,
             status=result.status,
             severity=meta.severity,
@@ -185,7 +237,7 @@ def _judge(
             reason=result.reason,
             remediation=remediation,
             run_id=run_id,
-        )
+        ), result.blocks
 
 
 def checks_by_id(checks: Iterable[Check]) -> dict[str, Check]:

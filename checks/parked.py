@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from checks.dmarc import dmarc_records
+from checks.dmarc import discovery_of, dmarc_records
 from checks.mx import mx_records
 from checks.registry import Result, RunContext, check
 from scanner.dnsrecords import dmarc_tags, records
@@ -25,24 +25,22 @@ def lock_records(domain: str) -> list[str]:
 
 
 def _dmarc_policy(domain: Domain) -> tuple[str | None, list[str], Result | None]:
-    """The DMARC policy that applies to the domain (own p=, else the organizational sp= or p=), records seen."""
+    """The DMARC policy that applies to the domain (own p=, else the inherited sp= or p=), records seen."""
     own = domain.dns.get("dmarc")
     assert own is not None
     records = dmarc_records(own)
     if records:
         return (_lowered(records[0]).get("p") if len(records) == 1 else None), records, None
-    inherited = domain.dns.get("dmarc_org")
-    if inherited is None:
-        return None, [], None
-    if inherited.failed:
-        return None, [], Result.error(f"DNS lookup of {inherited.name} TXT failed: {inherited.error}")
-    records = dmarc_records(inherited)
-    if len(records) != 1:
-        # RFC 7489 §6.6.3: no record, or more than one, means no DMARC policy applies.
-        return None, records, None
-    tags = _lowered(records[0])
-    # RFC 7489 §6.3: sp= applies to subdomains of the organizational domain; p= when sp= is absent.
-    return tags.get("sp", tags.get("p")), records, None
+    walk = discovery_of(domain)
+    chosen = walk.policy
+    if chosen is None:
+        if walk.walk_failed is not None:
+            failed = walk.walk_failed
+            return None, [], Result.error(f"DNS lookup of {failed.name} TXT failed: {failed.error}")
+        return None, [], None  # RFC 9989 §4.11: no record on the tree walk, no DMARC policy applies
+    name, record, _ = chosen
+    # RFC 9989 §4.11: an existing domain that inherits a policy gets sp=, p= when sp= is absent.
+    return record.applied_subdomain_policy, dmarc_records(domain.dns.get(f"dmarc_walk:{name}")), None
 
 
 @check(

@@ -111,6 +111,9 @@ class Result:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     item: str = ""
     reason: str = ""
+    blocks: bool = True
+    """With FAIL: the checks that rest on this one (``rests_on``) would only restate it, so they are skipped.
+    False for a failure that leaves the rest of the subject judgeable (a bad report URI in a valid policy)."""
 
     @classmethod
     def passed(cls, *, item: str = "", **evidence: Any) -> Result:
@@ -118,9 +121,9 @@ class Result:
         return cls(Status.PASS, evidence, item)
 
     @classmethod
-    def failed(cls, *, item: str = "", **evidence: Any) -> Result:
-        """The subject breaks the rule; evidence lets a reviewer believe it."""
-        return cls(Status.FAIL, evidence, item)
+    def failed(cls, *, item: str = "", blocks: bool = True, **evidence: Any) -> Result:
+        """The subject breaks the rule; evidence lets a reviewer believe it (``blocks``: see the field)."""
+        return cls(Status.FAIL, evidence, item, blocks=blocks)
 
     @classmethod
     def error(cls, reason: str, *, item: str = "") -> Result:
@@ -149,6 +152,9 @@ class CheckMeta:
     rationale: str
     references: tuple[str, ...] = ()
     remediation: str | None = None
+    rests_on: tuple[str, ...] = ()
+    """Checks whose failure of the same subject this one would only restate: when one of them fails, this
+    check's failure (or error) is recorded ``skipped`` with ``caused_by`` naming that root finding."""
 
 
 class Check(Protocol):
@@ -169,6 +175,7 @@ def check(
     requires: Iterable[str | Fact] = (),
     references: Iterable[str] = (),
     remediation: str | None = None,
+    rests_on: Iterable[str] = (),
 ) -> Callable[[CheckFunction], Check]:
     """Attach metadata to a check function; registration itself is the entry point's job."""
     if not _ID.match(id):
@@ -182,6 +189,7 @@ def check(
         rationale=rationale,
         references=tuple(references),
         remediation=remediation,
+        rests_on=tuple(rests_on),
     )
 
     def attach(function: CheckFunction) -> Check:

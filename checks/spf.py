@@ -248,6 +248,7 @@ def spf_multiple(domain: Domain, ctx: RunContext) -> Result:
         "record, makes receivers return permerror for every message."
     ),
     references=("RFC 7208 §4.6", "RFC 7208 §5.2", "RFC 7208 §6.1", "RFC 7208 §7.1", "RFC 7208 §12"),
+    rests_on=("spf.multiple",),
 )
 def spf_syntax(domain: Domain, ctx: RunContext) -> Result:
     """Fail on any syntax error or broken include/redirect target in the evaluated tree."""
@@ -311,6 +312,7 @@ def _subtree_lookups(node: SpfNode) -> int:
         "so SPF fails for legitimate mail; it usually creeps in when a provider is added or changes its record."
     ),
     references=("RFC 7208 §4.6.4",),
+    rests_on=("spf.multiple",),
 )
 def spf_too_many_lookups(domain: Domain, ctx: RunContext) -> Result:
     """Fail over 10 DNS-querying terms, on include/redirect loops and on mx names over 10."""
@@ -375,6 +377,7 @@ def spf_too_many_lookups(domain: Domain, ctx: RunContext) -> Result:
         "permerror. They usually name a retired host or provider."
     ),
     references=("RFC 7208 §4.6.4",),
+    rests_on=("spf.multiple",),
 )
 def spf_void_lookups(domain: Domain, ctx: RunContext) -> Result:
     """Fail over 2 lookups that return NXDOMAIN or no answer."""
@@ -417,6 +420,7 @@ def _open_includes(node: SpfNode, path: tuple[str, ...] = ()) -> Iterator[tuple[
         "policy does not protect the domain from spoofing."
     ),
     references=("RFC 7208 §5.1", "RFC 7208 §4.7", "RFC 7208 §8"),
+    rests_on=("spf.missing", "spf.multiple", "spf.syntax"),
 )
 def spf_permissive_all(domain: Domain, ctx: RunContext) -> Result:
     """Fail when the effective all (following redirect) is +all or ?all, absent, or an include passes all."""
@@ -465,6 +469,7 @@ def spf_permissive_all(domain: Domain, ctx: RunContext) -> Result:
         "and some receivers skip it, so mail it was meant to authorize may fail."
     ),
     references=("RFC 7208 §5.5",),
+    rests_on=("spf.multiple",),
 )
 def spf_ptr(domain: Domain, ctx: RunContext) -> Result:
     """Fail when any evaluated record in the tree uses ptr."""
@@ -521,6 +526,7 @@ def _sender_includes(domain: Domain, ctx: RunContext, node: SpfNode, declared: d
         "provider or an unauthorized one."
     ),
     references=("RFC 7208 §5.2", "RFC 7208 §10.1"),
+    rests_on=("spf.multiple",),
 )
 def spf_undeclared_sender(domain: Domain, ctx: RunContext) -> Iterable[Result]:
     """One result per include (or redirect) in the tenant's records: fail when no declared sender owns it."""

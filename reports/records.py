@@ -8,7 +8,7 @@ from scanner.model import Finding
 
 COLUMNS = (
     "id", "check", "status", "severity", "tenant", "domain", "subject", "item", "title", "reason",
-    "evidence", "remediation", "first_seen", "last_seen", "run_id",
+    "evidence", "remediation", "first_seen", "last_seen", "run_id", "caused_by",
 )
 """findings.csv columns, in order; part of the evidence contract."""
 
@@ -35,4 +35,5 @@ def finding_record(finding: Finding) -> dict[str, Any]:
         "first_seen": finding.first_seen.isoformat() if finding.first_seen else None,
         "last_seen": finding.last_seen.isoformat() if finding.last_seen else None,
         "run_id": finding.run_id,
+        "caused_by": finding.caused_by,  # with status skipped: the id of the root finding it restates
     }

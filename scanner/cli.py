@@ -99,7 +99,7 @@ def main(verbose: bool) -> None:
 
 
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
-          tenants: tuple[str, ...] = ()) -> None:
+          tenants: tuple[str, ...] = (), fail_on_error: bool = False) -> None:
     console = Console(stderr=True)
     for line in missing_inputs(config, tenants or None):
         click.echo(f"mailwarden: {line}", err=True)
@@ -122,6 +122,9 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
         threshold = Severity(fail_on).rank
         if any(f.status is Status.FAIL and f.severity.rank >= threshold for f in result.findings):
             sys.exit(EXIT_FINDINGS)
+    if fail_on_error and any(f.status is Status.ERROR for f in result.findings):
+        click.echo("mailwarden: some checks could not decide (status error): see the report", err=True)
+        sys.exit(EXIT_FINDINGS)
 
 
 def _summarize(result: ScanResult, out_dir: Path) -> None:
@@ -133,6 +136,7 @@ def _summarize(result: ScanResult, out_dir: Path) -> None:
     for name, scope in sorted(tenants.items()):
         problems = f", {len(scope['problems'])} problem(s)" if scope["problems"] else ""
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
+    _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
     failing = sorted(
         (f for f in result.findings if f.status is Status.FAIL), key=lambda f: (-f.severity.rank, f.check, f.subject)
@@ -144,17 +148,29 @@ def _summarize(result: ScanResult, out_dir: Path) -> None:
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
 
 
+def _dns_summary(dns: dict[str, object]) -> None:
+    """The run's DNS in one line, and a line per nameserver that failed and why (shown without -v)."""
+    if not dns:
+        return
+    click.echo(f"DNS: {dns.get('questions', 0)} questions, {dns.get('answered', 0)} answered, "
+               f"{dns.get('unanswered', 0)} unanswered")
+    for server, reasons in (dns.get("nameservers") or {}).items():  # type: ignore[union-attr]
+        click.echo(f"  nameserver {server} failed: " + ", ".join(f"{why} ×{n}" for why, n in reasons.items()))
+
+
 @main.command()
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Config file (default: ./mailwarden.toml).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("mailwarden-out"),
               show_default=True, help="Directory for findings.json, findings.csv, report.html, manifest.json.")
 @click.option("--fail-on", type=SEVERITIES, help="Exit 3 when a failing finding has this severity or higher.")
+@click.option("--fail-on-error", is_flag=True, help="Exit 3 when any check could not decide (a finding is error).")
 @click.option("--tenant", "tenants", multiple=True,
               help="Scan only this tenant (one unit of work; repeatable); the others' state carries forward.")
-def scan(config_path: Path | None, out_dir: Path, fail_on: str | None, tenants: tuple[str, ...]) -> None:
+def scan(config_path: Path | None, out_dir: Path, fail_on: str | None, tenants: tuple[str, ...],
+         fail_on_error: bool) -> None:
     """Collect, check and report once."""
     with _user_errors():
-        _scan(_config(config_path), out_dir, fail_on, tenants=tenants)
+        _scan(_config(config_path), out_dir, fail_on, tenants=tenants, fail_on_error=fail_on_error)
 
 
 @main.command()

@@ -7,7 +7,7 @@ import importlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Collection as Names, Sequence
+from collections.abc import Callable, Collection as Names, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -15,9 +15,9 @@ from typing import Protocol
 from scanner.adapters.base import Adapter, Collected
 from scanner.adapters.files import read_roster_file
 from scanner.config import Config, TenantConfig
-from scanner.dns import DnsClient
+from scanner.dns import DnsClient, unreachable
 from scanner.errors import AdapterError, ConfigError
-from scanner.model import Coverage, Domain, Fact, FactState, Inventory, Mailbox, Person, Tenant
+from scanner.model import Coverage, DnsFacts, Domain, Fact, FactState, Inventory, Mailbox, Person, Tenant
 from scanner.mtasts import PolicyFetcher
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class Collection:
     inventory: Inventory
     outcomes: tuple[TenantOutcome, ...]
     dns_queries: int = 0
+    dns: Mapping[str, object] = field(default_factory=dict)
+    """The run's DNS summary (DnsClient.summary): questions asked and answered, failing nameservers and why."""
 
     @property
     def complete_tenants(self) -> tuple[str, ...]:
@@ -246,6 +248,7 @@ async def _collect_tenant(
     )
     for (name, parked), dns_facts in zip(names, facts, strict=True):
         result.domains.append(Domain(name, tenant.name, parked, collected.catch_all.get(name), dns_facts))
+        result.problems += dns_problems(name, dns_facts)
     progress(tenant.name)
     return result
 
@@ -265,6 +268,19 @@ def provider_view(tenant: Tenant, collected: Collected) -> Tenant:
     if failed:
         return replace(tenant, provider_domains_gap=failed[0])
     return tenant
+
+
+def dns_problems(name: str, facts: DnsFacts) -> list[str]:
+    """A tenant problem for a domain whose DNS questions went unanswered: the tenant is then ``partial``, so
+    nothing the failed lookups hid is taken as removed or resolved (unknown is never a pass)."""
+    failed = [a for a in facts.answers.values() if unreachable(a)]
+    spf = facts.spf
+    failed_spf = [f for f in (spf.failures if spf is not None else ()) if "timeout after" in f or "no nameserver" in f]
+    if not failed and not failed_spf:
+        return []
+    reasons = list(dict.fromkeys([f"{a.name} {a.rdtype}: {a.error}" for a in failed] + failed_spf))
+    shown = "; ".join(reasons[:3]) + (f"; … and {len(reasons) - 3} more" if len(reasons) > 3 else "")
+    return [f"DNS: {len(reasons)} question(s) about {name} went unanswered ({shown})"]
 
 
 async def _collect_unit(
@@ -349,4 +365,4 @@ async def collect(
         exceptions=config.exception_models(),
         coverage=tuple(c for r in results for c in r.coverage),
     )
-    return Collection(inventory, tuple(outcomes), dns_client.queries)
+    return Collection(inventory, tuple(outcomes), dns_client.queries, dns_client.summary())

@@ -8,16 +8,20 @@ from collections.abc import Iterable
 
 import dns.nameserver
 import dns.resolver
-from publicsuffixlist import PublicSuffixList
-
-from scanner.dmarc import report_domains
+from scanner.dmarc import discover, report_domains, single_record, walk_stops, walk_targets
 from scanner.dnswire import WireResolver, render_rdata
 from scanner.model import DnsAnswer, DnsFacts, Outcome
 from scanner.mtasts import PolicyFetcher, sts_records
 from scanner.spf import SpfEvaluation, evaluate_spf
 
-# Bounds the lookups a hostile DMARC record can cause; RFC 7489 §6.2 lets receivers cap destinations too.
+# Bounds the lookups a hostile DMARC record can cause; RFC 9990 §3 lets receivers cap destinations too.
 MAX_REPORT_DESTINATIONS = 10
+
+
+def unreachable(answer: DnsAnswer) -> bool:
+    """True when DNS itself failed the question (timeout, SERVFAIL, REFUSED, unreachable), as opposed to an
+    answer that is a failure of the zone's own making (a CNAME loop) or a lookup the scanner chose not to make."""
+    return answer.failed and (answer.error or "").startswith(("timeout after", "no nameserver answered"))
 
 
 def parse_nameserver(entry: str) -> dns.nameserver.Do53Nameserver:
@@ -82,8 +86,8 @@ class DnsClient:
         self._limit = _Slots(concurrency)
         self._domains = _Slots(concurrency)
         self._cache: dict[tuple[str, str], asyncio.Future[DnsAnswer]] = {}
-        self._psl = PublicSuffixList()
         self.queries = 0
+        self.unanswered = 0  # questions whose every attempt failed (timeout, SERVFAIL, REFUSED, unreachable)
 
     @property
     def wire_queries(self) -> int:
@@ -119,11 +123,20 @@ class DnsClient:
     async def _query(self, name: str, rdtype: str) -> DnsAnswer:
         async with self._limit:
             self.queries += 1
-            return await self._wire.resolve(name, rdtype)
+            answer = await self._wire.resolve(name, rdtype)
+        if unreachable(answer):
+            self.unanswered += 1
+        return answer
 
-    def organizational_domain(self, name: str) -> str:
-        """The organizational domain (RFC 7489 §3.2) by the public suffix list."""
-        return self._psl.privatesuffix(name) or name
+    def summary(self) -> dict[str, object]:
+        """The run's DNS in figures: questions asked and answered, and each nameserver that failed and why."""
+        return {
+            "questions": self.queries,
+            "answered": self.queries - self.unanswered,
+            "unanswered": self.unanswered,
+            "nameservers": {server: dict(sorted(reasons.items()))
+                            for server, reasons in sorted(self._wire.server_failures.items())},
+        }
 
     async def collect_domain(
         self, name: str, *, selectors: Iterable[str] = (), policies: PolicyFetcher | None = None
@@ -151,14 +164,26 @@ class DnsClient:
         answers = {"mx": mx, "txt": txt, "dmarc": dmarc, "mta_sts": mta_sts, "tlsrpt": tlsrpt}
 
         async def dmarc_and_report_destinations() -> None:
-            org = self.organizational_domain(name)
-            owner, published = name, dmarc
-            if org != name and dmarc.outcome in (Outcome.NXDOMAIN, Outcome.NODATA):
-                # RFC 7489 §6.6.3: with no record at the domain, the organizational domain's record applies.
-                owner = org
-                published = answers["dmarc_org"] = await self.ask(f"_dmarc.{org}", "TXT")
-            # RFC 7489 §7.1: an outside report destination must authorize the domain that published the policy.
-            outside = [d for d in report_domains(published.records) if self.organizational_domain(d) != org]
+            # RFC 9989 §4.10: walk up from the domain, one _dmarc question per level, until psd= stops it.
+            walk: dict[str, DnsAnswer] = {name: dmarc}
+            if not dmarc.failed and not walk_stops(single_record(dmarc), first=True):
+                for target in walk_targets(name):
+                    step = answers[f"dmarc_walk:{target}"] = walk[target] = await self.ask(f"_dmarc.{target}", "TXT")
+                    if step.failed or walk_stops(single_record(step), first=False):
+                        break
+            discovery = discover(name, walk.get)
+            if discovery.org_domain is None:
+                return  # the walk failed: which destinations are outside is unknown (the checks say so)
+            applied = discovery.policy
+            if applied is None:
+                return
+            owner = applied[0]
+            published = walk[owner]
+            # RFC 9990 §3 (RFC 7489 §7.1): a destination outside the Organizational Domain must authorize the
+            # domain that published the policy. Inside means at or below it: an Organizational Domain is always
+            # an ancestor (or the name itself), so nothing outside that subtree can share it.
+            org = discovery.org_domain
+            outside = [d for d in report_domains(published.records) if d != org and not d.endswith("." + org)]
             checked = outside[:MAX_REPORT_DESTINATIONS]
             found = await asyncio.gather(*(self.ask(f"{owner}._report._dmarc.{d}", "TXT") for d in checked))
             answers.update({f"rua_auth:{d}": a for d, a in zip(checked, found, strict=True)})
@@ -168,10 +193,23 @@ class DnsClient:
                     error=f"not looked up: only {MAX_REPORT_DESTINATIONS} outside report destinations are checked",
                 )
 
-        spf, dkim, _ = await asyncio.gather(
+        async def closest_parent_zone() -> None:
+            # The apex does not exist (domain.nxdomain): the SOA of the closest existing parent zone tells the
+            # operator where the name should have been delegated (a lapsed registration, a typo).
+            if Outcome.NXDOMAIN not in (mx.outcome, txt.outcome):
+                return
+            labels = name.split(".")
+            for start in range(1, len(labels)):
+                soa = await self.ask(".".join(labels[start:]), "SOA")
+                if soa.outcome is Outcome.ANSWER or soa.failed:
+                    answers["parent_soa"] = soa
+                    return
+
+        spf, dkim, _, _ = await asyncio.gather(
             evaluate_spf(self, name, txt),
             asyncio.gather(*(self.ask(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
             dmarc_and_report_destinations(),
+            closest_parent_zone(),
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
         return answers, spf

@@ -5,7 +5,7 @@ that costs more than the answers. Here each nameserver gets a small pool of conn
 (ephemeral ports chosen by the kernel) read by the event loop; every query carries a fresh random id
 and is matched to its reply by id and question (RFC 5452 §4, §9.2). A truncated reply is asked
 again over TCP with dnspython (RFC 7766 §5); replies are parsed with dnspython and CNAME chains in
-them followed as its resolver does. The outcomes and messages are the ones its resolver gives: a
+them followed; a chain whose target the reply lacks is followed by asking for the target. The outcomes and messages are the ones its resolver gives: a
 timeout after the lifetime, ``no nameserver answered: SERVFAIL`` and so on.
 """
 
@@ -134,10 +134,12 @@ class _Reply:
                 entries.extend(tuple(r.strings) if rrset.rdtype == _TXT else r for r in rrset)  # type: ignore[attr-defined]
         return cls(message.rcode(), records)
 
-    def chain(self, owner: bytes, qtype: int) -> list[_Data] | None:
-        """The records answering the question after CNAMEs in the answer section, as dnspython's resolve_chaining."""
-        answer, steps = None, 0
-        while steps < dns.message.MAX_CHAIN:
+    def chain(self, owner: bytes, qtype: int) -> tuple[list[_Data] | None, list[bytes]]:
+        """The records answering the question after the CNAMEs in the answer section (RFC 1034 §4.3.2), and the
+        names of the chain, the question's first; a loop raises CnameLoop naming it."""
+        names = [owner]
+        answer = None
+        while True:
             answer = self.records.get((owner, qtype))
             if answer is not None or qtype == dns.rdatatype.CNAME:
                 break
@@ -145,13 +147,46 @@ class _Reply:
             if cname is None:
                 break
             owner = _key(cname[0].target)  # type: ignore[union-attr]
-            steps += 1
-        if steps >= dns.message.MAX_CHAIN:
-            raise dns.message.ChainTooLong
+            if owner in names:
+                raise CnameLoop([*names, owner])
+            names.append(owner)
+            if len(names) - 1 > MAX_CNAME_LINKS:
+                raise CnameTooLong(names)
         if self.rcode == dns.rcode.NXDOMAIN and answer is not None:
             raise dns.message.AnswerForNXDOMAIN
         # An RRset is a set (RFC 2181 §5): identical records count once, in the order first seen.
-        return list(dict.fromkeys(answer)) if answer is not None and len(answer) > 1 else answer
+        return (list(dict.fromkeys(answer)) if answer is not None and len(answer) > 1 else answer), names
+
+
+MAX_CNAME_LINKS = 8
+"""CNAME links followed for one question, within replies and across the questions for a chain's targets."""
+
+
+def _text(key: bytes) -> str:
+    """A record key (a name's wire form) as text, without the final dot."""
+    return dns.name.from_wire(key, 0)[0].to_text(omit_final_dot=True)
+
+
+class CnameLoop(dns.exception.DNSException):
+    """A CNAME chain that comes back to a name it passed: no answer can ever come out of it."""
+
+    def __init__(self, names: list[bytes]) -> None:
+        super().__init__("CNAME loop: " + " -> ".join(_text(n) for n in names))
+
+
+class CnameTooLong(dns.exception.DNSException):
+    """A CNAME chain of more links than MAX_CNAME_LINKS."""
+
+    def __init__(self, names: list[bytes]) -> None:
+        super().__init__(f"CNAME chain longer than {MAX_CNAME_LINKS} links: " + " -> ".join(_text(n) for n in names))
+
+
+@dataclass(frozen=True, slots=True)
+class _Alias:
+    """A reply whose CNAME chain ends at a target whose records it does not hold (an authoritative server's
+    answer when the target is out of its zone): the target must be asked for."""
+
+    names: tuple[bytes, ...]
 
 
 def _txt_strings(data: bytes) -> tuple[bytes, ...]:
@@ -230,12 +265,37 @@ class WireResolver:
         self.lifetime = lifetime
         self.attempt = attempt
         self.sent = 0  # queries put on the wire, UDP datagrams and TCP queries alike, retries included
+        self.server_failures: dict[str, dict[str, int]] = {}  # "IP:port" -> why an attempt failed -> how often
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pools: dict[tuple[str, int], list[_Channel]] = {}
         self._active = 0
 
     async def resolve(self, name: str, rdtype: str) -> DnsAnswer:
-        """The answer for one question: records, NXDOMAIN, NODATA, or a failure saying why."""
+        """The answer for one question: records, NXDOMAIN, NODATA, or a failure saying why.
+
+        A reply whose CNAME chain ends before the data (the target is out of the answering server's zone) is
+        followed by asking for the target, at most MAX_CNAME_LINKS links in all; a loop is a failure naming it.
+        The answer keeps the question's name.
+        """
+        chain: list[bytes] = []
+        current = name
+        while True:
+            result = await self._resolve_one(current, rdtype)
+            if not isinstance(result, _Alias):
+                if current == name:
+                    return result
+                return DnsAnswer(name, rdtype, result.outcome, result.records, result.error, result.server)
+            links = list(result.names) if not chain else list(result.names[1:])
+            for link in links:
+                if link in chain:
+                    return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameLoop([*chain, link])))
+                chain.append(link)
+            if len(chain) - 1 > MAX_CNAME_LINKS:
+                return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameTooLong(chain)))
+            current = _text(chain[-1])
+
+    async def _resolve_one(self, name: str, rdtype: str) -> DnsAnswer | _Alias:
+        """One question on the wire (with retries), without following a CNAME target the reply lacks."""
         try:
             qtype = dns.rdatatype.RdataType.make(rdtype)
             if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
@@ -253,7 +313,7 @@ class WireResolver:
             if not self._active:
                 self._close()  # nothing in flight: release the sockets (a later question opens new ones)
 
-    async def _resolve(self, question: _Question, rdtype: str) -> DnsAnswer:
+    async def _resolve(self, question: _Question, rdtype: str) -> DnsAnswer | _Alias:
         deadline = time.monotonic() + self.lifetime
         servers = list(self.servers)
         backoff = _FIRST_BACKOFF
@@ -265,13 +325,19 @@ class WireResolver:
                 try:
                     reply = await self._ask(question, server, min(self.attempt, remaining))
                 except TimeoutError:
+                    self._failed(server, "timeout")
                     continue  # lost or late: ask again (next nameserver, or the next round)
                 except (OSError, EOFError, dns.exception.DNSException, ValueError) as exc:
                     # This nameserver is no good for the question (unreachable, malformed reply), as dnspython decides.
                     question.errors.append(str(exc) or type(exc).__name__)
+                    self._failed(server, question.errors[-1])
                     servers.remove(server)
                     continue
                 answer = self._outcome(question, rdtype, reply)
+                if answer is None:
+                    self._failed(server, question.errors[-1] if question.errors else "unusable reply")
+                if isinstance(answer, DnsAnswer) and answer.outcome is Outcome.NXDOMAIN:
+                    return DnsAnswer(answer.name, answer.rdtype, answer.outcome, server=f"{server[0]}:{server[1]}")
                 if answer is not None:
                     return answer
                 servers.remove(server)  # an unusable rcode or answer (question.errors says which)
@@ -284,7 +350,12 @@ class WireResolver:
             await asyncio.sleep(min(backoff, remaining))
             backoff = min(backoff * 2, _MAX_BACKOFF)
 
-    def _outcome(self, question: _Question, rdtype: str, reply: _Reply) -> DnsAnswer | None:
+    def _failed(self, server: tuple[str, int], why: str) -> None:
+        """Count one failed attempt at a nameserver, by reason, for the run's DNS summary."""
+        reasons = self.server_failures.setdefault(f"{server[0]}:{server[1]}", {})
+        reasons[why] = reasons.get(why, 0) + 1
+
+    def _outcome(self, question: _Question, rdtype: str, reply: _Reply) -> DnsAnswer | _Alias | None:
         """What a parsed reply establishes, or None (its reason noted) when this nameserver is no good."""
         rcode = reply.rcode
         if rcode == dns.rcode.YXDOMAIN:
@@ -294,12 +365,16 @@ class WireResolver:
             question.errors.append(dns.rcode.to_text(rcode))
             return None
         try:
-            answer = reply.chain(question.owner, question.rdtype)  # CNAMEs in the reply, RFC 1034 §4.3.2
+            answer, names = reply.chain(question.owner, question.rdtype)  # CNAMEs in the reply, RFC 1034 §4.3.2
+        except (CnameLoop, CnameTooLong) as exc:  # the zone's doing, the same from every nameserver
+            return DnsAnswer(question.name, rdtype, Outcome.FAILED, error=str(exc))
         except Exception as exc:  # noqa: BLE001 (dnspython raises several kinds for a bad chain)
             question.errors.append(str(exc) or type(exc).__name__)
             return None
         if rcode == dns.rcode.NXDOMAIN:
             return DnsAnswer(question.name, rdtype, Outcome.NXDOMAIN)
+        if answer is None and len(names) > 1:
+            return _Alias(tuple(names))  # RFC 1034 §4.3.2 step 3a: restart the query at the CNAME's target
         if answer is None:
             return DnsAnswer(question.name, rdtype, Outcome.NODATA)
         return DnsAnswer(question.name, rdtype, Outcome.ANSWER, tuple(

@@ -220,6 +220,7 @@ class DnsAnswer:
     outcome: Outcome
     records: tuple[str, ...] = ()
     error: str | None = None
+    server: str = ""  # with NXDOMAIN: the nameserver ("IP:port") that said the name does not exist
 
     @property
     def failed(self) -> bool:
@@ -232,7 +233,9 @@ class DnsFacts:
     """What DNS (and the MTA-STS policy host) said about one domain.
 
     ``answers`` holds every raw answer, keyed by purpose: ``mx``, ``txt`` (apex), ``dmarc``,
-    ``dmarc_org``, ``dkim:<selector>``, ``mta_sts``, ``tlsrpt``, ``rua_auth:<destination>``.
+    ``dmarc_walk:<name>`` (the DMARC tree walk above the domain, RFC 9989 §4.10), ``dkim:<selector>``,
+    ``mta_sts``, ``tlsrpt``, ``rua_auth:<destination>``, and for a domain whose apex is NXDOMAIN,
+    ``parent_soa`` (the SOA of the closest existing parent zone).
     ``spf`` is the recursive SPF evaluation; ``mta_sts_policy`` the fetched policy, if any.
     """
 

@@ -238,7 +238,7 @@ def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dic
             "gaps": gaps,
             **({"provider_domains": provider_domains[outcome.tenant]} if outcome.tenant in provider_domains else {}),
         }
-    return {"tenants": tenants}
+    return {"tenants": tenants, "dns": dict(collection.dns)}
 
 
 async def _collect_unless_stopped(

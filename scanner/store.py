@@ -106,6 +106,7 @@ run_findings = sa.Table(
     sa.Column("event", sa.String(16), nullable=False),  # new, persisting, reopened, resolved, or ""
     sa.Column("first_seen", sa.DateTime(timezone=True)),  # the lifecycle as it stood when the run ended
     sa.Column("last_seen", sa.DateTime(timezone=True)),
+    sa.Column("caused_by", sa.String(40), nullable=False, server_default=""),  # skipped: the root finding's id
 )
 
 
@@ -373,8 +374,16 @@ def _migration_7(conn: Connection) -> None:
     conn.execute(sa.insert(meta_table).values(key=AUDIT_KEYED_FROM, value=str((last or 0) + 1)))
 
 
+def _migration_caused_by(conn: Connection) -> None:
+    """run_findings.caused_by: the root finding a skipped finding restates (issue 14); stores made by a version
+    whose first migration already created the column are left as they are."""
+    if "caused_by" not in {c["name"] for c in sa.inspect(conn).get_columns("run_findings")}:
+        conn.execute(sa.text("ALTER TABLE run_findings ADD COLUMN caused_by VARCHAR(40) NOT NULL DEFAULT ''"))
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
+    _migration_caused_by,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
@@ -1102,7 +1111,7 @@ def _run_row(run_id: str, finding: Finding, event: str) -> dict[str, Any]:
         "severity": finding.severity.value, "tenant": finding.tenant, "domain": finding.domain,
         "subject": finding.subject, "item": finding.item, "title": finding.title,
         "evidence": json.loads(canonical(finding.evidence)), "reason": finding.reason, "remediation": remediation,
-        "event": event,
+        "event": event, "caused_by": finding.caused_by,
     }
 
 
@@ -1112,7 +1121,7 @@ def _finding(row: Any) -> Finding:
         id=row.fingerprint, check=row.check_id, status=Status(row.status), severity=Severity(row.severity),
         tenant=row.tenant, domain=row.domain, subject=row.subject, item=row.item, title=row.title,
         evidence=row.evidence, reason=row.reason, remediation=remediation, run_id=row.run_id,
-        first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
+        first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen), caused_by=row.caused_by or "",
     )
 
 

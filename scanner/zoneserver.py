@@ -313,6 +313,9 @@ class ZoneServer:
         self.timeout_names: set[str] = {_normalize_name(n) for n in timeout_names}
         self.servfail_names: set[str] = {_normalize_name(n) for n in servfail_names}
         self.delay = delay
+        self.chase_across_zones = True
+        """False: answer as one zone's authoritative server does, stopping a CNAME chain at the zone's edge (the
+        target's records are left out even when another served zone holds them)."""
         self._address: tuple[str, int] | None = None
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -521,8 +524,9 @@ class ZoneServer:
             response.answer.append(cname)
             target: dns.name.Name = cname[0].target
             next_zone = self._find_zone(target)
-            if target in seen or next_zone is None or next_zone.rdclass != rdclass:
-                return  # a loop, or a target outside our zones: the client continues from the CNAME
+            crossing = next_zone is not served and not self.chase_across_zones
+            if target in seen or next_zone is None or next_zone.rdclass != rdclass or crossing:
+                return  # a loop, or a target outside our zone(s): the client continues from the CNAME
             seen.add(target)
             served = next_zone
             name = target

@@ -23,10 +23,23 @@ import sqlalchemy as sa
 from scanner.zoneserver import ZoneServer
 
 
+TOP_LEVEL_ZONES = ("example", "test")
+"""Served (empty) by ``dns_server``, so the DMARC tree walk (RFC 9989 §4.10) up to ``_dmarc.example`` gets the
+NXDOMAIN a recursive resolver would give, not the REFUSED of a server that holds only the domains' zones."""
+
+
+def top_level_zone(origin: str) -> dns.zone.Zone:
+    """An empty zone (SOA and NS only) for a top-level domain."""
+    text = (f"$ORIGIN {origin}.\n$TTL 300\n@ IN SOA ns1.{origin}. hostmaster.{origin}. 1 3600 600 86400 300\n"
+            f"@ IN NS ns1.{origin}.\nns1 IN A 127.0.0.53\n")
+    return dns.zone.from_text(text, origin=origin, relativize=False)
+
+
 @pytest.fixture
 def dns_server() -> Iterator[ZoneServer]:
-    """An authoritative DNS server on a free loopback port (UDP and TCP), empty until zones are added."""
-    with ZoneServer() as server:
+    """An authoritative DNS server on a free loopback port (UDP and TCP), holding only the empty top-level zones
+    until zones are added."""
+    with ZoneServer([top_level_zone(origin) for origin in TOP_LEVEL_ZONES]) as server:
         yield server
 
 

@@ -25,6 +25,7 @@ from scanner.config import load_config
 from scanner.dmarc_store import with_traffic
 from scanner.store import Store, canonical
 from scanner.zoneserver import ZoneServer
+from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract import google, mailcow, microsoft
 from tests.contract.estate import Estate, standard_estate
 from tests.contract.harness import Harness
@@ -83,7 +84,7 @@ def providers() -> Iterator[dict[str, Provider]]:
 @pytest.fixture
 def zones() -> Iterator[ZoneServer]:
     """Minimal zones for every tenant domain, so no DNS query leaves loopback."""
-    with ZoneServer() as server:
+    with ZoneServer([top_level_zone(origin) for origin in TOP_LEVEL_ZONES]) as server:  # the DMARC tree walk's
         for domain in (*(d for _, d in ESTATES.values()), FILES_DOMAIN):
             text = (
                 f"$ORIGIN {domain}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\n"

@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime
 
 from checks.dmarc import (
+    dmarc_np_weak,
+    dmarc_testing,
     dmarc_missing,
     dmarc_multiple,
     dmarc_no_rua,
@@ -43,7 +45,8 @@ def test_domain_without_dmarc_fails_with_the_record_to_publish(dns_server, add_z
     assert finding.status is Status.FAIL
     assert finding.evidence["records_seen"] == ["some unrelated text"]
     assert finding.evidence["publish"] == (
-        '_dmarc.nodmarc.example. TXT "v=DMARC1; p=quarantine; rua=mailto:dmarc-reports@nodmarc.example"'
+        '_dmarc.nodmarc.example. TXT "v=DMARC1; p=quarantine; sp=quarantine; np=quarantine; '
+        'rua=mailto:dmarc-reports@nodmarc.example"'
     )
 
 
@@ -86,7 +89,7 @@ def test_timeout_gives_error_not_pass(dns_server, add_zone) -> None:
 
 
 ALL = [dmarc_missing, dmarc_multiple, dmarc_syntax, dmarc_policy_weak, dmarc_subdomain_policy_weak, dmarc_pct,
-       dmarc_no_rua, dmarc_rua_unauthorized]
+       dmarc_no_rua, dmarc_rua_unauthorized, dmarc_np_weak, dmarc_testing]
 
 
 def judge(server: ZoneServer, name: str, checks: list, policy: Policy | None = None) -> dict[tuple[str, str], object]:
@@ -114,7 +117,7 @@ def test_two_dmarc_records_fail(dns_server, add_zone) -> None:
     add_zone("two.example", '_dmarc TXT "v=DMARC1; p=reject"\n_dmarc TXT "v=DMARC1; p=none"\n_dmarc TXT "other"')
     finding = one(dns_server, "two.example", dmarc_multiple)
     assert finding.status is Status.FAIL and len(finding.evidence["records_seen"]) == 2
-    assert finding.evidence["publish"] == '_dmarc.two.example. TXT "v=DMARC1; p=reject"'
+    assert finding.evidence["publish"] == '_dmarc.two.example. TXT "v=DMARC1; p=reject; sp=reject; np=reject"'
 
 
 def test_one_dmarc_record_beside_unrelated_text_passes(dns_server, add_zone) -> None:
@@ -128,11 +131,17 @@ def test_multiple_servfail_is_an_error(dns_server, add_zone) -> None:
     assert one(dns_server, "broken.example", dmarc_multiple).status is Status.ERROR
 
 
-def test_multiple_records_make_every_policy_check_fail(dns_server, add_zone) -> None:
-    add_zone("two.example", '_dmarc TXT "v=DMARC1; p=reject"\n_dmarc TXT "v=DMARC1; p=reject; adkim=s"')
-    found = judge(dns_server, "two.example", [dmarc_policy_weak, dmarc_subdomain_policy_weak, dmarc_no_rua])
-    assert {f.status for f in found.values()} == {Status.FAIL}
-    assert all("several DMARC records" in f.evidence["problem"] for f in found.values())
+def test_multiple_records_fail_once_and_the_policy_checks_are_skipped_under_it(dns_server, add_zone) -> None:
+    # One cause, one failing finding: the policy checks would only restate dmarc.multiple.
+    add_zone("two.example", '_dmarc TXT "v=DMARC1; p=none"\n_dmarc TXT "v=DMARC1; p=none; adkim=s"')
+    found = judge(dns_server, "two.example", ALL)
+    root = found[("dmarc.multiple", "")]
+    assert root.status is Status.FAIL
+    assert [c for (c, _), f in found.items() if f.status is Status.FAIL] == ["dmarc.multiple"]
+    for check_id in ("dmarc.policy_weak", "dmarc.subdomain_policy_weak", "dmarc.np_weak",
+                     "dmarc.testing", "dmarc.no_rua", "dmarc.rua_unauthorized"):
+        assert found[(check_id, "")].status is Status.SKIPPED, check_id
+        assert found[(check_id, "")].caused_by == root.id
 
 
 # dmarc.syntax
@@ -142,7 +151,7 @@ def test_invalid_tag_values_fail_syntax_with_a_corrected_record(dns_server, add_
     finding = one(dns_server, "bad.example", dmarc_syntax)
     assert finding.status is Status.FAIL
     assert len(finding.evidence["problems"]) == 4
-    assert finding.evidence["publish"] == '_dmarc.bad.example. TXT "v=DMARC1; p=none; pct=100; fo=0"'
+    assert finding.evidence["publish"] == '_dmarc.bad.example. TXT "v=DMARC1; p=none; sp=none; np=none; fo=0"'
 
 
 def test_valid_record_passes_syntax(dns_server, add_zone) -> None:
@@ -167,12 +176,22 @@ def test_hostile_dmarc_records_get_verdicts(dns_server, add_zone) -> None:
     assert {f.status for f in long.values()} == {Status.PASS}
     script = judge(dns_server, "script.example", ALL)
     assert script[("dmarc.syntax", "")].status is Status.FAIL
-    assert script[("dmarc.policy_weak", "")].status is Status.FAIL
-    assert script[("dmarc.policy_weak", "")].evidence["applied_policy"] == "none"  # §6.6.3 step 6: valid rua
+    # An invalid p= voids the policy (RFC 9989 §4.11): the policy checks only restate dmarc.syntax.
+    assert script[("dmarc.policy_weak", "")].status is Status.SKIPPED
+    assert script[("dmarc.policy_weak", "")].caused_by == script[("dmarc.syntax", "")].id
+    assert script[("dmarc.policy_weak", "")].evidence["applied_policy"] == "none"  # valid rua: p=none
     utf = judge(dns_server, "utf.example", ALL)
     assert utf[("dmarc.syntax", "")].status is Status.FAIL
     assert utf[("dmarc.policy_weak", "")].evidence["applied_policy"] == "no DMARC processing"
     assert all(f.status is not Status.ERROR for found in (long, script, utf) for f in found.values())
+
+
+def test_a_bad_report_uri_in_a_valid_policy_does_not_hide_a_weak_policy(dns_server, add_zone) -> None:
+    # An independent second problem of the same record still fails on its own.
+    add_zone("two-problems.example", '_dmarc TXT "v=DMARC1; p=none; rua=mailto:d@two-problems.example; fo=9"')
+    found = judge(dns_server, "two-problems.example", ALL)
+    assert found[("dmarc.syntax", "")].status is Status.FAIL
+    assert found[("dmarc.policy_weak", "")].status is Status.FAIL and found[("dmarc.policy_weak", "")].caused_by == ""
 
 
 # dmarc.policy_weak
@@ -182,7 +201,8 @@ def test_p_none_is_weak_and_the_fix_keeps_the_other_tags(dns_server, add_zone) -
     finding = one(dns_server, "weak.example", dmarc_policy_weak)
     assert finding.status is Status.FAIL and finding.evidence["applied_policy"] == "none"
     assert finding.evidence["publish"] == (
-        '_dmarc.weak.example. TXT "v=DMARC1; p=quarantine; rua=mailto:d@weak.example; adkim=s"'
+        '_dmarc.weak.example. TXT "v=DMARC1; p=quarantine; sp=quarantine; np=quarantine; rua=mailto:d@weak.example; '
+        'adkim=s"'
     )
 
 
@@ -193,10 +213,15 @@ def test_quarantine_meets_the_default_minimum_but_not_reject(dns_server, add_zon
     assert strict.status is Status.FAIL and strict.evidence["minimum"] == "reject"
 
 
-def test_no_record_is_weak(dns_server, add_zone) -> None:
+def test_no_record_fails_dmarc_missing_alone(dns_server, add_zone) -> None:
+    # The issue's "cries wolf" case: no record gave four failures; now dmarc.missing fails and the rest name it.
     add_zone("none.example", "")
-    finding = one(dns_server, "none.example", dmarc_policy_weak)
-    assert finding.status is Status.FAIL and finding.evidence["problem"] == "no DMARC record applies"
+    found = judge(dns_server, "none.example", ALL)
+    root = found[("dmarc.missing", "")]
+    assert root.status is Status.FAIL
+    skipped = {c for (c, _), f in found.items() if f.status is Status.SKIPPED and f.caused_by == root.id}
+    assert {"dmarc.policy_weak", "dmarc.subdomain_policy_weak", "dmarc.no_rua"} <= skipped
+    assert [c for (c, _), f in found.items() if f.status is Status.FAIL] == ["dmarc.missing"]
 
 
 def test_subdomain_is_judged_on_the_inherited_sp(dns_server, add_zone) -> None:
@@ -204,9 +229,11 @@ def test_subdomain_is_judged_on_the_inherited_sp(dns_server, add_zone) -> None:
     finding = one(dns_server, "mail.org.example", dmarc_policy_weak)
     assert finding.status is Status.FAIL
     assert finding.evidence["inherited"] is True and finding.evidence["judged_tag"] == "sp"
-    assert "organizational domain" in finding.evidence["inheritance"]
+    assert "Organizational Domain" in finding.evidence["applies_because"]
+    assert finding.evidence["policy_record"] == "_dmarc.org.example"
+    assert finding.evidence["organizational_domain"] == "org.example"
     assert finding.evidence["publish"] == (
-        '_dmarc.org.example. TXT "v=DMARC1; p=reject; sp=quarantine; rua=mailto:d@org.example"'
+        '_dmarc.org.example. TXT "v=DMARC1; p=reject; sp=quarantine; np=quarantine; rua=mailto:d@org.example"'
     )
 
 
@@ -228,7 +255,7 @@ def test_sp_none_is_weak(dns_server, add_zone) -> None:
     add_zone("sp.example", '_dmarc TXT "v=DMARC1; p=reject; sp=none"')
     finding = one(dns_server, "sp.example", dmarc_subdomain_policy_weak)
     assert finding.status is Status.FAIL
-    assert finding.evidence["publish"] == '_dmarc.sp.example. TXT "v=DMARC1; p=reject; sp=quarantine"'
+    assert finding.evidence["publish"] == '_dmarc.sp.example. TXT "v=DMARC1; p=reject; sp=quarantine; np=quarantine"'
 
 
 def test_sp_defaults_to_p(dns_server, add_zone) -> None:
@@ -250,7 +277,9 @@ def test_pct_under_100_fails_and_the_fix_drops_it(dns_server, add_zone) -> None:
     add_zone("pct.example", '_dmarc TXT "v=DMARC1; p=reject; pct=25; rua=mailto:d@pct.example"')
     finding = one(dns_server, "pct.example", dmarc_pct)
     assert finding.status is Status.FAIL and finding.evidence["pct"] == 25
-    assert finding.evidence["publish"] == '_dmarc.pct.example. TXT "v=DMARC1; p=reject; rua=mailto:d@pct.example"'
+    assert finding.evidence["publish"] == (
+        '_dmarc.pct.example. TXT "v=DMARC1; p=reject; sp=reject; np=reject; rua=mailto:d@pct.example"')
+    assert "t=y" in finding.evidence["note"]
 
 
 def test_pct_default_and_100_pass(dns_server, add_zone) -> None:
@@ -273,7 +302,7 @@ def test_no_rua_fails_with_a_record_that_adds_one(dns_server, add_zone) -> None:
     finding = one(dns_server, "quiet.example", dmarc_no_rua)
     assert finding.status is Status.FAIL
     assert finding.evidence["publish"] == (
-        '_dmarc.quiet.example. TXT "v=DMARC1; p=reject; rua=mailto:dmarc-reports@quiet.example"'
+        '_dmarc.quiet.example. TXT "v=DMARC1; p=reject; sp=reject; np=reject; rua=mailto:dmarc-reports@quiet.example"'
     )
 
 
@@ -436,3 +465,48 @@ def test_a_parked_domain_owes_no_reports(dns_server, add_zone) -> None:
                           coverage=(Coverage("acme", Fact.DMARC_REPORTS, FactState.COLLECTED),))
     [finding] = evaluate(inventory, [dmarc_reports_missing], policy=Policy(), senders={}, now=NOW)
     assert finding.status is Status.PASS and "parked" in finding.evidence["note"]
+# dmarc.np_weak and dmarc.testing (RFC 9989 §5.3)
+
+def test_an_explicit_np_weaker_than_the_minimum_fails(dns_server, add_zone) -> None:
+    add_zone("np.example", '_dmarc TXT "v=DMARC1; p=reject; sp=reject; np=none; rua=mailto:d@np.example"')
+    add_zone("npgood.example", '_dmarc TXT "v=DMARC1; p=reject; np=reject"')
+    add_zone("nonp.example", '_dmarc TXT "v=DMARC1; p=reject"')
+    finding = one(dns_server, "np.example", dmarc_np_weak)
+    assert finding.status is Status.FAIL and finding.evidence["judged_tag"] == "np"
+    assert "np=quarantine" in finding.evidence["publish"] and "RFC 7489 receivers ignore np" in finding.evidence["rfc7489"]
+    assert one(dns_server, "npgood.example", dmarc_np_weak).status is Status.PASS
+    assert one(dns_server, "nonp.example", dmarc_np_weak).status is Status.PASS
+
+
+def test_a_subdomains_own_np_is_ignored_for_the_organizational_domains(dns_server, add_zone) -> None:
+    # RFC 9989 §5.3 np: ignored on records of subdomains of an Organizational Domain (the walk passes them).
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject; np=none"\n_dmarc.mail TXT "v=DMARC1; p=reject; np=reject"')
+    finding = one(dns_server, "mail.org.example", dmarc_np_weak)
+    assert finding.status is Status.FAIL and finding.evidence["policy_record"] == "_dmarc.org.example"
+
+
+def test_testing_mode_fails_and_names_what_receivers_apply(dns_server, add_zone) -> None:
+    add_zone("trial.example", '_dmarc TXT "v=DMARC1; p=reject; t=y; rua=mailto:d@trial.example"')
+    add_zone("good.example", GOOD)
+    finding = one(dns_server, "trial.example", dmarc_testing)
+    assert finding.status is Status.FAIL and finding.evidence["applied_by_rfc9989_receivers"] == "quarantine"
+    assert "t=" not in finding.evidence["publish"]
+    assert one(dns_server, "good.example", dmarc_testing).status is Status.PASS
+
+
+def test_the_tree_walk_finds_the_policy_above_an_intermediate_name(dns_server, add_zone) -> None:
+    # RFC 9989 §4.10: a.mail.org.example walks past mail.org.example (no record) to org.example.
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject; sp=quarantine"\na.mail A 127.0.0.9')
+    found = judge(dns_server, "a.mail.org.example", [dmarc_missing, dmarc_policy_weak])
+    assert found[("dmarc.missing", "")].status is Status.PASS
+    weak = found[("dmarc.policy_weak", "")]
+    assert weak.status is Status.PASS and weak.evidence["policy_record"] == "_dmarc.org.example"
+    assert weak.evidence["tree_walk"] == ["_dmarc.a.mail.org.example", "_dmarc.mail.org.example",
+                                          "_dmarc.org.example", "_dmarc.example"]
+
+
+def test_a_failed_walk_above_the_domain_is_an_error_for_inherited_policy(dns_server, add_zone) -> None:
+    add_zone("org.example", '_dmarc TXT "v=DMARC1; p=reject"\nmail A 127.0.0.9')
+    dns_server.servfail_names.add("_dmarc.example")
+    finding = one(dns_server, "mail.org.example", dmarc_subdomain_policy_weak)
+    assert finding.status is Status.ERROR and "tree walk" in finding.reason

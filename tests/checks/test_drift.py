@@ -251,3 +251,16 @@ def test_an_alias_turned_back_on_is_a_forward_added_through_the_store_and_change
     forward = ("forward", "sales@acme.example -> sales@partner.test", "", "added")
     assert changes == {("mailbox", "sales@acme.example", "status", "changed"): ("disabled", "active"),
                        forward: (None, {"mechanism": "alias"})}
+
+
+def test_no_drift_aspect_passes_on_a_lookup_that_failed_now(dns_server, add_zone) -> None:
+    # Issue 14: with DNS failing, drift.dns_weakened passed. A failed lookup is unknown, baseline or not.
+    add_zone("acme.example", '@ TXT "v=spf1 -all"\n_dmarc TXT "v=DMARC1; p=reject"')
+    dns_server.timeout_names.update({"_dmarc.acme.example", "acme.example"})
+    domain = Domain("acme.example", "acme", dns=_facts(dns_server))
+    without_baseline = _items(_judge(domain, None, dns_weakened))
+    assert without_baseline["dmarc"].status is Status.ERROR and without_baseline["spf"].status is Status.ERROR
+    empty = _previous(DnsFacts())  # an earlier run that recorded no answer for these
+    found = _items(_judge(domain, empty, dns_weakened))
+    assert found["dmarc"].status is Status.ERROR and found["spf"].status is Status.ERROR
+    assert Status.PASS not in {f.status for f in found.values() if f.item in ("dmarc", "spf")}

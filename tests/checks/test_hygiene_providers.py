@@ -37,6 +37,7 @@ from scanner.config import Config, load_config
 from scanner.model import Coverage, Fact, FactState, Finding, Inventory, MailboxKind, MailboxStatus, Status
 from scanner.pipeline import policy_of, senders_of
 from scanner.zoneserver import ZoneServer
+from tests.conftest import top_level_zone
 from tests.contract import google, mailcow, microsoft
 from tests.contract.estate import NOW, Estate, EstateMailbox, standard_estate
 from tests.contract.harness import Harness
@@ -265,6 +266,13 @@ def _hygiene_checks() -> list[Check]:
     return checks
 
 
+def _estate_dns() -> ZoneServer:
+    """A DNS server where the estate's domains exist (empty zones) and other .example names are NXDOMAIN, so
+    every question is answered and the tenant is complete (an unanswered question makes it partial)."""
+    return ZoneServer([top_level_zone(o) for o in ("example", "acme.example", "acme-mail.example",
+                                                  *hygiene_estate().domains)])
+
+
 def _judge(source: str, config: Config, checks: list[Check]) -> tuple[frozenset[Fact], Inventory, list[Finding]]:
     adapter = adapter_for(config.tenants[0], config)
     assert adapter is not None
@@ -282,7 +290,7 @@ def judged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str],
     checks = _hygiene_checks()
     cache: dict[str, Judged] = {}
     servers: list[ContractServer] = []
-    dns = ZoneServer()
+    dns = _estate_dns()
     dns.start()
 
     def get(source: str) -> Judged:
@@ -473,7 +481,7 @@ def test_files_export_without_a_fact_makes_its_checks_unsupported(tmp_path: Path
     export.mkdir()
     _write_csv(export / "mailboxes.csv", ["address", "kind", "status"],
                [["ana@acme.example", "user", "active"], ["info@acme.example", "shared", "active"]])
-    with ZoneServer() as dns:
+    with _estate_dns() as dns:
         path = tmp_path / "mailwarden.toml"
         path.write_text(config_text(dns.nameserver, FILES_TENANT, "plain"), encoding="utf-8")
         write_roster(tmp_path / "people.csv")

@@ -164,4 +164,4 @@ def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
     html = (out / "report.html").read_text(encoding="utf-8")
     checks_table = html.split('<table id="coverage-checks">', 1)[1].split("</table>", 1)[0]
     assert "<th>provider</th>" in checks_table
-    assert "<td>northwind-logistics</td><td>files</td><td><code>spf.ptr</code></td>" in checks_table
+    assert "<td>northwind-logistics</td><td>files</td><td><code>mta_sts.mx_mismatch</code></td>" in checks_table

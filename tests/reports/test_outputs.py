@@ -32,6 +32,10 @@ def outputs(tmp_path: Path) -> Path:
                 status=Status.FAIL, severity=Severity.HIGH, tenant="acme", domain="acme.example",
                 subject="@ann@acme.example", title="Mailbox forwards mail outside the tenant",
                 evidence={"targets": ["+1@out.test"]}),
+        Finding(id=fingerprint("dmarc.no_rua", "acme", "evil.example"), check="dmarc.no_rua", status=Status.SKIPPED,
+                severity=Severity.MEDIUM, tenant="acme", domain="evil.example", subject="evil.example",
+                title="DMARC record asks for no aggregate reports (no rua)",
+                reason="only restates dmarc.missing", caused_by=fingerprint("dmarc.missing", "acme", "evil.example")),
     ]
     store.start_run("r1", NOW, "d" * 64, "test")
     store.record_findings("r1", findings, NOW, ["acme"])
@@ -61,7 +65,7 @@ def test_plain_cells_are_unchanged() -> None:
 def test_csv_file_cells_are_safe(outputs: Path) -> None:
     with (outputs / "findings.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2
+    assert len(rows) == 3
     for row in rows:
         for value in row.values():
             assert not value.startswith(("=", "+", "-", "@")), value
@@ -84,3 +88,13 @@ def test_manifest_hashes_every_file(outputs: Path) -> None:
     assert set(manifest["files"]) == {"findings.json", "findings.csv", "report.html"}
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((outputs / name).read_bytes()).hexdigest() == entry["sha256"]
+
+
+def test_a_skipped_finding_names_its_root_in_json_and_csv(outputs: Path) -> None:
+    root = fingerprint("dmarc.missing", "acme", "evil.example")
+    records = {r["check"]: r for r in json.loads((outputs / "findings.json").read_text(encoding="utf-8"))}
+    assert records["dmarc.no_rua"]["status"] == "skipped" and records["dmarc.no_rua"]["caused_by"] == root
+    assert records["dmarc.missing"]["caused_by"] == ""
+    with (outputs / "findings.csv").open(encoding="utf-8", newline="") as handle:
+        rows = {r["check"]: r for r in csv.DictReader(handle)}
+    assert rows["dmarc.no_rua"]["caused_by"] == root and rows["dmarc.no_rua"]["status"] == "skipped"

@@ -106,3 +106,42 @@ def test_since_accepts_durations_and_dates() -> None:
     assert parse_since("2026-11-01", now) == datetime(2026, 11, 1, tzinfo=UTC)
     with pytest.raises(ConfigError):
         parse_since("last week", now)
+
+
+def test_unreachable_dns_is_loud_partial_tenant_dns_summary_and_fail_on_error(tmp_path: Path) -> None:
+    # Issue 14: with DNS unreachable every DNS check was error, but the run was complete, the console listed
+    # nothing and the exit status was 0. A nameserver that answers nothing (a bound UDP port that never replies).
+    import socket
+
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        port = silent.getsockname()[1]
+        path = tmp_path / "mailwarden.toml"
+        path.write_text(
+            f'[store]\nurl = "sqlite:///{tmp_path / "store.db"}"\n[dns]\nnameservers = ["127.0.0.1:{port}"]\n'
+            'timeout = 0.3\n[[tenants]]\nname = "acme"\ndomains = ["acme.example"]\n',
+            encoding="utf-8",
+        )
+        plain = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(tmp_path / "a")])
+        assert plain.exit_code == 0, plain.output
+        assert "run " in plain.output and ": partial," in plain.output  # the run and the tenant are partial
+        assert "acme: partial" in plain.output
+        assert "DNS: " in plain.output and "unanswered" in plain.output
+        assert f"nameserver 127.0.0.1:{port} failed: timeout" in plain.output
+        manifest = json.loads((tmp_path / "a" / "manifest.json").read_text(encoding="utf-8"))
+        tenant = manifest["scope"]["tenants"]["acme"]
+        assert tenant["state"] == "partial" and any("went unanswered" in p for p in tenant["problems"])
+        strict = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(tmp_path / "b"),
+                                           "--fail-on-error"])
+        assert strict.exit_code == 3, strict.output
+    finally:
+        silent.close()
+
+
+def test_fail_on_error_exits_zero_when_every_check_decided(config: Path, add_zone, tmp_path: Path) -> None:
+    add_zone("acme.example", ZONE + 's1._domainkey TXT "v=DKIM1; k=rsa; p="\n')
+    config.write_text(config.read_text(encoding="utf-8") + 'dkim_selectors = ["s1"]\n', encoding="utf-8")
+    done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(tmp_path / "o"), "--fail-on-error"])
+    assert done.exit_code == 0, done.output
+    assert "DNS: " in done.output and "0 unanswered" in done.output

@@ -46,7 +46,9 @@ def test_each_question_is_asked_once_per_run(dns_server, add_zone) -> None:
         await asyncio.gather(*(client.collect_domain("a.example") for _ in range(5)))
 
     asyncio.run(run())
-    assert client.queries == 5  # MX, TXT, _dmarc, _mta-sts and _smtp._tls TXT, however many times they were asked for
+    # MX, TXT, _dmarc, _mta-sts and _smtp._tls TXT, and the tree walk's _dmarc.example (RFC 9989 §4.10), however
+    # many times they were asked for
+    assert client.queries == 6
 
 
 def test_nameserver_entries() -> None:
@@ -66,9 +68,9 @@ def test_outside_report_destinations_are_looked_up_under_the_policy_domain(dns_s
     for facts in (own, inherited):
         auth = {k: v for k, v in facts.answers.items() if k.startswith("rua_auth:")}
         assert sorted(auth) == ["rua_auth:other.test", "rua_auth:rep.test"]  # same-organization destinations skipped
-        assert auth["rua_auth:rep.test"].name == "org.example._report._dmarc.rep.test"  # RFC 7489 §7.1
+        assert auth["rua_auth:rep.test"].name == "org.example._report._dmarc.rep.test"  # RFC 9990 §3
         assert auth["rua_auth:rep.test"].outcome is Outcome.ANSWER
         assert auth["rua_auth:other.test"].outcome is Outcome.NXDOMAIN
-    # Five base lookups per domain (MX, TXT, _dmarc, _mta-sts, _smtp._tls) plus two authorizations; the
-    # subdomain reuses the cached organizational record and both authorizations.
-    assert client.queries == 5 + 2 + 5
+    # Five base lookups per domain (MX, TXT, _dmarc, _mta-sts, _smtp._tls) plus two authorizations and the tree
+    # walk's _dmarc.example; the subdomain reuses the cached organizational record, walk and both authorizations.
+    assert client.queries == 5 + 2 + 1 + 5

@@ -16,7 +16,7 @@ import dns.rrset
 import pytest
 
 from scanner.dns import DnsClient
-from scanner.dnswire import _Question, parse_reply
+from scanner.dnswire import CnameLoop, _Question, parse_reply
 from scanner.model import Outcome
 
 Handler = Callable[[dns.message.Message, int], list[bytes]]
@@ -175,7 +175,7 @@ def _parse(response: dns.message.Message | bytes) -> tuple[int, list[str] | None
     """What parse_reply and the chain make of a reply to ``a.example TXT``, as (rcode, records)."""
     question = _Question("a.example", dns.rdatatype.TXT, b"\x01a\x07example\x00\x00\x10\x00\x01")
     reply = parse_reply(response if isinstance(response, bytes) else response.to_wire(), question)
-    answer = reply.chain(question.owner, question.rdtype)
+    answer, _ = reply.chain(question.owner, question.rdtype)
     return reply.rcode, None if answer is None else [b"".join(r).decode() for r in answer]  # type: ignore[arg-type]
 
 
@@ -202,7 +202,7 @@ def test_reply_parsing_raises_as_dnspython_does() -> None:
     loop = dns.message.make_response(query)
     loop.answer.append(dns.rrset.from_text("a.example.", 300, "IN", "CNAME", "b.example."))
     loop.answer.append(dns.rrset.from_text("b.example.", 300, "IN", "CNAME", "a.example."))
-    with pytest.raises(dns.message.ChainTooLong):
+    with pytest.raises(CnameLoop, match="CNAME loop: a.example -> b.example -> a.example"):
         _parse(loop)
     nx = dns.message.make_response(query)
     nx.set_rcode(dns.rcode.NXDOMAIN)
@@ -229,3 +229,35 @@ def test_a_cancelled_waiter_passes_its_slot_on(serve) -> None:
         return [*outcomes, again.outcome]
 
     assert asyncio.run(run()) == [Outcome.ANSWER, Outcome.ANSWER, Outcome.ANSWER]
+
+
+def test_a_cname_whose_target_the_reply_lacks_is_followed(dns_server, add_zone) -> None:
+    # An authoritative server answers a CNAME into another zone without the target's records (RFC 1034 §4.3.2):
+    # the client asks for the target itself, so the answer is the same as through a recursive resolver.
+    add_zone("acme.example", 'selector1._domainkey CNAME selector1-acme._domainkey.sender.test.')
+    add_zone("sender.test", 'selector1-acme._domainkey TXT "v=DKIM1; k=rsa; p=AAAA"')
+    dns_server.chase_across_zones = False
+    answer = _ask(DnsClient([dns_server.nameserver], timeout=1.0), "selector1._domainkey.acme.example")
+    assert answer.outcome is Outcome.ANSWER and answer.records == ("v=DKIM1; k=rsa; p=AAAA",)
+    assert answer.name == "selector1._domainkey.acme.example"
+
+
+def test_a_cname_loop_across_zones_is_a_failure_naming_the_loop(dns_server, add_zone) -> None:
+    add_zone("acme.example", "a CNAME b.other.test.")
+    add_zone("other.test", "b CNAME a.acme.example.")
+    dns_server.chase_across_zones = False
+    answer = _ask(DnsClient([dns_server.nameserver], timeout=1.0), "a.acme.example")
+    assert answer.outcome is Outcome.FAILED
+    assert answer.error == "CNAME loop: a.acme.example -> b.other.test -> a.acme.example"
+
+
+def test_a_cname_chain_of_more_than_eight_links_is_a_failure(dns_server, add_zone) -> None:
+    # Nine links, each into the other zone, so every link is a question of its own.
+    add_zone("one.example", "\n".join(f"l{i} CNAME l{i + 1}.two.test." for i in range(0, 10, 2)))
+    add_zone("two.test", "\n".join(f"l{i} CNAME l{i + 1}.one.example." for i in range(1, 9, 2)) + '\nl9 TXT "end"')
+    dns_server.chase_across_zones = False
+    client = DnsClient([dns_server.nameserver], timeout=1.0)
+    answer = _ask(client, "l0.one.example")
+    assert answer.outcome is Outcome.FAILED and "longer than 8 links" in (answer.error or "")
+    dns_server.chase_across_zones = True
+    assert _ask(DnsClient([dns_server.nameserver], timeout=1.0), "l1.two.test").records == ("end",)

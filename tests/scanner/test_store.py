@@ -323,3 +323,19 @@ def test_a_field_left_unread_keeps_its_last_recorded_value(store: Store) -> None
     assert [f["target"] for f in kept["forwards"]] == ["x@out.test"] and kept["delegates"] == ["pa@acme.example"]
     changes = [(c.object_type, c.field, c.after) for c in store.changes(run_id="r2")]
     assert changes == [("mailbox", "status", "suspended")]
+def test_a_store_from_before_caused_by_gains_the_column_and_keeps_skipped_findings(store_url: str) -> None:
+    store = Store(store_url)
+    with store.engine.begin() as conn:  # the schema as the previous version left it
+        conn.execute(sa.text("ALTER TABLE run_findings DROP COLUMN caused_by"))
+        conn.execute(sa.text(f"update mw_meta set value = '{len(MIGRATIONS) - 1}' where key = 'schema_version'"))
+    store = Store(store_url)
+    assert store.version == len(MIGRATIONS)
+    root = Finding(id="root1", check="dmarc.missing", status=Status.FAIL, severity=Severity.HIGH, tenant="acme",
+                   domain="acme.example", subject="acme.example", title="t")
+    skipped = Finding(id="dep1", check="dmarc.no_rua", status=Status.SKIPPED, severity=Severity.MEDIUM,
+                      tenant="acme", domain="acme.example", subject="acme.example", title="t", caused_by="root1")
+    store.start_run("r1", T0, "d", "v")
+    store.record_findings("r1", [root, skipped], T0, ["acme"])
+    stored = {f.id: f for f in store.findings_for_run("r1")}
+    assert stored["dep1"].status is Status.SKIPPED and stored["dep1"].caused_by == "root1"
+    assert stored["root1"].caused_by == ""
