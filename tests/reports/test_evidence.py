@@ -305,9 +305,9 @@ def test_verify_checks_the_workbook(store: Store, tmp_path: Path, catalogue: Cat
 
 
 def test_one_framework_limits_controls_and_findings(store: Store, tmp_path: Path, catalogue: Catalogue) -> None:
-    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue, framework="nist-800-53")
-    assert {r["framework"] for r in _rows(tmp_path / "pack" / "controls.csv")} == {"nist-800-53"}
-    assert _rows(tmp_path / "pack" / "findings.csv") == []  # forwarding.external evidences no NIST control here
+    write_evidence(store, tmp_path / "pack", Period.of(None, None), catalogue=catalogue, framework="bod-18-01")
+    assert {r["framework"] for r in _rows(tmp_path / "pack" / "controls.csv")} == {"bod-18-01"}
+    assert _rows(tmp_path / "pack" / "findings.csv") == []  # forwarding.external evidences no BOD 18-01 control
     write_evidence(store, tmp_path / "exo", Period.of(None, None), catalogue=catalogue, framework="scuba-exo")
     assert {r["check"] for r in _rows(tmp_path / "exo" / "findings.csv")} == {"forwarding.external"}
     manifest = json.loads((tmp_path / "exo" / "manifest.json").read_text(encoding="utf-8"))

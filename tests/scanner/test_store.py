@@ -312,12 +312,14 @@ def test_a_field_left_unread_keeps_its_last_recorded_value(store: Store) -> None
 
     store.start_run("r1", T0, "d", "test")
     store.save_snapshot("r1", [("mailbox", "acme/old@acme.example", body(["x@out.test"], ["pa@acme.example"]))])
+    store.record_findings("r1", [], T0, ["acme"])  # a whole run: the next one is compared with it
     # Suspended: the provider let nothing be read, so the mailbox arrives with no forwards and no delegates.
     store.start_run("r2", T0 + timedelta(days=1), "d", "test")
     store.stage("r2", [("mailbox", "acme/old@acme.example", body([], [], "suspended"), "acme")])
     store.keep_last_known("r2", {"acme/old@acme.example": {"forwards", "delegates"},
                                  "acme/new@acme.example": {"forwards"}})  # never recorded: nothing to keep
     store.commit_snapshot("r2")
+    store.record_findings("r2", [], T0 + timedelta(days=1), ["acme"])  # a whole run: its changes count
     kept = store.snapshot("r2")[("mailbox", "acme/old@acme.example")]
     assert kept["status"] == "suspended"
     assert [f["target"] for f in kept["forwards"]] == ["x@out.test"] and kept["delegates"] == ["pa@acme.example"]
