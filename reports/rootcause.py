@@ -205,5 +205,5 @@ def reconcile(causes: Sequence[RootCause]) -> None:
             if record != chosen and cause is not chosen_cause:
                 cause.publish = [r for r in cause.publish if r != record]
                 cause.superseded_by = chosen_cause.key
-                cause.note = (f"Fixed by the record from {chosen_cause.first.check} for {name} ({why}); "
-                              f"publish that one, not a second record.")
+                cause.note = (f"The record {chosen_cause.first.check} proposes for {name} fixes this too ({why}): "
+                              "publish that one, not a second record.")
