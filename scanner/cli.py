@@ -131,6 +131,9 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  … and {len(causes) - FIX_FIRST_LINES} more in the report")
     _collection_problems(result)
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
+    actionable = next((c.first.check for c in causes if c.change is not None), None)
+    if next_steps and actionable:
+        next_steps = [(what, command.replace("CHECK_ID", actionable)) for what, command in next_steps]
     if next_steps:
         click.echo("next:")
         width = max(len(what) for what, _ in next_steps)

@@ -422,6 +422,11 @@
     }
   }
   window.addEventListener("hashchange", route);
+  // A link to the finding or domain already in the address changes no hash: route it all the same.
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest && e.target.closest('a[href^="#finding="], a[href^="#domain="]');
+    if (a && a.getAttribute("href") === location.hash) { e.preventDefault(); route(); }
+  });
 
   // The fix-first list: ten causes at first, ten more per click.
   var more = $("fix-more");
