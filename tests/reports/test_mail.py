@@ -394,8 +394,11 @@ def test_with_links_each_fix_carries_its_one_click_link(monkeypatch: pytest.Monk
     config = _email(25)
     message = build_message(_run(), _weekly_findings(), {}, config.lists[0], config, signer, history=False)
     text, html, _ = _parts(message)
-    links = re.findall(r"One click \(you confirm first\): (https://fix\.msp\.example/r/\S+)", text)
+    links = re.findall(r"(?:One click \(you confirm first\)|Verify once published): (https://fix\.msp\.example/r/\S+)",
+                       text)
     assert len(links) == 3  # the DMARC record chosen, SPF and the forward; the superseded proposal has none
+    assert "One click (you confirm first): https://fix.msp.example/r/" in text  # the forward: a job to confirm
+    assert text.count("Verify once published: https://fix.msp.example/r/") == 2  # records: checked live
     assert all(html.count(link.replace("&", "&amp;")) == 1 for link in links)
 
 
