@@ -101,7 +101,7 @@ def test_each_demo_run_folder_verifies_as_written_and_its_report_links_to_fixes(
                                   timeout=60)
         assert verified.returncode == 0, verified.stderr
     html = (out / "after-change" / "report.html").read_text(encoding="utf-8")
-    assert 'class="button remediation-link" rel="noopener" href="http://127.0.0.1:8642/r/' in html
+    assert 'class="button fix-link" rel="noopener" href="http://127.0.0.1:8642/r/' in html
     assert "mailwarden demo --serve" in done.stdout and "mailwarden evidence verify" in done.stdout
 
 

@@ -83,7 +83,7 @@ def test_click_a_fix_confirm_see_the_export_change_audit_and_undo(serving: tuple
             cause = page.locator('#fix-list li.cause[data-check="forwarding.external"]', has_text="eleanor.price@cedarlaw.example")
             while not cause.is_visible():
                 page.click("#fix-more")
-            link = cause.locator("a.remediation-link")
+            link = cause.locator("a.fix-link")
             assert link.get_attribute("href", timeout=1000).startswith(f"http://127.0.0.1:{port}/r/")
             link.click()
             page.wait_for_url(f"http://127.0.0.1:{port}/r/**")
