@@ -16,7 +16,7 @@ import jinja2
 from markupsafe import Markup
 
 from checks.registry import RegistryError, load_checks
-from reports.actions import action_change, link_signer, remediation_link
+from reports.actions import ActionChange, action_change, link_signer, remediation_link
 from reports.rootcause import WEIGHTS, Counts, Posture, RootCause, finding_counts, postures, root_causes
 from remediation.links import Signer
 from scanner.config import RemediationConfig
@@ -131,15 +131,20 @@ def earlier_runs(store: Store, run: RunRecord) -> list[RunRecord]:
 
 
 def trend(store: Store, run: RunRecord, events: Mapping[str, Sequence[str]],
-          counts: Counts | None = None, earlier: Sequence[RunRecord] | None = None) -> list[TrendPoint]:
+          counts: Counts | None = None, earlier: Sequence[RunRecord] | None = None,
+          cache: dict[str, Counts] | None = None) -> list[TrendPoint]:
     """Open failures and errors (and new and resolved findings) per run, for the recent runs up to this one.
 
     Each earlier run costs two small queries (its counts by status, in SQL, and its lifecycle events),
-    so the chart stays cheap however many findings earlier runs had.
+    so the chart stays cheap however many findings earlier runs had. ``cache`` keeps each run's counts.
     """
     before = list(earlier if earlier is not None else earlier_runs(store, run))
     shown = before[-(TREND_RUNS - 1):]
-    points = [_point(record, store.lifecycle_events(record.id), store.finding_counts(record.id)) for record in shown]
+    cache = {} if cache is None else cache
+    for record in shown:
+        if record.id not in cache:
+            cache[record.id] = store.finding_counts(record.id)
+    points = [_point(record, store.lifecycle_events(record.id), cache[record.id]) for record in shown]
     points.append(_point(run, events, counts or {}))
     first = len(before) - len(shown) + 1
     return [_labelled(p, first + i) for i, p in enumerate(points)]
@@ -200,6 +205,7 @@ def report_data(
     domains: Mapping[tuple[str, str], Any],
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
+    changes: Mapping[str, ActionChange | None] | None = None,
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
@@ -226,7 +232,7 @@ def report_data(
         if f.status is Status.PASS:
             passes[(check_i, tenant_i, domain_i, severity_index[f.severity])] += 1
             continue
-        change = action_change(f)
+        change = changes[f.id] if changes is not None else action_change(f)
         rows.append([
             f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
             f.subject, f.item, f.reason, f.evidence,
@@ -332,9 +338,20 @@ def render_report(
     With ``remediation`` (the ``[remediation]`` config) naming a base URL and a secret, each failing
     finding with a job carries its signed link.
     """
+    from scanner.pipeline import paused_gc  # scanner.pipeline imports this module
+
+    with paused_gc():  # the run's findings are long-lived: the collector would only re-scan them, page after page
+        return _render_stored(store, run, findings, events, path, remediation)
+
+
+def _render_stored(
+    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
+    remediation: RemediationConfig | None,
+) -> Path:
     earlier = earlier_runs(store, run)
     counts = finding_counts(findings)
-    points = trend(store, run, events, counts, earlier)
+    cache: dict[str, Counts] = {}
+    points = trend(store, run, events, counts, earlier, cache)
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -346,7 +363,8 @@ def render_report(
         points=points,
         signer=link_signer(remediation),
         previous=earlier[-1] if earlier else None,
-        previous_counts=store.finding_counts(earlier[-1].id) if earlier else None,
+        previous_counts=(cache.get(earlier[-1].id) or store.finding_counts(earlier[-1].id)) if earlier else None,
+        counts=counts,
     )
 
 
@@ -362,17 +380,21 @@ def render_html(
     signer: Signer | None = None,
     previous: RunRecord | None = None,
     previous_counts: Counts | None = None,
+    counts: Counts | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
     ``display_names`` maps a mailbox address to the name its provider shows, for the findings table.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
     """
-    by_status = status_counts(findings)
-    counts = finding_counts(findings)
+    counts = counts if counts is not None else finding_counts(findings)
+    by_status: Counter[str] = Counter()
+    for (_, status, _), n in counts.items():
+        by_status[status] += n
     tenants_in_scope = list(run.scope.get("tenants", {}))
     scores = postures(counts, previous_counts if previous is not None else None, tenants_in_scope)
-    causes = root_causes(findings, signer)
+    changes = {f.id: action_change(f) for f in findings if f.status is not Status.PASS}
+    causes = root_causes(findings, signer, changes)
     per_tenant: dict[str, Counter[str]] = {}
     for (tenant, status, _), n in counts.items():
         per_tenant.setdefault(tenant, Counter())[status] += n
@@ -392,7 +414,7 @@ def render_html(
         events = {}
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
-    data = report_data(findings, events, domains or {}, display_names, signer)
+    data = report_data(findings, events, domains or {}, display_names, signer, changes)
     data["history"] = previous is not None
     html = environment().get_template("report.html.j2").render(
         run=run,

@@ -23,6 +23,7 @@ WEIGHTS: Mapping[Severity, int] = {
     Severity.CRITICAL: 10, Severity.HIGH: 5, Severity.MEDIUM: 3, Severity.LOW: 1, Severity.INFO: 0,
 }
 """Points a check is worth on one subject, by severity: what the posture score weighs."""
+_RANK = {s: s.rank for s in Severity}  # Severity.rank looks its position up on every call
 _DMARC_STRENGTH = {"none": 0, "quarantine": 1, "reject": 2}
 _POLICY = re.compile(r"(?:^|;)\s*p\s*=\s*([a-z]+)", re.IGNORECASE)
 
@@ -60,7 +61,8 @@ Counts = Mapping[tuple[str, str, str], int]
 
 def finding_counts(findings: Iterable[Finding]) -> Counter[tuple[str, str, str]]:
     """Findings by (tenant, status, severity): what a score and a trend point need."""
-    return Counter((f.tenant, f.status.value, f.severity.value) for f in findings)
+    counted = Counter((f.tenant, f.status, f.severity) for f in findings)
+    return Counter({(tenant, status.value, severity.value): n for (tenant, status, severity), n in counted.items()})
 
 
 def postures(counts: Counts, previous: Counts | None = None, tenants: Iterable[str] = ()) -> list[Posture]:
@@ -109,7 +111,7 @@ class RootCause:
     @property
     def severity(self) -> Severity:
         """The highest severity among the cause's findings."""
-        return max((f.severity for f in self.findings), key=lambda s: s.rank)
+        return max((f.severity for f in self.findings), key=_RANK.__getitem__)
 
     @property
     def reach(self) -> int:
@@ -122,12 +124,14 @@ class RootCause:
         return self.first.id
 
 
-def root_causes(findings: Sequence[Finding], signer: Signer | None = None) -> list[RootCause]:
+def root_causes(findings: Sequence[Finding], signer: Signer | None = None,
+                changes: Mapping[str, ActionChange | None] | None = None) -> list[RootCause]:
     """Failing findings grouped by tenant, check and subject, most severe and widest reach first.
 
     A skipped finding (or any finding naming a ``caused_by``) is listed under its cause, never as one
     of its own. Two causes of one domain that propose different records for one DNS name get one
-    record to publish, with the reason (``reconcile``).
+    record to publish, with the reason (``reconcile``). ``changes`` holds ``action_change`` by finding id
+    when the caller has it already.
     """
     groups: dict[tuple[str, str, str], RootCause] = {}
     by_id: dict[str, RootCause] = {}
@@ -148,10 +152,11 @@ def root_causes(findings: Sequence[Finding], signer: Signer | None = None) -> li
                 if record not in records:
                     records.append(record)
         cause.publish = records
-        cause.change = action_change(cause.first) if cause.first.remediation is not None else None
+        if cause.first.remediation is not None:
+            cause.change = changes[cause.first.id] if changes is not None else action_change(cause.first)
         if signer is not None:
             cause.links = [link for f in cause.findings if (link := remediation_link(f, signer))]
-    causes = sorted(groups.values(), key=lambda c: (-c.severity.rank, -c.reach, c.first.tenant, c.first.subject,
+    causes = sorted(groups.values(), key=lambda c: (-_RANK[c.severity], -c.reach, c.first.tenant, c.first.subject,
                                                     c.first.check))
     reconcile(causes)
     return causes
