@@ -176,6 +176,16 @@
   function changeBlock(r) {
     var c = r[F.change];
     var box = el("div", null, "change");
+    if (c[0] === "dns.publish") {
+      // The record itself is shown once, as "Publish"; what is left to say is how to verify it.
+      box.appendChild(el("p", "Once it is published, mailwarden checks it on the next run" + (r[F.link] ? ", or now:" : ".")));
+      if (r[F.link] && /^https?:/i.test(r[F.link])) {
+        var verify = $("remediation-link").content.cloneNode(true);
+        var va = verify.querySelector("a");
+        va.textContent = "Verify once published"; va.setAttribute("href", r[F.link]); box.appendChild(verify);
+      }
+      return box;
+    }
     box.appendChild(el("strong", "What " + c[0] + " would change"));
     box.appendChild(el("p", c[1]));
     var p = el("p");
