@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from checks.registry import RegistryError, load_checks
 from reports.actions import ActionChange, action_change, link_signer, remediation_link
-from reports.rootcause import WEIGHTS, Counts, Posture, RootCause, finding_counts, postures, root_causes
+from reports.rootcause import WEIGHTS, Counts, finding_counts, postures, root_causes
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
