@@ -193,15 +193,23 @@ def reconcile(causes: Sequence[RootCause]) -> None:
                 proposals.setdefault((cause.first.tenant, *owner), []).append((cause, record))
     for (_, name, rdtype), offered in proposals.items():
         # Only a name that holds one record of its kind conflicts: other TXT names may hold several.
-        if len({record for _, record in offered}) < 2 or not name.startswith("_dmarc."):
+        if len({record for _, record in offered}) < 2:
             continue
+        if name.startswith("_dmarc."):
+            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
+                return (_dmarc_policy(pair[1]), pair[0].first.check.startswith("drift."), _RANK[pair[0].severity])
 
-        def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
-            return (_dmarc_policy(pair[1]), pair[0].first.check.startswith("drift."), pair[0].severity.rank)
+            why = ("it sets the stronger policy (p=), so it also meets [policy] dmarc_min_policy"
+                   if len({_dmarc_policy(r) for _, r in offered}) > 1
+                   else "it restores the record the domain had, with its reporting addresses, at the same policy")
+        elif "._domainkey." in name:
+            # RFC 6376 §3.6.1: a selector publishes one key record; the DKIM check's proposal is about the key
+            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
+                return (0, pair[0].first.check.startswith("dkim."), _RANK[pair[0].severity])
 
-        why = ("it sets the stronger policy (p=), so it also meets [policy] dmarc_min_policy"
-               if len({_dmarc_policy(r) for _, r in offered}) > 1
-               else "it restores the record the domain had, with its reporting addresses, at the same policy")
+            why = "a selector publishes one key, and this is the record the DKIM check asks for"
+        else:
+            continue
         chosen_cause, chosen = max(offered, key=rank)
         others = sorted({c.first.check for c, r in offered if r != chosen})
         chosen_cause.note = (f"Publish this one record at {name} {rdtype}: {', '.join(others)} proposed a different "
@@ -209,6 +217,8 @@ def reconcile(causes: Sequence[RootCause]) -> None:
         for cause, record in offered:
             if record != chosen and cause is not chosen_cause:
                 cause.publish = [r for r in cause.publish if r != record]
-                cause.superseded_by = chosen_cause.key
-                cause.note = (f"The record {chosen_cause.first.check} proposes for {name} fixes this too ({why}): "
-                              "publish that one, not a second record.")
+                said = (f"The record {chosen_cause.first.check} proposes for {name} fixes this too ({why}): "
+                        "publish that one, not a second record.")
+                cause.note = f"{cause.note} {said}".strip()
+                if not cause.publish:
+                    cause.superseded_by = chosen_cause.key

@@ -106,3 +106,21 @@ def test_the_report_shows_dependants_under_their_cause_and_no_raw_json(tmp_path:
     assert len(passes) == 1 and passes[0][14] == 1  # the pass, as a count per check and domain
     skipped = [row for row in data["findings"] if row[15]]
     assert {row[15] for row in skipped} == {findings[0].id}
+
+
+def test_one_key_per_dkim_selector_and_the_other_records_of_a_cause_stay() -> None:
+    aligned = [
+        _f("alignment.sender_unaligned", "acme.example", item="lexdocs",
+           publish='lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<key from LexDocs>"'),
+        _f("alignment.sender_unaligned", "acme.example", item="trekmail",
+           publish='trek1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=MIIB"'),
+    ]
+    missing = _f("dkim.missing", "acme.example", item="lexdocs1",
+                 publish='lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<a new 2048-bit key>"')
+    causes = {c.first.check: c for c in root_causes([*aligned, missing])}
+    alignment, dkim = causes["alignment.sender_unaligned"], causes["dkim.missing"]
+    assert dkim.publish == ['lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<a new 2048-bit key>"']
+    assert "a selector publishes one key" in dkim.note
+    # the alignment cause keeps its other record and says where the lexdocs1 key comes from
+    assert alignment.publish == ['trek1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=MIIB"']
+    assert not alignment.superseded_by and "dkim.missing" in alignment.note
