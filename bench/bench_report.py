@@ -117,7 +117,7 @@ def build_store(path: Path, domains: int, findings: int, tenants: int) -> tuple[
 
 
 def open_in_browser(report: Path) -> dict[str, float]:
-    """Seconds until the findings table shows, and for a tenant filter and a search to apply."""
+    """Seconds until the fix-first list and the findings table's first rows show, and for a filter and a search."""
     from playwright.sync_api import sync_playwright
 
     args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -126,7 +126,9 @@ def open_in_browser(report: Path) -> dict[str, float]:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=args)
         page = browser.new_page()
         began = time.perf_counter()
-        page.goto(report.as_uri(), timeout=120_000)
+        page.goto(report.as_uri(), timeout=120_000, wait_until="commit")
+        page.wait_for_selector("#fix-list li.cause", timeout=120_000)
+        fix_first = time.perf_counter() - began
         page.wait_for_selector("#findings-body tr.finding", timeout=120_000)
         loaded = time.perf_counter() - began
         began = time.perf_counter()
@@ -138,7 +140,7 @@ def open_in_browser(report: Path) -> dict[str, float]:
         page.wait_for_timeout(200)  # the search input is debounced by 150 ms
         searched = time.perf_counter() - began - 0.2
         browser.close()
-    return {"load_s": loaded, "tenant_filter_s": filtered, "search_s": searched}
+    return {"fix_first_s": fix_first, "load_s": loaded, "tenant_filter_s": filtered, "search_s": searched}
 
 
 def main() -> int:
@@ -156,9 +158,9 @@ def main() -> int:
         store, run_id, produced = build_store(work / "bench.db", options.domains, options.findings, options.tenants)
         print(f"store built in {time.perf_counter() - began:.1f} s: {options.domains} domains, "
               f"{produced} findings per run, 2 runs")
-        reads, renders, totals = [], [], []
+        reads, renders, totals, cpu = [], [], [], []
         for _ in range(options.repeat):
-            began = time.perf_counter()
+            began, began_cpu = time.perf_counter(), time.process_time()
             run = store.run(run_id)
             findings = store.findings_for_run(run_id)
             events = store.lifecycle_events(run_id)
@@ -166,6 +168,8 @@ def main() -> int:
             began = time.perf_counter()
             render_report(store, run, findings, events, work / "report.html")
             renders.append(time.perf_counter() - began)
+            # CPU time of this process: what the wall time would be on an idle machine (the work is one thread)
+            cpu.append(time.process_time() - began_cpu)
         for _ in range(options.repeat):
             began = time.perf_counter()
             write_outputs(store, run_id, work / "out")
@@ -175,6 +179,7 @@ def main() -> int:
         print(f"render_report (history, snapshot, exceptions, HTML): median {statistics.median(renders):.2f} s")
         print(f"report generation total (read + render): median "
               f"{statistics.median(reads) + statistics.median(renders):.2f} s (target < 10 s)")
+        print(f"report generation CPU time (read + render, this process): median {statistics.median(cpu):.2f} s")
         print(f"write_outputs (json + csv + html + manifest): median {statistics.median(totals):.2f} s")
         print(f"report.html: {size / 1e6:.1f} MB; findings.json {(work / 'out' / 'findings.json').stat().st_size / 1e6:.1f} MB; "
               f"findings.csv {(work / 'out' / 'findings.csv').stat().st_size / 1e6:.1f} MB")

@@ -29,9 +29,14 @@ def _items(evidence: Mapping[str, object], key: str) -> str:
 
 
 def _forwarding(f: Finding) -> tuple[str, str, str]:
-    targets = _items(f.evidence, "targets")
-    return (f"Turn off the forwards of {f.subject} to outside addresses ({targets}).",
-            f"forwards to {targets}", "no forward outside the tenant")
+    if f.evidence.get("targets"):
+        targets = _items(f.evidence, "targets")
+        return (f"Turn off the forwards of {f.subject} to outside addresses ({targets}).",
+                f"forwards to {targets}", "no forward outside the tenant")
+    # drift.forwarding_added names the forwards added since the previous run as "added"
+    added = _items(f.evidence, "added") or "the forwards the finding names"
+    return (f"Turn off the forwards of {f.subject} added since the previous run ({added}).",
+            f"forwards to {added}", "none of these forwards")
 
 
 def _catchall(f: Finding) -> tuple[str, str, str]:

@@ -286,7 +286,10 @@ def _when(moment: datetime | None) -> str | None:
 
 
 def verify_evidence(directory: Path) -> list[str]:
-    """Problems with a pack: a file changed, missing or not in its manifest; empty when every hash matches."""
+    """Problems with a pack: a file changed, missing or not in its manifest; empty when every hash matches.
+
+    A folder inside that holds its own manifest.json (another run's outputs) is verified the same way.
+    """
     try:
         manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
         listed: Mapping[str, Mapping[str, Any]] = manifest["files"]
@@ -312,6 +315,11 @@ def verify_evidence(directory: Path) -> list[str]:
                 if titles != entry.get("sheets"):
                     problems.append(f"{path}: its sheets {titles} are not the manifest's {entry.get('sheets')}")
     for path in sorted(directory.iterdir()):
-        if path.name != "manifest.json" and path.name not in listed:
+        if path.name == "manifest.json" or path.name in listed:
+            continue
+        if path.is_dir() and not path.is_symlink() and (path / "manifest.json").is_file():
+            # a run folder inside another (the demo's after-change/) is checked against its own manifest
+            problems.extend(verify_evidence(path))
+        else:
             problems.append(f"{path}: not listed in the manifest")
     return problems

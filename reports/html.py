@@ -16,10 +16,11 @@ import jinja2
 from markupsafe import Markup
 
 from checks.controls import load_catalogue
-from checks.registry import Sender
-from reports.actions import action_change, link_signer, remediation_link
+from checks.registry import RegistryError, Sender, load_checks
+from reports.actions import ActionChange, action_change, link_signer, remediation_link
 from reports.controls import ControlStatus, control_matrix, control_statuses, tenant_providers
 from reports.dmarc_sources import senders_seen
+from reports.rootcause import WEIGHTS, Counts, finding_counts, postures, root_causes
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
@@ -28,6 +29,10 @@ from scanner.store import RunRecord, Store
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SHOWN = (Status.FAIL, Status.ERROR, Status.EXCEPTED, Status.UNSUPPORTED)
+EMBEDDED = (Status.FAIL, Status.ERROR, Status.EXCEPTED, Status.UNSUPPORTED, Status.SKIPPED)
+"""Statuses embedded finding by finding; passes are embedded as counts per check and domain."""
+FIX_FIRST = 100
+"""How many root causes the fix-first list renders (ten at first, the rest a click away)."""
 TREND_RUNS = 12
 """How many runs (this one included) the trend chart shows."""
 LISTED = 50
@@ -67,11 +72,12 @@ def _csp_hash(script: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TrendPoint:
-    """One run's counts for the trend chart."""
+    """One run's counts for the trend chart: open failures and errors, and new and resolved findings."""
 
     run_id: str
     started: str
     counts: Mapping[str, int]
+    label: str = ""
 
 
 def exception_rows(
@@ -122,45 +128,72 @@ def status_counts(findings: Iterable[Finding]) -> Counter[str]:
     return Counter(f.status.value for f in findings)
 
 
-def trend(store: Store, run: RunRecord, events: Mapping[str, Sequence[str]]) -> list[TrendPoint]:
-    """New (or reopened) and resolved findings per run, for the recent finished runs up to this one.
+def earlier_runs(store: Store, run: RunRecord) -> list[RunRecord]:
+    """The finished runs started before this one, oldest first."""
+    return [r for r in store.runs() if r.started <= run.started and r.id != run.id
+            and r.state in ("complete", "partial")]
 
-    Read from ``Store.lifecycle_events``, a query of one run's events each, so the chart costs next to
-    nothing at any size; counts by status for earlier runs would need every earlier run's findings.
+
+def trend(store: Store, run: RunRecord, events: Mapping[str, Sequence[str]],
+          counts: Counts | None = None, earlier: Sequence[RunRecord] | None = None,
+          cache: dict[str, Counts] | None = None) -> list[TrendPoint]:
+    """Open failures and errors (and new and resolved findings) per run, for the recent runs up to this one.
+
+    Each earlier run costs two small queries (its counts by status, in SQL, and its lifecycle events),
+    so the chart stays cheap however many findings earlier runs had. ``cache`` keeps each run's counts.
     """
-    earlier = [r for r in store.runs() if r.started <= run.started and r.id != run.id
-               and r.state in ("complete", "partial")][-(TREND_RUNS - 1):]
-    points = []
-    for record in earlier:
-        points.append(_point(record, store.lifecycle_events(record.id)))
-    points.append(_point(run, events))
-    return points
+    before = list(earlier if earlier is not None else earlier_runs(store, run))
+    shown = before[-(TREND_RUNS - 1):]
+    cache = {} if cache is None else cache
+    for record in shown:
+        if record.id not in cache:
+            cache[record.id] = store.finding_counts(record.id)
+    points = [_point(record, store.lifecycle_events(record.id), cache[record.id]) for record in shown]
+    points.append(_point(run, events, counts or {}))
+    first = len(before) - len(shown) + 1
+    return [_labelled(p, first + i) for i, p in enumerate(points)]
 
 
-def _point(run: RunRecord, events: Mapping[str, Sequence[str]]) -> TrendPoint:
-    return TrendPoint(run.id, run.started.date().isoformat(), {
+def _labelled(point: TrendPoint, number: int) -> TrendPoint:
+    """The point labelled with its run's number in the store and its start to the minute (two runs a day differ)."""
+    return TrendPoint(point.run_id, point.started, point.counts,
+                      f"run {number} · {point.started[5:16].replace('T', ' ')}")
+
+
+def _point(run: RunRecord, events: Mapping[str, Sequence[str]], counts: Counts | None = None) -> TrendPoint:
+    by_status: Counter[str] = Counter()
+    for (_, status, _), n in (counts or {}).items():
+        by_status[status] += n
+    return TrendPoint(run.id, run.started.isoformat(), {
+        "failing": by_status["fail"],
+        "error": by_status["error"],
         "new": len(events.get("new", ())) + len(events.get("reopened", ())),
         "resolved": len(events.get("resolved", ())),
     })
 
 
-def trend_svg(points: Sequence[TrendPoint], width: int = 560, height: int = 140) -> dict[str, Any]:
-    """Polylines and dots (numbers only) for the chart of new and resolved findings per run."""
-    series = ("new", "resolved")
-    top = max([max((p.counts.get(s, 0) for s in series), default=0) for p in points] + [1])
-    left, bottom, right, upper = 40, height - 20, width - 10, 10
+TREND_SERIES = ("failing", "error")
+
+
+def trend_svg(points: Sequence[TrendPoint], width: int = 640, height: int = 180) -> dict[str, Any]:
+    """Polylines and dots (numbers only) for the chart of open failures and errors per run."""
+    top = max([max((p.counts.get(s, 0) for s in TREND_SERIES), default=0) for p in points] + [1])
+    left, bottom, right, upper = 44, height - 34, width - 16, 12
     step = (right - left) / max(len(points) - 1, 1)
 
     def xy(i: int, value: int) -> str:
         return f"{left + i * step:.1f},{bottom - (bottom - upper) * value / top:.1f}"
 
+    shown = {0, len(points) - 1} if len(points) > 4 else set(range(len(points)))
     return {
         "width": width, "height": height, "left": left, "bottom": bottom, "right": right, "upper": upper,
         "top": top,
-        "lines": [(s, " ".join(xy(i, p.counts.get(s, 0)) for i, p in enumerate(points))) for s in series],
-        "dots": [(s, [(xy(i, p.counts.get(s, 0)).split(","), p.counts.get(s, 0), p.started)
-                      for i, p in enumerate(points)]) for s in series],
-        "labels": [(f"{left + i * step:.1f}", p.started) for i, p in enumerate(points)],
+        "lines": [(s, " ".join(xy(i, p.counts.get(s, 0)) for i, p in enumerate(points))) for s in TREND_SERIES],
+        "dots": [(s, [(xy(i, p.counts.get(s, 0)).split(","), p.counts.get(s, 0), p.label)
+                      for i, p in enumerate(points)]) for s in TREND_SERIES],
+        "labels": [(f"{left + i * step:.1f}", p.label.partition(" · ")[0], p.label.partition(" · ")[2], i)
+                   for i, p in enumerate(points) if i in shown],
+        "last": len(points) - 1,
     }
 
 
@@ -176,8 +209,14 @@ def report_data(
     domains: Mapping[tuple[str, str], Any],
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
+    changes: Mapping[str, ActionChange | None] | None = None,
 ) -> dict[str, Any]:
-    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned)."""
+    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
+
+    Failing, error, excepted, unsupported and skipped findings are embedded whole; passes as one row per
+    check and domain with their count (their evidence is in findings.json and the evidence pack), so the
+    page stays small at any size.
+    """
     statuses = [s.value for s in Status]
     severities = [s.value for s in Severity]
     tenants: dict[str, int] = {}
@@ -188,20 +227,27 @@ def report_data(
     rows = []
     status_index = {s: i for i, s in enumerate(Status)}
     severity_index = {s: i for i, s in enumerate(Severity)}
+    passes: Counter[tuple[int, int, int, int]] = Counter()
     for f in findings:
         check_i = checks.setdefault(f.check, len(checks))
         if check_i == len(titles):
             titles.append(f.title)
-        change = action_change(f)
+        tenant_i, domain_i = tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names))
+        if f.status is Status.PASS:
+            passes[(check_i, tenant_i, domain_i, severity_index[f.severity])] += 1
+            continue
+        change = changes[f.id] if changes is not None else action_change(f)
         rows.append([
-            f.id, check_i, status_index[f.status], severity_index[f.severity],
-            tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names)),
+            f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
             f.subject, f.item, f.reason, f.evidence,
             [change.action, change.summary, change.before, change.after] if change else None,
             remediation_link(f, signer) if change else None,
             f.first_seen.isoformat() if f.first_seen else "",
-            flags.get(f.id, 0),
+            flags.get(f.id, 0), 1, f.caused_by,
         ])
+    for (check_i, tenant_i, domain_i, severity_i), count in sorted(passes.items()):
+        rows.append(["", check_i, status_index[Status.PASS], severity_i, tenant_i, domain_i, "", "", "", None,
+                     None, None, "", 0, count, ""])
     dns: dict[str, Any] = {}
     for (_, key), body in sorted(domains.items()):
         name = str(body.get("name", key.partition("/")[2]))
@@ -219,7 +265,7 @@ def report_data(
             ],
         })
     display_names = display_names or {}
-    subjects = {f.subject for f in findings}
+    subjects = {f.subject for f in findings if f.status is not Status.PASS}
     return {
         "names": {subject: name for subject, name in display_names.items() if name and subject in subjects},
         "statuses": statuses,
@@ -229,6 +275,7 @@ def report_data(
         "checks": [[c, t] for c, t in zip(checks, titles, strict=True)],
         "findings": rows,
         "dns": dns,
+        "history": False,
     }
 
 
@@ -255,6 +302,55 @@ def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], wind
     return senders_seen(traffic, days, senders, since.date(), until.date())
 
 
+def coverage_rows(run: RunRecord, findings: Sequence[Finding]) -> list[dict[str, Any]]:
+    """Every fact not collected, per tenant: its state, the reason, and the checks it left undecided.
+
+    The gaps come from the run's scope (what collection recorded); the checks from each check's declared
+    ``requires``, with how many subjects each left undecided in this run. Checks that could not decide for
+    a reason no gap names (a DNS lookup that failed, a crashed check) follow, with their own reason.
+    """
+    try:
+        requires = {c.meta.id: {f.value for f in c.meta.requires} for c in load_checks()}
+    except RegistryError:
+        requires = {}
+    undecided: dict[tuple[str, str], list[Finding]] = {}
+    for f in findings:
+        if f.status in (Status.UNSUPPORTED, Status.ERROR):
+            undecided.setdefault((f.tenant, f.check), []).append(f)
+    rows: list[dict[str, Any]] = []
+    explained: set[tuple[str, str]] = set()
+    for tenant, scope in sorted(run.scope.get("tenants", {}).items()):
+        for gap in scope.get("gaps", []):
+            fact = str(gap.get("fact", ""))
+            blocked = sorted(c for c, facts in requires.items() if fact in facts)
+            blocks = [(c, len(undecided.get((tenant, c), ()))) for c in blocked]
+            explained.update((tenant, c) for c, n in blocks if n)
+            rows.append({"tenant": tenant, "provider": scope.get("provider", ""), "fact": fact,
+                         "state": gap.get("state", ""), "subject": gap.get("subject", ""),
+                         "reason": gap.get("reason", ""), "blocks": blocks})
+    # What no gap explains, grouped by tenant and reason: one row per cause, naming every check it held up.
+    grouped: dict[tuple[str, str, str], dict[str, list[Finding]]] = {}
+    for (tenant, check), found in sorted(undecided.items()):
+        if (tenant, check) in explained:
+            continue
+        for f in found:
+            state = "failed" if f.status is Status.ERROR else "unsupported"
+            grouped.setdefault((tenant, state, f.reason or f.status.value), {}).setdefault(check, []).append(f)
+    for (tenant, state, reason), by_check in sorted(grouped.items()):
+        facts = sorted({fact for check in by_check for fact in requires.get(check, ())})
+        subjects = sorted({f.subject for found in by_check.values() for f in found})
+        scope = run.scope.get("tenants", {}).get(tenant, {})
+        rows.append({"tenant": tenant, "provider": scope.get("provider", ""),
+                     "fact": ", ".join(facts) or "what the check reads", "state": state,
+                     "subject": ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else ""),
+                     "reason": reason, "blocks": [(check, len(found)) for check, found in sorted(by_check.items())]})
+    return rows
+
+
+def _bars(counts: Mapping[str, int], total: int) -> list[tuple[str, int, float]]:
+    return [(key, n, round(100 * n / total, 2) if total else 0.0) for key, n in counts.items()]
+
+
 def render_report(
     store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
     remediation: RemediationConfig | None = None, *, senders: Mapping[str, Sender] | None = None,
@@ -266,8 +362,21 @@ def render_report(
     finding with a job carries its signed link. ``senders`` (the sender catalogue) names the sources the
     DMARC aggregate reports show over the ``dmarc_window_days`` before the run.
     """
-    points = trend(store, run, events)
+    from scanner.pipeline import paused_gc  # scanner.pipeline imports this module
+
+    with paused_gc():  # the run's findings are long-lived: the collector would only re-scan them, page after page
+        return _render_stored(store, run, findings, events, path, remediation, senders or {}, dmarc_window_days)
+
+
+def _render_stored(
+    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
+    remediation: RemediationConfig | None, senders: Mapping[str, Sender], dmarc_window_days: int,
+) -> Path:
+    earlier = earlier_runs(store, run)
     statuses = control_statuses(load_catalogue(), findings, tenant_providers(run.scope))
+    counts = finding_counts(findings)
+    cache: dict[str, Counts] = {}
+    points = trend(store, run, events, counts, earlier, cache)
     return render_html(
         run, findings, events, path,
         exceptions=store.snapshot(run.id, "exception").values(),
@@ -278,7 +387,10 @@ def render_report(
         },
         points=points,
         signer=link_signer(remediation),
-        dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
+        previous=earlier[-1] if earlier else None,
+        previous_counts=(cache.get(earlier[-1].id) or store.finding_counts(earlier[-1].id)) if earlier else None,
+        counts=counts,
+        dmarc_sources=dmarc_view(store, run, senders, dmarc_window_days),
         dmarc_window=f"the {dmarc_window_days} days up to the newest report",
         controls=statuses,
     )
@@ -294,6 +406,9 @@ def render_html(
     points: Sequence[TrendPoint] = (),
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
+    previous: RunRecord | None = None,
+    previous_counts: Counts | None = None,
+    counts: Counts | None = None,
     dmarc_sources: Sequence[Mapping[str, Any]] = (),
     dmarc_window: str = "",
     controls: Sequence[ControlStatus] = (),
@@ -301,33 +416,51 @@ def render_html(
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
     ``display_names`` maps a mailbox address to the name its provider shows, for the findings table.
+    ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
     """
-    by_status = status_counts(findings)
-    failing = [f for f in findings if f.status is Status.FAIL]
-    by_severity = Counter(f.severity.value for f in failing)
+    counts = counts if counts is not None else finding_counts(findings)
+    by_status: Counter[str] = Counter()
+    for (_, status, _), n in counts.items():
+        by_status[status] += n
+    tenants_in_scope = list(run.scope.get("tenants", {}))
+    scores = postures(counts, previous_counts if previous is not None else None, tenants_in_scope)
+    changes = {f.id: action_change(f) for f in findings if f.status is not Status.PASS}
+    causes = root_causes(findings, signer, changes)
     per_tenant: dict[str, Counter[str]] = {}
-    for f in findings:
-        counts = per_tenant.setdefault(f.tenant, Counter())
-        counts[f.status.value] += 1
-        if f.status is Status.FAIL:
-            counts["sev:" + f.severity.value] += 1
-    for tenant in run.scope.get("tenants", {}):
+    for (tenant, status, _), n in counts.items():
+        per_tenant.setdefault(tenant, Counter())[status] += n
+    for tenant in tenants_in_scope:
         per_tenant.setdefault(tenant, Counter())
-    new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), findings)
-    resolved = _named(events.get("resolved", ()), findings)  # a subject gone from the inventory is counted, not named
-    resolved_count = len(events.get("resolved", ()))
-    unsupported: dict[tuple[str, str], Counter[str]] = {}
-    for f in findings:
-        if f.status in (Status.UNSUPPORTED, Status.ERROR):
-            unsupported.setdefault((f.tenant, f.check), Counter())[f.status.value] += 1
+    widest = max((sum(c.values()) for c in per_tenant.values()), default=0)
+    families: Counter[str] = Counter()
+    for cause in causes:
+        families[cause.first.check.partition(".")[0]] += len(cause.findings)
+    family_top = max(families.values(), default=0)
+    if previous is not None:
+        new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), findings)
+        resolved = _named(events.get("resolved", ()), findings)  # a subject gone from the inventory is counted, not named
+        resolved_count = len(events.get("resolved", ()))
+    else:
+        new, resolved, resolved_count = [], [], 0
+        events = {}
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
-    points = list(points) or [_point(run, events)]
+    points = list(points) or [_labelled(_point(run, events, counts), 1)]
+    data = report_data(findings, events, domains or {}, display_names, signer, changes)
+    data["history"] = previous is not None
     html = environment().get_template("report.html.j2").render(
         run=run,
+        previous=previous,
         by_status=by_status,
-        by_severity=[(s.value, by_severity.get(s.value, 0)) for s in reversed(Severity)],
-        severities=[s.value for s in reversed(Severity)],
         statuses=[s.value for s in Status],
+        severities=[s.value for s in reversed(Severity)],
+        weights=[(s.value, WEIGHTS[s]) for s in reversed(Severity)],
+        postures=scores,
+        causes=causes[:FIX_FIRST],
+        cause_count=len(causes),
+        dependants=sum(len(c.dependants) for c in causes),
+        status_bars=[(tenant, _bars({s.value: c.get(s.value, 0) for s in Status if c.get(s.value, 0)}, widest),
+                      sum(c.values())) for tenant, c in sorted(per_tenant.items())],
+        family_bars=_bars(dict(families.most_common()), family_top),
         per_tenant=sorted(per_tenant.items()),
         needing=sum(by_status.get(s.value, 0) for s in SHOWN),
         passed=by_status.get("pass", 0),
@@ -337,12 +470,12 @@ def render_html(
         resolved_count=resolved_count,
         trend=trend_svg(points),
         points=points,
-        coverage_checks=sorted((t, c, dict(n)) for (t, c), n in unsupported.items()),
+        coverage=coverage_rows(run, findings),
         exceptions=exception_rows(exceptions, findings, run),
         dmarc_sources=dmarc_sources,
         dmarc_window=dmarc_window or "no window",
         controls=control_matrix(controls),
-        data=script_json(report_data(findings, events, domains or {}, display_names, signer)),
+        data=script_json(data),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
         script_hash=_csp_hash("\n" + script + "\n"),

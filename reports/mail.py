@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from reports.actions import action_change, link_signer, remediation_link
+from reports.actions import link_signer
+from reports.rootcause import RootCause, root_causes
 from remediation.links import Signer
 from reports.csv_out import findings_csv_text
 from reports.html import environment
@@ -56,28 +57,41 @@ def _link(base: str, key: str, value: str) -> str:
 
 def message_context(
     run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig,
-    signer: Signer | None = None,
+    signer: Signer | None = None, history: bool = True,
 ) -> dict[str, Any]:
-    """What the email says about the list's tenants: summary, what is new, the top findings and their fixes."""
+    """What the email says about the list's tenants: summary, what is new, and the root causes with one fix each.
+
+    Only root causes are listed (a finding that follows from another is counted under it), and each fix
+    is stated once: the record to publish, or the action and what it changes, with its one-click link
+    when ``[remediation]`` has links. Without an earlier run (``history`` false) nothing is called new.
+    """
     mine = [f for f in findings if not entry.tenants or f.tenant in entry.tenants]
     by_status = Counter(f.status.value for f in mine)
-    failing = [f for f in mine if f.status is Status.FAIL]
-    by_severity = Counter(f.severity.value for f in failing)
-    fresh = set(events.get("new", ())) | set(events.get("reopened", ()))
-    new = sorted((f for f in mine if f.id in fresh), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
-    top = sorted(failing, key=lambda f: (-f.severity.rank, f.id not in fresh, f.tenant, f.subject, f.check))
+    causes = root_causes(mine, signer)
+    by_severity = Counter(c.severity.value for c in causes)
+    fresh = set(events.get("new", ())) | set(events.get("reopened", ())) if history else set()
+    new = sorted((f for f in mine if f.id in fresh and f.status is not Status.SKIPPED),
+                 key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
+    # New causes first within a severity: what changed this week is what the reader has not seen.
+    top = sorted(causes, key=lambda c: (-c.severity.rank, not any(f.id in fresh for f in c.findings), -c.reach,
+                                        c.first.tenant, c.first.subject, c.first.check))[: email.top]
+    numbers = {c.key: i for i, c in enumerate(top, start=1)}
     tenants: dict[str, Counter[str]] = {}
     for f in mine:
         tenants.setdefault(f.tenant, Counter())[f.status.value] += 1
 
-    def fix(f: Finding) -> dict[str, str]:
-        change = action_change(f)
-        publish = f.evidence.get("publish")
+    def fix(cause: RootCause) -> dict[str, Any]:
+        f = cause.first
         return {
-            "action": change.action if change else "",
-            "change": change.summary if change else "",
-            "publish": str(publish) if publish else "",
-            "remediation_link": (remediation_link(f, signer) or "") if change else "",
+            "action": cause.change.action if cause.change and not cause.publish else "",
+            "change": cause.change.summary if cause.change and not cause.publish else "",
+            "records": cause.publish,
+            "domain": f.domain,
+            "note": cause.note,
+            "see": numbers.get(cause.superseded_by, 0),
+            "links": cause.links,
+            "dependants": sorted({d.check for d in cause.dependants}),
+            "items": [g.item for g in cause.findings if g.item],
             "report_link": _link(email.report_url, "finding", f.id),
             "domain_link": _link(email.report_url, "domain", f.domain),
         }
@@ -90,11 +104,13 @@ def message_context(
         "by_status": by_status,
         "by_severity": by_severity,
         "tenants": sorted(tenants.items()),
+        "history": history,
         "new": new[:20],
         "new_count": len(new),
-        "top": [(f, fix(f)) for f in top[: email.top]],
+        "top": [(c.first, fix(c)) for c in top],
+        "failing": len(causes),
         "failing_sources": failing_sources(mine),
-        "failing": len(failing),
+        "more": max(len(causes) - len(top), 0),
         "report_url": email.report_url,
         "findings": mine,
     }
@@ -118,14 +134,14 @@ def failing_sources(findings: Sequence[Finding]) -> list[dict[str, Any]]:
 
 def build_message(
     run: RunRecord, findings: Sequence[Finding], events: dict[str, list[str]], entry: EmailList, email: EmailConfig,
-    signer: Signer | None = None,
+    signer: Signer | None = None, history: bool = True,
 ) -> EmailMessage:
     """The multipart message for one list: plain text and HTML alternatives, and findings.csv attached."""
-    context = message_context(run, findings, events, entry, email, signer)
+    context = message_context(run, findings, events, entry, email, signer, history)
     env = environment()
     message = EmailMessage()
     message["Subject"] = (f"mailwarden report {run.started.date().isoformat()} for {entry.name}: "
-                          f"{context['failing']} failing, {context['new_count']} new")
+                          f"{context['failing']} failing" + (f", {context['new_count']} new" if history else ""))
     message["From"] = email.sender
     message["To"] = ", ".join(entry.to)
     message["Date"] = format_datetime(run.finished or run.started)
@@ -209,8 +225,10 @@ def send_reports(store: Store, run_id: str, config: Config) -> Iterator[Delivery
     password = email.password.resolve() if email.password is not None else None
     ca_bundle = config.resolve_path(email.ca_bundle) if email.ca_bundle is not None else None
     signer = link_signer(config.remediation)
+    history = any(r.started <= run.started and r.id != run.id and r.state in ("complete", "partial")
+                  for r in store.runs())
     for entry in email.lists:
-        message = build_message(run, findings, events, entry, email, signer)
+        message = build_message(run, findings, events, entry, email, signer, history)
         try:
             attempts = deliver(message, email, password=password, ca_bundle=ca_bundle)
         except DeliveryError as exc:

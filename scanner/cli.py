@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -32,7 +33,9 @@ from reports.csv_out import write_findings_csv, write_rows
 from reports.html import render_report
 from reports.json_out import write_findings_json
 from reports.dmarc_sources import source_rows, write_sources
+from reports.manifest import write_manifest
 from reports.outputs import OutputError, publish
+from reports.rootcause import root_causes
 from scanner.dmarc_import import printable, run_import
 from scanner.dmarc_store import source_traffic
 from scanner.lease import ScanBusy, ServiceBusy
@@ -99,7 +102,8 @@ def main(verbose: bool) -> None:
 
 
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
-          tenants: tuple[str, ...] = (), fail_on_error: bool = False) -> None:
+          tenants: tuple[str, ...] = (), fail_on_error: bool = False,
+          next_steps: list[tuple[str, str]] | None = None) -> ScanResult:
     console = Console(stderr=True)
     for line in missing_inputs(config, tenants or None):
         click.echo(f"mailwarden: {line}", err=True)
@@ -115,7 +119,7 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
             result = run_scan(config, out_dir, store=store, as_of=as_of, progress=progress, tenants=tenants or None)
     finally:
         store.close()
-    _summarize(result, out_dir)
+    _summarize(result, out_dir, next_steps if next_steps is not None else _next_steps(config, out_dir))
     if result.run.state == "failed":
         sys.exit(EXIT_FAILED_RUN)
     if fail_on is not None:
@@ -125,27 +129,92 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
     if fail_on_error and any(f.status is Status.ERROR for f in result.findings):
         click.echo("mailwarden: some checks could not decide (status error): see the report", err=True)
         sys.exit(EXIT_FINDINGS)
+    return result
 
 
-def _summarize(result: ScanResult, out_dir: Path) -> None:
+FIX_FIRST_LINES = 10
+"""How many root causes the console lists after a run."""
+
+
+def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, str]] | None = None) -> None:
+    """After a run: each tenant's collection, the root causes to fix first, collection problems, and what next.
+
+    One line per root cause (a check's findings on one subject together, with what follows from it),
+    and collection problems summarised without -v, so the console alone says what to look at.
+    """
     counts: dict[str, int] = {}
     for finding in result.findings:
         counts[finding.status.value] = counts.get(finding.status.value, 0) + 1
     tenants = result.run.scope.get("tenants", {})
     click.echo(f"run {result.run.id}: {result.run.state}, {len(tenants)} tenants")
     for name, scope in sorted(tenants.items()):
-        problems = f", {len(scope['problems'])} problem(s)" if scope["problems"] else ""
+        problems = f", {len(scope['problems'])} collection problem(s)" if scope["problems"] else ""
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    failing = sorted(
-        (f for f in result.findings if f.status is Status.FAIL), key=lambda f: (-f.severity.rank, f.check, f.subject)
-    )
-    for finding in failing[:10]:
-        click.echo(f"  {finding.severity.value:8} {finding.check:30} {finding.subject}")
-    if len(failing) > 10:
-        click.echo(f"  … and {len(failing) - 10} more")
+    causes = root_causes(result.findings)
+    if causes:
+        click.echo(f"fix first ({len(causes)} root causes, by severity and reach; the report says how to fix each):")
+    for cause in causes[:FIX_FIRST_LINES]:
+        first = cause.first
+        extra = []
+        if len(cause.findings) > 1:
+            extra.append(f"{len(cause.findings)} items: " + ", ".join(f.item for f in cause.findings[:4])
+                         + (" …" if len(cause.findings) > 4 else ""))
+        if cause.dependants:
+            extra.append(f"+{len(cause.dependants)} that follow from it")
+        suffix = f"  ({'; '.join(extra)})" if extra else ""
+        click.echo(f"  {cause.severity.value:8} {first.check:30} {first.subject}  [{first.tenant}]{suffix}")
+    if len(causes) > FIX_FIRST_LINES:
+        click.echo(f"  … and {len(causes) - FIX_FIRST_LINES} more in the report")
+    _collection_problems(result)
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
+    actionable = next((c.first.check for c in causes if c.change is not None), None)
+    if next_steps and actionable:
+        next_steps = [(what, command.replace("CHECK_ID", actionable)) for what, command in next_steps]
+    if next_steps:
+        click.echo("next:")
+        width = max(len(what) for what, _ in next_steps)
+        for what, command in next_steps:
+            click.echo(f"  {what:{width}}  {command}")
+
+
+def _collection_problems(result: ScanResult) -> None:
+    """Collection problems (adapters, DNS) and undecided checks, grouped by reason, without -v."""
+    lines: list[str] = []
+    for name, scope in sorted(result.run.scope.get("tenants", {}).items()):
+        for problem in scope.get("problems", []):
+            lines.append(f"  {name}: {problem}")
+        failed = [g for g in scope.get("gaps", []) if g.get("state") == "failed"]
+        for gap in failed[:5]:
+            where = f" ({gap['subject']})" if gap.get("subject") else ""
+            lines.append(f"  {name}: {gap.get('fact', '')} not collected{where}: {gap.get('reason', '')}")
+        if len(failed) > 5:
+            lines.append(f"  {name}: … and {len(failed) - 5} more facts not collected (report: Coverage)")
+    undecided: dict[tuple[str, str], set[str]] = {}
+    for f in result.findings:
+        if f.status is Status.ERROR:
+            undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
+    for (tenant, reason), checks in sorted(undecided.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))[:8]:
+        lines.append(f"  {tenant}: {len(checks)} check(s) could not decide ({', '.join(sorted(checks)[:3])}"
+                     f"{' …' if len(checks) > 3 else ''}): {reason}")
+    if len(undecided) > 8:
+        lines.append(f"  … and {len(undecided) - 8} more reasons (report: Coverage)")
+    if lines:
+        click.echo(f"collection problems and undecided checks ({len(lines)}; never counted as a pass):")
+        for line in lines:
+            click.echo(line)
+
+
+def _next_steps(config: Config, out_dir: Path) -> list[tuple[str, str]]:
+    """The commands an operator runs after a scan, with this config named when it is not the default."""
+    named = "" if config.source == Path("mailwarden.toml") else f" --config {config.source}"
+    steps = [("open the report", (out_dir / "report.html").resolve().as_uri()),
+             ("what changed", f"mailwarden changes{named} --since 7d"),
+             ("fix a check", f"mailwarden remediate{named} --check CHECK_ID   (a dry run until --yes)")]
+    if config.email is not None:
+        steps.append(("email it", f"mailwarden report{named} --email"))
+    return steps
 
 
 def _dns_summary(dns: dict[str, object]) -> None:
@@ -173,22 +242,83 @@ def scan(config_path: Path | None, out_dir: Path, fail_on: str | None, tenants: 
         _scan(_config(config_path), out_dir, fail_on, tenants=tenants, fail_on_error=fail_on_error)
 
 
+DEMO_PORT = 8642
+"""The loopback port the demo's report links name, where ``demo --serve`` runs the remediation app."""
+DEMO_OPERATOR = "demo.operator@msp.example"
+"""Who the demo's remediation app says is signed in, as the reverse proxy in front of it would."""
+
+
+def _demo_state(out_dir: Path) -> Path:
+    """Where the demo keeps what changes (its store, the link secret, the CA, a working copy of the estate).
+
+    Beside the output folder, not in it: each run folder then verifies with ``evidence verify`` as written.
+    """
+    resolved = out_dir.resolve()
+    return resolved.parent / f"{resolved.name}-state"
+
+
+def _as_operator(app: Any, header: str, operator: str) -> Any:
+    """The ASGI app behind a stand-in for the reverse proxy: every request names ``operator`` in ``header``.
+
+    The remediation app trusts that header only from its trusted proxies (127.0.0.1 by default), and the
+    demo listens on 127.0.0.1 only, as a proxy on the same host would.
+    """
+    name = header.lower().encode("latin-1")
+
+    async def proxied(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != name]
+            scope = {**scope, "headers": [*headers, (name, operator.encode("utf-8"))]}
+        await app(scope, receive, send)
+
+    return proxied
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("mailwarden-demo"),
-              show_default=True, help="Directory for the outputs and the demo's own store.")
-def demo(out_dir: Path) -> None:
+              show_default=True, help="Directory for the outputs (the demo's store and estate copy go beside it, in OUT-state).")
+@click.option("--serve", "keep_serving", is_flag=True,
+              help="Then keep the remediation app on 127.0.0.1 (a demo operator signed in) until Ctrl-C, "
+                   "so the report's fix links work.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEMO_PORT, show_default=True,
+              help="Loopback port of the demo's remediation app, which the report's links name (0: any free port).")
+def demo(out_dir: Path, keep_serving: bool, port: int) -> None:
     """Scan the bundled demo estate twice, with a scripted change between, served by a DNS server on loopback.
 
     The first run's outputs go to OUT, the second's to OUT/after-change, and the change log between
-    them is printed (config/demo/drift/README.md says what changes).
+    them is printed (config/demo/drift/README.md says what changes). The reports carry one-click fix
+    links; with --serve they work: click one, confirm, and the demo's export file changes.
     """
+    import secrets
+
     with _user_errors(), ZoneServer() as server:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
-        database = out_dir / "mailwarden-demo.db"
+        for stale in ("mailwarden-demo.db", "demo-ca.pem"):  # where earlier versions kept the demo's state
+            (out_dir / stale).unlink(missing_ok=True)
+        state = _demo_state(out_dir)
+        state.mkdir(parents=True, exist_ok=True)
+        database = state / "mailwarden-demo.db"
         for stale in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):  # with a killed demo's log
             stale.unlink(missing_ok=True)  # each demo starts from an empty store, so the change log is the script's
-        plain = load_config(DEMO / "mailwarden.toml")
+        (state / "audit.jsonl").unlink(missing_ok=True)
+        estate = state / "estate"
+        shutil.rmtree(estate, ignore_errors=True)
+        # A working copy of the estate: the fixes clicked in the demo change its export files, never the bundled ones.
+        shutil.copytree(DEMO, estate, ignore=shutil.ignore_patterns("drift"))
+        secret = state / "link-secret"
+        secret.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        secret.chmod(0o600)
+        audit = state / "audit-key"  # the audit chain's own key, apart from the link secret and the store
+        audit.write_text(secrets.token_urlsafe(32), encoding="utf-8")
+        audit.chmod(0o600)
+        if port == 0:
+            import socket
+
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = int(probe.getsockname()[1])
+        plain = load_config(estate / "mailwarden.toml")
         # The demo's MTA-STS policy hosts resolve to loopback; serve their policies over real HTTPS,
         # with a certificate from a throwaway CA that only this run trusts.
         ca = LoopbackCA()
@@ -196,42 +326,76 @@ def demo(out_dir: Path) -> None:
         with PolicyServer(policies_from_directory(DEMO / "mta-sts"), ca.server_context(hosts)) as https:
             overrides: dict[str, dict[str, object]] = {
                 "dns": {"nameservers": [server.nameserver]},
-                "store": {"url": f"sqlite:///{database.resolve()}"},
-                "mta_sts": {"port": https.port, "ca_bundle": str(ca.write(out_dir / "demo-ca.pem").resolve())},
+                "store": {"url": f"sqlite:///{database}"},
+                "mta_sts": {"port": https.port, "ca_bundle": str(ca.write(state / "demo-ca.pem"))},
+                "remediation": {"base_url": f"http://127.0.0.1:{port}", "secret": f"file:{secret}",
+                                "audit_sink": str(state / "audit.jsonl"), "audit_key": f"file:{audit}",
+                                "operators": {DEMO_OPERATOR: ["*"]}},
             }
             click.echo(f"demo DNS server on {server.nameserver} (UDP and TCP), serving config/demo/zones")
             click.echo(f"demo MTA-STS policy server on https://127.0.0.1:{https.port}, serving config/demo/mta-sts")
-            config = load_config(DEMO / "mailwarden.toml", overrides=overrides)
-            _demo_import(config)
-            _scan(config, out_dir, None, as_of=DEMO_AS_OF)
-            with tempfile.TemporaryDirectory(prefix="mailwarden-demo-") as temp:
-                changed = Path(temp) / "demo"
-                shutil.copytree(DEMO, changed, ignore=shutil.ignore_patterns("drift"))
-                shutil.copytree(DEMO / "drift", changed, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
-                for zone in sorted((DEMO / "drift" / "zones").glob("*.zone")):
-                    server.add_zone(load_zone_file(zone, zone.name[: -len(".zone")]))
-                click.echo("\nscripted change applied (config/demo/drift): scanning again")
-                after = out_dir / "after-change"
-                _scan(load_config(changed / "mailwarden.toml", overrides=overrides), after, None, as_of=DEMO_AS_OF)
-        store = Store(f"sqlite:///{database.resolve()}")
-        try:
-            last = store.runs()[-1]
-            found = store.changes(run_id=last.id)
-        finally:
-            store.close()
-        with (after / "changes.json").open("w", encoding="utf-8") as handle:
-            write_changes_json(found, handle)
-        click.echo(f"\nchange log of run {last.id} ({len(found)} changes; also in {after / 'changes.json'}):")
-        write_changes_table(found, sys.stdout)
-        pack = out_dir / "evidence"
-        store = Store(f"sqlite:///{database.resolve()}")
-        try:
-            write_evidence(store, pack, Period.of(None, None), config_digest=plain.digest, senders=senders_of(plain),
-                           catalogue=load_catalogue(known_checks=[c.meta.id for c in load_checks()]))
-        finally:
-            store.close()
-        click.echo(f"\nevidence pack of both runs (controls.csv, evidence.xlsx): {pack}; "
-                   f"check it with `mailwarden evidence verify {pack}`")
+            click.echo(f"demo state (store, estate copy, link secret) in {state}")
+            first = load_config(estate / "mailwarden.toml", overrides=overrides)
+            _demo_import(first)
+            _scan(first, out_dir, None, as_of=DEMO_AS_OF, next_steps=[])
+            shutil.copytree(DEMO / "drift", estate, dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
+            for zone in sorted((DEMO / "drift" / "zones").glob("*.zone")):
+                server.add_zone(load_zone_file(zone, zone.name[: -len(".zone")]))
+            click.echo("\nscripted change applied (config/demo/drift): scanning again")
+            after = out_dir / "after-change"
+            config = load_config(estate / "mailwarden.toml", overrides=overrides)
+            result = _scan(config, after, None, as_of=DEMO_AS_OF, next_steps=[])
+            store = Store(config.store.url)
+            try:
+                found = store.changes(run_id=result.run.id)
+            finally:
+                store.close()
+            changes_file = after / "changes.json"
+            with changes_file.open("w", encoding="utf-8") as handle:
+                write_changes_json(found, handle)
+            # the change log belongs to the run folder: its manifest lists it, so the folder verifies as written
+            write_manifest(result.run, [f for f in result.files if f.name != "manifest.json"] + [changes_file],
+                           after / "manifest.json")
+            click.echo(f"\nchange log of run {result.run.id} ({len(found)} changes; also in {changes_file}):")
+            write_changes_table(found, sys.stdout)
+            pack = out_dir / "evidence"
+            store = Store(config.store.url)
+            try:
+                write_evidence(store, pack, Period.of(None, None), config_digest=config.digest,
+                               senders=senders_of(config),
+                               catalogue=load_catalogue(known_checks=[c.meta.id for c in load_checks()]))
+            finally:
+                store.close()
+            click.echo(f"\nevidence pack of both runs (controls.csv, evidence.xlsx): {pack}")
+            report = (after / "report.html").resolve().as_uri()
+            click.echo("\nnext:")
+            click.echo(f"  open the report       {report}")
+            click.echo(f"  check the run folder  mailwarden evidence verify {out_dir}")
+            if not keep_serving:
+                click.echo(f"  try a fix             mailwarden demo --serve   (then click \"Review and apply\" in the report)")
+                return
+            _serve_demo(config, port, estate, after)
+
+
+def _serve_demo(config: Config, port: int, estate: Path, after: Path) -> None:
+    """Run the remediation app for the demo on 127.0.0.1 until Ctrl-C, with a demo operator signed in."""
+    import uvicorn
+
+    from remediation.web import build_app
+    from scanner.serve import server_config
+
+    app = _as_operator(build_app(config), config.remediation.identity_header, DEMO_OPERATOR)
+    click.echo(f"\nremediation app on http://127.0.0.1:{port} (signed in as {DEMO_OPERATOR}, as a reverse proxy "
+               "would say); Ctrl-C stops it")
+    click.echo("  1. open the report above; in \"Fix first\", click \"Review and apply\" on a forward or a catch-all")
+    click.echo("  2. the page shows the live state and what will change; press Confirm")
+    click.echo(f"  3. see the export file change under {estate}, the job's audit entries, and Undo")
+    click.echo(f"  all jobs: http://127.0.0.1:{port}/jobs")
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
+    server.run()
+    if not server.started:
+        raise MailwardenError(f"the demo's remediation app could not start on 127.0.0.1:{port} (is it in use? "
+                              "try --port 0)")
 
 
 def _demo_import(config: Config) -> None:

@@ -929,6 +929,16 @@ class Store:
             rows = conn.execute(query).all()
         return [_finding(row) for row in rows]
 
+    def finding_counts(self, run_id: str) -> dict[tuple[str, str, str], int]:
+        """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs."""
+        query = (
+            sa.select(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity, sa.func.count())
+            .where(run_findings.c.run_id == run_id)
+            .group_by(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity)
+        )
+        with self.engine.connect() as conn:
+            return {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(query)}
+
     def lifecycle_events(self, run_id: str) -> dict[str, list[str]]:
         """Fingerprints that were new, reopened or resolved in a run."""
         events: dict[str, list[str]] = {"new": [], "reopened": [], "resolved": []}

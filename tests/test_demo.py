@@ -129,3 +129,29 @@ def test_demo_shows_grants_that_outlive_a_leaver_and_outside_reset_paths(demo_ou
     northwind = {f["status"] for f in findings if f["tenant"] == "northwind-logistics" and f["check"] == "access.mail_grant"}
     assert northwind == {"unsupported", "pass"}
     assert not [f for f in first if f["check"].startswith("drift.") and f["status"] not in ("pass", "skipped")]
+
+
+def test_each_demo_run_folder_verifies_as_written_and_its_report_links_to_fixes(demo_out) -> None:
+    out, done = demo_out
+    assert sorted(p.name for p in out.iterdir()) == [
+        "after-change", "findings.csv", "findings.json", "manifest.json", "report.html"]
+    state = out.parent / "out-state"  # the store, CA, link secret and estate copy live beside the run folders
+    assert {"mailwarden-demo.db", "demo-ca.pem", "link-secret", "estate"} <= {p.name for p in state.iterdir()}
+    script = shutil.which("mailwarden") or str(Path(sys.executable).parent / "mailwarden")
+    for folder in (out, out / "after-change"):
+        verified = subprocess.run([script, "evidence", "verify", str(folder)], capture_output=True, text=True,
+                                  timeout=60)
+        assert verified.returncode == 0, verified.stderr
+    html = (out / "after-change" / "report.html").read_text(encoding="utf-8")
+    assert 'class="button fix-link" rel="noopener" href="http://127.0.0.1:8642/r/' in html
+    assert "mailwarden demo --serve" in done.stdout and "mailwarden evidence verify" in done.stdout
+
+
+def test_the_demo_console_lists_root_causes_and_collection_problems(demo_out) -> None:
+    _, done = demo_out
+    assert done.stdout.count("fix first (") == 2
+    # several findings of one check and subject are one line, naming their items
+    assert "alignment.sender_unaligned     cedar-law-clients.example  [cedar-law]  (2 items: lexdocs, trekmail)" \
+        in done.stdout
+    assert "collection problems and undecided checks (" in done.stdout
+    assert "the MTA-STS policy of northwind-freight.example is not usable" in done.stdout

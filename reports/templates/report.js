@@ -7,8 +7,10 @@
   var ATTENTION = { fail: 1, error: 1, excepted: 1, unsupported: 1 };
   var STATUS_ORDER = { fail: 0, error: 1, excepted: 2, unsupported: 3, pass: 4 };
   var F = { id: 0, check: 1, status: 2, severity: 3, tenant: 4, domain: 5, subject: 6, item: 7, reason: 8,
-            evidence: 9, change: 10, link: 11, firstSeen: 12, flag: 13 };
+            evidence: 9, change: 10, link: 11, firstSeen: 12, flag: 13, count: 14, causedBy: 15 };
   var rows = data.findings;
+  var TOTAL = 0;
+  rows.forEach(function (r) { TOTAL += r[F.count] || 1; });
   var state = { tenant: "", domain: "", check: "", severity: "", status: "attention", q: "",
                 sort: "severity", dir: -1, page: 0, open: {} };
   var matches = [];
@@ -29,7 +31,33 @@
   function title(r) { return data.checks[r[F.check]][1]; }
   function tenant(r) { return data.tenants[r[F.tenant]]; }
   function domain(r) { return data.domains[r[F.domain]]; }
-  function show(value) { return typeof value === "string" ? value : JSON.stringify(value, null, 1); }
+  function show(value) {
+    if (value === null || value === undefined || value === "") return "none";
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    if (Array.isArray(value)) return value.length ? value.map(show).join(", ") : "none";
+    if (typeof value === "object") return Object.keys(value).sort().map(function (k) { return human(k) + ": " + show(value[k]); }).join("; ");
+    return String(value);
+  }
+  function human(key) { return String(key).replace(/_/g, " "); }
+  // A value that reads as a DNS record, an address list or a mechanism is set in monospace.
+  function looksLiteral(text) { return /[=;:@]|\.$|^v=|\s(TXT|MX|CNAME)\s/.test(text); }
+  function valueNode(value) {
+    if (Array.isArray(value) && value.length > 1) {
+      var ul = el("ul");
+      value.forEach(function (v) { var li = el("li"); li.appendChild(valueNode(v)); ul.appendChild(li); });
+      return ul;
+    }
+    if (Array.isArray(value)) return valueNode(value.length ? value[0] : null);
+    if (value && typeof value === "object") {
+      var dl = el("dl", null, "ev");
+      Object.keys(value).sort().forEach(function (k) { dl.appendChild(el("dt", human(k))); var dd = el("dd"); dd.appendChild(valueNode(value[k])); dl.appendChild(dd); });
+      return dl;
+    }
+    var text = show(value);
+    if (text === "none") return el("span", "none", "muted");
+    return el(looksLiteral(text) ? "code" : "span", text);
+  }
+  function label(td, text) { td.setAttribute("data-label", text); return td; }
 
   function fillSelect(select, values) {
     values.slice().sort().forEach(function (v) {
@@ -79,6 +107,7 @@
       if (state.severity && r[F.severity] !== sevI) continue;
       var s = status(r);
       if (state.status === "attention" && !ATTENTION[s]) continue;
+      if (state.status === "new" && !data.history) continue;
       if (state.status === "new" && !r[F.flag]) continue;
       if (state.status && state.status !== "attention" && state.status !== "new" && s !== state.status) continue;
       if (words.length) {
@@ -106,18 +135,57 @@
     var box = el("div");
     if (r[F.reason]) box.appendChild(el("p", r[F.reason]));
     var ev = r[F.evidence] || {};
+    var dl = el("dl", null, "ev"), any = false;
     Object.keys(ev).sort().forEach(function (k) {
-      var line = el("div");
-      line.appendChild(el("strong", k + ": "));
-      line.appendChild(el(k === "publish" ? "pre" : "code", show(ev[k]), k === "publish" ? "publish" : ""));
-      box.appendChild(line);
+      if (k === "publish" || ev[k] === null || ev[k] === undefined || ev[k] === "") return;
+      any = true;
+      dl.appendChild(el("dt", human(k)));
+      var dd = el("dd"); dd.appendChild(valueNode(ev[k])); dl.appendChild(dd);
     });
+    if (any) box.appendChild(dl);
+    if (ev.publish) {
+      box.appendChild(el("strong", "Publish"));
+      (Array.isArray(ev.publish) ? ev.publish : [show(ev.publish)]).forEach(function (rec) { box.appendChild(el("pre", show(rec), "publish")); });
+    }
+    return box;
+  }
+  var byId = Object.create(null), dependantsOf = Object.create(null);
+  rows.forEach(function (r, i) {
+    if (r[F.id]) byId[r[F.id]] = i;
+    if (r[F.causedBy]) (dependantsOf[r[F.causedBy]] = dependantsOf[r[F.causedBy]] || []).push(i);
+  });
+  function causeBlock(r) {
+    var box = el("div");
+    if (r[F.causedBy]) {
+      var p = el("p", "Follows from ");
+      var cause = own(byId, r[F.causedBy]), a = el("a", cause !== undefined ? checkId(rows[cause]) + " on " + rows[cause][F.subject] : r[F.causedBy]);
+      a.setAttribute("href", "#finding=" + encodeURIComponent(r[F.causedBy]));
+      p.appendChild(a); p.appendChild(document.createTextNode(": it clears when that is fixed and is not counted twice."));
+      box.appendChild(p);
+    }
+    var deps = own(dependantsOf, r[F.id]) || [];
+    if (deps.length) {
+      box.appendChild(el("strong", deps.length + " finding" + (deps.length === 1 ? "" : "s") + " follow from this one"));
+      var ul = el("ul");
+      deps.forEach(function (i) { var li = el("li"); li.appendChild(el("code", checkId(rows[i]))); li.appendChild(document.createTextNode(" " + title(rows[i]))); ul.appendChild(li); });
+      box.appendChild(ul);
+    }
     return box;
   }
 
   function changeBlock(r) {
     var c = r[F.change];
     var box = el("div", null, "change");
+    if (c[0] === "dns.publish") {
+      // The record itself is shown once, as "Publish"; what is left to say is how to verify it.
+      box.appendChild(el("p", "Once it is published, mailwarden checks it on the next run" + (r[F.link] ? ", or now:" : ".")));
+      if (r[F.link] && /^https?:/i.test(r[F.link])) {
+        var verify = $("remediation-link").content.cloneNode(true);
+        var va = verify.querySelector("a");
+        va.textContent = "Verify once published"; va.setAttribute("href", r[F.link]); box.appendChild(verify);
+      }
+      return box;
+    }
     box.appendChild(el("strong", "What " + c[0] + " would change"));
     box.appendChild(el("p", c[1]));
     var p = el("p");
@@ -138,8 +206,15 @@
     var td = el("td"); td.colSpan = 8;
     var head = el("p");
     head.appendChild(el("strong", title(r)));
+    if (r[F.count] > 1 || !r[F.id]) {
+      td.appendChild(head);
+      td.appendChild(el("p", r[F.count] + " subjects of " + domain(r) + " pass this check; each pass, with its evidence, is in findings.json and the evidence pack.", "muted"));
+      tr.appendChild(td);
+      return tr;
+    }
     head.appendChild(el("span", "  id " + r[F.id] + (r[F.item] ? "  item " + r[F.item] : ""), "muted"));
     td.appendChild(head);
+    td.appendChild(causeBlock(r));
     td.appendChild(evidenceList(r));
     if (r[F.change]) td.appendChild(changeBlock(r));
     tr.appendChild(td);
@@ -157,34 +232,38 @@
       var r = rows[i], s = status(r);
       var tr = el("tr", null, "finding");
       tr.dataset.index = i; tr.dataset.status = s; tr.dataset.check = checkId(r); tr.id = "finding-" + r[F.id];
-      var st = el("td", s, s);
-      if (r[F.flag]) { st.appendChild(document.createTextNode(" ")); st.appendChild(el("span", r[F.flag] === 2 ? "reopened" : "new", "badge")); }
+      var st = label(el("td", s, "st st-" + s), "status");
+      if (r[F.flag] && data.history) { st.appendChild(document.createTextNode(" ")); st.appendChild(el("span", r[F.flag] === 2 ? "reopened" : "new", "badge")); }
       tr.appendChild(st);
-      tr.appendChild(el("td", severity(r), "sev-" + severity(r)));
-      var c = el("td"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
+      var sv = label(el("td"), "severity"); sv.appendChild(el("span", severity(r), "badge sev-" + severity(r))); tr.appendChild(sv);
+      var c = label(el("td"), "check"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
       tr.appendChild(c);
-      tr.appendChild(el("td", tenant(r)));
-      var d = el("td"), a = el("a", domain(r), "domain-link");
+      tr.appendChild(label(el("td", tenant(r)), "tenant"));
+      var d = label(el("td"), "domain"), a = el("a", domain(r), "domain-link");
       a.setAttribute("href", "#domain=" + encodeURIComponent(domain(r))); d.appendChild(a);
       tr.appendChild(d);
-      var sub = el("td", r[F.subject]);
+      var sub = label(el("td", r[F.id] ? r[F.subject] : r[F.count] + (r[F.count] === 1 ? " subject passes" : " subjects pass")), "subject");
       var shown = own(data.names, r[F.subject]);
       if (shown) { sub.appendChild(el("br")); sub.appendChild(el("span", shown, "muted")); }
       if (r[F.item]) { sub.appendChild(el("br")); sub.appendChild(el("code", r[F.item])); }
       tr.appendChild(sub);
-      tr.appendChild(el("td", (r[F.firstSeen] || "").slice(0, 10)));
-      var fix = el("td");
-      if (r[F.change]) fix.appendChild(el("code", r[F.change][0]));
+      tr.appendChild(label(el("td", (r[F.firstSeen] || "").slice(0, 10)), "first seen"));
+      var fix = label(el("td"), "fix");
+      if (r[F.causedBy]) fix.appendChild(el("span", "clears with its cause", "muted"));
+      else if (r[F.change]) fix.appendChild(el("code", r[F.change][0]));
       else if (r[F.evidence] && r[F.evidence].publish) fix.appendChild(el("span", "publish a record"));
       tr.appendChild(fix);
       frag.appendChild(tr);
       if (state.open[i]) frag.appendChild(detailRow(r));
     });
     body.replaceChildren(frag);
+    var grouped = 0, total = 0;
+    matches.forEach(function (i) { if (!rows[i][F.id]) grouped += rows[i][F.count]; });
     $("findings-count").textContent = matches.length === 0
-      ? "No finding matches these filters (" + rows.length + " in this run)."
+      ? "No finding matches these filters (" + TOTAL + " in this run)."
       : "Showing " + (start + 1) + "–" + (start + slice.length) + " of " + matches.length +
-        " matching findings (" + rows.length + " in this run).";
+        " matching " + (grouped ? "rows (" + grouped + " passes counted per check and domain), " : "findings (") +
+        TOTAL + " in this run).";
     $("page-info").textContent = "page " + (state.page + 1) + " of " + pages;
     document.querySelectorAll("th[data-sort]").forEach(function (th) {
       th.classList.toggle("asc", th.dataset.sort === state.sort && state.dir === 1);
@@ -248,7 +327,7 @@
   rows.forEach(function (r) {
     var entry = domainCounts[domain(r)];
     if (!entry.tenant) entry.tenant = tenant(r);
-    var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + 1;
+    var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + (r[F.count] || 1);
   });
   var domainNames = data.domains.filter(function (d) { return d; }).sort(function (a, b) {
     var fa = domainCounts[a].counts.fail || 0, fb = domainCounts[b].counts.fail || 0;
@@ -261,10 +340,10 @@
     if (dstate.page < 0) dstate.page = 0;
     var frag = document.createDocumentFragment();
     dstate.list.slice(dstate.page * DPAGE, dstate.page * DPAGE + DPAGE).forEach(function (d) {
-      var tr = el("tr"), td = el("td"), a = el("a", d, "domain-link");
+      var tr = el("tr"), td = label(el("td"), "domain"), a = el("a", d, "domain-link");
       a.setAttribute("href", "#domain=" + encodeURIComponent(d)); td.appendChild(a); tr.appendChild(td);
-      tr.appendChild(el("td", domainCounts[d].tenant));
-      data.statuses.forEach(function (s) { var n = domainCounts[d].counts[s] || 0; tr.appendChild(el("td", n, n && s !== "pass" ? s : "")); });
+      tr.appendChild(label(el("td", domainCounts[d].tenant), "tenant"));
+      data.statuses.forEach(function (s) { var n = domainCounts[d].counts[s] || 0; tr.appendChild(label(el("td", n, n && s !== "pass" ? "st-" + s : ""), s)); });
       frag.appendChild(tr);
     });
     $("domain-index-body").replaceChildren(frag);
@@ -284,10 +363,10 @@
   function seenOf(r) {
     var ev = r[F.evidence] || {}, parts = [];
     ["record", "records_seen", "looked_up", "outcome", "problem", "problems", "note"].forEach(function (k) {
-      if (ev[k] !== undefined && ev[k] !== null && ev[k] !== "") parts.push(k + ": " + show(ev[k]));
+      if (ev[k] !== undefined && ev[k] !== null && ev[k] !== "") parts.push(human(k) + ": " + show(ev[k]));
     });
     if (!parts.length) {
-      Object.keys(ev).sort().forEach(function (k) { if (k !== "publish") parts.push(k + ": " + show(ev[k])); });
+      Object.keys(ev).sort().forEach(function (k) { if (k !== "publish" && ev[k] !== null && ev[k] !== "") parts.push(human(k) + ": " + show(ev[k])); });
     }
     if (r[F.reason]) parts.push(r[F.reason]);
     return parts.join("\n");
@@ -303,9 +382,9 @@
     var recs = document.createDocumentFragment();
     ((dns && dns.answers) || []).forEach(function (a) {
       var tr = el("tr");
-      tr.appendChild(el("td", a[0])); tr.appendChild(el("td", a[1])); tr.appendChild(el("td", a[2]));
-      tr.appendChild(el("td", a[3] + (a[5] ? ": " + a[5] : ""), a[3] === "failed" ? "error" : ""));
-      var td = el("td");
+      tr.appendChild(label(el("td", a[0]), "looked up for")); tr.appendChild(label(el("td", a[1]), "name")); tr.appendChild(label(el("td", a[2]), "type"));
+      tr.appendChild(label(el("td", a[3] + (a[5] ? ": " + a[5] : ""), a[3] === "failed" ? "error" : ""), "outcome"));
+      var td = label(el("td"), "records");
       (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", rec)); });
       if (!(a[4] || []).length) td.appendChild(el("span", "none", "muted"));
       tr.appendChild(td); recs.appendChild(tr);
@@ -317,13 +396,14 @@
       if (domain(r) !== name || !ATTENTION[status(r)]) return;
       count++;
       var tr = el("tr");
-      tr.appendChild(el("td", status(r), status(r))); tr.appendChild(el("td", severity(r), "sev-" + severity(r)));
-      var c = el("td"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
+      tr.appendChild(label(el("td", status(r), "st st-" + status(r)), "status"));
+      var sv = label(el("td"), "severity"); sv.appendChild(el("span", severity(r), "badge sev-" + severity(r))); tr.appendChild(sv);
+      var c = label(el("td"), "check"); c.appendChild(el("code", checkId(r))); c.appendChild(el("br")); c.appendChild(document.createTextNode(title(r)));
       tr.appendChild(c);
-      tr.appendChild(el("td", r[F.subject] + (r[F.item] ? " " + r[F.item] : "")));
-      tr.appendChild(el("td", null)).appendChild(el("pre", seenOf(r)));
-      var fix = el("td"), ev = r[F.evidence] || {};
-      if (ev.publish) fix.appendChild(el("pre", show(ev.publish), "publish"));
+      tr.appendChild(label(el("td", r[F.subject] + (r[F.item] ? " " + r[F.item] : "")), "subject"));
+      tr.appendChild(label(el("td", null), "as seen")).appendChild(el("pre", seenOf(r)));
+      var fix = label(el("td"), "publish / fix"), ev = r[F.evidence] || {};
+      if (ev.publish) (Array.isArray(ev.publish) ? ev.publish : [ev.publish]).forEach(function (rec) { fix.appendChild(el("pre", show(rec), "publish")); });
       if (r[F.change]) fix.appendChild(changeBlock(r));
       tr.appendChild(fix); probs.appendChild(tr);
     });
@@ -352,6 +432,28 @@
     }
   }
   window.addEventListener("hashchange", route);
+  // A link to the finding or domain already in the address changes no hash: route it all the same.
+  document.addEventListener("click", function (e) {
+    var a = e.target.closest && e.target.closest('a[href^="#finding="], a[href^="#domain="]');
+    if (a && a.getAttribute("href") === location.hash) { e.preventDefault(); route(); }
+  });
+
+  // The fix-first list: ten causes at first, ten more per click.
+  var more = $("fix-more");
+  function shownCauses() {
+    var hidden = document.querySelectorAll("#fix-list li.later:not(.shown)").length;
+    var all = document.querySelectorAll("#fix-list li.cause").length;
+    $("fix-shown").textContent = "showing " + (all - hidden) + " of " + all;
+    more.disabled = hidden === 0;
+  }
+  if (more) {
+    more.addEventListener("click", function () {
+      var hidden = document.querySelectorAll("#fix-list li.later:not(.shown)");
+      for (var i = 0; i < hidden.length && i < 10; i++) hidden[i].classList.add("shown");
+      shownCauses();
+    });
+    shownCauses();
+  }
 
   compute(); render(); renderDomains(); route();
 })();

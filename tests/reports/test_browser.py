@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -104,7 +105,7 @@ def test_filters_search_and_sort_change_the_visible_rows(demo_report: Path, watc
 
     page.select_option("#f-status", "attention")
     page.select_option("#f-severity", "high")
-    assert set(_column(page, 2)) == {"high"}
+    assert {s.lower() for s in _column(page, 2)} == {"high"}
 
     page.click("#f-reset")
     page.fill("#f-search", "j.park")
@@ -115,8 +116,14 @@ def test_filters_search_and_sort_change_the_visible_rows(demo_report: Path, watc
     page.click("#f-reset")
     page.select_option("#f-check", "forwarding.external")
     page.select_option("#f-status", "")
-    forwarding = sum(1 for f in findings if f["check"] == "forwarding.external")
-    assert f"of {forwarding} matching" in _count(page)  # passes too, once "all" statuses are shown
+    # passes too, once "all" statuses are shown: embedded as one row per check and domain, with their count
+    passes = sum(1 for f in findings if f["check"] == "forwarding.external" and f["status"] == "pass")
+    others = sum(1 for f in findings if f["check"] == "forwarding.external" and f["status"] != "pass")
+    groups = len({(f["tenant"], f["domain"]) for f in findings
+                  if f["check"] == "forwarding.external" and f["status"] == "pass"})
+    assert f"of {others + groups} matching rows ({passes} passes counted per check and domain)" in _count(page)
+    assert any(s.endswith("subjects pass") or s.endswith("subject passes") for s in _column(page, 6))
+    page.select_option("#f-status", "fail")
     page.click("th[data-sort=subject]")
     shown = [s.splitlines()[0] for s in _column(page, 6)]
     assert shown == sorted(shown)
@@ -142,7 +149,9 @@ def test_a_finding_shows_what_its_action_would_change(demo_report: Path, watched
     detail = page.inner_text("#findings-body tr.detail")
     assert "What forwarding.disable would change" in detail
     assert "Turn off the forwards of j.park@northwindlogistics.example" in detail
-    assert page.locator("#findings-body a.remediation-link").count() == 0  # comes with the remediation service
+    # the demo's report carries the one-click link to its remediation app (mailwarden demo --serve)
+    assert page.locator("#findings-body a.remediation-link").get_attribute("href").startswith("http://127.0.0.1:8642/r/")
+    assert "null" not in detail and "[" not in detail  # evidence as lists and key: value, never raw JSON
 
     # the email's "details" links: #finding=ID opens that finding
     findings = json.loads((demo_report.parent / "findings.json").read_text(encoding="utf-8"))
@@ -197,3 +206,106 @@ def test_hostile_text_is_shown_not_run(tmp_path: Path, watched: Watched) -> None
     assert HOSTILE in page.inner_text("#domain-records")
     assert page.evaluate("document.scripts.length") == 2
     assert watched.problems == []
+
+
+def _overflow(page: Page) -> int:
+    """How far the page is wider than its viewport (0 when nothing overflows)."""
+    return int(page.evaluate("document.documentElement.scrollWidth - window.innerWidth"))
+
+
+@pytest.mark.parametrize("width", [1440, 390])
+def test_the_fix_first_list_leads_and_nothing_overflows(demo_report: Path, browser: Browser, width: int) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    watched = Watched(context.new_page())
+    page = watched.page
+    page.goto(demo_report.as_uri())
+    # the first heading of the page's body is the fix-first list, and it starts on the first screen
+    assert page.evaluate("document.querySelector('main h2').id") == "fix-first-title"
+    assert page.locator("#fix-list li.cause").first.bounding_box()["y"] < 900
+    assert page.locator("#fix-list li.cause").first.is_visible()
+    top = page.inner_text("#fix-list li.cause >> nth=0")
+    assert "high" in top.lower() and ("Publish" in top or "Review and apply" in top or "Turn off" in top)
+    if width == 1440:  # the posture of every tenant sits beside it on the first screen
+        for card in page.locator("#posture .score-card").all():
+            box = card.bounding_box()
+            assert box is not None and box["y"] < 900 and box["x"] > 900
+    assert _overflow(page) == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"report-{width}.png"), full_page=False)
+    page.screenshot(path=str(ARTIFACTS / f"report-{width}-full.png"), full_page=True)
+    # open what a person opens: a finding's evidence, the domain view; still nothing wider than the screen
+    page.click("#fix-list li.cause >> nth=0 >> a.more-link")
+    expect(page.locator("#findings-body tr.detail")).to_have_count(1)
+    assert _overflow(page) == 0
+    page.goto(demo_report.as_uri() + "#domain=cedar-law-clients.example")
+    expect(page.locator("#domain-view")).to_be_visible()
+    assert _overflow(page) == 0
+    page.screenshot(path=str(ARTIFACTS / f"report-domain-{width}.png"), full_page=False)
+    assert watched.problems == [] and watched.requests == []
+    context.close()
+
+
+def test_every_control_of_the_first_screen_works(demo_report: Path, watched: Watched) -> None:
+    page = watched.page
+    page.goto(demo_report.as_uri())
+    causes = page.locator("#fix-list li.cause")
+    total = causes.count()
+    assert total > 20 and page.locator("#fix-list li.cause:visible").count() == 10
+    page.click("#fix-more")
+    assert page.locator("#fix-list li.cause:visible").count() == 20
+    assert page.inner_text("#fix-shown") == f"showing 20 of {total}"
+    for anchor in page.locator("header nav a").all():  # every section the navigation names exists
+        target = anchor.get_attribute("href")
+        assert target and page.locator(target).count() == 1
+    page.click("header nav a[href='#coverage']")
+    assert page.evaluate("location.hash") == "#coverage"
+    page.click("details.how summary")
+    assert "Score = points of passing checks" in page.inner_text("details.how")
+    # a score can be recomputed from the page: earned over possible
+    card = page.locator("#posture .score-card").first
+    score = int(card.locator(".score-value").inner_text())
+    earned, possible = (int(n) for n in re.findall(r"(\d+) of (\d+) points", card.inner_text())[0])
+    assert score == round(100 * earned / possible)
+    # the trend labels tell two runs of one day apart
+    labels = page.locator("#trend-table td[data-label=run]").all_inner_texts()
+    assert labels[0].startswith("run 2 · ") and labels[1].startswith("run 1 · ") and labels[0] != labels[1]
+    assert watched.problems == [] and watched.requests == []
+
+
+@pytest.fixture
+def caused_report(tmp_path: Path) -> Path:
+    """A report whose DMARC cause has two findings that only restate it (skipped, caused_by set)."""
+    from tests.reports.test_rootcause import RUN, _missing_with_dependants
+    from reports.html import render_html
+
+    return render_html(RUN, _missing_with_dependants(), {}, tmp_path / "report.html")
+
+
+@pytest.mark.parametrize("width", [1440, 390])
+def test_dependants_sit_under_their_cause(caused_report: Path, browser: Browser, width: int) -> None:
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    watched = Watched(context.new_page())
+    page = watched.page
+    page.goto(caused_report.as_uri())
+    first = page.locator("#fix-list li.cause").first
+    assert "dmarc.missing" in first.inner_text() and "settles 3 findings" in first.inner_text()
+    first.locator("details.dependants summary").click()
+    assert first.locator("details.dependants li").all_inner_texts() == [
+        "dmarc.policy_weak dmarc.policy_weak title", "dmarc.no_rua dmarc.no_rua title"]
+    first.locator("a.more-link").click()
+    detail = page.locator("#findings-body tr.detail")
+    expect(detail).to_contain_text("2 findings follow from this one")
+    # the skipped ones are not in "needs attention"; shown with status "skipped", they point to their cause
+    page.click("#f-reset")
+    page.select_option("#f-status", "skipped")
+    assert _column(page, 1) == ["skipped", "skipped"]
+    assert set(_column(page, 8)) == {"clears with its cause"}
+    page.click("#findings-body tr.finding >> nth=0")
+    page.click("#findings-body tr.detail a")
+    expect(page.locator("#findings-body tr.finding")).to_have_count(1)
+    assert _column(page, 3)[0].startswith("dmarc.missing")
+    assert _overflow(page) == 0
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"report-dependants-{width}.png"), full_page=True)
+    assert watched.problems == [] and watched.requests == []
+    context.close()

@@ -23,7 +23,7 @@ def _report(tmp_path: Path, exceptions: tuple[PolicyException, ...], findings: l
     write_outputs(store, "r1", tmp_path / "out")
     store.close()
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    return html[html.index('<table id="exceptions">'):html.index("<h2>Findings</h2>")]
+    return html[html.index('<table id="exceptions"'):html.index("<h2>Findings</h2>")]
 
 
 def _finding(check: str, subject: str, status: Status, item: str = "") -> Finding:
@@ -141,11 +141,43 @@ def test_trend_and_resolved_span_runs(tmp_path: Path) -> None:
     write_outputs(store, "r2", tmp_path / "out")
     store.close()
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
-    assert html.count('<circle class="dot-new"') == 3 and html.count('<circle class="dot-resolved"') == 3
-    assert "2026-11-25: 1 new" in html and "2026-12-02: 0 new" in html and "2026-12-09: 1 resolved" in html
-    resolved = html[html.index('<ul id="resolved-list">'):]
+    # open failures and errors per run, each point labelled with its run's number and time
+    assert html.count('<circle class="dot-failing"') == 3 and html.count('<circle class="dot-error"') == 3
+    assert "run 1 · 11-25 06:00: 1 failing" in html and "run 3 · 12-09 06:00: 0 failing" in html
+    table = html[html.index('<table id="trend-table"'):]
+    table = table[:table.index("</table>")]
+    assert '<td data-label="run">run 3 · 12-09 06:00</td><td data-label="open failures">0</td>' in table
+    assert '<td data-label="resolved">1</td>' in table
+    resolved = html[html.index('<ul id="resolved-list"'):]
     assert "ann@acme.example" in resolved[:resolved.index("</ul>")]
 
+
+def test_two_runs_on_one_day_get_different_labels(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    failing = _finding("forwarding.external", "ann@acme.example", Status.FAIL)
+    for index in range(2):
+        run_id, when = f"r{index}", NOW + timedelta(hours=3 * index)
+        store.start_run(run_id, when, "d" * 64, "test")
+        store.record_findings(run_id, [failing], when, ["acme"])
+        store.finish_run(run_id, when, "complete", {"tenants": {}})
+    write_outputs(store, "r1", tmp_path / "out")
+    store.close()
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert ">run 1 · 11-25 06:00<" in html and ">run 2 · 11-25 09:00<" in html
+
+
+def test_a_first_run_calls_nothing_new(tmp_path: Path) -> None:
+    import json
+
+    section = _report(tmp_path, (), [_finding("forwarding.external", "ann@acme.example", Status.FAIL)])
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert 'id="new-list"' not in html and 'id="resolved-list"' not in html
+    assert "the first run in this store" in html and '<option value="new">' not in html
+    start = html.index('id="report-data">') + len('id="report-data">')
+    assert json.loads(html[start:html.index("</script>", start)])["history"] is False
+    assert section
 
 
 def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
@@ -162,6 +194,9 @@ def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert {t["provider"] for t in manifest["scope"]["tenants"].values()} == {"files"}
     html = (out / "report.html").read_text(encoding="utf-8")
-    checks_table = html.split('<table id="coverage-checks">', 1)[1].split("</table>", 1)[0]
-    assert "<th>provider</th>" in checks_table
-    assert "<td>northwind-logistics</td><td>files</td><td><code>mta_sts.mx_mismatch</code></td>" in checks_table
+    gaps = html.split('<table id="coverage-gaps"', 1)[1].split("</table>", 1)[0]
+    assert "<th>provider</th>" in gaps
+    # one row per cause of undecided checks, naming the tenant, its provider, the reason and every check held up
+    row = next(r for r in gaps.split("<tr>") if "the MTA-STS policy of northwind-freight.example is not usable" in r)
+    assert '<td data-label="tenant">northwind-logistics</td><td data-label="provider">files</td>' in row
+    assert "<code>mta_sts.mx_mismatch</code> (1)" in row and "<code>dns.mta_sts, dns.mx</code>" in row

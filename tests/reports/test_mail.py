@@ -179,7 +179,8 @@ def test_message_has_text_html_and_the_csv_for_its_tenants_only() -> None:
     text, html, attachments = _parts(message)
     assert "NEW SINCE THE LAST RUN (1)" in text and "dmarc.missing acme.example" in text
     assert "Fix: forwarding.disable: Turn off the forwards of ann@acme.example" in text
-    assert 'Publish: _dmarc.acme.example. TXT "v=DMARC1; p=quarantine"' in text
+    assert 'Fix: publish in acme.example\'s DNS zone:\n     _dmarc.acme.example. TXT "v=DMARC1; p=quarantine"' in text
+    assert text.count('_dmarc.acme.example. TXT "v=DMARC1; p=quarantine"') == 1  # each fix stated once
     assert "hank@globex.example" not in text + html  # another tenant's finding
     assert "<script" not in html.lower() and "&lt;script&gt;" not in html  # no script; evidence stays out
     assert 'style="' in html and "<table" in html
@@ -361,3 +362,91 @@ def test_the_email_names_the_top_failing_sources() -> None:
     assert "Sources failing DMARC at receivers" in html and "192.0.2.7" in html
     quiet = _parts(build_message(_run(), _findings(), {}, _email(25).lists[0], _email(25)))[0]
     assert "SOURCES FAILING DMARC" not in quiet
+
+
+def _weekly_findings() -> list[Finding]:
+    """A week in which one DMARC record gets two proposals, one root cause has dependants and a forward drifted."""
+    def finding(check: str, subject: str, status: Status = Status.FAIL, severity: Severity = Severity.HIGH,
+                item: str = "", caused_by: str = "", remediation: Remediation | None = None, **evidence: Any) -> Finding:
+        return Finding(id=fingerprint(check, "acme", subject, item), check=check, status=status, severity=severity,
+                       tenant="acme", domain="acme.example", subject=subject, title=f"{check} title", item=item,
+                       evidence=evidence, caused_by=caused_by, remediation=remediation)
+
+    spf = finding("spf.missing", "acme.example", publish='acme.example. TXT "v=spf1 include:_spf.google.com -all"')
+    return [
+        finding("dmarc.policy_weak", "acme.example", severity=Severity.MEDIUM,
+                publish='_dmarc.acme.example. TXT "v=DMARC1; p=quarantine; rua=mailto:d@acme.example"'),
+        finding("drift.dns_weakened", "acme.example", item="dmarc",
+                publish='_dmarc.acme.example. TXT "v=DMARC1; p=reject; rua=mailto:d@acme.example"'),
+        spf,
+        finding("spf.permissive_all", "acme.example", Status.SKIPPED, Severity.MEDIUM, caused_by=spf.id),
+        finding("drift.forwarding_added", "ann@acme.example", added=["ann@personal.test"], mechanisms=["rule"],
+                remediation=Remediation("forwarding.disable", {"subject": "ann@acme.example"})),
+    ]
+
+
+def test_the_weekly_email_lists_root_causes_with_one_fix_each() -> None:
+    config = _email(25)
+    message = build_message(_run(), _weekly_findings(), {}, config.lists[0], config, history=False)
+    text, html, _ = _parts(message)
+    # one DMARC record to publish, and why that one
+    assert text.count('TXT "v=DMARC1') == 1 and 'TXT "v=DMARC1; p=reject' in text
+    assert "Why this record: Publish this one record at _dmarc.acme.example. TXT: dmarc.policy_weak proposed" in text
+    assert "stronger policy (p=)" in text and "Fix: see 2 above." in text
+    # the dependant is named under its cause, never as a fix of its own
+    assert "Also clears: spf.permissive_all (they follow from this)" in text
+    assert "spf.permissive_all title" not in text and "4 root causes to fix" in text
+    # the drift forward names what was added; no empty "()"
+    assert "Turn off the forwards of ann@acme.example added since the previous run (ann@personal.test)" in text
+    assert "()" not in text and "()" not in html
+    assert "Fix: dns.publish" not in text and "Publish:" not in text  # each fix printed once
+    assert "FIRST RUN: nothing to compare with yet" in text and "NEW SINCE" not in text
+    assert message["Subject"] == "mailwarden report 2026-11-23 for acme ops: 4 failing"  # no "new" on a first run
+
+
+def test_with_links_each_fix_carries_its_one_click_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    from reports.actions import link_signer
+    from scanner.config import RemediationConfig
+
+    monkeypatch.setenv("MW_TEST_LINK_SECRET", "k" * 32)
+    signer = link_signer(RemediationConfig.model_validate(
+        {"base_url": "https://fix.msp.example", "secret": "env:MW_TEST_LINK_SECRET"}))
+    config = _email(25)
+    message = build_message(_run(), _weekly_findings(), {}, config.lists[0], config, signer, history=False)
+    text, html, _ = _parts(message)
+    links = re.findall(r"(?:One click \(you confirm first\)|Verify once published): (https://fix\.msp\.example/r/\S+)",
+                       text)
+    assert len(links) == 3  # the DMARC record chosen, SPF and the forward; the superseded proposal has none
+    assert "One click (you confirm first): https://fix.msp.example/r/" in text  # the forward: a job to confirm
+    assert text.count("Verify once published: https://fix.msp.example/r/") == 2  # records: checked live
+    assert all(html.count(link.replace("&", "&amp;")) == 1 for link in links)
+
+
+def test_the_html_part_renders_in_chromium_without_overflow(tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    config = _email(25)
+    message = build_message(_run(), _weekly_findings(), {}, config.lists[0], config, history=False)
+    _, html, _ = _parts(message)
+    page_file = tmp_path / "email.html"
+    page_file.write_text(html, encoding="utf-8")
+    artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
+    artifacts.mkdir(exist_ok=True)
+    problems: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=["--headless", "--no-sandbox", "--disable-gpu"])
+        for width in (1440, 390):
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+                       else (problems.append(route.request.url), route.abort()))
+            page.goto(page_file.as_uri())
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            assert page.locator("h1").inner_text() == "4 root causes to fix"
+            assert "Why this record" in page.inner_text("body")
+            page.screenshot(path=str(artifacts / f"email-{width}.png"), full_page=True)
+            page.close()
+        browser.close()
+    assert problems == []

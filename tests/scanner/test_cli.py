@@ -145,3 +145,43 @@ def test_fail_on_error_exits_zero_when_every_check_decided(config: Path, add_zon
     done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(tmp_path / "o"), "--fail-on-error"])
     assert done.exit_code == 0, done.output
     assert "DNS: " in done.output and "0 unanswered" in done.output
+
+
+def test_the_console_after_a_scan_says_what_to_fix_what_failed_and_what_next(config: Path, add_zone,
+                                                                            tmp_path: Path) -> None:
+    # no DKIM at a declared sender's selectors and a DMARC policy of none: root causes, one line each
+    add_zone("acme.example", ZONE.replace("p=reject", "p=none"))
+    done = CliRunner().invoke(main, ["scan", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("fix first ("))
+    causes = lines[start + 1:lines.index(next(line for line in lines[start + 1:] if not line.startswith("  ")))]
+    assert causes and all("[acme]" in line for line in causes)
+    assert any("dmarc.policy_weak" in line and "acme.example" in line for line in causes)
+    report = (tmp_path / "out" / "report.html").resolve()
+    assert f"report: {report}" in lines
+    assert lines[lines.index("next:") + 1:] == [
+        f"  open the report  {report.as_uri()}",
+        f"  what changed     mailwarden changes --config {config} --since 7d",
+        f"  fix a check      mailwarden remediate --config {config} --check CHECK_ID   (a dry run until --yes)",
+    ]
+
+
+def test_collection_problems_are_summarised_without_verbose(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as idle:  # a nameserver that never answers
+        idle.bind(("127.0.0.1", 0))
+        path = tmp_path / "mailwarden.toml"
+        path.write_text(
+            f'[store]\nurl = "sqlite:///{tmp_path / "store.db"}"\n[dns]\n'
+            f'nameservers = ["127.0.0.1:{idle.getsockname()[1]}"]\ntimeout = 0.2\n'
+            '[[tenants]]\nname = "acme"\ndomains = ["acme.example"]\n', encoding="utf-8")
+        done = CliRunner().invoke(main, ["scan", "--config", str(path), "--out", str(tmp_path / "out")])
+    lines = done.output.splitlines()
+    header = next(line for line in lines if line.startswith("collection problems and undecided checks ("))
+    problems = lines[lines.index(header) + 1:lines.index(next(line for line in lines if line.startswith("report: ")))]
+    # grouped by reason: one line names how many checks the unanswered DNS held up, not one line per check
+    assert problems and all(line.startswith("  acme: ") for line in problems)
+    assert any("check(s) could not decide" in line for line in problems)
+    assert len(problems) < 8

@@ -1,0 +1,224 @@
+"""Root causes and posture: what the report, the email and the console put first.
+
+A root cause is one failing check on one subject (its items together), with the findings that only
+restate it (``status == "skipped"``, ``caused_by`` naming it) listed under it, and the one action that
+fixes it. The posture score is the severity-weighted share of decided root checks that pass, in the
+manner of Microsoft Secure Score's points achieved over points possible, so a person can recompute it
+from the counts the page shows.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from remediation.actions import publish_records
+from reports.actions import ActionChange, action_change, remediation_link
+from remediation.links import Signer
+from scanner.model import Finding, Severity, Status
+
+WEIGHTS: Mapping[Severity, int] = {
+    Severity.CRITICAL: 10, Severity.HIGH: 5, Severity.MEDIUM: 3, Severity.LOW: 1, Severity.INFO: 0,
+}
+"""Points a check is worth on one subject, by severity: what the posture score weighs."""
+_RANK = {s: s.rank for s in Severity}  # Severity.rank looks its position up on every call
+_DMARC_STRENGTH = {"none": 0, "quarantine": 1, "reject": 2}
+_POLICY = re.compile(r"(?:^|;)\s*p\s*=\s*([a-z]+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Posture:
+    """One tenant's score: points earned (passing root checks) over points possible (passing, failing, error)."""
+
+    tenant: str
+    earned: int
+    possible: int
+    failing: int
+    errors: int
+    unsupported: int
+    excepted: int
+    skipped: int
+    previous: int | None = None
+
+    @property
+    def score(self) -> int | None:
+        """0-100, or None when nothing could be weighed."""
+        return round(100 * self.earned / self.possible) if self.possible else None
+
+    @property
+    def change(self) -> int | None:
+        """Points of score gained (positive) or lost since the previous run; None without one."""
+        if self.previous is None or self.score is None:
+            return None
+        return self.score - self.previous
+
+
+Counts = Mapping[tuple[str, str, str], int]
+"""Findings of a run by (tenant, status, severity)."""
+
+
+def finding_counts(findings: Iterable[Finding]) -> Counter[tuple[str, str, str]]:
+    """Findings by (tenant, status, severity): what a score and a trend point need."""
+    counted = Counter((f.tenant, f.status, f.severity) for f in findings)
+    return Counter({(tenant, status.value, severity.value): n for (tenant, status, severity), n in counted.items()})
+
+
+def postures(counts: Counts, previous: Counts | None = None, tenants: Iterable[str] = ()) -> list[Posture]:
+    """Each tenant's posture, with the previous run's score when there is one."""
+    names = sorted({t for t, _, _ in counts} | set(tenants))
+    before = {p.tenant: p.score for p in postures(previous, None, names)} if previous is not None else {}
+    result = []
+    for tenant in names:
+        earned = possible = 0
+        by_status: Counter[str] = Counter()
+        for (t, status, severity), n in counts.items():
+            if t != tenant:
+                continue
+            by_status[status] += n
+            weight = WEIGHTS[Severity(severity)] * n
+            # Unknown is never a pass: an error costs its points like a failure; unsupported and
+            # excepted are left out (shown beside the score), skipped restates a counted cause.
+            if status in (Status.PASS.value, Status.FAIL.value, Status.ERROR.value):
+                possible += weight
+            if status == Status.PASS.value:
+                earned += weight
+        result.append(Posture(
+            tenant, earned, possible, by_status["fail"], by_status["error"], by_status["unsupported"],
+            by_status["excepted"], by_status["skipped"], before.get(tenant) if previous is not None else None,
+        ))
+    return result
+
+
+@dataclass(slots=True)
+class RootCause:
+    """One failing check on one subject, the findings that follow from it, and the action that fixes it."""
+
+    findings: list[Finding]
+    dependants: list[Finding] = field(default_factory=list)
+    publish: list[str] = field(default_factory=list)
+    change: ActionChange | None = None
+    links: list[str] = field(default_factory=list)
+    note: str = ""
+    superseded_by: str = ""
+
+    @property
+    def first(self) -> Finding:
+        """The finding that names the cause."""
+        return self.findings[0]
+
+    @property
+    def severity(self) -> Severity:
+        """The highest severity among the cause's findings."""
+        return max((f.severity for f in self.findings), key=_RANK.__getitem__)
+
+    @property
+    def reach(self) -> int:
+        """How many findings this one fix settles: the cause's items and its dependants."""
+        return len(self.findings) + len(self.dependants)
+
+    @property
+    def key(self) -> str:
+        """A stable anchor for the cause (the first finding's id)."""
+        return self.first.id
+
+
+def root_causes(findings: Sequence[Finding], signer: Signer | None = None,
+                changes: Mapping[str, ActionChange | None] | None = None) -> list[RootCause]:
+    """Failing findings grouped by tenant, check and subject, most severe and widest reach first.
+
+    A skipped finding (or any finding naming a ``caused_by``) is listed under its cause, never as one
+    of its own. Two causes of one domain that propose different records for one DNS name get one
+    record to publish, with the reason (``reconcile``). ``changes`` holds ``action_change`` by finding id
+    when the caller has it already.
+    """
+    groups: dict[tuple[str, str, str], RootCause] = {}
+    by_id: dict[str, RootCause] = {}
+    for f in findings:
+        if f.status is Status.FAIL and not f.caused_by:
+            cause = groups.get((f.tenant, f.check, f.subject))
+            if cause is None:
+                cause = groups[(f.tenant, f.check, f.subject)] = RootCause([])
+            cause.findings.append(f)
+            by_id[f.id] = cause
+    for f in findings:
+        if f.caused_by and f.status in (Status.SKIPPED, Status.FAIL) and f.caused_by in by_id:
+            by_id[f.caused_by].dependants.append(f)
+    for cause in groups.values():
+        records: list[str] = []
+        for f in cause.findings:
+            for record in publish_records(f.evidence):
+                if record not in records:
+                    records.append(record)
+        cause.publish = records
+        if cause.first.remediation is not None:
+            cause.change = changes[cause.first.id] if changes is not None else action_change(cause.first)
+        if signer is not None:
+            cause.links = [link for f in cause.findings if (link := remediation_link(f, signer))]
+    causes = sorted(groups.values(), key=lambda c: (-_RANK[c.severity], -c.reach, c.first.tenant, c.first.subject,
+                                                    c.first.check))
+    reconcile(causes)
+    return causes
+
+
+def _owner(record: str) -> tuple[str, str] | None:
+    """The DNS name and type a publish line is for (``_dmarc.x.example. TXT "..."``), or None."""
+    parts = record.split(None, 2)
+    if len(parts) < 3 or not parts[0].endswith("."):
+        return None
+    return parts[0].lower(), parts[1].upper()
+
+
+def _dmarc_policy(record: str) -> int:
+    text = record.split(None, 2)[2].strip().strip('"')
+    match = _POLICY.search(text)
+    return _DMARC_STRENGTH.get(match.group(1).lower(), -1) if match else -1
+
+
+def reconcile(causes: Sequence[RootCause]) -> None:
+    """Give one record per DNS name when causes propose different ones; the other causes point to it.
+
+    A DNS name holds one DMARC record (RFC 9989 §4.7: more than one is as good as none), so two
+    proposals for ``_dmarc.<domain>`` (say ``dmarc.policy_weak``'s policy minimum and
+    ``drift.dns_weakened``'s restoring last week's record) cannot both be published: the one with the
+    stronger ``p=`` wins, because it meets the policy minimum; at equal strength the drift restore wins,
+    because it keeps what the domain had (its reporting addresses and tags).
+    """
+    proposals: dict[tuple[str, str, str], list[tuple[RootCause, str]]] = {}
+    for cause in causes:
+        for record in cause.publish:
+            owner = _owner(record)
+            if owner is not None:
+                proposals.setdefault((cause.first.tenant, *owner), []).append((cause, record))
+    for (_, name, rdtype), offered in proposals.items():
+        # Only a name that holds one record of its kind conflicts: other TXT names may hold several.
+        if len({record for _, record in offered}) < 2:
+            continue
+        if name.startswith("_dmarc."):
+            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
+                return (_dmarc_policy(pair[1]), pair[0].first.check.startswith("drift."), _RANK[pair[0].severity])
+
+            why = ("it sets the stronger policy (p=), so it also meets [policy] dmarc_min_policy"
+                   if len({_dmarc_policy(r) for _, r in offered}) > 1
+                   else "it restores the record the domain had, with its reporting addresses, at the same policy")
+        elif "._domainkey." in name:
+            # RFC 6376 §3.6.1: a selector publishes one key record; the DKIM check's proposal is about the key
+            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
+                return (0, pair[0].first.check.startswith("dkim."), _RANK[pair[0].severity])
+
+            why = "a selector publishes one key, and this is the record the DKIM check asks for"
+        else:
+            continue
+        chosen_cause, chosen = max(offered, key=rank)
+        others = sorted({c.first.check for c, r in offered if r != chosen})
+        chosen_cause.note = (f"Publish this one record at {name} {rdtype}: {', '.join(others)} proposed a different "
+                             f"one; {why}. A name holds one such record, so publish it once.")
+        for cause, record in offered:
+            if record != chosen and cause is not chosen_cause:
+                cause.publish = [r for r in cause.publish if r != record]
+                said = (f"The record {chosen_cause.first.check} proposes for {name} fixes this too ({why}): "
+                        "publish that one, not a second record.")
+                cause.note = f"{cause.note} {said}".strip()
+                if not cause.publish:
+                    cause.superseded_by = chosen_cause.key

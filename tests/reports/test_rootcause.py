@@ -1,0 +1,126 @@
+"""Root causes, the posture score and one record per DNS name: what the report, email and console put first."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+from checks.evaluate import fingerprint
+from reports.html import render_html
+from reports.rootcause import finding_counts, postures, root_causes
+from scanner.model import Finding, Remediation, Severity, Status
+from scanner.store import RunRecord
+
+NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
+RUN = RunRecord("r1", NOW, NOW, "complete", {"tenants": {"acme": {"state": "complete", "provider": "files",
+                                                                      "domains": 1, "mailboxes": 1, "gaps": [],
+                                                                      "problems": []}}}, "d" * 64, "test")
+
+
+def _f(check: str, subject: str, status: Status = Status.FAIL, severity: Severity = Severity.HIGH, item: str = "",
+       caused_by: str = "", **evidence: object) -> Finding:
+    return Finding(id=fingerprint(check, "acme", subject, item), check=check, status=status, severity=severity,
+                   tenant="acme", domain=subject.rpartition("@")[2] or subject, subject=subject,
+                   title=f"{check} title", item=item, evidence=dict(evidence), caused_by=caused_by)
+
+
+def _missing_with_dependants() -> list[Finding]:
+    root = _f("dmarc.missing", "acme.example", publish='_dmarc.acme.example. TXT "v=DMARC1; p=quarantine"')
+    return [
+        root,
+        _f("dmarc.policy_weak", "acme.example", Status.SKIPPED, Severity.MEDIUM, caused_by=root.id),
+        _f("dmarc.no_rua", "acme.example", Status.SKIPPED, Severity.LOW, caused_by=root.id),
+        _f("forwarding.external", "ann@acme.example", targets=["x@elsewhere.test"]),
+        _f("mx.missing", "acme.example", severity=Severity.LOW, publish="acme.example. MX 10 mx.acme.example."),
+        _f("spf.missing", "acme.example", Status.PASS),
+    ]
+
+
+def test_dependants_sit_under_their_cause_and_widen_its_reach() -> None:
+    causes = root_causes(_missing_with_dependants())
+    assert [c.first.check for c in causes] == ["dmarc.missing", "forwarding.external", "mx.missing"]
+    top = causes[0]
+    assert [d.check for d in top.dependants] == ["dmarc.policy_weak", "dmarc.no_rua"] and top.reach == 3
+    assert top.publish == ['_dmarc.acme.example. TXT "v=DMARC1; p=quarantine"']
+
+
+def test_items_of_one_check_and_subject_are_one_cause() -> None:
+    findings = [_f("alignment.sender_unaligned", "lexdocs.example", item=s) for s in ("lexdocs", "zendesk")]
+    causes = root_causes(findings)
+    assert len(causes) == 1 and causes[0].reach == 2 and [f.item for f in causes[0].findings] == ["lexdocs", "zendesk"]
+
+
+def test_the_score_is_points_of_passing_checks_over_points_decided() -> None:
+    findings = [
+        _f("dmarc.missing", "a.example", Status.PASS, Severity.HIGH),  # 5 earned of 5
+        _f("spf.missing", "a.example", Status.FAIL, Severity.HIGH),  # 0 of 5
+        _f("mx.missing", "a.example", Status.ERROR, Severity.LOW),  # 0 of 1: unknown is never a pass
+        _f("mta_sts.missing", "a.example", Status.UNSUPPORTED, Severity.MEDIUM),  # left out
+        _f("dmarc.no_rua", "a.example", Status.SKIPPED, Severity.MEDIUM, caused_by="x"),  # left out
+    ]
+    (posture,) = postures(finding_counts(findings))
+    assert (posture.earned, posture.possible, posture.score) == (5, 11, 45)
+    assert (posture.failing, posture.errors, posture.unsupported, posture.skipped) == (1, 1, 1, 1)
+    assert posture.change is None
+    previous = finding_counts([_f("spf.missing", "a.example", Status.PASS, Severity.HIGH)])
+    (again,) = postures(finding_counts(findings), previous)
+    assert again.previous == 100 and again.change == -55
+
+
+def test_two_dmarc_records_for_one_name_become_one_with_the_reason() -> None:
+    weak = _f("dmarc.policy_weak", "acme.example", severity=Severity.MEDIUM,
+              publish='_dmarc.acme.example. TXT "v=DMARC1; p=quarantine; rua=mailto:d@acme.example"')
+    drift = _f("drift.dns_weakened", "acme.example", item="dmarc",
+               publish='_dmarc.acme.example. TXT "v=DMARC1; p=reject; rua=mailto:d@acme.example"')
+    causes = {c.first.check: c for c in root_causes([weak, drift])}
+    chosen, other = causes["drift.dns_weakened"], causes["dmarc.policy_weak"]
+    assert chosen.publish == ['_dmarc.acme.example. TXT "v=DMARC1; p=reject; rua=mailto:d@acme.example"']
+    assert "stronger policy" in chosen.note and "dmarc.policy_weak" in chosen.note
+    assert other.publish == [] and other.superseded_by == chosen.key and "drift.dns_weakened" in other.note
+
+    # at equal strength the drift restore wins: it keeps what the domain had
+    same = _f("drift.dns_weakened", "acme.example", item="dmarc",
+              publish='_dmarc.acme.example. TXT "v=DMARC1; p=quarantine; rua=mailto:old@acme.example"')
+    causes = {c.first.check: c for c in root_causes([weak, same])}
+    assert causes["drift.dns_weakened"].publish and causes["dmarc.policy_weak"].superseded_by
+    assert "restores the record the domain had" in causes["drift.dns_weakened"].note
+
+
+def test_the_report_shows_dependants_under_their_cause_and_no_raw_json(tmp_path: Path) -> None:
+    findings = _missing_with_dependants()
+    findings[3] = Finding(**{**{k: getattr(findings[3], k) for k in findings[3].__slots__},
+                             "remediation": Remediation("forwarding.disable", {})})
+    page = render_html(RUN, findings, {}, tmp_path / "report.html").read_text(encoding="utf-8")
+    fix = page[page.index('<ol id="fix-list"'):page.index("</ol>")]
+    first = fix[:fix.index("</li>\n", fix.index("</details>"))]
+    assert "dmarc.missing" in first and "2 findings follow from this and clear with it" in first
+    assert "<code>dmarc.policy_weak</code>" in first and "<code>dmarc.no_rua</code>" in first
+    assert fix.index("dmarc.missing") < fix.index("forwarding.external") < fix.index("mx.missing")
+    assert "Turn off the forwards of ann@acme.example to outside addresses (x@elsewhere.test)." in fix
+    assert "mailwarden remediate --check forwarding.external --tenant acme" in fix
+    # the first run in a store: no new/resolved lists, no "new" filter
+    assert 'id="new-list"' not in page and "null" not in page[:page.index('<script type="application/json"')]
+    data = json.loads(page[page.index('id="report-data">') + 17:page.index("</script>")])
+    passes = [row for row in data["findings"] if row[0] == ""]
+    assert len(passes) == 1 and passes[0][14] == 1  # the pass, as a count per check and domain
+    skipped = [row for row in data["findings"] if row[15]]
+    assert {row[15] for row in skipped} == {findings[0].id}
+
+
+def test_one_key_per_dkim_selector_and_the_other_records_of_a_cause_stay() -> None:
+    aligned = [
+        _f("alignment.sender_unaligned", "acme.example", item="lexdocs",
+           publish='lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<key from LexDocs>"'),
+        _f("alignment.sender_unaligned", "acme.example", item="trekmail",
+           publish='trek1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=MIIB"'),
+    ]
+    missing = _f("dkim.missing", "acme.example", item="lexdocs1",
+                 publish='lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<a new 2048-bit key>"')
+    causes = {c.first.check: c for c in root_causes([*aligned, missing])}
+    alignment, dkim = causes["alignment.sender_unaligned"], causes["dkim.missing"]
+    assert dkim.publish == ['lexdocs1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=<a new 2048-bit key>"']
+    assert "a selector publishes one key" in dkim.note
+    # the alignment cause keeps its other record and says where the lexdocs1 key comes from
+    assert alignment.publish == ['trek1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=MIIB"']
+    assert not alignment.superseded_by and "dkim.missing" in alignment.note
