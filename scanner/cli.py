@@ -917,9 +917,9 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
         config = _config(config_path)
         if sink is None and config.remediation.audit_sink is not None:
             sink = config.resolve_path(config.remediation.audit_sink)
-        key = audit_key(config.remediation)
-        store = _reader(config)
+        store = _reader(config)  # a missing store is said first: there is nothing to verify
         try:
+            key = audit_key(config.remediation)
             problems = verify(store, key, sink, config.remediation.audit_legacy_entries)
             count = len(entries(store))
             legacy = legacy_count(store)

@@ -15,6 +15,7 @@ from scanner.config import load_config
 from scanner.model import ForwardMechanism, Status
 from scanner.store import Store
 from scanner.zoneserver import ZoneServer
+from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract import google, microsoft
 from tests.contract.estate import NOW, Estate, EstateMailbox
 from tests.contract.harness import Harness
@@ -27,7 +28,7 @@ GOOGLE_DOMAIN = "acme.example"  # the Google contract server impersonates admin@
 @pytest.fixture
 def zones() -> Iterator[ZoneServer]:
     """A minimal zone for each configured domain, so no DNS query leaves loopback."""
-    with ZoneServer() as server:
+    with ZoneServer([top_level_zone(o) for o in TOP_LEVEL_ZONES]) as server:  # the DMARC tree walk's top
         for domain in (M365_DOMAIN, GOOGLE_DOMAIN):
             text = (
                 f"$ORIGIN {domain}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\n"

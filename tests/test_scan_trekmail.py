@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from scanner.cli import main
 from scanner.zoneserver import ZoneServer
+from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract.estate import standard_estate
 from tests.contract.server import ContractServer
 from tests.contract.trekmail import HARNESS, TOKEN
@@ -28,7 +29,7 @@ def served() -> Iterator[ContractServer]:
 
 @pytest.fixture
 def zones() -> Iterator[ZoneServer]:
-    with ZoneServer() as server:
+    with ZoneServer([top_level_zone(o) for o in TOP_LEVEL_ZONES]) as server:  # the DMARC tree walk's top
         for domain in ESTATE.domains:
             server.add_zone(dns.zone.from_text(
                 f"$ORIGIN {domain}.\n$TTL 300\n@ IN SOA ns1 hostmaster 1 3600 600 86400 300\n@ IN NS ns1\n"

@@ -610,7 +610,7 @@ def test_a_tenant_list_email_carries_only_its_tenants_links(sqlite_estate: Estat
                                         "lists": [{"name": "cedar", "to": ["it@cedarlaw.example"],
                                                    "tenants": ["cedar-law"]}]})
     context = message_context(run, found, {}, email.lists[0], email, signer)
-    sent = [fix["remediation_link"] for _, fix in context["top"] if fix["remediation_link"]]
+    sent = [link for _, fix in context["top"] for link in fix["links"]]
     assert sent and {signer.check(link.rpartition("/r/")[2]).tenant for link in sent} == {"cedar-law"}
     everyone = {signer.check(link.rpartition("/r/")[2]).tenant for link in links(estate).values()}
     assert len(everyone) == 3  # the all-tenants report keeps every tenant's links

@@ -48,6 +48,9 @@ def _stop(process: subprocess.Popen[str]) -> None:
 def test_read_only_verbs_work_while_a_scan_holds_the_write_lock(estate: ZoneServer, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     path = _config(tmp_path, url, estate)
+    (tmp_path / "audit.key").write_text("an audit key of the test's own", encoding="utf-8")  # audit verify reads it
+    path.write_text(path.read_text(encoding="utf-8") + f'\n[remediation]\naudit_key = "file:{tmp_path / "audit.key"}"\n',
+                    encoding="utf-8")
     _export(tmp_path, FIRST)
     store = Store(url)
     try:

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from scanner.cli import main
 from scanner.store import Store
 from scanner.zoneserver import ZoneServer
+from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 
 ZONE = (
     '@ MX 10 mx1.acme.example.\n@ TXT "v=spf1 ip4:127.0.0.10 -all"\n'
@@ -98,7 +99,7 @@ BROKEN = {
 def good_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
     """One good scan of the export (its store and export directory), which each case below copies and breaks."""
     base = tmp_path_factory.mktemp("good")
-    with ZoneServer() as server:
+    with ZoneServer([top_level_zone(o) for o in TOP_LEVEL_ZONES]) as server:  # the DMARC tree walk's top
         server.add_zone(dns.zone.from_text(
             "@ IN SOA ns1.acme.example. hostmaster.acme.example. 1 3600 600 86400 300\n"
             f"@ IN NS ns1.acme.example.\nns1 IN A 127.0.0.53\n{ZONE}", origin="acme.example", relativize=False))
