@@ -104,4 +104,4 @@ def test_click_a_fix_confirm_see_the_export_change_audit_and_undo(serving: tuple
     done = subprocess.run([SCRIPT, "evidence", "verify", str(out)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "after-change", "findings.csv", "findings.json", "manifest.json", "report.html"]
+        "after-change", "evidence", "findings.csv", "findings.json", "manifest.json", "report.html"]
