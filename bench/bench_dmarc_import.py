@@ -104,6 +104,9 @@ nameservers = ["{server.nameserver}"]
 timeout = 2.0
 [dmarc_reports]
 paths = ["reports"]
+[[tenants]]
+name = "portfolio"
+domains = [{", ".join(f'"{d}"' for d in DOMAINS)}]
 ''', encoding="utf-8")
         env_note = f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs"
         first = run([mailwarden, "dmarc", "import", "--config", str(work / "mailwarden.toml")], work)
