@@ -29,7 +29,7 @@ import tempfile
 import textwrap
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -316,6 +316,7 @@ def measure_mailwarden(config_path: Path) -> dict[str, object]:
     from scanner.collect import collect
     from scanner.config import load_config
     from scanner.pipeline import paused_gc, policy_of, senders_of
+    from scanner.model import Coverage, Fact, FactState
 
     clients: list[scanner.collect.DnsClient] = []
 
@@ -332,8 +333,12 @@ def measure_mailwarden(config_path: Path) -> dict[str, object]:
     with paused_gc():  # as run_scan does
         collection = asyncio.run(collect(config))
     collected = time.perf_counter()
+    # As a scan without imported DMARC aggregate reports says (scanner/dmarc_store.py with_traffic).
+    no_reports = tuple(Coverage(t.name, Fact.DMARC_REPORTS, FactState.UNSUPPORTED, "no reports imported")
+                       for t in collection.inventory.tenants)
+    inventory = replace(collection.inventory, coverage=collection.inventory.coverage + no_reports)
     with paused_gc():
-        findings = evaluate(collection.inventory, checks, policy=policy_of(config), senders=senders_of(config),
+        findings = evaluate(inventory, checks, policy=policy_of(config), senders=senders_of(config),
                             now=datetime.now(UTC))
     seconds = time.perf_counter() - start
     domains = len(collection.inventory.domains)
