@@ -91,6 +91,16 @@ FilePath = Annotated[Path, Strict(False)]
 """A path from the config (TOML gives a string); numbers and booleans are strict: "0.5" is not 0.5, "yes" not true."""
 
 
+def networks(value: list[str]) -> list[str]:
+    """The entries, each an IP address or network (CIDR); a ValueError naming the first that is neither."""
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network such as 192.0.2.0/24") from None
+    return value
+
+
 class _Strict(BaseModel):
     # allow_inf_nan: an infinite timeout never times out, and NaN compares false with every bound.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
@@ -217,12 +227,7 @@ class SenderConfig(_Strict):
     @field_validator("ip_ranges")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not a network such as 192.0.2.0/24") from None
-        return value
+        return networks(value)
 
     @field_validator("spf_include", mode="before")
     @classmethod
@@ -268,12 +273,7 @@ class RemediationConfig(_Strict):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address or network") from None
-        return value
+        return networks(value)
 
     @property
     def links(self) -> bool:
