@@ -264,6 +264,7 @@ def run_import(store: Store, config: Config, paths: Sequence[Path] = (), *, mail
         try:
             result.merge(import_mailbox(store, settings.imap, config.source, now))
         except ImapError as exc:
+            log.warning("the rua mailbox could not be read: %s", exc, extra={"event": "dmarc.imap_failed"})
             result.problems.append((f"imap://{settings.imap.host}:{settings.imap.port}/{settings.imap.folder}",
                                     str(exc)))
     resolve_sources(store, config, now)

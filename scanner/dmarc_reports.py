@@ -307,12 +307,3 @@ def _record(node: Element, index: int) -> ReportRecord:
         envelope_from=_text(identifiers, "envelope_from").lower(),
         envelope_to=_text(identifiers, "envelope_to").lower(), reasons=tuple(r for r in reasons if r), auth=auth,
     )
-
-
-def report_files(paths: list[Path]) -> Iterator[Path]:
-    """Every file under the given files and folders (recursively, sorted), whatever its name."""
-    for path in paths:
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-        else:
-            yield path
