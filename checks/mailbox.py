@@ -65,7 +65,7 @@ def roster_view(ctx: RunContext) -> RosterView:
         return RosterView(FactState.FAILED, "no roster coverage was recorded for this tenant")
     if entry.state is not FactState.COLLECTED:
         return RosterView(entry.state, entry.reason)
-    return RosterView(FactState.COLLECTED, people={p.email.lower(): p for p in ctx.roster})
+    return RosterView(FactState.COLLECTED, people=ctx.inventory.roster(ctx.tenant.name))
 
 
 def owner_standing(address: str, ctx: RunContext, roster: RosterView) -> tuple[Standing, str]:

@@ -64,15 +64,7 @@ class RunContext:
 
     def coverage(self, fact: Fact, subject: str = "") -> Coverage | None:
         """How ``fact`` was collected for this tenant: the subject's own entry first, then the tenant-wide one."""
-        tenant_wide: Coverage | None = None
-        for entry in self.inventory.coverage:
-            if entry.tenant != self.tenant.name or entry.fact is not fact:
-                continue
-            if subject and entry.subject == subject:
-                return entry
-            if not entry.subject and tenant_wide is None:
-                tenant_wide = entry
-        return tenant_wide
+        return self.inventory.coverage_entry(self.tenant.name, fact, subject)
 
 
 @dataclass(frozen=True, slots=True)

@@ -298,6 +298,35 @@ class Baseline:
     source: str = ""
 
 
+class InventoryIndex:
+    """Lookups over an inventory's rosters and coverage, each built on first use and rebuilt only when the
+    inventory's tuple behind it is a different one: judging a mailbox costs a dictionary lookup, not a pass
+    over the whole roster or coverage (100,000 mailboxes against a roster of 100,000 were quadratic)."""
+
+    __slots__ = ("_people", "_coverage")
+
+    def __init__(self) -> None:
+        self._people: dict[str, tuple[object, dict[str, Person]]] = {}
+        self._coverage: tuple[object, dict[tuple[str, Fact, str], Coverage]] | None = None
+
+    def people(self, tenant: str, roster: object) -> Mapping[str, Person]:
+        """The tenant's roster by lowercased address."""
+        held = self._people.get(tenant)
+        if held is None or held[0] is not roster:
+            held = (roster, {p.email.lower(): p for p in roster})  # type: ignore[attr-defined]
+            self._people[tenant] = held
+        return held[1]
+
+    def coverage(self, entries: tuple[Coverage, ...]) -> Mapping[tuple[str, Fact, str], Coverage]:
+        """The first coverage entry per (tenant, fact, subject)."""
+        if self._coverage is None or self._coverage[0] is not entries:
+            found: dict[tuple[str, Fact, str], Coverage] = {}
+            for entry in entries:
+                found.setdefault((entry.tenant, entry.fact, entry.subject), entry)
+            self._coverage = (entries, found)
+        return self._coverage[1]
+
+
 @dataclass(frozen=True, slots=True)
 class Inventory:
     """Everything one run collected, with its coverage."""
@@ -313,6 +342,17 @@ class Inventory:
     lookup: Callable[[str], Mailbox | None] | None = None
     """Finds any mailbox of the run by address, also one outside ``mailboxes`` (a scan evaluates its mailboxes
     page by page, and a page's owners may be on another page); None: search ``mailboxes``."""
+    index: InventoryIndex = field(default_factory=InventoryIndex, compare=False, repr=False)
+    """Lookups built on first use; a copy made with ``replace`` (a page of mailboxes) shares them."""
+
+    def roster(self, tenant: str) -> Mapping[str, Person]:
+        """The tenant's roster by lowercased address (empty when none was configured)."""
+        return self.index.people(tenant, self.people.get(tenant, ()))
+
+    def coverage_entry(self, tenant: str, fact: Fact, subject: str = "") -> Coverage | None:
+        """How ``fact`` was collected for the tenant: the subject's own entry first, then the tenant-wide one."""
+        entries = self.index.coverage(self.coverage)
+        return (entries.get((tenant, fact, subject)) if subject else None) or entries.get((tenant, fact, ""))
 
     def mailbox(self, address: str) -> Mailbox | None:
         """The run's mailbox with this address, in any tenant, or None."""

@@ -133,3 +133,31 @@ def test_an_alias_needs_no_owner_of_record() -> None:
         assert findings["sales@acme.example"].evidence["applies"] is False
         assert "alias" in findings["sales@acme.example"].evidence["why"]
         assert findings["team@acme.example"].evidence["owners"] == ["ann@acme.example"]
+
+
+class _CountedRoster(tuple):  # type: ignore[type-arg]
+    """A roster that counts how often the whole of it is walked."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+def test_the_roster_is_read_once_per_run_not_once_per_mailbox() -> None:
+    from dataclasses import replace
+
+    from checks.account import ghost_account
+    from checks.shared import ownerless_shared
+
+    people = _CountedRoster(Person(f"p{n}@acme.example", f"P{n}") for n in range(300))
+    _CountedRoster.walks = 0
+    mailboxes = tuple(Mailbox("acme", f"p{n}@acme.example") for n in range(300))
+    inventory = Inventory((TENANT,), (), mailboxes[:150], {"acme": people}, (), (OWNERS, ROSTER))
+    checks = [mailbox_without_owner, ghost_account, ownerless_shared]
+    found = evaluate(inventory, checks, policy=Policy(), senders={}, now=NOW)
+    # A scan judges its mailboxes page by page, each page a copy of the inventory: the index carries over.
+    found += evaluate(replace(inventory, mailboxes=mailboxes[150:]), checks, policy=Policy(), senders={}, now=NOW)
+    assert len(found) == 900 and {f.status for f in found if f.check == "mailbox.no_owner"} == {Status.PASS}
+    assert _CountedRoster.walks == 1
