@@ -24,12 +24,8 @@ from scanner.baseline import capture, render_baseline
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
-from reports.csv_out import write_findings_csv
-from reports.html import render_report
-from reports.json_out import write_findings_json
-from reports.manifest import write_manifest
 from scanner.lease import ScanBusy
-from scanner.pipeline import ScanInterrupted, ScanResult, run_scan
+from scanner.pipeline import ScanInterrupted, ScanResult, render_outputs, run_scan
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -88,27 +84,23 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
         sys.exit(EXIT_FAILED_RUN)
     if fail_on is not None:
         threshold = Severity(fail_on).rank
-        if any(f.status is Status.FAIL and f.severity.rank >= threshold for f in result.findings):
+        if any(n and Severity(severity).rank >= threshold for severity, n in result.failing.items()):
             sys.exit(EXIT_FINDINGS)
 
 
 def _summarize(result: ScanResult, out_dir: Path) -> None:
-    counts: dict[str, int] = {}
-    for finding in result.findings:
-        counts[finding.status.value] = counts.get(finding.status.value, 0) + 1
+    counts = result.counts
     tenants = result.run.scope.get("tenants", {})
     click.echo(f"run {result.run.id}: {result.run.state}, {len(tenants)} tenants")
     for name, scope in sorted(tenants.items()):
         problems = f", {len(scope['problems'])} problem(s)" if scope["problems"] else ""
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    failing = sorted(
-        (f for f in result.findings if f.status is Status.FAIL), key=lambda f: (-f.severity.rank, f.check, f.subject)
-    )
-    for finding in failing[:10]:
+    for finding in result.worst:
         click.echo(f"  {finding.severity.value:8} {finding.check:30} {finding.subject}")
-    if len(failing) > 10:
-        click.echo(f"  … and {len(failing) - 10} more")
+    failing = sum(result.failing.values())
+    if failing > len(result.worst):
+        click.echo(f"  … and {failing - len(result.worst)} more")
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
 
 
@@ -317,19 +309,7 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
                    remediation: RemediationConfig | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run = store.run(run_id)
-    findings = store.findings_for_run(run_id)
-    files = []
-    if "json" in formats:
-        files.append(write_findings_json(findings, out_dir / "findings.json"))
-    if "csv" in formats:
-        files.append(write_findings_csv(findings, out_dir / "findings.csv"))
-    if "html" in formats:
-        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
-                                   remediation))
-    files.append(write_manifest(run, files, out_dir / "manifest.json"))
-    return files
+    return list(render_outputs(store, run_id, out_dir, remediation, formats).files)
 
 
 DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"])

@@ -5,21 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import heapq
 import logging
 import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.evaluate import evaluate
 from checks.registry import Check, Policy, Sender, load_checks
-from reports.csv_out import write_findings_csv
+from reports.findings_files import write_findings_files
 from reports.html import render_report
-from reports.json_out import write_findings_json
 from reports.manifest import write_manifest
 from scanner import __version__
 from scanner.adapters.base import PAGE
@@ -28,7 +28,7 @@ from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
-from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.model import FactState, Finding, Inventory, Mailbox, Scope, Status, plain
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,50 @@ class ScanInterrupted(MailwardenError):
         self.run_id = run_id
 
 
+class StoredFindings(Sequence[Finding]):
+    """A run's findings as the store holds them, read only when asked for: iterating streams them from a
+    cursor (one finding held at a time); counting and indexing ask the store."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def __iter__(self) -> Iterator[Finding]:
+        with self._store.iter_findings(self._run_id) as found:
+            yield from found
+
+    def __len__(self) -> int:
+        return sum(self._store.status_counts(self._run_id).values())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._store.findings_for_run(self._run_id)[index]
+
+
 @dataclass(frozen=True, slots=True)
-class ScanResult:
-    """What a scan produced: the stored run, its findings and the files written."""
+class Outputs:
+    """What rendering a run wrote, with the figures a summary needs (from SQL, not from every finding)."""
 
     run: RunRecord
-    findings: tuple[Finding, ...]
+    files: tuple[Path, ...]
+    counts: Mapping[str, int]
+    """Findings by status."""
+    failing: Mapping[str, int]
+    """Failing findings by severity."""
+    worst: tuple[Finding, ...]
+    """The ten worst failing findings: highest severity first, then by check and subject."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What a scan produced: the stored run, its findings (read from the store when asked) and the files written."""
+
+    run: RunRecord
+    findings: Sequence[Finding]
     files: tuple[Path, ...]
     dns_queries: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+    failing: Mapping[str, int] = field(default_factory=dict)
+    worst: tuple[Finding, ...] = ()
 
 
 @contextlib.contextmanager
@@ -232,8 +268,10 @@ def run_scan(
     """Collect, evaluate and report once (``record_scan``); the outputs are rendered from what the store holds."""
     recorded = record_scan(config, store=store, checks=checks, now=now, as_of=as_of, progress=progress,
                            tenants=tenants, stop=stop)
-    run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation)
-    return ScanResult(run, findings, files, dns_queries=recorded.collection.dns_queries)
+    outputs = render_outputs(store, recorded.run_id, out_dir, config.remediation)
+    return ScanResult(outputs.run, StoredFindings(store, recorded.run_id), outputs.files,
+                      dns_queries=recorded.collection.dns_queries, counts=outputs.counts, failing=outputs.failing,
+                      worst=outputs.worst)
 
 
 def record_scan(
@@ -321,7 +359,7 @@ def _judge_and_record(
                 results = [f for f in results if f.tenant in only]
             for finding in results:
                 counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
-            recording.add(results)
+            recording.record(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
         previous = inventory.previous
@@ -339,16 +377,42 @@ def _judge_and_record(
 
 def write_outputs(
     store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None
-) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
-    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links)."""
+) -> tuple[RunRecord, Sequence[Finding], tuple[Path, ...]]:
+    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links);
+    the findings come back as a view of the store (``StoredFindings``)."""
+    outputs = render_outputs(store, run_id, out_dir, remediation)
+    return outputs.run, StoredFindings(store, run_id), outputs.files
+
+
+def render_outputs(
+    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
+    formats: Collection[str] = ("json", "csv", "html"),
+) -> Outputs:
+    """Render a stored run's outputs (``formats`` of json, csv, html) and manifest.json: findings.json and
+    findings.csv stream from one cursor, the counts and the worst failures come from SQL and a bounded heap."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run = store.run(run_id)
-    findings = store.findings_for_run(run_id)
-    events = store.lifecycle_events(run_id)
-    files = [
-        write_findings_json(findings, out_dir / "findings.json"),
-        write_findings_csv(findings, out_dir / "findings.csv"),
-        render_report(store, run, findings, events, out_dir / "report.html", remediation),
-    ]
+    files: list[Path] = []
+    json_path = out_dir / "findings.json" if "json" in formats else None
+    csv_path = out_dir / "findings.csv" if "csv" in formats else None
+    if json_path or csv_path:
+        with store.iter_findings(run_id) as found:
+            write_findings_files(found, json_path, csv_path)
+        files += [p for p in (json_path, csv_path) if p is not None]
+    if "html" in formats:
+        findings = store.findings_for_run(run_id)
+        files.append(render_report(store, run, findings, store.lifecycle_events(run_id), out_dir / "report.html",
+                                   remediation))
+        del findings
     files.append(write_manifest(run, files, out_dir / "manifest.json"))
-    return run, tuple(findings), tuple(files)
+    failing: Counter[str] = Counter()
+    with store.iter_findings(run_id, (Status.FAIL,)) as found:
+        worst = heapq.nsmallest(10, _counted(found, failing), key=lambda f: (-f.severity.rank, f.check, f.subject))
+    return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), tuple(worst))
+
+
+def _counted(findings: Iterable[Finding], counts: Counter[str]) -> Iterator[Finding]:
+    """The findings, counting each by severity on the way."""
+    for finding in findings:
+        counts[finding.severity.value] += 1
+        yield finding

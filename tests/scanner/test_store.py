@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -300,3 +301,24 @@ def test_prune_during_a_scan_keeps_the_bodies_it_has_staged(store: Store) -> Non
     store.prune(now - timedelta(days=1))
     store.commit_snapshot("run2", complete=("acme",))
     assert store.object_state("mailbox", "acme/a", "run2") == {"v": 2}
+
+
+def test_passes_are_stored_compactly_and_read_back_in_full(store: Store) -> None:
+    passes = [replace(_finding(f"{name}@acme.example", Status.PASS), evidence={"forwards": [], "checked": True})
+              for name in ("a", "b", "c")]
+    failing = _finding("d@acme.example", Status.FAIL)
+    _run(store, 1, [*passes, failing])
+    _run(store, 2, [*passes, failing])
+    stored = store.findings_for_run("run2")
+    assert [(f.subject, f.status, dict(f.evidence), f.title, f.domain) for f in stored] == [
+        *((p.subject, Status.PASS, {"checked": True, "forwards": []}, "t", "acme.example") for p in passes),
+        ("d@acme.example", Status.FAIL, {"targets": ["x@out.test"]}, "t", "acme.example"),
+    ]
+    with store.engine.connect() as conn:
+        # Six passes over two runs share one evidence body; only the failures have full rows.
+        assert conn.execute(sa.text("SELECT count(*) FROM evidence")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM run_passes")).scalar() == 6
+        assert conn.execute(sa.text("SELECT count(*) FROM run_findings")).scalar() == 2
+    assert store.status_counts("run2") == {"pass": 3, "fail": 1}
+    assert store.pass_counts("run2") == {("forwarding.external", "acme.example"): 3}
+    assert [f.subject for f in store.findings_for_run("run2", (Status.FAIL,))] == ["d@acme.example"]

@@ -1,0 +1,47 @@
+"""findings.json and findings.csv written together from one stream of findings, row by row."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+from reports.csv_out import safe_cell
+from reports.records import COLUMNS, finding_record
+from scanner.model import Finding
+
+
+def write_findings_files(findings: Iterable[Finding], json_path: Path | None, csv_path: Path | None) -> int:
+    """Write findings.json and/or findings.csv (the same bytes as ``write_findings_json`` and
+    ``write_findings_csv``) in one pass, holding one finding at a time; returns how many were written.
+
+    findings.json has one finding per line, encoded by orjson (no space after separators)."""
+    count = 0
+    with (json_path.open("w", encoding="utf-8") if json_path else _Nowhere()) as as_json, \
+            (csv_path.open("w", newline="", encoding="utf-8") if csv_path else _Nowhere()) as as_csv:
+        rows = csv.writer(as_csv)
+        rows.writerow(COLUMNS)
+        as_json.write("[")
+        for finding in findings:
+            record = finding_record(finding)
+            as_json.write(",\n" if count else "\n")
+            as_json.write(orjson.dumps(record).decode("utf-8"))
+            rows.writerow([safe_cell(record[column]) for column in COLUMNS])
+            count += 1
+        as_json.write("\n]\n")
+    return count
+
+
+class _Nowhere:
+    """A file that is not wanted: writes go nowhere."""
+
+    def __enter__(self) -> _Nowhere:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def write(self, text: str) -> int:
+        return len(text)
