@@ -12,25 +12,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.console import Console
 
-from checks.registry import RegistryError, load_checks
-from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
-from reports.evidence import EvidenceError, Period, verify_evidence, write_evidence
-from reports.mail import send_reports
-from scanner.baseline import capture, render_baseline
-from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
+from checks.registry import RegistryError
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Severity, Status
-from scanner.lease import ScanBusy
-from scanner.pipeline import ScanInterrupted, ScanResult, render_outputs, run_scan
-from scanner.serve import job_status, serve as run_server, status_lines
-from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
-from scanner.store import RunRecord, Store
-from scanner.zoneserver import ZoneServer, load_zone_file
 
+if TYPE_CHECKING:
+    from scanner.config import Config, RemediationConfig
+    from scanner.pipeline import ScanResult
+    from scanner.store import RunRecord, Store
+
+# Start-up: each command imports what it uses when it runs, so `mailwarden --help`, `checks` and `status`
+# do not pay for SQLAlchemy, pydantic, dnspython, jinja2, httpx and the web stack they never touch.
+
+BUNDLED = Path(__file__).resolve().parent.parent / "config"
+"""The bundled config directory (scanner.config.BUNDLED, without importing the config machinery)."""
 DEMO = BUNDLED / "demo"
 DEMO_AS_OF = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
 """The day the demo's export files describe: the demo judges them as of then, so they do not age."""
@@ -48,11 +47,16 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (MailwardenError, RegistryError) as exc:
+        from scanner.lease import ScanBusy
+        from scanner.pipeline import ScanInterrupted
+
         click.echo(f"mailwarden: {exc}", err=True)
         sys.exit(EXIT_FAILED_RUN if isinstance(exc, (RegistryError, ScanBusy, ScanInterrupted)) else EXIT_CONFIG)
 
 
 def _config(path: Path | None) -> Config:
+    from scanner.config import load_config
+
     return load_config(path if path is not None else Path("mailwarden.toml"))
 
 
@@ -66,6 +70,11 @@ def main(verbose: bool) -> None:
 
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
           tenants: tuple[str, ...] = ()) -> None:
+    from rich.console import Console
+
+    from scanner.pipeline import run_scan
+    from scanner.store import Store
+
     console = Console(stderr=True)
     store = Store(config.store.url)
     try:
@@ -126,6 +135,12 @@ def demo(out_dir: Path) -> None:
     The first run's outputs go to OUT, the second's to OUT/after-change, and the change log between
     them is printed (config/demo/drift/README.md says what changes).
     """
+    from reports.changelog import write_changes_json, write_changes_table
+    from scanner.config import load_config
+    from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
+    from scanner.store import Store
+    from scanner.zoneserver import ZoneServer, load_zone_file
+
     with _user_errors(), ZoneServer() as server:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,6 +220,10 @@ CONFIG_OPTION = click.option("--config", "config_path", type=click.Path(path_typ
 def changes(config_path: Path | None, since: str | None, tenant: str | None, domain: str | None,
             mailbox: str | None, fmt: str) -> None:
     """Print the change log: each object's field before and after, with the run (or job) and time."""
+    from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
+    from scanner.config import normalize_domain
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         start = parse_since(since, datetime.now(UTC)) if since else None
@@ -231,6 +250,10 @@ def baseline() -> None:
               help="File to write (default: <domain>.baseline.toml; '-' for standard output).")
 def baseline_capture(config_path: Path | None, domain: str, out_path: Path | None) -> None:
     """Write the domain's state as the latest run recorded it as a baseline file."""
+    from scanner.baseline import capture, render_baseline
+    from scanner.config import normalize_domain
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         try:
@@ -262,6 +285,8 @@ def baseline_capture(config_path: Path | None, domain: str, out_path: Path | Non
 @click.option("--keep", required=True, help="How much history to keep, such as 400d.")
 def prune(config_path: Path | None, keep: str) -> None:
     """Remove runs older than --keep, keeping what the kept runs' history still needs."""
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         cutoff = datetime.now(UTC) - parse_duration(keep)
@@ -277,6 +302,8 @@ def prune(config_path: Path | None, keep: str) -> None:
 @main.command("checks")
 def list_checks() -> None:
     """Print the check catalogue from the loaded metadata."""
+    from checks.registry import load_checks
+
     with _user_errors():
         loaded = load_checks()
     for check in loaded:
@@ -309,6 +336,8 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
                    remediation: RemediationConfig | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written."""
+    from scanner.pipeline import render_outputs
+
     return list(render_outputs(store, run_id, out_dir, remediation, formats).files)
 
 
@@ -325,6 +354,9 @@ DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M
 def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
              tenant: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
+    from reports.evidence import EvidenceError, Period, write_evidence
+    from scanner.store import Store
+
     if ctx.invoked_subcommand is not None:
         return
     if out_dir is None:
@@ -350,6 +382,8 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 def evidence_verify(directory: Path) -> None:
     """Check every file of an evidence pack against its manifest's SHA-256; exit 1 naming any bad file."""
+    from reports.evidence import verify_evidence
+
     problems = verify_evidence(directory)
     for problem in problems:
         click.echo(f"mailwarden: {problem}", err=True)
@@ -368,6 +402,9 @@ def evidence_verify(directory: Path) -> None:
 @click.option("--email", "send", is_flag=True, help="Send the report by email to each list in [email].")
 def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...], out_dir: Path, send: bool) -> None:
     """Re-render a stored run (--format) and/or email it (--email); rendered from the store, never live data."""
+    from reports.mail import send_reports
+    from scanner.store import Store
+
     failed = False
     with _user_errors():
         config = _config(config_path)
@@ -396,6 +433,8 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON (default: [serve] log_format).")
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
+    from scanner.serve import serve as run_server
+
     with _user_errors():
         run_server(config_path if config_path is not None else Path("mailwarden.toml"), host=host, port=port,
                    log_format=log_format)
@@ -406,6 +445,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_form
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(config_path: Path | None, fmt: str) -> None:
     """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
+    from scanner.serve import job_status, status_lines
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         store = Store(config.store.url)
@@ -445,6 +487,7 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     """Fix every failing finding of a check: a dry run by default; --yes applies to a canary first, then the rest."""
     import asyncio
 
+    from scanner.store import Store
     from remediation.actions import describe
     from remediation.jobs import DONE, ALREADY_DONE, BulkStep, Jobs, bulk, plans_for_check
 
@@ -488,6 +531,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
     """Reverse a done job from its recorded before-state (itself a logged job)."""
     import asyncio
 
+    from scanner.store import Store
     from remediation.jobs import DONE, ALREADY_DONE, Jobs
 
     with _user_errors():
@@ -509,6 +553,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 def list_jobs(config_path: Path | None, tenant: str | None) -> None:
     """Print the remediation jobs, newest first."""
+    from scanner.store import Store
     from remediation.jobs import Jobs
 
     with _user_errors():
@@ -534,6 +579,7 @@ def audit_group() -> None:
               help="Also compare with this JSON-lines copy (default: [remediation] audit_sink, if set).")
 def audit_verify(config_path: Path | None, sink: Path | None) -> None:
     """Check the audit log's hash chain (and its copy); exit 1 naming a changed, removed or reordered entry."""
+    from scanner.store import Store
     from remediation.audit import entries, verify
 
     with _user_errors():
@@ -558,6 +604,7 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
 @click.option("--job", "job_id", help="Only this job's entries.")
 def audit_show(config_path: Path | None, job_id: str | None) -> None:
     """Print the audit log as JSON lines."""
+    from scanner.store import Store
     from remediation.audit import entries
 
     with _user_errors():

@@ -12,8 +12,6 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from scanner.changes import FAILED, FieldChange, object_changes
@@ -775,10 +773,16 @@ class Store:
         that memory does not grow with their number; only those of ``statuses``, when given.
 
         Use as ``with store.iter_findings(run) as found: for finding in found: ...``."""
+        with self.iter_rows(run_id, statuses) as rows:
+            yield (_finding_of(row) for row in rows)
+
+    @contextlib.contextmanager
+    def iter_rows(self, run_id: str, statuses: Collection[Status] | None = None) -> Iterator[Iterator[Any]]:
+        """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
+        text) with first and last seen; for writers that need no Finding objects (reports.records.row_record)."""
         query = _findings_query(run_id, statuses)
         with self.engine.connect() as conn:
-            rows = conn.execution_options(stream_results=True, yield_per=2000).execute(query)
-            yield (_finding_of(row) for row in rows)
+            yield iter(conn.execution_options(stream_results=True, yield_per=2000).execute(query))
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """How many findings of a run have each status (statuses with none are left out)."""
@@ -946,7 +950,7 @@ class Recording:
                 ["fp", *_MUTABLE]))(updates)
         if bodies:
             self._batch("evidence", lambda: _Batch(
-                conn, (sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert)(evidence)
+                conn, _upsert(conn, evidence)
                 .on_conflict_do_nothing(), evidence, ["hash", "body"]))(
                 [{"hash": digest, "body": body} for digest, body in sorted(bodies.items())])
             self._remember(bodies)
@@ -1153,10 +1157,19 @@ def _forwards(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -
     return found
 
 
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which can say ON CONFLICT (imported on use: the PostgreSQL dialect is large)."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table)
+
+
 def _insert_new(conn: Connection, rows: list[dict[str, str]]) -> set[tuple[str, str]]:
     """Stage rows whose (kind, key) the run has not staged yet, in one statement that says which it inserted;
     returns their (kind, key)."""
-    insert = (sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert)(staged)
+    insert = _upsert(conn, staged)
     statement = insert.on_conflict_do_nothing().returning(staged.c.kind, staged.c.key)
     return {(r.kind, r.key) for r in conn.execute(statement, rows)}
 
