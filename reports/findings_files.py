@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 
-from reports.csv_out import safe_cell
-from reports.records import COLUMNS, finding_record
-from scanner.model import Finding
+from reports.csv_out import _FORMULA_START, safe_cell
+from reports.records import COLUMNS
 
 
-def write_findings_files(findings: Iterable[Finding], json_path: Path | None, csv_path: Path | None) -> int:
-    """Write findings.json and/or findings.csv (the same bytes as ``write_findings_json`` and
-    ``write_findings_csv``) in one pass, holding one finding at a time; returns how many were written.
+def write_findings_files(records: Iterable[Mapping[str, Any]], json_path: Path | None, csv_path: Path | None) -> int:
+    """Write findings.json and/or findings.csv from finding records (``finding_record``, ``row_record``) with the
+    same bytes as ``write_findings_json`` and ``write_findings_csv``, in one pass holding one record at a time;
+    returns how many were written.
 
     findings.json has one finding per line, encoded by orjson (no space after separators)."""
     count = 0
@@ -24,14 +25,25 @@ def write_findings_files(findings: Iterable[Finding], json_path: Path | None, cs
         rows = csv.writer(as_csv)
         rows.writerow(COLUMNS)
         as_json.write("[")
-        for finding in findings:
-            record = finding_record(finding)
+        for record in records:
             as_json.write(",\n" if count else "\n")
             as_json.write(orjson.dumps(record).decode("utf-8"))
-            rows.writerow([safe_cell(record[column]) for column in COLUMNS])
+            rows.writerow(_cells(record))
             count += 1
         as_json.write("\n]\n")
     return count
+
+
+def _cells(record: Mapping[str, Any]) -> list[str]:
+    """``safe_cell`` of each column, with the common case (text that cannot start a formula) first."""
+    cells = []
+    for column in COLUMNS:
+        value = record[column]
+        if type(value) is str and not value.startswith(_FORMULA_START):
+            cells.append(value)
+        else:
+            cells.append(safe_cell(value))
+    return cells
 
 
 class _Nowhere:

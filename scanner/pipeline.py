@@ -11,7 +11,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +20,7 @@ from checks.evaluate import evaluate
 from checks.registry import Check, Policy, Sender, load_checks
 from reports.findings_files import write_findings_files
 from reports.html import render_report
+from reports.records import row_record
 from reports.manifest import write_manifest
 from scanner import __version__
 from scanner.adapters.base import PAGE
@@ -386,7 +387,7 @@ def write_outputs(
 
 def render_outputs(
     store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
-    formats: Collection[str] = ("json", "csv", "html"),
+    formats: Sequence[str] = ("json", "csv", "html"),
 ) -> Outputs:
     """Render a stored run's outputs (``formats`` of json, csv, html) and manifest.json: findings.json and
     findings.csv stream from one cursor, the counts and the worst failures come from SQL and a bounded heap."""
@@ -396,8 +397,8 @@ def render_outputs(
     json_path = out_dir / "findings.json" if "json" in formats else None
     csv_path = out_dir / "findings.csv" if "csv" in formats else None
     if json_path or csv_path:
-        with store.iter_findings(run_id) as found:
-            write_findings_files(found, json_path, csv_path)
+        with store.iter_rows(run_id) as rows:
+            write_findings_files((row_record(row) for row in rows), json_path, csv_path)
         files += [p for p in (json_path, csv_path) if p is not None]
     if "html" in formats:
         findings = store.findings_for_run(run_id)

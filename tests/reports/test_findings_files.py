@@ -10,6 +10,7 @@ from checks.evaluate import fingerprint
 from reports.csv_out import write_findings_csv
 from reports.findings_files import write_findings_files
 from reports.json_out import write_findings_json
+from reports.records import row_record
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.pipeline import render_outputs
 from scanner.store import Store
@@ -51,8 +52,8 @@ def test_streamed_files_have_the_same_bytes_as_the_list_writers(tmp_path: Path) 
     assert {f.status for f in stored} == {Status.PASS, Status.FAIL, Status.ERROR}
     write_findings_json(stored, tmp_path / "list.json")
     write_findings_csv(stored, tmp_path / "list.csv")
-    with store.iter_findings("r1") as found:
-        assert write_findings_files(found, tmp_path / "stream.json", tmp_path / "stream.csv") == 200
+    with store.iter_rows("r1") as rows:
+        assert write_findings_files((row_record(r) for r in rows), tmp_path / "stream.json", tmp_path / "stream.csv") == 200
     assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
     assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
     store.close()
