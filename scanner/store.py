@@ -1017,17 +1017,24 @@ class _Batch:
             key: convert for key in keys if key in columns and key not in encoded
             and (convert := columns[key].type.bind_processor(conn.dialect)) is not None
         }
+        self._fast = not self._convert and bool(self._names)
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run the statement once per row, in batches of ten thousand."""
         for start in range(0, len(rows), 10000):
-            chunk = [self._converted(row) for row in rows[start : start + 10000]]
+            chunk = rows[start : start + 10000]
             if chunk:
-                self._conn.exec_driver_sql(self._sql, chunk)  # type: ignore[arg-type]
+                self._conn.exec_driver_sql(self._sql, self._converted(chunk))  # type: ignore[arg-type]
 
-    def _converted(self, row: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
-        values = {k: (self._convert[k](v) if k in self._convert else v) for k, v in row.items()}
-        return tuple(values[name] for name in self._names) if self._names else values
+    def _converted(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        if self._fast:  # no value needs converting (SQLite's strings): the row's values in the statement's order
+            names = self._names
+            return [tuple([row[name] for name in names]) for row in rows]
+        convert = self._convert
+        if self._names:
+            spec = [(name, convert.get(name)) for name in self._names]
+            return [tuple([row[n] if c is None else c(row[n]) for n, c in spec]) for row in rows]
+        return [{k: (convert[k](v) if k in convert else v) for k, v in row.items()} for row in rows]
 
 EVIDENCE_REMEMBERED = 20000
 """How many evidence hashes a recording remembers as stored before it forgets them all (and inserts again,
@@ -1101,11 +1108,15 @@ def _findings_query(run_id: str, statuses: Collection[Status] | None) -> sa.Comp
     return union.order_by(order.tenant, order.domain, order.subject, order.check_id, order.item)
 
 
+_STATUSES = {s.value: s for s in Status}
+_SEVERITIES = {s.value: s for s in Severity}
+
+
 def _finding_of(row: Any) -> Finding:
     """A finding from a row of ``_findings_query`` (its JSON as text)."""
     remediation = orjson.loads(row.remediation) if row.remediation else None
     return Finding(
-        id=row.fingerprint, check=row.check_id, status=Status(row.status), severity=Severity(row.severity),
+        id=row.fingerprint, check=row.check_id, status=_STATUSES[row.status], severity=_SEVERITIES[row.severity],
         tenant=row.tenant, domain=row.domain, subject=row.subject, item=row.item, title=row.title,
         evidence=orjson.loads(row.evidence), reason=row.reason,
         remediation=Remediation(remediation["action"], remediation["params"]) if remediation else None,
