@@ -254,6 +254,7 @@ evidence = sa.Table(
     metadata,
     sa.Column("hash", sa.String(32), primary_key=True),
     sa.Column("body", sa.Text, nullable=False),  # canonical JSON
+    sqlite_with_rowid=False,
 )
 """Passing findings' evidence, content-addressed: a body shared by many passes, or by the same pass run after
 run (a domain whose SPF did not change), is stored once."""
@@ -266,6 +267,7 @@ run_passes = sa.Table(
     sa.Column("severity", sa.String(16), nullable=False),
     sa.Column("evidence", sa.String(32), sa.ForeignKey("evidence.hash"), nullable=False),
     sa.Column("resolved", sa.Boolean, nullable=False),  # this pass resolved the open finding
+    sqlite_with_rowid=False,  # SQLite: the rows live in the primary key's b-tree, not beside a copy of it
 )
 """A run's passing findings, compactly: which finding passed, with what severity and evidence (by hash); the
 check, tenant and subject are the finding's (``findings``), its domain and title in ``finding_context``.
@@ -277,6 +279,7 @@ finding_context = sa.Table(
     sa.Column("fingerprint", sa.String(40), sa.ForeignKey("findings.fingerprint"), primary_key=True),
     sa.Column("domain", sa.String(255), nullable=False),
     sa.Column("title", sa.String(255), nullable=False),
+    sqlite_with_rowid=False,
 )
 """The domain and title of a finding as its latest pass recorded them (written only when they change)."""
 
