@@ -8,6 +8,8 @@ if ! command -v knotd >/dev/null && [ ! -x /usr/sbin/knotd ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q knot >/dev/null || {
         apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q knot >/dev/null; }
 fi
+echo "## Whole scan, end to end (bench/bench_scan.py, about 15 minutes)"
+"$PY" bench/bench_scan.py
 echo "## DNS scan (bench/bench_dns.py)"
 "$PY" bench/bench_dns.py --domains 1000 10000 --rtt 0 10
 echo "## Report (bench/bench_report.py)"

@@ -35,7 +35,7 @@ from scanner.config import IDENTITY, Config
 from scanner.errors import AdapterError, ConfigError, MailwardenError
 from scanner.model import Finding
 from scanner.security_headers import HEADERS, SecurityHeaders
-from scanner.store import Store, findings, jobs, run_findings
+from scanner.store import Store, jobs
 
 log = logging.getLogger(__name__)
 
@@ -190,14 +190,7 @@ class _Service:
 
     def finding(self, run_id: str, fingerprint: str) -> Finding | None:
         """One stored finding of one run."""
-        from scanner.store import _finding
-
-        query = (sa.select(run_findings, findings.c.first_seen, findings.c.last_seen)
-                 .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
-                 .where(run_findings.c.run_id == run_id, run_findings.c.fingerprint == fingerprint))
-        with self.store.engine.connect() as conn:
-            row = conn.execute(query).one_or_none()
-        return _finding(row) if row is not None else None
+        return self.store.finding(run_id, fingerprint)
 
     def used_by(self, nonce: str) -> str | None:
         """The job a link already started, if any."""

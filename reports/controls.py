@@ -61,14 +61,15 @@ def applies(framework: Framework, provider: str) -> bool:
 
 def control_statuses(
     catalogue: Catalogue, findings: Iterable[Finding], tenants: Mapping[str, str],
-    frameworks: Iterable[Framework] | None = None,
+    frameworks: Iterable[Framework] | None = None, *, passed: Mapping[tuple[str, str], int] | None = None,
 ) -> list[ControlStatus]:
     """Every (framework, control, tenant) verdict for one run; ``tenants`` maps each tenant to its provider.
 
     ``pass`` only when every mapped check passed for every subject; ``fail`` when any subject fails
     (a finding skipped because a more basic one failed counts, under its root finding's id); ``not assessed``
     when a mapped check could not decide (error, unsupported) or judged nothing; ``excepted`` when the only
-    failures are covered by approved exceptions.
+    failures are covered by approved exceptions. ``passed`` counts passes per (check, tenant) when ``findings``
+    holds none (the store's counts: a report does not read every pass).
     """
     chosen = tuple(frameworks) if frameworks is not None else catalogue.frameworks
     by_check: dict[str, list[tuple[str, str]]] = {}
@@ -91,6 +92,9 @@ def control_statuses(
                 tally.unknown[f"{finding.check}: {finding.reason}" if finding.reason else finding.check] = None
             elif finding.status is Status.EXCEPTED:
                 tally.excepted += 1
+    for (check_id, tenant), n in (passed or {}).items():
+        for framework_id, control_id in by_check.get(check_id, ()):
+            tallies.setdefault((framework_id, control_id, tenant), _Tally()).seen += n
     return list(_verdicts(chosen, tallies, tenants))
 
 

@@ -25,7 +25,7 @@ from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
 from scanner.dmarc_store import daily_traffic, latest_report_end, source_traffic
-from scanner.store import RunRecord, Store
+from scanner.store import PassCount, RunRecord, Store
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SHOWN = (Status.FAIL, Status.ERROR, Status.EXCEPTED, Status.UNSUPPORTED)
@@ -210,12 +210,13 @@ def report_data(
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
     changes: Mapping[str, ActionChange | None] | None = None,
+    pass_counts: Sequence[PassCount] | None = None,
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
     Failing, error, excepted, unsupported and skipped findings are embedded whole; passes as one row per
     check and domain with their count (their evidence is in findings.json and the evidence pack), so the
-    page stays small at any size.
+    page stays small at any size. ``pass_counts`` (the store's) counts the passes instead of ``findings``.
     """
     statuses = [s.value for s in Status]
     severities = [s.value for s in Severity]
@@ -245,6 +246,12 @@ def report_data(
             f.first_seen.isoformat() if f.first_seen else "",
             flags.get(f.id, 0), 1, f.caused_by,
         ])
+    for counted in pass_counts or ():
+        check_i = checks.setdefault(counted.check, len(checks))
+        if check_i == len(titles):
+            titles.append(counted.title)
+        tenant_i, domain_i = tenants.setdefault(counted.tenant, len(tenants)), names.setdefault(counted.domain, len(names))
+        passes[(check_i, tenant_i, domain_i, severity_index[counted.severity])] += counted.count
     for (check_i, tenant_i, domain_i, severity_i), count in sorted(passes.items()):
         rows.append(["", check_i, status_index[Status.PASS], severity_i, tenant_i, domain_i, "", "", "", None,
                      None, None, "", 0, count, ""])
@@ -372,14 +379,26 @@ def _render_stored(
     store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
     remediation: RemediationConfig | None, senders: Mapping[str, Sender], dmarc_window_days: int,
 ) -> Path:
+    # The page holds the findings that are not passes; passes come as counts from SQL, and the few passes it
+    # names (resolved findings, the verdicts on exceptions and what they cover) are read by themselves.
+    shown = [f for f in findings if f.status is not Status.PASS]
+    exceptions = list(store.snapshot(run.id, "exception").values())
+    named = store.resolved_passes(run.id)
+    if exceptions:
+        covered = {str(e["check"]) for e in exceptions} | {"exception.expired", "exception.unknown_subject"}
+        named += store.findings_for_run(run.id, (Status.PASS,), checks=covered)
+    passes = store.pass_counts(run.id)
+    passed: Counter[tuple[str, str]] = Counter()
+    for counted in passes:
+        passed[(counted.check, counted.tenant)] += counted.count
     earlier = earlier_runs(store, run)
-    statuses = control_statuses(load_catalogue(), findings, tenant_providers(run.scope))
-    counts = finding_counts(findings)
+    statuses = control_statuses(load_catalogue(), shown, tenant_providers(run.scope), passed=passed)
+    counts = store.finding_counts(run.id)
     cache: dict[str, Counts] = {}
     points = trend(store, run, events, counts, earlier, cache)
     return render_html(
-        run, findings, events, path,
-        exceptions=store.snapshot(run.id, "exception").values(),
+        run, shown, events, path,
+        exceptions=exceptions,
         domains=store.snapshot(run.id, "domain"),
         display_names={
             str(body.get("address", "")): str(body.get("display_name") or "")
@@ -393,6 +412,8 @@ def _render_stored(
         dmarc_sources=dmarc_view(store, run, senders, dmarc_window_days),
         dmarc_window=f"the {dmarc_window_days} days up to the newest report",
         controls=statuses,
+        pass_counts=passes,
+        named_passes=named,
     )
 
 
@@ -412,8 +433,13 @@ def render_html(
     dmarc_sources: Sequence[Mapping[str, Any]] = (),
     dmarc_window: str = "",
     controls: Sequence[ControlStatus] = (),
+    pass_counts: Sequence[PassCount] | None = None,
+    named_passes: Sequence[Finding] = (),
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
+
+    ``pass_counts`` (the store's) stands for the passes when ``findings`` holds none; ``named_passes`` are the
+    passes the page names all the same (resolved findings, exception verdicts and what exceptions cover).
 
     ``display_names`` maps a mailbox address to the name its provider shows, for the findings table.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
@@ -438,14 +464,14 @@ def render_html(
     family_top = max(families.values(), default=0)
     if previous is not None:
         new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), findings)
-        resolved = _named(events.get("resolved", ()), findings)  # a subject gone from the inventory is counted, not named
+        resolved = _named(events.get("resolved", ()), [*findings, *named_passes])  # a subject gone from the inventory is counted, not named
         resolved_count = len(events.get("resolved", ()))
     else:
         new, resolved, resolved_count = [], [], 0
         events = {}
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
-    data = report_data(findings, events, domains or {}, display_names, signer, changes)
+    data = report_data(findings, events, domains or {}, display_names, signer, changes, pass_counts)
     data["history"] = previous is not None
     html = environment().get_template("report.html.j2").render(
         run=run,
@@ -471,7 +497,7 @@ def render_html(
         trend=trend_svg(points),
         points=points,
         coverage=coverage_rows(run, findings),
-        exceptions=exception_rows(exceptions, findings, run),
+        exceptions=exception_rows(exceptions, [*findings, *named_passes], run),
         dmarc_sources=dmarc_sources,
         dmarc_window=dmarc_window or "no window",
         controls=control_matrix(controls),

@@ -39,7 +39,9 @@ from reports.rootcause import root_causes
 from scanner.dmarc_import import printable, run_import
 from scanner.dmarc_store import source_traffic
 from scanner.lease import ScanBusy, ServiceBusy
-from scanner.pipeline import ScanFailed, ScanInterrupted, ScanResult, check_exception_ids, run_scan, senders_of
+from scanner.pipeline import (
+    ScanFailed, ScanInterrupted, ScanResult, check_exception_ids, render_outputs, run_scan, senders_of,
+)
 from scanner.serve import job_status, serve as run_server, status_lines
 from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
 from scanner.store import RunRecord, Store
@@ -62,6 +64,9 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (MailwardenError, RegistryError) as exc:
+        from scanner.lease import ScanBusy
+        from scanner.pipeline import ScanInterrupted
+
         click.echo(f"mailwarden: {exc}", err=True)
         failed = (RegistryError, ScanBusy, ScanInterrupted, ScanFailed, OutputError, ServiceBusy)
         sys.exit(EXIT_FAILED_RUN if isinstance(exc, failed) else EXIT_CONFIG)
@@ -90,6 +95,8 @@ def _terminated_as_interrupt() -> Iterator[None]:
 
 
 def _config(path: Path | None) -> Config:
+    from scanner.config import load_config
+
     return load_config(path if path is not None else Path("mailwarden.toml"))
 
 
@@ -124,9 +131,9 @@ def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | 
         sys.exit(EXIT_FAILED_RUN)
     if fail_on is not None:
         threshold = Severity(fail_on).rank
-        if any(f.status is Status.FAIL and f.severity.rank >= threshold for f in result.findings):
+        if any(n and Severity(severity).rank >= threshold for severity, n in result.failing.items()):
             sys.exit(EXIT_FINDINGS)
-    if fail_on_error and any(f.status is Status.ERROR for f in result.findings):
+    if fail_on_error and result.counts.get(Status.ERROR.value):
         click.echo("mailwarden: some checks could not decide (status error): see the report", err=True)
         sys.exit(EXIT_FINDINGS)
     return result
@@ -142,9 +149,7 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
     One line per root cause (a check's findings on one subject together, with what follows from it),
     and collection problems summarised without -v, so the console alone says what to look at.
     """
-    counts: dict[str, int] = {}
-    for finding in result.findings:
-        counts[finding.status.value] = counts.get(finding.status.value, 0) + 1
+    counts = result.counts
     tenants = result.run.scope.get("tenants", {})
     click.echo(f"run {result.run.id}: {result.run.state}, {len(tenants)} tenants")
     for name, scope in sorted(tenants.items()):
@@ -152,7 +157,7 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    causes = root_causes(result.findings)
+    causes = root_causes(result.notable)
     if causes:
         click.echo(f"fix first ({len(causes)} root causes, by severity and reach; the report says how to fix each):")
     for cause in causes[:FIX_FIRST_LINES]:
@@ -192,7 +197,7 @@ def _collection_problems(result: ScanResult) -> None:
         if len(failed) > 5:
             lines.append(f"  {name}: … and {len(failed) - 5} more facts not collected (report: Coverage)")
     undecided: dict[tuple[str, str], set[str]] = {}
-    for f in result.findings:
+    for f in result.notable:
         if f.status is Status.ERROR:
             undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
     for (tenant, reason), checks in sorted(undecided.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))[:8]:
@@ -449,6 +454,10 @@ DATES = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M
 def changes(config_path: Path | None, since: str | None, tenant: str | None, domain: str | None,
             mailbox: str | None, fmt: str) -> None:
     """Print the change log: each object's field before and after, with the run (or job) and time."""
+    from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
+    from scanner.config import normalize_domain
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         start = parse_since(since, datetime.now(UTC)) if since else None
@@ -544,6 +553,10 @@ def baseline() -> None:
               help="File to write (default: <domain>.baseline.toml; '-' for standard output).")
 def baseline_capture(config_path: Path | None, domain: str, out_path: Path | None) -> None:
     """Write the domain's state as the latest run recorded it as a baseline file."""
+    from scanner.baseline import capture, render_baseline
+    from scanner.config import normalize_domain
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         try:
@@ -575,6 +588,8 @@ def baseline_capture(config_path: Path | None, domain: str, out_path: Path | Non
 @click.option("--keep", required=True, help="How much history to keep, such as 400d.")
 def prune(config_path: Path | None, keep: str) -> None:
     """Remove runs older than --keep, keeping what the kept runs' history still needs."""
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         cutoff = datetime.now(UTC) - parse_duration(keep)
@@ -590,6 +605,8 @@ def prune(config_path: Path | None, keep: str) -> None:
 @main.command("checks")
 def list_checks() -> None:
     """Print the check catalogue from the loaded metadata."""
+    from checks.registry import load_checks
+
     with _user_errors():
         loaded = load_checks()
         catalogue = load_catalogue(known_checks=[c.meta.id for c in loaded])
@@ -652,25 +669,10 @@ def _day_or_moment(value: datetime | None) -> date | datetime | None:
 
 
 def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str, ...],
-                   remediation: RemediationConfig | None = None, *, senders: dict[str, Sender] | None = None,
-                   window_days: int = 14) -> list[Path]:
+                   remediation: RemediationConfig | None = None, *, config: Config | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written (atomically:
     the previous files stay until every new one is written)."""
-    run = store.run(run_id)
-    findings = store.findings_for_run(run_id)
-
-    def render(folder: Path) -> list[Path]:
-        files = []
-        if "json" in formats:
-            files.append(write_findings_json(findings, folder / "findings.json"))
-        if "csv" in formats:
-            files.append(write_findings_csv(findings, folder / "findings.csv"))
-        if "html" in formats:
-            files.append(render_report(store, run, findings, store.lifecycle_events(run_id), folder / "report.html",
-                                       remediation, senders=senders, dmarc_window_days=window_days))
-        return files
-
-    return publish(run, out_dir, render)
+    return list(render_outputs(store, run_id, out_dir, remediation, config, formats).files)
 
 
 
@@ -687,6 +689,9 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
 def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
              tenant: str | None, framework_id: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
+    from reports.evidence import EvidenceError, Period, write_evidence
+    from scanner.store import Store
+
     if ctx.invoked_subcommand is not None:
         return
     if out_dir is None:
@@ -721,6 +726,8 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 def evidence_verify(directory: Path) -> None:
     """Check every file of an evidence pack against its manifest's SHA-256; exit 1 naming any bad file."""
+    from reports.evidence import verify_evidence
+
     problems = verify_evidence(directory)
     for problem in problems:
         click.echo(f"mailwarden: {problem}", err=True)
@@ -739,6 +746,9 @@ def evidence_verify(directory: Path) -> None:
 @click.option("--email", "send", is_flag=True, help="Send the report by email to each list in [email].")
 def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...], out_dir: Path, send: bool) -> None:
     """Re-render a stored run (--format) and/or email it (--email); rendered from the store, never live data."""
+    from reports.mail import send_reports
+    from scanner.store import Store
+
     failed = False
     with _user_errors():
         config = _config(config_path)
@@ -746,8 +756,7 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
         try:
             run = _latest_run(store, run_id)
             if formats or not send:
-                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation,
-                                       senders=senders_of(config), window_days=config.policy.dmarc_window_days)
+                files = render_formats(store, run.id, out_dir, formats or ("html",), config.remediation, config=config)
                 click.echo(f"run {run.id}: " + ", ".join(str(f) for f in files))
             if send:
                 if config.email is None:
@@ -768,6 +777,8 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON (default: [serve] log_format).")
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
+    from scanner.serve import serve as run_server
+
     with _user_errors():
         path = config_path if config_path is not None else Path("mailwarden.toml")
         check_exception_ids(_config(path), load_checks())  # refused at start, not at the first scheduled scan
@@ -779,6 +790,9 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_form
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(config_path: Path | None, fmt: str) -> None:
     """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
+    from scanner.serve import job_status, status_lines
+    from scanner.store import Store
+
     with _user_errors():
         config = _config(config_path)
         store = _reader(config)
@@ -818,6 +832,7 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     """Fix every failing finding of a check: a dry run by default; --yes applies to a canary first, then the rest."""
     import asyncio
 
+    from scanner.store import Store
     from remediation.actions import describe
     from remediation.jobs import DONE, ALREADY_DONE, BulkStep, Jobs, bulk, plans_for_check
 
@@ -863,6 +878,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
     """Reverse a done job from its recorded before-state (itself a logged job)."""
     import asyncio
 
+    from scanner.store import Store
     from remediation.jobs import DONE, ALREADY_DONE, Jobs
 
     with _user_errors():
@@ -884,6 +900,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 def list_jobs(config_path: Path | None, tenant: str | None) -> None:
     """Print the remediation jobs, newest first."""
+    from scanner.store import Store
     from remediation.jobs import Jobs
 
     with _user_errors():
@@ -941,6 +958,7 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
 @click.option("--job", "job_id", help="Only this job's entries.")
 def audit_show(config_path: Path | None, job_id: str | None) -> None:
     """Print the audit log as JSON lines."""
+    from scanner.store import Store
     from remediation.audit import entries
 
     with _user_errors():

@@ -8,9 +8,6 @@ import binascii
 import re
 from dataclasses import dataclass
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 # RFC 6376 §3.2: tag-name = ALPHA *ALNUMPUNC; FWS around the name, the "=" and the value.
 _TAG_SPEC = re.compile(r"^[ \t\r\n]*([A-Za-z][A-Za-z0-9_]*)[ \t\r\n]*=[ \t\r\n]*(.*?)[ \t\r\n]*$", re.DOTALL)
@@ -127,6 +124,10 @@ class DkimKey:
 
 def _rsa_bits(der: bytes) -> tuple[int | None, str | None]:
     """The modulus size of an RSA key given as SubjectPublicKeyInfo or RSAPublicKey DER (RFC 6376 §3.6.1)."""
+    from cryptography.exceptions import UnsupportedAlgorithm  # imported when a key is read: start-up time
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
     try:
         key = load_der_public_key(der)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -138,6 +139,8 @@ def _rsa_bits(der: bytes) -> tuple[int | None, str | None]:
 
 def _ed25519_problem(raw: bytes) -> str | None:
     """Why p= is not a raw Ed25519 public key (RFC 8463 §4.2), or None."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
     if len(raw) != _ED25519_KEY_OCTETS:
         return f"p= holds {len(raw)} octets; an ed25519 key is the raw {_ED25519_KEY_OCTETS}-octet public key"
     try:

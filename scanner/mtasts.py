@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import ipaddress
 import re
-import ssl
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import h11
 
 from scanner.model import DnsAnswer, Outcome
 
 if TYPE_CHECKING:
     from scanner.dns import DnsClient
+
+# asyncio, ssl and h11 are imported where a policy is fetched: the checks only parse (start-up time).
 
 POLICY_PATH = "/.well-known/mta-sts.txt"
 # RFC 8461 §3.3 leaves the limit to the sender; 64 KB is what common implementations (Postfix's
@@ -190,6 +188,9 @@ class PolicyFetcher:
     def __init__(
         self, *, port: int = 443, ca_bundle: Path | None = None, timeout: float = 10.0, concurrency: int = 16
     ) -> None:
+        import asyncio
+        import ssl
+
         self.port = port
         self.timeout = timeout
         # RFC 8461 §3.3: the certificate must be valid for the Policy Host (RFC 6125), chained to a trusted root.
@@ -211,6 +212,11 @@ class PolicyFetcher:
     async def _fetch(self, url: str, host: str, address: str) -> MtaStsPolicy:
         # One TLS connection per policy host, never reused for another (the certificate names one host);
         # HTTP/1.1 framing by h11, so the fetch costs a handshake and little else.
+        import asyncio
+        import ssl
+
+        import h11
+
         try:
             async with asyncio.timeout(self.timeout):
                 status, headers, body = await self._get(host, address)
@@ -248,6 +254,10 @@ class PolicyFetcher:
 
     async def _get(self, host: str, address: str) -> tuple[int, dict[str, str], bytearray]:
         """GET the policy from ``address`` with SNI, certificate check and Host naming the Policy Host (RFC 8461 §3.3)."""
+        import asyncio
+
+        import h11
+
         reader, writer = await asyncio.open_connection(
             address, self.port, ssl=self._context, server_hostname=host
         )

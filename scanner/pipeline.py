@@ -12,7 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,10 +20,10 @@ import sqlalchemy as sa
 
 from checks.evaluate import evaluate
 from checks.registry import Check, Policy, Sender, load_checks, unknown_check_ids
-from reports.csv_out import write_findings_csv
+from reports.findings_files import write_findings_files
 from reports.html import render_report
-from reports.json_out import write_findings_json
 from reports.outputs import OutputError, publish
+from reports.records import row_record
 from scanner import __version__
 from scanner.adapters.base import PAGE
 from scanner.baseline import load_baselines
@@ -32,7 +32,7 @@ from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
 from scanner.lease import Lease
 from scanner.dmarc_store import with_traffic
-from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, plain
+from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
 from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -73,14 +73,52 @@ def halt_at(step: str) -> None:
         time.sleep(0.05)
 
 
+class StoredFindings(Sequence[Finding]):
+    """A run's findings as the store holds them, read only when asked for: iterating streams them from a
+    cursor (one finding held at a time); counting and indexing ask the store."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self._store = store
+        self._run_id = run_id
+
+    def __iter__(self) -> Iterator[Finding]:
+        with self._store.iter_findings(self._run_id) as found:
+            yield from found
+
+    def __len__(self) -> int:
+        return sum(self._store.status_counts(self._run_id).values())
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        return self._store.findings_for_run(self._run_id)[index]
+
+
 @dataclass(frozen=True, slots=True)
-class ScanResult:
-    """What a scan produced: the stored run, its findings and the files written."""
+class Outputs:
+    """What rendering a run wrote, with the figures a summary needs (from SQL, not from every finding)."""
 
     run: RunRecord
-    findings: tuple[Finding, ...]
+    files: tuple[Path, ...]
+    counts: Mapping[str, int]
+    """Findings by status."""
+    failing: Mapping[str, int]
+    """Failing findings by severity."""
+    notable: tuple[Finding, ...]
+    """Every finding that is not a pass (failing, excepted, skipped, error, unsupported), in output order; read
+    when report.html is rendered (empty otherwise)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanResult:
+    """What a scan produced: the stored run, its findings (read from the store when asked) and the files written."""
+
+    run: RunRecord
+    findings: Sequence[Finding]
     files: tuple[Path, ...]
     dns_queries: int
+    counts: Mapping[str, int] = field(default_factory=dict)
+    failing: Mapping[str, int] = field(default_factory=dict)
+    notable: tuple[Finding, ...] = ()
+    """The findings that are not passes (what the summary and the report show one by one)."""
 
 
 @contextlib.contextmanager
@@ -299,7 +337,7 @@ def run_scan(
         recorded = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
                            tenants=tenants, stop=stop)
         try:
-            run, findings, files = write_outputs(store, recorded.run_id, out_dir, config.remediation, config)
+            outputs = render_outputs(store, recorded.run_id, out_dir, config.remediation, config)
         except OutputError as exc:
             _fail(store, run_id, f"its outputs were not written: {exc}")
             raise ScanFailed(f"run {run_id}: {exc}") from None
@@ -309,7 +347,9 @@ def run_scan(
             raise ScanInterrupted(run_id) from None
         except sa.exc.SQLAlchemyError as exc:
             raise _store_failed(store, run_id, exc) from None
-    return ScanResult(run, findings, files, dns_queries=recorded.collection.dns_queries)
+    return ScanResult(outputs.run, StoredFindings(store, recorded.run_id), outputs.files,
+                      dns_queries=recorded.collection.dns_queries, counts=outputs.counts, failing=outputs.failing,
+                      notable=outputs.notable)
 
 
 def _new_run(config: Config, tenants: Sequence[str] | None, now: datetime | None) -> tuple[str, datetime]:
@@ -449,7 +489,7 @@ def _judge_and_record(
                 results = [f for f in results if f.tenant in only]
             for finding in results:
                 counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
-            recording.add(results)
+            recording.record(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
         halt_at("findings")
@@ -469,21 +509,47 @@ def _judge_and_record(
 def write_outputs(
     store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
     config: Config | None = None,
-) -> tuple[RunRecord, tuple[Finding, ...], tuple[Path, ...]]:
-    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links),
-    atomically (reports/outputs.py): the previous outputs stay until every new file is written."""
+) -> tuple[RunRecord, Sequence[Finding], tuple[Path, ...]]:
+    """Render findings.json, findings.csv, report.html and manifest.json for a stored run (``remediation``: links);
+    the findings come back as a view of the store (``StoredFindings``)."""
+    outputs = render_outputs(store, run_id, out_dir, remediation, config)
+    return outputs.run, StoredFindings(store, run_id), outputs.files
+
+
+NOTABLE = tuple(s for s in Status if s is not Status.PASS)
+"""The statuses a report and a summary show finding by finding (passes are counted)."""
+
+
+def render_outputs(
+    store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
+    config: Config | None = None, formats: Sequence[str] = ("json", "csv", "html"),
+) -> Outputs:
+    """Render a stored run's outputs (``formats`` of json, csv, html) and manifest.json, atomically
+    (reports/outputs.py: the previous outputs stay until every new file is written).
+
+    findings.json and findings.csv stream from one cursor, so their memory does not grow with the findings;
+    the report holds only the findings that are not passes (``Outputs.notable``, read when it is rendered), and
+    the counts come from SQL."""
     run = store.run(run_id)
-    findings = store.findings_for_run(run_id)
-    events = store.lifecycle_events(run_id)
+    notable = tuple(store.findings_for_run(run_id, NOTABLE)) if "html" in formats else ()
 
     def render(folder: Path) -> list[Path]:
-        return [
-            write_findings_json(findings, folder / "findings.json"),
-            write_findings_csv(findings, folder / "findings.csv"),
-            render_report(store, run, findings, events, folder / "report.html", remediation,
-                          senders=senders_of(config) if config is not None else None,
-                          dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14),
-        ]
+        json_path = folder / "findings.json" if "json" in formats else None
+        csv_path = folder / "findings.csv" if "csv" in formats else None
+        files = [p for p in (json_path, csv_path) if p is not None]
+        if files:
+            with store.iter_rows(run_id) as rows:
+                write_findings_files((row_record(row) for row in rows), json_path, csv_path)
+        if "html" in formats:
+            files.append(render_report(
+                store, run, notable, store.lifecycle_events(run_id), folder / "report.html", remediation,
+                senders=senders_of(config) if config is not None else None,
+                dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
+        return files
 
     files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
-    return run, tuple(findings), tuple(files)
+    failing: Counter[str] = Counter()
+    for (_, status, severity), n in store.finding_counts(run_id).items():
+        if status == Status.FAIL.value:
+            failing[severity] += n
+    return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), notable)

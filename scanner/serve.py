@@ -39,31 +39,31 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-import uvicorn
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent, JobExecutionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.job import Job
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
-from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
 
-from reports.mail import send_reports
 from scanner.config import Config, load_config
 from scanner.errors import MailwardenError
 from scanner.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
     service_holder
 from scanner.model import Finding
 from scanner.dmarc_import import run_import
-from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
 from scanner.security_headers import SecurityHeaders
 from scanner.store import RunRecord, Store
+
+if TYPE_CHECKING:
+    import uvicorn
+    from starlette.applications import Starlette
+
+# The web stack, the pipeline and mail are imported where they are used, so `mailwarden status` (which
+# reads job_status) starts quickly.
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,8 @@ def _describe(job: str, figures: dict[str, Any]) -> str:
 
 def execute_scan(config: Config, store: Store, stop: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
     """Run one scheduled scan; returns its state and figures (never raises for a scan that went wrong)."""
+    from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
+
     clock = time.monotonic()
     try:
         result = run_scan(config, config.resolve_path(config.schedule.out), store=store, stop=stop)
@@ -236,6 +238,8 @@ def execute_scan(config: Config, store: Store, stop: threading.Event | None = No
 
 def execute_report(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
     """Email the latest finished run to every list; returns its state and figures."""
+    from reports.mail import send_reports
+
     clock = time.monotonic()
     finished = [r for r in store.runs() if r.state in ("complete", "partial")]
     if config.email is None:
@@ -497,6 +501,11 @@ def remediation_app(config: Config) -> Any | None:
 
 def build_serve_app(config: Config, config_path: Path, stop: threading.Event) -> Starlette:
     """The Starlette app: ``/healthz``, the remediation app at ``/``, and the scheduler in its lifespan."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Mount, Route
+
     store = Store(config.store.url)
     ensure_tables(store)
     sub = remediation_app(config)
@@ -543,12 +552,16 @@ def server_config(app: Any, host: str, port: int, **options: Any) -> uvicorn.Con
     container images set to ``*``): the remediation app decides who is a trusted proxy from the TCP peer
     itself, so nothing a client sends may rewrite it.
     """
+    import uvicorn
+
     return uvicorn.Config(SecurityHeaders(app), host=host, port=port, proxy_headers=False, forwarded_allow_ips="",
                           **{"log_config": None, "access_log": False, "lifespan": "on", **options})
 
 
 def serve(config_path: Path, *, host: str | None = None, port: int | None = None, log_format: str | None = None) -> None:
     """Run the scheduler and the web app until SIGTERM or SIGINT, holding the store's service lease throughout."""
+    import uvicorn
+
     config = load_config(config_path)
     configure_logging(log_format or config.serve.log_format)
     where = (host or config.serve.host, config.serve.port if port is None else port)

@@ -8,7 +8,6 @@ chain is asked once per run however many domains include it.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import re
@@ -21,6 +20,8 @@ from scanner.dkim import CACHED_TEXT
 from scanner.model import DnsAnswer, Outcome
 
 if TYPE_CHECKING:
+    import asyncio
+
     from scanner.dns import DnsClient
 
 # RFC 7208 §4.6.4: at most 10 DNS-querying terms, 2 void lookups, 10 MX names per "mx".
@@ -396,6 +397,8 @@ class _Walk:
     async def node(self, domain: str, path: tuple[str, ...], *, via: str = "", qualifier: str = "+",
                    term: str = "", answer: DnsAnswer | None = None) -> SpfNode:
         """Fetch, parse and follow one record."""
+        import asyncio  # here, not at the top: the checks import this module only to parse (start-up time)
+
         if answer is None:
             answer = await self.client.ask(domain, "TXT")
         path = path + (domain,)

@@ -11,9 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection, Engine
 
 from scanner.changes import FAILED, FieldChange, object_changes
@@ -381,14 +380,102 @@ def _migration_caused_by(conn: Connection) -> None:
         conn.execute(sa.text("ALTER TABLE run_findings ADD COLUMN caused_by VARCHAR(40) NOT NULL DEFAULT ''"))
 
 
+evidence = sa.Table(
+    "evidence",
+    metadata,
+    sa.Column("hash", sa.String(32), primary_key=True),
+    sa.Column("body", sa.Text, nullable=False),  # canonical JSON
+    sqlite_with_rowid=False,
+)
+"""Passing findings' evidence, content-addressed: a body shared by many passes, or by the same pass run after
+run (a domain whose SPF did not change), is stored once."""
+
+run_passes = sa.Table(
+    "run_passes",
+    metadata,
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("fingerprint", sa.String(40), sa.ForeignKey("findings.fingerprint"), primary_key=True),
+    sa.Column("severity", sa.String(16), nullable=False),
+    sa.Column("evidence", sa.String(32), sa.ForeignKey("evidence.hash"), nullable=False),
+    sa.Column("resolved", sa.Boolean, nullable=False),  # this pass resolved the open finding
+    sa.Column("first_seen", sa.DateTime(timezone=True)),  # the finding's lifecycle as this run left it
+    sa.Column("last_seen", sa.DateTime(timezone=True)),
+    sqlite_with_rowid=False,  # SQLite: the rows live in the primary key's b-tree, not beside a copy of it
+)
+"""A run's passing findings, compactly: which finding passed, with what severity and evidence (by hash); the
+check, tenant and subject are the finding's (``findings``), its domain and title in ``finding_context``.
+Every other status keeps its full row in ``run_findings``."""
+
+finding_context = sa.Table(
+    "finding_context",
+    metadata,
+    sa.Column("fingerprint", sa.String(40), sa.ForeignKey("findings.fingerprint"), primary_key=True),
+    sa.Column("domain", sa.String(255), nullable=False),
+    sa.Column("title", sa.String(255), nullable=False),
+    sqlite_with_rowid=False,
+)
+"""The domain and title of a finding as its latest pass recorded them (written only when they change)."""
+
+
+def _migration_compact_passes(conn: Connection) -> None:
+    """Version 9: compact passes (issue 17); moves the passes recorded in ``run_findings`` into ``run_passes``."""
+    metadata.create_all(conn, tables=[evidence, finding_context, run_passes])
+    query = (sa.select(run_findings.c.run_id, run_findings.c.fingerprint, run_findings.c.severity,
+                       run_findings.c.domain, run_findings.c.title, run_findings.c.evidence, run_findings.c.event,
+                       run_findings.c.first_seen, run_findings.c.last_seen)
+             .join(run_order, run_order.c.run_id == run_findings.c.run_id)
+             .where(run_findings.c.status == Status.PASS.value).order_by(run_order.c.seq))
+    stored: set[str] = set()
+    context: dict[str, tuple[str, str]] = {}
+    rows: list[dict[str, Any]] = []
+    bodies: list[dict[str, str]] = []
+    for row in conn.execute(query):
+        body = canonical_bytes(row.evidence).decode("utf-8")
+        digest = evidence_hash(body)
+        if digest not in stored:
+            stored.add(digest)
+            bodies.append({"hash": digest, "body": body})
+        context[row.fingerprint] = (row.domain, row.title)  # the latest run's, as the order is by run
+        rows.append({"run_id": row.run_id, "fingerprint": row.fingerprint, "severity": row.severity,
+                     "evidence": digest, "resolved": row.event == "resolved",
+                     "first_seen": row.first_seen, "last_seen": row.last_seen})
+        if len(rows) >= 5000:
+            _move_passes(conn, bodies, rows)
+            rows, bodies = [], []
+    _move_passes(conn, bodies, rows)
+    items = [{"fingerprint": fp, "domain": d, "title": t} for fp, (d, t) in context.items()]
+    for start in range(0, len(items), 5000):
+        conn.execute(sa.insert(finding_context), items[start : start + 5000])
+    conn.execute(sa.delete(run_findings).where(run_findings.c.status == Status.PASS.value))
+
+
+def _move_passes(conn: Connection, bodies: list[dict[str, str]], rows: list[dict[str, Any]]) -> None:
+    if bodies:
+        conn.execute(sa.insert(evidence), bodies)
+    if rows:
+        conn.execute(sa.insert(run_passes), rows)
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_caused_by,
+    _migration_caused_by, _migration_compact_passes,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
 PRESENT = (Status.FAIL, Status.EXCEPTED)
 """Statuses that mean the condition exists (an open finding)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PassCount:
+    """How many findings of one check passed on one domain of a tenant, at one severity, in a run."""
+
+    check: str
+    title: str
+    tenant: str
+    domain: str
+    severity: Severity
+    count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +529,21 @@ def content_hash(body: str) -> str:
 def canonical(value: object) -> str:
     """Canonical JSON: sorted keys, no insignificant whitespace."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_ORJSON_CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME
+                     | orjson.OPT_PASSTHROUGH_DATACLASS)
+
+
+def canonical_bytes(value: object) -> bytes:
+    """Canonical JSON as UTF-8, encoded by orjson: the same text as ``canonical`` for what findings carry
+    (times, dataclasses and other unknown values become their ``str``, as there)."""
+    return orjson.dumps(value, default=str, option=_ORJSON_CANONICAL)
+
+
+def evidence_hash(body: str) -> str:
+    """The content address of an evidence body: SHA-256, first 128 bits in hex."""
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -884,13 +986,16 @@ class Store:
                 chunk = ids[start : start + 500]
                 conn.execute(sa.delete(run_findings).where(run_findings.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_resolved).where(run_resolved.c.run_id.in_(chunk)))
+                conn.execute(sa.delete(run_passes).where(run_passes.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_order).where(run_order.c.run_id.in_(chunk)))
                 conn.execute(sa.update(findings).where(findings.c.resolved_run.in_(chunk)).values(resolved_run=None))
                 conn.execute(sa.delete(runs).where(runs.c.id.in_(chunk)))
-            referenced = sa.select(run_findings.c.fingerprint).distinct()
-            dropped = conn.execute(
-                sa.delete(findings).where(findings.c.is_open.is_(False), findings.c.fingerprint.not_in(referenced))
-            ).rowcount
+            referenced = sa.union(sa.select(run_findings.c.fingerprint), sa.select(run_passes.c.fingerprint))
+            unused = sa.and_(findings.c.is_open.is_(False), findings.c.fingerprint.not_in(referenced))
+            conn.execute(sa.delete(finding_context).where(
+                finding_context.c.fingerprint.in_(sa.select(findings.c.fingerprint).where(unused))))
+            dropped = conn.execute(sa.delete(findings).where(unused)).rowcount
+            conn.execute(sa.delete(evidence).where(evidence.c.hash.not_in(sa.select(run_passes.c.evidence))))
             conn.execute(sa.delete(changes).where(changes.c.at < cutoff))
             used = sa.select(versions.c.hash).where(versions.c.hash.is_not(None)).distinct()
             bodies = conn.execute(sa.delete(objects).where(objects.c.hash.not_in(used))).rowcount
@@ -911,33 +1016,94 @@ class Store:
         with self.recording(run_id, now, complete_tenants) as recording:
             return recording.add(results)
 
-    def findings_for_run(self, run_id: str) -> list[Finding]:
-        """A run's findings as stored, with their lifecycle times as they stood when the run was recorded."""
+    def findings_for_run(
+        self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None
+    ) -> list[Finding]:
+        """A run's findings as stored (only those of ``statuses`` and ``checks``, when given), with their first
+        and last seen as the run left them."""
+        with self.iter_findings(run_id, statuses, checks=checks) as found:
+            return list(found)
+
+    def finding(self, run_id: str, fingerprint: str) -> Finding | None:
+        """One finding of a run, as ``findings_for_run`` gives it (None when the run has no such finding)."""
+        with self.iter_findings(run_id, fingerprint=fingerprint) as found:
+            return next(found, None)
+
+    def resolved_passes(self, run_id: str) -> list[Finding]:
+        """The passes of a run that resolved an open finding (what a report names as resolved)."""
+        with self.iter_findings(run_id, (Status.PASS,), resolved_only=True) as found:
+            return list(found)
+
+    @contextlib.contextmanager
+    def iter_findings(
+        self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
+        resolved_only: bool = False, fingerprint: str | None = None,
+    ) -> Iterator[Iterator[Finding]]:
+        """A run's findings streamed from a cursor in output order (tenant, domain, subject, check, item), so
+        that memory does not grow with their number; only those of ``statuses`` and ``checks``, when given.
+
+        Use as ``with store.iter_findings(run) as found: for finding in found: ...``."""
+        with self.iter_rows(run_id, statuses, checks=checks, resolved_only=resolved_only,
+                            fingerprint=fingerprint) as rows:
+            yield (_finding_of(row) for row in rows)
+
+    @contextlib.contextmanager
+    def iter_rows(
+        self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
+        resolved_only: bool = False, fingerprint: str | None = None,
+    ) -> Iterator[Iterator[Any]]:
+        """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
+        text); for writers that need no Finding objects (reports.records.row_record)."""
         with self.engine.connect() as conn:
+            # A recorded run keeps its own first and last seen, so it renders the same every time; a run whose
+            # findings were never recorded has none and shows the live lifecycle.
             sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
-            # A recorded run keeps its own first and last seen (``_seal``), so it renders the same every time;
-            # a run whose findings were never recorded has none and shows the live lifecycle.
-            source = run_findings if sealed else findings
-            query = (
-                sa.select(*(c for c in run_findings.c if c.name not in ("first_seen", "last_seen")),
-                          source.c.first_seen, source.c.last_seen)
-                .join(findings, findings.c.fingerprint == run_findings.c.fingerprint)
-                .where(run_findings.c.run_id == run_id)
-                .order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
-                          run_findings.c.check_id, run_findings.c.item)
-            )
-            rows = conn.execute(query).all()
-        return [_finding(row) for row in rows]
+            query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, resolved_only=resolved_only,
+                                    fingerprint=fingerprint)
+            yield iter(conn.execution_options(stream_results=True, yield_per=2000).execute(query))
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """How many findings of a run have each status (statuses with none are left out)."""
+        with self.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(run_findings.c.status, sa.func.count()).where(
+                run_findings.c.run_id == run_id).group_by(run_findings.c.status)).all())
+            passes = conn.execute(sa.select(sa.func.count()).select_from(run_passes).where(
+                run_passes.c.run_id == run_id)).scalar_one()
+        if passes:
+            counts[Status.PASS.value] = counts.get(Status.PASS.value, 0) + int(passes)
+        return {status: int(n) for status, n in counts.items()}
+
+    def pass_counts(self, run_id: str) -> list[PassCount]:
+        """How many findings of a run passed, per check, tenant, domain and severity: what a report shows of
+        passes (their evidence is in findings.json and the evidence pack)."""
+        query = (sa.select(findings.c.check_id, sa.func.min(finding_context.c.title), findings.c.tenant,
+                           finding_context.c.domain, run_passes.c.severity, sa.func.count())
+                 .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
+                              .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint))
+                 .where(run_passes.c.run_id == run_id)
+                 .group_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity)
+                 .order_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity))
+        with self.engine.connect() as conn:
+            return [PassCount(check, title, tenant, domain, _SEVERITIES[severity], int(n))
+                    for check, title, tenant, domain, severity, n in conn.execute(query)]
 
     def finding_counts(self, run_id: str) -> dict[tuple[str, str, str], int]:
         """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs."""
-        query = (
+        full = (
             sa.select(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity, sa.func.count())
             .where(run_findings.c.run_id == run_id)
             .group_by(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity)
         )
+        passes = (
+            sa.select(findings.c.tenant, run_passes.c.severity, sa.func.count())
+            .join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
+            .where(run_passes.c.run_id == run_id)
+            .group_by(findings.c.tenant, run_passes.c.severity)
+        )
         with self.engine.connect() as conn:
-            return {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(query)}
+            counts = {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(full)}
+            counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
+        return counts
 
     def lifecycle_events(self, run_id: str) -> dict[str, list[str]]:
         """Fingerprints that were new, reopened or resolved in a run."""
@@ -971,6 +1137,8 @@ class Recording:
         self._now = now
         self._complete = complete
         self._hidden = _hidden(conn, seq)
+        self._evidence: set[str] = set()
+        self._batches: dict[str, _Batch] = {}
 
     def mailbox_pages(self, size: int) -> Iterator[list[Mailbox]]:
         """The run's staged mailboxes in key order, ``size`` at a time."""
@@ -1009,16 +1177,32 @@ class Recording:
 
     def add(self, results: Sequence[Finding]) -> list[Finding]:
         """Store findings and advance each one's lifecycle; returns them with first and last seen."""
+        out: list[Finding] = []
+        self.record(results, out)
+        return out
+
+    def record(self, results: Sequence[Finding], out: list[Finding] | None = None) -> None:
+        """Store findings and advance each one's lifecycle (with ``out``: append them with first and last seen).
+
+        A pass is a narrow ``run_passes`` row whose evidence is stored once per distinct body; every other
+        status a full ``run_findings`` row. JSON is encoded once (orjson), and each table gets one batched
+        statement per call, compiled once per connection."""
         conn, now, complete = self._conn, self._now, self._complete
         ids = sorted({f.id for f in results})
         existing: dict[str, Any] = {}
+        query = sa.select(
+            findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen,
+            findings.c.resolved_at, findings.c.resolved_run, finding_context.c.domain, finding_context.c.title,
+        ).select_from(findings.outerjoin(finding_context, finding_context.c.fingerprint == findings.c.fingerprint))
         for start in range(0, len(ids), 500):
-            for row in conn.execute(sa.select(findings).where(findings.c.fingerprint.in_(ids[start : start + 500]))):
+            for row in conn.execute(query.where(findings.c.fingerprint.in_(ids[start : start + 500]))):
                 existing[row.fingerprint] = row
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
         stored: list[dict[str, Any]] = []
-        out: list[Finding] = []
+        passes: list[dict[str, Any]] = []
+        bodies: dict[str, str] = {}
+        labels: dict[str, dict[str, Any]] = {}
         for finding in results:
             row = existing.get(finding.id)
             first = _utc(row.first_seen) if row is not None else None
@@ -1046,15 +1230,60 @@ class Recording:
                                 "resolved_run": None, **change})
             elif change:
                 updates.append({"fp": finding.id, **{k: change.get(k, getattr(row, k)) for k in _MUTABLE}})
-            stored.append(_run_row(self._run_id, finding, event))
-            out.append(replace(finding, run_id=self._run_id, first_seen=first, last_seen=last))
+            if finding.status is Status.PASS:
+                body = canonical_bytes(finding.evidence).decode("utf-8")
+                digest = evidence_hash(body)
+                if digest not in self._evidence:
+                    bodies[digest] = body
+                passes.append({"run_id": self._run_id, "fingerprint": finding.id,
+                               "severity": finding.severity.value, "evidence": digest,
+                               "resolved": event == "resolved", "first_seen": first, "last_seen": last})
+                if row is None or row.domain != finding.domain or row.title != finding.title:
+                    labels[finding.id] = {"fp": finding.id, "domain": finding.domain, "title": finding.title,
+                                          "known": row is not None and row.domain is not None}
+            else:
+                stored.append(_run_row(self._run_id, finding, event, first, last))
+            if out is not None:
+                out.append(replace(finding, run_id=self._run_id, first_seen=first, last_seen=last))
         if inserts:
-            conn.execute(sa.insert(findings), inserts)
+            self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, list(inserts[0])))(inserts)
         if updates:
-            conn.execute(sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), updates)
+            self._batch("findings-update", lambda: _Batch(
+                conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
+                ["fp", *_MUTABLE]))(updates)
+        if bodies:
+            self._batch("evidence", lambda: _Batch(
+                conn, _upsert(conn, evidence)
+                .on_conflict_do_nothing(), evidence, ["hash", "body"]))(
+                [{"hash": digest, "body": body} for digest, body in sorted(bodies.items())])
+            self._remember(bodies)
+        fresh = [{"fingerprint": v["fp"], "domain": v["domain"], "title": v["title"]}
+                 for v in labels.values() if not v["known"]]
+        if fresh:
+            self._batch("context", lambda: _Batch(
+                conn, sa.insert(finding_context), finding_context, ["fingerprint", "domain", "title"]))(fresh)
+        changed = [{"fp": v["fp"], "domain": v["domain"], "title": v["title"]} for v in labels.values() if v["known"]]
+        if changed:
+            self._batch("context-update", lambda: _Batch(
+                conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")),
+                finding_context, ["fp", "domain", "title"]))(changed)
+        if passes:
+            self._batch("passes", lambda: _Batch(conn, sa.insert(run_passes), run_passes, list(passes[0])))(passes)
         if stored:
-            conn.execute(sa.insert(run_findings), stored)
-        return out
+            self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, list(stored[0]),
+                                               encoded=("evidence", "remediation")))(stored)
+
+    def _batch(self, name: str, make: Callable[[], _Batch]) -> _Batch:
+        """The run's compiled statement of that name, compiled on first use."""
+        if name not in self._batches:
+            self._batches[name] = make()
+        return self._batches[name]
+
+    def _remember(self, bodies: Mapping[str, str]) -> None:
+        """Remember evidence hashes known to be stored, up to a bound (memory stays flat)."""
+        if len(self._evidence) + len(bodies) > EVIDENCE_REMEMBERED:
+            self._evidence.clear()
+        self._evidence.update(bodies)
 
     def resolve_missing(self) -> None:
         """Resolve the open findings of complete tenants that this run did not report: the subject (or the
@@ -1064,9 +1293,12 @@ class Recording:
         reported = sa.select(run_findings.c.fingerprint).where(
             run_findings.c.run_id == self._run_id, run_findings.c.fingerprint == findings.c.fingerprint
         ).exists()
+        passed = sa.select(run_passes.c.fingerprint).where(
+            run_passes.c.run_id == self._run_id, run_passes.c.fingerprint == findings.c.fingerprint
+        ).exists()
         self._conn.execute(
             sa.update(findings)
-            .where(findings.c.is_open.is_(True), findings.c.tenant.in_(sorted(self._complete)), ~reported)
+            .where(findings.c.is_open.is_(True), findings.c.tenant.in_(sorted(self._complete)), ~reported, ~passed)
             .values(is_open=False, resolved_at=self._now, resolved_run=self._run_id)
         )
 
@@ -1110,7 +1342,50 @@ def _sqlite_pragmas(*, wal: bool) -> Callable[[Any, Any], None]:
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
 
 
-def _run_row(run_id: str, finding: Finding, event: str) -> dict[str, Any]:
+
+class _Batch:
+    """One INSERT or UPDATE compiled once for a connection's dialect and run through the driver's executemany,
+    so the driver's prepared-statement cache serves every row; each value goes through its column's own type
+    conversion, as SQLAlchemy would do it, except the ``encoded`` JSON columns whose text is ready."""
+
+    def __init__(self, conn: Connection, statement: Any, table: sa.Table, keys: Sequence[str],
+                 encoded: Collection[str] = ()) -> None:
+        compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys))
+        self._conn = conn
+        self._sql = compiled.string
+        self._names: list[str] = list(compiled.positiontup or ()) if compiled.positional else []
+        columns = {c.key: c for c in table.columns}
+        self._convert = {
+            key: convert for key in keys if key in columns and key not in encoded
+            and (convert := columns[key].type.bind_processor(conn.dialect)) is not None
+        }
+        self._fast = not self._convert and bool(self._names)
+
+    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run the statement once per row, in batches of ten thousand."""
+        for start in range(0, len(rows), 10000):
+            chunk = rows[start : start + 10000]
+            if chunk:
+                self._conn.exec_driver_sql(self._sql, self._converted(chunk))  # type: ignore[arg-type]
+
+    def _converted(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
+        if self._fast:  # no value needs converting (SQLite's strings): the row's values in the statement's order
+            names = self._names
+            return [tuple([row[name] for name in names]) for row in rows]
+        convert = self._convert
+        if self._names:
+            spec = [(name, convert.get(name)) for name in self._names]
+            return [tuple([row[n] if c is None else c(row[n]) for n, c in spec]) for row in rows]
+        return [{k: (convert[k](v) if k in convert else v) for k, v in row.items()} for row in rows]
+
+EVIDENCE_REMEMBERED = 20000
+"""How many evidence hashes a recording remembers as stored before it forgets them all (and inserts again,
+harmlessly, with ON CONFLICT DO NOTHING)."""
+
+
+def _run_row(
+    run_id: str, finding: Finding, event: str, first_seen: datetime | None, last_seen: datetime | None
+) -> dict[str, Any]:
     remediation = (
         {"action": finding.remediation.action, "params": dict(finding.remediation.params)}
         if finding.remediation
@@ -1120,18 +1395,86 @@ def _run_row(run_id: str, finding: Finding, event: str) -> dict[str, Any]:
         "run_id": run_id, "fingerprint": finding.id, "check_id": finding.check, "status": finding.status.value,
         "severity": finding.severity.value, "tenant": finding.tenant, "domain": finding.domain,
         "subject": finding.subject, "item": finding.item, "title": finding.title,
-        "evidence": json.loads(canonical(finding.evidence)), "reason": finding.reason, "remediation": remediation,
-        "event": event, "caused_by": finding.caused_by,
+        "evidence": canonical_bytes(finding.evidence).decode("utf-8"), "reason": finding.reason,
+        "remediation": canonical_bytes(remediation).decode("utf-8") if remediation is not None else None,
+        "event": event, "caused_by": finding.caused_by, "first_seen": first_seen, "last_seen": last_seen,
     }
 
 
-def _finding(row: Any) -> Finding:
-    remediation = Remediation(row.remediation["action"], row.remediation["params"]) if row.remediation else None
+def _findings_query(
+    run_id: str, statuses: Collection[Status] | None, *, sealed: bool, checks: Collection[str] | None = None,
+    resolved_only: bool = False, fingerprint: str | None = None,
+) -> sa.CompoundSelect | sa.Select[Any]:
+    """A run's findings: its full rows (every status but pass) and its passes, as one ordered query with the
+    columns of ``run_findings``; JSON columns come as text, decoded by orjson. First and last seen are the run's
+    own when it was recorded (``sealed``), the finding's live lifecycle otherwise."""
+    text = {"evidence", "remediation"}
+    lifecycle = ("first_seen", "last_seen")
+    full = sa.select(
+        *(sa.cast(c, sa.Text).label(c.name) if c.name in text else c
+          for c in run_findings.columns if c.name not in lifecycle),
+        *((run_findings if sealed else findings).c[name] for name in lifecycle),
+    ).join(findings, findings.c.fingerprint == run_findings.c.fingerprint).where(run_findings.c.run_id == run_id)
+    wanted = None if statuses is None else sorted(s.value for s in statuses)
+    if wanted is not None:
+        full = full.where(run_findings.c.status.in_(wanted))
+    if checks is not None:
+        full = full.where(run_findings.c.check_id.in_(sorted(checks)))
+    if fingerprint is not None:
+        full = full.where(run_findings.c.fingerprint == fingerprint)
+    parts: list[sa.Select[Any]] = [] if resolved_only else [full]
+    if wanted is None or Status.PASS.value in wanted:
+        # A pass row is narrow: its check, tenant, subject and item are the finding's, its domain and title the
+        # finding's context, its evidence the shared body; what a pass cannot have is empty.
+        given = {
+            "run_id": run_passes.c.run_id, "fingerprint": run_passes.c.fingerprint, "check_id": findings.c.check_id,
+            "status": sa.literal(Status.PASS.value), "severity": run_passes.c.severity, "tenant": findings.c.tenant,
+            "domain": finding_context.c.domain, "subject": findings.c.subject, "item": findings.c.item,
+            "title": finding_context.c.title, "evidence": evidence.c.body, "remediation": sa.null(),
+            "event": sa.case((run_passes.c.resolved, sa.literal("resolved")), else_=sa.literal("")),
+        }
+        columns = [
+            (given[c.name] if c.name in given else sa.literal("" if isinstance(c.type, sa.String) else None))
+            .label(c.name) for c in run_findings.columns if c.name not in lifecycle
+        ]
+        parts.append(
+            sa.select(*columns, *((run_passes if sealed else findings).c[name] for name in lifecycle))
+            .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
+                         .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint)
+                         .join(evidence, evidence.c.hash == run_passes.c.evidence))
+            .where(run_passes.c.run_id == run_id)
+        )
+        if checks is not None:
+            parts[-1] = parts[-1].where(findings.c.check_id.in_(sorted(checks)))
+        if resolved_only:
+            parts[-1] = parts[-1].where(run_passes.c.resolved.is_(True))
+        if fingerprint is not None:
+            parts[-1] = parts[-1].where(run_passes.c.fingerprint == fingerprint)
+    if len(parts) == 1 and parts[0] is full:
+        return full.order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
+                             run_findings.c.check_id, run_findings.c.item)
+    if len(parts) == 1:
+        only = parts[0].subquery()
+        return sa.select(only).order_by(only.c.tenant, only.c.domain, only.c.subject, only.c.check_id, only.c.item)
+    union = sa.union_all(*parts)
+    order = union.selected_columns
+    return union.order_by(order.tenant, order.domain, order.subject, order.check_id, order.item)
+
+
+_STATUSES = {s.value: s for s in Status}
+_SEVERITIES = {s.value: s for s in Severity}
+
+
+def _finding_of(row: Any) -> Finding:
+    """A finding from a row of ``_findings_query`` (its JSON as text)."""
+    remediation = orjson.loads(row.remediation) if row.remediation else None
     return Finding(
-        id=row.fingerprint, check=row.check_id, status=Status(row.status), severity=Severity(row.severity),
+        id=row.fingerprint, check=row.check_id, status=_STATUSES[row.status], severity=_SEVERITIES[row.severity],
         tenant=row.tenant, domain=row.domain, subject=row.subject, item=row.item, title=row.title,
-        evidence=row.evidence, reason=row.reason, remediation=remediation, run_id=row.run_id,
-        first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen), caused_by=row.caused_by or "",
+        evidence=orjson.loads(row.evidence), reason=row.reason,
+        remediation=Remediation(remediation["action"], remediation["params"]) if remediation else None,
+        run_id=row.run_id, first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
+        caused_by=row.caused_by or "",
     )
 
 
@@ -1156,11 +1499,8 @@ def _hidden(conn: Connection, below: int) -> list[int]:
 
 
 def _seal(conn: Connection, run_id: str, now: datetime) -> None:
-    """Make a run whole, in the transaction that records its findings: mark it recorded, and keep its findings'
-    first and last seen and the findings it resolved as they stand now, so its history never changes."""
-    conn.execute(sa.update(run_findings).where(
-        run_findings.c.run_id == run_id, run_findings.c.fingerprint == findings.c.fingerprint,
-    ).values(first_seen=findings.c.first_seen, last_seen=findings.c.last_seen))
+    """Make a run whole, in the transaction that records its findings: mark it recorded, and keep the findings it
+    resolved, so its history never changes (each row already holds the first and last seen this run left)."""
     conn.execute(sa.insert(run_resolved).from_select(
         ["run_id", "fingerprint"],
         sa.select(findings.c.resolved_run, findings.c.fingerprint).where(findings.c.resolved_run == run_id),
@@ -1207,10 +1547,19 @@ def _forwards(conn: Connection, state: dict[tuple[str, str], tuple[str, str]]) -
     return found
 
 
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which can say ON CONFLICT (imported on use: the PostgreSQL dialect is large)."""
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    return insert(table)
+
+
 def _insert_new(conn: Connection, rows: list[dict[str, str]]) -> set[tuple[str, str]]:
     """Stage rows whose (kind, key) the run has not staged yet, in one statement that says which it inserted;
     returns their (kind, key)."""
-    insert = (sqlite_insert if conn.dialect.name == "sqlite" else postgresql_insert)(staged)
+    insert = _upsert(conn, staged)
     statement = insert.on_conflict_do_nothing().returning(staged.c.kind, staged.c.key)
     return {(r.kind, r.key) for r in conn.execute(statement, rows)}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from scanner.errors import StoreError
 from scanner.model import (
     Finding, Forward, ForwardMechanism, Invite, Mailbox, MailboxKind, MailboxStatus, Severity, Status, plain,
 )
-from scanner.store import MIGRATIONS, Store
+from scanner.store import MIGRATIONS, Store, _migration_caused_by
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
@@ -325,11 +326,14 @@ def test_a_field_left_unread_keeps_its_last_recorded_value(store: Store) -> None
     assert [f["target"] for f in kept["forwards"]] == ["x@out.test"] and kept["delegates"] == ["pa@acme.example"]
     changes = [(c.object_type, c.field, c.after) for c in store.changes(run_id="r2")]
     assert changes == [("mailbox", "status", "suspended")]
+
+
 def test_a_store_from_before_caused_by_gains_the_column_and_keeps_skipped_findings(store_url: str) -> None:
     store = Store(store_url)
     with store.engine.begin() as conn:  # the schema as the previous version left it
         conn.execute(sa.text("ALTER TABLE run_findings DROP COLUMN caused_by"))
-        conn.execute(sa.text(f"update mw_meta set value = '{len(MIGRATIONS) - 1}' where key = 'schema_version'"))
+        before = MIGRATIONS.index(_migration_caused_by)
+        conn.execute(sa.text(f"update mw_meta set value = '{before}' where key = 'schema_version'"))
     store = Store(store_url)
     assert store.version == len(MIGRATIONS)
     root = Finding(id="root1", check="dmarc.missing", status=Status.FAIL, severity=Severity.HIGH, tenant="acme",
@@ -341,3 +345,25 @@ def test_a_store_from_before_caused_by_gains_the_column_and_keeps_skipped_findin
     stored = {f.id: f for f in store.findings_for_run("r1")}
     assert stored["dep1"].status is Status.SKIPPED and stored["dep1"].caused_by == "root1"
     assert stored["root1"].caused_by == ""
+
+
+def test_passes_are_stored_compactly_and_read_back_in_full(store: Store) -> None:
+    passes = [replace(_finding(f"{name}@acme.example", Status.PASS), evidence={"forwards": [], "checked": True})
+              for name in ("a", "b", "c")]
+    failing = _finding("d@acme.example", Status.FAIL)
+    _run(store, 1, [*passes, failing])
+    _run(store, 2, [*passes, failing])
+    stored = store.findings_for_run("run2")
+    assert [(f.subject, f.status, dict(f.evidence), f.title, f.domain) for f in stored] == [
+        *((p.subject, Status.PASS, {"checked": True, "forwards": []}, "t", "acme.example") for p in passes),
+        ("d@acme.example", Status.FAIL, {"targets": ["x@out.test"]}, "t", "acme.example"),
+    ]
+    with store.engine.connect() as conn:
+        # Six passes over two runs share one evidence body; only the failures have full rows.
+        assert conn.execute(sa.text("SELECT count(*) FROM evidence")).scalar() == 1
+        assert conn.execute(sa.text("SELECT count(*) FROM run_passes")).scalar() == 6
+        assert conn.execute(sa.text("SELECT count(*) FROM run_findings")).scalar() == 2
+    assert store.status_counts("run2") == {"pass": 3, "fail": 1}
+    assert [(c.check, c.tenant, c.domain, c.severity, c.count) for c in store.pass_counts("run2")] == [
+        ("forwarding.external", "acme", "acme.example", Severity.HIGH, 3)]
+    assert [f.subject for f in store.findings_for_run("run2", (Status.FAIL,))] == ["d@acme.example"]

@@ -1,0 +1,82 @@
+"""findings.json and findings.csv stream from the store: the same bytes as before, memory flat in the findings."""
+
+from __future__ import annotations
+
+import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
+
+from checks.evaluate import fingerprint
+from reports.csv_out import write_findings_csv
+from reports.findings_files import write_findings_files
+from reports.json_out import write_findings_json
+from reports.records import row_record
+from scanner.model import Finding, Remediation, Severity, Status
+from scanner.pipeline import render_outputs
+from scanner.store import Store
+
+NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
+MIX = (Status.PASS,) * 7 + (Status.FAIL, Status.FAIL, Status.ERROR)
+
+
+def _findings(count: int) -> list[Finding]:
+    found = []
+    for n in range(count):
+        status = MIX[n % len(MIX)]
+        domain = f"d{n // 10}.example"
+        check = f"spf.c{n % 10}"
+        found.append(Finding(
+            id=fingerprint(check, "acme", domain), check=check, status=status, severity=Severity.MEDIUM,
+            tenant="acme", domain=domain, subject=domain, title=f"Check {n % 10} – ünïcode",
+            evidence={"record": f"v=spf1 include:_spf.{domain} -all", "terms": [n, "=SUM(A1)"]},
+            reason="lookup failed" if status is Status.ERROR else "",
+            remediation=Remediation("dns.publish", {"subject": domain}) if status is Status.FAIL else None,
+        ))
+    return found
+
+
+def _store(tmp_path: Path, count: int) -> Store:
+    store = Store(f"sqlite:///{tmp_path / f's{count}.db'}")
+    store.start_run("r1", NOW, "d" * 64, "test")
+    with store.recording("r1", NOW, ["acme"]) as recording:
+        found = _findings(count)
+        for start in range(0, count, 1000):
+            recording.record(found[start : start + 1000])
+    store.finish_run("r1", NOW, "complete", {})
+    return store
+
+
+def test_streamed_files_have_the_same_bytes_as_the_list_writers(tmp_path: Path) -> None:
+    store = _store(tmp_path, 200)
+    stored = store.findings_for_run("r1")
+    assert {f.status for f in stored} == {Status.PASS, Status.FAIL, Status.ERROR}
+    write_findings_json(stored, tmp_path / "list.json")
+    write_findings_csv(stored, tmp_path / "list.csv")
+    with store.iter_rows("r1") as rows:
+        assert write_findings_files((row_record(r) for r in rows), tmp_path / "stream.json", tmp_path / "stream.csv") == 200
+    assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
+    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
+    store.close()
+
+
+def _peak_writing(store: Store, out: Path) -> int:
+    tracemalloc.start()
+    try:
+        outputs = render_outputs(store, "r1", out, formats=("json", "csv"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sum(outputs.counts.values()) > 0
+    return peak
+
+
+def test_memory_writing_findings_stays_flat_as_findings_grow(tmp_path: Path) -> None:
+    small, large = _store(tmp_path, 2_000), _store(tmp_path, 20_000)
+    _peak_writing(small, tmp_path / "warm")  # first use: statement caches and imports, not per-finding memory
+    peak_small = _peak_writing(small, tmp_path / "small")
+    peak_large = _peak_writing(large, tmp_path / "large")
+    assert (tmp_path / "large" / "findings.json").stat().st_size > 9 * (tmp_path / "small" / "findings.json").stat().st_size
+    # Ten times the findings, not ten times the memory: what is held is a cursor's batch, not the run.
+    assert peak_large < 1.5 * peak_small + 256 * 1024, (peak_small, peak_large)
+    small.close()
+    large.close()
