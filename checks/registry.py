@@ -228,16 +228,15 @@ def load_checks(entries: Iterable[EntryPoint] | None = None) -> tuple[Check, ...
     """Load every check registered in the ``mailwarden.checks`` entry-point group, sorted by id."""
     if entries is None:
         entries = entry_points(group=GROUP)
-    found: dict[str, tuple[Check, str]] = {}
+    found: dict[str, tuple[Check, EntryPoint]] = {}
     for entry in entries:
         loaded = _load_one(entry)
-        package = entry.dist.name if entry.dist is not None else "?"
-        if loaded.meta.id in found:
-            other = found[loaded.meta.id][1]
+        if loaded.meta.id in found:  # the packages' names only now: reading them parses every package's metadata
+            other, package = (e.dist.name if e.dist is not None else "?" for e in (found[loaded.meta.id][1], entry))
             raise RegistryError(
                 f"check id {loaded.meta.id!r} is registered twice: by package {other!r} and by package {package!r}"
             )
-        found[loaded.meta.id] = (loaded, package)
+        found[loaded.meta.id] = (loaded, entry)
     if not found:
         raise RegistryError(
             f"no checks are registered in the {GROUP!r} entry-point group: is mailwarden installed (pip install -e .)?"

@@ -383,7 +383,9 @@ def _render_stored(
     # names (resolved findings, the verdicts on exceptions and what they cover) are read by themselves.
     shown = [f for f in findings if f.status is not Status.PASS]
     exceptions = list(store.snapshot(run.id, "exception").values())
-    named = store.resolved_passes(run.id)
+    # The resolved findings the summary names: the first LISTED in its order (``_named``), read whole.
+    resolved = sorted(store.resolved_passes(run.id), key=lambda r: (-r[1].rank, r[2], r[3], r[4]))[:LISTED]
+    named = store.findings_named(run.id, [fingerprint for fingerprint, *_ in resolved])
     if exceptions:
         covered = {str(e["check"]) for e in exceptions} | {"exception.expired", "exception.unknown_subject"}
         named += store.findings_for_run(run.id, (Status.PASS,), checks=covered)

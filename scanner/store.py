@@ -1026,31 +1026,46 @@ class Store:
 
     def finding(self, run_id: str, fingerprint: str) -> Finding | None:
         """One finding of a run, as ``findings_for_run`` gives it (None when the run has no such finding)."""
-        with self.iter_findings(run_id, fingerprint=fingerprint) as found:
-            return next(found, None)
+        found = self.findings_named(run_id, [fingerprint])
+        return found[0] if found else None
 
-    def resolved_passes(self, run_id: str) -> list[Finding]:
-        """The passes of a run that resolved an open finding (what a report names as resolved)."""
-        with self.iter_findings(run_id, (Status.PASS,), resolved_only=True) as found:
-            return list(found)
+    def findings_named(self, run_id: str, fingerprints: Iterable[str]) -> list[Finding]:
+        """The findings of a run with these ids, of any status, in no particular order (ids it lacks are left
+        out): the few a report names among the passes, such as the findings this run resolved."""
+        wanted = sorted(set(fingerprints))
+        found: list[Finding] = []
+        for start in range(0, len(wanted), 500):
+            with self.iter_findings(run_id, fingerprints=wanted[start : start + 500]) as chunk:
+                found.extend(chunk)
+        return found
+
+    def resolved_passes(self, run_id: str) -> list[tuple[str, Severity, str, str, str]]:
+        """The passes of a run that resolved an open finding, as (id, severity, tenant, subject, check): enough to
+        choose which to name (``findings_named`` reads those whole)."""
+        query = (sa.select(run_passes.c.fingerprint, run_passes.c.severity, findings.c.tenant, findings.c.subject,
+                           findings.c.check_id)
+                 .join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
+                 .where(run_passes.c.run_id == run_id, run_passes.c.resolved.is_(True)))
+        with self.engine.connect() as conn:
+            return [(fp, _SEVERITIES[severity], tenant, subject, check)
+                    for fp, severity, tenant, subject, check in conn.execute(query)]
 
     @contextlib.contextmanager
     def iter_findings(
         self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
-        resolved_only: bool = False, fingerprint: str | None = None,
+        fingerprints: Sequence[str] | None = None,
     ) -> Iterator[Iterator[Finding]]:
         """A run's findings streamed from a cursor in output order (tenant, domain, subject, check, item), so
         that memory does not grow with their number; only those of ``statuses`` and ``checks``, when given.
 
         Use as ``with store.iter_findings(run) as found: for finding in found: ...``."""
-        with self.iter_rows(run_id, statuses, checks=checks, resolved_only=resolved_only,
-                            fingerprint=fingerprint) as rows:
+        with self.iter_rows(run_id, statuses, checks=checks, fingerprints=fingerprints) as rows:
             yield (_finding_of(row) for row in rows)
 
     @contextlib.contextmanager
     def iter_rows(
         self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
-        resolved_only: bool = False, fingerprint: str | None = None,
+        fingerprints: Sequence[str] | None = None,
     ) -> Iterator[Iterator[Any]]:
         """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
         text); for writers that need no Finding objects (reports.records.row_record)."""
@@ -1058,8 +1073,7 @@ class Store:
             # A recorded run keeps its own first and last seen, so it renders the same every time; a run whose
             # findings were never recorded has none and shows the live lifecycle.
             sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
-            query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, resolved_only=resolved_only,
-                                    fingerprint=fingerprint)
+            query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, fingerprints=fingerprints)
             yield iter(conn.execution_options(stream_results=True, yield_per=2000).execute(query))
 
     def status_counts(self, run_id: str) -> dict[str, int]:
@@ -1403,7 +1417,7 @@ def _run_row(
 
 def _findings_query(
     run_id: str, statuses: Collection[Status] | None, *, sealed: bool, checks: Collection[str] | None = None,
-    resolved_only: bool = False, fingerprint: str | None = None,
+    fingerprints: Sequence[str] | None = None,
 ) -> sa.CompoundSelect | sa.Select[Any]:
     """A run's findings: its full rows (every status but pass) and its passes, as one ordered query with the
     columns of ``run_findings``; JSON columns come as text, decoded by orjson. First and last seen are the run's
@@ -1420,9 +1434,9 @@ def _findings_query(
         full = full.where(run_findings.c.status.in_(wanted))
     if checks is not None:
         full = full.where(run_findings.c.check_id.in_(sorted(checks)))
-    if fingerprint is not None:
-        full = full.where(run_findings.c.fingerprint == fingerprint)
-    parts: list[sa.Select[Any]] = [] if resolved_only else [full]
+    if fingerprints is not None:
+        full = full.where(run_findings.c.fingerprint.in_(fingerprints))
+    parts: list[sa.Select[Any]] = [full]
     if wanted is None or Status.PASS.value in wanted:
         # A pass row is narrow: its check, tenant, subject and item are the finding's, its domain and title the
         # finding's context, its evidence the shared body; what a pass cannot have is empty.
@@ -1446,16 +1460,11 @@ def _findings_query(
         )
         if checks is not None:
             parts[-1] = parts[-1].where(findings.c.check_id.in_(sorted(checks)))
-        if resolved_only:
-            parts[-1] = parts[-1].where(run_passes.c.resolved.is_(True))
-        if fingerprint is not None:
-            parts[-1] = parts[-1].where(run_passes.c.fingerprint == fingerprint)
-    if len(parts) == 1 and parts[0] is full:
+        if fingerprints is not None:
+            parts[-1] = parts[-1].where(run_passes.c.fingerprint.in_(fingerprints))
+    if len(parts) == 1:
         return full.order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
                              run_findings.c.check_id, run_findings.c.item)
-    if len(parts) == 1:
-        only = parts[0].subquery()
-        return sa.select(only).order_by(only.c.tenant, only.c.domain, only.c.subject, only.c.check_id, only.c.item)
     union = sa.union_all(*parts)
     order = union.selected_columns
     return union.order_by(order.tenant, order.domain, order.subject, order.check_id, order.item)
