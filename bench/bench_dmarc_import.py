@@ -31,7 +31,7 @@ import dns.zone
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scanner.zoneserver import ZoneServer  # noqa: E402
+from scanner.loopback.zoneserver import ZoneServer  # noqa: E402
 from tests.dmarc_fixtures import Row, report_xml  # noqa: E402
 
 RECEIVERS = [f"receiver{n}.example" for n in range(25)]

@@ -239,7 +239,7 @@ def start_inprocess(workdir: Path, zones: dict[str, str], port: int) -> subproce
     (workdir / "zones").mkdir(exist_ok=True)
     for origin, text in zones.items():
         (workdir / "zones" / f"{origin}.zone").write_text(text)
-    code = ("import sys,time; from pathlib import Path; from scanner.zoneserver import ZoneServer; "
+    code = ("import sys,time; from pathlib import Path; from scanner.loopback.zoneserver import ZoneServer; "
             f"s=ZoneServer(port={port}); s.load_directory(Path({str(workdir / 'zones')!r})); s.start(); "
             "time.sleep(10**6)")
     process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT)
@@ -260,7 +260,7 @@ def start_relay(port: int, target: int, rtt_ms: float, *, dns_probe: bool = True
 
 def start_policy_server(estate: Estate, workdir: Path) -> tuple[object, Path]:
     """The MTA-STS policies over HTTPS on loopback (one certificate per tenant, chosen by SNI), and the CA bundle."""
-    from scanner.policyserver import LoopbackCA, PolicyServer
+    from scanner.loopback.policyserver import LoopbackCA, PolicyServer
 
     ca = LoopbackCA("mailwarden bench CA")
     contexts = {}
@@ -333,7 +333,7 @@ def measure_mailwarden(config_path: Path) -> dict[str, object]:
     with paused_gc():  # as run_scan does
         collection = asyncio.run(collect(config))
     collected = time.perf_counter()
-    # As a scan without imported DMARC aggregate reports says (scanner/dmarc_store.py with_traffic).
+    # As a scan without imported DMARC aggregate reports says (scanner/aggregate/store.py with_traffic).
     no_reports = tuple(Coverage(t.name, Fact.DMARC_REPORTS, FactState.UNSUPPORTED, "no reports imported")
                        for t in collection.inventory.tenants)
     inventory = replace(collection.inventory, coverage=collection.inventory.coverage + no_reports)

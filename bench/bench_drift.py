@@ -35,7 +35,7 @@ from scanner.model import (  # noqa: E402
     Outcome,
 )
 from scanner.pipeline import snapshot_items  # noqa: E402
-from scanner.store import CONFIG_SCOPE, Store  # noqa: E402
+from scanner.store.database import CONFIG_SCOPE, Store  # noqa: E402
 
 START = datetime(2025, 11, 3, 6, 0, tzinfo=UTC)
 

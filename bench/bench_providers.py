@@ -40,7 +40,7 @@ import dns.zone
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from scanner.zoneserver import ZoneServer  # noqa: E402
+from scanner.loopback.zoneserver import ZoneServer  # noqa: E402
 
 DOMAINS = ("gw.bench.example", "m365.bench.example", "trek.bench.example")
 PROVIDERS = ("google", "graph", "trekmail")
@@ -198,7 +198,7 @@ def child_scan(config_path: Path) -> None:
 
     from scanner.config import load_config
     from scanner.pipeline import record_scan
-    from scanner.store import Store, run_findings
+    from scanner.store.database import Store, run_findings
 
     config = load_config(config_path)
     store = Store(config.store.url)

@@ -26,7 +26,7 @@ from scanner.model import (
     DnsAnswer, DnsFacts, Domain, Finding, Inventory, Mailbox, Outcome, Remediation, Severity, Status,
 )
 from scanner.pipeline import NOTABLE, snapshot_items, write_outputs
-from scanner.store import Store
+from scanner.store.database import Store
 
 DOMAIN_CHECKS = [
     ("dmarc.missing", Severity.HIGH), ("dmarc.policy_weak", Severity.MEDIUM), ("spf.missing", Severity.HIGH),

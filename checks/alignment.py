@@ -8,7 +8,7 @@ from typing import Any
 
 from checks.dkim import Selector, key_location, without_testing_flag
 from checks.registry import Result, RunContext, Sender, check, sender_of
-from scanner.dkim import parse_dkim_key, zone_txt
+from scanner.dns.dkim import parse_dkim_key, zone_txt
 from scanner.model import Domain, Scope, Severity
 
 

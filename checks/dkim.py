@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from checks.registry import Result, RunContext, check
-from scanner.dkim import DkimKey, parse_dkim_key, parse_tag_list, zone_txt
+from scanner.dns.dkim import DkimKey, parse_dkim_key, parse_tag_list, zone_txt
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
 

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from checks.registry import Result, RunContext, check, sender_of
-from scanner.dkim import zone_txt
-from scanner.dmarc import (
+from scanner.dns.dkim import zone_txt
+from scanner.dns.dmarc import (
     POLICIES,
     DmarcRecord,
     Discovery,

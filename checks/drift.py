@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from checks.registry import Result, RunContext, check
-from scanner.dnsrecords import (
+from scanner.dns.records import (
     DMARC_POLICIES,
     dkim_key,
     dmarc_policy,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from checks.mx import mx_hosts
 from checks.registry import Result, RunContext, check
 from scanner.model import Domain, Scope, Severity
-from scanner.mtasts import FetchOutcome, MtaStsPolicy, mx_pattern_matches, policy_host, sts_record_problems, sts_records
+from scanner.dns.mtasts import FetchOutcome, MtaStsPolicy, mx_pattern_matches, policy_host, sts_record_problems, sts_records
 
 
 def suggested_policy(domain: Domain, mode: str = "testing") -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from checks.dmarc import discovery_of, dmarc_records
 from checks.mx import mx_records
 from checks.registry import Result, RunContext, check
-from scanner.dnsrecords import dmarc_tags, records
+from scanner.dns.records import dmarc_tags, records
 from scanner.model import Domain, Scope, Severity
-from scanner.spf import spf_records
+from scanner.dns.spf import spf_records
 
 
 def _lowered(record: str) -> dict[str, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import ipaddress
 import re
@@ -12,7 +11,7 @@ from datetime import date, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, TypeAlias
 
-from scanner.errors import MailwardenError
+from scanner.errors import MailwardenError, nearest
 from scanner.model import Coverage, Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
 
 GROUP = "mailwarden.checks"
@@ -210,12 +209,6 @@ def _load_one(entry: EntryPoint) -> Check:
             f"entry point {entry.name!r} from package {package!r} names a check whose id is {meta.id!r}"
         )
     return loaded  # type: ignore[no-any-return]
-
-
-def nearest(name: str, known: Iterable[str]) -> str:
-    """The suffix " (did you mean 'x'?)" for the known name closest to a misspelt one, or "" when none is close."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def unknown_check_ids(wanted: Iterable[str], checks: Iterable[Check]) -> list[tuple[str, str]]:

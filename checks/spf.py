@@ -8,7 +8,7 @@ from typing import Any
 
 from checks.registry import Result, RunContext, check
 from scanner.model import Domain, Outcome, Scope, Severity
-from scanner.spf import (
+from scanner.dns.spf import (
     LOOKUP_LIMIT,
     VOID_LIMIT,
     SpfEvaluation,

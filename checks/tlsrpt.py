@@ -6,7 +6,7 @@ import re
 
 from checks.registry import Result, RunContext, check
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
-from scanner.mtasts import is_domain_name, sts_records
+from scanner.dns.mtasts import is_domain_name, sts_records
 
 # RFC 8460 §3: tlsrpt-version = %s"v=TLSRPTv1" (case-sensitive), then field-delim = *WSP ";" *WSP.
 _TLSRPT_VERSION = re.compile(r"^v=TLSRPTv1[ \t]*(;|$)")

@@ -17,10 +17,10 @@ import dns.rdatatype
 from scanner.adapters.base import Refused
 from scanner.collect import adapter_for
 from scanner.config import Config, TenantConfig
-from scanner.dns import DnsClient, render_rdata
+from scanner.dns.client import DnsClient, render_rdata
 from scanner.errors import AdapterError
 from scanner.model import Finding, MailboxStatus, Outcome
-from scanner.store import canonical
+from scanner.store.database import canonical
 
 DNS_PUBLISH = "dns.publish"
 """The job for DNS findings: publish the record the finding names; verified by querying DNS, never written."""

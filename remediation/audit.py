@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from scanner.config import RemediationConfig
 from scanner.errors import ConfigError
-from scanner.store import AUDIT_KEYED_FROM, Store, audit, canonical, jobs, meta_table
+from scanner.store.database import AUDIT_KEYED_FROM, Store, audit, canonical, jobs, meta_table
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from remediation.actions import (
 )
 from remediation.audit import Entry, append, audit_key, job_record, verify_chain, write_sink
 from scanner.adapters.base import Refused
-from scanner.changes import FieldChange
+from scanner.store.changes import FieldChange
 from scanner.config import Config
 from scanner.errors import AdapterError, MailwardenError
 from scanner.model import Status
-from scanner.lease import process_exists
-from scanner.store import Store, canonical, job_claims, jobs
+from scanner.store.lease import process_exists
+from scanner.store.database import Store, canonical, job_claims, jobs
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ from scanner.adapters.base import Refused
 from scanner.config import IDENTITY, Config
 from scanner.errors import AdapterError, ConfigError, MailwardenError
 from scanner.model import Finding
-from scanner.security_headers import HEADERS, SecurityHeaders
-from scanner.store import Store, jobs
+from remediation.headers import HEADERS, SecurityHeaders
+from scanner.store.database import Store, jobs
 
 log = logging.getLogger(__name__)
 

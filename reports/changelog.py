@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from reports.csv_out import safe_cell
-from scanner.store import ChangeRecord
+from scanner.store.database import ChangeRecord
 
 COLUMNS = (
     "at", "source", "run_id", "job_id", "tenant", "domain", "subject", "object_type", "object_key", "field",

@@ -25,8 +25,8 @@ from reports.records import COLUMNS, finding_record
 from scanner import __version__
 from scanner.errors import MailwardenError
 from scanner.model import Finding, Status
-from scanner.dmarc_store import source_traffic
-from scanner.store import RunRecord, Store, canonical, content_hash, jobs
+from scanner.aggregate.store import source_traffic
+from scanner.store.database import RunRecord, Store, canonical, content_hash, jobs
 
 CHANGE_COLUMNS = (
     "at", "source", "run_id", "job_id", "tenant", "domain", "subject", "object_type", "object_key", "field",

@@ -24,8 +24,8 @@ from reports.rootcause import WEIGHTS, Counts, finding_counts, postures, root_ca
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
-from scanner.dmarc_store import daily_traffic, latest_report_end, source_traffic
-from scanner.store import PassCount, RunRecord, Store
+from scanner.aggregate.store import daily_traffic, latest_report_end, source_traffic
+from scanner.store.database import PassCount, RunRecord, Store
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SHOWN = (Status.FAIL, Status.ERROR, Status.EXCEPTED, Status.UNSUPPORTED)
@@ -369,16 +369,6 @@ def render_report(
     finding with a job carries its signed link. ``senders`` (the sender catalogue) names the sources the
     DMARC aggregate reports show over the ``dmarc_window_days`` before the run.
     """
-    from scanner.pipeline import paused_gc  # scanner.pipeline imports this module
-
-    with paused_gc():  # the run's findings are long-lived: the collector would only re-scan them, page after page
-        return _render_stored(store, run, findings, events, path, remediation, senders or {}, dmarc_window_days)
-
-
-def _render_stored(
-    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
-    remediation: RemediationConfig | None, senders: Mapping[str, Sender], dmarc_window_days: int,
-) -> Path:
     # The page holds the findings that are not passes; passes come as counts from SQL, and the few passes it
     # names (resolved findings, the verdicts on exceptions and what they cover) are read by themselves.
     shown = [f for f in findings if f.status is not Status.PASS]
@@ -411,7 +401,7 @@ def _render_stored(
         previous=earlier[-1] if earlier else None,
         previous_counts=(cache.get(earlier[-1].id) or store.finding_counts(earlier[-1].id)) if earlier else None,
         counts=counts,
-        dmarc_sources=dmarc_view(store, run, senders, dmarc_window_days),
+        dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
         dmarc_window=f"the {dmarc_window_days} days up to the newest report",
         controls=statuses,
         pass_counts=passes,

@@ -22,7 +22,7 @@ from reports.html import environment
 from scanner.config import Config, EmailConfig, EmailList
 from scanner.errors import MailwardenError
 from scanner.model import Finding, Severity, Status
-from scanner.store import RunRecord, Store
+from scanner.store.database import RunRecord, Store
 
 
 class DeliveryError(MailwardenError):

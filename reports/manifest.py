@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from scanner.store import RunRecord
+from scanner.store.database import RunRecord
 
 
 def sha256_file(path: Path) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from reports.manifest import write_manifest
 from scanner.errors import MailwardenError
-from scanner.store import RunRecord
+from scanner.store.database import RunRecord
 
 PARTIAL = ".mailwarden-writing-"
 """The prefix of the temporary folder an output set is written into before it replaces the previous one."""

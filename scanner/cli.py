@@ -23,7 +23,7 @@ from checks.registry import RegistryError, Sender, load_checks, unknown_check_id
 from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
 from reports.evidence import EvidenceError, Period, foreign_entries, verify_evidence, write_evidence
 from reports.mail import send_reports
-from scanner.baseline import capture, render_baseline
+from scanner.store.baseline import capture, render_baseline
 from scanner.collect import missing_inputs
 from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
 from scanner.errors import ConfigError, MailwardenError, StoreError
@@ -36,16 +36,16 @@ from reports.dmarc_sources import source_rows, write_sources
 from reports.manifest import write_manifest
 from reports.outputs import OutputError, publish
 from reports.rootcause import root_causes
-from scanner.dmarc_import import printable, run_import
-from scanner.dmarc_store import source_traffic
-from scanner.lease import ScanBusy, ServiceBusy
+from scanner.aggregate.importer import printable, run_import
+from scanner.aggregate.store import source_traffic
+from scanner.store.lease import ScanBusy, ServiceBusy
 from scanner.pipeline import (
     ScanFailed, ScanInterrupted, ScanResult, check_exception_ids, render_outputs, run_scan, senders_of,
 )
-from scanner.serve import job_status, serve as run_server, status_lines
-from scanner.policyserver import LoopbackCA, PolicyServer, policies_from_directory
-from scanner.store import RunRecord, Store
-from scanner.zoneserver import ZoneServer, load_zone_file
+from scanner.service.serve import job_status, serve as run_server, status_lines
+from scanner.loopback.policyserver import LoopbackCA, PolicyServer, policies_from_directory
+from scanner.store.database import RunRecord, Store
+from scanner.loopback.zoneserver import ZoneServer, load_zone_file
 
 DEMO = BUNDLED / "demo"
 DEMO_AS_OF = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -64,7 +64,7 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except (MailwardenError, RegistryError) as exc:
-        from scanner.lease import ScanBusy
+        from scanner.store.lease import ScanBusy
         from scanner.pipeline import ScanInterrupted
 
         click.echo(f"mailwarden: {exc}", err=True)
@@ -387,7 +387,7 @@ def _serve_demo(config: Config, port: int, estate: Path, after: Path) -> None:
     import uvicorn
 
     from remediation.web import build_app
-    from scanner.serve import server_config
+    from scanner.service.serve import server_config
 
     app = _as_operator(build_app(config), config.remediation.identity_header, DEMO_OPERATOR)
     click.echo(f"\nremediation app on http://127.0.0.1:{port} (signed in as {DEMO_OPERATOR}, as a reverse proxy "
@@ -456,7 +456,7 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
     """Print the change log: each object's field before and after, with the run (or job) and time."""
     from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
     from scanner.config import normalize_domain
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -553,9 +553,9 @@ def baseline() -> None:
               help="File to write (default: <domain>.baseline.toml; '-' for standard output).")
 def baseline_capture(config_path: Path | None, domain: str, out_path: Path | None) -> None:
     """Write the domain's state as the latest run recorded it as a baseline file."""
-    from scanner.baseline import capture, render_baseline
+    from scanner.store.baseline import capture, render_baseline
     from scanner.config import normalize_domain
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -588,7 +588,7 @@ def baseline_capture(config_path: Path | None, domain: str, out_path: Path | Non
 @click.option("--keep", required=True, help="How much history to keep, such as 400d.")
 def prune(config_path: Path | None, keep: str) -> None:
     """Remove runs older than --keep, keeping what the kept runs' history still needs."""
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -690,7 +690,7 @@ def evidence(ctx: click.Context, config_path: Path | None, since: datetime | Non
              tenant: str | None, framework_id: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
     from reports.evidence import EvidenceError, Period, write_evidence
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     if ctx.invoked_subcommand is not None:
         return
@@ -747,7 +747,7 @@ def evidence_verify(directory: Path) -> None:
 def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...], out_dir: Path, send: bool) -> None:
     """Re-render a stored run (--format) and/or email it (--email); rendered from the store, never live data."""
     from reports.mail import send_reports
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     failed = False
     with _user_errors():
@@ -777,7 +777,7 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON (default: [serve] log_format).")
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
-    from scanner.serve import serve as run_server
+    from scanner.service.serve import serve as run_server
 
     with _user_errors():
         path = config_path if config_path is not None else Path("mailwarden.toml")
@@ -790,8 +790,8 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_form
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(config_path: Path | None, fmt: str) -> None:
     """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
-    from scanner.serve import job_status, status_lines
-    from scanner.store import Store
+    from scanner.service.serve import job_status, status_lines
+    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -832,7 +832,7 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     """Fix every failing finding of a check: a dry run by default; --yes applies to a canary first, then the rest."""
     import asyncio
 
-    from scanner.store import Store
+    from scanner.store.database import Store
     from remediation.actions import describe
     from remediation.jobs import DONE, ALREADY_DONE, BulkStep, Jobs, bulk, plans_for_check
 
@@ -878,7 +878,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
     """Reverse a done job from its recorded before-state (itself a logged job)."""
     import asyncio
 
-    from scanner.store import Store
+    from scanner.store.database import Store
     from remediation.jobs import DONE, ALREADY_DONE, Jobs
 
     with _user_errors():
@@ -900,7 +900,7 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 def list_jobs(config_path: Path | None, tenant: str | None) -> None:
     """Print the remediation jobs, newest first."""
-    from scanner.store import Store
+    from scanner.store.database import Store
     from remediation.jobs import Jobs
 
     with _user_errors():
@@ -958,7 +958,7 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
 @click.option("--job", "job_id", help="Only this job's entries.")
 def audit_show(config_path: Path | None, job_id: str | None) -> None:
     """Print the audit log as JSON lines."""
-    from scanner.store import Store
+    from scanner.store.database import Store
     from remediation.audit import entries
 
     with _user_errors():

@@ -15,10 +15,10 @@ from typing import Protocol
 from scanner.adapters.base import Adapter, Collected
 from scanner.adapters.files import read_roster_file
 from scanner.config import Config, TenantConfig
-from scanner.dns import DnsClient, unreachable
+from scanner.dns.client import DnsClient, unreachable
 from scanner.errors import AdapterError, ConfigError
 from scanner.model import Coverage, DnsFacts, Domain, Fact, FactState, Inventory, Mailbox, Person, Tenant
-from scanner.mtasts import PolicyFetcher
+from scanner.dns.mtasts import PolicyFetcher
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,9 @@
-"""The few exceptions mailwarden raises at its boundaries."""
+"""The few exceptions mailwarden raises at its boundaries, and the "did you mean" hint their messages share."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 
 class MailwardenError(Exception):
@@ -19,3 +24,9 @@ class DnsError(MailwardenError):
 
 class StoreError(MailwardenError):
     """The store could not be opened, migrated or written."""
+
+
+def nearest(name: str, known: Iterable[str]) -> str:
+    """The suffix " (did you mean 'x'?)" for the known name closest to a misspelt one, or "" when none is close."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

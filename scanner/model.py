@@ -9,8 +9,8 @@ from datetime import date, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from scanner.mtasts import MtaStsPolicy
-    from scanner.spf import SpfEvaluation
+    from scanner.dns.mtasts import MtaStsPolicy
+    from scanner.dns.spf import SpfEvaluation
 
 
 class Severity(enum.Enum):

@@ -26,14 +26,14 @@ from reports.outputs import OutputError, publish
 from reports.records import row_record
 from scanner import __version__
 from scanner.adapters.base import PAGE
-from scanner.baseline import load_baselines
+from scanner.store.baseline import load_baselines
 from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, MailwardenError
-from scanner.lease import Lease
-from scanner.dmarc_store import with_traffic
+from scanner.store.lease import Lease
+from scanner.aggregate.store import with_traffic
 from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
-from scanner.store import CONFIG_SCOPE, Recording, RunRecord, Store
+from scanner.store.database import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -400,7 +400,7 @@ def record_scan(
     ``as_of`` is the moment the checks judge against (default: the run's start); the demo pins it
     to the date its bundled export files describe, so its findings do not age. ``tenants`` limits the
     run to those units of work (the others' state carries forward untouched). The scan holds the
-    store's scan lease (scanner/lease.py) throughout: a second scan is refused while it runs. When
+    store's scan lease (scanner/store/lease.py) throughout: a second scan is refused while it runs. When
     ``stop`` is set (or SIGINT arrives) before the findings are recorded, the run is recorded
     ``interrupted`` and ScanInterrupted is raised; the store keeps only whole steps (the findings are
     recorded in one transaction).
@@ -547,7 +547,8 @@ def render_outputs(
                 dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
         return files
 
-    files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
+    with paused_gc():  # the report's findings are long-lived: the collector would only re-scan them, page after page
+        files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
     failing: Counter[str] = Counter()
     for (_, status, severity), n in store.finding_counts(run_id).items():
         if status == Status.FAIL.value:

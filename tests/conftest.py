@@ -20,7 +20,7 @@ import dns.zone
 import pytest
 import sqlalchemy as sa
 
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 
 TOP_LEVEL_ZONES = ("example", "test")

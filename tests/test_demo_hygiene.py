@@ -11,8 +11,8 @@ from scanner.cli import DEMO, DEMO_AS_OF
 from scanner.config import load_config
 from scanner.model import Finding, Status
 from scanner.pipeline import ScanResult, run_scan
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 
 HD, KIDS, SMILE = "harbordental.example", "harbordental-kids.example", "smileworks.example"
 NW, FREIGHT, CUSTOMS = "northwindlogistics.example", "northwind-freight.example", "nwl-customs.example"

@@ -13,8 +13,8 @@ import pytest
 from scanner import pipeline
 from scanner.config import load_config
 from scanner.model import ForwardMechanism, Status
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract import google, microsoft
 from tests.contract.estate import NOW, Estate, EstateMailbox

@@ -18,13 +18,13 @@ from click.testing import CliRunner
 from checks.evaluate import evaluate
 from checks.registry import load_checks
 from scanner import pipeline
-from scanner.baseline import load_baselines
+from scanner.store.baseline import load_baselines
 from scanner.cli import main
 from scanner.collect import collect
 from scanner.config import load_config
-from scanner.dmarc_store import with_traffic
-from scanner.store import Store, canonical
-from scanner.zoneserver import ZoneServer
+from scanner.aggregate.store import with_traffic
+from scanner.store.database import Store, canonical
+from scanner.loopback.zoneserver import ZoneServer
 from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract import google, mailcow, microsoft
 from tests.contract.estate import Estate, standard_estate

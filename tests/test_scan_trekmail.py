@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from scanner.cli import main
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 from tests.contract.estate import standard_estate
 from tests.contract.server import ContractServer

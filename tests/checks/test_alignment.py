@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from checks.alignment import sender_unaligned
 from checks.evaluate import evaluate
 from checks.registry import Policy, Sender
-from scanner.dkim import zone_txt
-from scanner.dns import DnsClient
+from scanner.dns.dkim import zone_txt
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SENDERS = {

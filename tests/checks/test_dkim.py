@@ -13,10 +13,10 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from checks.dkim import dkim_missing, dkim_revoked, dkim_syntax, dkim_testing, dkim_weak_key, without_testing_flag
 from checks.evaluate import evaluate
 from checks.registry import Policy, Sender
-from scanner.dkim import zone_txt
-from scanner.dns import DnsClient
+from scanner.dns.dkim import zone_txt
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SENDERS = {

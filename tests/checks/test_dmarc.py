@@ -19,9 +19,9 @@ from checks.dmarc import (
 )
 from checks.evaluate import evaluate
 from checks.registry import Policy
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

@@ -11,11 +11,11 @@ import pytest
 from checks.dns import baseline_drift
 from checks.evaluate import evaluate
 from checks.registry import Policy
-from scanner.baseline import capture, read_baseline_file, render_baseline
-from scanner.dns import DnsClient
+from scanner.store.baseline import capture, read_baseline_file, render_baseline
+from scanner.dns.client import DnsClient
 from scanner.errors import ConfigError
 from scanner.model import Baseline, Domain, DomainState, Finding, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 TENANT = Tenant("acme", None, ("acme.example",), dkim_selectors=("s1",))

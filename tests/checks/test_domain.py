@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from checks.domain import domain_nxdomain
 from checks.evaluate import evaluate
 from checks.registry import Policy, load_checks
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Inventory, Scope, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from checks.drift import catchall_enabled, dns_weakened, forwarding_added, mx_ch
 from checks.evaluate import evaluate
 from checks.registry import Policy
 from scanner.adapters.base import collect_all
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import (
     Coverage,
     DnsFacts,
@@ -32,8 +32,8 @@ from scanner.model import (
     Tenant,
 )
 from scanner.pipeline import snapshot_items
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.contract.mailcow import MailcowState, mailcow_app
 from tests.contract.server import ContractServer
 from tests.scanner.adapters.test_mailcow import _adapter, _alias, _box, _domain

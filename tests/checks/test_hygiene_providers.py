@@ -36,7 +36,7 @@ from scanner.collect import PROVIDER_FACTS, adapter_for, collect
 from scanner.config import Config, load_config
 from scanner.model import Coverage, Fact, FactState, Finding, Inventory, MailboxKind, MailboxStatus, Status
 from scanner.pipeline import policy_of, senders_of
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 from tests.conftest import top_level_zone
 from tests.contract import google, mailcow, microsoft
 from tests.contract.estate import NOW, Estate, EstateMailbox, standard_estate

@@ -12,11 +12,11 @@ import pytest
 from checks.evaluate import evaluate
 from checks.mta_sts import mta_sts_mx_mismatch, mta_sts_policy_invalid
 from checks.registry import Policy
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Finding, Inventory, Status, Tenant
-from scanner.mtasts import PolicyFetcher
-from scanner.policyserver import LoopbackCA, PolicyResponse, PolicyServer
-from scanner.zoneserver import ZoneServer
+from scanner.dns.mtasts import PolicyFetcher
+from scanner.loopback.policyserver import LoopbackCA, PolicyResponse, PolicyServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, 8, 30, tzinfo=UTC)
 HOSTS = ["mta-sts.good.example", "mta-sts.bad.example", "mta-sts.testing.example", "mta-sts.none.example"]

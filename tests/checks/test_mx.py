@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from checks.evaluate import evaluate
 from checks.mx import mx_missing, mx_unexpected
 from checks.registry import Policy, Sender
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Finding, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 SENDERS = {

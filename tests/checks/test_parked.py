@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 from checks.evaluate import evaluate
 from checks.parked import parked_not_locked
 from checks.registry import Policy
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Finding, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 LOCKED = '@ MX 0 .\n@ TXT "v=spf1 -all"\n_dmarc TXT "v=DMARC1; p=reject"'

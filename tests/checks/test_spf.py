@@ -18,9 +18,9 @@ from checks.spf import (
     spf_undeclared_sender,
     spf_void_lookups,
 )
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Finding, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 ALL = [spf_missing, spf_multiple, spf_syntax, spf_too_many_lookups, spf_void_lookups, spf_permissive_all, spf_ptr,

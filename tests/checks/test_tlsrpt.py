@@ -10,9 +10,9 @@ import pytest
 from checks.evaluate import evaluate
 from checks.registry import Policy
 from checks.tlsrpt import tlsrpt_missing, tlsrpt_problems
-from scanner.dns import DnsClient
+from scanner.dns.client import DnsClient
 from scanner.model import Domain, Finding, Inventory, Status, Tenant
-from scanner.zoneserver import ZoneServer
+from scanner.loopback.zoneserver import ZoneServer
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 STS = '_mta-sts TXT "v=STSv1; id=1"\n'

@@ -3,7 +3,7 @@
 Run with the code of the commit before issue 17 on the path (``git archive 5c39994 | tar -x -C DIR``,
 then ``PYTHONPATH=DIR python tests/data/make_store_v4.py DIR/out``): the demo scanned twice (runs, findings
 of every status, snapshots and their change log), then one remediation job created and finished by hand
-(a job row, its intent and state audit entries, and its change-log row). tests/scanner/test_store_upgrade.py
+(a job row, its intent and state audit entries, and its change-log row). tests/scanner/store/test_upgrade.py
 opens a copy with today's code and reads the same history.
 """
 
@@ -18,10 +18,10 @@ from click.testing import CliRunner
 
 from remediation.audit import append
 from remediation.jobs import Jobs, plans_for_check
-from scanner.changes import FieldChange
+from scanner.store.changes import FieldChange
 from scanner.cli import DEMO, main
 from scanner.config import load_config
-from scanner.store import Store, jobs
+from scanner.store.database import Store, jobs
 
 out = Path(sys.argv[1])
 result = CliRunner().invoke(main, ["demo", "--out", str(out)])

@@ -4,7 +4,7 @@ Run with the code of the commit before compact passes on the path (``git archive
 ``cd DIR && PYTHONPATH=DIR python tests/data/make_store_v8.py OUT``): the demo scanned twice (runs, findings of
 every status including skipped ones, snapshots and their change log, DMARC aggregate reports), then one
 remediation job created and finished by hand (a job row, its keyed intent and state audit entries, and its
-change-log row). tests/scanner/test_store_upgrade.py opens a copy with today's code and reads the same history.
+change-log row). tests/scanner/store/test_upgrade.py opens a copy with today's code and reads the same history.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from click.testing import CliRunner
 
 from remediation.audit import append
 from remediation.jobs import Jobs, plans_for_check
-from scanner.changes import FieldChange
+from scanner.store.changes import FieldChange
 from scanner.cli import DEMO_OPERATOR, _demo_state, main
 from scanner.config import load_config
-from scanner.store import Store, jobs
+from scanner.store.database import Store, jobs
 
 out = Path(sys.argv[1])
 result = CliRunner().invoke(main, ["demo", "--out", str(out)])

@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from scanner.cli import DEMO, DEMO_AS_OF
 from scanner.config import Config, load_config
 from scanner.pipeline import run_scan
-from scanner.store import Store, changes, metadata
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store, changes, metadata
+from scanner.loopback.zoneserver import ZoneServer
 
 SECRET_ENV = "MAILWARDEN_TEST_LINK_SECRET"
 SECRET = "test-secret-3f9a1c7e5b2d4680-never-shown"

@@ -31,8 +31,8 @@ from remediation.audit import GENESIS, entries, entry_hash, entry_mac, verify
 from remediation.jobs import Jobs, plans_for_check
 from remediation.links import Signer
 from scanner.config import Config
-from scanner.serve import build_serve_app, server_config
-from scanner.store import audit, jobs, meta_table
+from scanner.service.serve import build_serve_app, server_config
+from scanner.store.database import audit, jobs, meta_table
 from tests.remediation.conftest import AUDIT_KEY, AUDIT_KEY_ENV, SECRET, SECRET_ENV, Estate, OPERATOR_ID
 
 KEY = AUDIT_KEY.encode()
@@ -504,7 +504,7 @@ def test_a_chain_written_before_the_key_is_verified_as_legacy_then_keyed(tmp_pat
     from datetime import UTC, datetime
 
     from remediation.audit import append, legacy_count
-    from scanner.store import Store
+    from scanner.store.database import Store
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     store = Store(url)

@@ -19,9 +19,9 @@ from remediation.audit import entries
 from remediation.web import build_app
 from scanner.config import Config, load_config
 from scanner.pipeline import run_scan
-from scanner.serve import server_config
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.service.serve import server_config
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.contract.estate import NOW, standard_estate
 from tests.contract.mailcow import HARNESS as MAILCOW
 from tests.contract.mailcow import MailcowState, with_state

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from remediation.actions import plan_for
 from remediation.audit import entries, verify
 from remediation.jobs import Jobs, bulk, plans_for_check
-from scanner.store import audit
+from scanner.store.database import audit
 from tests.remediation.conftest import AUDIT_KEY, AUDIT_KEY_ENV, Estate
 
 KEY = AUDIT_KEY.encode()

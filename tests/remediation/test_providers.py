@@ -25,7 +25,7 @@ from scanner.adapters.base import collect_all
 from scanner.adapters.base import Refused
 from scanner.config import Config, load_config
 from scanner.model import Forward, ForwardMechanism, Inventory, MailboxKind, Status, Tenant
-from scanner.store import Store, canonical
+from scanner.store.database import Store, canonical
 from tests.contract.estate import NOW, standard_estate
 from tests.contract.google import Workspace
 from tests.contract.microsoft import GraphServer

@@ -13,7 +13,7 @@ import pytest
 from remediation.actions import Plan
 from remediation.jobs import JobError, Jobs
 from scanner.config import load_config
-from scanner.store import Store
+from scanner.store.database import Store
 from tests.contract.estate import standard_estate
 from tests.contract.server import ContractServer
 from tests.contract.trekmail import HARNESS, TrekState, with_state

@@ -235,7 +235,7 @@ def test_no_secret_in_any_page_or_log(estate: Estate, client: TestClient, captur
 
 
 def test_dns_publish_job_is_done_only_when_the_record_is_live(estate: Estate, client: TestClient) -> None:
-    from scanner.zoneserver import load_zone_file
+    from scanner.loopback.zoneserver import load_zone_file
 
     target = finding(estate, "dmarc.missing", "nwl-customs.example")
     path = path_of(links(estate)[str(target["id"])])

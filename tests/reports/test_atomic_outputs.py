@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from scanner.config import load_config
 from scanner.pipeline import run_scan
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.scanner.test_crash import FIRST, SECOND, _config, _export, estate  # noqa: F401 - the estate fixture
 
 

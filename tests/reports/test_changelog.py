@@ -8,7 +8,7 @@ import json
 from datetime import UTC, datetime
 
 from reports.changelog import COLUMNS, write_changes_csv, write_changes_json, write_changes_table
-from scanner.store import ChangeRecord
+from scanner.store.database import ChangeRecord
 
 HOSTILE = ChangeRecord(
     datetime(2026, 11, 25, 9, tzinfo=UTC), "scan", "r1", None, "acme", "acme.example", "=cmd|' /C calc'!A0@acme.example",

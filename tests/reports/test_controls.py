@@ -19,7 +19,7 @@ from reports.controls import CATALOGUE_COLUMNS, control_statuses, tenant_provide
 from reports.html import render_html
 from scanner.cli import main
 from scanner.model import Finding, Severity, Status
-from scanner.store import RunRecord
+from scanner.store.database import RunRecord
 
 NOW = datetime(2026, 11, 2, 6, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ from reports.workbook import read_sheets
 from scanner.cli import main
 from scanner.model import Domain, Finding, Inventory, Mailbox, PolicyException, Severity, Status
 from scanner.pipeline import snapshot_items
-from scanner.store import Store
+from scanner.store.database import Store
 
 NOW = datetime(2026, 11, 2, 6, tzinfo=UTC)
 FORMULA = '=HYPERLINK("http://x.test","click")'
@@ -223,7 +223,7 @@ def test_period_bounds_are_inclusive_days() -> None:
 
 def test_pack_lists_the_reported_sources_of_the_period(store: Store, tmp_path: Path) -> None:
     from checks.registry import Sender
-    from scanner.dmarc_import import import_files
+    from scanner.aggregate.importer import import_files
     from tests.dmarc_fixtures import Row, write_report
 
     for day, (tenant_domain, ip) in enumerate([("acme.example", "192.0.2.1"), ("globex.example", "192.0.2.2"),

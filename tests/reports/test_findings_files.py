@@ -13,7 +13,7 @@ from reports.json_out import write_findings_json
 from reports.records import row_record
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.pipeline import render_outputs
-from scanner.store import Store
+from scanner.store.database import Store
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 MIX = (Status.PASS,) * 7 + (Status.FAIL, Status.FAIL, Status.ERROR)

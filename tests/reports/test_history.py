@@ -12,8 +12,8 @@ from reports.evidence import Period, write_evidence
 from scanner.cli import main
 from scanner.config import load_config
 from scanner.pipeline import run_scan
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.scanner.test_crash import MAILBOXES, _config, _export, estate  # noqa: F401 - the estate fixture
 
 HEADER = "mailbox,target,mechanism\n"

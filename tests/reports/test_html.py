@@ -9,7 +9,7 @@ from pathlib import Path
 from checks.evaluate import fingerprint
 from scanner.model import Finding, Inventory, PolicyException, Severity, Status
 from scanner.pipeline import snapshot_items, write_outputs
-from scanner.store import Store
+from scanner.store.database import Store
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 

@@ -32,7 +32,7 @@ from reports.mail import DeliveryError, build_message, deliver
 from scanner.cli import main
 from scanner.config import EmailConfig
 from scanner.model import Finding, Remediation, Severity, Status
-from scanner.store import RunRecord, Store
+from scanner.store.database import RunRecord, Store
 
 NOW = datetime(2026, 11, 23, 6, tzinfo=UTC)
 HOSTILE = "<script>alert(1)</script>"

@@ -14,7 +14,7 @@ from checks.evaluate import fingerprint
 from reports.csv_out import safe_cell
 from scanner.model import Finding, Severity, Status
 from scanner.pipeline import write_outputs
-from scanner.store import Store
+from scanner.store.database import Store
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 HOSTILE = '<script>alert("x")</script>'

@@ -10,7 +10,7 @@ from checks.evaluate import fingerprint
 from reports.html import render_html
 from reports.rootcause import finding_counts, postures, root_causes
 from scanner.model import Finding, Remediation, Severity, Status
-from scanner.store import RunRecord
+from scanner.store.database import RunRecord
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 RUN = RunRecord("r1", NOW, NOW, "complete", {"tenants": {"acme": {"state": "complete", "provider": "files",

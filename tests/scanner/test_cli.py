@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from scanner.cli import main, parse_since
 from scanner.errors import ConfigError
-from scanner.store import Store
+from scanner.store.database import Store
 
 ZONE = (
     '@ MX 10 mx1.acme.example.\n@ TXT "v=spf1 ip4:127.0.0.10 -all"\n'

@@ -19,8 +19,8 @@ import pytest
 
 from scanner.config import load_config
 from scanner.pipeline import HALT_AT, HALT_FILE, STEPS, run_scan
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 
 ZONE = '@ IN MX 10 mx.acme.example.\nmx IN A 127.0.0.25\n@ IN TXT "v=spf1 mx -all"\n_dmarc IN TXT "v=DMARC1; p=reject"'
 MAILBOXES = ("address,display_name,kind,status,created,last_login,owners,delegates\n"

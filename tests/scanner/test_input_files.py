@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from scanner.cli import main
-from scanner.store import Store
-from scanner.zoneserver import ZoneServer
+from scanner.store.database import Store
+from scanner.loopback.zoneserver import ZoneServer
 from tests.conftest import TOP_LEVEL_ZONES, top_level_zone
 
 ZONE = (
