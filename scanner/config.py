@@ -8,7 +8,6 @@ import os
 import re
 import tomllib
 from datetime import date
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -32,25 +31,10 @@ from pydantic_core import core_schema
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from scanner.bundle import BUNDLED
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
 
-
-def _bundled() -> Path:
-    """Where the bundled data is: the package ``scanner.bundled`` (the repository's config/), by importlib.resources."""
-    try:
-        found = resources.files("scanner.bundled")
-    except ModuleNotFoundError:
-        # A development checkout installed (pip install -e .) before scanner.bundled existed: its config/ is beside
-        # the packages. An installed wheel always has scanner.bundled.
-        return Path(__file__).resolve().parent.parent / "config"
-    if not isinstance(found, Path):  # a zipped install: the demo copies directories, so it needs real files
-        raise ConfigError(f"the bundled data ({found}) is not on the file system: install mailwarden unzipped")
-    return found
-
-
-BUNDLED = _bundled()
-"""The bundled data directory: default policy, sender catalogue, demo estate."""
 
 PROVIDERS = ("google", "microsoft", "mailcow", "files", "trekmail")
 

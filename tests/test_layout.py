@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("scanner", "checks", "reports", "remediation")
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("scanner", "scanner.errors", "scanner.model"),
+    ("scanner", "scanner.errors", "scanner.model", "scanner.bundle"),
     ("scanner.config", "scanner.dns"),
     ("scanner.adapters", "scanner.store", "scanner.loopback"),
     ("scanner.collect", "scanner.aggregate", "checks"),
