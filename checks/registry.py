@@ -190,23 +190,29 @@ def check(
     return attach
 
 
+def _package(entry: EntryPoint, unknown: str = "?") -> str:
+    """The distribution that registers an entry point (else ``unknown``), named only in errors: reading it parses the
+    package's whole metadata."""
+    return entry.dist.name if entry.dist is not None else unknown
+
+
 def _load_one(entry: EntryPoint) -> Check:
-    package = entry.dist.name if entry.dist is not None else entry.value.partition(":")[0]
+    module = entry.value.partition(":")[0]
     try:
         loaded = entry.load()
     except Exception as exc:  # any import failure of a plug-in is the user's to see, with its package
         raise RegistryError(
-            f"check {entry.name!r} from package {package!r} cannot be loaded ({entry.value}): "
+            f"check {entry.name!r} from package {_package(entry, module)!r} cannot be loaded ({entry.value}): "
             f"{type(exc).__name__}: {exc}"
         ) from exc
     meta = getattr(loaded, "meta", None)
     if not isinstance(meta, CheckMeta) or not callable(loaded):
         raise RegistryError(
-            f"check {entry.name!r} from package {package!r} ({entry.value}) is not declared with @check"
+            f"check {entry.name!r} from package {_package(entry, module)!r} ({entry.value}) is not declared with @check"
         )
     if meta.id != entry.name:
         raise RegistryError(
-            f"entry point {entry.name!r} from package {package!r} names a check whose id is {meta.id!r}"
+            f"entry point {entry.name!r} from package {_package(entry, module)!r} names a check whose id is {meta.id!r}"
         )
     return loaded  # type: ignore[no-any-return]
 
@@ -224,8 +230,8 @@ def load_checks(entries: Iterable[EntryPoint] | None = None) -> tuple[Check, ...
     found: dict[str, tuple[Check, EntryPoint]] = {}
     for entry in entries:
         loaded = _load_one(entry)
-        if loaded.meta.id in found:  # the packages' names only now: reading them parses every package's metadata
-            other, package = (e.dist.name if e.dist is not None else "?" for e in (found[loaded.meta.id][1], entry))
+        if loaded.meta.id in found:
+            other, package = _package(found[loaded.meta.id][1]), _package(entry)
             raise RegistryError(
                 f"check id {loaded.meta.id!r} is registered twice: by package {other!r} and by package {package!r}"
             )
