@@ -23,7 +23,6 @@ here, the remediation app (remediation/web.py ``build_app``) mounted at ``/`` wh
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import importlib
 import json
@@ -42,28 +41,27 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED, JobEvent, JobExecutionEvent
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
 from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.job import Job
-from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
-from apscheduler.schedulers.background import BackgroundScheduler
-from starlette.middleware import Middleware
 
 from scanner.config import Config, load_config
 from scanner.errors import MailwardenError
 from scanner.store.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
     service_holder
-from scanner.model import Finding
-from scanner.aggregate.importer import run_import
 from remediation.headers import SecurityHeaders
 from scanner.store.database import RunRecord, Store
 
 if TYPE_CHECKING:
     import uvicorn
+    from apscheduler.events import JobEvent, JobExecutionEvent
+    from apscheduler.job import Job
+    from apscheduler.schedulers.background import BackgroundScheduler
     from starlette.applications import Starlette
 
-# The web stack, the pipeline and mail are imported where they are used, so `mailwarden status` (which
-# reads job_status) starts quickly.
+    from scanner.model import Finding
+
+# The web stack, the scheduler, the pipeline, mail and the DMARC import are imported where they are used, so
+# `mailwarden status` (which reads job_status) starts quickly.
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +263,8 @@ def execute_report(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
 
 def execute_dmarc_import(config: Config, store: Store) -> tuple[str, dict[str, Any]]:
     """Import DMARC aggregate reports from the configured folders and mailbox; returns its state and figures."""
+    from scanner.aggregate.importer import run_import
+
     clock = time.monotonic()
     try:
         result = run_import(store, config)
@@ -328,6 +328,9 @@ def job_signature(job: str, config: Config) -> str:
 
 def build_scheduler(config: Config, stop: threading.Event) -> BackgroundScheduler:
     """The scheduler, its jobs stored in the store's database; not started."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+
     schedule = config.schedule
     scheduler = BackgroundScheduler(
         jobstores={"default": SQLAlchemyJobStore(url=config.store.url, tablename=JOB_TABLE)},
@@ -501,7 +504,10 @@ def remediation_app(config: Config) -> Any | None:
 
 def build_serve_app(config: Config, config_path: Path, stop: threading.Event) -> Starlette:
     """The Starlette app: ``/healthz``, the remediation app at ``/``, and the scheduler in its lifespan."""
+    import asyncio
+
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Mount, Route
