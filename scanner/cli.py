@@ -8,44 +8,25 @@ import re
 import shutil
 import signal
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
 
-from checks.controls import load_catalogue, references
-from checks.registry import RegistryError, Sender, load_checks, unknown_check_ids
-from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
-from reports.evidence import EvidenceError, Period, foreign_entries, verify_evidence, write_evidence
-from reports.mail import send_reports
-from scanner.store.baseline import capture, render_baseline
-from scanner.collect import missing_inputs
-from scanner.config import BUNDLED, Config, RemediationConfig, load_config, normalize_domain
+from scanner.bundle import BUNDLED
 from scanner.errors import ConfigError, MailwardenError, StoreError
 from scanner.model import Scope, Severity, Status
-from reports.controls import CATALOGUE_COLUMNS, catalogue_rows
-from reports.csv_out import write_findings_csv, write_rows
-from reports.html import render_report
-from reports.json_out import write_findings_json
-from reports.dmarc_sources import source_rows, write_sources
-from reports.manifest import write_manifest
-from reports.outputs import OutputError, publish
-from reports.rootcause import root_causes
-from scanner.aggregate.importer import printable, run_import
-from scanner.aggregate.store import source_traffic
-from scanner.store.lease import ScanBusy, ServiceBusy
-from scanner.pipeline import (
-    ScanFailed, ScanInterrupted, ScanResult, check_exception_ids, render_outputs, run_scan, senders_of,
-)
-from scanner.service.serve import job_status, serve as run_server, status_lines
-from scanner.loopback.policyserver import LoopbackCA, PolicyServer, policies_from_directory
-from scanner.store.database import RunRecord, Store
-from scanner.loopback.zoneserver import ZoneServer, load_zone_file
+
+if TYPE_CHECKING:
+    from scanner.config import Config, RemediationConfig
+    from scanner.pipeline import ScanResult
+    from scanner.store.database import RunRecord, Store
+
+# Each command imports what it uses in its body: `mailwarden --help`, `checks` and `status` then load only their
+# own modules, not the store, the reports, collection and the web app that the other commands need.
 
 DEMO = BUNDLED / "demo"
 DEMO_AS_OF = datetime(2026, 11, 25, 9, 0, tzinfo=UTC)
@@ -63,9 +44,11 @@ def _user_errors() -> Iterator[None]:
     """Turn mailwarden's own errors into one line on stderr and the documented exit status."""
     try:
         yield
-    except (MailwardenError, RegistryError) as exc:
-        from scanner.store.lease import ScanBusy
-        from scanner.pipeline import ScanInterrupted
+    except MailwardenError as exc:
+        from checks.registry import RegistryError
+        from reports.outputs import OutputError
+        from scanner.pipeline import ScanFailed, ScanInterrupted
+        from scanner.store.lease import ScanBusy, ServiceBusy
 
         click.echo(f"mailwarden: {exc}", err=True)
         failed = (RegistryError, ScanBusy, ScanInterrupted, ScanFailed, OutputError, ServiceBusy)
@@ -74,6 +57,8 @@ def _user_errors() -> Iterator[None]:
 
 def _reader(config: Config) -> Store:
     """The store for a read-only command: never created, so a wrong path is one line (exit 2), not an empty store."""
+    from scanner.store.database import Store
+
     return Store(config.store.url, create=False)
 
 
@@ -111,6 +96,12 @@ def main(verbose: bool) -> None:
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,
           tenants: tuple[str, ...] = (), fail_on_error: bool = False,
           next_steps: list[tuple[str, str]] | None = None) -> ScanResult:
+    from rich.console import Console
+
+    from scanner.collect import missing_inputs
+    from scanner.pipeline import run_scan
+    from scanner.store.database import Store
+
     console = Console(stderr=True)
     for line in missing_inputs(config, tenants or None):
         click.echo(f"mailwarden: {line}", err=True)
@@ -149,6 +140,8 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
     One line per root cause (a check's findings on one subject together, with what follows from it),
     and collection problems summarised without -v, so the console alone says what to look at.
     """
+    from reports.rootcause import root_causes
+
     counts = result.counts
     tenants = result.run.scope.get("tenants", {})
     click.echo(f"run {result.run.id}: {result.run.state}, {len(tenants)} tenants")
@@ -296,6 +289,17 @@ def demo(out_dir: Path, keep_serving: bool, port: int) -> None:
     """
     import secrets
 
+    from checks.controls import load_catalogue
+    from checks.registry import load_checks
+    from reports.changelog import write_changes_json, write_changes_table
+    from reports.evidence import Period, write_evidence
+    from reports.manifest import write_manifest
+    from scanner.config import load_config
+    from scanner.loopback.policyserver import LoopbackCA, PolicyServer, policies_from_directory
+    from scanner.loopback.zoneserver import ZoneServer, load_zone_file
+    from scanner.pipeline import senders_of
+    from scanner.store.database import Store
+
     with _user_errors(), ZoneServer() as server:
         server.load_directory(DEMO / "zones")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -405,6 +409,9 @@ def _serve_demo(config: Config, port: int, estate: Path, after: Path) -> None:
 
 def _demo_import(config: Config) -> None:
     """Import the demo's DMARC aggregate reports (its folder only: the demo has no mailbox to read)."""
+    from scanner.aggregate.importer import run_import
+    from scanner.store.database import Store
+
     store = Store(config.store.url)
     try:
         result = run_import(store, config, mailbox=False)
@@ -456,7 +463,6 @@ def changes(config_path: Path | None, since: str | None, tenant: str | None, dom
     """Print the change log: each object's field before and after, with the run (or job) and time."""
     from reports.changelog import write_changes_csv, write_changes_json, write_changes_table
     from scanner.config import normalize_domain
-    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -490,6 +496,9 @@ def dmarc_import(config_path: Path | None, paths: tuple[Path, ...]) -> None:
     A report already stored (same reporting org and report id) is skipped. A file that cannot be read
     is named on stderr with the reason; every other file is still imported. Exit 1 when any was not read.
     """
+    from scanner.aggregate.importer import printable, run_import
+    from scanner.store.database import Store
+
     with _user_errors():
         config = _config(config_path)
         if not paths and config.dmarc_reports is None:
@@ -517,6 +526,12 @@ def dmarc_import(config_path: Path | None, paths: tuple[Path, ...]) -> None:
 def dmarc_sources(config_path: Path | None, since: datetime | None, until: datetime | None, tenant: str | None,
                   domain: str | None, fmt: str) -> None:
     """One row per (domain, source IP): messages, DMARC pass and fail, aligned SPF and DKIM, first and last seen."""
+    from reports.dmarc_sources import source_rows, write_sources
+    from reports.evidence import Period
+    from scanner.aggregate.store import source_traffic
+    from scanner.config import normalize_domain
+    from scanner.pipeline import senders_of
+
     with _user_errors():
         config = _config(config_path)
         period = Period.of(_day_or_moment(since), _day_or_moment(until))
@@ -605,6 +620,7 @@ def prune(config_path: Path | None, keep: str) -> None:
 @main.command("checks")
 def list_checks() -> None:
     """Print the check catalogue from the loaded metadata."""
+    from checks.controls import load_catalogue, references
     from checks.registry import load_checks
 
     with _user_errors():
@@ -632,6 +648,11 @@ def list_checks() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 def list_controls(framework_id: str | None, fmt: str) -> None:
     """Print the control catalogue: each framework's controls, the checks that evidence them, and how fully."""
+    from checks.controls import load_catalogue
+    from checks.registry import load_checks
+    from reports.controls import CATALOGUE_COLUMNS, catalogue_rows
+    from reports.csv_out import write_rows
+
     with _user_errors():
         catalogue = load_catalogue(known_checks=[c.meta.id for c in load_checks()])
         chosen = [catalogue.framework(framework_id)] if framework_id else list(catalogue.frameworks)
@@ -672,6 +693,8 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
                    remediation: RemediationConfig | None = None, *, config: Config | None = None) -> list[Path]:
     """Re-render a stored run in the chosen formats, with a manifest hashing what was written (atomically:
     the previous files stay until every new one is written)."""
+    from scanner.pipeline import render_outputs
+
     return list(render_outputs(store, run_id, out_dir, remediation, config, formats).files)
 
 
@@ -689,8 +712,10 @@ def render_formats(store: Store, run_id: str, out_dir: Path, formats: tuple[str,
 def evidence(ctx: click.Context, config_path: Path | None, since: datetime | None, until: datetime | None,
              tenant: str | None, framework_id: str | None, out_dir: Path | None) -> None:
     """Write the evidence pack (CSV files and a hashed manifest) for a period; `evidence verify DIR` checks one."""
-    from reports.evidence import EvidenceError, Period, write_evidence
-    from scanner.store.database import Store
+    from checks.controls import load_catalogue
+    from checks.registry import load_checks
+    from reports.evidence import EvidenceError, Period, foreign_entries, write_evidence
+    from scanner.pipeline import senders_of
 
     if ctx.invoked_subcommand is not None:
         return
@@ -747,7 +772,6 @@ def evidence_verify(directory: Path) -> None:
 def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...], out_dir: Path, send: bool) -> None:
     """Re-render a stored run (--format) and/or email it (--email); rendered from the store, never live data."""
     from reports.mail import send_reports
-    from scanner.store.database import Store
 
     failed = False
     with _user_errors():
@@ -777,6 +801,8 @@ def report(config_path: Path | None, run_id: str | None, formats: tuple[str, ...
 @click.option("--log-format", type=click.Choice(["text", "json"]), help="Log lines as text or JSON (default: [serve] log_format).")
 def serve(config_path: Path | None, host: str | None, port: int | None, log_format: str | None) -> None:
     """Run the scheduled scans and reports ([schedule]) and the web app (/healthz, remediation) until SIGTERM."""
+    from checks.registry import load_checks
+    from scanner.pipeline import check_exception_ids
     from scanner.service.serve import serve as run_server
 
     with _user_errors():
@@ -791,7 +817,6 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_form
 def status(config_path: Path | None, fmt: str) -> None:
     """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
     from scanner.service.serve import job_status, status_lines
-    from scanner.store.database import Store
 
     with _user_errors():
         config = _config(config_path)
@@ -832,6 +857,7 @@ def remediate(config_path: Path | None, check_id: str, tenant: str | None, run_i
     """Fix every failing finding of a check: a dry run by default; --yes applies to a canary first, then the rest."""
     import asyncio
 
+    from checks.registry import load_checks, unknown_check_ids
     from scanner.store.database import Store
     from remediation.actions import describe
     from remediation.jobs import DONE, ALREADY_DONE, BulkStep, Jobs, bulk, plans_for_check
@@ -900,7 +926,6 @@ def undo(config_path: Path | None, job_id: str, reason: str) -> None:
 @click.option("--tenant", help="Only this tenant's jobs.")
 def list_jobs(config_path: Path | None, tenant: str | None) -> None:
     """Print the remediation jobs, newest first."""
-    from scanner.store.database import Store
     from remediation.jobs import Jobs
 
     with _user_errors():
@@ -958,7 +983,6 @@ def audit_verify(config_path: Path | None, sink: Path | None) -> None:
 @click.option("--job", "job_id", help="Only this job's entries.")
 def audit_show(config_path: Path | None, job_id: str | None) -> None:
     """Print the audit log as JSON lines."""
-    from scanner.store.database import Store
     from remediation.audit import entries
 
     with _user_errors():
