@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import json
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -37,6 +38,8 @@ TREND_RUNS = 12
 """How many runs (this one included) the trend chart shows."""
 LISTED = 50
 """How many new and resolved findings the summary names before saying how many more."""
+TABLE_PAGE = 50
+"""Rows per page of the findings table (the page's script reads it from the data)."""
 
 
 def environment() -> jinja2.Environment:
@@ -286,6 +289,31 @@ def report_data(
     }
 
 
+def first_page(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The findings table's first page, for the page's script to show before it reads the whole data.
+
+    ``data`` is ``report_data``'s output. The table starts on the findings needing attention, most severe
+    first, then fail, error, excepted, unsupported, then in the data's order (report.js ``compute``):
+    ``first`` holds the positions in ``findings`` of its first page, ``matching`` counts the findings it
+    holds and ``total`` every finding of the run, passes included.
+    """
+    rows = data["findings"]
+    statuses = data["statuses"]
+    order = {status.value: i for i, status in enumerate(SHOWN)}
+    attention = [i for i, row in enumerate(rows) if statuses[row[2]] in order]
+    first = heapq.nsmallest(TABLE_PAGE, attention, key=lambda i: (-rows[i][3], order[statuses[rows[i][2]]], i))
+    names = data["names"]
+    return {
+        **{key: data[key] for key in ("statuses", "severities", "tenants", "domains", "checks", "history")},
+        "names": {rows[i][6]: names[rows[i][6]] for i in first if rows[i][6] in names},
+        "findings": [rows[i] for i in first],
+        "first": first,
+        "matching": len(attention),
+        "total": sum(row[14] for row in rows),
+        "page": TABLE_PAGE,
+    }
+
+
 def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Finding]:
     wanted = set(fingerprints)
     return sorted((f for f in findings if f.id in wanted), key=lambda f: (-f.severity.rank, f.tenant, f.subject, f.check))
@@ -493,6 +521,7 @@ def render_html(
         dmarc_sources=dmarc_sources,
         dmarc_window=dmarc_window or "no window",
         controls=control_matrix(controls),
+        first=script_json(first_page(data)),
         data=script_json(data),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file

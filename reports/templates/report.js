@@ -1,16 +1,17 @@
 "use strict";
 // mailwarden report: filters, search, sorting and pagination over the embedded findings, and the
 // per-domain view. Every value reaches the page through textContent or attributes, never as HTML.
+// The table's first page comes in a small block before this script and shows at once; every finding
+// (report-data, after this script) is read once the page is parsed.
 (function () {
-  var data = JSON.parse(document.getElementById("report-data").textContent);
-  var PAGE = 50, DPAGE = 25;
+  var data = JSON.parse(document.getElementById("report-first").textContent);
+  var PAGE = data.page, DPAGE = 25, TOTAL = data.total;
   var ATTENTION = { fail: 1, error: 1, excepted: 1, unsupported: 1 };
   var STATUS_ORDER = { fail: 0, error: 1, excepted: 2, unsupported: 3, pass: 4 };
   var F = { id: 0, check: 1, status: 2, severity: 3, tenant: 4, domain: 5, subject: 6, item: 7, reason: 8,
             evidence: 9, change: 10, link: 11, firstSeen: 12, flag: 13, count: 14, causedBy: 15 };
-  var rows = data.findings;
-  var TOTAL = 0;
-  rows.forEach(function (r) { TOTAL += r[F.count] || 1; });
+  var rows = [];
+  data.first.forEach(function (i, n) { rows[i] = data.findings[n]; });
   var state = { tenant: "", domain: "", check: "", severity: "", status: "attention", q: "",
                 sort: "severity", dir: -1, page: 0, open: {} };
   var matches = [];
@@ -64,13 +65,15 @@
       var o = el("option", v); o.value = v; select.appendChild(o);
     });
   }
-  fillSelect($("f-tenant"), data.tenants.filter(function (t) { return t; }));
-  fillSelect($("f-domain"), data.domains.filter(function (d) { return d; }));
-  fillSelect($("f-check"), data.checks.map(function (c) { return c[0]; }));
-  data.severities.slice().reverse().forEach(function (v) {
-    var o = el("option", v); o.value = v; $("f-severity").appendChild(o);
-  });
-  data.statuses.forEach(function (v) { var o = el("option", v); o.value = v; $("f-status").appendChild(o); });
+  function fillFilters() {
+    fillSelect($("f-tenant"), data.tenants.filter(function (t) { return t; }));
+    fillSelect($("f-domain"), data.domains.filter(function (d) { return d; }));
+    fillSelect($("f-check"), data.checks.map(function (c) { return c[0]; }));
+    data.severities.slice().reverse().forEach(function (v) {
+      var o = el("option", v); o.value = v; $("f-severity").appendChild(o);
+    });
+    data.statuses.forEach(function (v) { var o = el("option", v); o.value = v; $("f-status").appendChild(o); });
+  }
 
   function haystack(i) {
     if (searchText === null) searchText = new Array(rows.length);
@@ -150,10 +153,12 @@
     return box;
   }
   var byId = Object.create(null), dependantsOf = Object.create(null);
-  rows.forEach(function (r, i) {
-    if (r[F.id]) byId[r[F.id]] = i;
-    if (r[F.causedBy]) (dependantsOf[r[F.causedBy]] = dependantsOf[r[F.causedBy]] || []).push(i);
-  });
+  function indexCauses() {
+    rows.forEach(function (r, i) {
+      if (r[F.id]) byId[r[F.id]] = i;
+      if (r[F.causedBy]) (dependantsOf[r[F.causedBy]] = dependantsOf[r[F.causedBy]] || []).push(i);
+    });
+  }
   function causeBlock(r) {
     var box = el("div");
     if (r[F.causedBy]) {
@@ -221,12 +226,7 @@
     return tr;
   }
 
-  function render() {
-    var body = $("findings-body");
-    var pages = Math.max(1, Math.ceil(matches.length / PAGE));
-    if (state.page >= pages) state.page = pages - 1;
-    if (state.page < 0) state.page = 0;
-    var start = state.page * PAGE, slice = matches.slice(start, start + PAGE);
+  function showRows(slice) {
     var frag = document.createDocumentFragment();
     slice.forEach(function (i) {
       var r = rows[i], s = status(r);
@@ -256,19 +256,31 @@
       frag.appendChild(tr);
       if (state.open[i]) frag.appendChild(detailRow(r));
     });
-    body.replaceChildren(frag);
-    var grouped = 0, total = 0;
-    matches.forEach(function (i) { if (!rows[i][F.id]) grouped += rows[i][F.count]; });
-    $("findings-count").textContent = matches.length === 0
+    $("findings-body").replaceChildren(frag);
+  }
+  // "grouped": how many passes the matching rows count, as one row per check and domain.
+  function showCount(start, shown, matching, grouped) {
+    $("findings-count").textContent = matching === 0
       ? "No finding matches these filters (" + TOTAL + " in this run)."
-      : "Showing " + (start + 1) + "–" + (start + slice.length) + " of " + matches.length +
+      : "Showing " + (start + 1) + "–" + (start + shown) + " of " + matching +
         " matching " + (grouped ? "rows (" + grouped + " passes counted per check and domain), " : "findings (") +
         TOTAL + " in this run).";
-    $("page-info").textContent = "page " + (state.page + 1) + " of " + pages;
+    $("page-info").textContent = "page " + (state.page + 1) + " of " + Math.max(1, Math.ceil(matching / PAGE));
     document.querySelectorAll("th[data-sort]").forEach(function (th) {
       th.classList.toggle("asc", th.dataset.sort === state.sort && state.dir === 1);
       th.classList.toggle("desc", th.dataset.sort === state.sort && state.dir === -1);
     });
+  }
+
+  function render() {
+    var pages = Math.max(1, Math.ceil(matches.length / PAGE));
+    if (state.page >= pages) state.page = pages - 1;
+    if (state.page < 0) state.page = 0;
+    var start = state.page * PAGE, slice = matches.slice(start, start + PAGE);
+    showRows(slice);
+    var grouped = 0;
+    matches.forEach(function (i) { if (!rows[i][F.id]) grouped += rows[i][F.count]; });
+    showCount(start, slice.length, matches.length, grouped);
   }
 
   function update() { compute(); state.page = 0; render(); }
@@ -280,60 +292,64 @@
     $("f-tenant").value = state.tenant; $("f-domain").value = state.domain; $("f-check").value = state.check;
     $("f-severity").value = state.severity; $("f-status").value = state.status; $("f-search").value = state.q;
   }
-  ["f-tenant", "f-domain", "f-check", "f-severity", "f-status"].forEach(function (id) {
-    $(id).addEventListener("change", function () { readFilters(); update(); });
-  });
-  var timer = null;
-  $("f-search").addEventListener("input", function () {
-    clearTimeout(timer);
-    timer = setTimeout(function () { readFilters(); update(); }, 150);
-  });
-  $("filters").addEventListener("submit", function (e) { e.preventDefault(); });
-  $("f-reset").addEventListener("click", function () {
-    state.tenant = state.domain = state.check = state.severity = state.q = ""; state.status = "attention";
-    writeFilters(); update();
-  });
-  document.querySelectorAll("th[data-sort]").forEach(function (th) {
-    th.addEventListener("click", function () {
-      if (state.sort === th.dataset.sort) state.dir = -state.dir;
-      else { state.sort = th.dataset.sort; state.dir = th.dataset.sort === "severity" ? -1 : 1; }
-      compute(); render();
+  function wireTable() {
+    ["f-tenant", "f-domain", "f-check", "f-severity", "f-status"].forEach(function (id) {
+      $(id).addEventListener("change", function () { readFilters(); update(); });
     });
-  });
-  $("pager").addEventListener("click", function (e) {
-    var which = e.target.dataset && e.target.dataset.page;
-    if (!which) return;
-    state.page += which === "next" ? 1 : -1; render();
-  });
-  $("findings-body").addEventListener("click", function (e) {
-    if (e.target.closest("a")) return;
-    var tr = e.target.closest("tr.finding");
-    if (!tr) return;
-    var i = Number(tr.dataset.index);
-    if (state.open[i]) delete state.open[i]; else state.open[i] = true;
-    render();
-  });
-  document.querySelectorAll("[data-filter-tenant]").forEach(function (a) {
-    a.addEventListener("click", function (e) {
-      e.preventDefault(); state.tenant = a.dataset.filterTenant; writeFilters(); update();
-      $("findings-section").scrollIntoView();
+    var timer = null;
+    $("f-search").addEventListener("input", function () {
+      clearTimeout(timer);
+      timer = setTimeout(function () { readFilters(); update(); }, 150);
     });
-  });
+    $("filters").addEventListener("submit", function (e) { e.preventDefault(); });
+    $("f-reset").addEventListener("click", function () {
+      state.tenant = state.domain = state.check = state.severity = state.q = ""; state.status = "attention";
+      writeFilters(); update();
+    });
+    document.querySelectorAll("th[data-sort]").forEach(function (th) {
+      th.addEventListener("click", function () {
+        if (state.sort === th.dataset.sort) state.dir = -state.dir;
+        else { state.sort = th.dataset.sort; state.dir = th.dataset.sort === "severity" ? -1 : 1; }
+        compute(); render();
+      });
+    });
+    $("pager").addEventListener("click", function (e) {
+      var which = e.target.dataset && e.target.dataset.page;
+      if (!which) return;
+      state.page += which === "next" ? 1 : -1; render();
+    });
+    $("findings-body").addEventListener("click", function (e) {
+      if (e.target.closest("a")) return;
+      var tr = e.target.closest("tr.finding");
+      if (!tr) return;
+      var i = Number(tr.dataset.index);
+      if (state.open[i]) delete state.open[i]; else state.open[i] = true;
+      render();
+    });
+    document.querySelectorAll("[data-filter-tenant]").forEach(function (a) {
+      a.addEventListener("click", function (e) {
+        e.preventDefault(); state.tenant = a.dataset.filterTenant; writeFilters(); update();
+        $("findings-section").scrollIntoView();
+      });
+    });
+  }
 
   // Domains: an index with counts, and one domain's records as seen, what is wrong and what to publish.
-  var domainCounts = Object.create(null);
-  data.domains.forEach(function (d) { domainCounts[d] = { tenant: "", counts: {} }; });
-  Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.dns[d].tenant; });
-  rows.forEach(function (r) {
-    var entry = domainCounts[domain(r)];
-    if (!entry.tenant) entry.tenant = tenant(r);
-    var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + (r[F.count] || 1);
-  });
-  var domainNames = data.domains.filter(function (d) { return d; }).sort(function (a, b) {
-    var fa = domainCounts[a].counts.fail || 0, fb = domainCounts[b].counts.fail || 0;
-    return fb - fa || (a < b ? -1 : a > b ? 1 : 0);
-  });
+  var domainCounts = Object.create(null), domainNames = [];
   var dstate = { q: "", page: 0, list: domainNames };
+  function countDomains() {
+    data.domains.forEach(function (d) { domainCounts[d] = { tenant: "", counts: {} }; });
+    Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.dns[d].tenant; });
+    rows.forEach(function (r) {
+      var entry = domainCounts[domain(r)];
+      if (!entry.tenant) entry.tenant = tenant(r);
+      var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + (r[F.count] || 1);
+    });
+    domainNames = dstate.list = data.domains.filter(function (d) { return d; }).sort(function (a, b) {
+      var fa = domainCounts[a].counts.fail || 0, fb = domainCounts[b].counts.fail || 0;
+      return fb - fa || (a < b ? -1 : a > b ? 1 : 0);
+    });
+  }
   function renderDomains() {
     var pages = Math.max(1, Math.ceil(dstate.list.length / DPAGE));
     if (dstate.page >= pages) dstate.page = pages - 1;
@@ -349,16 +365,6 @@
     $("domain-index-body").replaceChildren(frag);
     $("domain-page-info").textContent = dstate.list.length + " domains, page " + (dstate.page + 1) + " of " + pages;
   }
-  $("d-search").addEventListener("input", function () {
-    var q = this.value.toLowerCase();
-    dstate.list = domainNames.filter(function (d) { return d.toLowerCase().indexOf(q) >= 0; });
-    dstate.page = 0; renderDomains();
-  });
-  $("domain-pager").addEventListener("click", function (e) {
-    var which = e.target.dataset && e.target.dataset.dpage;
-    if (!which) return;
-    dstate.page += which === "next" ? 1 : -1; renderDomains();
-  });
 
   function seenOf(r) {
     var ev = r[F.evidence] || {}, parts = [];
@@ -413,12 +419,24 @@
     view.hidden = false;
     view.scrollIntoView();
   }
-  $("domain-view-filter").addEventListener("click", function (e) {
-    e.preventDefault();
-    state.domain = this.dataset.domain; state.status = ""; writeFilters(); update();
-    $("findings-section").scrollIntoView();
-  });
-  $("domain-view-close").addEventListener("click", function () { $("domain-view").hidden = true; });
+  function wireDomains() {
+    $("d-search").addEventListener("input", function () {
+      var q = this.value.toLowerCase();
+      dstate.list = domainNames.filter(function (d) { return d.toLowerCase().indexOf(q) >= 0; });
+      dstate.page = 0; renderDomains();
+    });
+    $("domain-pager").addEventListener("click", function (e) {
+      var which = e.target.dataset && e.target.dataset.dpage;
+      if (!which) return;
+      dstate.page += which === "next" ? 1 : -1; renderDomains();
+    });
+    $("domain-view-filter").addEventListener("click", function (e) {
+      e.preventDefault();
+      state.domain = this.dataset.domain; state.status = ""; writeFilters(); update();
+      $("findings-section").scrollIntoView();
+    });
+    $("domain-view-close").addEventListener("click", function () { $("domain-view").hidden = true; });
+  }
 
   function route() {
     var hash = location.hash.slice(1);
@@ -431,12 +449,14 @@
       var row = $("finding-" + id); if (row) row.scrollIntoView();
     }
   }
-  window.addEventListener("hashchange", route);
-  // A link to the finding or domain already in the address changes no hash: route it all the same.
-  document.addEventListener("click", function (e) {
-    var a = e.target.closest && e.target.closest('a[href^="#finding="], a[href^="#domain="]');
-    if (a && a.getAttribute("href") === location.hash) { e.preventDefault(); route(); }
-  });
+  function wireRoutes() {
+    window.addEventListener("hashchange", route);
+    // A link to the finding or domain already in the address changes no hash: route it all the same.
+    document.addEventListener("click", function (e) {
+      var a = e.target.closest && e.target.closest('a[href^="#finding="], a[href^="#domain="]');
+      if (a && a.getAttribute("href") === location.hash) { e.preventDefault(); route(); }
+    });
+  }
 
   // The fix-first list: ten causes at first, ten more per click.
   var more = $("fix-more");
@@ -455,5 +475,14 @@
     shownCauses();
   }
 
-  compute(); render(); renderDomains(); route();
+  showRows(data.first);
+  showCount(0, data.first.length, data.matching, 0);
+  // The rest waits for every finding; a filter set or a link followed meanwhile applies once they are read.
+  document.addEventListener("DOMContentLoaded", function () {
+    data = JSON.parse(document.getElementById("report-data").textContent);
+    rows = data.findings;
+    fillFilters(); indexCauses(); countDomains();
+    wireTable(); wireDomains(); wireRoutes();
+    readFilters(); compute(); render(); renderDomains(); route();
+  });
 })();

@@ -139,6 +139,18 @@ def test_filters_search_and_sort_change_the_visible_rows(demo_report: Path, watc
     assert watched.problems == [] and watched.requests == []
 
 
+def test_the_rows_shown_before_the_data_is_read_are_the_tables_first_page(demo_report: Path, watched: Watched) -> None:
+    html = demo_report.read_text(encoding="utf-8")
+    start = html.index('id="report-first">') + len('id="report-first">')
+    first = json.loads(html[start:html.index("</script>", start)])
+    page = watched.page
+    page.goto(demo_report.as_uri())  # once loaded, the table is the script's own view of every finding
+    shown = page.eval_on_selector_all("#findings-body tr.finding", "rows => rows.map(r => Number(r.dataset.index))")
+    assert len(shown) == 50 and shown == first["first"]
+    assert _count(page) == f"Showing 1–50 of {first['matching']} matching findings ({first['total']} in this run)."
+    assert watched.problems == []
+
+
 def test_a_finding_shows_what_its_action_would_change(demo_report: Path, watched: Watched) -> None:
     page = watched.page
     page.goto(demo_report.as_uri())
@@ -204,7 +216,7 @@ def test_hostile_text_is_shown_not_run(tmp_path: Path, watched: Watched) -> None
     page.goto(report.as_uri() + "#domain=acme.example")
     expect(page.locator("#domain-view")).to_be_visible()
     assert HOSTILE in page.inner_text("#domain-records")
-    assert page.evaluate("document.scripts.length") == 2
+    assert page.evaluate("document.scripts.length") == 3  # the first page's rows, the script, the data
     assert watched.problems == []
 
 

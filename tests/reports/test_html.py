@@ -103,7 +103,7 @@ def test_script_closing_text_never_leaves_the_data_block(tmp_path: Path) -> None
 
     html = _hostile_store(tmp_path).read_text(encoding="utf-8")
     assert HOSTILE not in html
-    assert html.count("</script>") == 2 and html.count("<script") == 2
+    assert html.count("</script>") == 3 and html.count("<script") == 3  # the first page's rows, the script, the data
     assert "<!--" not in html
     start = html.index('<script type="application/json" id="report-data">') + len(
         '<script type="application/json" id="report-data">')
@@ -113,6 +113,9 @@ def test_script_closing_text_never_leaves_the_data_block(tmp_path: Path) -> None
     assert by_check["forwarding.external"][8] == HOSTILE
     assert data["names"]["ann@acme.example"] == HOSTILE
     assert data["dns"]["acme.example"]["answers"][0][4] == [HOSTILE]
+    start = html.index('id="report-first">') + len('id="report-first">')
+    first = json.loads(html[start:html.index("</script>", start)])
+    assert first["findings"] == [data["findings"][i] for i in first["first"]] and first["names"] == data["names"]
     # the server-rendered parts (problems, coverage) are HTML-escaped
     assert "&lt;/script&gt;&lt;script&gt;alert(&#34;x&#34;)" in html
 

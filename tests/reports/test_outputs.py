@@ -48,7 +48,7 @@ def outputs(tmp_path: Path) -> Path:
 def test_hostile_values_are_escaped_in_html(outputs: Path) -> None:
     html = (outputs / "report.html").read_text(encoding="utf-8")
     assert HOSTILE not in html
-    assert html.count("<script") == 2  # the embedded data and the page's own code, nothing else
+    assert html.count("<script") == 3  # the first page's rows, the page's own code and the data, nothing else
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in html
 
 

@@ -101,7 +101,8 @@ def test_the_report_shows_dependants_under_their_cause_and_no_raw_json(tmp_path:
     assert "mailwarden remediate --check forwarding.external --tenant acme" in fix
     # the first run in a store: no new/resolved lists, no "new" filter
     assert 'id="new-list"' not in page and "null" not in page[:page.index('<script type="application/json"')]
-    data = json.loads(page[page.index('id="report-data">') + 17:page.index("</script>")])
+    start = page.index('id="report-data">') + 17
+    data = json.loads(page[start:page.index("</script>", start)])
     passes = [row for row in data["findings"] if row[0] == ""]
     assert len(passes) == 1 and passes[0][14] == 1  # the pass, as a count per check and domain
     skipped = [row for row in data["findings"] if row[15]]
