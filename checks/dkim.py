@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from checks.registry import Result, RunContext, check
-from scanner.dkim import DkimKey, parse_dkim_key, parse_tag_list, zone_txt
+from scanner.dkim import CACHED_TEXT, DkimKey, parse_dkim_key, parse_tag_list, zone_txt
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
 
@@ -26,18 +27,37 @@ class Selector:
     @property
     def key_records(self) -> tuple[str, ...]:
         """The TXT records that are meant as key records: a p= tag or a leading v=DKIM1 (other text is not)."""
-        return tuple(r for r in self.records if _meant_as_key(r))
+        return published_keys(self.records)[0]
 
     @property
     def keys(self) -> tuple[DkimKey, ...]:
         """Each key record at the selector, parsed."""
-        return tuple(parse_dkim_key(r) for r in self.key_records)
+        return published_keys(self.records)[1]
 
 
 def _meant_as_key(record: str) -> bool:
     """True when a TXT record is an attempt at a DKIM key record, however broken."""
     tags = parse_tag_list(record)
     return tags.get("p") is not None or record.lstrip(" \t").startswith("v=DKIM")
+
+
+def _find_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[DkimKey, ...]]:
+    meant = tuple(r for r in records if _meant_as_key(r))
+    return meant, tuple(parse_dkim_key(r) for r in meant)
+
+
+_find_keys_cached = functools.lru_cache(maxsize=1024)(_find_keys)
+
+
+def published_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[DkimKey, ...]]:
+    """The key records among a selector's TXT records, and each of them parsed.
+
+    Every DKIM check of a domain (and the alignment check) reads the same selectors, so this is memoized
+    like the parsers it calls, and likewise not for texts longer than scanner.dkim.CACHED_TEXT.
+    """
+    if sum(map(len, records)) > CACHED_TEXT:
+        return _find_keys(records)
+    return _find_keys_cached(records)
 
 
 def declared_selectors(domain: Domain, ctx: RunContext) -> list[Selector]:
