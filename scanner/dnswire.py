@@ -42,6 +42,8 @@ _HEADER_TAIL = struct.pack("!HHHHH", 0x0100, 1, 0, 0, 1)
 _SOCKETS_PER_SERVER = 4  # RFC 5452 §9.2: spread queries over several source ports, each id random
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 2.0  # between rounds over all nameservers, as dnspython's resolver waits
 _IN = 1
+_A = 1
+_MX = 15
 _OPT_TYPE = 41
 _TXT = 16
 _POINTER_TO_QUESTION = b"\xc0\x0c"  # RFC 1035 §4.1.4: a name compressed to the question's, at offset 12
@@ -108,8 +110,18 @@ class _Question:
         return self.wire[:-4]
 
 
-# A record's data as the outcome needs it: TXT strings as they are, any other type parsed by dnspython.
-_Data = tuple[bytes, ...] | dns.rdata.Rdata
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """An A or MX record read without building dnspython's Rdata (after TXT, most of a scan's answers): its text
+    as dnspython renders it, and what makes two records the same (RFC 2181 §5; an MX name compares without case)."""
+
+    identity: object
+    text: str = field(compare=False)
+
+
+# A record's data as the outcome needs it: TXT strings as they are, A and MX rendered, any other type parsed by
+# dnspython.
+_Data = tuple[bytes, ...] | _Rendered | dns.rdata.Rdata
 
 
 def _key(name: dns.name.Name) -> bytes:
@@ -207,8 +219,9 @@ def _txt_strings(data: bytes) -> tuple[bytes, ...]:
 def parse_reply(data: bytes, question: _Question) -> _Reply:
     """Parse a UDP reply: header, answer records, the OPT record's extended rcode.
 
-    Names and records other than TXT go through dnspython's wire parser; TXT data is split into its
-    strings directly (the answers are mostly TXT, and that is all the outcome needs). The question was
+    Names and records other than TXT, A and MX go through dnspython's wire parser; TXT data is split into its
+    strings directly (the answers are mostly TXT, and that is all the outcome needs), A and MX records are
+    rendered as dnspython would. The question was
     matched to ours already; the authority and additional records are walked to check the message is
     well formed, as dnspython would (a short or overlong message raises the same FormError family).
     """
@@ -226,6 +239,13 @@ def parse_reply(data: bytes, question: _Question) -> _Reply:
         entry: _Data
         if rdtype == _TXT:
             entry = _txt_strings(parser.get_bytes(length))
+        elif rdtype == _A and rdclass == _IN and length == 4:
+            address = parser.get_bytes(4)
+            entry = _Rendered(address, "%d.%d.%d.%d" % tuple(address))
+        elif rdtype == _MX and rdclass == _IN:
+            with parser.restrict_to(length), dns.exception.ExceptionWrapper(dns.exception.FormError):
+                preference, exchange = parser.get_uint16(), parser.get_name(None, True)  # as dnspython's MX
+            entry = _Rendered((preference, exchange), f"{preference} {exchange}")  # dnspython's MX text
         else:
             with parser.restrict_to(length):
                 entry = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
@@ -379,7 +399,9 @@ class WireResolver:
         if answer is None:
             return DnsAnswer(question.name, rdtype, Outcome.NODATA)
         return DnsAnswer(question.name, rdtype, Outcome.ANSWER, tuple(
-            b"".join(r).decode("utf-8", errors="replace") if isinstance(r, tuple) else render_rdata(r) for r in answer
+            b"".join(r).decode("utf-8", errors="replace") if isinstance(r, tuple)
+            else r.text if isinstance(r, _Rendered) else render_rdata(r)
+            for r in answer
         ))
 
     async def _ask(self, question: _Question, server: tuple[str, int], timeout: float) -> _Reply:
