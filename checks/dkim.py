@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from checks.registry import Result, RunContext, check
+from checks.registry import Result, RunContext, check, per_subject
 from scanner.dkim import CACHED_TEXT, DkimKey, parse_dkim_key, parse_tag_list, zone_txt
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
 
@@ -60,8 +60,10 @@ def published_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Dki
     return _find_keys_cached(records)
 
 
-def declared_selectors(domain: Domain, ctx: RunContext) -> list[Selector]:
-    """The selectors of the tenant's declared senders plus its own dkim_selectors, with their answers."""
+@per_subject
+def declared_selectors(domain: Domain, ctx: RunContext) -> tuple[Selector, ...]:
+    """The selectors of the tenant's declared senders plus its own dkim_selectors, with their answers (worked out
+    once for all the DKIM checks of the domain)."""
     owners: dict[str, list[str]] = {}
     for name in ctx.tenant.senders:
         sender = ctx.senders.get(name)
@@ -69,7 +71,7 @@ def declared_selectors(domain: Domain, ctx: RunContext) -> list[Selector]:
             owners.setdefault(selector, []).append(name)
     for selector in ctx.tenant.dkim_selectors:
         owners.setdefault(selector, []).append("tenant dkim_selectors")
-    return [Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners)]
+    return tuple(Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners))
 
 
 def lookup_error(selector: Selector, domain: Domain) -> Result | None:

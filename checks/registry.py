@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
 import ipaddress
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from scanner.errors import MailwardenError
 from scanner.model import Coverage, Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
 
 GROUP = "mailwarden.checks"
+_Derived = TypeVar("_Derived")
 _ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -189,6 +192,29 @@ def check(
         return function  # type: ignore[return-value]
 
     return attach
+
+
+def per_subject(function: Callable[..., _Derived]) -> Callable[..., _Derived]:
+    """Memoize what a function derives from its arguments (a subject, its run context) for the arguments it was
+    last called with, compared by identity.
+
+    The evaluate stage runs every check of a subject before the next subject, so what several checks derive from
+    one domain (its DMARC tree walk, its DKIM selectors) is worked out once. Model objects are immutable, so the
+    same objects give the same result; unlike functools.lru_cache, no argument needs to be hashable (a domain's
+    DNS answers are a mapping) and only one result is held.
+    """
+    latest: list[tuple[tuple[object, ...], _Derived] | None] = [None]
+
+    @functools.wraps(function)
+    def memoized(*args: object) -> _Derived:
+        held = latest[0]  # read once: another thread may replace it meanwhile
+        if held is not None and len(held[0]) == len(args) and all(map(operator.is_, held[0], args)):
+            return held[1]
+        value = function(*args)
+        latest[0] = (args, value)
+        return value
+
+    return memoized
 
 
 def _load_one(entry: EntryPoint) -> Check:
