@@ -62,7 +62,10 @@ class TagList:
 
     def get(self, name: str) -> str | None:
         """The value of the first tag called ``name`` (tag names are case-sensitive here)."""
-        return next((value for tag, value in self.tags if tag == name), None)
+        for tag, value in self.tags:
+            if tag == name:
+                return value
+        return None
 
     @property
     def names(self) -> tuple[str, ...]:
