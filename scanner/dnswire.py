@@ -222,9 +222,9 @@ def parse_reply(data: bytes, question: _Question) -> _Reply:
 
     Names and records other than TXT, A and MX go through dnspython's wire parser; TXT data is split into its
     strings directly (the answers are mostly TXT, and that is all the outcome needs), A and MX records are
-    rendered as dnspython would. The question was
-    matched to ours already; the authority and additional records are walked to check the message is
-    well formed, as dnspython would (a short or overlong message raises the same FormError family).
+    rendered as dnspython would. The question was matched to ours already; the authority and additional
+    records are stepped over to check the message is well formed, as dnspython would (a short or overlong
+    message raises the same FormError family).
     """
     flags = int.from_bytes(data[2:4], "big")
     answers, authority, additional = struct.unpack_from("!HHH", data, 6)
@@ -252,14 +252,8 @@ def parse_reply(data: bytes, question: _Question) -> _Reply:
                 entry = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
         if rdclass == _IN:
             records.setdefault((owner, rdtype), []).append(entry)
-    ednsflags = 0
-    for index in range(authority + additional):
-        _skip_name(parser)
-        rdtype, _class, ttl, length = parser.get_struct("!HHIH")
-        parser.get_bytes(length)
-        if rdtype == _OPT_TYPE and index >= authority:
-            ednsflags = ttl  # RFC 6891 §6.1.3: the upper 8 bits of the extended rcode live here
-    if parser.remaining():
+    end, ednsflags = _skip_records(data, parser.current, authority, additional)
+    if end != len(data):
         raise dns.message.TrailingJunk
     return _Reply(_rcode(flags, ednsflags), records)
 
@@ -269,18 +263,61 @@ def parse_reply(data: bytes, question: _Question) -> _Reply:
 _rcode = functools.lru_cache(maxsize=256)(dns.rcode.from_flags)
 
 
-def _skip_name(parser: dns.wire.Parser) -> None:
-    """Step over a (possibly compressed) name, RFC 1035 §4.1.4."""
+def _question(name: str, rdtype: str) -> _Question | DnsAnswer:
+    """A question as it goes on the wire, or the failure of a name or type that cannot be asked."""
+    try:
+        qtype = _qtype(rdtype)
+        if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
+            wire = b"".join(bytes((len(label),)) + label for label in name.encode("ascii").split(b".")) + b"\x00"
+        else:
+            wire = _key(dns.name.from_text(name))
+        return _Question(name, qtype, wire + struct.pack("!HH", qtype, _IN))
+    except (dns.exception.DNSException, ValueError) as exc:
+        return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+# A question's type from its text, as dnspython reads it; memoized, as a scan asks few types.
+_qtype = functools.lru_cache(maxsize=64)(dns.rdatatype.RdataType.make)
+
+
+_RECORD_HEADER = struct.Struct("!HHIH")  # RFC 1035 §4.1.3: type, class, TTL, data length
+
+
+def _skip_records(data: bytes, offset: int, authority: int, additional: int) -> tuple[int, int]:
+    """Step over the authority and additional records from ``offset``: where they end, and the OPT record's TTL
+    field (RFC 6891 §6.1.3: the upper 8 bits of the extended rcode live there), 0 without one. A record that runs
+    past the message raises FormError, a label type that does not exist BadLabelType (as dnspython's parser)."""
+    ednsflags = 0
+    for index in range(authority + additional):
+        offset = _past_name(data, offset)
+        if offset + _RECORD_HEADER.size > len(data):
+            raise dns.exception.FormError
+        rdtype, _class, ttl, length = _RECORD_HEADER.unpack_from(data, offset)
+        offset += _RECORD_HEADER.size + length
+        if offset > len(data):
+            raise dns.exception.FormError
+        if rdtype == _OPT_TYPE and index >= authority:
+            ednsflags = ttl
+    return offset, ednsflags
+
+
+def _past_name(data: bytes, offset: int) -> int:
+    """Where a (possibly compressed) name starting at ``offset`` ends, RFC 1035 §4.1.4."""
     while True:
-        length = parser.get_uint8()
+        if offset >= len(data):
+            raise dns.exception.FormError
+        length = data[offset]
         if length == 0:
-            return
-        if length >= 0xC0:
-            parser.get_uint8()  # a pointer ends the name
-            return
+            return offset + 1
+        if length >= 0xC0:  # a pointer ends the name
+            if offset + 2 > len(data):
+                raise dns.exception.FormError
+            return offset + 2
         if length > 63:
             raise dns.name.BadLabelType
-        parser.get_bytes(length)
+        offset += 1 + length
+        if offset > len(data):
+            raise dns.exception.FormError
 
 
 class WireResolver:
@@ -306,35 +343,23 @@ class WireResolver:
         """
         chain: list[bytes] = []
         current = name
-        while True:
-            result = await self._resolve_one(current, rdtype)
-            if not isinstance(result, _Alias):
-                if current == name:
-                    return result
-                return DnsAnswer(name, rdtype, result.outcome, result.records, result.error, result.server)
-            links = list(result.names) if not chain else list(result.names[1:])
-            for link in links:
-                if link in chain:
-                    return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameLoop([*chain, link])))
-                chain.append(link)
-            if len(chain) - 1 > MAX_CNAME_LINKS:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameTooLong(chain)))
-            current = _text(chain[-1])
-
-    async def _resolve_one(self, name: str, rdtype: str) -> DnsAnswer | _Alias:
-        """One question on the wire (with retries), without following a CNAME target the reply lacks."""
-        try:
-            qtype = dns.rdatatype.RdataType.make(rdtype)
-            if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
-                wire = b"".join(bytes((len(label),)) + label for label in name.encode("ascii").split(b".")) + b"\x00"
-            else:
-                wire = _key(dns.name.from_text(name))
-            question = _Question(name, qtype, wire + struct.pack("!HH", qtype, _IN))
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         self._active += 1
         try:
-            return await self._resolve(question, rdtype)
+            while True:
+                question = _question(current, rdtype)
+                result = question if isinstance(question, DnsAnswer) else await self._resolve(question, rdtype)
+                if not isinstance(result, _Alias):
+                    if current == name:
+                        return result
+                    return DnsAnswer(name, rdtype, result.outcome, result.records, result.error, result.server)
+                links = list(result.names) if not chain else list(result.names[1:])
+                for link in links:
+                    if link in chain:
+                        return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameLoop([*chain, link])))
+                    chain.append(link)
+                if len(chain) - 1 > MAX_CNAME_LINKS:
+                    return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameTooLong(chain)))
+                current = _text(chain[-1])
         finally:
             self._active -= 1
             if not self._active:
