@@ -228,31 +228,43 @@ def parse_reply(data: bytes, question: _Question) -> _Reply:
     """
     flags = int.from_bytes(data[2:4], "big")
     answers, authority, additional = struct.unpack_from("!HHH", data, 6)
-    parser = dns.wire.Parser(data, 12 + len(question.wire))
+    offset = 12 + len(question.wire)
+    if offset > len(data):
+        raise dns.exception.FormError
     records: dict[tuple[bytes, int], list[_Data]] = {}
     for _ in range(answers):
-        if data[parser.current : parser.current + 2] == _POINTER_TO_QUESTION:
-            parser.get_bytes(2)
+        if data[offset : offset + 2] == _POINTER_TO_QUESTION:
+            offset += 2
             owner = question.owner  # compressed to the question's name, which matched ours
         else:
+            parser = dns.wire.Parser(data, offset)
             owner = _key(dns.name.from_wire_parser(parser))
-        rdtype, rdclass, _ttl, length = parser.get_struct("!HHIH")
+            offset = parser.current
+        if offset + _RECORD_HEADER.size > len(data):
+            raise dns.exception.FormError
+        rdtype, rdclass, _ttl, length = _RECORD_HEADER.unpack_from(data, offset)
+        offset += _RECORD_HEADER.size
+        if offset + length > len(data):
+            raise dns.exception.FormError
         entry: _Data
         if rdtype == _TXT:
-            entry = _txt_strings(parser.get_bytes(length))
+            entry = _txt_strings(data[offset : offset + length])
         elif rdtype == _A and rdclass == _IN and length == 4:
-            address = parser.get_bytes(4)
+            address = data[offset : offset + 4]
             entry = _Rendered(address, "%d.%d.%d.%d" % tuple(address))
         elif rdtype == _MX and rdclass == _IN:
+            parser = dns.wire.Parser(data, offset)
             with parser.restrict_to(length), dns.exception.ExceptionWrapper(dns.exception.FormError):
                 preference, exchange = parser.get_uint16(), parser.get_name(None, True)  # as dnspython's MX
             entry = _Rendered((preference, exchange), f"{preference} {exchange}")  # dnspython's MX text
         else:
+            parser = dns.wire.Parser(data, offset)
             with parser.restrict_to(length):
                 entry = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
+        offset += length
         if rdclass == _IN:
             records.setdefault((owner, rdtype), []).append(entry)
-    end, ednsflags = _skip_records(data, parser.current, authority, additional)
+    end, ednsflags = _skip_records(data, offset, authority, additional)
     if end != len(data):
         raise dns.message.TrailingJunk
     return _Reply(_rcode(flags, ednsflags), records)
