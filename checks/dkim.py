@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from checks.registry import Result, RunContext, check, per_subject
+from checks.registry import Result, RunContext, Sender, check, per_subject
 from scanner.dkim import CACHED_TEXT, DkimKey, parse_dkim_key, parse_tag_list, zone_txt
-from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
+from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity, Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +60,20 @@ def published_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[Dki
     return _find_keys_cached(records)
 
 
-@per_subject
 def declared_selectors(domain: Domain, ctx: RunContext) -> tuple[Selector, ...]:
     """The selectors of the tenant's declared senders plus its own dkim_selectors, with their answers (worked out
     once for all the DKIM checks of the domain)."""
+    return _declared_selectors(domain, ctx.tenant, ctx.senders)
+
+
+@per_subject  # by the tenant and catalogue, not the run context: the last one held would keep the inventory alive
+def _declared_selectors(domain: Domain, tenant: Tenant, senders: Mapping[str, Sender]) -> tuple[Selector, ...]:
     owners: dict[str, list[str]] = {}
-    for name in ctx.tenant.senders:
-        sender = ctx.senders.get(name)
+    for name in tenant.senders:
+        sender = senders.get(name)
         for selector in sender.dkim_selectors if sender is not None else ():
             owners.setdefault(selector, []).append(name)
-    for selector in ctx.tenant.dkim_selectors:
+    for selector in tenant.dkim_selectors:
         owners.setdefault(selector, []).append("tenant dkim_selectors")
     return tuple(Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners))
 

@@ -201,7 +201,8 @@ def per_subject(function: Callable[..., _Derived]) -> Callable[..., _Derived]:
     The evaluate stage runs every check of a subject before the next subject, so what several checks derive from
     one domain (its DMARC tree walk, its DKIM selectors) is worked out once. Model objects are immutable, so the
     same objects give the same result; unlike functools.lru_cache, no argument needs to be hashable (a domain's
-    DNS answers are a mapping) and only one result is held.
+    DNS answers are a mapping) and only one result is held. The last arguments stay referenced until the next
+    call: pass small objects (a domain, a tenant), not a RunContext, which holds the whole inventory.
     """
     latest: list[tuple[tuple[object, ...], _Derived] | None] = [None]
 
