@@ -8,7 +8,7 @@ from typing import Any
 
 from checks.dkim import Selector, key_location, without_testing_flag
 from checks.registry import Result, RunContext, Sender, check, sender_of
-from scanner.dns.dkim import parse_dkim_key, zone_txt
+from scanner.dns.dkim import zone_txt
 from scanner.model import Domain, Scope, Severity
 
 
@@ -76,8 +76,7 @@ def dkim_side(sender: Sender, domain: Domain, ctx: RunContext) -> Side:
         if answer.failed:
             failures.append(f"DNS lookup of {answer.name} TXT failed: {answer.error}")
             continue
-        for record in selector.key_records:
-            key = parse_dkim_key(record)
+        for record, key in zip(selector.key_records, selector.keys, strict=True):
             if key.usable and not key.testing:
                 return Side(True, f"a valid key is published at {key_location(selector, domain)}")
             if key.usable:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
-from checks.registry import Result, RunContext, check
-from scanner.dns.dkim import DkimKey, parse_dkim_key, parse_tag_list, zone_txt
-from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity
+from checks.registry import Result, RunContext, Sender, check, per_subject
+from scanner.dns.dkim import CACHED_TEXT, DkimKey, parse_dkim_key, parse_tag_list, zone_txt
+from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity, Tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,12 +27,12 @@ class Selector:
     @property
     def key_records(self) -> tuple[str, ...]:
         """The TXT records that are meant as key records: a p= tag or a leading v=DKIM1 (other text is not)."""
-        return tuple(r for r in self.records if _meant_as_key(r))
+        return published_keys(self.records)[0]
 
     @property
     def keys(self) -> tuple[DkimKey, ...]:
         """Each key record at the selector, parsed."""
-        return tuple(parse_dkim_key(r) for r in self.key_records)
+        return published_keys(self.records)[1]
 
 
 def _meant_as_key(record: str) -> bool:
@@ -40,16 +41,41 @@ def _meant_as_key(record: str) -> bool:
     return tags.get("p") is not None or record.lstrip(" \t").startswith("v=DKIM")
 
 
-def declared_selectors(domain: Domain, ctx: RunContext) -> list[Selector]:
-    """The selectors of the tenant's declared senders plus its own dkim_selectors, with their answers."""
+def _find_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[DkimKey, ...]]:
+    meant = tuple(r for r in records if _meant_as_key(r))
+    return meant, tuple(parse_dkim_key(r) for r in meant)
+
+
+_find_keys_cached = functools.lru_cache(maxsize=1024)(_find_keys)
+
+
+def published_keys(records: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[DkimKey, ...]]:
+    """The key records among a selector's TXT records, and each of them parsed.
+
+    Every DKIM check of a domain (and the alignment check) reads the same selectors, so this is memoized
+    like the parsers it calls, and likewise not for texts longer than scanner.dkim.CACHED_TEXT.
+    """
+    if sum(map(len, records)) > CACHED_TEXT:
+        return _find_keys(records)
+    return _find_keys_cached(records)
+
+
+def declared_selectors(domain: Domain, ctx: RunContext) -> tuple[Selector, ...]:
+    """The selectors of the tenant's declared senders plus its own dkim_selectors, with their answers (worked out
+    once for all the DKIM checks of the domain)."""
+    return _declared_selectors(domain, ctx.tenant, ctx.senders)
+
+
+@per_subject  # by the tenant and catalogue, not the run context: the last one held would keep the inventory alive
+def _declared_selectors(domain: Domain, tenant: Tenant, senders: Mapping[str, Sender]) -> tuple[Selector, ...]:
     owners: dict[str, list[str]] = {}
-    for name in ctx.tenant.senders:
-        sender = ctx.senders.get(name)
+    for name in tenant.senders:
+        sender = senders.get(name)
         for selector in sender.dkim_selectors if sender is not None else ():
             owners.setdefault(selector, []).append(name)
-    for selector in ctx.tenant.dkim_selectors:
+    for selector in tenant.dkim_selectors:
         owners.setdefault(selector, []).append("tenant dkim_selectors")
-    return [Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners)]
+    return tuple(Selector(s, tuple(owners[s]), domain.dns.get(f"dkim:{s}")) for s in sorted(owners))
 
 
 def lookup_error(selector: Selector, domain: Domain) -> Result | None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
-from checks.registry import Result, RunContext, check, sender_of
+from checks.registry import Result, RunContext, check, per_subject, sender_of
 from scanner.dns.dkim import zone_txt
 from scanner.dns.dmarc import (
     POLICIES,
@@ -16,7 +15,6 @@ from scanner.dns.dmarc import (
     is_dmarc_record,
     parse_dmarc_record,
     rewrite_record,
-    walk_targets,
 )
 from scanner.model import DnsAnswer, Domain, Outcome, Scope, Severity, SourceTraffic
 
@@ -30,20 +28,11 @@ def dmarc_records(answer: DnsAnswer | None) -> list[str]:
     return [r for r in answer.records if is_dmarc_record(r)]
 
 
+@per_subject
 def discovery_of(domain: Domain) -> Discovery:
-    """The DNS tree walk from the domain, through the answers collected for it (RFC 9989 §4.10).
-
-    A domain's DMARC checks run one after another, so the walk is worked out once and reused (answers are
-    frozen, so the answers themselves are the key).
-    """
-    names = (domain.name, *walk_targets(domain.name))
-    answers = tuple((n, domain.dns.get("dmarc" if n == domain.name else f"dmarc_walk:{n}")) for n in names)
-    return _discover_answers(domain.name, answers)
-
-
-@functools.lru_cache(maxsize=256)
-def _discover_answers(name: str, answers: tuple[tuple[str, DnsAnswer | None], ...]) -> Discovery:
-    return discover(name, dict(answers).get)
+    """The DNS tree walk from the domain, through the answers collected for it (RFC 9989 §4.10), worked out once
+    for all the DMARC checks of the domain."""
+    return discover(domain.name, lambda n: domain.dns.get("dmarc" if n == domain.name else f"dmarc_walk:{n}"))
 
 
 def suggested_record(domain: Domain, ctx: RunContext) -> str:

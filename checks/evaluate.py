@@ -8,7 +8,7 @@ from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from checks.registry import Check, Policy, Result, RunContext, Sender
+from checks.registry import Check, CheckMeta, Policy, Result, RunContext, Sender
 from scanner.model import (
     Coverage,
     Domain,
@@ -35,6 +35,11 @@ DNS_FACTS: dict[Fact, str | None] = {
     Fact.DNS_TLSRPT: "tlsrpt",
 }
 """DNS facts of a domain, and the DnsFacts answer whose failure makes the fact unknown."""
+
+_FAILING = (Status.FAIL, Status.EXCEPTED)
+"""Statuses of a finding that can be a root cause, and that carry the check's remediation."""
+_RESTATING = (Status.FAIL, Status.ERROR)
+"""Statuses of a result that only restates a failing root cause (it is recorded skipped)."""
 
 NXDOMAIN_CHECK = "domain.nxdomain"
 """The check every other check that reads a domain's DNS rests on: a domain that does not exist has no records."""
@@ -125,7 +130,9 @@ def _missing_fact(
 def _run_one(check: Check, subject: _Subject, ctx: RunContext) -> list[Result]:
     try:
         produced = check(subject.value, ctx)
-        results = [produced] if isinstance(produced, Result) else list(produced)
+        if isinstance(produced, Result):
+            return [produced]
+        results = list(produced)
     except Exception as exc:  # a crashing check is an error for this subject only, never a pass
         log.warning("check crashed", extra={"check": check.meta.id, "subject": subject.name, "error": repr(exc)})
         return [Result.error(f"the check crashed: {type(exc).__name__}: {exc}")]
@@ -137,8 +144,8 @@ def _run_one(check: Check, subject: _Subject, ctx: RunContext) -> list[Result]:
 def _apply_exception(
     result: Result, check_id: str, subject: str, exceptions: Mapping[tuple[str, str], PolicyException], now: datetime
 ) -> Result:
-    if result.status is not Status.FAIL:
-        return result
+    """A failing result under the approved exception for its check and subject: excepted while the exception is
+    valid, still failing (saying so) once it expired."""
     exception = exceptions.get((check_id, subject))
     if exception is None:
         return result
@@ -174,70 +181,71 @@ def evaluate(
     # so the memoized parsers (DKIM keys, DMARC and SPF records) parse each once. Findings keep check order.
     per_check: list[list[Finding]] = [[] for _ in checks]
     for scope in scopes:
-        scoped = _root_first([(i, c) for i, c in enumerate(checks) if c.meta.scope is scope])
+        scoped = [(per_check[i], c, rests_on(c)) for i, c in _root_first(
+            [(i, c) for i, c in enumerate(checks) if c.meta.scope is scope])]
         if not scoped:
             continue
-        roots = {c.meta.id: rests_on(c) for _, c in scoped}
         for subject in _subjects(scope, inventory, tenants):
+            ctx = contexts[subject.tenant.name]
             causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
-            for index, check in scoped:
-                cause = next((causes[r] for r in roots[check.meta.id] if r in causes), None) if causes else None
-                for finding, blocks in _judge(check, subject, coverage, contexts, exceptions, now, run_id, cause):
-                    per_check[index].append(finding)
-                    if cause is None and blocks and finding.status in (Status.FAIL, Status.EXCEPTED):
+            for found, check, roots in scoped:
+                cause = next((causes[r] for r in roots if r in causes), None) if causes else None
+                missing = _missing_fact(check, subject, coverage)
+                results = [missing] if missing is not None else _run_one(check, subject, ctx)
+                for result in results:
+                    finding, blocks = _finding(check.meta, subject, result, cause, exceptions, now, run_id)
+                    found.append(finding)
+                    if cause is None and blocks and finding.status in _FAILING:
                         causes.setdefault(check.meta.id, (finding.id, check.meta.id))
                 if cause is not None:
                     causes[check.meta.id] = cause  # what rests on a skipped check rests on its root
-    findings = [finding for found in per_check for finding in found]
-    return findings
+    return [finding for found in per_check for finding in found]
 
 
-def _judge(
-    check: Check,
+def _finding(
+    meta: CheckMeta,
     subject: _Subject,
-    coverage: Mapping[tuple[str, Fact, str], Coverage],
-    contexts: Mapping[str, RunContext],
+    result: Result,
+    cause: tuple[str, str] | None,
     exceptions: Mapping[tuple[str, str], PolicyException],
     now: datetime,
     run_id: str,
-    cause: tuple[str, str] | None = None,
-) -> Iterator[tuple[Finding, bool]]:
-    """The findings of one check on one subject, each with whether its failure blocks the checks resting on it.
+) -> tuple[Finding, bool]:
+    """One result of a check on a subject as a finding (after root causes and exceptions), with whether its
+    failure blocks the checks resting on it.
 
     With ``cause`` (the failing root finding's id and check), a failure or error only restates the root: it
     is ``skipped`` and names the root in ``caused_by`` (decided before exceptions, which cover real failures).
     """
-    meta = check.meta
-    missing = _missing_fact(check, subject, coverage)
-    results = [missing] if missing is not None else _run_one(check, subject, contexts[subject.tenant.name])
-    for result in results:
-        caused_by = ""
-        if cause is not None and result.status in (Status.FAIL, Status.ERROR):
-            caused_by = cause[0]
-            why = f"only restates {cause[1]}, which fails on this subject: see that finding"
-            result = Result(Status.SKIPPED, result.evidence, result.item, f"{why} ({result.reason})" if result.reason else why)
+    caused_by = ""
+    if cause is not None and result.status in _RESTATING:
+        caused_by = cause[0]
+        why = f"only restates {cause[1]}, which fails on this subject: see that finding"
+        result = Result(Status.SKIPPED, result.evidence, result.item, f"{why} ({result.reason})" if result.reason else why)
+    if exceptions and result.status is Status.FAIL:
         result = _apply_exception(result, meta.id, subject.name, exceptions, now)
-        remediation = (
-            Remediation(meta.remediation, {"subject": subject.name, **({"item": result.item} if result.item else {})})
-            if meta.remediation and result.status in (Status.FAIL, Status.EXCEPTED)
-            else None
-        )
-        yield Finding(
-            id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
-            caused_by=caused_by,
-            check=meta.id,
-            status=result.status,
-            severity=meta.severity,
-            tenant=subject.tenant.name,
-            domain=subject.domain,
-            subject=subject.name,
-            item=result.item,
-            title=meta.title,
-            evidence=dict(result.evidence),
-            reason=result.reason,
-            remediation=remediation,
-            run_id=run_id,
-        ), result.blocks
+    remediation = (
+        Remediation(meta.remediation, {"subject": subject.name, **({"item": result.item} if result.item else {})})
+        if meta.remediation and result.status in _FAILING
+        else None
+    )
+    finding = Finding(
+        id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
+        caused_by=caused_by,
+        check=meta.id,
+        status=result.status,
+        severity=meta.severity,
+        tenant=subject.tenant.name,
+        domain=subject.domain,
+        subject=subject.name,
+        item=result.item,
+        title=meta.title,
+        evidence=dict(result.evidence),
+        reason=result.reason,
+        remediation=remediation,
+        run_id=run_id,
+    )
+    return finding, result.blocks
 
 
 def checks_by_id(checks: Iterable[Check]) -> dict[str, Check]:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
+import operator
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol, TypeAlias, TypeVar
 
 from scanner.errors import MailwardenError, nearest
 from scanner.model import Coverage, Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
 
 GROUP = "mailwarden.checks"
+_Derived = TypeVar("_Derived")
 _ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
@@ -194,6 +197,30 @@ def _package(entry: EntryPoint, unknown: str = "?") -> str:
     """The distribution that registers an entry point (else ``unknown``), named only in errors: reading it parses the
     package's whole metadata."""
     return entry.dist.name if entry.dist is not None else unknown
+
+
+def per_subject(function: Callable[..., _Derived]) -> Callable[..., _Derived]:
+    """Memoize what a function derives from its arguments (a subject, its run context) for the arguments it was
+    last called with, compared by identity.
+
+    The evaluate stage runs every check of a subject before the next subject, so what several checks derive from
+    one domain (its DMARC tree walk, its DKIM selectors) is worked out once. Model objects are immutable, so the
+    same objects give the same result; unlike functools.lru_cache, no argument needs to be hashable (a domain's
+    DNS answers are a mapping) and only one result is held. The last arguments stay referenced until the next
+    call: pass small objects (a domain, a tenant), not a RunContext, which holds the whole inventory.
+    """
+    latest: list[tuple[tuple[object, ...], _Derived] | None] = [None]
+
+    @functools.wraps(function)
+    def memoized(*args: object) -> _Derived:
+        held = latest[0]  # read once: another thread may replace it meanwhile
+        if held is not None and len(held[0]) == len(args) and all(map(operator.is_, held[0], args)):
+            return held[1]
+        value = function(*args)
+        latest[0] = (args, value)
+        return value
+
+    return memoized
 
 
 def _load_one(entry: EntryPoint) -> Check:

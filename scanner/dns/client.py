@@ -196,8 +196,6 @@ class DnsClient:
         async def closest_parent_zone() -> None:
             # The apex does not exist (domain.nxdomain): the SOA of the closest existing parent zone tells the
             # operator where the name should have been delegated (a lapsed registration, a typo).
-            if Outcome.NXDOMAIN not in (mx.outcome, txt.outcome):
-                return
             labels = name.split(".")
             for start in range(1, len(labels)):
                 soa = await self.ask(".".join(labels[start:]), "SOA")
@@ -205,11 +203,12 @@ class DnsClient:
                     answers["parent_soa"] = soa
                     return
 
-        spf, dkim, _, _ = await asyncio.gather(
+        nxdomain = Outcome.NXDOMAIN in (mx.outcome, txt.outcome)
+        spf, dkim, *_ = await asyncio.gather(
             evaluate_spf(self, name, txt),
             asyncio.gather(*(self.ask(f"{s}._domainkey.{name}", "TXT") for s in selectors)),
             dmarc_and_report_destinations(),
-            closest_parent_zone(),
+            *([closest_parent_zone()] if nxdomain else []),  # no task for the domains that exist
         )
         answers.update({f"dkim:{s}": a for s, a in zip(selectors, dkim, strict=True)})
         return answers, spf

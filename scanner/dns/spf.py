@@ -44,6 +44,7 @@ _TOPLABEL = re.compile(r"(?:[A-Za-z0-9]*[A-Za-z][A-Za-z0-9]*|[A-Za-z0-9]+-[A-Za-
 _QNUM = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
 _IP4_NETWORK = re.compile(rf"{_QNUM}(?:\.{_QNUM}){{3}}\Z")
 _DUAL_CIDR = re.compile(r"(.*?)(?:/([0-9]+))?(?://([0-9]+))?\Z", re.DOTALL)
+_VISIBLE = re.compile(r"[\x21-\x7e]*")  # the characters a macro-string may hold literally (§7.1)
 _MACRO_BODY = re.compile(r"([slodiphcrtvSLODIPHCRTV])([0-9]*)([rR]?)([.\-+,/_=]*)\Z")
 _EXP_ONLY_LETTERS = "crt"
 _SENDER_LETTERS = "slipvh"  # need the sender, the client IP or the HELO name: unknown to a record-level view
@@ -178,6 +179,8 @@ class _Macro:
 
 def _macro_tokens(text: str, *, exp_letters: bool) -> list[str | _Macro] | str:
     """Tokens of a macro-string (§7.1): literals and macros; or an error message."""
+    if "%" not in text and _VISIBLE.fullmatch(text):
+        return list(text)  # no macro (only '%' starts one): every character is a literal
     tokens: list[str | _Macro] = []
     i = 0
     while i < len(text):

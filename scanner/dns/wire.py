@@ -12,6 +12,7 @@ timeout after the lifetime, ``no nameserver answered: SERVFAIL`` and so on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import re
 import secrets
@@ -42,6 +43,8 @@ _HEADER_TAIL = struct.pack("!HHHHH", 0x0100, 1, 0, 0, 1)
 _SOCKETS_PER_SERVER = 4  # RFC 5452 §9.2: spread queries over several source ports, each id random
 _FIRST_BACKOFF, _MAX_BACKOFF = 0.1, 2.0  # between rounds over all nameservers, as dnspython's resolver waits
 _IN = 1
+_A = 1
+_MX = 15
 _OPT_TYPE = 41
 _TXT = 16
 _POINTER_TO_QUESTION = b"\xc0\x0c"  # RFC 1035 §4.1.4: a name compressed to the question's, at offset 12
@@ -108,8 +111,18 @@ class _Question:
         return self.wire[:-4]
 
 
-# A record's data as the outcome needs it: TXT strings as they are, any other type parsed by dnspython.
-_Data = tuple[bytes, ...] | dns.rdata.Rdata
+@dataclass(frozen=True, slots=True)
+class _Rendered:
+    """An A or MX record read without building dnspython's Rdata (after TXT, most of a scan's answers): its text
+    as dnspython renders it, and what makes two records the same (RFC 2181 §5; an MX name compares without case)."""
+
+    identity: object
+    text: str = field(compare=False)
+
+
+# A record's data as the outcome needs it: TXT strings as they are, A and MX rendered, any other type parsed by
+# dnspython.
+_Data = tuple[bytes, ...] | _Rendered | dns.rdata.Rdata
 
 
 def _key(name: dns.name.Name) -> bytes:
@@ -207,54 +220,116 @@ def _txt_strings(data: bytes) -> tuple[bytes, ...]:
 def parse_reply(data: bytes, question: _Question) -> _Reply:
     """Parse a UDP reply: header, answer records, the OPT record's extended rcode.
 
-    Names and records other than TXT go through dnspython's wire parser; TXT data is split into its
-    strings directly (the answers are mostly TXT, and that is all the outcome needs). The question was
-    matched to ours already; the authority and additional records are walked to check the message is
-    well formed, as dnspython would (a short or overlong message raises the same FormError family).
+    Names and records other than TXT, A and MX go through dnspython's wire parser; TXT data is split into its
+    strings directly (the answers are mostly TXT, and that is all the outcome needs), A and MX records are
+    rendered as dnspython would. The question was matched to ours already; the authority and additional
+    records are stepped over to check the message is well formed, as dnspython would (a short or overlong
+    message raises the same FormError family).
     """
     flags = int.from_bytes(data[2:4], "big")
     answers, authority, additional = struct.unpack_from("!HHH", data, 6)
-    parser = dns.wire.Parser(data, 12 + len(question.wire))
+    offset = 12 + len(question.wire)
+    if offset > len(data):
+        raise dns.exception.FormError
     records: dict[tuple[bytes, int], list[_Data]] = {}
     for _ in range(answers):
-        if data[parser.current : parser.current + 2] == _POINTER_TO_QUESTION:
-            parser.get_bytes(2)
+        if data[offset : offset + 2] == _POINTER_TO_QUESTION:
+            offset += 2
             owner = question.owner  # compressed to the question's name, which matched ours
         else:
+            parser = dns.wire.Parser(data, offset)
             owner = _key(dns.name.from_wire_parser(parser))
-        rdtype, rdclass, _ttl, length = parser.get_struct("!HHIH")
+            offset = parser.current
+        if offset + _RECORD_HEADER.size > len(data):
+            raise dns.exception.FormError
+        rdtype, rdclass, _ttl, length = _RECORD_HEADER.unpack_from(data, offset)
+        offset += _RECORD_HEADER.size
+        if offset + length > len(data):
+            raise dns.exception.FormError
         entry: _Data
         if rdtype == _TXT:
-            entry = _txt_strings(parser.get_bytes(length))
+            entry = _txt_strings(data[offset : offset + length])
+        elif rdtype == _A and rdclass == _IN and length == 4:
+            address = data[offset : offset + 4]
+            entry = _Rendered(address, "%d.%d.%d.%d" % tuple(address))
+        elif rdtype == _MX and rdclass == _IN:
+            parser = dns.wire.Parser(data, offset)
+            with parser.restrict_to(length), dns.exception.ExceptionWrapper(dns.exception.FormError):
+                preference, exchange = parser.get_uint16(), parser.get_name(None, True)  # as dnspython's MX
+            entry = _Rendered((preference, exchange), f"{preference} {exchange}")  # dnspython's MX text
         else:
+            parser = dns.wire.Parser(data, offset)
             with parser.restrict_to(length):
                 entry = dns.rdata.from_wire_parser(rdclass, rdtype, parser)
+        offset += length
         if rdclass == _IN:
             records.setdefault((owner, rdtype), []).append(entry)
+    end, ednsflags = _skip_records(data, offset, authority, additional)
+    if end != len(data):
+        raise dns.message.TrailingJunk
+    return _Reply(_rcode(flags, ednsflags), records)
+
+
+# A reply's rcode from its flags and the OPT record's, as dnspython works it out: memoized, as replies carry few
+# distinct combinations and its enum lookups cost 2 % of a scan's DNS work.
+_rcode = functools.lru_cache(maxsize=256)(dns.rcode.from_flags)
+
+
+def _question(name: str, rdtype: str) -> _Question | DnsAnswer:
+    """A question as it goes on the wire, or the failure of a name or type that cannot be asked."""
+    try:
+        qtype = _qtype(rdtype)
+        if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
+            wire = b"".join(bytes((len(label),)) + label for label in name.encode("ascii").split(b".")) + b"\x00"
+        else:
+            wire = _key(dns.name.from_text(name))
+        return _Question(name, qtype, wire + struct.pack("!HH", qtype, _IN))
+    except (dns.exception.DNSException, ValueError) as exc:
+        return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
+
+
+# A question's type from its text, as dnspython reads it; memoized, as a scan asks few types.
+_qtype = functools.lru_cache(maxsize=64)(dns.rdatatype.RdataType.make)
+
+
+_RECORD_HEADER = struct.Struct("!HHIH")  # RFC 1035 §4.1.3: type, class, TTL, data length
+
+
+def _skip_records(data: bytes, offset: int, authority: int, additional: int) -> tuple[int, int]:
+    """Step over the authority and additional records from ``offset``: where they end, and the OPT record's TTL
+    field (RFC 6891 §6.1.3: the upper 8 bits of the extended rcode live there), 0 without one. A record that runs
+    past the message raises FormError, a label type that does not exist BadLabelType (as dnspython's parser)."""
     ednsflags = 0
     for index in range(authority + additional):
-        _skip_name(parser)
-        rdtype, _class, ttl, length = parser.get_struct("!HHIH")
-        parser.get_bytes(length)
+        offset = _past_name(data, offset)
+        if offset + _RECORD_HEADER.size > len(data):
+            raise dns.exception.FormError
+        rdtype, _class, ttl, length = _RECORD_HEADER.unpack_from(data, offset)
+        offset += _RECORD_HEADER.size + length
+        if offset > len(data):
+            raise dns.exception.FormError
         if rdtype == _OPT_TYPE and index >= authority:
-            ednsflags = ttl  # RFC 6891 §6.1.3: the upper 8 bits of the extended rcode live here
-    if parser.remaining():
-        raise dns.message.TrailingJunk
-    return _Reply(dns.rcode.from_flags(flags, ednsflags), records)
+            ednsflags = ttl
+    return offset, ednsflags
 
 
-def _skip_name(parser: dns.wire.Parser) -> None:
-    """Step over a (possibly compressed) name, RFC 1035 §4.1.4."""
+def _past_name(data: bytes, offset: int) -> int:
+    """Where a (possibly compressed) name starting at ``offset`` ends, RFC 1035 §4.1.4."""
     while True:
-        length = parser.get_uint8()
+        if offset >= len(data):
+            raise dns.exception.FormError
+        length = data[offset]
         if length == 0:
-            return
-        if length >= 0xC0:
-            parser.get_uint8()  # a pointer ends the name
-            return
+            return offset + 1
+        if length >= 0xC0:  # a pointer ends the name
+            if offset + 2 > len(data):
+                raise dns.exception.FormError
+            return offset + 2
         if length > 63:
             raise dns.name.BadLabelType
-        parser.get_bytes(length)
+        offset += 1 + length
+        if offset > len(data):
+            raise dns.exception.FormError
 
 
 class WireResolver:
@@ -279,35 +354,23 @@ class WireResolver:
         """
         chain: list[bytes] = []
         current = name
-        while True:
-            result = await self._resolve_one(current, rdtype)
-            if not isinstance(result, _Alias):
-                if current == name:
-                    return result
-                return DnsAnswer(name, rdtype, result.outcome, result.records, result.error, result.server)
-            links = list(result.names) if not chain else list(result.names[1:])
-            for link in links:
-                if link in chain:
-                    return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameLoop([*chain, link])))
-                chain.append(link)
-            if len(chain) - 1 > MAX_CNAME_LINKS:
-                return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameTooLong(chain)))
-            current = _text(chain[-1])
-
-    async def _resolve_one(self, name: str, rdtype: str) -> DnsAnswer | _Alias:
-        """One question on the wire (with retries), without following a CNAME target the reply lacks."""
-        try:
-            qtype = dns.rdatatype.RdataType.make(rdtype)
-            if _PLAIN_NAME.fullmatch(name):  # the common case, without dnspython's text parser
-                wire = b"".join(bytes((len(label),)) + label for label in name.encode("ascii").split(b".")) + b"\x00"
-            else:
-                wire = _key(dns.name.from_text(name))
-            question = _Question(name, qtype, wire + struct.pack("!HH", qtype, _IN))
-        except (dns.exception.DNSException, ValueError) as exc:
-            return DnsAnswer(name, rdtype, Outcome.FAILED, error=f"{type(exc).__name__}: {exc}")
         self._active += 1
         try:
-            return await self._resolve(question, rdtype)
+            while True:
+                question = _question(current, rdtype)
+                result = question if isinstance(question, DnsAnswer) else await self._resolve(question, rdtype)
+                if not isinstance(result, _Alias):
+                    if current == name:
+                        return result
+                    return DnsAnswer(name, rdtype, result.outcome, result.records, result.error, result.server)
+                links = list(result.names) if not chain else list(result.names[1:])
+                for link in links:
+                    if link in chain:
+                        return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameLoop([*chain, link])))
+                    chain.append(link)
+                if len(chain) - 1 > MAX_CNAME_LINKS:
+                    return DnsAnswer(name, rdtype, Outcome.FAILED, error=str(CnameTooLong(chain)))
+                current = _text(chain[-1])
         finally:
             self._active -= 1
             if not self._active:
@@ -378,7 +441,9 @@ class WireResolver:
         if answer is None:
             return DnsAnswer(question.name, rdtype, Outcome.NODATA)
         return DnsAnswer(question.name, rdtype, Outcome.ANSWER, tuple(
-            b"".join(r).decode("utf-8", errors="replace") if isinstance(r, tuple) else render_rdata(r) for r in answer
+            b"".join(r).decode("utf-8", errors="replace") if isinstance(r, tuple)
+            else r.text if isinstance(r, _Rendered) else render_rdata(r)
+            for r in answer
         ))
 
     async def _ask(self, question: _Question, server: tuple[str, int], timeout: float) -> _Reply:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from checks.registry import RegistryError, load_checks
-from scanner.model import Scope, Severity
+from checks.registry import RegistryError, load_checks, per_subject
+from scanner.model import Domain, Scope, Severity
 
 EXTERNAL = '''
 from checks.registry import Result, check
@@ -79,3 +79,19 @@ def test_bad_id_is_refused_at_declaration() -> None:
 
     with pytest.raises(RegistryError, match="is not of the form"):
         check(id="NoArea", title="x", severity=Severity.LOW, scope=Scope.DOMAIN, rationale="x")
+
+
+def test_per_subject_works_out_once_per_subject_by_identity() -> None:
+    calls: list[str] = []
+
+    @per_subject
+    def derive(domain: Domain) -> tuple[str, int]:
+        calls.append(domain.name)
+        return (domain.name, len(calls))
+
+    a, b = Domain("a.example", "acme"), Domain("b.example", "acme")
+    assert derive(a) == derive(a) == ("a.example", 1)
+    assert derive(b) == ("b.example", 2)
+    assert derive(a) == ("a.example", 3)  # one result held: the last subject's
+    assert derive(Domain("a.example", "acme")) == ("a.example", 4)  # equal is not the same object
+    assert calls == ["a.example", "b.example", "a.example", "a.example"]
