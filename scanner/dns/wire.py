@@ -48,6 +48,7 @@ _MX = 15
 _OPT_TYPE = 41
 _TXT = 16
 _POINTER_TO_QUESTION = b"\xc0\x0c"  # RFC 1035 §4.1.4: a name compressed to the question's, at offset 12
+_RECORD_HEADER = struct.Struct("!HHIH")  # RFC 1035 §4.1.3: a record's type, class, TTL and data length
 # Lowercase LDH (and underscore) labels of 1 to 63 octets, at most 253 octets in all (RFC 1035 §2.3.4).
 _PLAIN_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
 
@@ -290,9 +291,6 @@ def _question(name: str, rdtype: str) -> _Question | DnsAnswer:
 
 # A question's type from its text, as dnspython reads it; memoized, as a scan asks few types.
 _qtype = functools.lru_cache(maxsize=64)(dns.rdatatype.RdataType.make)
-
-
-_RECORD_HEADER = struct.Struct("!HHIH")  # RFC 1035 §4.1.3: type, class, TTL, data length
 
 
 def _skip_records(data: bytes, offset: int, authority: int, additional: int) -> tuple[int, int]:
