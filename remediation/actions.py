@@ -17,7 +17,8 @@ import dns.rdatatype
 from scanner.adapters.base import Refused
 from scanner.collect import adapter_for
 from scanner.config import Config, TenantConfig
-from scanner.dns.client import DnsClient, render_rdata
+from scanner.dns.client import DnsClient
+from scanner.dns.wire import render_rdata
 from scanner.errors import AdapterError
 from scanner.model import Finding, MailboxStatus, Outcome
 from scanner.store.database import canonical

@@ -381,7 +381,7 @@ def demo(out_dir: Path, keep_serving: bool, port: int) -> None:
             click.echo(f"  open the report       {report}")
             click.echo(f"  check the run folder  mailwarden evidence verify {out_dir}")
             if not keep_serving:
-                click.echo(f"  try a fix             mailwarden demo --serve   (then click \"Review and apply\" in the report)")
+                click.echo("  try a fix             mailwarden demo --serve   (then click \"Review and apply\" in the report)")
                 return
             _serve_demo(config, port, estate, after)
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import dns.nameserver
 import dns.resolver
 from scanner.dns.dmarc import discover, report_domains, single_record, walk_stops, walk_targets
-from scanner.dns.wire import WireResolver, render_rdata
+from scanner.dns.wire import WireResolver
 from scanner.model import DnsAnswer, DnsFacts, Outcome
 from scanner.dns.mtasts import PolicyFetcher, sts_records
 from scanner.dns.spf import SpfEvaluation, evaluate_spf
