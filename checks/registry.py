@@ -13,7 +13,7 @@ from datetime import date, datetime
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, TypeAlias, TypeVar
 
-from scanner.errors import MailwardenError, nearest
+from scanner.errors import RunFailed, nearest
 from scanner.model import Coverage, Domain, Fact, Inventory, Mailbox, Person, Scope, Severity, Status, Tenant
 
 GROUP = "mailwarden.checks"
@@ -21,7 +21,7 @@ _Derived = TypeVar("_Derived")
 _ID = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")
 
 
-class RegistryError(MailwardenError):
+class RegistryError(RunFailed):
     """A check package is broken: it cannot be imported, or its metadata is wrong."""
 
 

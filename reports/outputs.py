@@ -10,14 +10,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from reports.manifest import write_manifest
-from scanner.errors import MailwardenError
+from scanner.errors import RunFailed
 from scanner.store.database import RunRecord
 
 PARTIAL = ".mailwarden-writing-"
 """The prefix of the temporary folder an output set is written into before it replaces the previous one."""
 
 
-class OutputError(MailwardenError):
+class OutputError(RunFailed):
     """An output file could not be written (a full disk, a read-only folder); the previous outputs are intact."""
 
 

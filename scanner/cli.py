@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from scanner.bundle import BUNDLED
-from scanner.errors import ConfigError, MailwardenError, StoreError
+from scanner.errors import ConfigError, MailwardenError, RunFailed, StoreError
 from scanner.model import Scope, Severity, Status
 
 if TYPE_CHECKING:
@@ -45,14 +45,8 @@ def _user_errors() -> Iterator[None]:
     try:
         yield
     except MailwardenError as exc:
-        from checks.registry import RegistryError
-        from reports.outputs import OutputError
-        from scanner.pipeline import ScanFailed, ScanInterrupted
-        from scanner.store.lease import ScanBusy, ServiceBusy
-
         click.echo(f"mailwarden: {exc}", err=True)
-        failed = (RegistryError, ScanBusy, ScanInterrupted, ScanFailed, OutputError, ServiceBusy)
-        sys.exit(EXIT_FAILED_RUN if isinstance(exc, failed) else EXIT_CONFIG)
+        sys.exit(EXIT_FAILED_RUN if isinstance(exc, RunFailed) else EXIT_CONFIG)
 
 
 def _reader(config: Config) -> Store:

@@ -26,6 +26,11 @@ class StoreError(MailwardenError):
     """The store could not be opened, migrated or written."""
 
 
+class RunFailed(MailwardenError):
+    """The run itself could not be done (exit status 1), as against bad input (exit status 2): a scan that
+    failed or was interrupted, a busy lease, outputs that could not be written, a broken check package."""
+
+
 def nearest(name: str, known: Iterable[str]) -> str:
     """The suffix " (did you mean 'x'?)" for the known name closest to a misspelt one, or "" when none is close."""
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)

@@ -29,7 +29,7 @@ from scanner.adapters.base import PAGE
 from scanner.store.baseline import load_baselines
 from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
-from scanner.errors import ConfigError, MailwardenError
+from scanner.errors import ConfigError, RunFailed
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
 from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
@@ -38,7 +38,7 @@ from scanner.store.database import CONFIG_SCOPE, Recording, RunRecord, Store
 log = logging.getLogger(__name__)
 
 
-class ScanInterrupted(MailwardenError):
+class ScanInterrupted(RunFailed):
     """The scan was stopped (SIGTERM, SIGINT) before it finished; its run is recorded ``interrupted``."""
 
     def __init__(self, run_id: str) -> None:
@@ -46,7 +46,7 @@ class ScanInterrupted(MailwardenError):
         self.run_id = run_id
 
 
-class ScanFailed(MailwardenError):
+class ScanFailed(RunFailed):
     """The scan could not write its store or its outputs; the run is recorded ``failed`` and the message says
     which path and what to do."""
 

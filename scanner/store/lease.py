@@ -30,7 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from scanner.errors import MailwardenError
+from scanner.errors import RunFailed
 from scanner.store.database import Store, runs
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,11 @@ SCAN = "scan"
 SERVICE = "serve"
 
 
-class ScanBusy(MailwardenError):
+class ScanBusy(RunFailed):
     """Another scan holds the lease and is alive."""
 
 
-class ServiceBusy(MailwardenError):
+class ServiceBusy(RunFailed):
     """Another ``serve`` holds the store's service lease and is alive (or the web app's port is taken)."""
 
 
