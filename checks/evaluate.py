@@ -232,7 +232,7 @@ def evaluate_pages(
 
 
 class _Judging:
-    """One evaluation's set-up: the run contexts, coverage, exceptions, and per scope its checks root first."""
+    """One evaluation's set-up: the tenants' run contexts, the coverage and the approved exceptions."""
 
     def __init__(self, inventory: Inventory, checks: Sequence[Check], policy: Policy, senders: Mapping[str, Sender],
                  now: datetime, run_id: str) -> None:
