@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import secrets
@@ -442,7 +443,9 @@ def _record(
         previous = store.previous_state(run_id, forwards=False)
         inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
                                                         baselines=baselines), as_of or started)
-        store.stage(run_id, snapshot_items(inventory))
+        items = snapshot_items(inventory)
+        while page := list(itertools.islice(items, PAGE)):  # a page of bodies at a time: they are large
+            store.stage(run_id, page)
         store.keep_last_known(run_id, unread_fields(collection))
         halt_at("staged")
         store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
