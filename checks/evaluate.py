@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -101,29 +102,59 @@ def _subjects(scope: Scope, inventory: Inventory, tenants: Mapping[str, Tenant])
             yield _Subject(tenants[mailbox.tenant], mailbox.domain, mailbox.address, mailbox)
 
 
-def _missing_fact(
-    check: Check, subject: _Subject, coverage: Mapping[tuple[str, Fact, str], Coverage]
-) -> Result | None:
-    """The error or unsupported result when a fact the check requires is not there; None when all are."""
-    for fact in check.meta.requires:
-        if fact in DNS_FACTS:
-            key = DNS_FACTS[fact]
-            if key is not None and isinstance(subject.value, Domain):
-                answer = subject.value.dns.get(key)
-                if answer is None:
-                    return Result.error(f"{fact.value} was not collected for {subject.value.name}")
-                if answer.failed:
-                    return Result.error(f"DNS lookup of {answer.name} {answer.rdtype} failed: {answer.error}")
-            continue
-        entry = coverage.get((subject.tenant.name, fact, subject.name)) or coverage.get((subject.tenant.name, fact, ""))
+def _needs(check: Check) -> tuple[tuple[Fact, str | None, bool], ...]:
+    """The facts a check requires, in order, each with the DnsFacts answer whose failure makes it unknown (see
+    ``DNS_FACTS``) and whether coverage decides it instead (every fact that is not a domain's DNS)."""
+    return tuple((fact, DNS_FACTS.get(fact), fact not in DNS_FACTS) for fact in check.meta.requires)
+
+
+class _Coverage:
+    """What coverage says of a tenant's facts, per subject: the error or unsupported result of a fact that is not
+    there. A subject without coverage of its own is answered by its tenant's entries, worked out once."""
+
+    def __init__(self, entries: Iterable[Coverage]) -> None:
+        self._entries = {(c.tenant, c.fact, c.subject): c for c in entries}
+        self._own = {subject for _, _, subject in self._entries if subject}
+        self._tenant_wide: dict[tuple[str, Fact], Result | None] = {}
+
+    def gap(self, fact: Fact, subject: _Subject) -> Result | None:
+        """The result when ``fact`` is missing for the subject; None when it was collected."""
+        if subject.name in self._own:
+            return self._judge(fact, subject.tenant, subject.name)
+        key = (subject.tenant.name, fact)
+        if key not in self._tenant_wide:
+            self._tenant_wide[key] = self._judge(fact, subject.tenant, "")
+        return self._tenant_wide[key]
+
+    def _judge(self, fact: Fact, tenant: Tenant, name: str) -> Result | None:
+        entry = (self._entries.get((tenant.name, fact, name)) if name else None) or self._entries.get(
+            (tenant.name, fact, ""))
         if entry is None or entry.state is FactState.FAILED:
             why = entry.reason if entry is not None else "it was not collected"
-            return Result.error(f"{fact.value} is unknown for tenant {subject.tenant.name}: {why}")
+            return Result.error(f"{fact.value} is unknown for tenant {tenant.name}: {why}")
         if entry.state is FactState.UNSUPPORTED:
             why = f": {entry.reason}" if entry.reason else ""
-            if subject.tenant.provider is None:
+            if tenant.provider is None:
                 return Result.unsupported(f"a DNS-only tenant (no provider configured) has no {fact.value}{why}")
-            return Result.unsupported(f"{subject.tenant.provider} does not expose {fact.value}{why}")
+            return Result.unsupported(f"{tenant.provider} does not expose {fact.value}{why}")
+        return None
+
+
+def _missing_fact(
+    needs: Sequence[tuple[Fact, str | None, bool]], subject: _Subject, coverage: _Coverage
+) -> Result | None:
+    """The error or unsupported result when a fact the check requires (``_needs``) is not there; None when all are."""
+    for fact, key, covered in needs:
+        if covered:
+            gap = coverage.gap(fact, subject)
+            if gap is not None:
+                return gap
+        elif key is not None and isinstance(subject.value, Domain):
+            answer = subject.value.dns.get(key)
+            if answer is None:
+                return Result.error(f"{fact.value} was not collected for {subject.value.name}")
+            if answer.failed:
+                return Result.error(f"DNS lookup of {answer.name} {answer.rdtype} failed: {answer.error}")
     return None
 
 
@@ -166,40 +197,85 @@ def evaluate(
     run_id: str = "",
     scopes: Collection[Scope] = tuple(Scope),
 ) -> list[Finding]:
-    """Judge the inventory with every check: exactly one or more findings per check and subject in scope.
+    """Judge the inventory with every check: exactly one or more findings per check and subject in scope, in
+    check order.
 
     ``scopes`` limits the judging to subjects of those kinds (a scan judges its mailboxes page by page).
     """
-    tenants = {t.name: t for t in inventory.tenants}
-    coverage = {(c.tenant, c.fact, c.subject): c for c in inventory.coverage}
-    exceptions = {(e.check, e.subject): e for e in inventory.exceptions}
-    contexts = {
-        name: RunContext(tenant=t, policy=policy, now=now, senders=senders, inventory=inventory)
-        for name, t in tenants.items()
-    }
-    # Subject by subject, every check of the scope in turn: the checks of one domain read the same records,
-    # so the memoized parsers (DKIM keys, DMARC and SPF records) parse each once. Findings keep check order.
+    judging = _Judging(inventory, checks, policy, senders, now, run_id)
     per_check: list[list[Finding]] = [[] for _ in checks]
     for scope in scopes:
-        scoped = [(per_check[i], c, rests_on(c)) for i, c in _root_first(
-            [(i, c) for i, c in enumerate(checks) if c.meta.scope is scope])]
+        judging.judge(scope, judging.subjects(scope), per_check)
+    return [finding for found in per_check for finding in found]
+
+
+def evaluate_pages(
+    inventory: Inventory,
+    checks: Sequence[Check],
+    *,
+    policy: Policy,
+    senders: Mapping[str, Sender],
+    now: datetime,
+    run_id: str = "",
+    scopes: Collection[Scope] = tuple(Scope),
+    page: int,
+) -> Iterator[list[Finding]]:
+    """``evaluate``, ``page`` subjects at a time: each list holds the findings of the next subjects (subject by
+    subject), so a caller that records them as they come holds a page of findings, not the run's."""
+    judging = _Judging(inventory, checks, policy, senders, now, run_id)
+    for scope in scopes:
+        subjects = judging.subjects(scope)
+        while chunk := list(itertools.islice(subjects, page)):
+            found: list[Finding] = []
+            judging.judge(scope, chunk, [found] * len(checks))
+            yield found
+
+
+class _Judging:
+    """One evaluation's set-up: the tenants' run contexts, the coverage and the approved exceptions."""
+
+    def __init__(self, inventory: Inventory, checks: Sequence[Check], policy: Policy, senders: Mapping[str, Sender],
+                 now: datetime, run_id: str) -> None:
+        self._inventory = inventory
+        self._checks = checks
+        self._tenants = {t.name: t for t in inventory.tenants}
+        self._coverage = _Coverage(inventory.coverage)
+        self._exceptions = {(e.check, e.subject): e for e in inventory.exceptions}
+        self._contexts = {
+            name: RunContext(tenant=t, policy=policy, now=now, senders=senders, inventory=inventory)
+            for name, t in self._tenants.items()
+        }
+        self._now = now
+        self._run_id = run_id
+
+    def subjects(self, scope: Scope) -> Iterator[_Subject]:
+        """The subjects of a scope, in inventory order."""
+        return _subjects(scope, self._inventory, self._tenants)
+
+    def judge(self, scope: Scope, subjects: Iterable[_Subject], into: Sequence[list[Finding]]) -> None:
+        """Judge the subjects with the scope's checks, appending each check's findings to ``into`` at its index.
+
+        Subject by subject, every check of the scope in turn: the checks of one domain read the same records, so
+        the memoized parsers (DKIM keys, DMARC and SPF records) parse each once."""
+        scoped = [(into[i], c, c.meta, rests_on(c), _needs(c)) for i, c in _root_first(
+            [(i, c) for i, c in enumerate(self._checks) if c.meta.scope is scope])]
         if not scoped:
-            continue
-        for subject in _subjects(scope, inventory, tenants):
-            ctx = contexts[subject.tenant.name]
+            return
+        coverage, exceptions, now, run_id = self._coverage, self._exceptions, self._now, self._run_id
+        for subject in subjects:
+            ctx = self._contexts[subject.tenant.name]
             causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
-            for found, check, roots in scoped:
+            for found, check, meta, roots, needs in scoped:
                 cause = next((causes[r] for r in roots if r in causes), None) if causes else None
-                missing = _missing_fact(check, subject, coverage)
+                missing = _missing_fact(needs, subject, coverage) if needs else None
                 results = [missing] if missing is not None else _run_one(check, subject, ctx)
                 for result in results:
-                    finding, blocks = _finding(check.meta, subject, result, cause, exceptions, now, run_id)
+                    finding, blocks = _finding(meta, subject, result, cause, exceptions, now, run_id)
                     found.append(finding)
                     if cause is None and blocks and finding.status in _FAILING:
-                        causes.setdefault(check.meta.id, (finding.id, check.meta.id))
+                        causes.setdefault(meta.id, (finding.id, meta.id))
                 if cause is not None:
-                    causes[check.meta.id] = cause  # what rests on a skipped check rests on its root
-    return [finding for found in per_check for finding in found]
+                    causes[meta.id] = cause  # what rests on a skipped check rests on its root
 
 
 def _finding(

@@ -517,16 +517,26 @@ def plain(value: object) -> object:
     """A JSON-ready form of a model value: dataclasses as dicts, enums as values, times as ISO 8601."""
     if value is None or type(value) in _SCALARS:
         return value  # most of a snapshot's leaves: answered before the slower tests below
+    # A snapshot is dataclasses, tuples and dicts of scalars: those are told apart by their exact type, and a
+    # scalar inside is taken as it is, without a call.
+    kind = type(value)
+    fields = getattr(kind, "__dataclass_fields__", None)
+    if fields is not None:
+        return {name: field if field is None or type(field) in _SCALARS else plain(field)
+                for name in fields for field in (getattr(value, name),)}
+    if kind is tuple or kind is list:
+        return [v if v is None or type(v) in _SCALARS else plain(v) for v in value]  # type: ignore[attr-defined]
+    if kind is dict:
+        return {str(k): v if v is None or type(v) in _SCALARS else plain(v)
+                for k, v in value.items()}  # type: ignore[attr-defined]
     if isinstance(value, enum.Enum):
         return value.value
     if isinstance(value, datetime | date):
         return value.isoformat()
-    if hasattr(value, "__dataclass_fields__"):
-        return {name: plain(getattr(value, name)) for name in value.__dataclass_fields__}
     if isinstance(value, Mapping):
-        return {str(k): plain(v) for k, v in value.items()}
+        return {str(k): v if v is None or type(v) in _SCALARS else plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        items = [plain(v) for v in value]
+        items = [v if v is None or type(v) in _SCALARS else plain(v) for v in value]
         return sorted(items, key=str) if isinstance(value, set | frozenset) else items
     return value
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import itertools
 import logging
 import os
 import secrets
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from checks.evaluate import evaluate
+from checks.evaluate import evaluate_pages
 from checks.registry import Check, Policy, Sender, load_checks, unknown_check_ids
 from reports.findings_files import write_findings_files
 from reports.html import render_report
@@ -442,7 +443,9 @@ def _record(
         previous = store.previous_state(run_id, forwards=False)
         inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
                                                         baselines=baselines), as_of or started)
-        store.stage(run_id, snapshot_items(inventory))
+        items = snapshot_items(inventory)
+        while page := list(itertools.islice(items, PAGE)):  # a page of bodies at a time: they are large
+            store.stage(run_id, page)
         store.keep_last_known(run_id, unread_fields(collection))
         halt_at("staged")
         store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))
@@ -472,8 +475,9 @@ def _judge_and_record(
     recorded: datetime, complete: Sequence[str], only: Sequence[str] | None, stop: threading.Event | None,
     sweep: Sweeper,
 ) -> dict[str, Counter[str]]:
-    """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes a page at
-    a time, so memory does not grow with the number of mailboxes. Returns the findings by tenant and status.
+    """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes, each a page
+    of subjects at a time, so memory does not grow with the number of domains or mailboxes. Returns the findings
+    by tenant and status.
 
     A ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
     counts: dict[str, Counter[str]] = {}
@@ -483,13 +487,14 @@ def _judge_and_record(
         inventory = replace(inventory, lookup=lookup)
 
         def judge(part: Inventory, scopes: tuple[Scope, ...]) -> None:
-            results = evaluate(part, checks, policy=policy, senders=senders, now=now, run_id=run_id, scopes=scopes)
-            if only is not None:
-                # Only the chosen units were collected: the others' results are judgements on nothing.
-                results = [f for f in results if f.tenant in only]
-            for finding in results:
-                counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
-            recording.record(results)
+            for results in evaluate_pages(part, checks, policy=policy, senders=senders, now=now, run_id=run_id,
+                                          scopes=scopes, page=PAGE):
+                if only is not None:
+                    # Only the chosen units were collected: the others' results are judgements on nothing.
+                    results = [f for f in results if f.tenant in only]
+                for finding in results:
+                    counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
+                recording.record(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
         halt_at("findings")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import operator
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -76,7 +77,7 @@ findings = sa.Table(
     metadata,
     sa.Column("fingerprint", sa.String(40), primary_key=True),
     sa.Column("check_id", sa.String(128), nullable=False),
-    sa.Column("tenant", sa.String(128), nullable=False, index=True),
+    sa.Column("tenant", sa.String(128), nullable=False),
     sa.Column("subject", sa.String(512), nullable=False),
     sa.Column("item", sa.String(512), nullable=False),
     sa.Column("is_open", sa.Boolean, nullable=False),
@@ -85,6 +86,12 @@ findings = sa.Table(
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("resolved_run", sa.String(40)),
 )
+"""Each finding's lifecycle."""
+
+sa.Index("ix_findings_open_tenant", findings.c.tenant, sqlite_where=findings.c.is_open.is_(True),
+         postgresql_where=findings.c.is_open.is_(True))
+# Only open findings are indexed by tenant (the run's end resolves those of subjects gone): most findings are
+# passes, and a scan inserts hundreds of thousands of them.
 
 run_findings = sa.Table(
     "run_findings",
@@ -456,9 +463,17 @@ def _move_passes(conn: Connection, bodies: list[dict[str, str]], rows: list[dict
         conn.execute(sa.insert(run_passes), rows)
 
 
+def _migration_open_index(conn: Connection) -> None:
+    """Version 10: findings indexed by tenant only while open (issue 17), so recording a pass maintains one index
+    fewer; a store created by a version whose first migration made the new index already keeps it."""
+    conn.execute(sa.text("DROP INDEX IF EXISTS ix_findings_tenant"))
+    for index in findings.indexes:
+        index.create(conn, checkfirst=True)
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_caused_by, _migration_compact_passes,
+    _migration_caused_by, _migration_compact_passes, _migration_open_index,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
@@ -1259,6 +1274,10 @@ class Recording:
                 stored.append(_run_row(self._run_id, finding, event, first, last))
             if out is not None:
                 out.append(replace(finding, run_id=self._run_id, first_seen=first, last_seen=last))
+        # Rows go in in key order, so each lands beside the one before in the tables' b-trees rather than on a
+        # random page of tables that grow to hundreds of thousands of rows.
+        for rows in (inserts, passes, stored):
+            rows.sort(key=_BY_FINGERPRINT)
         if inserts:
             self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, list(inserts[0])))(inserts)
         if updates:
@@ -1271,8 +1290,8 @@ class Recording:
                 .on_conflict_do_nothing(), evidence, ["hash", "body"]))(
                 [{"hash": digest, "body": body} for digest, body in sorted(bodies.items())])
             self._remember(bodies)
-        fresh = [{"fingerprint": v["fp"], "domain": v["domain"], "title": v["title"]}
-                 for v in labels.values() if not v["known"]]
+        fresh = sorted(({"fingerprint": v["fp"], "domain": v["domain"], "title": v["title"]}
+                        for v in labels.values() if not v["known"]), key=_BY_FINGERPRINT)
         if fresh:
             self._batch("context", lambda: _Batch(
                 conn, sa.insert(finding_context), finding_context, ["fingerprint", "domain", "title"]))(fresh)
@@ -1354,6 +1373,7 @@ def _sqlite_pragmas(*, wal: bool) -> Callable[[Any, Any], None]:
 
 
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
+_BY_FINGERPRINT = operator.itemgetter("fingerprint")
 
 
 
