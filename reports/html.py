@@ -7,7 +7,7 @@ import hashlib
 import heapq
 import json
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -65,6 +65,31 @@ def script_json(value: object) -> Markup:
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return Markup(text)  # noqa: S704 - escaped for the script-data context just above
+
+
+def script_json_parts(value: Mapping[str, Any], size: int = 5000) -> Iterator[Markup]:
+    """``script_json(value)`` in parts: each long list or mapping of ``value`` a few thousand entries at a time.
+
+    The page's data is never one string; each part is whole JSON escaped as ``script_json`` escapes it
+    (character by character, so the parts join into the same text).
+    """
+    yield Markup("{")
+    for n, (key, item) in enumerate(value.items()):
+        yield Markup("," if n else "") + script_json(key) + Markup(":")
+        if isinstance(item, list) and len(item) > size:
+            yield Markup("[")
+            for at in range(0, len(item), size):
+                yield Markup("," if at else "") + script_json(item[at:at + size])[1:-1]
+            yield Markup("]")
+        elif isinstance(item, dict) and len(item) > size:
+            entries = list(item.items())
+            yield Markup("{")
+            for at in range(0, len(entries), size):
+                yield Markup("," if at else "") + script_json(dict(entries[at:at + size]))[1:-1]
+            yield Markup("}")
+        else:
+            yield script_json(item)
+    yield Markup("}")
 
 
 def _csp_hash(script: str) -> str:
@@ -217,9 +242,12 @@ def report_data(
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
-    Failing, error, excepted, unsupported and skipped findings are embedded whole; passes as one row per
-    check and domain with their count (their evidence is in findings.json and the evidence pack), so the
-    page stays small at any size. ``pass_counts`` (the store's) counts the passes instead of ``findings``.
+    Three shapes keep the page small at any size, each expanded by report.js into the same table rows:
+    ``findings`` holds whole rows; ``groups`` the findings alike but for their subject (same check, status,
+    severity, reason, evidence and no action: the unsupported DMARC-report checks on thousands of domains),
+    each once with its subjects; ``passes`` counts passes per check, tenant and severity as gaps between
+    domain numbers, expanded only when the table is asked for passes (their evidence is in findings.json
+    and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of ``findings``.
     """
     statuses = [s.value for s in Status]
     severities = [s.value for s in Severity]
@@ -229,87 +257,154 @@ def report_data(
     titles: list[str] = []
     flags = _event_flags(events)
     rows = []
+    alike: dict[tuple[Any, ...], list[tuple[Finding, int, int]]] = {}
     status_index = {s: i for i, s in enumerate(Status)}
     severity_index = {s: i for i, s in enumerate(Severity)}
-    passes: Counter[tuple[int, int, int, int]] = Counter()
+    passes: dict[tuple[int, int, int], Counter[int]] = {}
     for f in findings:
         check_i = checks.setdefault(f.check, len(checks))
         if check_i == len(titles):
             titles.append(f.title)
         tenant_i, domain_i = tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names))
         if f.status is Status.PASS:
-            passes[(check_i, tenant_i, domain_i, severity_index[f.severity])] += 1
+            passes.setdefault((check_i, tenant_i, severity_index[f.severity]), Counter())[domain_i] += 1
             continue
         change = changes[f.id] if changes is not None else action_change(f)
+        if change is None:
+            key = (check_i, status_index[f.status], severity_index[f.severity], f.reason,
+                   json.dumps(f.evidence, sort_keys=True, default=str),
+                   f.first_seen.isoformat() if f.first_seen else "", flags.get(f.id, 0), f.caused_by)
+            alike.setdefault(key, []).append((f, tenant_i, domain_i))
+            continue
         rows.append([
             f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
             f.subject, f.item, f.reason, f.evidence,
-            [change.action, change.summary, change.before, change.after] if change else None,
-            remediation_link(f, signer) if change else None,
+            [change.action, change.summary, change.before, change.after],
+            remediation_link(f, signer),
             f.first_seen.isoformat() if f.first_seen else "",
             flags.get(f.id, 0), 1, f.caused_by,
         ])
+    groups = []
+    for (check_i, status_i, severity_i, reason, _, first_seen, flag, caused_by), members in alike.items():
+        if len(members) == 1:
+            f, tenant_i, domain_i = members[0]
+            rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, reason,
+                         f.evidence, None, None, first_seen, flag, 1, caused_by])
+            continue
+        subjects: list[Any] = []
+        for f, tenant_i, domain_i in members:
+            # a domain's own finding (its subject is the domain) names no subject of its own
+            subjects += [f.id, tenant_i, domain_i, None if f.subject == f.domain else f.subject, f.item]
+        groups.append([check_i, status_i, severity_i, reason, members[0][0].evidence, first_seen, flag, caused_by,
+                       subjects])
     for counted in pass_counts or ():
         check_i = checks.setdefault(counted.check, len(checks))
         if check_i == len(titles):
             titles.append(counted.title)
         tenant_i, domain_i = tenants.setdefault(counted.tenant, len(tenants)), names.setdefault(counted.domain, len(names))
-        passes[(check_i, tenant_i, domain_i, severity_index[counted.severity])] += counted.count
-    for (check_i, tenant_i, domain_i, severity_i), count in sorted(passes.items()):
-        rows.append(["", check_i, status_index[Status.PASS], severity_i, tenant_i, domain_i, "", "", "", None,
-                     None, None, "", 0, count, ""])
-    dns: dict[str, Any] = {}
-    for (_, key), body in sorted(domains.items()):
-        name = str(body.get("name", key.partition("/")[2]))
-        names.setdefault(name, len(names))
-        tenants.setdefault(str(body.get("tenant", "")), len(tenants))
-        answers = (body.get("dns") or {}).get("answers") or {}
-        dns.setdefault(name, {
-            "tenant": body.get("tenant", ""),
-            "parked": bool(body.get("parked")),
-            "catch_all": body.get("catch_all"),
-            "answers": [
-                [purpose, a.get("name", ""), a.get("rdtype", ""), a.get("outcome", ""), a.get("records", []),
-                 a.get("error")]
-                for purpose, a in sorted(answers.items())
-            ],
-        })
+        passes.setdefault((check_i, tenant_i, severity_index[counted.severity]), Counter())[domain_i] += counted.count
+    dns, answers = _dns_view(domains, names, tenants)
     display_names = display_names or {}
-    subjects = {f.subject for f in findings if f.status is not Status.PASS}
+    subjects_named = {f.subject for f in findings if f.status is not Status.PASS}
     return {
-        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects},
+        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects_named},
         "statuses": statuses,
         "severities": severities,
         "tenants": list(tenants),
         "domains": list(names),
         "checks": [[c, t] for c, t in zip(checks, titles, strict=True)],
         "findings": rows,
+        "groups": groups,
+        "passes": [[*key, *_gaps(counts)] for key, counts in sorted(passes.items())],
+        "answers": answers,
         "dns": dns,
         "history": False,
     }
+
+
+def _gaps(counts: Mapping[int, int]) -> tuple[list[int], int | list[int]]:
+    """Domain numbers as the gap from the one before (mostly 1: short), and their counts (one number when all equal)."""
+    numbers = sorted(counts)
+    gaps = [b - a for a, b in zip([-1, *numbers], numbers, strict=False)]
+    values = [counts[n] for n in numbers]
+    return gaps, values[0] if len(set(values)) == 1 else values
+
+
+def _dns_view(
+    domains: Mapping[tuple[str, str], Any], names: dict[str, int], tenants: dict[str, int]
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Each domain's answers as numbers into one table of distinct answers, names written relative to the domain.
+
+    Most answers differ between domains only by the domain's name (``_dmarc.<domain>``, a selector's
+    ``<selector>._domainkey.<domain>`` with no record); a name under the domain is ``[prefix]`` (``[""]``
+    for the domain itself), so those answers are written once for every domain.
+    """
+    table: dict[str, int] = {}
+    answers: list[list[Any]] = []
+    dns: dict[str, Any] = {}
+    for (_, key), body in sorted(domains.items()):
+        name = str(body.get("name", key.partition("/")[2]))
+        names.setdefault(name, len(names))
+        tenant_i = tenants.setdefault(str(body.get("tenant", "")), len(tenants))
+        if name in dns:
+            continue
+        numbers = []
+        for purpose, a in sorted(((body.get("dns") or {}).get("answers") or {}).items()):
+            entry = [purpose, _relative(str(a.get("name", "")), name), a.get("rdtype", ""), a.get("outcome", ""),
+                     a.get("records", []), a.get("error")]
+            text = json.dumps(entry, default=str)
+            if text not in table:
+                table[text] = len(answers)
+                answers.append(entry)
+            numbers.append(table[text])
+        dns[name] = [tenant_i, bool(body.get("parked")), body.get("catch_all"), numbers]
+    return dns, answers
+
+
+def _relative(qname: str, domain: str) -> str | list[str]:
+    if qname == domain:
+        return [""]
+    if qname.endswith("." + domain):
+        return [qname[:-len(domain) - 1]]
+    return qname
+
+
+def table_rows(data: Mapping[str, Any]) -> list[list[Any]]:
+    """The rows that are not passes, in the order report.js builds its table from ``findings`` and ``groups``."""
+    rows = list(data["findings"])
+    domains = data["domains"]
+    for check_i, status_i, severity_i, reason, evidence, first_seen, flag, caused_by, subjects in data["groups"]:
+        for at in range(0, len(subjects), 5):
+            fingerprint, tenant_i, domain_i, subject, item = subjects[at:at + 5]
+            rows.append([fingerprint, check_i, status_i, severity_i, tenant_i, domain_i,
+                         domains[domain_i] if subject is None else subject, item, reason, evidence, None, None,
+                         first_seen, flag, 1, caused_by])
+    return rows
 
 
 def first_page(data: Mapping[str, Any]) -> dict[str, Any]:
     """The findings table's first page, for the page's script to show before it reads the whole data.
 
     ``data`` is ``report_data``'s output. The table starts on the findings needing attention, most severe
-    first, then fail, error, excepted, unsupported, then in the data's order (report.js ``compute``):
-    ``first`` holds the positions in ``findings`` of its first page, ``matching`` counts the findings it
-    holds and ``total`` every finding of the run, passes included.
+    first, then fail, error, excepted, unsupported, then in the order of ``table_rows`` (report.js
+    ``compute``): ``first`` holds the positions in those rows of its first page, ``matching`` counts the
+    findings it holds and ``total`` every finding of the run, passes included.
     """
-    rows = data["findings"]
+    rows = table_rows(data)
     statuses = data["statuses"]
     order = {status.value: i for i, status in enumerate(SHOWN)}
     attention = [i for i, row in enumerate(rows) if statuses[row[2]] in order]
     first = heapq.nsmallest(TABLE_PAGE, attention, key=lambda i: (-rows[i][3], order[statuses[rows[i][2]]], i))
     names = data["names"]
+    passed = sum(counts * len(gaps) if isinstance(counts, int) else sum(counts)
+                 for *_, gaps, counts in data["passes"])
     return {
         **{key: data[key] for key in ("statuses", "severities", "tenants", "domains", "checks", "history")},
         "names": {rows[i][6]: names[rows[i][6]] for i in first if rows[i][6] in names},
         "findings": [rows[i] for i in first],
         "first": first,
         "matching": len(attention),
-        "total": sum(row[14] for row in rows),
+        "total": len(rows) + passed,
         "page": TABLE_PAGE,
     }
 
@@ -493,7 +588,7 @@ def render_html(
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
     data = report_data(findings, events, domains or {}, display_names, signer, changes, pass_counts)
     data["history"] = previous is not None
-    html = environment().get_template("report.html.j2").render(
+    parts = environment().get_template("report.html.j2").generate(
         run=run,
         previous=previous,
         by_status=by_status,
@@ -522,10 +617,11 @@ def render_html(
         dmarc_window=dmarc_window or "no window",
         controls=control_matrix(controls),
         first=script_json(first_page(data)),
-        data=script_json(data),
+        data=script_json_parts(data),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
         script_hash=_csp_hash("\n" + script + "\n"),
     )
-    path.write_text(html, encoding="utf-8")
+    with path.open("w", encoding="utf-8") as out:
+        out.writelines(parts)
     return path
