@@ -6,6 +6,7 @@ import base64
 import hashlib
 import heapq
 import json
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ LISTED = 50
 """How many new and resolved findings the summary names before saying how many more."""
 TABLE_PAGE = 50
 """Rows per page of the findings table (the page's script reads it from the data)."""
+DOMAIN_MARK = "\x01"
+"""Where a grouped finding's reason or evidence names its domain (report.js writes each member's domain there)."""
+KEY = re.compile(r"[A-Za-z0-9+/]{100,}={0,2}")
+"""A run of base64 as long as a public key (a DKIM record's ``p=``): the domain page shows its ends."""
 
 
 def environment() -> jinja2.Environment:
@@ -243,9 +248,9 @@ def report_data(
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
     Three shapes keep the page small at any size, each expanded by report.js into the same table rows:
-    ``findings`` holds whole rows; ``groups`` the findings alike but for their subject (same check, status,
-    severity, reason, evidence and no action: the unsupported DMARC-report checks on thousands of domains),
-    each once with its subjects; ``passes`` counts passes per check, tenant and severity as gaps between
+    ``findings`` holds whole rows; ``groups`` the findings alike but for their subject and cause (same
+    check, status, severity, reason, evidence and no action: the unsupported DMARC-report checks on
+    thousands of domains, the checks skipped under the same kind of root cause), each once with its subjects; ``passes`` counts passes per check, tenant and severity as gaps between
     domain numbers, expanded only when the table is asked for passes (their evidence is in findings.json
     and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of ``findings``.
     """
@@ -257,7 +262,7 @@ def report_data(
     titles: list[str] = []
     flags = _event_flags(events)
     rows = []
-    alike: dict[tuple[Any, ...], list[tuple[Finding, int, int]]] = {}
+    alike: dict[tuple[Any, ...], list[tuple[Finding, int, int, str | None]]] = {}
     status_index = {s: i for i, s in enumerate(Status)}
     severity_index = {s: i for i, s in enumerate(Severity)}
     passes: dict[tuple[int, int, int], Counter[int]] = {}
@@ -270,33 +275,36 @@ def report_data(
             passes.setdefault((check_i, tenant_i, severity_index[f.severity]), Counter())[domain_i] += 1
             continue
         change = changes[f.id] if changes is not None else action_change(f)
-        if change is None:
-            key = (check_i, status_index[f.status], severity_index[f.severity], f.reason,
-                   json.dumps(f.evidence, sort_keys=True, default=str),
-                   f.first_seen.isoformat() if f.first_seen else "", flags.get(f.id, 0), f.caused_by)
-            alike.setdefault(key, []).append((f, tenant_i, domain_i))
+        link = remediation_link(f, signer) if change else None
+        first_seen = f.first_seen.isoformat() if f.first_seen else ""
+        if change is None or change.action == "dns.publish":
+            # the page shows a record to publish from the evidence (``publish``): the action's name says the rest
+            shape = _templated((f.reason, f.evidence), f.domain)
+            key = (check_i, status_index[f.status], severity_index[f.severity], shape is not None,
+                   json.dumps(shape or (f.reason, f.evidence), sort_keys=True, default=str),
+                   first_seen, flags.get(f.id, 0), change.action if change else None)
+            alike.setdefault(key, []).append((f, tenant_i, domain_i, link))
             continue
         rows.append([
             f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
-            f.subject, f.item, f.reason, f.evidence,
-            [change.action, change.summary, change.before, change.after],
-            remediation_link(f, signer),
-            f.first_seen.isoformat() if f.first_seen else "",
-            flags.get(f.id, 0), 1, f.caused_by,
+            f.subject, f.item, f.reason, f.evidence, [change.action, change.summary, change.before, change.after],
+            link, first_seen, flags.get(f.id, 0), 1, f.caused_by,
         ])
     groups = []
-    for (check_i, status_i, severity_i, reason, _, first_seen, flag, caused_by), members in alike.items():
+    for (check_i, status_i, severity_i, templated, _, first_seen, flag, action), members in alike.items():
+        f, tenant_i, domain_i, link = members[0]
+        change = [action] if action else None
         if len(members) == 1:
-            f, tenant_i, domain_i = members[0]
-            rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, reason,
-                         f.evidence, None, None, first_seen, flag, 1, caused_by])
+            rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, f.reason,
+                         f.evidence, change, link, first_seen, flag, 1, f.caused_by])
             continue
-        subjects: list[Any] = []
-        for f, tenant_i, domain_i in members:
-            # a domain's own finding (its subject is the domain) names no subject of its own
-            subjects += [f.id, tenant_i, domain_i, None if f.subject == f.domain else f.subject, f.item]
-        groups.append([check_i, status_i, severity_i, reason, members[0][0].evidence, first_seen, flag, caused_by,
-                       subjects])
+        reason, evidence = _templated((f.reason, f.evidence), f.domain) if templated else (f.reason, f.evidence)
+        # a domain's own finding (its subject is the domain) names no subject of its own (null)
+        columns = [[m[0].subject if m[0].subject != m[0].domain else None for m in members],
+                   [m[0].item for m in members], [m[0].caused_by for m in members], [m[3] for m in members]]
+        groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+                       [m[0].id for m in members], [m[1] for m in members], [m[2] for m in members],
+                       *[None if not any(column) else column for column in columns]])
     for counted in pass_counts or ():
         check_i = checks.setdefault(counted.check, len(checks))
         if check_i == len(titles):
@@ -336,8 +344,9 @@ def _dns_view(
     """Each domain's answers as numbers into one table of distinct answers, names written relative to the domain.
 
     Most answers differ between domains only by the domain's name (``_dmarc.<domain>``, a selector's
-    ``<selector>._domainkey.<domain>`` with no record); a name under the domain is ``[prefix]`` (``[""]``
-    for the domain itself), so those answers are written once for every domain.
+    ``<selector>._domainkey.<domain>`` with no record, ``rua=mailto:dmarc@<domain>``); a name under the
+    domain is ``[prefix]`` (``[""]`` for the domain itself) and a record naming the domain the list of
+    pieces around it, so those answers are written once for every domain.
     """
     table: dict[str, int] = {}
     answers: list[list[Any]] = []
@@ -350,8 +359,9 @@ def _dns_view(
             continue
         numbers = []
         for purpose, a in sorted(((body.get("dns") or {}).get("answers") or {}).items()):
+            records = [_records_part(KEY.sub(_key_ends, str(r)), name) for r in a.get("records", [])]
             entry = [purpose, _relative(str(a.get("name", "")), name), a.get("rdtype", ""), a.get("outcome", ""),
-                     a.get("records", []), a.get("error")]
+                     records, a.get("error")]
             text = json.dumps(entry, default=str)
             if text not in table:
                 table[text] = len(answers)
@@ -359,6 +369,17 @@ def _dns_view(
             numbers.append(table[text])
         dns[name] = [tenant_i, bool(body.get("parked")), body.get("catch_all"), numbers]
     return dns, answers
+
+
+def _key_ends(key: re.Match[str]) -> str:
+    """A public key's first and last characters (one key from another at a glance; whole in the evidence pack)."""
+    text = key[0]
+    return f"{text[:8]}…{text[-16:]} ({len(text)} characters)"
+
+
+def _records_part(record: str, domain: str) -> str | list[str]:
+    """A record naming its domain as the pieces around each mention (report.js joins them with the name)."""
+    return record.split(domain) if domain in record else record
 
 
 def _relative(qname: str, domain: str) -> str | list[str]:
@@ -369,16 +390,47 @@ def _relative(qname: str, domain: str) -> str | list[str]:
     return qname
 
 
+def _templated(value: Any, domain: str) -> Any:
+    """``value`` with each mention of ``domain`` written as DOMAIN_MARK; None when there is no domain, or when the
+    mark itself occurs (then the value could not be told from its template)."""
+    if not domain:
+        return None
+    if isinstance(value, str):
+        return None if DOMAIN_MARK in value else value.replace(domain, DOMAIN_MARK)
+    if isinstance(value, list | tuple):
+        items = [_templated(item, domain) if isinstance(item, str | list | tuple | dict) else item for item in value]
+        return None if any(t is None and v is not None for t, v in zip(items, value, strict=True)) else items
+    if isinstance(value, dict):
+        keys = _templated(list(map(str, value)), domain)
+        items = _templated(list(value.values()), domain)
+        return None if keys is None or items is None else dict(zip(keys, items, strict=True))
+    return value
+
+
+def _filled(value: Any, domain: str) -> Any:
+    """A templated value with its domain written back (report.js ``fill``)."""
+    if isinstance(value, str):
+        return value.replace(DOMAIN_MARK, domain)
+    if isinstance(value, list):
+        return [_filled(item, domain) for item in value]
+    if isinstance(value, dict):
+        return {_filled(key, domain): _filled(item, domain) for key, item in value.items()}
+    return value
+
+
 def table_rows(data: Mapping[str, Any]) -> list[list[Any]]:
     """The rows that are not passes, in the order report.js builds its table from ``findings`` and ``groups``."""
     rows = list(data["findings"])
     domains = data["domains"]
-    for check_i, status_i, severity_i, reason, evidence, first_seen, flag, caused_by, subjects in data["groups"]:
-        for at in range(0, len(subjects), 5):
-            fingerprint, tenant_i, domain_i, subject, item = subjects[at:at + 5]
-            rows.append([fingerprint, check_i, status_i, severity_i, tenant_i, domain_i,
-                         domains[domain_i] if subject is None else subject, item, reason, evidence, None, None,
-                         first_seen, flag, 1, caused_by])
+    for (check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+         ids, tenants, members, subjects, items, causes, links) in data["groups"]:
+        for n, fingerprint in enumerate(ids):
+            name = domains[members[n]]
+            rows.append([fingerprint, check_i, status_i, severity_i, tenants[n], members[n],
+                         subjects[n] if subjects and subjects[n] is not None else name, items[n] if items else "",
+                         _filled(reason, name) if templated else reason,
+                         _filled(evidence, name) if templated else evidence, change, links[n] if links else None,
+                         first_seen, flag, 1, causes[n] if causes else ""])
     return rows
 
 
@@ -474,7 +526,25 @@ def coverage_rows(run: RunRecord, findings: Sequence[Finding]) -> list[dict[str,
                      "fact": ", ".join(facts) or "what the check reads", "state": state,
                      "subject": ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else ""),
                      "reason": reason, "blocks": [(check, len(found)) for check, found in sorted(by_check.items())]})
-    return rows
+    return _across_tenants(rows)
+
+
+def _across_tenants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows alike but for their tenant as one row naming every such tenant, the subjects undecided added up.
+
+    Five hundred DNS-only tenants lack the same facts for the same reason: one row says so, not five hundred.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["provider"], row["fact"], row["state"], row["subject"], row["reason"],
+               tuple(check for check, _ in row["blocks"]))
+        if key not in merged:
+            merged[key] = {**row, "tenants": [row["tenant"]]}
+            continue
+        kept = merged[key]
+        kept["tenants"].append(row["tenant"])
+        kept["blocks"] = [(check, n + more) for (check, n), (_, more) in zip(kept["blocks"], row["blocks"], strict=True)]
+    return [{**row, "tenant": ", ".join(row.pop("tenants"))} for row in merged.values()]
 
 
 def _bars(counts: Mapping[str, int], total: int) -> list[tuple[str, int, float]]:

@@ -95,15 +95,31 @@
     first_seen: function (r) { return r[F.firstSeen]; }
   };
 
-  // Findings alike but for their subject come once, with their subjects: one row each.
+  // A grouped finding's reason and evidence name its domain as "\u0001": each member's domain goes there.
+  function fill(value, name) {
+    if (typeof value === "string") return value.split("\u0001").join(name);
+    if (Array.isArray(value)) return value.map(function (v) { return fill(v, name); });
+    if (value && typeof value === "object") {
+      var out = {};
+      Object.keys(value).forEach(function (k) {
+        Object.defineProperty(out, fill(k, name), { value: fill(value[k], name), enumerable: true, writable: true, configurable: true });
+      });
+      return out;
+    }
+    return value;
+  }
+  // Findings alike but for their subject (and the domain they name) come once, with a column per field
+  // that differs (html.py report_data: ids, tenants, domains, then subjects, items, causes, links or null).
   function tableRows() {
     var out = data.findings.slice();
     data.groups.forEach(function (g) {
-      var subjects = g[8];
-      for (var n = 0; n < subjects.length; n += 5) {
-        var subject = subjects[n + 3] === null ? data.domains[subjects[n + 2]] : subjects[n + 3];
-        out.push([subjects[n], g[0], g[1], g[2], subjects[n + 1], subjects[n + 2], subject, subjects[n + 4],
-                  g[3], g[4], null, null, g[5], g[6], 1, g[7]]);
+      var ids = g[9], tenants = g[10], domains = g[11], subjects = g[12], items = g[13], causes = g[14], links = g[15];
+      for (var n = 0; n < ids.length; n++) {
+        var name = data.domains[domains[n]];
+        out.push([ids[n], g[0], g[1], g[2], tenants[n], domains[n],
+                  subjects && subjects[n] !== null ? subjects[n] : name, items ? items[n] : "",
+                  g[5] ? fill(g[3], name) : g[3], g[5] ? fill(g[4], name) : g[4], g[8], links ? links[n] : null,
+                  g[6], g[7], 1, causes ? causes[n] : ""]);
       }
     });
     return out;
@@ -420,7 +436,8 @@
     var dns = own(data.dns, name);
     if (!dns && !domainCounts[name]) { view.hidden = true; return; }
     $("domain-view-title").textContent = name;
-    // dns: [tenant, parked, catch-all, numbers into data.answers]; an answer's name under the domain is [prefix]
+    // dns: [tenant, parked, catch-all, numbers into data.answers]; an answer's name under the domain is [prefix],
+    // a record naming the domain the pieces around it
     $("domain-view-meta").textContent = "tenant " + ((dns && data.tenants[dns[0]]) || domainCounts[name].tenant) +
       (dns && dns[1] ? " · parked (sends no mail)" : "") + (dns && dns[2] ? " · catch-all to " + dns[2] : "");
     var recs = document.createDocumentFragment();
@@ -430,7 +447,7 @@
       tr.appendChild(label(el("td", a[0]), "looked up for")); tr.appendChild(label(el("td", qname), "name")); tr.appendChild(label(el("td", a[2]), "type"));
       tr.appendChild(label(el("td", a[3] + (a[5] ? ": " + a[5] : ""), a[3] === "failed" ? "error" : ""), "outcome"));
       var td = label(el("td"), "records");
-      (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", rec)); });
+      (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", Array.isArray(rec) ? rec.join(name) : rec)); });
       if (!(a[4] || []).length) td.appendChild(el("span", "none", "muted"));
       tr.appendChild(td); recs.appendChild(tr);
     });

@@ -113,7 +113,7 @@ def test_script_closing_text_never_leaves_the_data_block(tmp_path: Path) -> None
     assert by_check["dmarc.missing"][9]["records_seen"] == [HOSTILE]  # exact once parsed back
     assert by_check["forwarding.external"][8] == HOSTILE
     assert data["names"]["ann@acme.example"] == HOSTILE
-    assert data["answers"][data["dns"]["acme.example"][3][0]][4] == [HOSTILE]
+    assert data["answers"][data["dns"]["acme.example"][3][0]][4] == [HOSTILE]  # names no domain: kept whole
     start = html.index('id="report-first">') + len('id="report-first">')
     first = json.loads(html[start:html.index("</script>", start)])
     rows = table_rows(data)
