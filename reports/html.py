@@ -43,6 +43,7 @@ TABLE_PAGE = 50
 """Rows per page of the findings table (the page's script reads it from the data)."""
 DOMAIN_MARK = "\x01"
 """Where a grouped finding's reason or evidence names its domain (report.js writes each member's domain there)."""
+PLAIN_NAME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]*")
 KEY = re.compile(r"[A-Za-z0-9+/]{100,}={0,2}")
 """A run of base64 as long as a public key (a DKIM record's ``p=``): the domain page shows its ends."""
 
@@ -279,10 +280,10 @@ def report_data(
         first_seen = f.first_seen.isoformat() if f.first_seen else ""
         if change is None or change.action == "dns.publish":
             # the page shows a record to publish from the evidence (``publish``): the action's name says the rest
-            shape = _templated((f.reason, f.evidence), f.domain)
-            key = (check_i, status_index[f.status], severity_index[f.severity], shape is not None,
-                   json.dumps(shape or (f.reason, f.evidence), sort_keys=True, default=str),
-                   first_seen, flags.get(f.id, 0), change.action if change else None)
+            shape = json.dumps((f.reason, f.evidence), sort_keys=True, ensure_ascii=False, default=str)
+            templated = _templated(shape, f.domain)
+            key = (check_i, status_index[f.status], severity_index[f.severity], templated is not None,
+                   templated or shape, first_seen, flags.get(f.id, 0), change.action if change else None)
             alike.setdefault(key, []).append((f, tenant_i, domain_i, link))
             continue
         rows.append([
@@ -291,14 +292,14 @@ def report_data(
             link, first_seen, flags.get(f.id, 0), 1, f.caused_by,
         ])
     groups = []
-    for (check_i, status_i, severity_i, templated, _, first_seen, flag, action), members in alike.items():
+    for (check_i, status_i, severity_i, templated, shape, first_seen, flag, action), members in alike.items():
         f, tenant_i, domain_i, link = members[0]
         change = [action] if action else None
         if len(members) == 1:
             rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, f.reason,
                          f.evidence, change, link, first_seen, flag, 1, f.caused_by])
             continue
-        reason, evidence = _templated((f.reason, f.evidence), f.domain) if templated else (f.reason, f.evidence)
+        reason, evidence = json.loads(shape) if templated else (f.reason, f.evidence)
         # a domain's own finding (its subject is the domain) names no subject of its own (null)
         columns = [[m[0].subject if m[0].subject != m[0].domain else None for m in members],
                    [m[0].item for m in members], [m[0].caused_by for m in members], [m[3] for m in members]]
@@ -390,21 +391,17 @@ def _relative(qname: str, domain: str) -> str | list[str]:
     return qname
 
 
-def _templated(value: Any, domain: str) -> Any:
-    """``value`` with each mention of ``domain`` written as DOMAIN_MARK; None when there is no domain, or when the
-    mark itself occurs (then the value could not be told from its template)."""
-    if not domain:
+def _templated(shape: str, domain: str) -> str | None:
+    """``shape`` (JSON text) with each mention of ``domain`` written as DOMAIN_MARK's JSON escape.
+
+    None when the domain is not a plain DNS name (letters, digits, hyphens, dots, a final label starting with a
+    letter: such a name never overlaps JSON's punctuation, escapes, numbers or literals, so replacing it in the
+    text replaces it in the strings alone) or when the mark already occurs (the value could not be told from
+    its template).
+    """
+    if not PLAIN_NAME.fullmatch(domain) or "\\u0001" in shape:
         return None
-    if isinstance(value, str):
-        return None if DOMAIN_MARK in value else value.replace(domain, DOMAIN_MARK)
-    if isinstance(value, list | tuple):
-        items = [_templated(item, domain) if isinstance(item, str | list | tuple | dict) else item for item in value]
-        return None if any(t is None and v is not None for t, v in zip(items, value, strict=True)) else items
-    if isinstance(value, dict):
-        keys = _templated(list(map(str, value)), domain)
-        items = _templated(list(value.values()), domain)
-        return None if keys is None or items is None else dict(zip(keys, items, strict=True))
-    return value
+    return shape.replace(domain, "\\u0001")
 
 
 def _filled(value: Any, domain: str) -> Any:
