@@ -44,6 +44,7 @@ TABLE_PAGE = 50
 DOMAIN_MARK = "\x01"
 """Where a grouped finding's reason or evidence names its domain (report.js writes each member's domain there)."""
 PLAIN_NAME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]*")
+"""A domain name that can be templated in JSON text (``_templated``)."""
 KEY = re.compile(r"[A-Za-z0-9+/]{100,}={0,2}")
 """A run of base64 as long as a public key (a DKIM record's ``p=``): the domain page shows its ends."""
 
@@ -248,12 +249,14 @@ def report_data(
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
-    Three shapes keep the page small at any size, each expanded by report.js into the same table rows:
-    ``findings`` holds whole rows; ``groups`` the findings alike but for their subject and cause (same
-    check, status, severity, reason, evidence and no action: the unsupported DMARC-report checks on
-    thousands of domains, the checks skipped under the same kind of root cause), each once with its subjects; ``passes`` counts passes per check, tenant and severity as gaps between
-    domain numbers, expanded only when the table is asked for passes (their evidence is in findings.json
-    and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of ``findings``.
+    Three shapes keep the page small at any size, each expanded by report.js into the same table rows
+    (``table_rows``): ``findings`` holds whole rows; ``groups`` the findings alike but for their subject,
+    item, cause, link and the domain their reason and evidence name (no action but publishing a record:
+    the unsupported DMARC-report checks on thousands of domains, one DMARC fault on a thousand), once with
+    a column per field that differs; ``passes`` counts passes per check, tenant and severity over gaps
+    between domain numbers, made into rows only when the table is asked for passes (their evidence is in
+    findings.json and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of
+    ``findings``.
     """
     statuses = [s.value for s in Status]
     severities = [s.value for s in Severity]
@@ -380,10 +383,13 @@ def _key_ends(key: re.Match[str]) -> str:
 
 def _records_part(record: str, domain: str) -> str | list[str]:
     """A record naming its domain as the pieces around each mention (report.js joins them with the name)."""
-    return record.split(domain) if domain in record else record
+    return record.split(domain) if domain and domain in record else record
 
 
 def _relative(qname: str, domain: str) -> str | list[str]:
+    """A name at or under the domain as ``[prefix]`` (report.js adds the domain back); any other name as it is."""
+    if not domain:
+        return qname
     if qname == domain:
         return [""]
     if qname.endswith("." + domain):
