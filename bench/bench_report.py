@@ -6,11 +6,13 @@ over two weekly runs (the report reads the previous run for its trend and "resol
 times Store reads and rendering, and optionally opens the result in headless Chromium.
 
     python bench/bench_report.py [--domains 2000] [--findings 100000] [--browser]
+    python bench/bench_report.py --open DIR/report.html     # time an existing report in Chromium only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import statistics
 import sys
@@ -139,7 +141,7 @@ window.__shown = {};
 """
 
 
-def open_in_browser(report: Path) -> dict[str, float]:
+def open_in_browser(report: Path, tenant: str = "tenant03", search: str = "user07@client0042") -> dict[str, float]:
     """Seconds until the fix-first list, the table's first rows and working filters show; then a filter and a search."""
     from playwright.sync_api import sync_playwright
 
@@ -157,10 +159,10 @@ def open_in_browser(report: Path) -> dict[str, float]:
             "() => performance.timeOrigin + performance.getEntriesByName('first-contentful-paint')[0].startTime")
         shown = {f"{name}_s": max(at[name], painted) / 1000 - began for name in ("fix_first", "first_rows", "interactive")}
         began = time.perf_counter()
-        page.select_option("#f-tenant", "tenant03")
+        page.select_option("#f-tenant", tenant)
         filtered = time.perf_counter() - began
         began = time.perf_counter()
-        page.fill("#f-search", "user07@client0042")
+        page.fill("#f-search", search)
         page.locator("#findings-count").filter(has_text="matching").wait_for()
         page.wait_for_timeout(200)  # the search input is debounced by 150 ms
         searched = time.perf_counter() - began - 0.2
@@ -176,7 +178,19 @@ def main() -> int:
     parser.add_argument("--tenants", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--browser", action="store_true", help="also open the report in headless Chromium")
+    parser.add_argument("--open", type=Path, metavar="REPORT",
+                        help="only open this report.html (say, a bench_scan.py --keep run's) in headless Chromium, "
+                             "filtering on its first tenant and searching for its first domain")
     options = parser.parse_args()
+    if options.open:
+        page = options.open.read_text(encoding="utf-8")
+        start = page.index('id="report-first">') + len('id="report-first">')
+        first = json.loads(page[start:page.index("</script>", start)])
+        print(f"{options.open}: {options.open.stat().st_size / 1e6:.1f} MB")
+        figures = open_in_browser(options.open.resolve(), min(t for t in first["tenants"] if t),
+                                  min(d for d in first["domains"] if d))
+        print("chromium: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+        return 0
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         began = time.perf_counter()

@@ -6,8 +6,9 @@ import base64
 import hashlib
 import heapq
 import json
+import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -40,6 +41,12 @@ LISTED = 50
 """How many new and resolved findings the summary names before saying how many more."""
 TABLE_PAGE = 50
 """Rows per page of the findings table (the page's script reads it from the data)."""
+DOMAIN_MARK = "\x01"
+"""Where a grouped finding's reason or evidence names its domain (report.js writes each member's domain there)."""
+PLAIN_NAME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]*")
+"""A domain name that can be templated in JSON text (``_templated``)."""
+KEY = re.compile(r"[A-Za-z0-9+/]{100,}={0,2}")
+"""A run of base64 as long as a public key (a DKIM record's ``p=``): the domain page shows its ends."""
 
 
 def environment() -> jinja2.Environment:
@@ -65,6 +72,31 @@ def script_json(value: object) -> Markup:
     text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
     return Markup(text)  # noqa: S704 - escaped for the script-data context just above
+
+
+def script_json_parts(value: Mapping[str, Any], size: int = 5000) -> Iterator[Markup]:
+    """``script_json(value)`` in parts: each long list or mapping of ``value`` a few thousand entries at a time.
+
+    The page's data is never one string; each part is whole JSON escaped as ``script_json`` escapes it
+    (character by character, so the parts join into the same text).
+    """
+    yield Markup("{")
+    for n, (key, item) in enumerate(value.items()):
+        yield Markup("," if n else "") + script_json(key) + Markup(":")
+        if isinstance(item, list) and len(item) > size:
+            yield Markup("[")
+            for at in range(0, len(item), size):
+                yield Markup("," if at else "") + script_json(item[at:at + size])[1:-1]
+            yield Markup("]")
+        elif isinstance(item, dict) and len(item) > size:
+            entries = list(item.items())
+            yield Markup("{")
+            for at in range(0, len(entries), size):
+                yield Markup("," if at else "") + script_json(dict(entries[at:at + size]))[1:-1]
+            yield Markup("}")
+        else:
+            yield script_json(item)
+    yield Markup("}")
 
 
 def _csp_hash(script: str) -> str:
@@ -217,9 +249,14 @@ def report_data(
 ) -> dict[str, Any]:
     """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
 
-    Failing, error, excepted, unsupported and skipped findings are embedded whole; passes as one row per
-    check and domain with their count (their evidence is in findings.json and the evidence pack), so the
-    page stays small at any size. ``pass_counts`` (the store's) counts the passes instead of ``findings``.
+    Three shapes keep the page small at any size, each expanded by report.js into the same table rows
+    (``table_rows``): ``findings`` holds whole rows; ``groups`` the findings alike but for their subject,
+    item, cause, link and the domain their reason and evidence name (no action but publishing a record:
+    the unsupported DMARC-report checks on thousands of domains, one DMARC fault on a thousand), once with
+    a column per field that differs; ``passes`` counts passes per check, tenant and severity over gaps
+    between domain numbers, made into rows only when the table is asked for passes (their evidence is in
+    findings.json and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of
+    ``findings``.
     """
     statuses = [s.value for s in Status]
     severities = [s.value for s in Severity]
@@ -229,87 +266,200 @@ def report_data(
     titles: list[str] = []
     flags = _event_flags(events)
     rows = []
+    alike: dict[tuple[Any, ...], list[tuple[Finding, int, int, str | None]]] = {}
     status_index = {s: i for i, s in enumerate(Status)}
     severity_index = {s: i for i, s in enumerate(Severity)}
-    passes: Counter[tuple[int, int, int, int]] = Counter()
+    passes: dict[tuple[int, int, int], Counter[int]] = {}
     for f in findings:
         check_i = checks.setdefault(f.check, len(checks))
         if check_i == len(titles):
             titles.append(f.title)
         tenant_i, domain_i = tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names))
         if f.status is Status.PASS:
-            passes[(check_i, tenant_i, domain_i, severity_index[f.severity])] += 1
+            passes.setdefault((check_i, tenant_i, severity_index[f.severity]), Counter())[domain_i] += 1
             continue
         change = changes[f.id] if changes is not None else action_change(f)
+        link = remediation_link(f, signer) if change else None
+        first_seen = f.first_seen.isoformat() if f.first_seen else ""
+        if change is None or change.action == "dns.publish":
+            # the page shows a record to publish from the evidence (``publish``): the action's name says the rest
+            shape = json.dumps((f.reason, f.evidence), sort_keys=True, ensure_ascii=False, default=str)
+            templated = _templated(shape, f.domain)
+            key = (check_i, status_index[f.status], severity_index[f.severity], templated is not None,
+                   templated or shape, first_seen, flags.get(f.id, 0), change.action if change else None)
+            alike.setdefault(key, []).append((f, tenant_i, domain_i, link))
+            continue
         rows.append([
             f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
-            f.subject, f.item, f.reason, f.evidence,
-            [change.action, change.summary, change.before, change.after] if change else None,
-            remediation_link(f, signer) if change else None,
-            f.first_seen.isoformat() if f.first_seen else "",
-            flags.get(f.id, 0), 1, f.caused_by,
+            f.subject, f.item, f.reason, f.evidence, [change.action, change.summary, change.before, change.after],
+            link, first_seen, flags.get(f.id, 0), 1, f.caused_by,
         ])
+    groups = []
+    for (check_i, status_i, severity_i, templated, shape, first_seen, flag, action), members in alike.items():
+        f, tenant_i, domain_i, link = members[0]
+        change = [action] if action else None
+        if len(members) == 1:
+            rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, f.reason,
+                         f.evidence, change, link, first_seen, flag, 1, f.caused_by])
+            continue
+        reason, evidence = json.loads(shape) if templated else (f.reason, f.evidence)
+        # a domain's own finding (its subject is the domain) names no subject of its own (null)
+        columns = [[m[0].subject if m[0].subject != m[0].domain else None for m in members],
+                   [m[0].item for m in members], [m[0].caused_by for m in members], [m[3] for m in members]]
+        groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+                       [m[0].id for m in members], [m[1] for m in members], [m[2] for m in members],
+                       *[None if not any(column) else column for column in columns]])
     for counted in pass_counts or ():
         check_i = checks.setdefault(counted.check, len(checks))
         if check_i == len(titles):
             titles.append(counted.title)
         tenant_i, domain_i = tenants.setdefault(counted.tenant, len(tenants)), names.setdefault(counted.domain, len(names))
-        passes[(check_i, tenant_i, domain_i, severity_index[counted.severity])] += counted.count
-    for (check_i, tenant_i, domain_i, severity_i), count in sorted(passes.items()):
-        rows.append(["", check_i, status_index[Status.PASS], severity_i, tenant_i, domain_i, "", "", "", None,
-                     None, None, "", 0, count, ""])
-    dns: dict[str, Any] = {}
-    for (_, key), body in sorted(domains.items()):
-        name = str(body.get("name", key.partition("/")[2]))
-        names.setdefault(name, len(names))
-        tenants.setdefault(str(body.get("tenant", "")), len(tenants))
-        answers = (body.get("dns") or {}).get("answers") or {}
-        dns.setdefault(name, {
-            "tenant": body.get("tenant", ""),
-            "parked": bool(body.get("parked")),
-            "catch_all": body.get("catch_all"),
-            "answers": [
-                [purpose, a.get("name", ""), a.get("rdtype", ""), a.get("outcome", ""), a.get("records", []),
-                 a.get("error")]
-                for purpose, a in sorted(answers.items())
-            ],
-        })
+        passes.setdefault((check_i, tenant_i, severity_index[counted.severity]), Counter())[domain_i] += counted.count
+    dns, answers = _dns_view(domains, names, tenants)
     display_names = display_names or {}
-    subjects = {f.subject for f in findings if f.status is not Status.PASS}
+    subjects_named = {f.subject for f in findings if f.status is not Status.PASS}
     return {
-        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects},
+        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects_named},
         "statuses": statuses,
         "severities": severities,
         "tenants": list(tenants),
         "domains": list(names),
         "checks": [[c, t] for c, t in zip(checks, titles, strict=True)],
         "findings": rows,
+        "groups": groups,
+        "passes": [[*key, *_gaps(counts)] for key, counts in sorted(passes.items())],
+        "answers": answers,
         "dns": dns,
         "history": False,
     }
+
+
+def _gaps(counts: Mapping[int, int]) -> tuple[list[int], int | list[int]]:
+    """Domain numbers as the gap from the one before (mostly 1: short), and their counts (one number when all equal)."""
+    numbers = sorted(counts)
+    gaps = [b - a for a, b in zip([-1, *numbers], numbers, strict=False)]
+    values = [counts[n] for n in numbers]
+    return gaps, values[0] if len(set(values)) == 1 else values
+
+
+def _dns_view(
+    domains: Mapping[tuple[str, str], Any], names: dict[str, int], tenants: dict[str, int]
+) -> tuple[dict[str, Any], list[list[Any]]]:
+    """Each domain's answers as numbers into one table of distinct answers, names written relative to the domain.
+
+    Most answers differ between domains only by the domain's name (``_dmarc.<domain>``, a selector's
+    ``<selector>._domainkey.<domain>`` with no record, ``rua=mailto:dmarc@<domain>``); a name under the
+    domain is ``[prefix]`` (``[""]`` for the domain itself) and a record naming the domain the list of
+    pieces around it, so those answers are written once for every domain.
+    """
+    table: dict[str, int] = {}
+    answers: list[list[Any]] = []
+    dns: dict[str, Any] = {}
+    for (_, key), body in sorted(domains.items()):
+        name = str(body.get("name", key.partition("/")[2]))
+        names.setdefault(name, len(names))
+        tenant_i = tenants.setdefault(str(body.get("tenant", "")), len(tenants))
+        if name in dns:
+            continue
+        numbers = []
+        for purpose, a in sorted(((body.get("dns") or {}).get("answers") or {}).items()):
+            records = [_records_part(KEY.sub(_key_ends, str(r)), name) for r in a.get("records", [])]
+            entry = [purpose, _relative(str(a.get("name", "")), name), a.get("rdtype", ""), a.get("outcome", ""),
+                     records, a.get("error")]
+            text = json.dumps(entry, default=str)
+            if text not in table:
+                table[text] = len(answers)
+                answers.append(entry)
+            numbers.append(table[text])
+        dns[name] = [tenant_i, bool(body.get("parked")), body.get("catch_all"), numbers]
+    return dns, answers
+
+
+def _key_ends(key: re.Match[str]) -> str:
+    """A public key's first and last characters (one key from another at a glance; whole in the evidence pack)."""
+    text = key[0]
+    return f"{text[:8]}…{text[-16:]} ({len(text)} characters)"
+
+
+def _records_part(record: str, domain: str) -> str | list[str]:
+    """A record naming its domain as the pieces around each mention (report.js joins them with the name)."""
+    return record.split(domain) if domain and domain in record else record
+
+
+def _relative(qname: str, domain: str) -> str | list[str]:
+    """A name at or under the domain as ``[prefix]`` (report.js adds the domain back); any other name as it is."""
+    if not domain:
+        return qname
+    if qname == domain:
+        return [""]
+    if qname.endswith("." + domain):
+        return [qname[:-len(domain) - 1]]
+    return qname
+
+
+def _templated(shape: str, domain: str) -> str | None:
+    """``shape`` (JSON text) with each mention of ``domain`` written as DOMAIN_MARK's JSON escape.
+
+    None when the domain is not a plain DNS name (letters, digits, hyphens, dots, a final label starting with a
+    letter: such a name never overlaps JSON's punctuation, escapes, numbers or literals, so replacing it in the
+    text replaces it in the strings alone) or when the mark already occurs (the value could not be told from
+    its template).
+    """
+    if not PLAIN_NAME.fullmatch(domain) or "\\u0001" in shape:
+        return None
+    return shape.replace(domain, "\\u0001")
+
+
+def _filled(value: Any, domain: str) -> Any:
+    """A templated value with its domain written back (report.js ``fill``)."""
+    if isinstance(value, str):
+        return value.replace(DOMAIN_MARK, domain)
+    if isinstance(value, list):
+        return [_filled(item, domain) for item in value]
+    if isinstance(value, dict):
+        return {_filled(key, domain): _filled(item, domain) for key, item in value.items()}
+    return value
+
+
+def table_rows(data: Mapping[str, Any]) -> list[list[Any]]:
+    """The rows that are not passes, in the order report.js builds its table from ``findings`` and ``groups``."""
+    rows = list(data["findings"])
+    domains = data["domains"]
+    for (check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+         ids, tenants, members, subjects, items, causes, links) in data["groups"]:
+        for n, fingerprint in enumerate(ids):
+            name = domains[members[n]]
+            rows.append([fingerprint, check_i, status_i, severity_i, tenants[n], members[n],
+                         subjects[n] if subjects and subjects[n] is not None else name, items[n] if items else "",
+                         _filled(reason, name) if templated else reason,
+                         _filled(evidence, name) if templated else evidence, change, links[n] if links else None,
+                         first_seen, flag, 1, causes[n] if causes else ""])
+    return rows
 
 
 def first_page(data: Mapping[str, Any]) -> dict[str, Any]:
     """The findings table's first page, for the page's script to show before it reads the whole data.
 
     ``data`` is ``report_data``'s output. The table starts on the findings needing attention, most severe
-    first, then fail, error, excepted, unsupported, then in the data's order (report.js ``compute``):
-    ``first`` holds the positions in ``findings`` of its first page, ``matching`` counts the findings it
-    holds and ``total`` every finding of the run, passes included.
+    first, then fail, error, excepted, unsupported, then in the order of ``table_rows`` (report.js
+    ``compute``): ``first`` holds the positions in those rows of its first page, ``matching`` counts the
+    findings it holds and ``total`` every finding of the run, passes included.
     """
-    rows = data["findings"]
+    rows = table_rows(data)
     statuses = data["statuses"]
     order = {status.value: i for i, status in enumerate(SHOWN)}
     attention = [i for i, row in enumerate(rows) if statuses[row[2]] in order]
     first = heapq.nsmallest(TABLE_PAGE, attention, key=lambda i: (-rows[i][3], order[statuses[rows[i][2]]], i))
     names = data["names"]
+    passed = sum(counts * len(gaps) if isinstance(counts, int) else sum(counts)
+                 for *_, gaps, counts in data["passes"])
     return {
         **{key: data[key] for key in ("statuses", "severities", "tenants", "domains", "checks", "history")},
         "names": {rows[i][6]: names[rows[i][6]] for i in first if rows[i][6] in names},
         "findings": [rows[i] for i in first],
         "first": first,
         "matching": len(attention),
-        "total": sum(row[14] for row in rows),
+        "total": len(rows) + passed,
         "page": TABLE_PAGE,
     }
 
@@ -379,7 +529,25 @@ def coverage_rows(run: RunRecord, findings: Sequence[Finding]) -> list[dict[str,
                      "fact": ", ".join(facts) or "what the check reads", "state": state,
                      "subject": ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else ""),
                      "reason": reason, "blocks": [(check, len(found)) for check, found in sorted(by_check.items())]})
-    return rows
+    return _across_tenants(rows)
+
+
+def _across_tenants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows alike but for their tenant as one row naming every such tenant, the subjects undecided added up.
+
+    Five hundred DNS-only tenants lack the same facts for the same reason: one row says so, not five hundred.
+    """
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (row["provider"], row["fact"], row["state"], row["subject"], row["reason"],
+               tuple(check for check, _ in row["blocks"]))
+        if key not in merged:
+            merged[key] = {**row, "tenants": [row["tenant"]]}
+            continue
+        kept = merged[key]
+        kept["tenants"].append(row["tenant"])
+        kept["blocks"] = [(check, n + more) for (check, n), (_, more) in zip(kept["blocks"], row["blocks"], strict=True)]
+    return [{**row, "tenant": ", ".join(row.pop("tenants"))} for row in merged.values()]
 
 
 def _bars(counts: Mapping[str, int], total: int) -> list[tuple[str, int, float]]:
@@ -493,7 +661,7 @@ def render_html(
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
     data = report_data(findings, events, domains or {}, display_names, signer, changes, pass_counts)
     data["history"] = previous is not None
-    html = environment().get_template("report.html.j2").render(
+    parts = environment().get_template("report.html.j2").generate(
         run=run,
         previous=previous,
         by_status=by_status,
@@ -522,10 +690,11 @@ def render_html(
         dmarc_window=dmarc_window or "no window",
         controls=control_matrix(controls),
         first=script_json(first_page(data)),
-        data=script_json(data),
+        data=script_json_parts(data),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
         js=Markup(script),  # noqa: S704 - our own file
         script_hash=_csp_hash("\n" + script + "\n"),
     )
-    path.write_text(html, encoding="utf-8")
+    with path.open("w", encoding="utf-8") as out:
+        out.writelines(parts)
     return path

@@ -95,7 +95,54 @@
     first_seen: function (r) { return r[F.firstSeen]; }
   };
 
+  // A grouped finding's reason and evidence name its domain as "\u0001": each member's domain goes there.
+  function fill(value, name) {
+    if (typeof value === "string") return value.split("\u0001").join(name);
+    if (Array.isArray(value)) return value.map(function (v) { return fill(v, name); });
+    if (value && typeof value === "object") {
+      var out = {};
+      Object.keys(value).forEach(function (k) {
+        Object.defineProperty(out, fill(k, name), { value: fill(value[k], name), enumerable: true, writable: true, configurable: true });
+      });
+      return out;
+    }
+    return value;
+  }
+  // Findings alike but for their subject (and the domain they name) come once, with a column per field
+  // that differs (html.py report_data: ids, tenants, domains, then subjects, items, causes, links or null).
+  function tableRows() {
+    var out = data.findings.slice();
+    data.groups.forEach(function (g) {
+      var ids = g[9], tenants = g[10], domains = g[11], subjects = g[12], items = g[13], causes = g[14], links = g[15];
+      for (var n = 0; n < ids.length; n++) {
+        var name = data.domains[domains[n]];
+        out.push([ids[n], g[0], g[1], g[2], tenants[n], domains[n],
+                  subjects && subjects[n] !== null ? subjects[n] : name, items ? items[n] : "",
+                  g[5] ? fill(g[3], name) : g[3], g[5] ? fill(g[4], name) : g[4], g[8], links ? links[n] : null,
+                  g[6], g[7], 1, causes ? causes[n] : ""]);
+      }
+    });
+    return out;
+  }
+  // Passes come as counts per check, tenant and severity over domain numbers (each the gap from the one
+  // before); fn(pass, domain index, count) is called for each domain.
+  function eachPass(fn) {
+    data.passes.forEach(function (p) {
+      var d = -1;
+      p[3].forEach(function (gap, n) { d += gap; fn(p, d, typeof p[4] === "number" ? p[4] : p[4][n]); });
+    });
+  }
+  // The pass rows (one per check and domain) are made only once the table is asked for passes.
+  var passesRead = false;
+  function readPasses() {
+    if (passesRead) return;
+    passesRead = true;
+    var pass = data.statuses.indexOf("pass");
+    eachPass(function (p, d, count) { rows.push(["", p[0], pass, p[2], p[1], d, "", "", "", null, null, null, "", 0, count, ""]); });
+  }
+
   function compute() {
+    if (state.status === "" || state.status === "pass") readPasses();
     var tenantI = state.tenant ? data.tenants.indexOf(state.tenant) : -1;
     var domainI = state.domain ? data.domains.indexOf(state.domain) : -1;
     var checkI = -1, sevI = state.severity ? data.severities.indexOf(state.severity) : -1;
@@ -339,8 +386,14 @@
   var dstate = { q: "", page: 0, list: domainNames };
   function countDomains() {
     data.domains.forEach(function (d) { domainCounts[d] = { tenant: "", counts: {} }; });
-    Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.dns[d].tenant; });
+    Object.keys(data.dns).forEach(function (d) { domainCounts[d].tenant = data.tenants[data.dns[d][0]]; });
+    eachPass(function (p, d, count) {
+      var entry = domainCounts[data.domains[d]];
+      if (!entry.tenant) entry.tenant = data.tenants[p[1]];
+      entry.counts.pass = (entry.counts.pass || 0) + count;
+    });
     rows.forEach(function (r) {
+      if (!r[F.id]) return;  // a pass row, counted above
       var entry = domainCounts[domain(r)];
       if (!entry.tenant) entry.tenant = tenant(r);
       var s = status(r); entry.counts[s] = (entry.counts[s] || 0) + (r[F.count] || 1);
@@ -383,15 +436,18 @@
     var dns = own(data.dns, name);
     if (!dns && !domainCounts[name]) { view.hidden = true; return; }
     $("domain-view-title").textContent = name;
-    $("domain-view-meta").textContent = "tenant " + ((dns && dns.tenant) || domainCounts[name].tenant) +
-      (dns && dns.parked ? " · parked (sends no mail)" : "") + (dns && dns.catch_all ? " · catch-all to " + dns.catch_all : "");
+    // dns: [tenant, parked, catch-all, numbers into data.answers]; an answer's name under the domain is [prefix],
+    // a record naming the domain the pieces around it
+    $("domain-view-meta").textContent = "tenant " + ((dns && data.tenants[dns[0]]) || domainCounts[name].tenant) +
+      (dns && dns[1] ? " · parked (sends no mail)" : "") + (dns && dns[2] ? " · catch-all to " + dns[2] : "");
     var recs = document.createDocumentFragment();
-    ((dns && dns.answers) || []).forEach(function (a) {
+    ((dns && dns[3]) || []).forEach(function (n) {
+      var a = data.answers[n], qname = Array.isArray(a[1]) ? (a[1][0] ? a[1][0] + "." + name : name) : a[1];
       var tr = el("tr");
-      tr.appendChild(label(el("td", a[0]), "looked up for")); tr.appendChild(label(el("td", a[1]), "name")); tr.appendChild(label(el("td", a[2]), "type"));
+      tr.appendChild(label(el("td", a[0]), "looked up for")); tr.appendChild(label(el("td", qname), "name")); tr.appendChild(label(el("td", a[2]), "type"));
       tr.appendChild(label(el("td", a[3] + (a[5] ? ": " + a[5] : ""), a[3] === "failed" ? "error" : ""), "outcome"));
       var td = label(el("td"), "records");
-      (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", rec)); });
+      (a[4] || []).forEach(function (rec) { td.appendChild(el("pre", Array.isArray(rec) ? rec.join(name) : rec)); });
       if (!(a[4] || []).length) td.appendChild(el("span", "none", "muted"));
       tr.appendChild(td); recs.appendChild(tr);
     });
@@ -480,7 +536,7 @@
   // The rest waits for every finding; a filter set or a link followed meanwhile applies once they are read.
   document.addEventListener("DOMContentLoaded", function () {
     data = JSON.parse(document.getElementById("report-data").textContent);
-    rows = data.findings;
+    rows = tableRows();
     fillFilters(); indexCauses(); countDomains();
     wireTable(); wireDomains(); wireRoutes();
     readFilters(); compute(); render(); renderDomains(); route();

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from checks.evaluate import fingerprint
 from scanner.model import Finding, Inventory, PolicyException, Severity, Status
+from reports.html import table_rows
 from scanner.pipeline import snapshot_items, write_outputs
 from scanner.store.database import Store
 
@@ -112,10 +113,11 @@ def test_script_closing_text_never_leaves_the_data_block(tmp_path: Path) -> None
     assert by_check["dmarc.missing"][9]["records_seen"] == [HOSTILE]  # exact once parsed back
     assert by_check["forwarding.external"][8] == HOSTILE
     assert data["names"]["ann@acme.example"] == HOSTILE
-    assert data["dns"]["acme.example"]["answers"][0][4] == [HOSTILE]
+    assert data["answers"][data["dns"]["acme.example"][3][0]][4] == [HOSTILE]  # names no domain: kept whole
     start = html.index('id="report-first">') + len('id="report-first">')
     first = json.loads(html[start:html.index("</script>", start)])
-    assert first["findings"] == [data["findings"][i] for i in first["first"]] and first["names"] == data["names"]
+    rows = table_rows(data)
+    assert first["findings"] == [rows[i] for i in first["first"]] and first["names"] == data["names"]
     # the server-rendered parts (problems, coverage) are HTML-escaped
     assert "&lt;/script&gt;&lt;script&gt;alert(&#34;x&#34;)" in html
 
