@@ -8,7 +8,7 @@ import heapq
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -39,6 +39,8 @@ TREND_RUNS = 12
 """How many runs (this one included) the trend chart shows."""
 LISTED = 50
 """How many new and resolved findings the summary names before saying how many more."""
+Snapshot = Mapping[tuple[str, str], Any] | Iterable[tuple[tuple[str, str], Any]]
+"""A run's snapshot of one kind: the store's mapping, or its (kind, key) and body pairs in key order (``iter_snapshot``)."""
 TABLE_PAGE = 50
 """Rows per page of the findings table (the page's script reads it from the data)."""
 DOMAIN_MARK = "\x01"
@@ -241,7 +243,7 @@ def _event_flags(events: Mapping[str, Sequence[str]]) -> dict[str, int]:
 def report_data(
     findings: Sequence[Finding],
     events: Mapping[str, Sequence[str]],
-    domains: Mapping[tuple[str, str], Any],
+    domains: Snapshot,
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,
     changes: Mapping[str, ActionChange | None] | None = None,
@@ -343,7 +345,7 @@ def _gaps(counts: Mapping[int, int]) -> tuple[list[int], int | list[int]]:
 
 
 def _dns_view(
-    domains: Mapping[tuple[str, str], Any], names: dict[str, int], tenants: dict[str, int]
+    domains: Snapshot, names: dict[str, int], tenants: dict[str, int]
 ) -> tuple[dict[str, Any], list[list[Any]]]:
     """Each domain's answers as numbers into one table of distinct answers, names written relative to the domain.
 
@@ -355,7 +357,7 @@ def _dns_view(
     table: dict[str, int] = {}
     answers: list[list[Any]] = []
     dns: dict[str, Any] = {}
-    for (_, key), body in sorted(domains.items()):
+    for (_, key), body in sorted(domains.items()) if isinstance(domains, Mapping) else domains:
         name = str(body.get("name", key.partition("/")[2]))
         names.setdefault(name, len(names))
         tenant_i = tenants.setdefault(str(body.get("tenant", "")), len(tenants))
@@ -471,7 +473,7 @@ def _named(fingerprints: Iterable[str], findings: Sequence[Finding]) -> list[Fin
 
 def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], window_days: int) -> list[dict[str, Any]]:
     """The run's domains' reported traffic over the window up to the newest report, as imported by the run's end."""
-    domains = [key.partition("/")[2] for _, key in store.snapshot(run.id, "domain")]
+    domains = [key.partition("/")[2] for key in store.snapshot_keys(run.id, "domain")]
     if not domains:
         return []
     seen_by = run.finished or run.started
@@ -587,11 +589,8 @@ def render_report(
     return render_html(
         run, shown, events, path,
         exceptions=exceptions,
-        domains=store.snapshot(run.id, "domain"),
-        display_names={
-            str(body.get("address", "")): str(body.get("display_name") or "")
-            for body in store.snapshot(run.id, "mailbox").values()
-        },
+        domains=store.iter_snapshot(run.id, "domain"),
+        display_names=_display_names(store, run, {f.subject for f in shown}),
         points=points,
         signer=link_signer(remediation),
         previous=earlier[-1] if earlier else None,
@@ -605,13 +604,23 @@ def render_report(
     )
 
 
+def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> dict[str, str]:
+    """The name each mailbox a finding names goes by at its provider, read a page of the snapshot at a time."""
+    names = {}
+    for _, body in store.iter_snapshot(run.id, "mailbox"):
+        address = str(body.get("address", ""))
+        if address in subjects and body.get("display_name"):
+            names[address] = str(body["display_name"])
+    return names
+
+
 def render_html(
     run: RunRecord,
     findings: Sequence[Finding],
     events: Mapping[str, Sequence[str]],
     path: Path,
     exceptions: Iterable[Mapping[str, Any]] = (),
-    domains: Mapping[tuple[str, str], Any] | None = None,
+    domains: Snapshot | None = None,
     points: Sequence[TrendPoint] = (),
     display_names: Mapping[str, str] | None = None,
     signer: Signer | None = None,

@@ -843,6 +843,22 @@ class Store:
             state = _state_rows(conn, seq, kind, hidden=_hidden(conn, seq))
             return {ident: json.loads(body) for ident, body in _bodies(conn, state).items()}
 
+    def snapshot_keys(self, run_id: str, kind: str) -> list[str]:
+        """The keys of one kind of object in the state as of a run, sorted, without reading their bodies."""
+        with self.engine.connect() as conn:
+            seq, _ = self._position(conn, run_id)
+            return sorted(key for _, key in _state_rows(conn, seq, kind, hidden=_hidden(conn, seq)))
+
+    def iter_snapshot(self, run_id: str, kind: str, page: int = 500) -> Iterator[tuple[tuple[str, str], Any]]:
+        """``snapshot(run_id, kind).items()`` in key order, the bodies read and decoded ``page`` at a time: a
+        report of ten thousand domains holds one page of their DNS answers, not all of them."""
+        with self.engine.connect() as conn:
+            seq, _ = self._position(conn, run_id)
+            state = sorted(_state_rows(conn, seq, kind, hidden=_hidden(conn, seq)).items())
+            for start in range(0, len(state), page):
+                part = dict(state[start:start + page])
+                yield from ((ident, json.loads(body)) for ident, body in _bodies(conn, part).items())
+
     def object_state(self, kind: str, key: str, run_id: str | None = None) -> Any | None:
         """One object as of a run (default: the latest), or None when it did not exist then."""
         with self.engine.connect() as conn:
@@ -1112,8 +1128,12 @@ class Store:
                  .where(run_passes.c.run_id == run_id)
                  .group_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity)
                  .order_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity))
+        # The same few checks, titles and tenants and each domain's name recur on many rows: one string each.
+        same: dict[str, str] = {}
         with self.engine.connect() as conn:
-            return [PassCount(check, title, tenant, domain, _SEVERITIES[severity], int(n))
+            return [PassCount(same.setdefault(check, check), same.setdefault(title, title),
+                              same.setdefault(tenant, tenant), same.setdefault(domain, domain),
+                              _SEVERITIES[severity], int(n))
                     for check, title, tenant, domain, severity, n in conn.execute(query)]
 
     def finding_counts(self, run_id: str) -> dict[tuple[str, str, str], int]:

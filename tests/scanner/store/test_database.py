@@ -151,6 +151,19 @@ def test_a_run_stores_only_what_changed_and_deletion_markers(store: Store) -> No
     assert store.object_state("mailbox", "acme/m0") is None
 
 
+def test_a_snapshot_read_a_page_at_a_time_is_the_whole_snapshot_in_key_order(store: Store) -> None:
+    items = [("mailbox", f"acme/m{i:02}", {"n": i}) for i in range(7)] + [("domain", "acme/acme.example", {"d": 1})]
+    _saw(store, 1, items)
+    _saw(store, 2, [*items[1:6], ("mailbox", "acme/m06", {"n": "new"})])
+    for run_id in ("run1", "run2"):
+        mailboxes = store.snapshot(run_id, "mailbox")
+        assert list(store.iter_snapshot(run_id, "mailbox", page=2)) == sorted(mailboxes.items())
+        assert store.snapshot_keys(run_id, "mailbox") == sorted(key for _, key in mailboxes)
+    assert dict(store.iter_snapshot("run2", "mailbox", page=3))[("mailbox", "acme/m06")] == {"n": "new"}
+    assert ("mailbox", "acme/m00") not in dict(store.iter_snapshot("run2", "mailbox"))
+    assert store.snapshot_keys("run1", "domain") == ["acme/acme.example"]
+
+
 def test_partial_run_between_complete_ones_resolves_nothing_and_deletes_nothing(store: Store) -> None:
     a, b = _finding("a@acme.example", Status.FAIL), _finding("b@acme.example", Status.FAIL)
     both = [("mailbox", "acme/a@acme.example", {"f": 1}), ("mailbox", "acme/b@acme.example", {"f": 1})]
