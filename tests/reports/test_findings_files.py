@@ -10,7 +10,6 @@ from checks.evaluate import fingerprint
 from reports.csv_out import write_findings_csv
 from reports.findings_files import write_findings_files
 from reports.json_out import write_findings_json
-from reports.records import row_record
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.pipeline import render_outputs
 from scanner.store.database import Store
@@ -53,7 +52,7 @@ def test_streamed_files_have_the_same_bytes_as_the_list_writers(tmp_path: Path) 
     write_findings_json(stored, tmp_path / "list.json")
     write_findings_csv(stored, tmp_path / "list.csv")
     with store.iter_rows("r1") as rows:
-        assert write_findings_files((row_record(r) for r in rows), tmp_path / "stream.json", tmp_path / "stream.csv") == 200
+        assert write_findings_files(rows, tmp_path / "stream.json", tmp_path / "stream.csv") == 200
     assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
     assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
     store.close()
@@ -122,7 +121,7 @@ def test_tricky_values_keep_their_bytes(tmp_path: Path, store_url: str) -> None:
     write_findings_json(stored, tmp_path / "list.json")
     write_findings_csv(stored, tmp_path / "list.csv")
     with store.iter_rows("r2") as rows:
-        assert write_findings_files((row_record(r) for r in rows), tmp_path / "stream.json", tmp_path / "stream.csv") == 8
+        assert write_findings_files(rows, tmp_path / "stream.json", tmp_path / "stream.csv") == 8
     assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
     assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
     text = (tmp_path / "stream.csv").read_text(encoding="utf-8")
