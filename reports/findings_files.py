@@ -44,10 +44,10 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
             (fingerprint, check, status, severity, tenant, domain, subject, item, title, reason, evidence_text,
              remediation_text, first_seen, last_seen, run_id, caused_by) = pick(row)
             caused_by = caused_by or ""
-            evidence_json, evidence_field = evidence(evidence_text)
-            remediation_json, remediation_field = remediation(remediation_text) if remediation_text else (None, "")
-            first_iso, first_field = times(first_seen)
-            last_iso, last_field = times(last_seen)
+            evidence_json, evidence_field = evidence[evidence_text]
+            remediation_json, remediation_field = remediation[remediation_text] if remediation_text else (None, "")
+            first_iso, first_field = times[first_seen]
+            last_iso, last_field = times[last_seen]
             as_json.write(b",\n" if count else b"\n")
             as_json.write(orjson.dumps({
                 "id": fingerprint, "check": check, "status": status, "severity": severity, "tenant": tenant,
@@ -64,44 +64,36 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
     return count
 
 
-class _Encoded:
-    """Stored JSON text (orjson's canonical encoding) as its findings.json value (the shape ``record`` gives it,
+class _Encoded(dict[str, tuple[orjson.Fragment, str]]):
+    """Stored JSON text (orjson's canonical encoding) to its findings.json value (the shape ``record`` gives it,
     encoded by orjson) and its findings.csv field, for the last ``REMEMBERED`` distinct texts."""
 
     def __init__(self, record: Callable[[Any], Any]) -> None:
+        super().__init__()
         self.record = record
-        self.known: dict[str, tuple[orjson.Fragment, str]] = {}
 
-    def __call__(self, text: str) -> tuple[orjson.Fragment, str]:
-        found = self.known.get(text)
-        if found is None:
-            value = self.record(orjson.loads(text))
-            encoded = orjson.dumps(value).decode("utf-8")
-            # The stored text itself when it is already what orjson gives (as stored today): nothing to keep twice.
-            found = (orjson.Fragment(text if encoded == text else encoded), csv_field(safe_cell(value)))
-            if len(self.known) >= REMEMBERED:
-                self.known.clear()
-            self.known[text] = found
+    def __missing__(self, text: str) -> tuple[orjson.Fragment, str]:
+        value = self.record(orjson.loads(text))
+        encoded = orjson.dumps(value).decode("utf-8")
+        # The stored text itself when it is already what orjson gives (as stored today): nothing to keep twice.
+        found = (orjson.Fragment(text if encoded == text else encoded), csv_field(safe_cell(value)))
+        if len(self) >= REMEMBERED:
+            self.clear()
+        self[text] = found
         return found
 
 
-class _Times:
-    """A stored time as ISO 8601 in UTC (SQLite gives it back without its zone; everything stored is UTC) and as
+class _Times(dict[datetime | None, tuple[str | None, str]]):
+    """A stored time to ISO 8601 in UTC (SQLite gives it back without its zone; everything stored is UTC) and to
     its findings.csv field, for the last ``REMEMBERED`` distinct times (a run's rows share a few)."""
 
-    def __init__(self) -> None:
-        self.known: dict[datetime, tuple[str, str]] = {}
-
-    def __call__(self, value: datetime | None) -> tuple[str | None, str]:
-        if value is None:
-            return None, ""
-        found = self.known.get(value)
-        if found is None:
-            iso = (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
-            found = (iso, csv_field(safe_cell(iso)))
-            if len(self.known) >= REMEMBERED:
-                self.known.clear()
-            self.known[value] = found
+    def __missing__(self, value: datetime | None) -> tuple[str | None, str]:
+        iso = None if value is None else (
+            value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()
+        found = (iso, "" if iso is None else csv_field(safe_cell(iso)))
+        if len(self) >= REMEMBERED:
+            self.clear()
+        self[value] = found
         return found
 
 
