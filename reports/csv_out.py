@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -14,6 +15,10 @@ from scanner.model import Finding
 
 # OWASP "CSV injection": a cell starting with one of these may be run as a formula.
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+_CELL_FORMULA_START = re.compile("\0[" + re.escape("".join(_FORMULA_START)) + "]")
+"""A formula start at the beginning of a cell of a row joined by NUL characters, each cell preceded by one."""
+_JSON_CELL = json.JSONEncoder(sort_keys=True, ensure_ascii=False)
+"""``json.dumps(value, sort_keys=True, ensure_ascii=False)``, without building an encoder per cell."""
 
 
 def safe_cell(value: object) -> str:
@@ -21,10 +26,28 @@ def safe_cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, dict | list):
-        text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+        text = _JSON_CELL.encode(value)
     else:
         text = str(value)
     return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def csv_field(cell: str) -> str:
+    """A cell as a field of a CSV line, as the csv module's default (excel) dialect writes it: quoted, with its
+    quotes doubled, when it holds a comma, a quote or a line break."""
+    if "," in cell or '"' in cell or "\r" in cell or "\n" in cell:
+        return '"' + cell.replace('"', '""') + '"'
+    return cell
+
+
+def csv_fields(texts: Sequence[str]) -> Sequence[str]:
+    """Texts as fields of a CSV line, each through ``safe_cell`` and ``csv_field``: the texts themselves when none
+    needs either (one look at the whole row, the common case)."""
+    row = "\0" + "\0".join(texts)
+    if (_CELL_FORMULA_START.search(row) is None
+            and "," not in row and '"' not in row and "\r" not in row and "\n" not in row):
+        return texts
+    return [csv_field(safe_cell(text)) for text in texts]
 
 
 def write_rows(handle: TextIO, columns: Sequence[str], rows: Iterable[Mapping[str, object]]) -> int:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
-
-import orjson
 
 from scanner.model import Finding
 
@@ -40,34 +37,3 @@ def finding_record(finding: Finding) -> dict[str, Any]:
         "run_id": finding.run_id,
         "caused_by": finding.caused_by,  # with status skipped: the id of the root finding it restates
     }
-
-
-def row_record(row: Any) -> dict[str, Any]:
-    """The same record from a stored row (``Store.iter_rows``: evidence and remediation as JSON text), without
-    building a Finding: what findings.json and findings.csv are written from."""
-    remediation = orjson.loads(row.remediation) if row.remediation else None
-    return {
-        "id": row.fingerprint,
-        "check": row.check_id,
-        "status": row.status,
-        "severity": row.severity,
-        "tenant": row.tenant,
-        "domain": row.domain,
-        "subject": row.subject,
-        "item": row.item,
-        "title": row.title,
-        "reason": row.reason,
-        "evidence": orjson.loads(row.evidence),
-        "remediation": {"action": remediation["action"], "params": remediation["params"]} if remediation else None,
-        "first_seen": _iso(row.first_seen),
-        "last_seen": _iso(row.last_seen),
-        "run_id": row.run_id,
-        "caused_by": row.caused_by or "",
-    }
-
-
-def _iso(value: datetime | None) -> str | None:
-    """A stored time as ISO 8601 in UTC (SQLite gives it back without its zone; everything stored is UTC)."""
-    if value is None:
-        return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)).isoformat()

@@ -24,7 +24,6 @@ from checks.registry import Check, Policy, Sender, load_checks, unknown_check_id
 from reports.findings_files import write_findings_files
 from reports.html import render_report
 from reports.outputs import OutputError, publish
-from reports.records import row_record
 from scanner import __version__
 from scanner.adapters.base import PAGE
 from scanner.store.baseline import load_baselines
@@ -544,7 +543,7 @@ def render_outputs(
         files = [p for p in (json_path, csv_path) if p is not None]
         if files:
             with store.iter_rows(run_id) as rows:
-                write_findings_files((row_record(row) for row in rows), json_path, csv_path)
+                write_findings_files(rows, json_path, csv_path)
         if "html" in formats:
             files.append(render_report(
                 store, run, notable, store.lifecycle_events(run_id), folder / "report.html", remediation,

@@ -10,7 +10,6 @@ from checks.evaluate import fingerprint
 from reports.csv_out import write_findings_csv
 from reports.findings_files import write_findings_files
 from reports.json_out import write_findings_json
-from reports.records import row_record
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.pipeline import render_outputs
 from scanner.store.database import Store
@@ -53,7 +52,7 @@ def test_streamed_files_have_the_same_bytes_as_the_list_writers(tmp_path: Path) 
     write_findings_json(stored, tmp_path / "list.json")
     write_findings_csv(stored, tmp_path / "list.csv")
     with store.iter_rows("r1") as rows:
-        assert write_findings_files((row_record(r) for r in rows), tmp_path / "stream.json", tmp_path / "stream.csv") == 200
+        assert write_findings_files(rows, tmp_path / "stream.json", tmp_path / "stream.csv") == 200
     assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
     assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
     store.close()
@@ -80,3 +79,51 @@ def test_memory_writing_findings_stays_flat_as_findings_grow(tmp_path: Path) -> 
     assert peak_large < 1.5 * peak_small + 256 * 1024, (peak_small, peak_large)
     small.close()
     large.close()
+
+
+def _tricky() -> list[Finding]:
+    """Findings whose every column is awkward for a CSV cell or a JSON line: formula starts, non-ASCII, control
+    characters, nested evidence with floats and times, shared evidence bodies, empty values, a skipped finding."""
+    nested = {"record": '=HYPERLINK("x")', "ünï": ["ñ", "😀", "\u2028"], "z": {"b": [1, 2.5, 1e16, -0.0, True, None],
+              "a": {"ctl": "\x00\x1f\n\t\"\\"}}, "big": 2**62, "B": "", "é": 3, "when": NOW}
+    cases = [
+        ("=cmd|' /C calc'!A0", "-bad.example", "+1-555@bad.example", "@item", nested, "", Status.FAIL),
+        ("\uff1dSUM(1)", "a.example", "a.example", "\titem", {}, "line one\nline two", Status.ERROR),
+        ("Title, \"quoted\"", "b.example", "\ruser@b.example", "", nested, "\uff20reason", Status.EXCEPTED),
+        ("－ dash", "c.example", "c.example", "\n", {"k": "@"}, "-1", Status.UNSUPPORTED),
+        ("ünïcode ✓", "d.example", "d.example", "x", nested, "", Status.PASS),
+        ("+ plus", "e.example", "=e.example", "", nested, "", Status.PASS),
+        ("empty", "f.example", "f.example", "", {}, "", Status.PASS),
+    ]
+    found = [
+        Finding(id=fingerprint(f"x.c{n}", "@acme", subject, item), check=f"x.c{n}", status=status,
+                severity=Severity.HIGH, tenant="@acme", domain=domain, subject=subject, item=item, title=title,
+                evidence=evidence, reason=reason,
+                remediation=Remediation("dns.publish", {"record": "=1+1", "list": [1, "@x"], "ünï": "é"})
+                if status is Status.FAIL else None)
+        for n, (title, domain, subject, item, evidence, reason, status) in enumerate(cases)
+    ]
+    root = found[0]
+    return [*found, Finding(
+        id=fingerprint("x.restated", "@acme", root.subject), check="x.restated", status=Status.SKIPPED,
+        severity=Severity.LOW, tenant="@acme", domain=root.domain, subject=root.subject, title="=restates",
+        reason="restates its cause", caused_by=root.id)]
+
+
+def test_tricky_values_keep_their_bytes(tmp_path: Path, store_url: str) -> None:
+    store = Store(store_url)
+    for n, run_id in enumerate(("r1", "r2")):
+        store.start_run(run_id, NOW, "d" * 64, "test")
+        store.record_findings(run_id, _tricky(), NOW.replace(hour=6 + n), ["@acme"])
+        store.finish_run(run_id, NOW, "complete", {})
+    stored = store.findings_for_run("r2")
+    assert {f.status for f in stored} == set(Status)
+    write_findings_json(stored, tmp_path / "list.json")
+    write_findings_csv(stored, tmp_path / "list.csv")
+    with store.iter_rows("r2") as rows:
+        assert write_findings_files(rows, tmp_path / "stream.json", tmp_path / "stream.csv") == 8
+    assert (tmp_path / "stream.json").read_bytes() == (tmp_path / "list.json").read_bytes()
+    assert (tmp_path / "stream.csv").read_bytes() == (tmp_path / "list.csv").read_bytes()
+    text = (tmp_path / "stream.csv").read_text(encoding="utf-8")
+    assert "'=cmd|" in text and "'\uff1dSUM(1)" in text and "'@acme" in text
+    store.close()

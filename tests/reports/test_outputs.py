@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from checks.evaluate import fingerprint
-from reports.csv_out import safe_cell
+from reports.csv_out import csv_fields, safe_cell
 from scanner.model import Finding, Severity, Status
 from scanner.pipeline import write_outputs
 from scanner.store.database import Store
@@ -60,6 +61,23 @@ def test_formula_cells_are_neutralized(text: str) -> None:
 def test_plain_cells_are_unchanged() -> None:
     assert safe_cell("ann@acme.example") == "ann@acme.example"
     assert safe_cell(None) == ""
+
+
+AWKWARD = ["", " ", "a,b", 'say "hi"', '"', "line\nbreak", "cr\rhere", "\r\n", "=1+1", "-", "@", "\t=1", "\uff1d1",
+           "é ünï 😀", "\x00=1", "a\x00b", "'=quoted", "x" * 300, '{"a": [1, "b,c"]}', ",=", "\u2028"]
+
+
+@pytest.mark.parametrize("cells", [AWKWARD, ["plain", "cells", "only"], AWKWARD[1:3], ["", ""], ["=1", "x"]])
+def test_csv_fields_are_what_the_csv_module_writes_of_safe_cells(cells: list[str]) -> None:
+    expected = io.StringIO(newline="")
+    csv.writer(expected).writerow([safe_cell(c) for c in cells])
+    assert ",".join(csv_fields(cells)) + "\r\n" == expected.getvalue()
+
+
+def test_safe_cell_encodes_json_as_json_dumps_does() -> None:
+    value = {"z": [1.5, 1e16, None, True], "a": {"é": "\x00\u2028"}, "B": "=x"}
+    assert safe_cell(value) == json.dumps(value, sort_keys=True, ensure_ascii=False)
+    assert safe_cell(["=1"]) == '["=1"]'
 
 
 def test_csv_file_cells_are_safe(outputs: Path) -> None:
