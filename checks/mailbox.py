@@ -59,7 +59,15 @@ class RosterView:
 
 
 def roster_view(ctx: RunContext) -> RosterView:
-    """The tenant's roster with its coverage; no coverage entry at all counts as a failure, never as 'none'."""
+    """The tenant's roster with its coverage; no coverage entry at all counts as a failure, never as 'none'.
+
+    Built once per tenant and inventory (four checks ask for it for each mailbox)."""
+    inventory = ctx.inventory
+    return inventory.index.derived("roster", ctx.tenant.name, (inventory.coverage, inventory.people),
+                                   lambda: _roster_view(ctx))
+
+
+def _roster_view(ctx: RunContext) -> RosterView:
     entry = ctx.coverage(Fact.ROSTER)
     if entry is None:
         return RosterView(FactState.FAILED, "no roster coverage was recorded for this tenant")

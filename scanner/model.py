@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import enum
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from scanner.dns.mtasts import MtaStsPolicy
@@ -368,16 +369,29 @@ class Baseline:
     source: str = ""
 
 
+_T = TypeVar("_T")
+
+
 class InventoryIndex:
     """Lookups over an inventory's rosters and coverage, each built on first use and rebuilt only when the
     inventory's tuple behind it is a different one: judging a mailbox costs a dictionary lookup, not a pass
     over the whole roster or coverage (100,000 mailboxes against a roster of 100,000 were quadratic)."""
 
-    __slots__ = ("_people", "_coverage")
+    __slots__ = ("_people", "_coverage", "_derived")
 
     def __init__(self) -> None:
         self._people: dict[str, tuple[object, dict[str, Person]]] = {}
         self._coverage: tuple[object, dict[tuple[str, Fact, str], Coverage]] | None = None
+        self._derived: dict[tuple[str, str], tuple[tuple[object, ...], object]] = {}
+
+    def derived(self, name: str, tenant: str, sources: tuple[object, ...], build: Callable[[], _T]) -> _T:
+        """A tenant's value ``name`` built from ``sources`` (parts of the inventory), built again only when one of
+        them is a different object: a view a check asks for per mailbox is then a lookup, not a build."""
+        held = self._derived.get((name, tenant))
+        if held is None or not all(map(operator.is_, held[0], sources)):
+            held = (sources, build())
+            self._derived[(name, tenant)] = held
+        return held[1]  # type: ignore[return-value]
 
     def people(self, tenant: str, roster: object) -> Mapping[str, Person]:
         """The tenant's roster by lowercased address."""

@@ -187,6 +187,15 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
         yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
 
 
+def stage_snapshot(store: Store, run_id: str, inventory: Inventory) -> None:
+    """Stage what the run saw besides the mailboxes (staged as they came), a page at a time: a roster of 100,000
+    people staged in one call was held as 100,000 rows at once (+135 MB), ten thousand domains' DNS answers the
+    same."""
+    items = snapshot_items(inventory)
+    while page := list(itertools.islice(items, PAGE)):
+        store.stage(run_id, page)
+
+
 UNREAD_FIELDS = {Fact.MAILBOX_FORWARDS: "forwards", Fact.MAILBOX_DELEGATES: "delegates"}
 """Mailbox facts a provider may leave unread for one mailbox (a suspended Gmail user, a mailbox Graph cannot read),
 and the stored field that then keeps its last known value."""
@@ -442,9 +451,7 @@ def _record(
         previous = store.previous_state(run_id, forwards=False)
         inventory = with_traffic(store, config, replace(collection.inventory, previous=previous,
                                                         baselines=baselines), as_of or started)
-        items = snapshot_items(inventory)
-        while page := list(itertools.islice(items, PAGE)):  # a page of bodies at a time: they are large
-            store.stage(run_id, page)
+        stage_snapshot(store, run_id, inventory)
         store.keep_last_known(run_id, unread_fields(collection))
         halt_at("staged")
         store.commit_snapshot(run_id, complete=(*collection.complete_tenants, CONFIG_SCOPE))

@@ -8,13 +8,14 @@ import fcntl
 import io
 import json
 import os
+import re
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from scanner.adapters.base import Collected, Emit, Refused, emit_all
 from scanner.adapters.scopes import GOOGLE, GRAPH, mail_access
@@ -66,6 +67,9 @@ STANDING_FACTS = (Fact.MAILBOX_LIST, Fact.MAILBOX_OWNERS, Fact.MAILBOX_LAST_LOGI
 """What a mailbox's ``kind`` and ``status`` decide: which account and owner checks apply to it at all."""
 
 
+_T = TypeVar("_T")
+
+
 class RowError(ValueError):
     """One row of an export file is malformed."""
 
@@ -77,15 +81,16 @@ class ExportFileError(AdapterError):
 
 @dataclass(frozen=True, slots=True)
 class Table:
-    """An export file read whole: its columns and each row with its location (``file:line`` or ``file: item N``).
+    """An export file: its columns and each row with its location (``file:line`` or ``file: item N``).
 
     A row that could not be read at all (a CSV row with the wrong number of fields, a JSON entry that is not
-    an object) has ``row`` None and ``invalid`` saying why.
+    an object) has ``row`` None and ``invalid`` saying why. From ``open_table`` the rows can be iterated once,
+    and iterating them may raise ``ExportFileError`` (the file turns out broken or cut short further down).
     """
 
     path: Path
     columns: tuple[str, ...]
-    rows: tuple[tuple[str, dict[str, Any] | None, str], ...]
+    rows: Iterable[tuple[str, dict[str, Any] | None, str]]
 
 
 def _find(directory: Path, stem: str) -> Path | None:
@@ -117,35 +122,46 @@ def _text_of(path: Path) -> str:
         ) from None
 
 
-def _csv_table(path: Path, text: str) -> Table:
+def _records(path: Path, text: str) -> Iterator[tuple[int, list[str]]]:
+    """The non-empty CSV records with their line numbers; a broken quote refuses the file at that line."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    records: list[tuple[int, list[str]]] = []
     try:
         for record in reader:
             if record:
-                records.append((reader.line_num, record))
+                yield reader.line_num, record
     except csv.Error as exc:
         # The csv module stops at the first broken quote; a quote still open at the end is a cut file.
         what = "the file ends inside a quoted cell (cut short?)" if "end of data" in str(exc) else str(exc)
         raise ExportFileError(f"{path}:{reader.line_num}: {what}") from None
-    (_, header), body = records[0], records[1:]
+
+
+def _csv_table(path: Path, text: str) -> Table:
+    """The header read at once, the rows as they are parsed (a big export is never held as rows)."""
+    records = _records(path, text)
+    _, header = next(records)
     columns = [name.strip() for name in header]
     for index, name in enumerate(columns):
         if name and name in columns[:index]:
             raise ExportFileError(f"{path}:1: the column {name!r} appears twice: which one holds the data is unknown")
-    rows: list[tuple[str, dict[str, Any] | None, str]] = []
-    for number, (line, record) in enumerate(body, start=1):
+    return Table(path, tuple(c for c in columns if c), _csv_rows(path, text, columns, records))
+
+
+def _csv_rows(path: Path, text: str, columns: list[str], records: Iterator[tuple[int, list[str]]]
+              ) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+    # Each record is yielded once the next one is parsed, so the last (cut short?) is known to be the last.
+    held = next(records, None)
+    while held is not None:
+        (line, record), held = held, next(records, None)
         location = f"{path}:{line}"
         if len(record) != len(columns):
-            if number == len(body) and len(record) < len(columns) and not text.endswith(("\n", "\r")):
+            if held is None and len(record) < len(columns) and not text.endswith(("\n", "\r")):
                 raise ExportFileError(
                     f"{location}: the last row has {len(record)} of {len(columns)} fields and no line end: "
                     "the file is cut short"
                 )
-            rows.append((location, None, f"{len(record)} fields where the header has {len(columns)}"))
+            yield location, None, f"{len(record)} fields where the header has {len(columns)}"
             continue
-        rows.append((location, {k: v for k, v in zip(columns, record, strict=True) if k}, ""))
-    return Table(path, tuple(c for c in columns if c), tuple(rows))
+        yield location, {k: v for k, v in zip(columns, record, strict=True) if k}, ""
 
 
 REPEATED = "\x00repeated"
@@ -186,44 +202,59 @@ def _json_kind(value: object) -> str:
             dict: "an object"}.get(type(value), type(value).__name__)
 
 
-def read_table(path: Path, required: tuple[str, ...] = ()) -> Table:
+def open_table(path: Path, required: tuple[str, ...] = ()) -> Table:
     """A CSV (with a header row) or JSON (a list of objects) export file, refused whole when it cannot be trusted.
 
     Refused (``ExportFileError``): an empty file, one cut short, not UTF-8, binary, not a list of objects, a
     repeated column, or a missing ``required`` column. A header alone (or ``[]``) is a file with no rows.
+    A CSV file's rows are parsed as they are iterated, so what is wrong further down (a broken quote, a cut
+    last row) is raised from the iteration: a caller keeps nothing of a file until its last row is read.
     """
     text = _text_of(path)
     table = _json_table(path, text) if path.suffix == ".json" else _csv_table(path, text)
     missing = [c for c in required if c not in table.columns]
     # A JSON list holding no object has no keys to look at: its entries are refused one by one instead.
+    # (A JSON file's rows are a tuple, read whole with its columns; a CSV file's are not looked at here.)
     if missing and (path.suffix != ".json" or any(row is not None for _, row, _ in table.rows)):
         found = ", ".join(table.columns) or "none"
         raise ExportFileError(f"{path}: no {', '.join(repr(c) for c in missing)} column (columns found: {found})")
     return table
 
 
+def read_table(path: Path, required: tuple[str, ...] = ()) -> Table:
+    """``open_table`` with every row read, so nothing is raised later and the rows can be read again."""
+    table = open_table(path, required)
+    return replace(table, rows=tuple(table.rows))
+
+
 def read_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     """Each readable row of an export file with its location; raises ``ExportFileError`` for a file refused whole."""
-    for location, row, _ in read_table(path).rows:
+    for location, row, _ in open_table(path).rows:
         if row is not None:
             yield location, row
 
 
 def _text(row: dict[str, Any], key: str, *, required: bool = False) -> str:
     value = row.get(key)
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise RowError(f"missing {key!r}")
-        return ""
-    if not isinstance(value, str):
+    if isinstance(value, str):
+        value = value.strip()
+        if value:
+            return value
+    elif value is not None:
         raise RowError(f"{key!r} must be text")
-    return value.strip()
+    if required:
+        raise RowError(f"missing {key!r}")
+    return ""
+
+
+WHITESPACE = re.compile(r"\s")
+"""Any whitespace character (what ``str.isspace`` calls one), found in C rather than a character at a time."""
 
 
 def _address(row: dict[str, Any], key: str) -> str:
     value = _text(row, key, required=True).lower()
     local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain or any(c.isspace() for c in value):
+    if not at or not local or "." not in domain or WHITESPACE.search(value):
         raise RowError(f"{key!r} is not an email address: {value[:80]!r}")
     return value
 
@@ -280,11 +311,15 @@ class _Reading:
     problems: list[str] = field(default_factory=list)
     coverage: list[Coverage] = field(default_factory=list)
 
-    def table(self, path: Path, stem: str, facts: tuple[Fact, ...]) -> Table | None:
-        """The file read whole, or None (a problem, and ``facts`` failed for the tenant) when it is refused."""
+    def whole(self, path: Path, stem: str, facts: tuple[Fact, ...], judge: Callable[[Table], _T]) -> _T | None:
+        """What ``judge`` makes of the file's rows, read one at a time; None (a problem, and ``facts`` failed
+        for the tenant) when the file is refused, and when that is found further down, the problems and
+        coverage its earlier rows gave are taken back: a refused file says nothing but why."""
+        problems, coverage = len(self.problems), len(self.coverage)
         try:
-            return read_table(path, REQUIRED[stem])
+            return judge(open_table(path, REQUIRED[stem]))
         except ExportFileError as exc:
+            del self.problems[problems:], self.coverage[coverage:]
             self.problems.append(str(exc))
             for fact in facts:
                 self.cover(fact, FactState.FAILED, str(exc))
@@ -311,7 +346,8 @@ class FilesAdapter:
     async def collect(self, tenant: Tenant, emit: Emit) -> Collected:
         """Read the export directory; bad rows are reported by file and line and the rest is kept.
 
-        The files are read whole (forwards and invites join mailboxes by address), then sent in pages.
+        Each file is parsed a row at a time (never held as rows); the mailboxes are held until the files that join
+        them by address (forwards, invites, grants, recovery) are read, then sent in pages.
         """
         collected = self.read(tenant)
         await emit_all(emit, collected.mailboxes)
@@ -330,11 +366,11 @@ class FilesAdapter:
         path = _find(self.directory, "mailboxes")
         if path is None:
             raise AdapterError(f"{self.directory}: no mailboxes.csv or mailboxes.json")
-        table = reading.table(path, "mailboxes", MAILBOX_FACTS)
-        if table is None:
+        read = reading.whole(path, "mailboxes", MAILBOX_FACTS, lambda table: (table, self._mailboxes(reading, table)))
+        if read is None:
             # Forwards and invites hang on the mailbox rows: without them neither can be placed.
             return Collected((), self._catch_all(reading), tuple(reading.coverage), tuple(reading.problems))
-        mailboxes = self._mailboxes(reading, table)
+        table, mailboxes = read
         reading.cover(Fact.MAILBOX_LIST, FactState.COLLECTED)
         for fact, column in (
             (Fact.MAILBOX_OWNERS, "owners"),
@@ -403,32 +439,36 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, "the export has no forwards file")
             return {}
-        table = reading.table(path, "forwards", (Fact.MAILBOX_FORWARDS,))
-        if table is None:
+
+        def rows(table: Table) -> dict[str, list[Forward]]:
+            found: dict[str, list[Forward]] = {}
+            for location, row, invalid in table.rows:
+                if row is None:
+                    # Whose forward the row was is unknown, so no mailbox's forwards are known to be complete.
+                    reading.problems.append(f"{location}: {invalid}")
+                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {invalid}")
+                    continue
+                try:
+                    mailbox = _address(row, "mailbox")
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}")
+                    continue
+                try:
+                    if mailbox not in mailboxes:
+                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                    target = _address(row, "target")
+                    mechanism = _enum(row, "mechanism", ForwardMechanism, ForwardMechanism.AUTO_FORWARD)
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}", subject=mailbox)
+                    continue
+                found.setdefault(mailbox, []).append(Forward(target, mechanism))
+            return found
+
+        found = reading.whole(path, "forwards", (Fact.MAILBOX_FORWARDS,), rows)
+        if found is None:
             return {}
-        found: dict[str, list[Forward]] = {}
-        for location, row, invalid in table.rows:
-            if row is None:
-                # Whose forward the row was is unknown, so no mailbox's forwards are known to be complete.
-                reading.problems.append(f"{location}: {invalid}")
-                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {invalid}")
-                continue
-            try:
-                mailbox = _address(row, "mailbox")
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}")
-                continue
-            try:
-                if mailbox not in mailboxes:
-                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                target = _address(row, "target")
-                mechanism = _enum(row, "mechanism", ForwardMechanism, ForwardMechanism.AUTO_FORWARD)
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}", subject=mailbox)
-                continue
-            found.setdefault(mailbox, []).append(Forward(target, mechanism))
         if not reading.failed(Fact.MAILBOX_FORWARDS):
             reading.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED)
         return {k: tuple(v) for k, v in found.items()}
@@ -438,31 +478,35 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.MAILBOX_INVITES, FactState.UNSUPPORTED, "the export has no invites file")
             return {}
-        table = reading.table(path, "invites", (Fact.MAILBOX_INVITES,))
-        if table is None:
+
+        def rows(table: Table) -> dict[str, Invite]:
+            found: dict[str, Invite] = {}
+            for location, row, invalid in table.rows:
+                if row is None:
+                    reading.problems.append(f"{location}: {invalid}")
+                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {invalid}")
+                    continue
+                try:
+                    address = _address(row, "address")
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}")
+                    continue
+                try:
+                    if address not in mailboxes:
+                        raise RowError(f"mailbox {address} is not in the mailboxes file")
+                    sent = _when(row, "sent")
+                    if sent is None:
+                        raise RowError("missing 'sent'")
+                    found[address] = Invite(sent, _when(row, "expires"))
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}", subject=address)
+            return found
+
+        found = reading.whole(path, "invites", (Fact.MAILBOX_INVITES,), rows)
+        if found is None:
             return {}
-        found: dict[str, Invite] = {}
-        for location, row, invalid in table.rows:
-            if row is None:
-                reading.problems.append(f"{location}: {invalid}")
-                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {invalid}")
-                continue
-            try:
-                address = _address(row, "address")
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}")
-                continue
-            try:
-                if address not in mailboxes:
-                    raise RowError(f"mailbox {address} is not in the mailboxes file")
-                sent = _when(row, "sent")
-                if sent is None:
-                    raise RowError("missing 'sent'")
-                found[address] = Invite(sent, _when(row, "expires"))
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}", subject=address)
         if not reading.failed(Fact.MAILBOX_INVITES):
             reading.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
         return found
@@ -472,23 +516,27 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.UNSUPPORTED, "the export has no domains file")
             return {}
-        table = reading.table(path, "domains", (Fact.DOMAIN_CATCH_ALL,))
-        if table is None:
+
+        def rows(table: Table) -> dict[str, str | None]:
+            found: dict[str, str | None] = {}
+            for location, row, invalid in table.rows:
+                if row is None:
+                    reading.problems.append(f"{location}: {invalid}")
+                    continue
+                try:
+                    domain = _text(row, "domain", required=True).lower().rstrip(".")
+                    target = _text(row, "catch_all").lower() or None
+                    if target is not None and "@" not in target:
+                        raise RowError(f"'catch_all' is not an email address: {target[:80]!r}")
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    continue
+                found[domain] = target
+            return found
+
+        found = reading.whole(path, "domains", (Fact.DOMAIN_CATCH_ALL,), rows)
+        if found is None:
             return {}
-        found: dict[str, str | None] = {}
-        for location, row, invalid in table.rows:
-            if row is None:
-                reading.problems.append(f"{location}: {invalid}")
-                continue
-            try:
-                domain = _text(row, "domain", required=True).lower().rstrip(".")
-                target = _text(row, "catch_all").lower() or None
-                if target is not None and "@" not in target:
-                    raise RowError(f"'catch_all' is not an email address: {target[:80]!r}")
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                continue
-            found[domain] = target
         reading.cover(Fact.DOMAIN_CATCH_ALL, FactState.COLLECTED)
         for domain in (*reading.tenant.domains, *reading.tenant.parked_domains):
             if domain not in found:
@@ -508,35 +556,39 @@ class FilesAdapter:
                 reading.cover(fact, FactState.UNSUPPORTED, "the export has no grants file")
             return {}
         facts = (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS)
-        table = reading.table(path, "grants", facts)
-        if table is None:
+
+        def rows(table: Table) -> dict[str, list[Grant]]:
+            found: dict[str, list[Grant]] = {}
+            for location, row, invalid in table.rows:
+                if row is None:
+                    reading.problems.append(f"{location}: {invalid}")
+                    for fact in facts:
+                        reading.cover(fact, FactState.FAILED, f"{location}: {invalid}")
+                    continue
+                try:
+                    mailbox = _address(row, "mailbox")
+                    if mailbox not in mailboxes:
+                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                    kind = _enum(row, "kind", GrantKind, None)
+                    if kind is None:
+                        raise RowError("missing 'kind'")
+                    client = _text(row, "client", required=True)
+                    scopes = tuple(_text(row, "scopes").replace(";", " ").split())
+                    default = (mail_access(scopes, {**GOOGLE, **GRAPH}) if kind is GrantKind.OAUTH else
+                               MailAccess.FULL if kind is GrantKind.APP_PASSWORD else MailAccess.NONE)
+                    grant = Grant(kind, _text(row, "id") or client, client, _enum(row, "mail", MailAccess, default),
+                                  scopes, created=_when(row, "created"), last_used=_when(row, "last_used"))
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
+                        reading.cover(fact, FactState.FAILED, f"{location}: {exc}")
+                    continue
+                found.setdefault(mailbox, []).append(grant)
+            return found
+
+        found = reading.whole(path, "grants", facts, rows)
+        if found is None:
             return {}
-        found: dict[str, list[Grant]] = {}
-        for location, row, invalid in table.rows:
-            if row is None:
-                reading.problems.append(f"{location}: {invalid}")
-                for fact in facts:
-                    reading.cover(fact, FactState.FAILED, f"{location}: {invalid}")
-                continue
-            try:
-                mailbox = _address(row, "mailbox")
-                if mailbox not in mailboxes:
-                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                kind = _enum(row, "kind", GrantKind, None)
-                if kind is None:
-                    raise RowError("missing 'kind'")
-                client = _text(row, "client", required=True)
-                scopes = tuple(_text(row, "scopes").replace(";", " ").split())
-                default = (mail_access(scopes, {**GOOGLE, **GRAPH}) if kind is GrantKind.OAUTH else
-                           MailAccess.FULL if kind is GrantKind.APP_PASSWORD else MailAccess.NONE)
-                grant = Grant(kind, _text(row, "id") or client, client, _enum(row, "mail", MailAccess, default), scopes,
-                              created=_when(row, "created"), last_used=_when(row, "last_used"))
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
-                    reading.cover(fact, FactState.FAILED, f"{location}: {exc}")
-                continue
-            found.setdefault(mailbox, []).append(grant)
         for fact in facts:
             if not reading.failed(fact):
                 reading.cover(fact, FactState.COLLECTED)
@@ -548,28 +600,32 @@ class FilesAdapter:
         if path is None:
             reading.cover(Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED, "the export has no recovery file")
             return {}
-        table = reading.table(path, "recovery", (Fact.MAILBOX_RECOVERY,))
-        if table is None:
+
+        def rows(table: Table) -> dict[str, list[Recovery]]:
+            found: dict[str, list[Recovery]] = {}
+            for location, row, invalid in table.rows:
+                if row is None:
+                    reading.problems.append(f"{location}: {invalid}")
+                    reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {invalid}")
+                    continue
+                try:
+                    mailbox = _address(row, "mailbox")
+                    if mailbox not in mailboxes:
+                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
+                    kind = _enum(row, "kind", RecoveryKind, None)
+                    if kind is None:
+                        raise RowError("missing 'kind'")
+                    value = _address(row, "value") if kind is RecoveryKind.EMAIL else _text(row, "value", required=True)
+                except RowError as exc:
+                    reading.problems.append(f"{location}: {exc}")
+                    reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {exc}")
+                    continue
+                found.setdefault(mailbox, []).append(Recovery(kind, value))
+            return found
+
+        found = reading.whole(path, "recovery", (Fact.MAILBOX_RECOVERY,), rows)
+        if found is None:
             return {}
-        found: dict[str, list[Recovery]] = {}
-        for location, row, invalid in table.rows:
-            if row is None:
-                reading.problems.append(f"{location}: {invalid}")
-                reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {invalid}")
-                continue
-            try:
-                mailbox = _address(row, "mailbox")
-                if mailbox not in mailboxes:
-                    raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                kind = _enum(row, "kind", RecoveryKind, None)
-                if kind is None:
-                    raise RowError("missing 'kind'")
-                value = _address(row, "value") if kind is RecoveryKind.EMAIL else _text(row, "value", required=True)
-            except RowError as exc:
-                reading.problems.append(f"{location}: {exc}")
-                reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {exc}")
-                continue
-            found.setdefault(mailbox, []).append(Recovery(kind, value))
         if not reading.failed(Fact.MAILBOX_RECOVERY):
             reading.cover(Fact.MAILBOX_RECOVERY, FactState.COLLECTED)
         return {k: tuple(v) for k, v in found.items()}
@@ -820,7 +876,7 @@ def read_roster_file(path: Path) -> RosterFile:
     people: list[Person] = []
     problems: list[str] = []
     unknown: list[tuple[str, str]] = []
-    for location, row, invalid in read_table(path, REQUIRED["roster"]).rows:
+    for location, row, invalid in open_table(path, REQUIRED["roster"]).rows:
         if row is None:
             problems.append(f"{location}: {invalid}")
             unknown.append(("", f"{location}: {invalid}"))

@@ -148,6 +148,37 @@ def test_unreadable_json_fails_the_mailbox_facts_naming_file_and_line(tmp_path: 
     assert all(states[f] is FactState.FAILED for f in MAILBOX_FACTS)
 
 
+def test_a_file_broken_below_its_bad_rows_is_refused_with_one_problem_and_nothing_of_its_rows(tmp_path: Path) -> None:
+    # The rows are read one at a time: what the bad rows above the break said is taken back with the file.
+    export = _export(
+        tmp_path,
+        mailboxes_csv=MAILBOXES + "carol@acme.example,Carol,wizard,active,,,,\nx,X,user\ndave@acme.example,Dave,user",
+        forwards_csv=FORWARDS,
+    )
+    collected = _collect(export)
+    assert collected.mailboxes == ()
+    assert collected.problems == (f"{export / 'mailboxes.csv'}:7: the last row has 3 of 8 fields and no line end: "
+                                  "the file is cut short",)
+    assert all(not c.subject for c in collected.coverage)
+    states = {c.fact: c.state for c in collected.coverage}
+    assert all(states[f] is FactState.FAILED for f in MAILBOX_FACTS)
+
+    (export / "mailboxes.csv").write_text(MAILBOXES, encoding="utf-8")
+    (export / "forwards.csv").write_text(FORWARDS + 'nobody@acme.example,x@y.test,alias\n"ann@acme.example,x\n')
+    collected = _collect(export)
+    assert len(collected.mailboxes) == 3 and all(m.forwards == () for m in collected.mailboxes)
+    assert collected.problems == (f"{export / 'forwards.csv'}:5: the file ends inside a quoted cell (cut short?)",)
+    assert [(c.fact, c.state, c.subject) for c in collected.coverage if c.fact is Fact.MAILBOX_FORWARDS] == [
+        (Fact.MAILBOX_FORWARDS, FactState.FAILED, "")]
+
+
+def test_a_roster_broken_below_its_rows_is_refused_whole(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text('email,name,left\nann@acme.example,Ann,\nx,X,\n"bob@acme.example,Bob,\n')
+    with pytest.raises(AdapterError, match=r"people.csv:4: the file ends inside a quoted cell"):
+        read_roster(path)
+
+
 def test_roster(tmp_path: Path) -> None:
     path = tmp_path / "people.csv"
     path.write_text("email,name,left\nann@acme.example,Ann,\nbob@acme.example,Bob,2026-02-01\nx,X,\n")
