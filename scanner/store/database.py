@@ -1091,7 +1091,7 @@ class Store:
 
         Use as ``with store.iter_findings(run) as found: for finding in found: ...``."""
         with self.iter_rows(run_id, statuses, checks=checks, fingerprints=fingerprints) as rows:
-            yield (_finding_of(row) for row in rows)
+            yield map(_Findings(), rows)
 
     @contextlib.contextmanager
     def iter_rows(
@@ -1099,7 +1099,7 @@ class Store:
         fingerprints: Sequence[str] | None = None,
     ) -> Iterator[Iterator[Any]]:
         """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
-        text); for writers that need no Finding objects (reports.records.row_record)."""
+        text); for writers that need no Finding objects (reports/findings_files.py)."""
         with self.engine.connect() as conn:
             # A recorded run keeps its own first and last seen, so it renders the same every time; a run whose
             # findings were never recorded has none and shows the live lifecycle.
@@ -1514,17 +1514,42 @@ _STATUSES = {s.value: s for s in Status}
 _SEVERITIES = {s.value: s for s in Severity}
 
 
-def _finding_of(row: Any) -> Finding:
-    """A finding from a row of ``_findings_query`` (its JSON as text)."""
-    remediation = orjson.loads(row.remediation) if row.remediation else None
-    return Finding(
-        id=row.fingerprint, check=row.check_id, status=_STATUSES[row.status], severity=_SEVERITIES[row.severity],
-        tenant=row.tenant, domain=row.domain, subject=row.subject, item=row.item, title=row.title,
-        evidence=orjson.loads(row.evidence), reason=row.reason,
-        remediation=Remediation(remediation["action"], remediation["params"]) if remediation else None,
-        run_id=row.run_id, first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
-        caused_by=row.caused_by or "",
-    )
+class _Findings:
+    """Findings from rows of ``_findings_query`` (their JSON as text) that share what the rows repeat: one string
+    for each recurring check, tenant, domain, title, reason and item, one decoded value for each evidence body
+    (a report holds 200,000 unsupported findings that say the same of different mailboxes). What is shared is
+    the last ``REMEMBERED`` distinct values of each kind, so a cursor's memory stays flat."""
+
+    REMEMBERED = 4096
+
+    def __init__(self) -> None:
+        self._strings: dict[str, str] = {}
+        self._evidence: dict[str, Any] = {}
+
+    def _same(self, text: str) -> str:
+        found = self._strings.get(text)
+        if found is None:
+            if len(self._strings) >= self.REMEMBERED:
+                self._strings.clear()
+            found = self._strings[text] = text
+        return found
+
+    def __call__(self, row: Any) -> Finding:
+        evidence = self._evidence.get(row.evidence)
+        if evidence is None:
+            if len(self._evidence) >= self.REMEMBERED:
+                self._evidence.clear()
+            evidence = self._evidence[row.evidence] = orjson.loads(row.evidence)
+        remediation = orjson.loads(row.remediation) if row.remediation else None
+        same = self._same
+        return Finding(
+            id=row.fingerprint, check=same(row.check_id), status=_STATUSES[row.status],
+            severity=_SEVERITIES[row.severity], tenant=same(row.tenant), domain=same(row.domain), subject=row.subject,
+            item=same(row.item), title=same(row.title), evidence=evidence, reason=same(row.reason),
+            remediation=Remediation(remediation["action"], remediation["params"]) if remediation else None,
+            run_id=same(row.run_id), first_seen=_utc(row.first_seen), last_seen=_utc(row.last_seen),
+            caused_by=row.caused_by or "",
+        )
 
 
 def _legacy_scope(kind: str, key: str) -> str:

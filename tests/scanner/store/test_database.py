@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -162,6 +163,27 @@ def test_a_snapshot_read_a_page_at_a_time_is_the_whole_snapshot_in_key_order(sto
     assert dict(store.iter_snapshot("run2", "mailbox", page=3))[("mailbox", "acme/m06")] == {"n": "new"}
     assert ("mailbox", "acme/m00") not in dict(store.iter_snapshot("run2", "mailbox"))
     assert store.snapshot_keys("run1", "domain") == ["acme/acme.example"]
+
+
+def test_findings_read_back_share_what_they_repeat(store: Store) -> None:
+    """A report holds every finding that is not a pass: 200,000 unsupported findings saying the same of different
+    mailboxes cost what differs between them, not a copy of the reason and the evidence each."""
+    n, said = 3000, "no DMARC aggregate reports were imported for this domain " + "." * 400
+    alike = [Finding(
+        id=fingerprint("dmarc.reports_missing", "acme", f"d{i}.example"), check="dmarc.reports_missing",
+        status=Status.UNSUPPORTED, severity=Severity.MEDIUM, tenant="acme", domain=f"d{i}.example",
+        subject=f"d{i}.example", title="DMARC aggregate reports arrive", reason=said,
+        evidence={"window_days": 14, "note": said}) for i in range(n)]
+    store.start_run("r1", T0, "d", "test")
+    store.record_findings("r1", alike, T0, ("acme",))
+    tracemalloc.start()
+    try:
+        found = store.findings_for_run("r1", (Status.UNSUPPORTED,))
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(f.reason, f.evidence) for f in found] == [(said, {"window_days": 14, "note": said})] * n
+    assert held / n < 700  # each finding's own id, subject, domain and times; a copy of both texts is over 1,400
 
 
 def test_partial_run_between_complete_ones_resolves_nothing_and_deletes_nothing(store: Store) -> None:
