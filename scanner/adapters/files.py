@@ -434,82 +434,68 @@ class FilesAdapter:
                 reading.cover(fact, FactState.FAILED, why, subject=address)
         return mailboxes
 
-    def _forwards(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Forward, ...]]:
-        path = _find(self.directory, "forwards")
+    def _joined(self, reading: _Reading, stem: str, facts: tuple[Fact, ...], key: str,
+                mailboxes: Mapping[str, Mailbox], parse: Callable[[dict[str, Any]], _T]) -> dict[str, tuple[_T, ...]]:
+        """What ``parse`` makes of each row of the file ``stem`` that joins the mailboxes by the address in ``key``,
+        by mailbox; the facts it gives are unsupported without the file and failed for the tenant when it is
+        refused whole (``_Reading.whole``).
+
+        A row that cannot be read, or names no address, fails ``facts`` for the tenant: whose row it was is
+        unknown, so no mailbox's list is known to be complete. A row naming a mailbox the export lacks, or with a
+        bad cell, fails them for that mailbox only."""
+        path = _find(self.directory, stem)
         if path is None:
-            reading.cover(Fact.MAILBOX_FORWARDS, FactState.UNSUPPORTED, "the export has no forwards file")
+            for fact in facts:
+                reading.cover(fact, FactState.UNSUPPORTED, f"the export has no {stem} file")
             return {}
 
-        def rows(table: Table) -> dict[str, list[Forward]]:
-            found: dict[str, list[Forward]] = {}
+        def rows(table: Table) -> dict[str, list[_T]]:
+            found: dict[str, list[_T]] = {}
             for location, row, invalid in table.rows:
-                if row is None:
-                    # Whose forward the row was is unknown, so no mailbox's forwards are known to be complete.
-                    reading.problems.append(f"{location}: {invalid}")
-                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {invalid}")
-                    continue
+                subject = ""
                 try:
-                    mailbox = _address(row, "mailbox")
+                    if row is None:
+                        raise RowError(invalid)
+                    subject = _address(row, key)
+                    if subject not in mailboxes:
+                        raise RowError(f"mailbox {subject} is not in the mailboxes file")
+                    item = parse(row)
                 except RowError as exc:
                     reading.problems.append(f"{location}: {exc}")
-                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}")
+                    for fact in facts:
+                        reading.cover(fact, FactState.FAILED, f"{location}: {exc}", subject=subject)
                     continue
-                try:
-                    if mailbox not in mailboxes:
-                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                    target = _address(row, "target")
-                    mechanism = _enum(row, "mechanism", ForwardMechanism, ForwardMechanism.AUTO_FORWARD)
-                except RowError as exc:
-                    reading.problems.append(f"{location}: {exc}")
-                    reading.cover(Fact.MAILBOX_FORWARDS, FactState.FAILED, f"{location}: {exc}", subject=mailbox)
-                    continue
-                found.setdefault(mailbox, []).append(Forward(target, mechanism))
+                found.setdefault(subject, []).append(item)
             return found
 
-        found = reading.whole(path, "forwards", (Fact.MAILBOX_FORWARDS,), rows)
+        found = reading.whole(path, stem, facts, rows)
         if found is None:
             return {}
-        if not reading.failed(Fact.MAILBOX_FORWARDS):
-            reading.cover(Fact.MAILBOX_FORWARDS, FactState.COLLECTED)
-        return {k: tuple(v) for k, v in found.items()}
+        for fact in facts:
+            if not reading.failed(fact):
+                reading.cover(fact, FactState.COLLECTED)
+        return {address: tuple(items) for address, items in found.items()}
+
+    def _forwards(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Forward, ...]]:
+        """forwards.csv: ``mailbox``, ``target``; optional ``mechanism`` (default auto_forward)."""
+
+        def forward(row: dict[str, Any]) -> Forward:
+            return Forward(_address(row, "target"),
+                           _enum(row, "mechanism", ForwardMechanism, ForwardMechanism.AUTO_FORWARD))
+
+        return self._joined(reading, "forwards", (Fact.MAILBOX_FORWARDS,), "mailbox", mailboxes, forward)
 
     def _invites(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, Invite]:
-        path = _find(self.directory, "invites")
-        if path is None:
-            reading.cover(Fact.MAILBOX_INVITES, FactState.UNSUPPORTED, "the export has no invites file")
-            return {}
+        """invites.csv: ``address``, ``sent``; optional ``expires``. A mailbox's last row is its invite."""
 
-        def rows(table: Table) -> dict[str, Invite]:
-            found: dict[str, Invite] = {}
-            for location, row, invalid in table.rows:
-                if row is None:
-                    reading.problems.append(f"{location}: {invalid}")
-                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {invalid}")
-                    continue
-                try:
-                    address = _address(row, "address")
-                except RowError as exc:
-                    reading.problems.append(f"{location}: {exc}")
-                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}")
-                    continue
-                try:
-                    if address not in mailboxes:
-                        raise RowError(f"mailbox {address} is not in the mailboxes file")
-                    sent = _when(row, "sent")
-                    if sent is None:
-                        raise RowError("missing 'sent'")
-                    found[address] = Invite(sent, _when(row, "expires"))
-                except RowError as exc:
-                    reading.problems.append(f"{location}: {exc}")
-                    reading.cover(Fact.MAILBOX_INVITES, FactState.FAILED, f"{location}: {exc}", subject=address)
-            return found
+        def invite(row: dict[str, Any]) -> Invite:
+            sent = _when(row, "sent")
+            if sent is None:
+                raise RowError("missing 'sent'")
+            return Invite(sent, _when(row, "expires"))
 
-        found = reading.whole(path, "invites", (Fact.MAILBOX_INVITES,), rows)
-        if found is None:
-            return {}
-        if not reading.failed(Fact.MAILBOX_INVITES):
-            reading.cover(Fact.MAILBOX_INVITES, FactState.COLLECTED)
-        return found
+        found = self._joined(reading, "invites", (Fact.MAILBOX_INVITES,), "address", mailboxes, invite)
+        return {address: invites[-1] for address, invites in found.items()}
 
     def _catch_all(self, reading: _Reading) -> dict[str, str | None]:
         path = _find(self.directory, "domains")
@@ -550,85 +536,32 @@ class FilesAdapter:
         """grants.csv: ``mailbox``, ``kind`` (oauth, app_password, device_password), ``client``, ``scopes``
         (space- or semicolon-separated), ``created``, ``last_used``; optional ``id`` (default: the client) and
         ``mail`` (full, read, none; default from the scopes, full for an app password). Never a secret."""
-        path = _find(self.directory, "grants")
-        if path is None:
-            for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
-                reading.cover(fact, FactState.UNSUPPORTED, "the export has no grants file")
-            return {}
-        facts = (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS)
 
-        def rows(table: Table) -> dict[str, list[Grant]]:
-            found: dict[str, list[Grant]] = {}
-            for location, row, invalid in table.rows:
-                if row is None:
-                    reading.problems.append(f"{location}: {invalid}")
-                    for fact in facts:
-                        reading.cover(fact, FactState.FAILED, f"{location}: {invalid}")
-                    continue
-                try:
-                    mailbox = _address(row, "mailbox")
-                    if mailbox not in mailboxes:
-                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                    kind = _enum(row, "kind", GrantKind, None)
-                    if kind is None:
-                        raise RowError("missing 'kind'")
-                    client = _text(row, "client", required=True)
-                    scopes = tuple(_text(row, "scopes").replace(";", " ").split())
-                    default = (mail_access(scopes, {**GOOGLE, **GRAPH}) if kind is GrantKind.OAUTH else
-                               MailAccess.FULL if kind is GrantKind.APP_PASSWORD else MailAccess.NONE)
-                    grant = Grant(kind, _text(row, "id") or client, client, _enum(row, "mail", MailAccess, default),
-                                  scopes, created=_when(row, "created"), last_used=_when(row, "last_used"))
-                except RowError as exc:
-                    reading.problems.append(f"{location}: {exc}")
-                    for fact in (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS):
-                        reading.cover(fact, FactState.FAILED, f"{location}: {exc}")
-                    continue
-                found.setdefault(mailbox, []).append(grant)
-            return found
+        def grant(row: dict[str, Any]) -> Grant:
+            kind = _enum(row, "kind", GrantKind, None)
+            if kind is None:
+                raise RowError("missing 'kind'")
+            client = _text(row, "client", required=True)
+            scopes = tuple(_text(row, "scopes").replace(";", " ").split())
+            default = (mail_access(scopes, {**GOOGLE, **GRAPH}) if kind is GrantKind.OAUTH else
+                       MailAccess.FULL if kind is GrantKind.APP_PASSWORD else MailAccess.NONE)
+            return Grant(kind, _text(row, "id") or client, client, _enum(row, "mail", MailAccess, default),
+                         scopes, created=_when(row, "created"), last_used=_when(row, "last_used"))
 
-        found = reading.whole(path, "grants", facts, rows)
-        if found is None:
-            return {}
-        for fact in facts:
-            if not reading.failed(fact):
-                reading.cover(fact, FactState.COLLECTED)
-        return {k: tuple(v) for k, v in found.items()}
+        return self._joined(reading, "grants", (Fact.MAILBOX_OAUTH_GRANTS, Fact.MAILBOX_APP_PASSWORDS), "mailbox",
+                            mailboxes, grant)
 
     def _recovery(self, reading: _Reading, mailboxes: dict[str, Mailbox]) -> dict[str, tuple[Recovery, ...]]:
         """recovery.csv: ``mailbox``, ``kind`` (email or phone), ``value``."""
-        path = _find(self.directory, "recovery")
-        if path is None:
-            reading.cover(Fact.MAILBOX_RECOVERY, FactState.UNSUPPORTED, "the export has no recovery file")
-            return {}
 
-        def rows(table: Table) -> dict[str, list[Recovery]]:
-            found: dict[str, list[Recovery]] = {}
-            for location, row, invalid in table.rows:
-                if row is None:
-                    reading.problems.append(f"{location}: {invalid}")
-                    reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {invalid}")
-                    continue
-                try:
-                    mailbox = _address(row, "mailbox")
-                    if mailbox not in mailboxes:
-                        raise RowError(f"mailbox {mailbox} is not in the mailboxes file")
-                    kind = _enum(row, "kind", RecoveryKind, None)
-                    if kind is None:
-                        raise RowError("missing 'kind'")
-                    value = _address(row, "value") if kind is RecoveryKind.EMAIL else _text(row, "value", required=True)
-                except RowError as exc:
-                    reading.problems.append(f"{location}: {exc}")
-                    reading.cover(Fact.MAILBOX_RECOVERY, FactState.FAILED, f"{location}: {exc}")
-                    continue
-                found.setdefault(mailbox, []).append(Recovery(kind, value))
-            return found
+        def recovery(row: dict[str, Any]) -> Recovery:
+            kind = _enum(row, "kind", RecoveryKind, None)
+            if kind is None:
+                raise RowError("missing 'kind'")
+            return Recovery(kind, _address(row, "value") if kind is RecoveryKind.EMAIL
+                            else _text(row, "value", required=True))
 
-        found = reading.whole(path, "recovery", (Fact.MAILBOX_RECOVERY,), rows)
-        if found is None:
-            return {}
-        if not reading.failed(Fact.MAILBOX_RECOVERY):
-            reading.cover(Fact.MAILBOX_RECOVERY, FactState.COLLECTED)
-        return {k: tuple(v) for k, v in found.items()}
+        return self._joined(reading, "recovery", (Fact.MAILBOX_RECOVERY,), "mailbox", mailboxes, recovery)
 
     # Remediation writes: only remediation jobs call these. Each rewrites one export file atomically
     # (a temporary file in the same directory, then a rename) and returns the state read back.

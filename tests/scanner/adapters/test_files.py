@@ -224,12 +224,25 @@ def test_without_grants_or_recovery_files_those_facts_are_unsupported(tmp_path: 
     assert reasons[Fact.MAILBOX_RECOVERY] == (FactState.UNSUPPORTED, "the export has no recovery file")
 
 
-def test_a_bad_grant_row_fails_the_fact_naming_file_and_line(tmp_path: Path) -> None:
-    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES,
-                                 grants_csv="mailbox,kind,client\nbob@acme.example,token,X\n"))
+def test_a_bad_grant_row_fails_its_mailboxs_grants_naming_file_and_line(tmp_path: Path) -> None:
+    """Bob's unreadable grant leaves Bob's grants unknown, not every mailbox's: the other rows still count."""
+    grants = "mailbox,kind,client\nbob@acme.example,token,X\nann@acme.example,app_password,Mail\n"
+    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES, grants_csv=grants))
     assert any("grants.csv:2" in p and "'kind'" in p for p in collected.problems)
-    failed = [c for c in collected.coverage if c.fact is Fact.MAILBOX_APP_PASSWORDS]
-    assert failed and all(c.state is FactState.FAILED for c in failed)
+    states = sorted((c.fact.value, c.subject, c.state.value) for c in collected.coverage
+                    if c.fact in (Fact.MAILBOX_APP_PASSWORDS, Fact.MAILBOX_OAUTH_GRANTS))
+    assert states == [("mailbox.app_passwords", "", "collected"), ("mailbox.app_passwords", "bob@acme.example", "failed"),
+                      ("mailbox.oauth_grants", "", "collected"), ("mailbox.oauth_grants", "bob@acme.example", "failed")]
+    boxes = {m.address: m for m in collected.mailboxes}
+    assert [g.client for g in boxes["ann@acme.example"].grants] == ["Mail"]
+
+
+def test_a_grant_or_recovery_row_naming_no_mailbox_fails_the_fact_for_the_tenant(tmp_path: Path) -> None:
+    collected = _collect(_export(tmp_path, mailboxes_csv=MAILBOXES,
+                                 grants_csv="mailbox,kind,client\n,oauth,X\n",
+                                 recovery_csv="mailbox,kind,value\nnot-an-address,phone,1\n"))
+    failed = sorted((c.fact.value, c.subject) for c in collected.coverage if c.state is FactState.FAILED)
+    assert failed == [("mailbox.app_passwords", ""), ("mailbox.oauth_grants", ""), ("mailbox.recovery", "")]
 
 
 def test_grant_revoke_removes_the_row_and_refuses_the_undo(tmp_path: Path) -> None:
