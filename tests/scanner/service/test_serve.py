@@ -23,11 +23,12 @@ from click.testing import CliRunner
 
 from scanner.cli import main
 from scanner.config import load_config
-from scanner.store.lease import Lease, ScanBusy, current_holder, ensure_lease_table, scan_lease
+from scanner.store.lease import Lease, ScanBusy, current_holder
 from scanner.pipeline import ScanInterrupted, run_scan
 from scanner.service.serve import JsonLines, build_scheduler, job_runs, job_status, next_run_times, sync_jobs
 from scanner.store.database import Store
 from scanner.loopback.zoneserver import ZoneServer
+from tests.scanner.store.held import hold_scan_lease
 
 ZONE = '@ IN MX 10 mx.{origin}.\nmx IN A 127.0.0.25\n@ IN TXT "v=spf1 mx -all"\n_dmarc IN TXT "v=DMARC1; p=none"'
 
@@ -311,12 +312,7 @@ def test_a_live_scan_holding_the_lease_refuses_a_second_one_and_a_dead_one_is_re
     store = Store(store_url)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        store.start_run("held", datetime.now(UTC), "d", "test")
-        ensure_lease_table(store)
-        with store.engine.begin() as conn:
-            now = datetime.now(UTC)
-            conn.execute(sa.insert(scan_lease).values(name="scan", run_id="held", host=socket.gethostname(),
-                                                      pid=sleeper.pid, acquired=now, heartbeat=now))
+        hold_scan_lease(store, "held", sleeper.pid)
         with pytest.raises(ScanBusy, match="run held"):
             run_scan(config, tmp_path / "out", store=store)
         refused = CliRunner().invoke(main, ["scan", "--config", str(config.source), "--out", str(tmp_path / "o")])

@@ -6,23 +6,21 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from click.testing import CliRunner
 
 from scanner.cli import main
 from scanner.config import load_config
-from scanner.store.lease import ScanBusy, ensure_lease_table, scan_lease
+from scanner.store.lease import ScanBusy
 from scanner.pipeline import HALT_AT, HALT_FILE, run_scan
 from scanner.store.database import MIGRATIONS, Store
 from scanner.loopback.zoneserver import ZoneServer
+from tests.scanner.store.held import hold_scan_lease
 from tests.scanner.test_crash import FIRST, SECOND, _config, _export, estate  # noqa: F401 - the estate fixture
 
 
@@ -139,12 +137,7 @@ def test_status_tells_a_dead_scan_from_a_running_one(estate: ZoneServer, tmp_pat
     store = Store(store_url)
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        store.start_run("held", datetime.now(UTC), "d", "test")
-        ensure_lease_table(store)
-        with store.engine.begin() as conn:
-            now = datetime.now(UTC)
-            conn.execute(sa.insert(scan_lease).values(name="scan", run_id="held", host=socket.gethostname(),
-                                                      pid=sleeper.pid, acquired=now, heartbeat=now))
+        hold_scan_lease(store, "held", sleeper.pid)
         alive = CliRunner().invoke(main, ["status", "--config", str(path)])
         assert alive.exit_code == 0, alive.output
         assert f"scan running: run held (process {sleeper.pid}" in alive.output
