@@ -1186,6 +1186,8 @@ class Recording:
         self._now = now
         self._complete = complete
         self._hidden = _hidden(conn, seq)
+        # A store without findings (its first scan) has none to look up: a run records each finding once.
+        self._first = conn.execute(sa.select(findings.c.fingerprint).limit(1)).first() is None
         self._evidence: set[str] = set()
         self._batches: dict[str, _Batch] = {}
 
@@ -1318,6 +1320,8 @@ class Recording:
     def _existing(self, ids: Sequence[str]) -> dict[str, Any]:
         """The lifecycle and context rows of the findings with these ids that the store already has, by id."""
         existing: dict[str, Any] = {}
+        if self._first:
+            return existing
         for start in range(0, len(ids), 500):
             for row in self._conn.execute(_EXISTING, {"ids": ids[start : start + 500]}):
                 existing[row.fingerprint] = row
