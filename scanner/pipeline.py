@@ -7,6 +7,7 @@ import contextlib
 import gc
 import itertools
 import logging
+import operator
 import os
 import secrets
 import threading
@@ -476,6 +477,9 @@ def _record(
     return Recorded(run_id, collection, collected, time.perf_counter() - clock - collected)
 
 
+_TENANT_STATUS = operator.attrgetter("tenant", "status")
+
+
 def _judge_and_record(
     store: Store, run_id: str, inventory: Inventory, checks: Sequence[Check], config: Config, *, now: datetime,
     recorded: datetime, complete: Sequence[str], only: Sequence[str] | None, stop: threading.Event | None,
@@ -498,8 +502,8 @@ def _judge_and_record(
                 if only is not None:
                     # Only the chosen units were collected: the others' results are judgements on nothing.
                     results = [f for f in results if f.tenant in only]
-                for finding in results:
-                    counts.setdefault(finding.tenant, Counter())[finding.status.value] += 1
+                for (tenant, status), n in Counter(map(_TENANT_STATUS, results)).items():
+                    counts.setdefault(tenant, Counter())[status.value] += n
                 recording.record(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))

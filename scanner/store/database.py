@@ -1186,6 +1186,8 @@ class Recording:
         self._now = now
         self._complete = complete
         self._hidden = _hidden(conn, seq)
+        # A store without findings (its first scan) has none to look up: a run records each finding once.
+        self._first = conn.execute(sa.select(findings.c.fingerprint).limit(1)).first() is None
         self._evidence: set[str] = set()
         self._batches: dict[str, _Batch] = {}
 
@@ -1234,97 +1236,96 @@ class Recording:
         """Store findings and advance each one's lifecycle (with ``out``: append them with first and last seen).
 
         A pass is a narrow ``run_passes`` row whose evidence is stored once per distinct body; every other
-        status a full ``run_findings`` row. JSON is encoded once (orjson), and each table gets one batched
-        statement per call, compiled once per connection."""
-        conn, now, complete = self._conn, self._now, self._complete
-        ids = sorted({f.id for f in results})
-        existing: dict[str, Any] = {}
-        query = sa.select(
-            findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen,
-            findings.c.resolved_at, findings.c.resolved_run, finding_context.c.domain, finding_context.c.title,
-        ).select_from(findings.outerjoin(finding_context, finding_context.c.fingerprint == findings.c.fingerprint))
-        for start in range(0, len(ids), 500):
-            for row in conn.execute(query.where(findings.c.fingerprint.in_(ids[start : start + 500]))):
-                existing[row.fingerprint] = row
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        stored: list[dict[str, Any]] = []
-        passes: list[dict[str, Any]] = []
+        status a full ``run_findings`` row. JSON is encoded once (orjson), rows are tuples in their statement's
+        column order, and each table gets one batched statement per call, compiled once per connection."""
+        conn, now, complete, run_id = self._conn, self._now, self._complete, self._run_id
+        # Rows go in in key order, so each lands beside the one before in the tables' b-trees rather than on a
+        # random page of tables that grow to hundreds of thousands of rows.
+        ordered = sorted(results, key=_BY_ID)
+        existing = self._existing([f.id for f in ordered])
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        stored: list[tuple[Any, ...]] = []
+        passes: list[tuple[Any, ...]] = []
         bodies: dict[str, str] = {}
-        labels: dict[str, dict[str, Any]] = {}
-        for finding in results:
-            row = existing.get(finding.id)
-            first = _utc(row.first_seen) if row is not None else None
-            last = _utc(row.last_seen) if row is not None else None
-            was_open = bool(row is not None and row.is_open)
+        fresh: list[tuple[str, str, str]] = []
+        changed: list[tuple[str, str, str]] = []
+        seen: dict[str, tuple[datetime | None, datetime | None]] = {}
+        known = self._evidence
+        for finding in ordered:
+            fid, status = finding.id, finding.status
+            row = existing.get(fid)
+            if row is None:
+                first = last = None
+                was_open = False
+            else:
+                first, last, was_open = _utc(row.first_seen), _utc(row.last_seen), bool(row.is_open)
             event = ""
-            if finding.status in PRESENT:
+            present = status in PRESENT
+            if present:
                 event = "persisting" if was_open else ("reopened" if first is not None else "new")
-                if event != "persisting":
-                    first = first if event == "reopened" else now
+                if event == "new":
+                    first = now
                 last = now
-                change = {"is_open": True, "first_seen": first, "last_seen": last, "resolved_at": None,
-                          "resolved_run": None}
-            elif finding.status is Status.PASS and was_open and finding.tenant in complete:
+                if row is not None:
+                    updates.append((True, first, last, None, None, fid))
+            elif status is Status.PASS and was_open and finding.tenant in complete:
                 # A pass resolves only where the run saw the tenant completely: a pass judged on a
                 # partial view (a page of forwards missing) may be the view's doing, not the fix's.
                 event = "resolved"
-                change = {"is_open": False, "resolved_at": now, "resolved_run": self._run_id}
-            else:
-                change = {}
+                updates.append((False, row.first_seen, row.last_seen, now, run_id, fid))  # type: ignore[union-attr]
             if row is None:
-                inserts.append({"fingerprint": finding.id, "check_id": finding.check, "tenant": finding.tenant,
-                                "subject": finding.subject, "item": finding.item, "is_open": False,
-                                "first_seen": None, "last_seen": None, "resolved_at": None,
-                                "resolved_run": None, **change})
-            elif change:
-                updates.append({"fp": finding.id, **{k: change.get(k, getattr(row, k)) for k in _MUTABLE}})
-            if finding.status is Status.PASS:
-                body = canonical_bytes(finding.evidence).decode("utf-8")
-                digest = evidence_hash(body)
-                if digest not in self._evidence:
-                    bodies[digest] = body
-                passes.append({"run_id": self._run_id, "fingerprint": finding.id,
-                               "severity": finding.severity.value, "evidence": digest,
-                               "resolved": event == "resolved", "first_seen": first, "last_seen": last})
-                if row is None or row.domain != finding.domain or row.title != finding.title:
-                    labels[finding.id] = {"fp": finding.id, "domain": finding.domain, "title": finding.title,
-                                          "known": row is not None and row.domain is not None}
+                inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present, first,
+                                last, None, None))
+            if status is Status.PASS:
+                body = canonical_bytes(finding.evidence)
+                digest = hashlib.sha256(body).hexdigest()[:32]  # evidence_hash, on the encoded bytes
+                if digest not in known:
+                    bodies[digest] = body.decode("utf-8")
+                passes.append((run_id, fid, finding.severity.value, digest, event == "resolved", first, last))
+                if row is None or row.domain is None:
+                    fresh.append((fid, finding.domain, finding.title))
+                elif row.domain != finding.domain or row.title != finding.title:
+                    changed.append((fid, finding.domain, finding.title))
             else:
-                stored.append(_run_row(self._run_id, finding, event, first, last))
+                stored.append(_run_row(run_id, finding, event, first, last))
             if out is not None:
-                out.append(replace(finding, run_id=self._run_id, first_seen=first, last_seen=last))
-        # Rows go in in key order, so each lands beside the one before in the tables' b-trees rather than on a
-        # random page of tables that grow to hundreds of thousands of rows.
-        for rows in (inserts, passes, stored):
-            rows.sort(key=_BY_FINGERPRINT)
+                seen[fid] = (first, last)
+        if out is not None:
+            out.extend(replace(f, run_id=run_id, first_seen=seen[f.id][0], last_seen=seen[f.id][1]) for f in results)
         if inserts:
-            self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, list(inserts[0])))(inserts)
+            self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, _FINDING_KEYS))(inserts)
         if updates:
             self._batch("findings-update", lambda: _Batch(
                 conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
-                ["fp", *_MUTABLE]))(updates)
+                (*_MUTABLE, "fp")))(updates)
         if bodies:
             self._batch("evidence", lambda: _Batch(
-                conn, _upsert(conn, evidence)
-                .on_conflict_do_nothing(), evidence, ["hash", "body"]))(
-                [{"hash": digest, "body": body} for digest, body in sorted(bodies.items())])
+                conn, _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")))(
+                sorted(bodies.items()))
             self._remember(bodies)
-        fresh = sorted(({"fingerprint": v["fp"], "domain": v["domain"], "title": v["title"]}
-                        for v in labels.values() if not v["known"]), key=_BY_FINGERPRINT)
         if fresh:
             self._batch("context", lambda: _Batch(
-                conn, sa.insert(finding_context), finding_context, ["fingerprint", "domain", "title"]))(fresh)
-        changed = [{"fp": v["fp"], "domain": v["domain"], "title": v["title"]} for v in labels.values() if v["known"]]
+                conn, sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")))(fresh)
         if changed:
             self._batch("context-update", lambda: _Batch(
                 conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")),
-                finding_context, ["fp", "domain", "title"]))(changed)
+                finding_context, ("fp", "domain", "title")))(changed)
         if passes:
-            self._batch("passes", lambda: _Batch(conn, sa.insert(run_passes), run_passes, list(passes[0])))(passes)
+            self._batch("passes", lambda: _Batch(conn, sa.insert(run_passes), run_passes, _PASS_KEYS))(passes)
         if stored:
-            self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, list(stored[0]),
+            self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
                                                encoded=("evidence", "remediation")))(stored)
+
+    def _existing(self, ids: Sequence[str]) -> dict[str, Any]:
+        """The lifecycle and context rows of the findings with these ids that the store already has, by id."""
+        existing: dict[str, Any] = {}
+        if self._first:
+            return existing
+        for start in range(0, len(ids), 500):
+            for row in self._conn.execute(_EXISTING, {"ids": ids[start : start + 500]}):
+                existing[row.fingerprint] = row
+        return existing
 
     def _batch(self, name: str, make: Callable[[], _Batch]) -> _Batch:
         """The run's compiled statement of that name, compiled on first use."""
@@ -1393,44 +1394,61 @@ def _sqlite_pragmas(*, wal: bool) -> Callable[[Any, Any], None]:
 
 
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
-_BY_FINGERPRINT = operator.itemgetter("fingerprint")
+_BY_ID = operator.attrgetter("id")
+_FINDING_KEYS = ("fingerprint", "check_id", "tenant", "subject", "item", *_MUTABLE)
+_PASS_KEYS = ("run_id", "fingerprint", "severity", "evidence", "resolved", "first_seen", "last_seen")
+_FULL_KEYS = ("run_id", "fingerprint", "check_id", "status", "severity", "tenant", "domain", "subject", "item",
+              "title", "evidence", "reason", "remediation", "event", "caused_by", "first_seen", "last_seen")
+"""The columns of a row ``Recording.record`` writes to findings, run_passes and run_findings, in its tuple's order."""
 
+_EXISTING = sa.select(
+    findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen, findings.c.resolved_at,
+    findings.c.resolved_run, finding_context.c.domain, finding_context.c.title,
+).select_from(findings.outerjoin(finding_context, finding_context.c.fingerprint == findings.c.fingerprint)).where(
+    findings.c.fingerprint.in_(sa.bindparam("ids", expanding=True)))
+"""A recording's look-up of the findings it is about to record (one statement, compiled once)."""
 
 
 class _Batch:
     """One INSERT or UPDATE compiled once for a connection's dialect and run through the driver's executemany,
-    so the driver's prepared-statement cache serves every row; each value goes through its column's own type
-    conversion, as SQLAlchemy would do it, except the ``encoded`` JSON columns whose text is ready."""
+    so the driver's prepared-statement cache serves every row.
+
+    Rows are tuples in ``keys`` order. Each value goes through its column's own type conversion, as SQLAlchemy
+    would do it, once per distinct value of the column (the converted columns are booleans), except the
+    ``encoded`` JSON columns whose text is ready."""
 
     def __init__(self, conn: Connection, statement: Any, table: sa.Table, keys: Sequence[str],
                  encoded: Collection[str] = ()) -> None:
         compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys))
         self._conn = conn
         self._sql = compiled.string
-        self._names: list[str] = list(compiled.positiontup or ()) if compiled.positional else []
+        self._keys = tuple(keys)
         columns = {c.key: c for c in table.columns}
-        self._convert = {
-            key: convert for key in keys if key in columns and key not in encoded
+        self._convert = [
+            (i, convert) for i, key in enumerate(keys) if key in columns and key not in encoded
             and (convert := columns[key].type.bind_processor(conn.dialect)) is not None
-        }
-        self._fast = not self._convert and bool(self._names)
+        ]
+        names = list(compiled.positiontup or ()) if compiled.positional else []
+        self._named = not names  # PostgreSQL's drivers take each row as a dict
+        self._order = (operator.itemgetter(*[self._keys.index(n) for n in names])
+                       if names and names != list(keys) else None)
 
-    def __call__(self, rows: Sequence[Mapping[str, Any]]) -> None:
+    def __call__(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run the statement once per row, in batches of ten thousand."""
         for start in range(0, len(rows), 10000):
-            chunk = rows[start : start + 10000]
-            if chunk:
-                self._conn.exec_driver_sql(self._sql, self._converted(chunk))  # type: ignore[arg-type]
+            self._conn.exec_driver_sql(self._sql, self._converted(rows[start : start + 10000]))  # type: ignore[arg-type]
 
-    def _converted(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        if self._fast:  # no value needs converting (SQLite's strings): the row's values in the statement's order
-            names = self._names
-            return [tuple([row[name] for name in names]) for row in rows]
-        convert = self._convert
-        if self._names:
-            spec = [(name, convert.get(name)) for name in self._names]
-            return [tuple([row[n] if c is None else c(row[n]) for n, c in spec]) for row in rows]
-        return [{k: (convert[k](v) if k in convert else v) for k, v in row.items()} for row in rows]
+    def _converted(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[Any]:
+        if self._convert:
+            columns: list[Sequence[Any]] = list(zip(*rows))
+            for i, convert in self._convert:
+                converted = {value: convert(value) for value in set(columns[i])}
+                columns[i] = list(map(converted.__getitem__, columns[i]))
+            rows = list(zip(*columns))
+        if self._named:
+            keys = self._keys
+            return [dict(zip(keys, row)) for row in rows]
+        return rows if self._order is None else list(map(self._order, rows))
 
 EVIDENCE_REMEMBERED = 20000
 """How many evidence hashes a recording remembers as stored before it forgets them all (and inserts again,
@@ -1439,20 +1457,20 @@ harmlessly, with ON CONFLICT DO NOTHING)."""
 
 def _run_row(
     run_id: str, finding: Finding, event: str, first_seen: datetime | None, last_seen: datetime | None
-) -> dict[str, Any]:
+) -> tuple[Any, ...]:
+    """A finding's run_findings row, in ``_FULL_KEYS`` order."""
     remediation = (
         {"action": finding.remediation.action, "params": dict(finding.remediation.params)}
         if finding.remediation
         else None
     )
-    return {
-        "run_id": run_id, "fingerprint": finding.id, "check_id": finding.check, "status": finding.status.value,
-        "severity": finding.severity.value, "tenant": finding.tenant, "domain": finding.domain,
-        "subject": finding.subject, "item": finding.item, "title": finding.title,
-        "evidence": canonical_bytes(finding.evidence).decode("utf-8"), "reason": finding.reason,
-        "remediation": canonical_bytes(remediation).decode("utf-8") if remediation is not None else None,
-        "event": event, "caused_by": finding.caused_by, "first_seen": first_seen, "last_seen": last_seen,
-    }
+    return (
+        run_id, finding.id, finding.check, finding.status.value, finding.severity.value, finding.tenant,
+        finding.domain, finding.subject, finding.item, finding.title,
+        canonical_bytes(finding.evidence).decode("utf-8"), finding.reason,
+        canonical_bytes(remediation).decode("utf-8") if remediation is not None else None,
+        event, finding.caused_by, first_seen, last_seen,
+    )
 
 
 def _findings_query(

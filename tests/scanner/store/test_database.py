@@ -402,3 +402,17 @@ def test_passes_are_stored_compactly_and_read_back_in_full(store: Store) -> None
     assert [(c.check, c.tenant, c.domain, c.severity, c.count) for c in store.pass_counts("run2")] == [
         ("forwarding.external", "acme", "acme.example", Severity.HIGH, 3)]
     assert [f.subject for f in store.findings_for_run("run2", (Status.FAIL,))] == ["d@acme.example"]
+
+
+def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Store) -> None:
+    failing = _finding("a@acme.example", Status.FAIL)
+    passing = _finding("b@acme.example", Status.PASS)
+    _run(store, 1, [failing, passing])
+    # a passes for the first time (its context is new), b's context changes; both with a new title and domain.
+    _run(store, 2, [replace(f, status=Status.PASS, evidence={}, title="renamed", domain="acme.test")
+                    for f in (failing, passing)])
+    assert [(f.subject, f.status, f.title, f.domain, f.first_seen) for f in store.findings_for_run("run2")] == [
+        ("a@acme.example", Status.PASS, "renamed", "acme.test", T0 + timedelta(days=1)),
+        ("b@acme.example", Status.PASS, "renamed", "acme.test", None),
+    ]
+    assert store.lifecycle_events("run2") == {"new": [], "reopened": [], "resolved": [failing.id]}
