@@ -1136,13 +1136,19 @@ class Store:
                               _SEVERITIES[severity], int(n))
                     for check, title, tenant, domain, severity, n in conn.execute(query)]
 
-    def finding_counts(self, run_id: str) -> dict[tuple[str, str, str], int]:
-        """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs."""
+    def finding_counts(
+        self, run_id: str, statuses: Collection[Status] | None = None
+    ) -> dict[tuple[str, str, str], int]:
+        """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs.
+
+        Only those of ``statuses`` when given: without ``pass``, the passes (most rows, and a join) are not read."""
         full = (
             sa.select(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity, sa.func.count())
             .where(run_findings.c.run_id == run_id)
             .group_by(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity)
         )
+        if statuses is not None:
+            full = full.where(run_findings.c.status.in_(sorted(s.value for s in statuses)))
         passes = (
             sa.select(findings.c.tenant, run_passes.c.severity, sa.func.count())
             .join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
@@ -1151,7 +1157,8 @@ class Store:
         )
         with self.engine.connect() as conn:
             counts = {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(full)}
-            counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
+            if statuses is None or Status.PASS in statuses:
+                counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
         return counts
 
     def lifecycle_events(self, run_id: str) -> dict[str, list[str]]:
