@@ -23,7 +23,7 @@ from checks.registry import RegistryError, Sender, load_checks
 from reports.actions import ActionChange, action_change, link_signer, remediation_link
 from reports.controls import ControlStatus, ControlTally, control_matrix, tenant_providers
 from reports.dmarc_sources import senders_seen
-from reports.rootcause import WEIGHTS, Counts, postures, root_causes
+from reports.rootcause import WEIGHTS, Counts, RootCause, postures, root_causes
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
@@ -285,6 +285,7 @@ class PageData:
         self._rows: list[list[Any]] = []
         self._alike: dict[tuple[Any, ...], _Alike] = {}
         self._passes: dict[tuple[int, int, int], Counter[int]] = {}
+        self._seen: dict[str, str] = {}  # most findings of a run share their first seen: one text each
         self.subjects: set[str] = set()
         """The subjects of the findings that are not passes (whose display names the page shows)."""
 
@@ -301,6 +302,7 @@ class PageData:
         self.subjects.add(f.subject)
         link = remediation_link(f, self._signer) if change else None
         first_seen = f.first_seen.isoformat() if f.first_seen else ""
+        first_seen = self._seen.setdefault(first_seen, first_seen)
         flag = self._flags.get(f.id, 0)
         if change is None or change.action == "dns.publish":
             # the page shows a record to publish from the evidence (``publish``): the action's name says the rest
@@ -781,7 +783,8 @@ def render_html(
         by_status[status] += n
     tenants_in_scope = list(run.scope.get("tenants", {}))
     scores = postures(counts, previous_counts if previous is not None else None, tenants_in_scope)
-    causes = root_causes(reading.causes, signer, reading.changes)
+    causes = reading.root_causes(signer)
+    cause_count, dependants = len(causes), sum(len(c.dependants) for c in causes)
     per_tenant: dict[str, Counter[str]] = {}
     for (tenant, status, _), n in counts.items():
         per_tenant.setdefault(tenant, Counter())[status] += n
@@ -792,6 +795,7 @@ def render_html(
     for cause in causes:
         families[cause.first.check.partition(".")[0]] += len(cause.findings)
     family_top = max(families.values(), default=0)
+    del causes[FIX_FIRST:]  # the page shows these: the rest, and their findings, are let go before it is written
     if previous is not None:
         new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), reading.named)
         resolved = _named(events.get("resolved", ()), [*reading.named, *named_passes])  # a subject gone from the inventory is counted, not named
@@ -812,9 +816,9 @@ def render_html(
         severities=[s.value for s in reversed(Severity)],
         weights=[(s.value, WEIGHTS[s]) for s in reversed(Severity)],
         postures=scores,
-        causes=causes[:FIX_FIRST],
-        cause_count=len(causes),
-        dependants=sum(len(c.dependants) for c in causes),
+        causes=causes,
+        cause_count=cause_count,
+        dependants=dependants,
         status_bars=[(tenant, _bars({s.value: c.get(s.value, 0) for s in Status if c.get(s.value, 0)}, widest),
                       sum(c.values())) for tenant, c in sorted(per_tenant.items())],
         family_bars=_bars(dict(families.most_common()), family_top),
@@ -852,9 +856,8 @@ class _Reading:
         self.page = PageData(events, signer)
         self.coverage = Coverage()
         self.counts: Counter[tuple[str, str, str]] = Counter()
-        self.causes: list[Finding] = []
-        """The findings ``root_causes`` groups: failing ones and those naming a cause."""
-        self.changes: dict[str, ActionChange | None] = {}
+        self._causes: list[Finding] = []  # what ``root_causes`` groups: failing findings, those naming a cause
+        self._changes: dict[str, ActionChange | None] = {}
         self.named: list[Finding] = []
         """The new, reopened and resolved findings (the summary names them)."""
         self.excepting: list[Finding] = []
@@ -874,11 +877,17 @@ class _Reading:
         if self._counted:
             self.counts[(f.tenant, f.status.value, f.severity.value)] += 1
         if f.status is Status.FAIL and not f.caused_by:
-            self.causes.append(f)
-            self.changes[f.id] = change
+            self._causes.append(f)
+            self._changes[f.id] = change
         elif f.caused_by and f.status in (Status.SKIPPED, Status.FAIL):
-            self.causes.append(f)
+            self._causes.append(f)
         if f.id in self._events:
             self.named.append(f)
         if f.check in VERDICTS or (f.check, f.subject.lower()) in self._excepted:
             self.excepting.append(f)
+
+    def root_causes(self, signer: Signer | None) -> list[RootCause]:
+        """The root causes of the findings read (``root_causes``); the findings kept for them are let go here."""
+        causes = root_causes(self._causes, signer, self._changes)
+        self._causes, self._changes = [], {}
+        return causes
