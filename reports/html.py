@@ -331,18 +331,16 @@ class PageData:
         domain_names = list(names)
         for (check_i, status_i, severity_i, templated, shape, first_seen, flag, action), alike in self._alike.items():
             change = [action] if action else None
-            if len(alike.ids) == 1:
-                subject = alike.subjects[0]
-                rows.append([alike.ids[0], check_i, status_i, severity_i, alike.tenants[0], alike.members[0],
-                             domain_names[alike.members[0]] if subject is None else subject, alike.items[0],
-                             alike.reason, alike.evidence, change, alike.links[0], first_seen, flag, 1,
-                             alike.causes[0]])
+            if alike.one is not None:
+                fingerprint, tenant_i, domain_i, subject, item, cause, link = alike.one
+                rows.append([fingerprint, check_i, status_i, severity_i, tenant_i, domain_i,
+                             domain_names[domain_i] if subject is None else subject, item, alike.reason,
+                             alike.evidence, change, link, first_seen, flag, 1, cause])
                 continue
             reason, evidence = json.loads(shape) if templated else (alike.reason, alike.evidence)
-            columns = [alike.subjects, alike.items, alike.causes, alike.links]
+            ids, tenants_i, members, *columns = alike.columns or ()
             groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
-                           alike.ids, alike.tenants, alike.members,
-                           *[None if not any(column) else column for column in columns]])
+                           ids, tenants_i, members, *[None if not any(column) else column for column in columns]])
         for counted in pass_counts or ():
             check_i = checks.setdefault(counted.check, len(checks))
             if check_i == len(titles):
@@ -374,28 +372,27 @@ class _Alike:
     """Findings alike but for their subject, item, cause, link and domain: a group's columns, one entry each.
 
     A subject that is its finding's domain is None (the domain's own finding names no subject of its own);
-    ``reason`` and ``evidence`` are the first finding's."""
+    ``reason`` and ``evidence`` are the first finding's. Most groups at scale hold one finding: its entries are
+    one tuple (``one``) until a second finding makes them columns."""
 
-    __slots__ = ("reason", "evidence", "ids", "tenants", "members", "subjects", "items", "causes", "links")
+    __slots__ = ("reason", "evidence", "one", "columns")
 
     def __init__(self, reason: str, evidence: Any) -> None:
         self.reason, self.evidence = reason, evidence
-        self.ids: list[str] = []
-        self.tenants: list[int] = []
-        self.members: list[int] = []
-        self.subjects: list[str | None] = []
-        self.items: list[str] = []
-        self.causes: list[str] = []
-        self.links: list[str | None] = []
+        self.one: tuple[Any, ...] | None = None
+        self.columns: list[list[Any]] | None = None
 
     def add(self, f: Finding, tenant_i: int, domain_i: int, link: str | None) -> None:
-        self.ids.append(f.id)
-        self.tenants.append(tenant_i)
-        self.members.append(domain_i)
-        self.subjects.append(f.subject if f.subject != f.domain else None)
-        self.items.append(f.item)
-        self.causes.append(f.caused_by)
-        self.links.append(link)
+        """Add a finding's id, tenant, domain, subject, item, cause and link."""
+        entries = (f.id, tenant_i, domain_i, f.subject if f.subject != f.domain else None, f.item, f.caused_by, link)
+        if self.one is None and self.columns is None:
+            self.one = entries
+            return
+        if self.columns is None:
+            self.columns = [[entry] for entry in self.one or ()]
+            self.one = None
+        for column, entry in zip(self.columns, entries, strict=True):
+            column.append(entry)
 
 
 def _shape(reason: str, evidence: Any) -> str:
