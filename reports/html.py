@@ -341,12 +341,15 @@ class PageData:
             ids, tenants_i, members, *columns = alike.columns or ()
             groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
                            ids, tenants_i, members, *[None if not any(column) else column for column in columns]])
-        for counted in pass_counts or ():
-            check_i = checks.setdefault(counted.check, len(checks))
+        for check, title, tenant, domain, severity, n in pass_counts or ():
+            check_i = checks.setdefault(check, len(checks))
             if check_i == len(titles):
-                titles.append(counted.title)
-            tenant_i, domain_i = tenants.setdefault(counted.tenant, len(tenants)), names.setdefault(counted.domain, len(names))
-            passes.setdefault((check_i, tenant_i, _SEVERITY_INDEX[counted.severity]), Counter())[domain_i] += counted.count
+                titles.append(title)
+            key = (check_i, tenants.setdefault(tenant, len(tenants)), _SEVERITY_INDEX[severity])
+            counts = passes.get(key)
+            if counts is None:
+                counts = passes[key] = Counter()
+            counts[names.setdefault(domain, len(names))] += n
         dns, answers = _dns_view(domains, names, tenants)
         return {
             "names": {subject: name for subject, name in display_names.items() if name and subject in self.subjects},
@@ -697,13 +700,13 @@ def render_report(
         named += store.findings_for_run(run.id, (Status.PASS,), checks=covered)
     passes = store.pass_counts(run.id)
     passed: Counter[tuple[str, str]] = Counter()
-    by_severity: Counter[tuple[str, str]] = Counter()
-    for counted in passes:
-        passed[(counted.check, counted.tenant)] += counted.count
-        by_severity[(counted.tenant, counted.severity.value)] += counted.count
+    by_severity: Counter[tuple[str, Severity]] = Counter()
+    for check, _, tenant, _, severity, n in passes:
+        passed[(check, tenant)] += n
+        by_severity[(tenant, severity)] += n
     # the passes' counts from the passes just read, not from a second query over them
     counts = store.finding_counts(run.id, [s for s in Status if s is not Status.PASS])
-    counts.update({(tenant, Status.PASS.value, severity): n for (tenant, severity), n in sorted(by_severity.items())})
+    counts.update(sorted(((tenant, Status.PASS.value, severity.value), n) for (tenant, severity), n in by_severity.items()))
     earlier = earlier_runs(store, run)
     cache: dict[str, Counts] = {}
     points = trend(store, run, events, counts, earlier, cache)
