@@ -245,16 +245,10 @@ def _event_flags(events: Mapping[str, Sequence[str]]) -> dict[str, int]:
     return flags
 
 
-def report_data(
-    findings: Iterable[Finding],
-    events: Mapping[str, Sequence[str]],
-    domains: Snapshot,
-    display_names: Mapping[str, str] | None = None,
-    signer: Signer | None = None,
-    changes: Mapping[str, ActionChange | None] | None = None,
-    pass_counts: Sequence[PassCount] | None = None,
-) -> dict[str, Any]:
-    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
+class PageData:
+    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned), gathered
+    one finding at a time (``add``): what the page embeds of each finding is kept, the finding itself is not,
+    so a report can read its findings from a cursor.
 
     Three shapes keep the page small at any size, each expanded by report.js into the same table rows
     (``table_rows``): ``findings`` holds whole rows; ``groups`` the findings alike but for their subject,
@@ -262,18 +256,9 @@ def report_data(
     the unsupported DMARC-report checks on thousands of domains, one DMARC fault on a thousand), once with
     a column per field that differs; ``passes`` counts passes per check, tenant and severity over gaps
     between domain numbers, made into rows only when the table is asked for passes (their evidence is in
-    findings.json and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of
-    ``findings``.
+    findings.json and the evidence pack). ``data``'s ``pass_counts`` (the store's) counts the passes that
+    were not added.
     """
-    page = PageData(events, signer)
-    for f in findings:
-        page.add(f, None if f.status is Status.PASS else changes[f.id] if changes is not None else action_change(f))
-    return page.data(domains, display_names or {}, pass_counts)
-
-
-class PageData:
-    """``report_data`` gathered one finding at a time (``add``): what the page embeds of each finding is kept,
-    the finding itself is not, so a report can read its findings from a cursor."""
 
     def __init__(self, events: Mapping[str, Sequence[str]], signer: Signer | None = None) -> None:
         self._flags = _event_flags(events)
@@ -324,7 +309,8 @@ class PageData:
     def data(
         self, domains: Snapshot, display_names: Mapping[str, str], pass_counts: Sequence[PassCount] | None = None
     ) -> dict[str, Any]:
-        """The page's data: the findings added, the passes counted (``pass_counts``) and the domains' DNS."""
+        """The page's data, made once every finding is added: those findings, the passes counted (``pass_counts``)
+        and the domains' DNS."""
         checks, titles, tenants, names, passes = self._checks, self._titles, self._tenants, self._names, self._passes
         rows = self._rows
         groups = []
@@ -523,7 +509,7 @@ def _member_row(group: Sequence[Any], n: int, domains: Sequence[str]) -> list[An
 def first_page(data: Mapping[str, Any]) -> dict[str, Any]:
     """The findings table's first page, for the page's script to show before it reads the whole data.
 
-    ``data`` is ``report_data``'s output. The table starts on the findings needing attention, most severe
+    ``data`` is ``PageData.data``'s output. The table starts on the findings needing attention, most severe
     first, then fail, error, excepted, unsupported, then in the order of ``table_rows`` (report.js
     ``compute``): ``first`` holds the positions in those rows of its first page, ``matching`` counts the
     findings it holds and ``total`` every finding of the run, passes included. Only the rows of that page are
@@ -586,22 +572,15 @@ def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], wind
     return senders_seen(traffic, days, senders, since.date(), until.date())
 
 
-def coverage_rows(run: RunRecord, findings: Iterable[Finding]) -> list[dict[str, Any]]:
-    """Every fact not collected, per tenant: its state, the reason, and the checks it left undecided.
+class Coverage:
+    """Every fact not collected, per tenant: its state, the reason, and the checks it left undecided (``rows``).
 
     The gaps come from the run's scope (what collection recorded); the checks from each check's declared
     ``requires``, with how many subjects each left undecided in this run. Checks that could not decide for
-    a reason no gap names (a DNS lookup that failed, a crashed check) follow, with their own reason.
+    a reason no gap names (a DNS lookup that failed, a crashed check) follow, with their own reason. The
+    findings stream past one at a time (``add``): what is needed of each that could not decide is counted
+    (and its subject kept), the finding is not.
     """
-    coverage = Coverage()
-    for f in findings:
-        coverage.add(f)
-    return coverage.rows(run)
-
-
-class Coverage:
-    """``coverage_rows`` for findings that stream past one at a time (``add``): what it needs of each finding
-    that could not decide is counted (and its subject kept), the finding is not."""
 
     def __init__(self) -> None:
         self._undecided: Counter[tuple[str, str]] = Counter()
