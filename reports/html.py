@@ -86,20 +86,38 @@ def script_json_parts(value: Mapping[str, Any], size: int = 5000) -> Iterator[Ma
     yield Markup("{")
     for n, (key, item) in enumerate(value.items()):
         yield Markup("," if n else "") + script_json(key) + Markup(":")
-        if isinstance(item, list) and len(item) > size:
-            yield Markup("[")
-            for at in range(0, len(item), size):
-                yield Markup("," if at else "") + script_json(item[at:at + size])[1:-1]
-            yield Markup("]")
-        elif isinstance(item, dict) and len(item) > size:
+        if isinstance(item, dict) and len(item) > size:
             entries = list(item.items())
             yield Markup("{")
             for at in range(0, len(entries), size):
                 yield Markup("," if at else "") + script_json(dict(entries[at:at + size]))[1:-1]
             yield Markup("}")
         else:
-            yield script_json(item)
+            yield from _list_parts(item, size)
     yield Markup("}")
+
+
+def _list_parts(value: Any, size: int) -> Iterator[Markup]:
+    """``script_json(value)`` in parts: a long list ``size`` entries at a time; a list holding one (a group of
+    the findings table with a column per finding: 120,000 mailboxes' ids) entry by entry."""
+    if isinstance(value, list) and len(value) > size:
+        yield Markup("[")
+        for at in range(0, len(value), size):
+            yield Markup("," if at else "") + script_json(value[at:at + size])[1:-1]
+        yield Markup("]")
+    elif isinstance(value, list) and any(isinstance(entry, list) and _holds_long(entry, size) for entry in value):
+        yield Markup("[")
+        for n, entry in enumerate(value):
+            if n:
+                yield Markup(",")
+            yield from _list_parts(entry, size)
+        yield Markup("]")
+    else:
+        yield script_json(value)
+
+
+def _holds_long(value: list[Any], size: int) -> bool:
+    return len(value) > size or any(isinstance(entry, list) and len(entry) > size for entry in value)
 
 
 def _csp_hash(script: str) -> str:
