@@ -71,16 +71,33 @@ def control_statuses(
     failures are covered by approved exceptions. ``passed`` counts passes per (check, tenant) when ``findings``
     holds none (the store's counts: a report does not read every pass).
     """
-    chosen = tuple(frameworks) if frameworks is not None else catalogue.frameworks
-    by_check: dict[str, list[tuple[str, str]]] = {}
-    for framework in chosen:
-        for control in framework.controls:
-            for check_id in control.checks:
-                by_check.setdefault(check_id, []).append((framework.id, control.id))
-    tallies: dict[tuple[str, str, str], _Tally] = {}
+    tally = ControlTally(catalogue, tenants, frameworks, passed=passed)
     for finding in findings:
-        for framework_id, control_id in by_check.get(finding.check, ()):
-            tally = tallies.setdefault((framework_id, control_id, finding.tenant), _Tally())
+        tally.add(finding)
+    return tally.statuses()
+
+
+class ControlTally:
+    """``control_statuses`` for findings that stream past one at a time (``add``), none of them held."""
+
+    def __init__(
+        self, catalogue: Catalogue, tenants: Mapping[str, str], frameworks: Iterable[Framework] | None = None, *,
+        passed: Mapping[tuple[str, str], int] | None = None,
+    ) -> None:
+        self._frameworks = tuple(frameworks) if frameworks is not None else catalogue.frameworks
+        self._tenants = tenants
+        self._passed = passed or {}
+        self._by_check: dict[str, list[tuple[str, str]]] = {}
+        for framework in self._frameworks:
+            for control in framework.controls:
+                for check_id in control.checks:
+                    self._by_check.setdefault(check_id, []).append((framework.id, control.id))
+        self._tallies: dict[tuple[str, str, str], _Tally] = {}
+
+    def add(self, finding: Finding) -> None:
+        """Count one finding towards each control its check is mapped to."""
+        for framework_id, control_id in self._by_check.get(finding.check, ()):
+            tally = self._tallies.setdefault((framework_id, control_id, finding.tenant), _Tally())
             tally.seen += 1
             if finding.status is Status.FAIL:
                 tally.failing.add(finding.subject)
@@ -92,10 +109,14 @@ def control_statuses(
                 tally.unknown[f"{finding.check}: {finding.reason}" if finding.reason else finding.check] = None
             elif finding.status is Status.EXCEPTED:
                 tally.excepted += 1
-    for (check_id, tenant), n in (passed or {}).items():
-        for framework_id, control_id in by_check.get(check_id, ()):
-            tallies.setdefault((framework_id, control_id, tenant), _Tally()).seen += n
-    return list(_verdicts(chosen, tallies, tenants))
+
+    def statuses(self) -> list[ControlStatus]:
+        """The verdicts of the findings added so far and the passes counted."""
+        for (check_id, tenant), n in self._passed.items():
+            for framework_id, control_id in self._by_check.get(check_id, ()):
+                self._tallies.setdefault((framework_id, control_id, tenant), _Tally()).seen += n
+        self._passed = {}
+        return list(_verdicts(self._frameworks, self._tallies, self._tenants))
 
 
 def _verdicts(

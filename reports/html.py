@@ -8,21 +8,22 @@ import heapq
 import json
 import re
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import orjson
 from markupsafe import Markup
 
 from checks.controls import load_catalogue
 from checks.registry import RegistryError, Sender, load_checks
 from reports.actions import ActionChange, action_change, link_signer, remediation_link
-from reports.controls import ControlStatus, control_matrix, control_statuses, tenant_providers
+from reports.controls import ControlStatus, ControlTally, control_matrix, tenant_providers
 from reports.dmarc_sources import senders_seen
-from reports.rootcause import WEIGHTS, Counts, finding_counts, postures, root_causes
+from reports.rootcause import WEIGHTS, Counts, RootCause, postures, root_causes
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
@@ -85,20 +86,38 @@ def script_json_parts(value: Mapping[str, Any], size: int = 5000) -> Iterator[Ma
     yield Markup("{")
     for n, (key, item) in enumerate(value.items()):
         yield Markup("," if n else "") + script_json(key) + Markup(":")
-        if isinstance(item, list) and len(item) > size:
-            yield Markup("[")
-            for at in range(0, len(item), size):
-                yield Markup("," if at else "") + script_json(item[at:at + size])[1:-1]
-            yield Markup("]")
-        elif isinstance(item, dict) and len(item) > size:
+        if isinstance(item, dict) and len(item) > size:
             entries = list(item.items())
             yield Markup("{")
             for at in range(0, len(entries), size):
                 yield Markup("," if at else "") + script_json(dict(entries[at:at + size]))[1:-1]
             yield Markup("}")
         else:
-            yield script_json(item)
+            yield from _list_parts(item, size)
     yield Markup("}")
+
+
+def _list_parts(value: Any, size: int) -> Iterator[Markup]:
+    """``script_json(value)`` in parts: a long list ``size`` entries at a time; a list holding one (a group of
+    the findings table with a column per finding: 120,000 mailboxes' ids) entry by entry."""
+    if isinstance(value, list) and len(value) > size:
+        yield Markup("[")
+        for at in range(0, len(value), size):
+            yield Markup("," if at else "") + script_json(value[at:at + size])[1:-1]
+        yield Markup("]")
+    elif isinstance(value, list) and any(isinstance(entry, list) and _holds_long(entry, size) for entry in value):
+        yield Markup("[")
+        for n, entry in enumerate(value):
+            if n:
+                yield Markup(",")
+            yield from _list_parts(entry, size)
+        yield Markup("]")
+    else:
+        yield script_json(value)
+
+
+def _holds_long(value: list[Any], size: int) -> bool:
+    return len(value) > size or any(isinstance(entry, list) and len(entry) > size for entry in value)
 
 
 def _csp_hash(script: str) -> str:
@@ -115,6 +134,10 @@ class TrendPoint:
     started: str
     counts: Mapping[str, int]
     label: str = ""
+
+
+VERDICTS = ("exception.expired", "exception.unknown_subject")
+"""The checks that judge the exceptions themselves."""
 
 
 def exception_rows(
@@ -137,7 +160,7 @@ def exception_rows(
             if f.subject.lower() == str(exception["subject"]).lower()
         ]
         verdicts = {
-            f.check: f for check in ("exception.expired", "exception.unknown_subject")
+            f.check: f for check in VERDICTS
             for f in by_check.get(check, ()) if f.item == key
         }
         expired_finding = verdicts.get("exception.expired")
@@ -240,16 +263,10 @@ def _event_flags(events: Mapping[str, Sequence[str]]) -> dict[str, int]:
     return flags
 
 
-def report_data(
-    findings: Sequence[Finding],
-    events: Mapping[str, Sequence[str]],
-    domains: Snapshot,
-    display_names: Mapping[str, str] | None = None,
-    signer: Signer | None = None,
-    changes: Mapping[str, ActionChange | None] | None = None,
-    pass_counts: Sequence[PassCount] | None = None,
-) -> dict[str, Any]:
-    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned).
+class PageData:
+    """The findings and each domain's DNS as seen, compacted for the page's script (strings interned), gathered
+    one finding at a time (``add``): what the page embeds of each finding is kept, the finding itself is not,
+    so a report can read its findings from a cursor.
 
     Three shapes keep the page small at any size, each expanded by report.js into the same table rows
     (``table_rows``): ``findings`` holds whole rows; ``groups`` the findings alike but for their subject,
@@ -257,83 +274,147 @@ def report_data(
     the unsupported DMARC-report checks on thousands of domains, one DMARC fault on a thousand), once with
     a column per field that differs; ``passes`` counts passes per check, tenant and severity over gaps
     between domain numbers, made into rows only when the table is asked for passes (their evidence is in
-    findings.json and the evidence pack). ``pass_counts`` (the store's) counts the passes instead of
-    ``findings``.
+    findings.json and the evidence pack). ``data``'s ``pass_counts`` (the store's) counts the passes that
+    were not added.
     """
-    statuses = [s.value for s in Status]
-    severities = [s.value for s in Severity]
-    tenants: dict[str, int] = {}
-    names: dict[str, int] = {}
-    checks: dict[str, int] = {}
-    titles: list[str] = []
-    flags = _event_flags(events)
-    rows = []
-    alike: dict[tuple[Any, ...], list[tuple[Finding, int, int, str | None]]] = {}
-    status_index = {s: i for i, s in enumerate(Status)}
-    severity_index = {s: i for i, s in enumerate(Severity)}
-    passes: dict[tuple[int, int, int], Counter[int]] = {}
-    for f in findings:
-        check_i = checks.setdefault(f.check, len(checks))
-        if check_i == len(titles):
-            titles.append(f.title)
-        tenant_i, domain_i = tenants.setdefault(f.tenant, len(tenants)), names.setdefault(f.domain, len(names))
+
+    def __init__(self, events: Mapping[str, Sequence[str]], signer: Signer | None = None) -> None:
+        self._flags = _event_flags(events)
+        self._signer = signer
+        self._tenants: dict[str, int] = {}
+        self._names: dict[str, int] = {}
+        self._checks: dict[str, int] = {}
+        self._titles: list[str] = []
+        self._rows: list[list[Any]] = []
+        self._alike: dict[tuple[Any, ...], _Alike] = {}
+        self._passes: dict[tuple[int, int, int], Counter[int]] = {}
+        self._seen: dict[str, str] = {}  # most findings of a run share their first seen: one text each
+        self.subjects: set[str] = set()
+        """The subjects of the findings that are not passes (whose display names the page shows)."""
+
+    def add(self, f: Finding, change: ActionChange | None) -> None:
+        """Embed one finding (``change``: its ``action_change``; None for a pass)."""
+        check_i = self._checks.setdefault(f.check, len(self._checks))
+        if check_i == len(self._titles):
+            self._titles.append(f.title)
+        tenant_i = self._tenants.setdefault(f.tenant, len(self._tenants))
+        domain_i = self._names.setdefault(f.domain, len(self._names))
         if f.status is Status.PASS:
-            passes.setdefault((check_i, tenant_i, severity_index[f.severity]), Counter())[domain_i] += 1
-            continue
-        change = changes[f.id] if changes is not None else action_change(f)
-        link = remediation_link(f, signer) if change else None
+            self._passes.setdefault((check_i, tenant_i, _SEVERITY_INDEX[f.severity]), Counter())[domain_i] += 1
+            return
+        self.subjects.add(f.subject)
+        link = remediation_link(f, self._signer) if change else None
         first_seen = f.first_seen.isoformat() if f.first_seen else ""
+        first_seen = self._seen.setdefault(first_seen, first_seen)
+        flag = self._flags.get(f.id, 0)
         if change is None or change.action == "dns.publish":
             # the page shows a record to publish from the evidence (``publish``): the action's name says the rest
-            shape = json.dumps((f.reason, f.evidence), sort_keys=True, ensure_ascii=False, default=str)
+            shape = _shape(f.reason, f.evidence)
             templated = _templated(shape, f.domain)
-            key = (check_i, status_index[f.status], severity_index[f.severity], templated is not None,
-                   templated or shape, first_seen, flags.get(f.id, 0), change.action if change else None)
-            alike.setdefault(key, []).append((f, tenant_i, domain_i, link))
-            continue
-        rows.append([
-            f.id, check_i, status_index[f.status], severity_index[f.severity], tenant_i, domain_i,
+            key = (check_i, _STATUS_INDEX[f.status], _SEVERITY_INDEX[f.severity], templated is not None,
+                   templated or shape, first_seen, flag, change.action if change else None)
+            alike = self._alike.get(key)
+            if alike is None:
+                alike = self._alike[key] = _Alike(f.reason, f.evidence)
+            alike.add(f, tenant_i, domain_i, link)
+            return
+        self._rows.append([
+            f.id, check_i, _STATUS_INDEX[f.status], _SEVERITY_INDEX[f.severity], tenant_i, domain_i,
             f.subject, f.item, f.reason, f.evidence, [change.action, change.summary, change.before, change.after],
-            link, first_seen, flags.get(f.id, 0), 1, f.caused_by,
+            link, first_seen, flag, 1, f.caused_by,
         ])
-    groups = []
-    for (check_i, status_i, severity_i, templated, shape, first_seen, flag, action), members in alike.items():
-        f, tenant_i, domain_i, link = members[0]
-        change = [action] if action else None
-        if len(members) == 1:
-            rows.append([f.id, check_i, status_i, severity_i, tenant_i, domain_i, f.subject, f.item, f.reason,
-                         f.evidence, change, link, first_seen, flag, 1, f.caused_by])
-            continue
-        reason, evidence = json.loads(shape) if templated else (f.reason, f.evidence)
-        # a domain's own finding (its subject is the domain) names no subject of its own (null)
-        columns = [[m[0].subject if m[0].subject != m[0].domain else None for m in members],
-                   [m[0].item for m in members], [m[0].caused_by for m in members], [m[3] for m in members]]
-        groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
-                       [m[0].id for m in members], [m[1] for m in members], [m[2] for m in members],
-                       *[None if not any(column) else column for column in columns]])
-    for counted in pass_counts or ():
-        check_i = checks.setdefault(counted.check, len(checks))
-        if check_i == len(titles):
-            titles.append(counted.title)
-        tenant_i, domain_i = tenants.setdefault(counted.tenant, len(tenants)), names.setdefault(counted.domain, len(names))
-        passes.setdefault((check_i, tenant_i, severity_index[counted.severity]), Counter())[domain_i] += counted.count
-    dns, answers = _dns_view(domains, names, tenants)
-    display_names = display_names or {}
-    subjects_named = {f.subject for f in findings if f.status is not Status.PASS}
-    return {
-        "names": {subject: name for subject, name in display_names.items() if name and subject in subjects_named},
-        "statuses": statuses,
-        "severities": severities,
-        "tenants": list(tenants),
-        "domains": list(names),
-        "checks": [[c, t] for c, t in zip(checks, titles, strict=True)],
-        "findings": rows,
-        "groups": groups,
-        "passes": [[*key, *_gaps(counts)] for key, counts in sorted(passes.items())],
-        "answers": answers,
-        "dns": dns,
-        "history": False,
-    }
+
+    def data(
+        self, domains: Snapshot, display_names: Mapping[str, str], pass_counts: Sequence[PassCount] | None = None
+    ) -> dict[str, Any]:
+        """The page's data, made once every finding is added: those findings, the passes counted (``pass_counts``)
+        and the domains' DNS."""
+        checks, titles, tenants, names, passes = self._checks, self._titles, self._tenants, self._names, self._passes
+        rows = self._rows
+        groups = []
+        domain_names = list(names)
+        for (check_i, status_i, severity_i, templated, shape, first_seen, flag, action), alike in self._alike.items():
+            change = [action] if action else None
+            if alike.one is not None:
+                fingerprint, tenant_i, domain_i, subject, item, cause, link = alike.one
+                rows.append([fingerprint, check_i, status_i, severity_i, tenant_i, domain_i,
+                             domain_names[domain_i] if subject is None else subject, item, alike.reason,
+                             alike.evidence, change, link, first_seen, flag, 1, cause])
+                continue
+            reason, evidence = json.loads(shape) if templated else (alike.reason, alike.evidence)
+            ids, tenants_i, members, *columns = alike.columns or ()
+            groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+                           ids, tenants_i, members, *[None if not any(column) else column for column in columns]])
+        for check, title, tenant, domain, severity, n in pass_counts or ():
+            check_i = checks.setdefault(check, len(checks))
+            if check_i == len(titles):
+                titles.append(title)
+            key = (check_i, tenants.setdefault(tenant, len(tenants)), _SEVERITY_INDEX[severity])
+            counts = passes.get(key)
+            if counts is None:
+                counts = passes[key] = Counter()
+            counts[names.setdefault(domain, len(names))] += n
+        dns, answers = _dns_view(domains, names, tenants)
+        return {
+            "names": {subject: name for subject, name in display_names.items() if name and subject in self.subjects},
+            "statuses": [s.value for s in Status],
+            "severities": [s.value for s in Severity],
+            "tenants": list(tenants),
+            "domains": list(names),
+            "checks": [[c, t] for c, t in zip(checks, titles, strict=True)],
+            "findings": rows,
+            "groups": groups,
+            "passes": [[*key, *_gaps(counts)] for key, counts in sorted(passes.items())],
+            "answers": answers,
+            "dns": dns,
+            "history": False,
+        }
+
+
+_STATUS_INDEX = {s: i for i, s in enumerate(Status)}
+_SEVERITY_INDEX = {s: i for i, s in enumerate(Severity)}
+
+
+class _Alike:
+    """Findings alike but for their subject, item, cause, link and domain: a group's columns, one entry each.
+
+    A subject that is its finding's domain is None (the domain's own finding names no subject of its own);
+    ``reason`` and ``evidence`` are the first finding's. Most groups at scale hold one finding: its entries are
+    one tuple (``one``) until a second finding makes them columns."""
+
+    __slots__ = ("reason", "evidence", "one", "columns")
+
+    def __init__(self, reason: str, evidence: Any) -> None:
+        self.reason, self.evidence = reason, evidence
+        self.one: tuple[Any, ...] | None = None
+        self.columns: list[list[Any]] | None = None
+
+    def add(self, f: Finding, tenant_i: int, domain_i: int, link: str | None) -> None:
+        """Add a finding's id, tenant, domain, subject, item, cause and link."""
+        entries = (f.id, tenant_i, domain_i, f.subject if f.subject != f.domain else None, f.item, f.caused_by, link)
+        if self.one is None and self.columns is None:
+            self.one = entries
+            return
+        if self.columns is None:
+            self.columns = [[entry] for entry in self.one or ()]
+            self.one = None
+        for column, entry in zip(self.columns, entries, strict=True):
+            column.append(entry)
+
+
+def _shape(reason: str, evidence: Any) -> str:
+    """A finding's reason and evidence as JSON text, keys sorted: findings alike say the same text."""
+    return _json_text((reason, evidence))
+
+
+def _json_text(value: Any, *, sort: bool = True) -> str:
+    """JSON text of a value (keys sorted when ``sort``), times and unknown values as their ``str``: a key for it.
+
+    orjson encodes in a fraction of ``json.dumps``'s time; its bytes are decoded to text because they keep
+    their encoding buffer (about a kilobyte each), and a report keeps a text per distinct DNS answer.
+    """
+    option = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | (orjson.OPT_SORT_KEYS if sort else 0)
+    return orjson.dumps(value, default=str, option=option).decode("utf-8")
 
 
 def _gaps(counts: Mapping[int, int]) -> tuple[list[int], int | list[int]]:
@@ -368,7 +449,7 @@ def _dns_view(
             records = [_records_part(KEY.sub(_key_ends, str(r)), name) for r in a.get("records", [])]
             entry = [purpose, _relative(str(a.get("name", "")), name), a.get("rdtype", ""), a.get("outcome", ""),
                      records, a.get("error")]
-            text = json.dumps(entry, default=str)
+            text = _json_text(entry, sort=False)
             if text not in table:
                 table[text] = len(answers)
                 answers.append(entry)
@@ -426,42 +507,62 @@ def _filled(value: Any, domain: str) -> Any:
 def table_rows(data: Mapping[str, Any]) -> list[list[Any]]:
     """The rows that are not passes, in the order report.js builds its table from ``findings`` and ``groups``."""
     rows = list(data["findings"])
-    domains = data["domains"]
-    for (check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
-         ids, tenants, members, subjects, items, causes, links) in data["groups"]:
-        for n, fingerprint in enumerate(ids):
-            name = domains[members[n]]
-            rows.append([fingerprint, check_i, status_i, severity_i, tenants[n], members[n],
-                         subjects[n] if subjects and subjects[n] is not None else name, items[n] if items else "",
-                         _filled(reason, name) if templated else reason,
-                         _filled(evidence, name) if templated else evidence, change, links[n] if links else None,
-                         first_seen, flag, 1, causes[n] if causes else ""])
+    for group in data["groups"]:
+        rows.extend(_member_row(group, n, data["domains"]) for n in range(len(group[9])))
     return rows
+
+
+def _member_row(group: Sequence[Any], n: int, domains: Sequence[str]) -> list[Any]:
+    """The table row of a group's ``n``-th finding (report.js ``expand``)."""
+    (check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
+     ids, tenants, members, subjects, items, causes, links) = group
+    name = domains[members[n]]
+    return [ids[n], check_i, status_i, severity_i, tenants[n], members[n],
+            subjects[n] if subjects and subjects[n] is not None else name, items[n] if items else "",
+            _filled(reason, name) if templated else reason,
+            _filled(evidence, name) if templated else evidence, change, links[n] if links else None,
+            first_seen, flag, 1, causes[n] if causes else ""]
 
 
 def first_page(data: Mapping[str, Any]) -> dict[str, Any]:
     """The findings table's first page, for the page's script to show before it reads the whole data.
 
-    ``data`` is ``report_data``'s output. The table starts on the findings needing attention, most severe
+    ``data`` is ``PageData.data``'s output. The table starts on the findings needing attention, most severe
     first, then fail, error, excepted, unsupported, then in the order of ``table_rows`` (report.js
     ``compute``): ``first`` holds the positions in those rows of its first page, ``matching`` counts the
-    findings it holds and ``total`` every finding of the run, passes included.
+    findings it holds and ``total`` every finding of the run, passes included. Only the rows of that page are
+    made: a group's members tie on all but their position, so no more than a page of each can be on it.
     """
-    rows = table_rows(data)
     statuses = data["statuses"]
     order = {status.value: i for i, status in enumerate(SHOWN)}
-    attention = [i for i, row in enumerate(rows) if statuses[row[2]] in order]
-    first = heapq.nsmallest(TABLE_PAGE, attention, key=lambda i: (-rows[i][3], order[statuses[rows[i][2]]], i))
+    # (-severity, status order, position) of each candidate, with where its row is: a row, or a group's member
+    candidates: list[tuple[int, int, int, int, int]] = []
+    matching = 0
+    for i, row in enumerate(data["findings"]):
+        if statuses[row[2]] in order:
+            matching += 1
+            candidates.append((-row[3], order[statuses[row[2]]], i, -1, i))
+    position = len(data["findings"])
+    for g, group in enumerate(data["groups"]):
+        size = len(group[9])
+        if statuses[group[1]] in order:
+            matching += size
+            candidates.extend((-group[2], order[statuses[group[1]]], position + n, g, n)
+                              for n in range(min(size, TABLE_PAGE)))
+        position += size
+    chosen = heapq.nsmallest(TABLE_PAGE, candidates)
+    rows = [data["findings"][n] if g < 0 else _member_row(data["groups"][g], n, data["domains"])
+            for *_, g, n in chosen]
     names = data["names"]
     passed = sum(counts * len(gaps) if isinstance(counts, int) else sum(counts)
                  for *_, gaps, counts in data["passes"])
     return {
         **{key: data[key] for key in ("statuses", "severities", "tenants", "domains", "checks", "history")},
-        "names": {rows[i][6]: names[rows[i][6]] for i in first if rows[i][6] in names},
-        "findings": [rows[i] for i in first],
-        "first": first,
-        "matching": len(attention),
-        "total": len(rows) + passed,
+        "names": {row[6]: names[row[6]] for row in rows if row[6] in names},
+        "findings": rows,
+        "first": [i for _, _, i, _, _ in chosen],
+        "matching": matching,
+        "total": position + passed,
         "page": TABLE_PAGE,
     }
 
@@ -489,49 +590,66 @@ def dmarc_view(store: Store, run: RunRecord, senders: Mapping[str, Sender], wind
     return senders_seen(traffic, days, senders, since.date(), until.date())
 
 
-def coverage_rows(run: RunRecord, findings: Sequence[Finding]) -> list[dict[str, Any]]:
-    """Every fact not collected, per tenant: its state, the reason, and the checks it left undecided.
+class Coverage:
+    """Every fact not collected, per tenant: its state, the reason, and the checks it left undecided (``rows``).
 
     The gaps come from the run's scope (what collection recorded); the checks from each check's declared
     ``requires``, with how many subjects each left undecided in this run. Checks that could not decide for
-    a reason no gap names (a DNS lookup that failed, a crashed check) follow, with their own reason.
+    a reason no gap names (a DNS lookup that failed, a crashed check) follow, with their own reason. The
+    findings stream past one at a time (``add``): what is needed of each that could not decide is counted
+    (and its subject kept), the finding is not.
     """
-    try:
-        requires = {c.meta.id: {f.value for f in c.meta.requires} for c in load_checks()}
-    except RegistryError:
-        requires = {}
-    undecided: dict[tuple[str, str], list[Finding]] = {}
-    for f in findings:
-        if f.status in (Status.UNSUPPORTED, Status.ERROR):
-            undecided.setdefault((f.tenant, f.check), []).append(f)
-    rows: list[dict[str, Any]] = []
-    explained: set[tuple[str, str]] = set()
-    for tenant, scope in sorted(run.scope.get("tenants", {}).items()):
-        for gap in scope.get("gaps", []):
-            fact = str(gap.get("fact", ""))
-            blocked = sorted(c for c, facts in requires.items() if fact in facts)
-            blocks = [(c, len(undecided.get((tenant, c), ()))) for c in blocked]
-            explained.update((tenant, c) for c, n in blocks if n)
-            rows.append({"tenant": tenant, "provider": scope.get("provider", ""), "fact": fact,
-                         "state": gap.get("state", ""), "subject": gap.get("subject", ""),
-                         "reason": gap.get("reason", ""), "blocks": blocks})
-    # What no gap explains, grouped by tenant and reason: one row per cause, naming every check it held up.
-    grouped: dict[tuple[str, str, str], dict[str, list[Finding]]] = {}
-    for (tenant, check), found in sorted(undecided.items()):
-        if (tenant, check) in explained:
-            continue
-        for f in found:
-            state = "failed" if f.status is Status.ERROR else "unsupported"
-            grouped.setdefault((tenant, state, f.reason or f.status.value), {}).setdefault(check, []).append(f)
-    for (tenant, state, reason), by_check in sorted(grouped.items()):
-        facts = sorted({fact for check in by_check for fact in requires.get(check, ())})
-        subjects = sorted({f.subject for found in by_check.values() for f in found})
-        scope = run.scope.get("tenants", {}).get(tenant, {})
-        rows.append({"tenant": tenant, "provider": scope.get("provider", ""),
-                     "fact": ", ".join(facts) or "what the check reads", "state": state,
-                     "subject": ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else ""),
-                     "reason": reason, "blocks": [(check, len(found)) for check, found in sorted(by_check.items())]})
-    return _across_tenants(rows)
+
+    def __init__(self) -> None:
+        self._undecided: Counter[tuple[str, str]] = Counter()
+        # (tenant, check) -> (state, reason) -> [findings, their subjects]
+        self._reasons: dict[tuple[str, str], dict[tuple[str, str], tuple[list[int], set[str]]]] = {}
+
+    def add(self, f: Finding) -> None:
+        """Count a finding that could not decide (error, unsupported); any other is no gap."""
+        if f.status not in (Status.UNSUPPORTED, Status.ERROR):
+            return
+        self._undecided[(f.tenant, f.check)] += 1
+        state = "failed" if f.status is Status.ERROR else "unsupported"
+        count, subjects = self._reasons.setdefault((f.tenant, f.check), {}).setdefault(
+            (state, f.reason or f.status.value), ([0], set()))
+        count[0] += 1
+        subjects.add(f.subject)
+
+    def rows(self, run: RunRecord) -> list[dict[str, Any]]:
+        """The coverage table's rows for the run's gaps and the findings added."""
+        try:
+            requires = {c.meta.id: {f.value for f in c.meta.requires} for c in load_checks()}
+        except RegistryError:
+            requires = {}
+        rows: list[dict[str, Any]] = []
+        explained: set[tuple[str, str]] = set()
+        for tenant, scope in sorted(run.scope.get("tenants", {}).items()):
+            for gap in scope.get("gaps", []):
+                fact = str(gap.get("fact", ""))
+                blocked = sorted(c for c, facts in requires.items() if fact in facts)
+                blocks = [(c, self._undecided.get((tenant, c), 0)) for c in blocked]
+                explained.update((tenant, c) for c, n in blocks if n)
+                rows.append({"tenant": tenant, "provider": scope.get("provider", ""), "fact": fact,
+                             "state": gap.get("state", ""), "subject": gap.get("subject", ""),
+                             "reason": gap.get("reason", ""), "blocks": blocks})
+        # What no gap explains, grouped by tenant and reason: one row per cause, naming every check it held up.
+        grouped: dict[tuple[str, str, str], dict[str, tuple[list[int], set[str]]]] = {}
+        for (tenant, check), reasons in sorted(self._reasons.items()):
+            if (tenant, check) in explained:
+                continue
+            for (state, reason), found in reasons.items():
+                grouped.setdefault((tenant, state, reason), {})[check] = found
+        for (tenant, state, reason), by_check in sorted(grouped.items()):
+            facts = sorted({fact for check in by_check for fact in requires.get(check, ())})
+            subjects = sorted(set().union(*(found for _, found in by_check.values())))
+            scope = run.scope.get("tenants", {}).get(tenant, {})
+            rows.append({"tenant": tenant, "provider": scope.get("provider", ""),
+                         "fact": ", ".join(facts) or "what the check reads", "state": state,
+                         "subject": ", ".join(subjects[:3]) + (f" and {len(subjects) - 3} more" if len(subjects) > 3 else ""),
+                         "reason": reason,
+                         "blocks": [(check, count[0]) for check, (count, _) in sorted(by_check.items())]})
+        return _across_tenants(rows)
 
 
 def _across_tenants(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -557,51 +675,55 @@ def _bars(counts: Mapping[str, int], total: int) -> list[tuple[str, int, float]]
 
 
 def render_report(
-    store: Store, run: RunRecord, findings: Sequence[Finding], events: Mapping[str, Sequence[str]], path: Path,
+    store: Store, run: RunRecord, events: Mapping[str, Sequence[str]], path: Path,
     remediation: RemediationConfig | None = None, *, senders: Mapping[str, Sender] | None = None,
     dmarc_window_days: int = 14,
 ) -> Path:
-    """Write report.html for a stored run, reading its history, snapshot and exceptions from the store.
+    """Write report.html for a stored run, reading its findings, history, snapshot and exceptions from the store.
 
-    With ``remediation`` (the ``[remediation]`` config) naming a base URL and a secret, each failing
-    finding with a job carries its signed link. ``senders`` (the sender catalogue) names the sources the
-    DMARC aggregate reports show over the ``dmarc_window_days`` before the run.
+    The findings that are not passes stream from one cursor (the page keeps what it embeds of each, not the
+    findings); the passes come as counts from SQL, and the few passes it names (resolved findings, the verdicts
+    on exceptions and what they cover) are read by themselves. With ``remediation`` (the ``[remediation]``
+    config) naming a base URL and a secret, each failing finding with a job carries its signed link.
+    ``senders`` (the sender catalogue) names the sources the DMARC aggregate reports show over the
+    ``dmarc_window_days`` before the run.
     """
-    # The page holds the findings that are not passes; passes come as counts from SQL, and the few passes it
-    # names (resolved findings, the verdicts on exceptions and what they cover) are read by themselves.
-    shown = [f for f in findings if f.status is not Status.PASS]
     exceptions = list(store.snapshot(run.id, "exception").values())
     # The resolved findings the summary names: the first LISTED in its order (``_named``), read whole.
     resolved = sorted(store.resolved_passes(run.id), key=lambda r: (-r[1].rank, r[2], r[3], r[4]))[:LISTED]
     named = store.findings_named(run.id, [fingerprint for fingerprint, *_ in resolved])
     if exceptions:
-        covered = {str(e["check"]) for e in exceptions} | {"exception.expired", "exception.unknown_subject"}
+        covered = {str(e["check"]) for e in exceptions} | set(VERDICTS)
         named += store.findings_for_run(run.id, (Status.PASS,), checks=covered)
     passes = store.pass_counts(run.id)
     passed: Counter[tuple[str, str]] = Counter()
-    for counted in passes:
-        passed[(counted.check, counted.tenant)] += counted.count
+    by_severity: Counter[tuple[str, Severity]] = Counter()
+    for check, _, tenant, _, severity, n in passes:
+        passed[(check, tenant)] += n
+        by_severity[(tenant, severity)] += n
+    # the passes' counts from the passes just read, not from a second query over them
+    counts = store.finding_counts(run.id, [s for s in Status if s is not Status.PASS])
+    counts.update(sorted(((tenant, Status.PASS.value, severity.value), n) for (tenant, severity), n in by_severity.items()))
     earlier = earlier_runs(store, run)
-    statuses = control_statuses(load_catalogue(), shown, tenant_providers(run.scope), passed=passed)
-    counts = store.finding_counts(run.id)
     cache: dict[str, Counts] = {}
     points = trend(store, run, events, counts, earlier, cache)
-    return render_html(
-        run, shown, events, path,
-        exceptions=exceptions,
-        domains=store.iter_snapshot(run.id, "domain"),
-        display_names=_display_names(store, run, {f.subject for f in shown}),
-        points=points,
-        signer=link_signer(remediation),
-        previous=earlier[-1] if earlier else None,
-        previous_counts=(cache.get(earlier[-1].id) or store.finding_counts(earlier[-1].id)) if earlier else None,
-        counts=counts,
-        dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
-        dmarc_window=f"the {dmarc_window_days} days up to the newest report",
-        controls=statuses,
-        pass_counts=passes,
-        named_passes=named,
-    )
+    with store.iter_findings(run.id, [s for s in Status if s is not Status.PASS]) as shown:
+        return render_html(
+            run, shown, events, path,
+            exceptions=exceptions,
+            domains=store.iter_snapshot(run.id, "domain"),
+            names_of=lambda subjects: _display_names(store, run, subjects),
+            points=points,
+            signer=link_signer(remediation),
+            previous=earlier[-1] if earlier else None,
+            previous_counts=(cache.get(earlier[-1].id) or store.finding_counts(earlier[-1].id)) if earlier else None,
+            counts=counts,
+            dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
+            dmarc_window=f"the {dmarc_window_days} days up to the newest report",
+            controls=ControlTally(load_catalogue(), tenant_providers(run.scope), passed=passed),
+            pass_counts=passes,
+            named_passes=named,
+        )
 
 
 def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> dict[str, str]:
@@ -616,7 +738,7 @@ def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> d
 
 def render_html(
     run: RunRecord,
-    findings: Sequence[Finding],
+    findings: Iterable[Finding],
     events: Mapping[str, Sequence[str]],
     path: Path,
     exceptions: Iterable[Mapping[str, Any]] = (),
@@ -629,26 +751,37 @@ def render_html(
     counts: Counts | None = None,
     dmarc_sources: Sequence[Mapping[str, Any]] = (),
     dmarc_window: str = "",
-    controls: Sequence[ControlStatus] = (),
+    controls: Sequence[ControlStatus] | ControlTally = (),
     pass_counts: Sequence[PassCount] | None = None,
     named_passes: Sequence[Finding] = (),
+    names_of: Callable[[Collection[str]], Mapping[str, str]] | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
-    ``pass_counts`` (the store's) stands for the passes when ``findings`` holds none; ``named_passes`` are the
-    passes the page names all the same (resolved findings, exception verdicts and what exceptions cover).
+    ``findings`` are read once, in order, and none is kept but those the page names (root causes, new and
+    resolved findings, what exceptions cover): a cursor will do. ``controls`` are the control verdicts, or a
+    ``ControlTally`` that each finding is added to as it is read. ``pass_counts`` (the store's) stands for the
+    passes when ``findings`` holds none; ``named_passes`` are the passes the page names all the same (resolved
+    findings, exception verdicts and what exceptions cover).
 
-    ``display_names`` maps a mailbox address to the name its provider shows, for the findings table.
+    ``display_names`` maps a mailbox address to the name its provider shows, for the findings table; or
+    ``names_of`` reads them for the subjects the findings name, once they are read.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
     """
-    counts = counts if counts is not None else finding_counts(findings)
+    exceptions = list(exceptions)
+    events = events if previous is not None else {}
+    reading = _Reading(events, exceptions, signer, counted=counts is None,
+                       tally=controls if isinstance(controls, ControlTally) else None)
+    for f in findings:
+        reading.add(f)
+    counts = counts if counts is not None else reading.counts
     by_status: Counter[str] = Counter()
     for (_, status, _), n in counts.items():
         by_status[status] += n
     tenants_in_scope = list(run.scope.get("tenants", {}))
     scores = postures(counts, previous_counts if previous is not None else None, tenants_in_scope)
-    changes = {f.id: action_change(f) for f in findings if f.status is not Status.PASS}
-    causes = root_causes(findings, signer, changes)
+    causes = reading.root_causes(signer)
+    cause_count, dependants = len(causes), sum(len(c.dependants) for c in causes)
     per_tenant: dict[str, Counter[str]] = {}
     for (tenant, status, _), n in counts.items():
         per_tenant.setdefault(tenant, Counter())[status] += n
@@ -659,16 +792,18 @@ def render_html(
     for cause in causes:
         families[cause.first.check.partition(".")[0]] += len(cause.findings)
     family_top = max(families.values(), default=0)
+    del causes[FIX_FIRST:]  # the page shows these: the rest, and their findings, are let go before it is written
     if previous is not None:
-        new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), findings)
-        resolved = _named(events.get("resolved", ()), [*findings, *named_passes])  # a subject gone from the inventory is counted, not named
+        new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), reading.named)
+        resolved = _named(events.get("resolved", ()), [*reading.named, *named_passes])  # a subject gone from the inventory is counted, not named
         resolved_count = len(events.get("resolved", ()))
     else:
         new, resolved, resolved_count = [], [], 0
-        events = {}
+    if names_of is not None:
+        display_names = names_of(reading.page.subjects)
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
-    data = report_data(findings, events, domains or {}, display_names, signer, changes, pass_counts)
+    data = reading.page.data(domains or {}, display_names or {}, pass_counts)
     data["history"] = previous is not None
     parts = environment().get_template("report.html.j2").generate(
         run=run,
@@ -678,9 +813,9 @@ def render_html(
         severities=[s.value for s in reversed(Severity)],
         weights=[(s.value, WEIGHTS[s]) for s in reversed(Severity)],
         postures=scores,
-        causes=causes[:FIX_FIRST],
-        cause_count=len(causes),
-        dependants=sum(len(c.dependants) for c in causes),
+        causes=causes,
+        cause_count=cause_count,
+        dependants=dependants,
         status_bars=[(tenant, _bars({s.value: c.get(s.value, 0) for s in Status if c.get(s.value, 0)}, widest),
                       sum(c.values())) for tenant, c in sorted(per_tenant.items())],
         family_bars=_bars(dict(families.most_common()), family_top),
@@ -693,11 +828,11 @@ def render_html(
         resolved_count=resolved_count,
         trend=trend_svg(points),
         points=points,
-        coverage=coverage_rows(run, findings),
-        exceptions=exception_rows(exceptions, [*findings, *named_passes], run),
+        coverage=reading.coverage.rows(run),
+        exceptions=exception_rows(exceptions, [*reading.excepting, *named_passes], run),
         dmarc_sources=dmarc_sources,
         dmarc_window=dmarc_window or "no window",
-        controls=control_matrix(controls),
+        controls=control_matrix(controls.statuses() if isinstance(controls, ControlTally) else controls),
         first=script_json(first_page(data)),
         data=script_json_parts(data),
         css=Markup((TEMPLATES / "report.css").read_text(encoding="utf-8")),  # noqa: S704 - our own file
@@ -707,3 +842,49 @@ def render_html(
     with path.open("w", encoding="utf-8") as out:
         out.writelines(parts)
     return path
+
+
+class _Reading:
+    """What ``render_html`` needs of the findings, gathered as they are read once: the page's data, the coverage
+    gaps and control tallies, counts when none were given, and only the findings the page names."""
+
+    def __init__(self, events: Mapping[str, Sequence[str]], exceptions: Sequence[Mapping[str, Any]],
+                 signer: Signer | None, *, counted: bool, tally: ControlTally | None) -> None:
+        self.page = PageData(events, signer)
+        self.coverage = Coverage()
+        self.counts: Counter[tuple[str, str, str]] = Counter()
+        self._causes: list[Finding] = []  # what ``root_causes`` groups: failing findings, those naming a cause
+        self._changes: dict[str, ActionChange | None] = {}
+        self.named: list[Finding] = []
+        """The new, reopened and resolved findings (the summary names them)."""
+        self.excepting: list[Finding] = []
+        """What an exception covers and the verdicts on exceptions (``exception_rows``)."""
+        self._counted = counted
+        self._tally = tally
+        self._events = {fp for fps in events.values() for fp in fps}
+        self._excepted = {(str(e["check"]), str(e["subject"]).lower()) for e in exceptions}
+
+    def add(self, f: Finding) -> None:
+        """Read one finding."""
+        change = None if f.status is Status.PASS else action_change(f)
+        self.page.add(f, change)
+        self.coverage.add(f)
+        if self._tally is not None:
+            self._tally.add(f)
+        if self._counted:
+            self.counts[(f.tenant, f.status.value, f.severity.value)] += 1
+        if f.status is Status.FAIL and not f.caused_by:
+            self._causes.append(f)
+            self._changes[f.id] = change
+        elif f.caused_by and f.status in (Status.SKIPPED, Status.FAIL):
+            self._causes.append(f)
+        if f.id in self._events:
+            self.named.append(f)
+        if f.check in VERDICTS or (f.check, f.subject.lower()) in self._excepted:
+            self.excepting.append(f)
+
+    def root_causes(self, signer: Signer | None) -> list[RootCause]:
+        """The root causes of the findings read (``root_causes``); the findings kept for them are let go here."""
+        causes = root_causes(self._causes, signer, self._changes)
+        self._causes, self._changes = [], {}
+        return causes

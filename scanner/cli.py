@@ -8,7 +8,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -18,7 +18,7 @@ import click
 
 from scanner.bundle import BUNDLED
 from scanner.errors import ConfigError, MailwardenError, RunFailed, StoreError
-from scanner.model import Scope, Severity, Status
+from scanner.model import Finding, Scope, Severity, Status
 
 if TYPE_CHECKING:
     from scanner.config import Config, RemediationConfig
@@ -144,7 +144,10 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    causes = root_causes(result.notable)
+    # One read of what the summary names (``result.notable`` streams from the store): the failing findings and
+    # those restating them for the root causes, the errors for the undecided checks.
+    named = [f for f in result.notable if f.status in (Status.FAIL, Status.SKIPPED, Status.ERROR)]
+    causes = root_causes(named)
     if causes:
         click.echo(f"fix first ({len(causes)} root causes, by severity and reach; the report says how to fix each):")
     for cause in causes[:FIX_FIRST_LINES]:
@@ -159,7 +162,7 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  {cause.severity.value:8} {first.check:30} {first.subject}  [{first.tenant}]{suffix}")
     if len(causes) > FIX_FIRST_LINES:
         click.echo(f"  … and {len(causes) - FIX_FIRST_LINES} more in the report")
-    _collection_problems(result)
+    _collection_problems(result, named)
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
     actionable = next((c.first.check for c in causes if c.change is not None), None)
     if next_steps and actionable:
@@ -171,8 +174,9 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
             click.echo(f"  {what:{width}}  {command}")
 
 
-def _collection_problems(result: ScanResult) -> None:
-    """Collection problems (adapters, DNS) and undecided checks, grouped by reason, without -v."""
+def _collection_problems(result: ScanResult, findings: Iterable[Finding]) -> None:
+    """Collection problems (adapters, DNS) and undecided checks (``findings`` with an error), grouped by reason,
+    without -v."""
     lines: list[str] = []
     for name, scope in sorted(result.run.scope.get("tenants", {}).items()):
         for problem in scope.get("problems", []):
@@ -184,7 +188,7 @@ def _collection_problems(result: ScanResult) -> None:
         if len(failed) > 5:
             lines.append(f"  {name}: … and {len(failed) - 5} more facts not collected (report: Coverage)")
     undecided: dict[tuple[str, str], set[str]] = {}
-    for f in result.notable:
+    for f in findings:
         if f.status is Status.ERROR:
             undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
     for (tenant, reason), checks in sorted(undecided.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))[:8]:

@@ -75,22 +75,24 @@ def halt_at(step: str) -> None:
 
 
 class StoredFindings(Sequence[Finding]):
-    """A run's findings as the store holds them, read only when asked for: iterating streams them from a
-    cursor (one finding held at a time); counting and indexing ask the store."""
+    """A run's findings as the store holds them (only those of ``statuses``, when given), read only when asked
+    for: iterating streams them from a cursor (one finding held at a time); counting and indexing ask the store."""
 
-    def __init__(self, store: Store, run_id: str) -> None:
+    def __init__(self, store: Store, run_id: str, statuses: Sequence[Status] | None = None) -> None:
         self._store = store
         self._run_id = run_id
+        self._statuses = statuses
 
     def __iter__(self) -> Iterator[Finding]:
-        with self._store.iter_findings(self._run_id) as found:
+        with self._store.iter_findings(self._run_id, self._statuses) as found:
             yield from found
 
     def __len__(self) -> int:
-        return sum(self._store.status_counts(self._run_id).values())
+        counts = self._store.status_counts(self._run_id)
+        return sum(n for status, n in counts.items() if self._statuses is None or Status(status) in self._statuses)
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
-        return self._store.findings_for_run(self._run_id)[index]
+        return self._store.findings_for_run(self._run_id, self._statuses)[index]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +105,9 @@ class Outputs:
     """Findings by status."""
     failing: Mapping[str, int]
     """Failing findings by severity."""
-    notable: tuple[Finding, ...]
-    """Every finding that is not a pass (failing, excepted, skipped, error, unsupported), in output order; read
-    when report.html is rendered (empty otherwise)."""
+    notable: Sequence[Finding]
+    """Every finding that is not a pass (failing, excepted, skipped, error, unsupported), in output order: a view
+    of the store (``StoredFindings``), read when iterated."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +120,8 @@ class ScanResult:
     dns_queries: int
     counts: Mapping[str, int] = field(default_factory=dict)
     failing: Mapping[str, int] = field(default_factory=dict)
-    notable: tuple[Finding, ...] = ()
-    """The findings that are not passes (what the summary and the report show one by one)."""
+    notable: Sequence[Finding] = ()
+    """The findings that are not passes (what the summary and the report show one by one), read when iterated."""
 
 
 @contextlib.contextmanager
@@ -543,11 +545,8 @@ def render_outputs(
     (reports/outputs.py: the previous outputs stay until every new file is written).
 
     findings.json and findings.csv stream from one cursor, so their memory does not grow with the findings;
-    the report holds only the findings that are not passes (``Outputs.notable``, read when it is rendered), and
-    the counts come from SQL."""
+    the report streams the findings that are not passes from another, and the counts come from SQL."""
     run = store.run(run_id)
-    notable = tuple(store.findings_for_run(run_id, NOTABLE)) if "html" in formats else ()
-
     def render(folder: Path) -> list[Path]:
         json_path = folder / "findings.json" if "json" in formats else None
         csv_path = folder / "findings.csv" if "csv" in formats else None
@@ -557,15 +556,16 @@ def render_outputs(
                 write_findings_files(rows, json_path, csv_path)
         if "html" in formats:
             files.append(render_report(
-                store, run, notable, store.lifecycle_events(run_id), folder / "report.html", remediation,
+                store, run, store.lifecycle_events(run_id), folder / "report.html", remediation,
                 senders=senders_of(config) if config is not None else None,
                 dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
         return files
 
-    with paused_gc():  # the report's findings are long-lived: the collector would only re-scan them, page after page
+    with paused_gc():  # what the report keeps of its findings is long-lived: the collector would only re-scan it
         files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
     failing: Counter[str] = Counter()
-    for (_, status, severity), n in store.finding_counts(run_id).items():
+    for (_, status, severity), n in store.finding_counts(run_id, (Status.FAIL,)).items():
         if status == Status.FAIL.value:
             failing[severity] += n
+    notable = StoredFindings(store, run_id, NOTABLE)
     return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), notable)

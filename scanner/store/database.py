@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -481,9 +481,11 @@ PRESENT = (Status.FAIL, Status.EXCEPTED)
 """Statuses that mean the condition exists (an open finding)."""
 
 
-@dataclass(frozen=True, slots=True)
-class PassCount:
-    """How many findings of one check passed on one domain of a tenant, at one severity, in a run."""
+class PassCount(NamedTuple):
+    """How many findings of one check passed on one domain of a tenant, at one severity, in a run.
+
+    A named tuple: a 10,000-domain run has 330,000 of them, and a tuple is made in a fraction of the time a
+    frozen dataclass takes."""
 
     check: str
     title: str
@@ -534,6 +536,15 @@ class PruneResult:
     versions: int
     objects: int
     findings: int
+
+
+def _decoded(body: str) -> Any:
+    """A stored JSON body decoded by orjson (a few times faster), or by ``json`` when orjson refuses it (the
+    NaN or an integer past 64 bits that ``canonical`` may have written)."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
 
 
 def content_hash(body: str) -> str:
@@ -857,7 +868,7 @@ class Store:
             state = sorted(_state_rows(conn, seq, kind, hidden=_hidden(conn, seq)).items())
             for start in range(0, len(state), page):
                 part = dict(state[start:start + page])
-                yield from ((ident, json.loads(body)) for ident, body in _bodies(conn, part).items())
+                yield from ((ident, _decoded(body)) for ident, body in _bodies(conn, part).items())
 
     def object_state(self, kind: str, key: str, run_id: str | None = None) -> Any | None:
         """One object as of a run (default: the latest), or None when it did not exist then."""
@@ -1130,19 +1141,28 @@ class Store:
                  .order_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity))
         # The same few checks, titles and tenants and each domain's name recur on many rows: one string each.
         same: dict[str, str] = {}
+        counted = []
         with self.engine.connect() as conn:
-            return [PassCount(same.setdefault(check, check), same.setdefault(title, title),
-                              same.setdefault(tenant, tenant), same.setdefault(domain, domain),
-                              _SEVERITIES[severity], int(n))
-                    for check, title, tenant, domain, severity, n in conn.execute(query)]
+            for part in conn.execute(query).partitions(10_000):  # fetched many rows a call, not one
+                counted.extend(PassCount(same.setdefault(check, check), same.setdefault(title, title),
+                                         same.setdefault(tenant, tenant), same.setdefault(domain, domain),
+                                         _SEVERITIES[severity], int(n))
+                               for check, title, tenant, domain, severity, n in part)
+        return counted
 
-    def finding_counts(self, run_id: str) -> dict[tuple[str, str, str], int]:
-        """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs."""
+    def finding_counts(
+        self, run_id: str, statuses: Collection[Status] | None = None
+    ) -> dict[tuple[str, str, str], int]:
+        """A run's findings counted by (tenant, status, severity), in SQL: what a score or a trend point needs.
+
+        Only those of ``statuses`` when given: without ``pass``, the passes (most rows, and a join) are not read."""
         full = (
             sa.select(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity, sa.func.count())
             .where(run_findings.c.run_id == run_id)
             .group_by(run_findings.c.tenant, run_findings.c.status, run_findings.c.severity)
         )
+        if statuses is not None:
+            full = full.where(run_findings.c.status.in_(sorted(s.value for s in statuses)))
         passes = (
             sa.select(findings.c.tenant, run_passes.c.severity, sa.func.count())
             .join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
@@ -1151,7 +1171,8 @@ class Store:
         )
         with self.engine.connect() as conn:
             counts = {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(full)}
-            counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
+            if statuses is None or Status.PASS in statuses:
+                counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
         return counts
 
     def lifecycle_events(self, run_id: str) -> dict[str, list[str]]:

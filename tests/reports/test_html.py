@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from datetime import UTC, date, datetime
 from dataclasses import replace
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from checks.evaluate import fingerprint
 from scanner.model import Finding, Inventory, PolicyException, Severity, Status
 from reports.html import table_rows
-from scanner.pipeline import snapshot_items, write_outputs
+from scanner.pipeline import render_outputs, snapshot_items, write_outputs
 from scanner.store.database import Store
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
@@ -205,3 +206,41 @@ def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
     row = next(r for r in gaps.split("<tr>") if "the MTA-STS policy of northwind-freight.example is not usable" in r)
     assert '<td data-label="tenant">northwind-logistics</td><td data-label="provider">files</td>' in row
     assert "<code>mta_sts.mx_mismatch</code> (1)" in row and "<code>dns.mta_sts, dns.mx</code>" in row
+
+
+def _report_peak(tmp_path: Path, mailboxes: int) -> int:
+    """tracemalloc's peak while report.html is rendered for a stored run whose mailboxes each fail one check and
+    leave another undecided (what a provider export without forwarding data gives: two findings per mailbox)."""
+    store = Store(f"sqlite:///{tmp_path / f'{mailboxes}.db'}")
+    store.start_run("r1", NOW, "d" * 64, "test")
+    findings = []
+    for n in range(mailboxes):
+        subject = f"person{n:06d}@acme.example"
+        findings.append(Finding(
+            id=fingerprint("account.inactive", "acme", subject), check="account.inactive", status=Status.FAIL,
+            severity=Severity.MEDIUM, tenant="acme", domain="acme.example", subject=subject, title="Inactive account",
+            evidence={"last_login": f"2026-0{1 + n % 9}-01", "inactive_days": 90 + n % 300}))
+        findings.append(Finding(
+            id=fingerprint("forwarding.external", "acme", subject), check="forwarding.external",
+            status=Status.UNSUPPORTED, severity=Severity.HIGH, tenant="acme", domain="acme.example", subject=subject,
+            title="Mailbox forwards mail outside the tenant", reason="the export has no forwarding rules"))
+    store.record_findings("r1", findings, NOW, ["acme"])
+    store.finish_run("r1", NOW, "complete", {"tenants": {}})
+    del findings
+    tracemalloc.start()
+    try:
+        render_outputs(store, "r1", tmp_path / f"out{mailboxes}", formats=("html",))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        store.close()
+    return peak
+
+
+def test_report_memory_grows_by_what_the_page_embeds_not_by_the_findings(tmp_path: Path) -> None:
+    # The page embeds every finding that is not a pass (its id, subject, evidence), so its data grows with
+    # them; the findings themselves stream from a cursor and are let go (holding them costs about a kilobyte
+    # each: their times, remediation and the object around them).
+    small, large = _report_peak(tmp_path, 1_000), _report_peak(tmp_path, 10_000)
+    per_finding = (large - small) / (2 * 9_000)
+    assert per_finding < 700, f"{per_finding:.0f} bytes of peak per finding"  # 880 when the report held its findings
