@@ -21,6 +21,7 @@ from scanner.model import (
     PolicyException,
     Remediation,
     Scope,
+    Severity,
     Status,
     Tenant,
 )
@@ -80,6 +81,43 @@ def fingerprint(check_id: str, tenant: str, subject: str, item: str = "") -> str
     """A stable id for one check on one subject (and item), the same in every run."""
     digest = hashlib.sha256("\x1f".join((check_id, tenant, subject, item)).encode("utf-8")).hexdigest()
     return digest[:20]
+
+
+_sha256 = hashlib.sha256
+_new = object.__new__
+_FINDING_SETTERS = tuple(Finding.__dict__[name].__set__ for name in (
+    "id", "check", "status", "severity", "tenant", "domain", "subject", "title", "item", "evidence", "reason",
+    "remediation", "run_id", "first_seen", "last_seen", "caused_by"))
+
+
+def _new_finding(
+    id: str, check: str, status: Status, severity: Severity, tenant: str, domain: str, subject: str, title: str,
+    item: str, evidence: Mapping[str, object], reason: str, remediation: Remediation | None, run_id: str,
+    caused_by: str,
+) -> Finding:
+    """The same finding as ``Finding(...)`` with these fields (not yet seen in any run), filled slot by slot: the
+    frozen dataclass's __init__ sets each field through object.__setattr__, a third of judging a finding."""
+    (set_id, set_check, set_status, set_severity, set_tenant, set_domain, set_subject, set_title, set_item,
+     set_evidence, set_reason, set_remediation, set_run_id, set_first_seen, set_last_seen,
+     set_caused_by) = _FINDING_SETTERS
+    finding = _new(Finding)
+    set_id(finding, id)
+    set_check(finding, check)
+    set_status(finding, status)
+    set_severity(finding, severity)
+    set_tenant(finding, tenant)
+    set_domain(finding, domain)
+    set_subject(finding, subject)
+    set_title(finding, title)
+    set_item(finding, item)
+    set_evidence(finding, evidence)
+    set_reason(finding, reason)
+    set_remediation(finding, remediation)
+    set_run_id(finding, run_id)
+    set_first_seen(finding, None)
+    set_last_seen(finding, None)
+    set_caused_by(finding, caused_by)
+    return finding
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,22 +343,10 @@ def _finding(
         if meta.remediation and result.status in _FAILING
         else None
     )
-    finding = Finding(
-        id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
-        caused_by=caused_by,
-        check=meta.id,
-        status=result.status,
-        severity=meta.severity,
-        tenant=subject.tenant.name,
-        domain=subject.domain,
-        subject=subject.name,
-        item=result.item,
-        title=meta.title,
-        evidence=dict(result.evidence),
-        reason=result.reason,
-        remediation=remediation,
-        run_id=run_id,
-    )
+    finding = _new_finding(
+        fingerprint(meta.id, subject.tenant.name, subject.name, result.item), meta.id, result.status,
+        meta.severity, subject.tenant.name, subject.domain, subject.name, meta.title, result.item,
+        dict(result.evidence), result.reason, remediation, run_id, caused_by)
     return finding, result.blocks
 
 
