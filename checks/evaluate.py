@@ -140,10 +140,11 @@ def _subjects(scope: Scope, inventory: Inventory, tenants: Mapping[str, Tenant])
             yield _Subject(tenants[mailbox.tenant], mailbox.domain, mailbox.address, mailbox)
 
 
-def _needs(check: Check) -> tuple[tuple[Fact, str | None, bool], ...]:
-    """The facts a check requires, in order, each with the DnsFacts answer whose failure makes it unknown (see
-    ``DNS_FACTS``) and whether coverage decides it instead (every fact that is not a domain's DNS)."""
-    return tuple((fact, DNS_FACTS.get(fact), fact not in DNS_FACTS) for fact in check.meta.requires)
+def _needs(check: Check) -> tuple[tuple[Fact, str, str | None, bool], ...]:
+    """The facts a check requires, in order, each with its name (a plain string, cheaper to hash than the enum),
+    the DnsFacts answer whose failure makes it unknown (see ``DNS_FACTS``) and whether coverage decides it instead
+    (every fact that is not a domain's DNS)."""
+    return tuple((fact, fact.value, DNS_FACTS.get(fact), fact not in DNS_FACTS) for fact in check.meta.requires)
 
 
 class _Coverage:
@@ -153,13 +154,13 @@ class _Coverage:
     def __init__(self, entries: Iterable[Coverage]) -> None:
         self._entries = {(c.tenant, c.fact, c.subject): c for c in entries}
         self._own = {subject for _, _, subject in self._entries if subject}
-        self._tenant_wide: dict[tuple[str, Fact], Result | None] = {}
+        self._tenant_wide: dict[tuple[str, str], Result | None] = {}
 
-    def gap(self, fact: Fact, subject: _Subject) -> Result | None:
-        """The result when ``fact`` is missing for the subject; None when it was collected."""
+    def gap(self, fact: Fact, name: str, subject: _Subject) -> Result | None:
+        """The result when ``fact`` (named ``name``) is missing for the subject; None when it was collected."""
         if subject.name in self._own:
             return self._judge(fact, subject.tenant, subject.name)
-        key = (subject.tenant.name, fact)
+        key = (subject.tenant.name, name)
         if key not in self._tenant_wide:
             self._tenant_wide[key] = self._judge(fact, subject.tenant, "")
         return self._tenant_wide[key]
@@ -179,12 +180,12 @@ class _Coverage:
 
 
 def _missing_fact(
-    needs: Sequence[tuple[Fact, str | None, bool]], subject: _Subject, coverage: _Coverage
+    needs: Sequence[tuple[Fact, str, str | None, bool]], subject: _Subject, coverage: _Coverage
 ) -> Result | None:
     """The error or unsupported result when a fact the check requires (``_needs``) is not there; None when all are."""
-    for fact, key, covered in needs:
+    for fact, name, key, covered in needs:
         if covered:
-            gap = coverage.gap(fact, subject)
+            gap = coverage.gap(fact, name, subject)
             if gap is not None:
                 return gap
         elif key is not None and isinstance(subject.value, Domain):
