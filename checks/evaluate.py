@@ -296,7 +296,7 @@ class _Judging:
 
         Subject by subject, every check of the scope in turn: the checks of one domain read the same records, so
         the memoized parsers (DKIM keys, DMARC and SPF records) parse each once."""
-        scoped = [(into[i], c, c.meta, rests_on(c), _needs(c)) for i, c in _root_first(
+        scoped = [(into[i], c, c.meta, rests_on(c), _needs(c), c.meta.id + "\x1f") for i, c in _root_first(
             [(i, c) for i, c in enumerate(self._checks) if c.meta.scope is scope])]
         if not scoped:
             return
@@ -304,12 +304,14 @@ class _Judging:
         for subject in subjects:
             ctx = self._contexts[subject.tenant.name]
             causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
-            for found, check, meta, roots, needs in scoped:
+            named = f"{subject.tenant.name}\x1f{subject.name}\x1f"
+            for found, check, meta, roots, needs, check_named in scoped:
                 cause = next((causes[r] for r in roots if r in causes), None) if causes else None
                 missing = _missing_fact(needs, subject, coverage) if needs else None
                 results = [missing] if missing is not None else _run_one(check, subject, ctx)
                 for result in results:
-                    finding, blocks = _finding(meta, subject, result, cause, exceptions, now, run_id)
+                    finding, blocks = _finding(meta, subject, check_named + named, result, cause, exceptions, now,
+                                               run_id)
                     found.append(finding)
                     if cause is None and blocks and finding.status in _FAILING:
                         causes.setdefault(meta.id, (finding.id, meta.id))
@@ -320,6 +322,7 @@ class _Judging:
 def _finding(
     meta: CheckMeta,
     subject: _Subject,
+    named: str,
     result: Result,
     cause: tuple[str, str] | None,
     exceptions: Mapping[tuple[str, str], PolicyException],
@@ -327,7 +330,8 @@ def _finding(
     run_id: str,
 ) -> tuple[Finding, bool]:
     """One result of a check on a subject as a finding (after root causes and exceptions), with whether its
-    failure blocks the checks resting on it.
+    failure blocks the checks resting on it. ``named`` is what ``fingerprint`` joins before the item, joined
+    once per check and subject.
 
     With ``cause`` (the failing root finding's id and check), a failure or error only restates the root: it
     is ``skipped`` and names the root in ``caused_by`` (decided before exceptions, which cover real failures).
@@ -345,7 +349,7 @@ def _finding(
         else None
     )
     finding = _new_finding(
-        fingerprint(meta.id, subject.tenant.name, subject.name, result.item), meta.id, result.status,
+        _sha256((named + result.item).encode("utf-8")).hexdigest()[:20], meta.id, result.status,
         meta.severity, subject.tenant.name, subject.domain, subject.name, meta.title, result.item,
         dict(result.evidence), result.reason, remediation, run_id, caused_by)
     return finding, result.blocks
