@@ -21,6 +21,7 @@ from scanner.model import (
     PolicyException,
     Remediation,
     Scope,
+    Severity,
     Status,
     Tenant,
 )
@@ -82,6 +83,42 @@ def fingerprint(check_id: str, tenant: str, subject: str, item: str = "") -> str
     return digest[:20]
 
 
+_sha256 = hashlib.sha256
+_new = object.__new__
+_FINDING_SETTERS = tuple(Finding.__dict__[name].__set__ for name in Finding.__dataclass_fields__)
+"""Each field's slot setter, in field order: a field added to Finding fails ``_new_finding``'s unpacking at once."""
+
+
+def _new_finding(
+    id: str, check: str, status: Status, severity: Severity, tenant: str, domain: str, subject: str, title: str,
+    item: str, evidence: Mapping[str, object], reason: str, remediation: Remediation | None, run_id: str,
+    caused_by: str,
+) -> Finding:
+    """The same finding as ``Finding(...)`` with these fields (not yet seen in any run), filled slot by slot: the
+    frozen dataclass's __init__ sets each field through object.__setattr__, a third of judging a finding."""
+    (set_id, set_check, set_status, set_severity, set_tenant, set_domain, set_subject, set_title, set_item,
+     set_evidence, set_reason, set_remediation, set_run_id, set_first_seen, set_last_seen,
+     set_caused_by) = _FINDING_SETTERS
+    finding = _new(Finding)
+    set_id(finding, id)
+    set_check(finding, check)
+    set_status(finding, status)
+    set_severity(finding, severity)
+    set_tenant(finding, tenant)
+    set_domain(finding, domain)
+    set_subject(finding, subject)
+    set_title(finding, title)
+    set_item(finding, item)
+    set_evidence(finding, evidence)
+    set_reason(finding, reason)
+    set_remediation(finding, remediation)
+    set_run_id(finding, run_id)
+    set_first_seen(finding, None)
+    set_last_seen(finding, None)
+    set_caused_by(finding, caused_by)
+    return finding
+
+
 @dataclass(frozen=True, slots=True)
 class _Subject:
     tenant: Tenant
@@ -102,10 +139,11 @@ def _subjects(scope: Scope, inventory: Inventory, tenants: Mapping[str, Tenant])
             yield _Subject(tenants[mailbox.tenant], mailbox.domain, mailbox.address, mailbox)
 
 
-def _needs(check: Check) -> tuple[tuple[Fact, str | None, bool], ...]:
-    """The facts a check requires, in order, each with the DnsFacts answer whose failure makes it unknown (see
-    ``DNS_FACTS``) and whether coverage decides it instead (every fact that is not a domain's DNS)."""
-    return tuple((fact, DNS_FACTS.get(fact), fact not in DNS_FACTS) for fact in check.meta.requires)
+def _needs(check: Check) -> tuple[tuple[Fact, str, str | None, bool], ...]:
+    """The facts a check requires, in order, each with its name (a plain string, cheaper to hash than the enum),
+    the DnsFacts answer whose failure makes it unknown (see ``DNS_FACTS``) and whether coverage decides it instead
+    (every fact that is not a domain's DNS)."""
+    return tuple((fact, fact.value, DNS_FACTS.get(fact), fact not in DNS_FACTS) for fact in check.meta.requires)
 
 
 class _Coverage:
@@ -115,13 +153,13 @@ class _Coverage:
     def __init__(self, entries: Iterable[Coverage]) -> None:
         self._entries = {(c.tenant, c.fact, c.subject): c for c in entries}
         self._own = {subject for _, _, subject in self._entries if subject}
-        self._tenant_wide: dict[tuple[str, Fact], Result | None] = {}
+        self._tenant_wide: dict[tuple[str, str], Result | None] = {}
 
-    def gap(self, fact: Fact, subject: _Subject) -> Result | None:
-        """The result when ``fact`` is missing for the subject; None when it was collected."""
+    def gap(self, fact: Fact, name: str, subject: _Subject) -> Result | None:
+        """The result when ``fact`` (named ``name``) is missing for the subject; None when it was collected."""
         if subject.name in self._own:
             return self._judge(fact, subject.tenant, subject.name)
-        key = (subject.tenant.name, fact)
+        key = (subject.tenant.name, name)
         if key not in self._tenant_wide:
             self._tenant_wide[key] = self._judge(fact, subject.tenant, "")
         return self._tenant_wide[key]
@@ -141,12 +179,12 @@ class _Coverage:
 
 
 def _missing_fact(
-    needs: Sequence[tuple[Fact, str | None, bool]], subject: _Subject, coverage: _Coverage
+    needs: Sequence[tuple[Fact, str, str | None, bool]], subject: _Subject, coverage: _Coverage
 ) -> Result | None:
     """The error or unsupported result when a fact the check requires (``_needs``) is not there; None when all are."""
-    for fact, key, covered in needs:
+    for fact, name, key, covered in needs:
         if covered:
-            gap = coverage.gap(fact, subject)
+            gap = coverage.gap(fact, name, subject)
             if gap is not None:
                 return gap
         elif key is not None and isinstance(subject.value, Domain):
@@ -257,7 +295,7 @@ class _Judging:
 
         Subject by subject, every check of the scope in turn: the checks of one domain read the same records, so
         the memoized parsers (DKIM keys, DMARC and SPF records) parse each once."""
-        scoped = [(into[i], c, c.meta, rests_on(c), _needs(c)) for i, c in _root_first(
+        scoped = [(into[i], c, c.meta, rests_on(c), _needs(c), c.meta.id + "\x1f") for i, c in _root_first(
             [(i, c) for i, c in enumerate(self._checks) if c.meta.scope is scope])]
         if not scoped:
             return
@@ -265,12 +303,14 @@ class _Judging:
         for subject in subjects:
             ctx = self._contexts[subject.tenant.name]
             causes: dict[str, tuple[str, str]] = {}  # check id -> (root finding id, root check id) it stands for
-            for found, check, meta, roots, needs in scoped:
+            named = f"{subject.tenant.name}\x1f{subject.name}\x1f"
+            for found, check, meta, roots, needs, check_named in scoped:
                 cause = next((causes[r] for r in roots if r in causes), None) if causes else None
                 missing = _missing_fact(needs, subject, coverage) if needs else None
                 results = [missing] if missing is not None else _run_one(check, subject, ctx)
                 for result in results:
-                    finding, blocks = _finding(meta, subject, result, cause, exceptions, now, run_id)
+                    finding, blocks = _finding(meta, subject, check_named + named, result, cause, exceptions, now,
+                                               run_id)
                     found.append(finding)
                     if cause is None and blocks and finding.status in _FAILING:
                         causes.setdefault(meta.id, (finding.id, meta.id))
@@ -281,6 +321,7 @@ class _Judging:
 def _finding(
     meta: CheckMeta,
     subject: _Subject,
+    named: str,
     result: Result,
     cause: tuple[str, str] | None,
     exceptions: Mapping[tuple[str, str], PolicyException],
@@ -288,7 +329,8 @@ def _finding(
     run_id: str,
 ) -> tuple[Finding, bool]:
     """One result of a check on a subject as a finding (after root causes and exceptions), with whether its
-    failure blocks the checks resting on it.
+    failure blocks the checks resting on it. ``named`` is what ``fingerprint`` joins before the item, joined
+    once per check and subject.
 
     With ``cause`` (the failing root finding's id and check), a failure or error only restates the root: it
     is ``skipped`` and names the root in ``caused_by`` (decided before exceptions, which cover real failures).
@@ -305,22 +347,10 @@ def _finding(
         if meta.remediation and result.status in _FAILING
         else None
     )
-    finding = Finding(
-        id=fingerprint(meta.id, subject.tenant.name, subject.name, result.item),
-        caused_by=caused_by,
-        check=meta.id,
-        status=result.status,
-        severity=meta.severity,
-        tenant=subject.tenant.name,
-        domain=subject.domain,
-        subject=subject.name,
-        item=result.item,
-        title=meta.title,
-        evidence=dict(result.evidence),
-        reason=result.reason,
-        remediation=remediation,
-        run_id=run_id,
-    )
+    finding = _new_finding(
+        _sha256((named + result.item).encode("utf-8")).hexdigest()[:20], meta.id, result.status,
+        meta.severity, subject.tenant.name, subject.domain, subject.name, meta.title, result.item,
+        dict(result.evidence), result.reason, remediation, run_id, caused_by)
     return finding, result.blocks
 
 

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 
-from checks.evaluate import evaluate, fingerprint
+from checks.evaluate import _new_finding, evaluate, fingerprint
 from checks.registry import Policy, Result, check
-from scanner.model import Domain, DnsAnswer, DnsFacts, Inventory, Mailbox, Outcome, Scope, Severity, Status, Tenant
+from scanner.model import (
+    Domain,
+    DnsAnswer,
+    DnsFacts,
+    Finding,
+    Inventory,
+    Mailbox,
+    Outcome,
+    Remediation,
+    Scope,
+    Severity,
+    Status,
+    Tenant,
+)
 
 NOW = datetime(2026, 11, 25, tzinfo=UTC)
 TENANT = Tenant("acme", None, ("a.example", "b.example"))
@@ -56,6 +70,17 @@ def test_items_get_their_own_fingerprints_and_failed_dns_is_error() -> None:
     assert a[0].id == fingerprint("test.items", "acme", "a.example", "10 mx1.a.example.")
     (b,) = [f for f in findings if f.subject == "b.example"]
     assert b.status is Status.ERROR and "timeout after 3s" in b.reason
+
+
+def test_a_finding_built_slot_by_slot_is_the_dataclass_one_field_for_field() -> None:
+    remediation = Remediation("dns.fix", {"subject": "a.example"})
+    values = dict(id="f1", check="test.items", status=Status.FAIL, severity=Severity.HIGH, tenant="acme",
+                  domain="a.example", subject="user@a.example", title="One result per item", item="mx1",
+                  evidence={"host": "mx1"}, reason="why", remediation=remediation, run_id="r1", caused_by="f0")
+    built = _new_finding(**values)
+    expected = Finding(**values)
+    assert [getattr(built, f.name) for f in fields(Finding)] == [getattr(expected, f.name) for f in fields(Finding)]
+    assert built.first_seen is None and built.last_seen is None
 
 
 def test_every_subject_in_scope_gets_a_result() -> None:
