@@ -79,11 +79,14 @@ def _root_first(checks: Sequence[tuple[int, Check]]) -> list[tuple[int, Check]]:
 
 def fingerprint(check_id: str, tenant: str, subject: str, item: str = "") -> str:
     """A stable id for one check on one subject (and item), the same in every run."""
-    digest = hashlib.sha256("\x1f".join((check_id, tenant, subject, item)).encode("utf-8")).hexdigest()
-    return digest[:20]
+    return _fingerprint(f"{check_id}\x1f{tenant}\x1f{subject}\x1f", item)
 
 
-_sha256 = hashlib.sha256
+def _fingerprint(named: str, item: str) -> str:
+    """``fingerprint`` from its check, tenant and subject already joined (``named``, once per check and subject)."""
+    return hashlib.sha256((named + item).encode("utf-8")).hexdigest()[:20]
+
+
 _new = object.__new__
 _FINDING_SETTERS = tuple(Finding.__dict__[name].__set__ for name in Finding.__dataclass_fields__)
 """Each field's slot setter, in field order: a field added to Finding fails ``_new_finding``'s unpacking at once."""
@@ -348,7 +351,7 @@ def _finding(
         else None
     )
     finding = _new_finding(
-        _sha256((named + result.item).encode("utf-8")).hexdigest()[:20], meta.id, result.status,
+        _fingerprint(named, result.item), meta.id, result.status,
         meta.severity, subject.tenant.name, subject.domain, subject.name, meta.title, result.item,
         dict(result.evidence), result.reason, remediation, run_id, caused_by)
     return finding, result.blocks
