@@ -3,6 +3,7 @@ one renders report.html: the two largest outputs of a run take one core each."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -49,13 +50,24 @@ class FilesProcess:
         # A forked copy never touches this process's engine: it opens its own from the URL.
         context = multiprocessing.get_context(start_method())
         self._conn, child_end = context.Pipe()
-        self._process = context.Process(target=_write, args=(child_end,), name="mailwarden-findings-files",
-                                        daemon=True)
-        self._process.start()
-        child_end.close()
-        # The URL may carry the store's password: it goes over the pipe, never in argv or the environment.
-        self._conn.send((url, run_id, json_path, csv_path))
-        log.debug("findings files: process %d started", self._process.pid, extra={"pid": self._process.pid})
+        self._process = context.Process(target=_write, args=(child_end, os.getpid()),
+                                        name="mailwarden-findings-files", daemon=True)
+        # Ctrl-C reaches the whole process group: this process decides, and stops the other if it must. SIGINT is
+        # blocked while it starts (the mask is inherited, across exec too) until it has chosen to ignore it.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self._process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            child_end.close()
+        try:
+            # The URL may carry the store's password: it goes over the pipe, never in argv or the environment.
+            with contextlib.suppress(OSError):  # the process is gone already: ``wait`` says how it ended
+                self._conn.send((url, run_id, json_path, csv_path))
+            log.debug("findings files: process %d started", self._process.pid, extra={"pid": self._process.pid})
+        except BaseException:
+            self.stop()
+            raise
 
     @property
     def pid(self) -> int | None:
@@ -69,7 +81,7 @@ class FilesProcess:
         wait([self._conn, self._process.sentinel])
         try:
             reply: tuple[Any, ...] | None = self._conn.recv() if self._conn.poll() else None
-        except EOFError:
+        except (EOFError, OSError):  # it died: the pipe was closed, or reset with the job unread
             reply = None
         self._process.join()
         if reply is None:
@@ -100,12 +112,12 @@ class FilesFailed(Exception):
     says which)."""
 
 
-def _write(conn: Connection) -> None:
+def _write(conn: Connection, parent: int) -> None:
     """The second process: read the job from the pipe, write the files, send back what happened."""
-    # Ctrl-C reaches the whole process group: the parent decides, and stops this process if it must.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threading.Thread(target=_exit_without, args=(os.getppid(),), daemon=True).start()
+    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
     url, run_id, json_path, csv_path = conn.recv()
     try:
         store = Store(url, create=False)
