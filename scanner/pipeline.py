@@ -564,7 +564,10 @@ def render_outputs(
                 halt_at(FILES_STEP)
             if "html" in formats:
                 notable = tuple(store.findings_for_run(run_id, NOTABLE))
-                files.append(report(folder, notable))
+                files.append(render_report(
+                    store, run, notable, store.lifecycle_events(run_id), folder / "report.html", remediation,
+                    senders=senders_of(config) if config is not None else None,
+                    dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
             if writer is not None:
                 writer.wait()
         except FilesFailed as exc:
@@ -574,12 +577,6 @@ def render_outputs(
             if writer is not None:
                 writer.stop()
         return files
-
-    def report(folder: Path, notable: tuple[Finding, ...]) -> Path:
-        return render_report(
-            store, run, notable, store.lifecycle_events(run_id), folder / "report.html", remediation,
-            senders=senders_of(config) if config is not None else None,
-            dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14)
 
     with paused_gc():  # the report's findings are long-lived: the collector would only re-scan them, page after page
         files = publish(run, out_dir, render, halt=lambda: halt_at("outputs"))
