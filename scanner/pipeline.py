@@ -30,7 +30,7 @@ from scanner.store.baseline import load_baselines
 from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, RunFailed
-from scanner.files_process import FilesFailed, FilesProcess, reopenable
+from scanner.files_process import FilesFailed, FilesProcess, reopenable, worth_starting
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
 from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
@@ -554,7 +554,7 @@ def render_outputs(
         json_path = folder / "findings.json" if "json" in formats else None
         csv_path = folder / "findings.csv" if "csv" in formats else None
         files = [p for p in (json_path, csv_path) if p is not None]
-        url = reopenable(store) if files and "html" in formats else None
+        url = reopenable(store) if files and "html" in formats and worth_starting(store, run_id) else None
         writer = FilesProcess(url, run_id, json_path, csv_path) if url is not None else None
         try:
             if writer is None and files:

@@ -3,6 +3,7 @@ in-process path, its failures reported as this process's own, and no interruptio
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,13 +17,17 @@ from pathlib import Path
 
 import pytest
 from reports.outputs import OutputError
-from scanner.config import load_config
+from scanner import files_process
 from scanner.files_process import FilesProcess
-from scanner.loopback.zoneserver import ZoneServer
-from scanner.pipeline import FILES_STEP, render_outputs, run_scan
+from scanner.pipeline import FILES_STEP, HALT_AT, HALT_FILE, render_outputs
 from scanner.store.database import Store
 from tests.reports.test_findings_files import NOW, _store, _tricky
-from tests.scanner.test_crash import FIRST, SECOND, _config, _export, _halted_scan, estate  # noqa: F401 - estate
+
+
+@pytest.fixture(autouse=True)
+def always_a_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A second process even for these small runs when it would be spawned (another thread is alive)."""
+    monkeypatch.setattr(files_process, "SPAWN_FROM", 0)
 
 
 def _files(out: Path) -> dict[str, bytes]:
@@ -198,47 +203,97 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has exited; only its exit status waits to be collected
 
 
-def _halted_with_children(config: Path, out: Path, sig: int) -> tuple[subprocess.CompletedProcess[str], set[int]]:
-    """``mailwarden scan`` halted once its second process has started; its descendants then; sent ``sig``."""
-    seen: set[int] = set()
-    marker = config.parent / f"halt-{FILES_STEP}"
+# A program that renders a stored run halted (the test hook) once the second process has started; SIGTERM stops it
+# as it stops a scan (KeyboardInterrupt). The store's URL comes on stdin, as a secret would: never in argv.
+HALTED = textwrap.dedent("""
+    import signal, sys
+    from pathlib import Path
+    from scanner.pipeline import render_outputs
+    from scanner.store.database import Store
 
-    def record_children() -> None:
-        deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
-        parent = int(marker.read_text().split()[1])
-        seen.update(_descendants(parent))
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
 
-    watcher = threading.Thread(target=record_children)
-    watcher.start()
-    done = _halted_scan(config, out, FILES_STEP, sig)
-    watcher.join()
-    return done, seen
+    signal.signal(signal.SIGTERM, interrupt)
+    store = Store(sys.stdin.readline().strip(), create=False)
+    try:
+        render_outputs(store, "r1", Path(sys.argv[1]))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(1)
+    """)
+
+
+def _halted_with_children(
+    url: str, out: Path, marker: Path, sig: int
+) -> tuple[subprocess.CompletedProcess[str], dict[int, bytes]]:
+    """Outputs rendered in a subprocess halted once its second process has started; its descendants then, with
+    their command lines and environments; then sent ``sig``."""
+    env = {**os.environ, HALT_AT: FILES_STEP, HALT_FILE: str(marker)}
+    process = subprocess.Popen([sys.executable, "-c", HALTED, str(out)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdin is not None
+    process.stdin.write(url + "\n")
+    process.stdin.close()
+    deadline = time.monotonic() + 60
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert marker.exists(), "never halted"
+    seen: dict[int, bytes] = {}
+    for pid in _descendants(process.pid):
+        with contextlib.suppress(OSError):
+            seen[pid] = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+    process.send_signal(sig)
+    assert process.stdout is not None and process.stderr is not None
+    stdout, stderr = process.stdout.read(), process.stderr.read()
+    process.wait(timeout=30)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), seen
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
-def test_a_scan_stopped_while_the_second_process_writes_leaves_no_process_and_the_previous_outputs(
-    estate: ZoneServer, tmp_path: Path, sig: int
+def test_outputs_stopped_while_the_second_process_writes_leave_no_process_and_the_previous_outputs(
+    tmp_path: Path, sig: int
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    path = _config(tmp_path, url, estate)
+    store = _store(tmp_path, 2_000)
+    url = store.engine.url.render_as_string(hide_password=False)
     out = tmp_path / "out"
-    store = Store(url)
     try:
-        _export(tmp_path, FIRST)
-        run_scan(load_config(path), out, store=store)
+        render_outputs(store, "r1", out)
     finally:
         store.close()
     before = _files(out)
-    _export(tmp_path, SECOND)
-    done, children = _halted_with_children(path, out, sig)
-    assert children, done.stderr  # the second process (and, when spawned, multiprocessing's resource tracker)
+    done, children = _halted_with_children(url, out, tmp_path / "halted", sig)
+    assert children, done.stderr  # the second process
+    assert not [pid for pid, seen in children.items() if url.encode() in seen]  # the URL went over the pipe
     if sig == signal.SIGTERM:
-        assert done.returncode == 1 and "interrupted" in done.stderr and "Traceback" not in done.stderr, done.stderr
+        assert done.returncode == 1 and done.stderr.strip() == "interrupted", done.stderr
         assert not [p for p in out.iterdir() if p.name.startswith(".mailwarden-writing-")]
+    else:
+        assert done.returncode == -signal.SIGKILL
     deadline = time.monotonic() + 10
     while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in children if _alive(pid)]
     assert _files(out) == before
+
+
+def test_with_another_thread_alive_the_second_process_is_spawned_with_the_same_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = _store(tmp_path, 200)
+    idle = threading.Event()
+    thread = threading.Thread(target=idle.wait)
+    thread.start()
+    try:
+        assert files_process.start_method() == "spawn"
+        with caplog.at_level(logging.DEBUG, logger="scanner.files_process"):
+            render_outputs(store, "r1", tmp_path / "spawned")
+    finally:
+        idle.set()
+        thread.join()
+    render_outputs(store, "r1", tmp_path / "alone", formats=("json", "csv"))
+    store.close()
+    [writer] = _pids(caplog, "findings written by process")
+    assert writer != os.getpid()
+    for name in ("findings.json", "findings.csv"):
+        assert (tmp_path / "spawned" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
