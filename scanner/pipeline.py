@@ -31,6 +31,7 @@ from scanner.store.baseline import load_baselines
 from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, RunFailed
+from scanner.files_process import FilesFailed, FilesProcess, reopenable, worth_starting
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
 from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
@@ -59,6 +60,9 @@ HALT_FILE = "MAILWARDEN_HALT_FILE"
 STEPS = ("collected", "staged", "snapshot", "findings", "outputs")
 """The steps a scan can be halted at: collection done, snapshot staged, snapshot committed, findings half
 recorded, outputs half written."""
+FILES_STEP = "files"
+"""A further step, apart from ``STEPS`` (a scan halted there is like one halted at ``outputs``): the second process
+started on findings.json and findings.csv, report.html not yet rendered."""
 
 
 def halt_at(step: str) -> None:
@@ -545,20 +549,36 @@ def render_outputs(
     (reports/outputs.py: the previous outputs stay until every new file is written).
 
     findings.json and findings.csv stream from one cursor, so their memory does not grow with the findings;
-    the report streams the findings that are not passes from another, and the counts come from SQL."""
+    the report streams the findings that are not passes from another, and the counts come from SQL. When
+    report.html is wanted too and another process can open the store, a second process writes the two files
+    (scanner/files_process.py) while this one renders the report."""
     run = store.run(run_id)
+
     def render(folder: Path) -> list[Path]:
         json_path = folder / "findings.json" if "json" in formats else None
         csv_path = folder / "findings.csv" if "csv" in formats else None
         files = [p for p in (json_path, csv_path) if p is not None]
-        if files:
-            with store.iter_rows(run_id) as rows:
-                write_findings_files(rows, json_path, csv_path)
-        if "html" in formats:
-            files.append(render_report(
-                store, run, store.lifecycle_events(run_id), folder / "report.html", remediation,
-                senders=senders_of(config) if config is not None else None,
-                dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
+        url = reopenable(store) if files and "html" in formats and worth_starting(store, run_id) else None
+        writer = FilesProcess(url, run_id, json_path, csv_path) if url is not None else None
+        try:
+            if writer is None and files:
+                with store.iter_rows(run_id) as rows:
+                    write_findings_files(rows, json_path, csv_path)
+            if writer is not None:
+                halt_at(FILES_STEP)
+            if "html" in formats:
+                files.append(render_report(
+                    store, run, store.lifecycle_events(run_id), folder / "report.html", remediation,
+                    senders=senders_of(config) if config is not None else None,
+                    dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
+            if writer is not None:
+                writer.wait()
+        except FilesFailed as exc:
+            raise OutputError(f"cannot write findings.json and findings.csv in {out_dir}: {exc}; run the command "
+                              f"again (the previous outputs in {out_dir} are unchanged)") from None
+        finally:
+            if writer is not None:
+                writer.stop()
         return files
 
     with paused_gc():  # what the report keeps of its findings is long-lived: the collector would only re-scan it

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("scanner.collect", "scanner.aggregate", "checks"),
     ("remediation",),
     ("reports",),
-    ("scanner.pipeline",),
+    ("scanner.pipeline", "scanner.files_process"),
     ("scanner.service",),
     ("scanner.cli",),
 )
