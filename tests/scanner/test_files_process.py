@@ -56,7 +56,7 @@ def test_files_and_report_are_written_by_two_processes_with_the_in_process_bytes
     assert writer != os.getpid()
     assert _pids(caplog, "started") == [writer]
     assert [p.name for p in both.files] == ["findings.json", "findings.csv", "report.html", "manifest.json"]
-    assert both.counts == alone.counts and both.notable == report.notable
+    assert both.counts == alone.counts == report.counts and both.failing == report.failing
     written = _files(tmp_path / "both")
     assert written["findings.json"] == (tmp_path / "alone" / "findings.json").read_bytes()
     assert written["findings.csv"] == (tmp_path / "alone" / "findings.csv").read_bytes()
