@@ -18,7 +18,7 @@ import sqlalchemy as sa
 
 from reports.findings_files import write_findings_files
 from scanner.errors import StoreError
-from scanner.store.database import Store, _sqlite_file
+from scanner.store.database import Store, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def worth_starting(store: Store, run_id: str) -> bool:
 def reopenable(store: Store) -> str | None:
     """The URL another process can open this store by (a SQLite file or PostgreSQL), password included; None for a
     store only this process can see (SQLite in memory)."""
-    if store.engine.dialect.name == "sqlite" and _sqlite_file(store.engine) is None:
+    if store.engine.dialect.name == "sqlite" and sqlite_file(store.engine) is None:
         return None
     return store.engine.url.render_as_string(hide_password=False)
 

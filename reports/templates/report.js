@@ -109,7 +109,7 @@
     return value;
   }
   // Findings alike but for their subject (and the domain they name) come once, with a column per field
-  // that differs (html.py report_data: ids, tenants, domains, then subjects, items, causes, links or null).
+  // that differs (html.py PageData: ids, tenants, domains, then subjects, items, causes, links or null).
   function tableRows() {
     var out = data.findings.slice();
     data.groups.forEach(function (g) {

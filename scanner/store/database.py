@@ -587,7 +587,7 @@ BUSY_TIMEOUT = 30.0
 """Seconds a SQLite connection waits for the write lock (the one writer) before it gives up."""
 
 
-def _sqlite_file(engine: Engine) -> Path | None:
+def sqlite_file(engine: Engine) -> Path | None:
     """The database file of a SQLite engine (None: in memory, or not SQLite)."""
     if engine.dialect.name != "sqlite":
         return None
@@ -614,7 +614,7 @@ class Store:
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
             raise StoreError(f"the store must be SQLite or PostgreSQL, not {self.engine.dialect.name}")
         self.where = self.engine.url.render_as_string(hide_password=True)
-        path = _sqlite_file(self.engine)
+        path = sqlite_file(self.engine)
         if not create and path is not None and not path.is_file():
             self.engine.dispose()
             raise StoreMissing(f"no store at {path}: run `mailwarden scan` first, or point [store] url at the store")
