@@ -34,6 +34,13 @@ def _files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
 
 
+def _record_tricky(store: Store) -> None:
+    """Run r1, complete, holding ``_tricky``'s findings (every awkward value, each status)."""
+    store.start_run("r1", NOW, "d" * 64, "test")
+    store.record_findings("r1", _tricky(), NOW, ["@acme"])
+    store.finish_run("r1", NOW, "complete", {})
+
+
 def _pids(caplog: pytest.LogCaptureFixture, text: str) -> list[int]:
     return [int(r.pid) for r in caplog.records if r.name == "scanner.files_process" and text in r.getMessage()]
 
@@ -43,9 +50,7 @@ def test_files_and_report_are_written_by_two_processes_with_the_in_process_bytes
 ) -> None:
     store = Store(store_url)
     try:
-        store.start_run("r1", NOW, "d" * 64, "test")
-        store.record_findings("r1", _tricky(), NOW, ["@acme"])
-        store.finish_run("r1", NOW, "complete", {})
+        _record_tricky(store)
         with caplog.at_level(logging.DEBUG, logger="scanner.files_process"):
             both = render_outputs(store, "r1", tmp_path / "both")
         alone = render_outputs(store, "r1", tmp_path / "alone", formats=("json", "csv"))
@@ -67,9 +72,7 @@ def test_files_and_report_are_written_by_two_processes_with_the_in_process_bytes
 def test_an_in_memory_store_keeps_the_files_in_this_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = Store("sqlite://")
     try:
-        store.start_run("r1", NOW, "d" * 64, "test")
-        store.record_findings("r1", _tricky(), NOW, ["@acme"])
-        store.finish_run("r1", NOW, "complete", {})
+        _record_tricky(store)
         with caplog.at_level(logging.DEBUG, logger="scanner.files_process"):
             outputs = render_outputs(store, "r1", tmp_path / "out")
     finally:
