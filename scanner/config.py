@@ -6,20 +6,17 @@ import hashlib
 import ipaddress
 import os
 import re
-import tomllib
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     GetCoreSchemaHandler,
+    PlainValidator,
     Strict,
-    StrictBool,
     StrictFloat,
     StrictInt,
     ValidationError,
@@ -28,12 +25,19 @@ from pydantic import (
 )
 
 from pydantic_core import core_schema
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
 from scanner.bundle import BUNDLED
 from scanner.errors import ConfigError
 from scanner.model import PolicyException, Tenant
+from scanner.sections import (
+    ScheduleConfig,
+    StoreConfig,
+    TableProblem,
+    read_toml,
+    schedule_config,
+    store_config,
+    store_url_from,
+)
 
 
 PROVIDERS = ("google", "microsoft", "mailcow", "files", "trekmail")
@@ -88,24 +92,6 @@ def networks(value: list[str]) -> list[str]:
 class _Strict(BaseModel):
     # allow_inf_nan: an infinite timeout never times out, and NaN compares false with every bound.
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, allow_inf_nan=False)
-
-
-class StoreConfig(_Strict):
-    """Where runs, snapshots and findings are kept."""
-
-    url: str = "sqlite:///mailwarden.db"
-
-    @field_validator("url")
-    @classmethod
-    def _database_url(cls, value: str) -> str:
-        try:
-            dialect = make_url(value).get_backend_name()
-        except ArgumentError:
-            # Never echo the URL: it may hold a password.
-            raise ValueError("not a database URL: use sqlite:///PATH or postgresql://HOST/DATABASE") from None
-        if dialect not in ("sqlite", "postgresql"):
-            raise ValueError(f"the store works on SQLite and PostgreSQL, not {dialect!r}")
-        return value
 
 
 class DnsConfig(_Strict):
@@ -315,57 +301,11 @@ class EmailConfig(_Strict):
         return self
 
 
-def _cron_trigger(spec: str, timezone: str) -> CronTrigger:
-    """An APScheduler cron trigger from 5 fields (minute hour day month weekday) or 6 (seconds first)."""
-    fields = spec.split()
-    if len(fields) == 5:
-        return CronTrigger.from_crontab(spec, timezone=timezone)
-    if len(fields) == 6:
-        second, minute, hour, day, month, weekday = fields
-        return CronTrigger(second=second, minute=minute, hour=hour, day=day, month=month, day_of_week=weekday,
-                           timezone=timezone)
-    raise ValueError(f"{spec!r} is not a cron expression: give 5 fields (minute hour day month weekday) or 6 "
-                     "(seconds first)")
-
-
 class ScanConfig(_Strict):
     """How one scan runs its units of work (one per tenant): how many at once, and how long each may take."""
 
     tenant_concurrency: StrictInt = Field(default=4, ge=1, le=256)
     tenant_timeout: StrictFloat = Field(default=1800.0, gt=0, le=86400)
-
-
-class ScheduleConfig(_Strict):
-    """When ``mailwarden serve`` scans and emails the report (cron expressions in ``timezone``)."""
-
-    scan: str = "0 6 * * *"  # empty: no scheduled scan
-    report: str = "0 7 * * MON"  # empty: no scheduled report (needs [email] otherwise)
-    dmarc_import: str = "15 * * * *"  # importing DMARC aggregate reports (when [dmarc_reports] is set)
-    timezone: str = "UTC"
-    misfire_grace_time: StrictInt = Field(default=3600, ge=1, le=7 * 86400)  # seconds a missed run may start late
-    coalesce: StrictBool = True  # several missed runs start once
-    out: FilePath = Path("mailwarden-out")  # where each scheduled scan writes its outputs (relative to this file)
-    lease_ttl: StrictFloat = Field(default=600.0, gt=0, le=86400)  # seconds without a heartbeat after which a scan is orphaned
-
-    @model_validator(mode="after")
-    def _valid_schedule(self) -> ScheduleConfig:
-        try:
-            ZoneInfo(self.timezone)
-        except (KeyError, ValueError, OSError):
-            raise ValueError(f"timezone: {self.timezone!r} is not an IANA time zone such as 'Europe/Berlin'") from None
-        for name in ("scan", "report", "dmarc_import"):
-            spec = getattr(self, name)
-            if spec.strip():
-                try:
-                    _cron_trigger(spec, self.timezone)
-                except ValueError as exc:
-                    raise ValueError(f"{name}: {exc}") from None
-        return self
-
-    def trigger(self, job: str) -> CronTrigger | None:
-        """The APScheduler trigger of a job (``scan`` or ``report``), or None when it is not scheduled."""
-        spec = getattr(self, job).strip()
-        return _cron_trigger(spec, self.timezone) if spec else None
 
 
 class ServeConfig(_Strict):
@@ -472,7 +412,7 @@ class ExceptionConfig(_Strict):
 class Config(_Strict):
     """The whole validated configuration."""
 
-    store: StoreConfig = StoreConfig()
+    store: Annotated[StoreConfig, PlainValidator(store_config)] = StoreConfig()
     dns: DnsConfig = DnsConfig()
     http: HttpConfig = HttpConfig()
     mta_sts: MtaStsConfig = MtaStsConfig()
@@ -481,7 +421,7 @@ class Config(_Strict):
     remediation: RemediationConfig = RemediationConfig()
     email: EmailConfig | None = None
     scan: ScanConfig = ScanConfig()
-    schedule: ScheduleConfig = ScheduleConfig()
+    schedule: Annotated[ScheduleConfig, PlainValidator(schedule_config)] = ScheduleConfig()
     serve: ServeConfig = ServeConfig()
     dmarc_reports: DmarcReportsConfig | None = None
     tenants: list[TenantConfig] = []
@@ -573,70 +513,6 @@ def _tenant_model(tenant: TenantConfig, source: Path) -> Tenant:
     )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: the config file is not UTF-8 text") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        where = _toml_where(text, str(exc))
-        line = _TOML_LINE.search(str(exc))
-        value = text.splitlines()[int(line.group(1)) - 1].partition("=")[2] if line and where else ""
-        if re.match(r"\s*\d{4}-\d{1,2}-\d{1,2}", value):
-            raise ConfigError(f"{path}: {where}not a valid date (YYYY-MM-DD, such as 2027-01-31): "
-                              f"{value.strip()[:40]!r} ({exc})") from None
-        raise ConfigError(f"{path}: {where}not valid TOML: {exc}") from None
-    nul = _nul_key(data)
-    if nul:
-        raise ConfigError(f"{path}: {nul}: holds a NUL byte; no name, address or path has one")
-    return data
-
-
-_TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
-_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_\-.\"' ]+?)\s*=")
-_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
-
-
-def _toml_where(text: str, message: str) -> str:
-    """``key: `` for the key on the line a TOML error names (a bad date or value), with its table; else ""."""
-    found = _TOML_LINE.search(message)
-    if found is None:
-        return ""
-    lines = text.splitlines()
-    number = int(found.group(1))
-    if not 0 < number <= len(lines):
-        return ""
-    key = _TOML_KEY.match(lines[number - 1])
-    if key is None:
-        return ""
-    table = next((m.group(1) for line in reversed(lines[: number - 1]) if (m := _TOML_TABLE.match(line))), "")
-    name = key.group(1).strip()
-    return f"{table}.{name}: " if table else f"{name}: "
-
-
-def _nul_key(value: object, where: str = "") -> str:
-    """The key path of the first string holding a NUL byte, or ""."""
-    if isinstance(value, str):
-        return where or "(top level)" if "\x00" in value else ""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            found = _nul_key(item, f"{where}.{key}" if where else str(key))
-            if found:
-                return found
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _nul_key(item, f"{where}[{index}]")
-            if found:
-                return found
-    return ""
-
-
 def _format_location(loc: tuple[int | str, ...]) -> str:
     """Turn a pydantic location into the user's key path, such as ``tenants[1].domains``."""
     parts: list[str] = []
@@ -651,9 +527,9 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
 def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Config:
     """Read, merge with the bundled defaults and validate a config file; raises ConfigError."""
     path = Path(path)
-    data = _read_toml(path)
-    defaults = _read_toml(BUNDLED / "default.toml")
-    catalogue = _read_toml(BUNDLED / "senders.toml")
+    data = read_toml(path)
+    defaults = read_toml(BUNDLED / "default.toml")
+    catalogue = read_toml(BUNDLED / "senders.toml")
     merged = dict(data)
     merged["policy"] = {**defaults.get("policy", {}), **_table(data, "policy", path)}
     merged["senders"] = {**catalogue.get("senders", {}), **_table(data, "senders", path)}
@@ -665,7 +541,10 @@ def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Confi
         error = exc.errors()[0]
         where = _format_location(tuple(error["loc"]))
         message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "extra_forbidden":
+        problem = error.get("ctx", {}).get("error")
+        if isinstance(problem, TableProblem):  # [store] or [schedule]: worded as `mailwarden status` words it
+            where, message = problem.where(where), problem.problem
+        elif error["type"] == "extra_forbidden":
             message = "unknown key"
         elif error["type"] in ("date_type", "date_parsing", "date_from_datetime_inexact"):
             message = "must be a date such as 2027-01-31 (a TOML date, without quotes)"
@@ -678,21 +557,6 @@ def load_config(path: Path, *, overrides: dict[str, Any] | None = None) -> Confi
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     store = StoreConfig(url=store_url_from(config.store.url, path.resolve().parent))
     return config.model_copy(update={"source": path.resolve(), "digest": digest, "store": store})
-
-
-def store_url_from(url: str, base: Path) -> str:
-    """A store URL with a relative SQLite path made relative to ``base`` (the config file's directory), as every
-    other path in the config is; in-memory, absolute and PostgreSQL URLs are unchanged."""
-    if not url.startswith("sqlite"):
-        return url
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return url  # the store says what is wrong with it when it opens
-    database = parsed.database or ""
-    if database in ("", ":memory:") or database.startswith("file:") or Path(database).is_absolute():
-        return url
-    return parsed.set(database=str(base / database)).render_as_string(hide_password=False)
 
 
 def _table(data: dict[str, Any], key: str, path: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import fcntl
 import html
 import json
@@ -72,7 +73,7 @@ def forwards(estate: Estate, tenant: str = "cedar-law") -> str:
 def _quiet(config: Config, **remediation: Any) -> Config:
     """The config with no scheduled scan or report (the tests drive everything) and remediation overrides."""
     return config.model_copy(update={
-        "schedule": config.schedule.model_copy(update={"scan": "", "report": ""}),
+        "schedule": dataclasses.replace(config.schedule, scan="", report=""),
         "remediation": config.remediation.model_copy(update=remediation),
     })
 
