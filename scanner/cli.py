@@ -813,16 +813,15 @@ def serve(config_path: Path | None, host: str | None, port: int | None, log_form
 @CONFIG_OPTION
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def status(config_path: Path | None, fmt: str) -> None:
-    """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store."""
-    from scanner.service.serve import job_status, status_lines
+    """Print each scheduled job's last run, its state and the next run time (as /healthz does), from the store.
+
+    Reads only the config's [store] and [schedule] tables (the other tables are checked by the commands that
+    use them) and opens the store read-only."""
+    from scanner.sections import load_sections
+    from scanner.service.status import read_status, status_lines
 
     with _user_errors():
-        config = _config(config_path)
-        store = _reader(config)
-        try:
-            found = job_status(config, store)
-        finally:
-            store.close()
+        found = read_status(load_sections(config_path if config_path is not None else Path("mailwarden.toml")))
     if fmt == "json":
         click.echo(json.dumps(found, indent=2))
     else:

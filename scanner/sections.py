@@ -135,10 +135,14 @@ def store_config(table: object) -> StoreConfig:
     return StoreConfig(url)
 
 
-def sqlite_database(url: str) -> str | None:
-    """The database a ``sqlite:///DATABASE`` URL names (percent-decoded; "" or ``:memory:`` in memory), else None."""
+def sqlite_path(url: str) -> Path | None:
+    """The file a plain ``sqlite:///PATH`` URL names; None for a store in memory, a URI filename, a URL with
+    options, or another database."""
     found = _SQLITE_URL.fullmatch(url)
-    return unquote(found.group(2)) if found is not None else None
+    if found is None or found.group(3):
+        return None
+    database = unquote(found.group(2))
+    return None if database in ("", ":memory:") or database.startswith("file:") else Path(database)
 
 
 def store_url_from(url: str, base: Path) -> str:

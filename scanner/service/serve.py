@@ -46,8 +46,9 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 
 from scanner.config import Config, load_config
 from scanner.errors import MailwardenError
-from scanner.store.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, current_holder, recover_orphans, \
-    service_holder
+from scanner.sections import JOBS
+from scanner.service.status import JOB_LOG, JOB_TABLE, describe, job_status, store_reader
+from scanner.store.lease import ScanBusy, ServiceBusy, ServiceLease, process_exists, recover_orphans
 from remediation.headers import SecurityHeaders
 from scanner.store.database import RunRecord, Store
 
@@ -60,18 +61,14 @@ if TYPE_CHECKING:
 
     from scanner.model import Finding
 
-# The web stack, the scheduler, the pipeline, mail and the DMARC import are imported where they are used, so
-# `mailwarden status` (which reads job_status) starts quickly.
+# The web stack, the scheduler, the pipeline, mail and the DMARC import are imported where they are used.
 
 log = logging.getLogger(__name__)
-
-JOBS = ("scan", "report", "dmarc_import")
-JOB_TABLE = "apscheduler_jobs"
 
 serve_metadata = sa.MetaData()
 
 job_runs = sa.Table(
-    "job_runs",
+    JOB_LOG,
     serve_metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("job", sa.String(32), nullable=False),
@@ -85,10 +82,6 @@ job_runs = sa.Table(
     sa.Index("ix_job_runs_job_started", "job", "started"),
 )
 """One row per job execution (or skipped trigger), with its figures."""
-
-apscheduler_jobs = sa.table(JOB_TABLE, sa.column("id", sa.String), sa.column("next_run_time", sa.Float))
-"""APScheduler's job table, read (never written) for the next run times."""
-
 
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
@@ -194,24 +187,6 @@ def scan_figures(run: RunRecord, findings: Sequence[Finding], seconds: float) ->
     }
 
 
-def _describe(job: str, figures: dict[str, Any]) -> str:
-    """The figures as words, for the text log."""
-    if "problem" in figures:
-        return f"job {job} {figures.get('state', 'failed')}: {figures['problem']}"
-    if job == "scan":
-        t, f = figures["tenants"], figures["findings"]
-        counts = ", ".join(f"{n} {s}" for s, n in f.items()) or "none"
-        return (f"job scan ended: run {figures['run_id']} {figures['state']}; tenants {t['complete']} complete, "
-                f"{t['partial']} partial, {t['failed']} failed; {figures['mailboxes']} mailboxes, "
-                f"{figures['domains']} domains; findings {counts}; {figures['duration']} s")
-    if job == "dmarc_import":
-        return (f"job dmarc_import ended: {figures['state']}; {figures['read']} files or messages read, "
-                f"{figures['stored']} reports stored, {figures['skipped']} already stored, "
-                f"{figures['not_read']} not read; {figures['duration']} s")
-    return (f"job report ended: run {figures.get('run_id')} {figures['state']}; {figures.get('sent', 0)} list(s) "
-            f"sent, {figures.get('not_sent', 0)} not sent; {figures['duration']} s")
-
-
 def execute_scan(config: Config, store: Store, stop: threading.Event | None = None) -> tuple[str, dict[str, Any]]:
     """Run one scheduled scan; returns its state and figures (never raises for a scan that went wrong)."""
     from scanner.pipeline import ScanFailed, ScanInterrupted, run_scan
@@ -302,7 +277,7 @@ def run_job(job: str, config_path: str, stop: threading.Event | None = None) -> 
             state, figures = execute_report(config, store)
         _end_job(store, row_id, state, figures)
         level = logging.INFO if state in ("complete", "partial") else logging.WARNING
-        log.log(level, "%s", _describe(job, figures), extra={"event": "job.end", "job": job, **figures})
+        log.log(level, "%s", describe(job, figures), extra={"event": "job.end", "job": job, **figures})
     finally:
         store.close()
 
@@ -380,109 +355,6 @@ def sync_jobs(scheduler: BackgroundScheduler, config: Config, config_path: Path)
         log.info("job %s scheduled (%s): next run %s", job, signature, _iso(_utc(added.next_run_time)))
 
 
-# status
-
-
-def next_run_times(store: Store) -> dict[str, datetime | None]:
-    """Each stored job's next run time (None while paused), read from APScheduler's table; {} before any serve."""
-    with store.engine.connect() as conn:
-        if not sa.inspect(conn).has_table(JOB_TABLE):
-            return {}
-        rows = conn.execute(sa.select(apscheduler_jobs.c.id, apscheduler_jobs.c.next_run_time)).all()
-    return {r.id: datetime.fromtimestamp(r.next_run_time, UTC) if r.next_run_time is not None else None for r in rows}
-
-
-def _process_alive(host: str, pid: int) -> bool | None:
-    """Whether a process recorded as running still exists: None when it ran on another host (not knowable here)."""
-    return process_exists(pid) if host == socket.gethostname() else None
-
-
-def job_status(config: Config, store: Store) -> dict[str, Any]:
-    """Per job: its schedule, next run time and last run (state and figures); the latest stored run; the leases.
-
-    Reads only: a store no ``serve`` has run on has no job log yet, which reads as no runs. A job or scan
-    still marked running says whether its process is alive."""
-    upcoming = next_run_times(store)
-    jobs: dict[str, Any] = {}
-    with store.engine.connect() as conn:
-        logged = sa.inspect(conn).has_table(job_runs.name)
-        for job in JOBS:
-            row = conn.execute(
-                sa.select(job_runs).where(job_runs.c.job == job).order_by(job_runs.c.started.desc(), job_runs.c.id.desc())
-                .limit(1)
-            ).one_or_none() if logged else None
-            last = None
-            if row is not None:
-                last = {"state": row.state, "started": _iso(_utc(row.started)), "finished": _iso(_utc(row.finished)),
-                        "run_id": row.run_id, "figures": row.figures}
-                if row.state == "running":
-                    last["process"] = {"host": row.host, "pid": row.pid, "alive": _process_alive(row.host, row.pid)}
-            jobs[job] = {
-                "schedule": getattr(config.schedule, job).strip() or None,
-                "timezone": config.schedule.timezone,
-                "scheduled": job in upcoming,
-                "next_run": _iso(upcoming.get(job)),
-                "last": last,
-            }
-    runs = store.runs()
-    latest = runs[-1] if runs else None
-    holder = current_holder(store)
-    service = service_holder(store)
-    now, ttl = datetime.now(UTC), config.schedule.lease_ttl
-    return {
-        "jobs": jobs,
-        "latest_run": None if latest is None else {
-            "id": latest.id, "state": latest.state, "started": _iso(latest.started), "finished": _iso(latest.finished),
-        },
-        "scan_running": None if holder is None else {"run_id": holder.run_id, "host": holder.host, "pid": holder.pid,
-                                                     "heartbeat": _iso(holder.heartbeat),
-                                                     "alive": holder.alive(now, ttl)},
-        "service": None if service is None else {"host": service.host, "pid": service.pid,
-                                                 "heartbeat": _iso(service.heartbeat),
-                                                 "alive": service.alive(now, ttl)},
-    }
-
-
-def status_lines(status: dict[str, Any]) -> list[str]:
-    """The status as lines for the terminal."""
-    lines = []
-    for job, entry in status["jobs"].items():
-        when = entry["next_run"] or ("not scheduled" if not entry["scheduled"] else "paused")
-        lines.append(f"{job}: schedule {entry['schedule'] or '-'} ({entry['timezone']}), next run {when}")
-        last = entry["last"]
-        if last is None:
-            lines.append("  last run: never")
-        else:
-            lines.append(f"  last run: {last['state']}, started {last['started']}, finished {last['finished'] or '-'}"
-                         + (f", run {last['run_id']}" if last["run_id"] else ""))
-            process = last.get("process")
-            if process is not None and process["alive"] is False:
-                lines.append(f"  its process {process['pid']} on {process['host']} is gone: it stopped without "
-                             "finishing (the next serve start records it failed)")
-            if last["figures"]:
-                lines.append(f"  {_describe(job, {'state': last['state'], **last['figures']})}"
-                             if "duration" in last["figures"] or "problem" in last["figures"]
-                             else f"  {json.dumps(last['figures'])}")
-    latest = status["latest_run"]
-    scan = status["scan_running"]
-    dead = scan is not None and not scan["alive"]
-    state = "none" if latest is None else f"{latest['id']} {latest['state']}"
-    if latest is not None and latest["state"] == "running" and (scan is None or dead or scan["run_id"] != latest["id"]):
-        state += " (its process is gone: the next scan records it failed)"
-    lines.append("latest stored run: " + state)
-    if scan is not None and not dead:
-        lines.append(f"scan running: run {scan['run_id']} (process {scan['pid']} on {scan['host']}, "
-                     f"heartbeat {scan['heartbeat']})")
-    elif scan is not None:
-        lines.append(f"no scan running: run {scan['run_id']} stopped without finishing (process {scan['pid']} on "
-                     f"{scan['host']} is gone, last heartbeat {scan['heartbeat']}); the next scan records it failed")
-    service = status.get("service")
-    if service is not None:
-        lines.append(f"serve: process {service['pid']} on {service['host']}, heartbeat {service['heartbeat']}"
-                     + ("" if service["alive"] else " (gone: the next serve takes its lease over)"))
-    return lines
-
-
 # the web app
 
 
@@ -502,6 +374,12 @@ def remediation_app(config: Config) -> Any | None:
     return None if build is None else build(config, store_url=config.store.url)
 
 
+def _status(config: Config, store: Store) -> dict[str, Any]:
+    """The status /healthz reports, read over a connection of the service's store."""
+    with store_reader(store) as reader:
+        return job_status(config.schedule, reader)
+
+
 def build_serve_app(config: Config, config_path: Path, stop: threading.Event) -> Starlette:
     """The Starlette app: ``/healthz``, the remediation app at ``/``, and the scheduler in its lifespan."""
     import asyncio
@@ -517,7 +395,7 @@ def build_serve_app(config: Config, config_path: Path, stop: threading.Event) ->
     sub = remediation_app(config)
 
     async def healthz(request: Request) -> JSONResponse:
-        status = await asyncio.to_thread(job_status, config, store)
+        status = await asyncio.to_thread(_status, config, store)
         running = bool(request.app.state.scheduler.running)
         return JSONResponse({"status": "ok" if running else "stopping", **status}, status_code=200 if running else 503)
 

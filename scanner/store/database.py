@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from scanner.store.changes import FAILED, FieldChange, object_changes
+from scanner.store.plain import BUSY_TIMEOUT
 from scanner.errors import StoreError
 from scanner.model import (
     DnsAnswer,
@@ -581,10 +582,6 @@ def _utc(value: datetime | None) -> datetime | None:
 
 class StoreMissing(StoreError):
     """A read-only command was pointed at a store that does not exist (it never creates one)."""
-
-
-BUSY_TIMEOUT = 30.0
-"""Seconds a SQLite connection waits for the write lock (the one writer) before it gives up."""
 
 
 def sqlite_file(engine: Engine) -> Path | None:

@@ -22,8 +22,7 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
@@ -32,6 +31,7 @@ from sqlalchemy.engine import Connection
 
 from scanner.errors import RunFailed
 from scanner.store.database import Store, runs
+from scanner.store.plain import SCAN, SERVICE, Holder, process_exists
 
 log = logging.getLogger(__name__)
 
@@ -58,60 +58,12 @@ service_lease = sa.Table(
     sa.Column("heartbeat", sa.DateTime(timezone=True), nullable=False),
 )
 
-SCAN = "scan"
-SERVICE = "serve"
-
-
 class ScanBusy(RunFailed):
     """Another scan holds the lease and is alive."""
 
 
 class ServiceBusy(RunFailed):
     """Another ``serve`` holds the store's service lease and is alive (or the web app's port is taken)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """Who holds (or held) the scan lease."""
-
-    run_id: str
-    host: str
-    pid: int
-    acquired: datetime
-    heartbeat: datetime
-
-    def orphaned(self, now: datetime, ttl: float) -> bool:
-        """True when the holder is gone: a stale heartbeat, or a process of this host that no longer exists.
-
-        A holder naming this very process is orphaned too: a process holds the lease only through a
-        ``Lease`` it entered, and a restarted container often gets the same process id as the one killed.
-        """
-        if now - self.heartbeat > timedelta(seconds=ttl):
-            return True
-        if self.host != socket.gethostname():
-            return False
-        return self.pid == os.getpid() or not process_exists(self.pid)
-
-    def alive(self, now: datetime, ttl: float) -> bool:
-        """True while the holder counts as running: a fresh heartbeat, and on this host a process that exists."""
-        if now - self.heartbeat > timedelta(seconds=ttl):
-            return False
-        return self.host != socket.gethostname() or process_exists(self.pid)
-
-    def describe(self) -> str:
-        """One line naming the run and its process."""
-        return f"run {self.run_id} (process {self.pid} on {self.host}, heartbeat {self.heartbeat:%Y-%m-%d %H:%M:%S}Z)"
-
-
-def process_exists(pid: int) -> bool:
-    """True when a process with this id exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _utc(value: datetime) -> datetime:

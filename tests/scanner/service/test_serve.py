@@ -25,7 +25,8 @@ from scanner.cli import main
 from scanner.config import load_config
 from scanner.store.lease import Lease, ScanBusy, current_holder
 from scanner.pipeline import ScanInterrupted, run_scan
-from scanner.service.serve import JsonLines, build_scheduler, job_runs, job_status, next_run_times, sync_jobs
+from scanner.service.serve import JsonLines, build_scheduler, job_runs, sync_jobs
+from scanner.service.status import job_status, next_run_times, store_reader
 from scanner.store.database import Store
 from scanner.loopback.zoneserver import ZoneServer
 from tests.scanner.store.held import hold_scan_lease
@@ -246,7 +247,12 @@ def test_a_restart_keeps_the_stored_schedule_and_runs_a_missed_scan_once(
     scheduler.shutdown()
     assert planned.hour == 6
     store = Store(store_url)
-    assert next_run_times(store)["scan"] == planned  # in the database, with serve down
+
+    def next_scan() -> datetime | None:
+        with store_reader(store) as reader:
+            return next_run_times(reader)["scan"]
+
+    assert next_scan() == planned  # in the database, with serve down
     again = build_scheduler(config, stop)
     again.start(paused=True)
     sync_jobs(again, config, path)
@@ -257,7 +263,7 @@ def test_a_restart_keeps_the_stored_schedule_and_runs_a_missed_scan_once(
     _wait(lambda: [r for r in _job_rows(store_url) if r.state == "complete"], what="the missed scan")
     again.shutdown()
     assert len(_job_rows(store_url)) == 1  # coalesced: once
-    assert next_run_times(store)["scan"] > datetime.now(UTC)  # and the schedule goes on
+    assert next_scan() > datetime.now(UTC)  # and the schedule goes on
     changed = load_config(_config(write_config, store_url, estate, scan="30 5 * * *"))
     third = build_scheduler(changed, stop)
     third.start(paused=True)
@@ -295,7 +301,8 @@ def test_the_weekly_report_is_emailed_on_schedule(
         _wait(lambda: received, what="the emailed report")
         scheduler.shutdown()
         assert b"noc@msp.example" in received[0]
-        last = job_status(config, store)["jobs"]["report"]["last"]
+        with store_reader(store) as reader:
+            last = job_status(config.schedule, reader)["jobs"]["report"]["last"]
         assert last["state"] == "complete" and last["figures"]["sent"] == 1
         store.close()
     finally:
@@ -401,7 +408,7 @@ def test_scan_tenant_runs_one_unit_and_leaves_the_others_untouched(
 ])
 def test_schedule_config_is_validated(write_config: Callable[[str], Path], table: str, problem: str) -> None:
     path = write_config(f'{table}\n[[tenants]]\nname = "acme"\ndomains = ["acme.example"]\n')
-    done = CliRunner().invoke(main, ["status", "--config", str(path)])
+    done = CliRunner().invoke(main, ["serve", "--config", str(path)])
     assert done.exit_code == 2 and problem in done.output, done.output
 
 
