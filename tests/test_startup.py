@@ -55,15 +55,16 @@ def test_help_and_checks_import_neither_the_store_nor_the_heavy_packages(tmp_pat
     assert _imported(modules, HEAVY + STORE_AND_CONFIG) == []
 
 
-def test_status_on_sqlite_imports_neither_sqlalchemy_nor_pydantic(tmp_path: Path) -> None:
-    """Status reads [store] and [schedule] without the config's models and the store through sqlite3; its cron
-    expressions are checked by APScheduler's CronTrigger, as the full loader checks them."""
+@pytest.mark.parametrize("schedule, cron", [("", False), ('[schedule]\nscan = "30 5 * * *"\n', True)])
+def test_status_on_sqlite_imports_neither_sqlalchemy_nor_pydantic(tmp_path: Path, schedule: str, cron: bool) -> None:
+    """Status reads [store] and [schedule] without the config's models and the store through sqlite3; a cron
+    expression other than the default is checked by APScheduler's CronTrigger, as the full loader checks it."""
     database = tmp_path / "mailwarden.db"
     Store(f"sqlite:///{database}").close()
     config = tmp_path / "small.toml"
-    config.write_text(f'[store]\nurl = "sqlite:///{database}"\n\n[[tenants]]\nname = "acme"\n'
+    config.write_text(f'[store]\nurl = "sqlite:///{database}"\n{schedule}\n[[tenants]]\nname = "acme"\n'
                       'domains = ["acme.example"]\n', encoding="utf-8")
     output, modules = _run(["status", "--config", str(config)], tmp_path)
     assert "latest stored run: none" in output
     assert _imported(modules, HEAVY + ("sqlalchemy", "pydantic", "scanner.config", "scanner.store.database")) == []
-    assert "apscheduler.triggers.cron" in modules and "sqlite3" in modules
+    assert ("apscheduler.triggers.cron" in modules) is cron and "sqlite3" in modules

@@ -22,6 +22,7 @@ from scanner.cli import main
 from scanner.config import load_config
 from scanner.errors import ConfigError
 from scanner.service.serve import _begin_job, _end_job, build_scheduler, ensure_tables, job_runs, sync_jobs
+from scanner.sections import JOBS, ScheduleConfig, _cron_trigger
 from scanner.service.status import status_lines
 from scanner.store.database import MIGRATIONS, Store
 from scanner.store.lease import ServiceLease, current_holder, service_holder
@@ -201,6 +202,12 @@ def test_an_older_store_is_opened_as_every_command_opens_it(write_config: Callab
 
 def test_the_schema_version_is_the_number_of_migrations() -> None:
     assert SCHEMA_VERSION == len(MIGRATIONS)
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Pacific/Chatham", "America/St_Johns"])
+def test_the_default_cron_expressions_that_status_does_not_parse_are_valid(timezone: str) -> None:
+    for job in JOBS:
+        assert _cron_trigger(getattr(ScheduleConfig(), job), timezone) is not None
 
 
 @pytest.mark.parametrize(("store", "schedule", "problem"), [
