@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from scanner.errors import StoreError
 from scanner.sections import JOBS, ScheduleConfig, Sections, sqlite_path
-from scanner.store.plain import BUSY_TIMEOUT, SCAN, SCHEMA_VERSION, SERVICE, Holder, process_exists
+from scanner.store.plain import (
+    BUSY_TIMEOUT,
+    SCAN,
+    SCAN_LEASE,
+    SCHEMA_VERSION,
+    SERVICE,
+    SERVICE_LEASE,
+    Holder,
+    process_exists,
+)
 
 if TYPE_CHECKING:
     from scanner.store.database import Store
@@ -120,8 +129,8 @@ def _last_runs(reader: Reader) -> dict[str, dict[str, Any]]:
 
 
 def _holder(reader: Reader, table: str, name: str) -> Holder | None:
-    """Who holds a lease (alive or not), or None."""
-    run = "run_id" if table == "scan_lease" else "''"
+    """Who holds a lease (alive or not), or None; the service lease names no run."""
+    run = "run_id" if table == SCAN_LEASE else "''"
     rows = reader.rows(f"SELECT {run}, host, pid, acquired, heartbeat FROM {table} WHERE name = '{name}'")
     if not rows:
         return None
@@ -145,8 +154,8 @@ def job_status(schedule: ScheduleConfig, reader: Reader) -> dict[str, Any]:
         "last": last.get(job),
     } for job in JOBS}
     latest = reader.rows("SELECT id, state, started, finished FROM runs ORDER BY started DESC, id DESC LIMIT 1")
-    holder = _holder(reader, "scan_lease", SCAN) if "scan_lease" in tables else None
-    service = _holder(reader, "service_lease", SERVICE) if "service_lease" in tables else None
+    holder = _holder(reader, SCAN_LEASE, SCAN) if SCAN_LEASE in tables else None
+    service = _holder(reader, SERVICE_LEASE, SERVICE) if SERVICE_LEASE in tables else None
     now, ttl = datetime.now(UTC), schedule.lease_ttl
     return {
         "jobs": jobs,

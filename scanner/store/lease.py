@@ -31,14 +31,14 @@ from sqlalchemy.engine import Connection
 
 from scanner.errors import RunFailed
 from scanner.store.database import Store, runs
-from scanner.store.plain import SCAN, SERVICE, Holder, process_exists
+from scanner.store.plain import SCAN, SCAN_LEASE, SERVICE, SERVICE_LEASE, Holder, process_exists
 
 log = logging.getLogger(__name__)
 
 lease_metadata = sa.MetaData()
 
 scan_lease = sa.Table(
-    "scan_lease",
+    SCAN_LEASE,
     lease_metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("run_id", sa.String(40), nullable=False),
@@ -49,7 +49,7 @@ scan_lease = sa.Table(
 )
 
 service_lease = sa.Table(
-    "service_lease",
+    SERVICE_LEASE,
     lease_metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("host", sa.String(255), nullable=False),

@@ -14,10 +14,10 @@ SCHEMA_VERSION = 10
 BUSY_TIMEOUT = 30.0
 """Seconds a SQLite connection waits for the write lock (the one writer) before it gives up."""
 
-SCAN = "scan"
-"""The scan lease's row in ``scan_lease``."""
-SERVICE = "serve"
-"""The service lease's row in ``service_lease``."""
+SCAN_LEASE, SCAN = "scan_lease", "scan"
+"""The scan lease's table and its one row's name."""
+SERVICE_LEASE, SERVICE = "service_lease", "serve"
+"""The service lease's table and its one row's name."""
 
 
 @dataclass(frozen=True, slots=True)
