@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -33,7 +34,7 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
 
     findings.json has one finding per line, encoded by orjson (no space after separators). findings.csv's lines
     are those of the csv module's default dialect, joined here: its writer costs more than the rest of a row."""
-    evidence = _Encoded(lambda body: body)
+    evidence = _Encoded()
     remediation = _Encoded(lambda body: {"action": body["action"], "params": body["params"]})
     times = _Times()
     pick: Callable[[Any], tuple[Any, ...]] | None = None
@@ -71,21 +72,52 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
 
 class _Encoded(dict[str, tuple[orjson.Fragment, str]]):
     """Stored JSON text (orjson's canonical encoding) to its findings.json value (the shape ``record`` gives it,
-    encoded by orjson) and its findings.csv field, for the last ``REMEMBERED`` distinct texts."""
+    encoded by orjson) and its findings.csv field, for the last ``REMEMBERED`` distinct texts.
 
-    def __init__(self, record: Callable[[Any], Any]) -> None:
+    Without ``record``, the value is the stored one: text that ``_spaced`` can write as ``safe_cell`` would (the
+    common case) is used as it is, neither decoded nor encoded again."""
+
+    def __init__(self, record: Callable[[Any], Any] | None = None) -> None:
         super().__init__()
         self.record = record
 
     def __missing__(self, text: str) -> tuple[orjson.Fragment, str]:
-        value = self.record(orjson.loads(text))
-        encoded = orjson.dumps(value).decode("utf-8")
-        # The stored text itself when it is already what orjson gives (as stored today): nothing to keep twice.
-        found = (orjson.Fragment(text if encoded == text else encoded), csv_field(safe_cell(value)))
+        spaced = _spaced(text) if self.record is None and text[:1] in "{[" else None
+        if spaced is not None:
+            found = (orjson.Fragment(text), csv_field(spaced))
+        else:
+            value = orjson.loads(text) if self.record is None else self.record(orjson.loads(text))
+            encoded = orjson.dumps(value).decode("utf-8")
+            # The stored text itself when it is already what orjson gives (as stored today): nothing to keep twice.
+            found = (orjson.Fragment(text if encoded == text else encoded), csv_field(safe_cell(value)))
         if len(self) >= REMEMBERED:
             self.clear()
         self[text] = found
         return found
+
+
+def _spaced(text: str) -> str | None:
+    """Stored JSON text of an object or a list as ``safe_cell`` writes its value: ``json``'s separators (", " and
+    ": ") put in, the rest as it is; None when the text holds an escape, a float or whitespace, which ``json`` may
+    write otherwise (``1e-7`` is ``1e-07`` there). A few string operations where decoding and encoding again cost
+    several times more.
+
+    The text is the store's canonical JSON (``canonical_bytes``: keys sorted, as ``safe_cell`` sorts them; no
+    whitespace, which sets apart the spaced JSON of stores written before it). Without a backslash, every quote
+    opens or closes a string: the pieces between quotes alternate outside and inside a string, and only those
+    outside hold separators."""
+    if "\\" in text:
+        return None
+    pieces = text.split('"')
+    outside = "\0".join(pieces[::2])
+    if _NOT_VERBATIM.search(outside):
+        return None
+    pieces[::2] = outside.replace(",", ", ").replace(":", ": ").split("\0")
+    return '"'.join(pieces)
+
+
+_NOT_VERBATIM = re.compile(r"\d[.eE]|\s")
+"""Outside the strings of JSON text: a float (a digit before a decimal point or an exponent), or whitespace."""
 
 
 class _Times(dict[datetime | None, tuple[str | None, str]]):

@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.evaluate import fingerprint
-from reports.csv_out import write_findings_csv
-from reports.findings_files import write_findings_files
+from reports.csv_out import safe_cell, write_findings_csv
+from reports.findings_files import _spaced, write_findings_files
 from reports.json_out import write_findings_json
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.pipeline import render_outputs
-from scanner.store.database import Store
+from scanner.store.database import Store, canonical_bytes
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 MIX = (Status.PASS,) * 7 + (Status.FAIL, Status.FAIL, Status.ERROR)
@@ -127,3 +127,18 @@ def test_tricky_values_keep_their_bytes(tmp_path: Path, store_url: str) -> None:
     text = (tmp_path / "stream.csv").read_text(encoding="utf-8")
     assert "'=cmd|" in text and "'\uff1dSUM(1)" in text and "'@acme" in text
     store.close()
+
+
+def test_evidence_cells_from_stored_text_are_those_of_safe_cell() -> None:
+    spaced = [
+        {}, [], {"a": []}, {"record": "v=spf1 include:_spf.a.example ip4:192.0.2.1, -all", "terms": [1, -2, "x:y"]},
+        {"z": {"b": [True, False, None], "a": {}}, "A": "ünï 😀 \u2028", "k": "'quoted', {braces}: [x]"},
+        {"selectors": [{"name": "s1", "bits": 2048, "tags": {"k": "rsa", "p": "MIIB..."}}]}, [{"b": 1, "a": 2}],
+    ]
+    left = [{"float": 2.5}, {"big": 1e16}, {"small": [1e-7, -0.0]}, {"ctl": "a\tb"}, {"slash": "a\\b"},
+            {"quote": '"x"'}]  # escapes and floats: safe_cell encodes them
+    for body in spaced:
+        assert _spaced(canonical_bytes(body).decode("utf-8")) == safe_cell(body), body
+    for body in left:
+        assert _spaced(canonical_bytes(body).decode("utf-8")) is None, body
+    assert _spaced('{"b": 1, "a": [2, 3]}') is None  # spaced JSON (stores written before canonical JSON)
