@@ -84,7 +84,11 @@ def _config(path: Path | None) -> Config:
 @click.version_option(package_name="mailwarden")
 def main(verbose: bool) -> None:
     """mailwarden: audit email domains and mailboxes across providers, and find drift."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    level = logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    # psycopg sets its logger to WARNING unless it is set: its warning on a failed write (a pipeline aborted)
+    # restates the store error the command reports in one line.
+    logging.getLogger("psycopg").setLevel(level)
 
 
 def _scan(config: Config, out_dir: Path, fail_on: str | None, as_of: datetime | None = None,

@@ -1,0 +1,83 @@
+"""The scan's pipeline: findings recorded in a second thread while the next page is judged fail and stop exactly
+as findings recorded in line did (a store error is the scan's one-line error, an interrupt keeps no findings)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from checks.registry import Result, check, load_checks
+from scanner.config import load_config
+from scanner.loopback.zoneserver import ZoneServer
+from scanner.model import Mailbox, Scope, Severity
+from scanner.pipeline import ScanInterrupted, run_scan
+from scanner.store.database import Store
+from tests.scanner.test_crash import FIRST, _config, _export, estate  # noqa: F401 - the estate fixture
+
+REFUSE = {
+    "sqlite": ["CREATE TRIGGER refuse BEFORE INSERT ON run_passes BEGIN SELECT RAISE(ABORT, 'no space left'); END"],
+    "postgresql": [
+        "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'no space left'; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse BEFORE INSERT ON run_passes FOR EACH ROW EXECUTE FUNCTION refuse()",
+    ],
+}
+"""A store that takes everything but the run's passes: recording a page of findings fails in the recording thread."""
+
+
+def test_a_store_error_while_recording_findings_is_the_scans_one_line_error(
+    estate: ZoneServer, tmp_path: Path, store_url: str
+) -> None:
+    path = _config(tmp_path, store_url, estate)
+    _export(tmp_path, FIRST)
+    store = Store(store_url)
+    try:
+        with store.engine.begin() as conn:
+            for statement in REFUSE[store.engine.dialect.name]:
+                conn.execute(sa.text(statement))
+        done = subprocess.run(
+            [sys.executable, "-c", "from scanner.cli import main; main()", "scan", "--config", str(path),
+             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert "could not be written (" in lines[0] and "no space left" in lines[0]
+        assert lines[0].endswith("the run is recorded failed")
+        run = store.runs()[-1]
+        assert run.state == "failed" and run.recorded is None
+        assert store.findings_for_run(run.id) == []
+    finally:
+        store.close()
+
+
+@check(id="test.interrupted", title="Interrupted at cat", severity=Severity.LOW, scope=Scope.MAILBOX,
+       rationale="test")
+def interrupted(mailbox: Mailbox, ctx) -> Result:  # type: ignore[no-untyped-def]
+    """Pass, until the last mailbox: there the user presses Ctrl-C."""
+    if mailbox.address == "cat@acme.example":
+        raise KeyboardInterrupt
+    return Result.passed()
+
+
+def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
+    estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("scanner.pipeline.PAGE", 1)  # a page per mailbox: ann's and bob's go to the thread first
+    config = load_config(_config(tmp_path, store_url, estate))
+    _export(tmp_path, FIRST)
+    store = Store(store_url)
+    try:
+        with pytest.raises(ScanInterrupted) as caught:
+            run_scan(config, tmp_path / "out", store=store, checks=(*load_checks(), interrupted))
+        assert store.run(caught.value.run_id).state == "interrupted"
+        assert store.findings_for_run(caught.value.run_id) == []
+        with store.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM findings")).scalar() == 0
+        assert not [t for t in threading.enumerate() if t.name == "recording"]
+        assert run_scan(config, tmp_path / "out", store=store).run.state == "complete"
+    finally:
+        store.close()
