@@ -440,8 +440,8 @@ def _migration_compact_passes(conn: Connection) -> None:
     rows: list[dict[str, Any]] = []
     bodies: list[dict[str, str]] = []
     for row in conn.execute(query):
-        body = canonical_bytes(row.evidence).decode("utf-8")
-        digest = evidence_hash(body)
+        encoded = canonical_bytes(row.evidence)
+        digest, body = evidence_hash(encoded), encoded.decode("utf-8")
         if digest not in stored:
             stored.add(digest)
             bodies.append({"hash": digest, "body": body})
@@ -570,9 +570,9 @@ def canonical_bytes(value: object) -> bytes:
     return orjson.dumps(value, default=str, option=_ORJSON_CANONICAL)
 
 
-def evidence_hash(body: str) -> str:
-    """The content address of an evidence body: SHA-256, first 128 bits in hex."""
-    return hashlib.sha256(body.encode("utf-8")).hexdigest()[:32]
+def evidence_hash(body: bytes) -> str:
+    """The content address of an evidence body (its canonical JSON as UTF-8): SHA-256, first 128 bits in hex."""
+    return hashlib.sha256(body).hexdigest()[:32]
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -1308,7 +1308,7 @@ class Recording:
                                 last, None, None))
             if status is Status.PASS:
                 body = canonical_bytes(finding.evidence)
-                digest = hashlib.sha256(body).hexdigest()[:32]  # evidence_hash, on the encoded bytes
+                digest = evidence_hash(body)
                 if digest not in known:
                     bodies[digest] = body.decode("utf-8")
                 passes.append((run_id, fid, finding.severity.value, digest, event == "resolved", first, last))
