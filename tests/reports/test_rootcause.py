@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tracemalloc
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.evaluate import fingerprint
 from reports.html import render_html
-from reports.rootcause import finding_counts, postures, root_causes
+from reports.rootcause import CauseIndex, RootCause, finding_counts, postures, root_causes
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.store.database import RunRecord
 
@@ -188,3 +190,47 @@ def test_the_causes_and_their_order_stay_as_they_were_on_a_varied_estate(tmp_pat
     fix = page[start:page.index("</section>", start)]
     assert fix.count('<li class="cause ') == 100
     assert hashlib.sha256(fix.encode()).hexdigest() == "58ee138dd3847ad93b0be06fd0a4a0d488303d0909b0375a4a6f9ebec4be4eae"
+
+
+def _failing(n: int) -> Iterator[Finding]:
+    """``n`` failing findings, each its own cause, made as they are read (none is held here)."""
+    for i in range(n):
+        yield _f("forwarding.external", f"user{i:06}@d{i % 500}.example", severity=list(Severity)[i % 5],
+                 targets=[f"copy{i}@elsewhere.test", f"archive{i}@elsewhere.test"], rule=f"rule {i} " * 8)
+
+
+def _named(ids: Collection[str], findings: Iterable[Finding]) -> list[Finding]:
+    wanted = set(ids)
+    return [f for f in findings if f.id in wanted]
+
+
+def _held_by_causes(n: int) -> tuple[int, list[RootCause]]:
+    """Bytes the root causes of ``n`` failing findings hold once read, and the hundred shown."""
+    tracemalloc.start()
+    try:
+        index = CauseIndex()
+        for f in _failing(n):
+            index.add(f)
+        held = tracemalloc.get_traced_memory()[0]
+        shown = index.causes(lambda ids: _named(ids, _failing(n)), limit=100)
+    finally:
+        tracemalloc.stop()
+    return held, shown
+
+
+def test_root_causes_hold_compact_figures_not_the_failing_findings() -> None:
+    """The causes not shown cost a few hundred bytes each, far less than their findings; the shown are whole."""
+    small, shown_small = _held_by_causes(2_000)
+    large, shown = _held_by_causes(20_000)
+    per_cause = (large - small) / 18_000
+    tracemalloc.start()
+    try:
+        findings = list(_failing(2_000))
+        per_finding = tracemalloc.get_traced_memory()[0] / 2_000
+    finally:
+        tracemalloc.stop()
+    assert per_cause < 400 and per_finding > 3 * per_cause, (per_cause, per_finding)
+    assert len(shown) == len(shown_small) == 100
+    assert [c.first.subject for c in shown[:2]] == ["user000004@d4.example", "user000009@d9.example"]
+    assert all(c.severity is Severity.CRITICAL and c.first.evidence["targets"] for c in shown)
+    assert [c.first.id for c in root_causes(findings)[:100]] == [c.key for c in shown_small]
