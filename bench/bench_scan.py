@@ -321,7 +321,7 @@ def main() -> None:
     if args.server == "knot" and not (shutil.which("knotd") or os.path.exists("/usr/sbin/knotd")):
         sys.exit("knotd is not installed: apt-get install -y knot (or use --server inprocess)")
     print("| estate | command | wall time | CPU time | peak RSS (process / tree) | peak PSS (tree) | findings | findings.json / .csv / report.html (MB) | load |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     if args.only in (None, "dns"):
         with _workdir(args.keep, f"dns-{args.domains}") as work:
             for row in bench_dns_scan(args.domains, args.server, args.checkdmarc_sample, work):
