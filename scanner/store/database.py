@@ -868,7 +868,7 @@ class Store:
             live = _live(seq, kind, hidden=_hidden(conn, seq))
             # Only each object's key and body hash are held for the whole walk (100,000 mailboxes: about 25 MB, half
             # of what their state rows take); ``_bodies`` reads the hash, not the scope.
-            state = sorted(conn.execute(sa.select(live.c.key, live.c.hash)).tuples())
+            state = sorted((key, digest) for key, digest in conn.execute(sa.select(live.c.key, live.c.hash)))
             for start in range(0, len(state), page):
                 part = {(kind, key): (digest, "") for key, digest in state[start:start + page]}
                 yield from ((ident, _decoded(body)) for ident, body in _bodies(conn, part).items())
