@@ -4,7 +4,8 @@
     python bench/bench_scan.py --only dns --domains 2000 --checkdmarc-sample 500   # a quick look
 
 What it measures, each command in its own process (wall time, CPU time and its largest process's peak RSS from
-rusage, and its process tree's peak summed RSS, sampled every 20 ms):
+rusage, and its process tree's peak summed RSS and summed PSS, sampled every 20 ms; the summed RSS counts a page
+that two processes share twice, the PSS shares it out between them):
 
 - ``dns``: N DNS-only domains (bench_dns.py's estate: tenants of 20, providers, senders, faults, MTA-STS
   policies over HTTPS) served by Knot DNS on loopback (``--server inprocess``: the project's ZoneServer);
@@ -49,7 +50,7 @@ PROFILE: list[str] = []
 @dataclass(frozen=True, slots=True)
 class Measured:
     """One command as run: wall seconds, CPU seconds (user + system), peak RSS in MB of its largest process
-    (rusage) and of its process tree summed (sampled), exit status."""
+    (rusage) and of its process tree summed (sampled), exit status, and the tree's peak summed PSS (sampled)."""
 
     seconds: float
     cpu: float
@@ -57,39 +58,44 @@ class Measured:
     status: int
     load: float
     tree_mb: float
+    pss_mb: float
 
     @property
     def peak(self) -> str:
-        """Both peaks, as the tables show them: the largest process's / the tree's summed."""
-        return f"{self.rss_mb:.0f} / {self.tree_mb:.0f} MB"
+        """The peaks as the tables show them: RSS of the largest process / the tree's summed, then the tree's PSS."""
+        return f"{self.rss_mb:.0f} / {self.tree_mb:.0f} MB | {self.pss_mb:.0f} MB"
 
 
 TREE_SAMPLE = 0.02
-"""Seconds between samples of a command's process tree's summed RSS."""
+"""Seconds between samples of a command's process tree's summed RSS and PSS."""
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in ``pid`` and every process below it, summed (Linux /proc; 0 once it has exited)."""
-    total, pending = 0, [pid]
+def tree_memory(pid: int) -> tuple[int, int]:
+    """Bytes resident in ``pid`` and every process below it, summed, and their proportional set size (PSS: a page
+    shared by k processes counts 1/k in each), summed (Linux /proc; 0 once they have exited)."""
+    rss = pss = 0
+    pending = [pid]
     while pending:
         current = pending.pop()
         try:
-            total += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            rss += int(Path(f"/proc/{current}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            rollup = Path(f"/proc/{current}/smaps_rollup").read_text()
+            pss += int(rollup[rollup.index("\nPss:") + 5:].split(None, 1)[0]) * 1024
             for task in Path(f"/proc/{current}/task").iterdir():
                 pending.extend(int(child) for child in (task / "children").read_text().split())
         except (OSError, ValueError, IndexError):  # it exited between two reads
             continue
-    return total
+    return rss, pss
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> Measured:
     """Run a command in a fresh process and measure it by its own rusage (os.wait4; the CPU time includes the
     children it waited for, the peak RSS is its largest process's) and by sampling its process tree's summed
-    RSS every ``TREE_SAMPLE`` seconds."""
+    RSS and PSS every ``TREE_SAMPLE`` seconds."""
     load = os.getloadavg()[0]
     if PROFILE:
         command = [sys.executable, "-m", "cProfile", "-o", str(log.with_suffix(".prof")), *command]
-    peak = [0]
+    peak = [0, 0]
     done = threading.Event()
     start = time.perf_counter()
     with log.open("wb") as out:
@@ -97,7 +103,8 @@ def timed(command: list[str], cwd: Path, log: Path) -> Measured:
 
         def sample() -> None:
             while not done.wait(TREE_SAMPLE):
-                peak[0] = max(peak[0], tree_rss(process.pid))
+                rss, pss = tree_memory(process.pid)
+                peak[:] = max(peak[0], rss), max(peak[1], pss)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -107,7 +114,7 @@ def timed(command: list[str], cwd: Path, log: Path) -> Measured:
     seconds = time.perf_counter() - start
     process.returncode = os.waitstatus_to_exitcode(status)
     return Measured(seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, process.returncode, load,
-                    max(peak[0] / 2**20, usage.ru_maxrss / 1024))
+                    max(peak[0] / 2**20, usage.ru_maxrss / 1024), peak[1] / 2**20)
 
 
 def sizes(directory: Path) -> str:
@@ -181,7 +188,7 @@ def bench_dns_scan(n: int, server: str, sample: int | None, workdir: Path) -> li
             f"| {n:,} DNS-only domains | `mailwarden scan` | {scan.seconds:.1f} s | {scan.cpu:.1f} s | "
             f"{scan.peak} | {sum(found.values()):,} | {sizes(workdir / 'out')} | {scan.load:.1f} |",
             f"| {n:,} DNS-only domains | checkdmarc serial, mean of before and after{label} | {serial:.1f} s "
-            f"(x {serial / scan.seconds:.1f} mailwarden) | | {max(before['rss_mb'], after['rss_mb']):.0f} MB | | | "
+            f"(x {serial / scan.seconds:.1f} mailwarden) | | {max(before['rss_mb'], after['rss_mb']):.0f} MB | | | | "
             f"{before['load']:.1f} |",
             f"| {n:,} DNS-only domains | `mailwarden report` (html, json, csv) | {report.seconds:.1f} s | "
             f"{report.cpu:.1f} s | {report.peak} | {sum(found.values()):,} | {sizes(workdir / 'report')} | "
@@ -313,8 +320,8 @@ def main() -> None:
         PROFILE.append("on")
     if args.server == "knot" and not (shutil.which("knotd") or os.path.exists("/usr/sbin/knotd")):
         sys.exit("knotd is not installed: apt-get install -y knot (or use --server inprocess)")
-    print("| estate | command | wall time | CPU time | peak RSS (process / tree) | findings | findings.json / .csv / report.html (MB) | load |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| estate | command | wall time | CPU time | peak RSS (process / tree) | peak PSS (tree) | findings | findings.json / .csv / report.html (MB) | load |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     if args.only in (None, "dns"):
         with _workdir(args.keep, f"dns-{args.domains}") as work:
             for row in bench_dns_scan(args.domains, args.server, args.checkdmarc_sample, work):

@@ -23,7 +23,7 @@ from checks.registry import RegistryError, Sender, load_checks
 from reports.actions import ActionChange, action_change, link_signer, remediation_link
 from reports.controls import ControlStatus, ControlTally, control_matrix, tenant_providers
 from reports.dmarc_sources import senders_seen
-from reports.rootcause import WEIGHTS, Counts, RootCause, postures, root_causes
+from reports.rootcause import WEIGHTS, CauseIndex, Counts, FindingsNamed, among, postures
 from remediation.links import Signer
 from scanner.config import RemediationConfig
 from scanner.model import Finding, Severity, Status
@@ -723,6 +723,7 @@ def render_report(
             controls=ControlTally(load_catalogue(), tenant_providers(run.scope), passed=passed),
             pass_counts=passes,
             named_passes=named,
+            findings_named=lambda ids: store.findings_named(run.id, ids),
         )
 
 
@@ -755,6 +756,7 @@ def render_html(
     pass_counts: Sequence[PassCount] | None = None,
     named_passes: Sequence[Finding] = (),
     names_of: Callable[[Collection[str]], Mapping[str, str]] | None = None,
+    findings_named: FindingsNamed | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -767,6 +769,8 @@ def render_html(
     ``display_names`` maps a mailbox address to the name its provider shows, for the findings table; or
     ``names_of`` reads them for the subjects the findings name, once they are read.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
+    ``findings_named`` reads again the findings of the root causes shown (``Store.findings_named``); without it,
+    ``findings`` must be a sequence, searched for them.
     """
     exceptions = list(exceptions)
     events = events if previous is not None else {}
@@ -780,19 +784,21 @@ def render_html(
         by_status[status] += n
     tenants_in_scope = list(run.scope.get("tenants", {}))
     scores = postures(counts, previous_counts if previous is not None else None, tenants_in_scope)
-    causes = reading.root_causes(signer)
-    cause_count, dependants = len(causes), sum(len(c.dependants) for c in causes)
+    index = reading.causes
+    cause_count, dependants = len(index), index.dependants
     per_tenant: dict[str, Counter[str]] = {}
     for (tenant, status, _), n in counts.items():
         per_tenant.setdefault(tenant, Counter())[status] += n
     for tenant in tenants_in_scope:
         per_tenant.setdefault(tenant, Counter())
     widest = max((sum(c.values()) for c in per_tenant.values()), default=0)
-    families: Counter[str] = Counter()
-    for cause in causes:
-        families[cause.first.check.partition(".")[0]] += len(cause.findings)
+    families = index.families()
     family_top = max(families.values(), default=0)
-    del causes[FIX_FIRST:]  # the page shows these: the rest, and their findings, are let go before it is written
+    if findings_named is None:
+        if not isinstance(findings, Sequence):
+            raise TypeError("render_html reads a cursor's root causes again through findings_named")
+        findings_named = among(findings)
+    causes = index.causes(findings_named, signer, FIX_FIRST)  # the page's: only their findings are read again
     if previous is not None:
         new = _named(list(events.get("new", ())) + list(events.get("reopened", ())), reading.named)
         resolved = _named(events.get("resolved", ()), [*reading.named, *named_passes])  # a subject gone from the inventory is counted, not named
@@ -853,8 +859,7 @@ class _Reading:
         self.page = PageData(events, signer)
         self.coverage = Coverage()
         self.counts: Counter[tuple[str, str, str]] = Counter()
-        self._causes: list[Finding] = []  # what ``root_causes`` groups: failing findings, those naming a cause
-        self._changes: dict[str, ActionChange | None] = {}
+        self.causes = CauseIndex()
         self.named: list[Finding] = []
         """The new, reopened and resolved findings (the summary names them)."""
         self.excepting: list[Finding] = []
@@ -873,18 +878,8 @@ class _Reading:
             self._tally.add(f)
         if self._counted:
             self.counts[(f.tenant, f.status.value, f.severity.value)] += 1
-        if f.status is Status.FAIL and not f.caused_by:
-            self._causes.append(f)
-            self._changes[f.id] = change
-        elif f.caused_by and f.status in (Status.SKIPPED, Status.FAIL):
-            self._causes.append(f)
+        self.causes.add(f)
         if f.id in self._events:
             self.named.append(f)
         if f.check in VERDICTS or (f.check, f.subject.lower()) in self._excepted:
             self.excepting.append(f)
-
-    def root_causes(self, signer: Signer | None) -> list[RootCause]:
-        """The root causes of the findings read (``root_causes``); the findings kept for them are let go here."""
-        causes = root_causes(self._causes, signer, self._changes)
-        self._causes, self._changes = [], {}
-        return causes

@@ -9,9 +9,10 @@ from the counts the page shows.
 
 from __future__ import annotations
 
+import heapq
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from remediation.actions import publish_records
@@ -126,42 +127,154 @@ class RootCause:
         return self.first.id
 
 
-def root_causes(findings: Sequence[Finding], signer: Signer | None = None,
-                changes: Mapping[str, ActionChange | None] | None = None) -> list[RootCause]:
+FindingsNamed = Callable[[Collection[str]], Iterable[Finding]]
+"""Reads the findings with these ids again, in any order (``Store.findings_named`` of one run, or ``among``)."""
+
+
+@dataclass(slots=True)
+class _Cause:
+    """What ranking and ``reconcile`` need of one root cause, without its findings: a few hundred bytes."""
+
+    tenant: str
+    check: str
+    subject: str
+    severity: Severity
+    first: str
+    """The id of the finding read first, which names the cause."""
+    actionable: bool
+    """Whether that finding has a remediation action."""
+    more: list[str] | None = None
+    """The ids of its other findings, in the order read."""
+    publish: list[str] | None = None
+    dependants: list[tuple[int, str]] | None = None
+    """(when read, id) of the findings that follow from it."""
+    note: str = ""
+    superseded_by: str = ""
+
+    @property
+    def key(self) -> str:
+        """The cause's anchor, as ``RootCause.key``."""
+        return self.first
+
+    @property
+    def ids(self) -> list[str]:
+        """Its findings' ids, in the order read."""
+        return [self.first, *(self.more or ())]
+
+    def rank(self) -> tuple[int, int, str, str, str]:
+        """Where the cause stands: most severe first, then widest reach, then by tenant, subject and check."""
+        reach = 1 + len(self.more or ()) + len(self.dependants or ())
+        return (-_RANK[self.severity], -reach, self.tenant, self.subject, self.check)
+
+
+class CauseIndex:
+    """The root causes of findings read once, kept as compact figures (``_Cause``) rather than findings.
+
+    Ranking needs only each cause's severity, reach and names, and ``reconcile`` its records to publish; the
+    findings of the causes shown are read again by id (``causes``), so memory grows with the causes, a few hundred
+    bytes each, not with what their findings hold.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, str], dict[str, _Cause]] = {}
+        self._following: dict[str, list[tuple[int, str]]] = {}  # caused_by: (when read, id) of what follows from it
+        self._read = 0
+        self._settled: list[_Cause] | None = None
+
+    def add(self, f: Finding) -> None:
+        """Read one finding (any status: only failing ones and those naming a cause are kept)."""
+        self._read += 1
+        if f.status is Status.FAIL and not f.caused_by:
+            by_subject = self._groups.setdefault((f.tenant, f.check), {})
+            cause = by_subject.get(f.subject)
+            if cause is None:
+                cause = by_subject[f.subject] = _Cause(f.tenant, f.check, f.subject, f.severity, f.id,
+                                                       f.remediation is not None)
+            else:
+                if _RANK[f.severity] > _RANK[cause.severity]:
+                    cause.severity = f.severity
+                if cause.more is None:
+                    cause.more = []
+                cause.more.append(f.id)
+            for record in publish_records(f.evidence):
+                if cause.publish is None:
+                    cause.publish = []
+                if record not in cause.publish:
+                    cause.publish.append(record)
+        elif f.caused_by and f.status in (Status.SKIPPED, Status.FAIL):
+            self._following.setdefault(f.caused_by, []).append((self._read, f.id))
+
+    def _causes(self) -> list[_Cause]:
+        """Every cause with its dependants, once all findings are read; ``reconcile``d in rank order."""
+        if self._settled is None:
+            causes = [c for by_subject in self._groups.values() for c in by_subject.values()]
+            for cause in causes:
+                for id_ in cause.ids:
+                    following = self._following.get(id_)
+                    if following:
+                        cause.dependants = sorted([*(cause.dependants or ()), *following])
+            reconcile(sorted((c for c in causes if c.publish), key=_Cause.rank))
+            self._groups, self._following, self._settled = {}, {}, causes
+        return self._settled
+
+    def __len__(self) -> int:
+        return len(self._causes())
+
+    @property
+    def dependants(self) -> int:
+        """How many findings follow from the causes."""
+        return sum(len(c.dependants or ()) for c in self._causes())
+
+    def families(self) -> Counter[str]:
+        """Failing findings of the causes by check family (the part of the check id before the dot)."""
+        families: Counter[str] = Counter()
+        for cause in self._causes():
+            families[cause.check.partition(".")[0]] += 1 + len(cause.more or ())
+        return families
+
+    def first_actionable(self) -> str | None:
+        """The check of the highest-ranked cause whose finding has a remediation action, or None."""
+        actionable = [c for c in self._causes() if c.actionable]
+        return min(actionable, key=_Cause.rank).check if actionable else None
+
+    def causes(self, findings_named: FindingsNamed, signer: Signer | None = None,
+               limit: int | None = None) -> list[RootCause]:
+        """The ``limit`` highest-ranked causes (all without one) in full, their findings read again by id."""
+        ranked = self._causes()
+        top = sorted(ranked, key=_Cause.rank) if limit is None else heapq.nsmallest(limit, ranked, key=_Cause.rank)
+        wanted = [id_ for c in top for id_ in [*c.ids, *(i for _, i in c.dependants or ())]]
+        found = {f.id: f for f in findings_named(wanted)}
+        shown = []
+        for compact in top:
+            cause = RootCause([found[i] for i in compact.ids], [found[i] for _, i in compact.dependants or ()],
+                              list(compact.publish or ()), note=compact.note, superseded_by=compact.superseded_by)
+            if cause.first.remediation is not None:
+                cause.change = action_change(cause.first)
+            if signer is not None:
+                cause.links = [link for f in cause.findings if (link := remediation_link(f, signer))]
+            shown.append(cause)
+        return shown
+
+
+def among(findings: Sequence[Finding]) -> FindingsNamed:
+    """``FindingsNamed`` for findings held in memory."""
+    def named(ids: Collection[str]) -> list[Finding]:
+        wanted = set(ids)
+        return [f for f in findings if f.id in wanted]
+    return named
+
+
+def root_causes(findings: Sequence[Finding], signer: Signer | None = None) -> list[RootCause]:
     """Failing findings grouped by tenant, check and subject, most severe and widest reach first.
 
     A skipped finding (or any finding naming a ``caused_by``) is listed under its cause, never as one
     of its own. Two causes of one domain that propose different records for one DNS name get one
-    record to publish, with the reason (``reconcile``). ``changes`` holds ``action_change`` by finding id
-    when the caller has it already.
+    record to publish, with the reason (``reconcile``).
     """
-    groups: dict[tuple[str, str, str], RootCause] = {}
-    by_id: dict[str, RootCause] = {}
+    index = CauseIndex()
     for f in findings:
-        if f.status is Status.FAIL and not f.caused_by:
-            cause = groups.get((f.tenant, f.check, f.subject))
-            if cause is None:
-                cause = groups[(f.tenant, f.check, f.subject)] = RootCause([])
-            cause.findings.append(f)
-            by_id[f.id] = cause
-    for f in findings:
-        if f.caused_by and f.status in (Status.SKIPPED, Status.FAIL) and f.caused_by in by_id:
-            by_id[f.caused_by].dependants.append(f)
-    for cause in groups.values():
-        records: list[str] = []
-        for f in cause.findings:
-            for record in publish_records(f.evidence):
-                if record not in records:
-                    records.append(record)
-        cause.publish = records
-        if cause.first.remediation is not None:
-            cause.change = changes[cause.first.id] if changes is not None else action_change(cause.first)
-        if signer is not None:
-            cause.links = [link for f in cause.findings if (link := remediation_link(f, signer))]
-    causes = sorted(groups.values(), key=lambda c: (-_RANK[c.severity], -c.reach, c.first.tenant, c.first.subject,
-                                                    c.first.check))
-    reconcile(causes)
-    return causes
+        index.add(f)
+    return index.causes(among(findings), signer)
 
 
 def _owner(record: str) -> tuple[str, str] | None:
@@ -178,7 +291,7 @@ def _dmarc_policy(record: str) -> int:
     return _DMARC_STRENGTH.get(match.group(1).lower(), -1) if match else -1
 
 
-def reconcile(causes: Sequence[RootCause]) -> None:
+def reconcile(causes: Sequence[_Cause]) -> None:
     """Give one record per DNS name when causes propose different ones; the other causes point to it.
 
     A DNS name holds one DMARC record (RFC 9989 §4.7: more than one is as good as none), so two
@@ -187,39 +300,39 @@ def reconcile(causes: Sequence[RootCause]) -> None:
     stronger ``p=`` wins, because it meets the policy minimum; at equal strength the drift restore wins,
     because it keeps what the domain had (its reporting addresses and tags).
     """
-    proposals: dict[tuple[str, str, str], list[tuple[RootCause, str]]] = {}
+    proposals: dict[tuple[str, str, str], list[tuple[_Cause, str]]] = {}
     for cause in causes:
-        for record in cause.publish:
+        for record in cause.publish or ():
             owner = _owner(record)
             if owner is not None:
-                proposals.setdefault((cause.first.tenant, *owner), []).append((cause, record))
+                proposals.setdefault((cause.tenant, *owner), []).append((cause, record))
     for (_, name, rdtype), offered in proposals.items():
         # Only a name that holds one record of its kind conflicts: other TXT names may hold several.
         if len({record for _, record in offered}) < 2:
             continue
         if name.startswith("_dmarc."):
-            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
-                return (_dmarc_policy(pair[1]), pair[0].first.check.startswith("drift."), _RANK[pair[0].severity])
+            def rank(pair: tuple[_Cause, str]) -> tuple[int, bool, int]:
+                return (_dmarc_policy(pair[1]), pair[0].check.startswith("drift."), _RANK[pair[0].severity])
 
             why = ("it sets the stronger policy (p=), so it also meets [policy] dmarc_min_policy"
                    if len({_dmarc_policy(r) for _, r in offered}) > 1
                    else "it restores the record the domain had, with its reporting addresses, at the same policy")
         elif "._domainkey." in name:
             # RFC 6376 §3.6.1: a selector publishes one key record; the DKIM check's proposal is about the key
-            def rank(pair: tuple[RootCause, str]) -> tuple[int, bool, int]:
-                return (0, pair[0].first.check.startswith("dkim."), _RANK[pair[0].severity])
+            def rank(pair: tuple[_Cause, str]) -> tuple[int, bool, int]:
+                return (0, pair[0].check.startswith("dkim."), _RANK[pair[0].severity])
 
             why = "a selector publishes one key, and this is the record the DKIM check asks for"
         else:
             continue
         chosen_cause, chosen = max(offered, key=rank)
-        others = sorted({c.first.check for c, r in offered if r != chosen})
+        others = sorted({c.check for c, r in offered if r != chosen})
         chosen_cause.note = (f"Publish this one record at {name} {rdtype}: {', '.join(others)} proposed a different "
                              f"one; {why}. A name holds one such record, so publish it once.")
         for cause, record in offered:
             if record != chosen and cause is not chosen_cause:
-                cause.publish = [r for r in cause.publish if r != record]
-                said = (f"The record {chosen_cause.first.check} proposes for {name} fixes this too ({why}): "
+                cause.publish = [r for r in cause.publish or () if r != record]
+                said = (f"The record {chosen_cause.check} proposes for {name} fixes this too ({why}): "
                         "publish that one, not a second record.")
                 cause.note = f"{cause.note} {said}".strip()
                 if not cause.publish:

@@ -8,7 +8,7 @@ import re
 import shutil
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -18,7 +18,7 @@ import click
 
 from scanner.bundle import BUNDLED
 from scanner.errors import ConfigError, MailwardenError, RunFailed, StoreError
-from scanner.model import Finding, Scope, Severity, Status
+from scanner.model import Scope, Severity, Status
 
 if TYPE_CHECKING:
     from scanner.config import Config, RemediationConfig
@@ -138,7 +138,8 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
     One line per root cause (a check's findings on one subject together, with what follows from it),
     and collection problems summarised without -v, so the console alone says what to look at.
     """
-    from reports.rootcause import root_causes
+    from reports.rootcause import CauseIndex, among
+    from scanner.pipeline import StoredFindings
 
     counts = result.counts
     tenants = result.run.scope.get("tenants", {})
@@ -148,13 +149,20 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    # One read of what the summary names (``result.notable`` streams from the store): the failing findings and
-    # those restating them for the root causes, the errors for the undecided checks.
-    named = [f for f in result.notable if f.status in (Status.FAIL, Status.SKIPPED, Status.ERROR)]
-    causes = root_causes(named)
+    # One read of what the summary names (``result.notable`` streams from the store), keeping compact figures of
+    # the root causes and the reasons of the undecided checks; the causes listed are read again by id.
+    index = CauseIndex()
+    undecided: dict[tuple[str, str], set[str]] = {}
+    for f in result.notable:
+        index.add(f)
+        if f.status is Status.ERROR:
+            undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
+    notable = result.notable
+    causes = index.causes(notable.named if isinstance(notable, StoredFindings) else among(notable),
+                          limit=FIX_FIRST_LINES)
     if causes:
-        click.echo(f"fix first ({len(causes)} root causes, by severity and reach; the report says how to fix each):")
-    for cause in causes[:FIX_FIRST_LINES]:
+        click.echo(f"fix first ({len(index)} root causes, by severity and reach; the report says how to fix each):")
+    for cause in causes:
         first = cause.first
         extra = []
         if len(cause.findings) > 1:
@@ -164,11 +172,11 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
             extra.append(f"+{len(cause.dependants)} that follow from it")
         suffix = f"  ({'; '.join(extra)})" if extra else ""
         click.echo(f"  {cause.severity.value:8} {first.check:30} {first.subject}  [{first.tenant}]{suffix}")
-    if len(causes) > FIX_FIRST_LINES:
-        click.echo(f"  … and {len(causes) - FIX_FIRST_LINES} more in the report")
-    _collection_problems(result, named)
+    if len(index) > FIX_FIRST_LINES:
+        click.echo(f"  … and {len(index) - FIX_FIRST_LINES} more in the report")
+    _collection_problems(result, undecided)
     click.echo(f"report: {(out_dir / 'report.html').resolve()}")
-    actionable = next((c.first.check for c in causes if c.change is not None), None)
+    actionable = index.first_actionable()
     if next_steps and actionable:
         next_steps = [(what, command.replace("CHECK_ID", actionable)) for what, command in next_steps]
     if next_steps:
@@ -178,9 +186,9 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
             click.echo(f"  {what:{width}}  {command}")
 
 
-def _collection_problems(result: ScanResult, findings: Iterable[Finding]) -> None:
-    """Collection problems (adapters, DNS) and undecided checks (``findings`` with an error), grouped by reason,
-    without -v."""
+def _collection_problems(result: ScanResult, undecided: Mapping[tuple[str, str], set[str]]) -> None:
+    """Collection problems (adapters, DNS) and undecided checks (``undecided``: the checks with an error by tenant
+    and reason), grouped by reason, without -v."""
     lines: list[str] = []
     for name, scope in sorted(result.run.scope.get("tenants", {}).items()):
         for problem in scope.get("problems", []):
@@ -191,10 +199,6 @@ def _collection_problems(result: ScanResult, findings: Iterable[Finding]) -> Non
             lines.append(f"  {name}: {gap.get('fact', '')} not collected{where}: {gap.get('reason', '')}")
         if len(failed) > 5:
             lines.append(f"  {name}: … and {len(failed) - 5} more facts not collected (report: Coverage)")
-    undecided: dict[tuple[str, str], set[str]] = {}
-    for f in findings:
-        if f.status is Status.ERROR:
-            undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
     for (tenant, reason), checks in sorted(undecided.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1]))[:8]:
         lines.append(f"  {tenant}: {len(checks)} check(s) could not decide ({', '.join(sorted(checks)[:3])}"
                      f"{' …' if len(checks) > 3 else ''}): {reason}")

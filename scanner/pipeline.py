@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,6 +99,10 @@ class StoredFindings(Sequence[Finding]):
 
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         return self._store.findings_for_run(self._run_id, self._statuses)[index]
+
+    def named(self, ids: Collection[str]) -> list[Finding]:
+        """The findings with these ids (of any status), in no particular order: ``Store.findings_named``."""
+        return self._store.findings_named(self._run_id, ids)
 
 
 @dataclass(frozen=True, slots=True)

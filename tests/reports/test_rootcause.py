@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import random
+import tracemalloc
+from collections.abc import Collection, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 from checks.evaluate import fingerprint
 from reports.html import render_html
-from reports.rootcause import finding_counts, postures, root_causes
+from reports.rootcause import CauseIndex, RootCause, finding_counts, postures, root_causes
 from scanner.model import Finding, Remediation, Severity, Status
 from scanner.store.database import RunRecord
 
@@ -127,3 +131,106 @@ def test_one_key_per_dkim_selector_and_the_other_records_of_a_cause_stay() -> No
     # the alignment cause keeps its other record and says where the lexdocs1 key comes from
     assert alignment.publish == ['trek1._domainkey.acme.example. TXT "v=DKIM1; k=rsa; p=MIIB"']
     assert not alignment.superseded_by and "dkim.missing" in alignment.note
+
+
+def _varied_estate() -> list[Finding]:
+    """Some 300 causes of every shape, in no particular order: items of one cause, dependants before and after their
+    cause (some naming its second item), DMARC and DKIM proposals that conflict, actions, errors and passes."""
+    rng = random.Random(17)
+    severities = list(Severity)
+    found: list[Finding] = []
+    for n in range(120):
+        domain = f"d{n % 40:02}.example"
+        policy = rng.choice(["none", "quarantine", "reject"])
+        check = rng.choice(["dmarc.policy_weak", "drift.dns_weakened", "dmarc.missing"])
+        item = "dmarc" if check.startswith("drift") else ""
+        found.append(_f(check, domain, severity=rng.choice(severities), item=item,
+                        publish=f'_dmarc.{domain}. TXT "v=DMARC1; p={policy}; rua=mailto:r{n % 3}@{domain}"'))
+        if n % 4 == 0:
+            found.append(_f(rng.choice(["dkim.missing", "alignment.sender_unaligned"]), domain, item=f"s{n % 3}",
+                            severity=rng.choice(severities),
+                            publish=[f's{n % 3}._domainkey.{domain}. TXT "v=DKIM1; k=rsa; p=K{n}"',
+                                     f'{domain}. TXT "v=spf1 include:s{n}.example -all"']))
+    for n in range(200):
+        check = rng.choice(["forwarding.external", "account.inactive", "delegate.stale"])
+        f = _f(check, f"user{n % 60:03}@d{n % 7}.example",
+               severity=rng.choice(severities), item=rng.choice(["", "a", "b"]), targets=[f"x{n}@elsewhere.test"])
+        remediation = Remediation("forwarding.disable", {}) if n % 3 else None
+        found.append(Finding(**{**{k: getattr(f, k) for k in f.__slots__}, "remediation": remediation}))
+    found = list({f.id: f for f in found}.values())  # a run holds one finding per id
+    roots = [f for f in found if f.status is Status.FAIL]
+    for n in range(150):
+        cause = rng.choice(roots)
+        found.append(_f(f"dependant.c{n % 9}", cause.subject, rng.choice([Status.SKIPPED, Status.FAIL]),
+                        rng.choice(severities), item=f"i{n}", caused_by=cause.id))
+    found.append(_f("dependant.orphan", "lost.example", Status.SKIPPED, caused_by="no-such-finding"))
+    found += [_f("mx.missing", f"e{n}.example", rng.choice([Status.ERROR, Status.PASS, Status.EXCEPTED]))
+              for n in range(30)]
+    rng.shuffle(found)
+    return found
+
+
+def _shown(causes: list) -> list[tuple[object, ...]]:
+    return [(c.key, c.severity.value, c.reach, [f.id for f in c.findings], [d.id for d in c.dependants], c.publish,
+             c.note, c.superseded_by, c.change.summary if c.change else None) for c in causes]
+
+
+def test_the_causes_and_their_order_stay_as_they_were_on_a_varied_estate(tmp_path: Path) -> None:
+    """Pinned on the ranking that held every failing finding (before causes were ranked from compact figures)."""
+    findings = _varied_estate()
+    causes = root_causes(findings)
+    assert len(causes) == 302 and sum(len(c.dependants) for c in causes) == 150
+    assert [(c.first.check, c.first.subject, c.reach) for c in causes[:3]] == [
+        ("alignment.sender_unaligned", "d00.example", 5), ("dmarc.policy_weak", "d22.example", 4),
+        ("account.inactive", "user043@d1.example", 4)]
+    digest = hashlib.sha256(json.dumps(_shown(causes)).encode()).hexdigest()
+    assert digest == "ad6207c197ab2e3ce3f9c6248e300c230a46627bc35f98cebedc12cf462a0512"
+    page = render_html(RUN, findings, {}, tmp_path / "report.html").read_text(encoding="utf-8")
+    start = page.index('<section id="fix-first"')
+    fix = page[start:page.index("</section>", start)]
+    assert fix.count('<li class="cause ') == 100
+    assert hashlib.sha256(fix.encode()).hexdigest() == "58ee138dd3847ad93b0be06fd0a4a0d488303d0909b0375a4a6f9ebec4be4eae"
+
+
+def _failing(n: int) -> Iterator[Finding]:
+    """``n`` failing findings, each its own cause, made as they are read (none is held here)."""
+    for i in range(n):
+        yield _f("forwarding.external", f"user{i:06}@d{i % 500}.example", severity=list(Severity)[i % 5],
+                 targets=[f"copy{i}@elsewhere.test", f"archive{i}@elsewhere.test"], rule=f"rule {i} " * 8)
+
+
+def _named(ids: Collection[str], findings: Iterable[Finding]) -> list[Finding]:
+    wanted = set(ids)
+    return [f for f in findings if f.id in wanted]
+
+
+def _held_by_causes(n: int) -> tuple[int, list[RootCause]]:
+    """Bytes the root causes of ``n`` failing findings hold once read, and the hundred shown."""
+    tracemalloc.start()
+    try:
+        index = CauseIndex()
+        for f in _failing(n):
+            index.add(f)
+        held = tracemalloc.get_traced_memory()[0]
+        shown = index.causes(lambda ids: _named(ids, _failing(n)), limit=100)
+    finally:
+        tracemalloc.stop()
+    return held, shown
+
+
+def test_root_causes_hold_compact_figures_not_the_failing_findings() -> None:
+    """The causes not shown cost a few hundred bytes each, far less than their findings; the shown are whole."""
+    small, shown_small = _held_by_causes(2_000)
+    large, shown = _held_by_causes(20_000)
+    per_cause = (large - small) / 18_000
+    tracemalloc.start()
+    try:
+        findings = list(_failing(2_000))
+        per_finding = tracemalloc.get_traced_memory()[0] / 2_000
+    finally:
+        tracemalloc.stop()
+    assert per_cause < 400 and per_finding > 3 * per_cause, (per_cause, per_finding)
+    assert len(shown) == len(shown_small) == 100
+    assert [c.first.subject for c in shown[:2]] == ["user000004@d4.example", "user000009@d9.example"]
+    assert all(c.severity is Severity.CRITICAL and c.first.evidence["targets"] for c in shown)
+    assert [c.first.id for c in root_causes(findings)[:100]] == [c.key for c in shown_small]

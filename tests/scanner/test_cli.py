@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -185,3 +186,18 @@ def test_collection_problems_are_summarised_without_verbose(tmp_path: Path) -> N
     assert problems and all(line.startswith("  acme: ") for line in problems)
     assert any("check(s) could not decide" in line for line in problems)
     assert len(problems) < 8
+
+
+def test_the_console_names_the_same_root_causes_as_before(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Pinned on the summary that held every failing, skipped and error finding (before the compact ranking)."""
+    from scanner.cli import _summarize
+    from scanner.pipeline import ScanResult
+    from tests.reports.test_rootcause import RUN, _varied_estate
+
+    next_steps = [("fix", "mailwarden remediate --check CHECK_ID")]
+    _summarize(ScanResult(RUN, (), (), 0, notable=_varied_estate()), tmp_path, next_steps)
+    said = capsys.readouterr().out
+    assert "fix first (302 root causes, by severity and reach; the report says how to fix each):" in said
+    assert "… and 292 more in the report" in said
+    assert hashlib.sha256(said.replace(str(tmp_path.resolve()), "OUT").encode()).hexdigest() == "0102ce738ed67e918e26b97ae434e1a7ba5709b229d9dbbb490b968dd25b3c60"
