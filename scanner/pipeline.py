@@ -278,10 +278,9 @@ class RecordingThread:
     """Records pages of findings in a second thread while the caller judges the next page, so the store's own work
     (SQLite inserts, PostgreSQL round trips: the driver lets go of the GIL there) runs beside the judging.
 
-    A page is handed over once the one before is recorded: two pages are held at most, one judged and one recorded
-    (memory stays flat). A page the thread could not record fails the next ``put``, ``wait`` or the block's end
-    with that error, as if recorded in line. When the block ends with an error (an interrupt), a page not yet begun
-    is dropped, and the thread is done before the transaction ends."""
+    At most one page waits (memory stays flat). A page the thread could not record fails the next ``put``,
+    ``wait`` or the block's end with that error, as if recorded in line; when the block ends with an error (an
+    interrupt), the pages still waiting are dropped, and the thread is done before the transaction ends."""
 
     def __init__(self, recording: Recording) -> None:
         self._recording = recording
@@ -302,8 +301,8 @@ class RecordingThread:
             self._raise_failure()
 
     def put(self, results: Sequence[Finding]) -> None:
-        """Hand a page over once the one before is recorded."""
-        self.wait()
+        """Hand a page over, waiting while one waits already."""
+        self._raise_failure()
         self._pages.put(results)
 
     def wait(self) -> None:
@@ -575,7 +574,7 @@ def _judge_and_record(
                 writer.put(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
-        writer.wait()  # the step "findings": the tenants' and domains' findings recorded, the mailboxes' not yet
+        writer.wait()
         halt_at("findings")
         previous = inventory.previous
         for page in recording.mailbox_pages(PAGE):
