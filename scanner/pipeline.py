@@ -9,7 +9,6 @@ import itertools
 import logging
 import operator
 import os
-import queue
 import secrets
 import threading
 import time
@@ -18,7 +17,6 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 
 import sqlalchemy as sa
 
@@ -274,60 +272,6 @@ class StoredLookup:
         return mailbox
 
 
-class RecordingThread:
-    """Records pages of findings in a second thread while the caller judges the next page, so the store's own work
-    (SQLite inserts, PostgreSQL round trips: the driver lets go of the GIL there) runs beside the judging.
-
-    At most one page waits (memory stays flat). A page the thread could not record fails the next ``put``,
-    ``wait`` or the block's end with that error, as if recorded in line; when the block ends with an error (an
-    interrupt), the pages still waiting are dropped, and the thread is done before the transaction ends."""
-
-    def __init__(self, recording: Recording) -> None:
-        self._recording = recording
-        self._pages: queue.Queue[Sequence[Finding] | None] = queue.Queue(maxsize=1)
-        self._failed: BaseException | None = None
-        self._dropping = False
-        self._thread = threading.Thread(target=self._run, name="recording", daemon=True)
-
-    def __enter__(self) -> RecordingThread:
-        self._thread.start()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
-        self._dropping = kind is not None
-        self._pages.put(None)
-        self._thread.join()
-        if kind is None:
-            self._raise_failure()
-
-    def put(self, results: Sequence[Finding]) -> None:
-        """Hand a page over, waiting while one waits already."""
-        self._raise_failure()
-        self._pages.put(results)
-
-    def wait(self) -> None:
-        """Return once every page handed over is recorded."""
-        self._pages.join()
-        self._raise_failure()
-
-    def _raise_failure(self) -> None:
-        if self._failed is not None:
-            raise self._failed
-
-    def _run(self) -> None:
-        while True:
-            results = self._pages.get()
-            try:
-                if results is None:
-                    return
-                if self._failed is None and not self._dropping:
-                    self._recording.record(results)
-            except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
-                self._failed = exc
-            finally:
-                self._pages.task_done()
-
-
 def run_scope(collection: Collection, counts: Mapping[str, Counter[str]]) -> dict[str, object]:
     """Per tenant (one unit of work each): how collection went, its figures, findings by status and coverage gaps."""
     tenants: dict[str, object] = {}
@@ -555,11 +499,10 @@ def _judge_and_record(
     of subjects at a time, so memory does not grow with the number of domains or mailboxes. Returns the findings
     by tenant and status.
 
-    A page's findings are recorded in a second thread (``RecordingThread``) while the next page is judged. A
-    ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
+    A ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
     counts: dict[str, Counter[str]] = {}
     policy, senders = policy_of(config), senders_of(config)
-    with paused_gc(), store.recording(run_id, recorded, complete) as recording, RecordingThread(recording) as writer:
+    with paused_gc(), store.recording(run_id, recorded, complete) as recording:
         lookup = StoredLookup(recording, [t.name for t in inventory.tenants])
         inventory = replace(inventory, lookup=lookup)
 
@@ -571,10 +514,9 @@ def _judge_and_record(
                     results = [f for f in results if f.tenant in only]
                 for (tenant, status), n in Counter(map(_TENANT_STATUS, results)).items():
                     counts.setdefault(tenant, Counter())[status.value] += n
-                writer.put(results)
+                recording.record(results)
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
-        writer.wait()
         halt_at("findings")
         previous = inventory.previous
         for page in recording.mailbox_pages(PAGE):

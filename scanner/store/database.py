@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import operator
-import threading
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -1200,14 +1198,10 @@ STAGE_PAGE = 5000
 
 
 class Recording:
-    """One run's findings, written page by page in one transaction (``Store.recording``).
-
-    Two threads may share it, one recording findings while the other reads the next mailboxes: a lock keeps one
-    statement at a time on the connection."""
+    """One run's findings, written page by page in one transaction (``Store.recording``)."""
 
     def __init__(self, conn: Connection, run_id: str, seq: int, now: datetime, complete: set[str]) -> None:
         self._conn = conn
-        self._lock = threading.Lock()
         self._run_id = run_id
         self._seq = seq
         self._now = now
@@ -1222,12 +1216,11 @@ class Recording:
         """The run's staged mailboxes in key order, ``size`` at a time."""
         after = ""
         while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    sa.select(staged.c.key, staged.c.body)
-                    .where(staged.c.run_id == self._run_id, staged.c.kind == "mailbox", staged.c.key > after)
-                    .order_by(staged.c.key).limit(size)
-                ).all()
+            rows = self._conn.execute(
+                sa.select(staged.c.key, staged.c.body)
+                .where(staged.c.run_id == self._run_id, staged.c.kind == "mailbox", staged.c.key > after)
+                .order_by(staged.c.key).limit(size)
+            ).all()
             if not rows:
                 return
             after = rows[-1].key
@@ -1238,13 +1231,11 @@ class Recording:
         found: dict[str, Mailbox] = {}
         wanted = sorted(set(keys))
         for start in range(0, len(wanted), 500):
-            with self._lock:
-                rows = self._conn.execute(
-                    sa.select(staged.c.key, staged.c.body).where(
-                        staged.c.run_id == self._run_id, staged.c.kind == "mailbox",
-                        staged.c.key.in_(wanted[start : start + 500]))
-                ).all()
-            for row in rows:
+            for row in self._conn.execute(
+                sa.select(staged.c.key, staged.c.body).where(
+                    staged.c.run_id == self._run_id, staged.c.kind == "mailbox",
+                    staged.c.key.in_(wanted[start : start + 500]))
+            ):
                 found[row.key] = mailbox_from_plain(json.loads(row.body))
         return found
 
@@ -1252,11 +1243,9 @@ class Recording:
         """The forwards the state before this run recorded for these mailboxes (keys ``tenant/address``)."""
         wanted = sorted(set(keys))
         state: dict[tuple[str, str], tuple[str, str]] = {}
-        with self._lock:
-            for start in range(0, len(wanted), 500):
-                state.update(_state_rows(self._conn, self._seq - 1, "mailbox", wanted[start : start + 500],
-                                         self._hidden))
-            return _forwards(self._conn, state)
+        for start in range(0, len(wanted), 500):
+            state.update(_state_rows(self._conn, self._seq - 1, "mailbox", wanted[start : start + 500], self._hidden))
+        return _forwards(self._conn, state)
 
     def add(self, results: Sequence[Finding]) -> list[Finding]:
         """Store findings and advance each one's lifecycle; returns them with first and last seen."""
@@ -1325,29 +1314,29 @@ class Recording:
                 seen[fid] = (first, last)
         if out is not None:
             out.extend(replace(f, run_id=run_id, first_seen=seen[f.id][0], last_seen=seen[f.id][1]) for f in results)
-        batch = functools.partial(_Batch, conn, self._lock)
         if inserts:
-            self._batch("findings", lambda: batch(sa.insert(findings), findings, _FINDING_KEYS))(inserts)
+            self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, _FINDING_KEYS))(inserts)
         if updates:
-            self._batch("findings-update", lambda: batch(
-                sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
+            self._batch("findings-update", lambda: _Batch(
+                conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
                 (*_MUTABLE, "fp")))(updates)
         if bodies:
-            self._batch("evidence", lambda: batch(
-                _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")))(sorted(bodies.items()))
+            self._batch("evidence", lambda: _Batch(
+                conn, _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")))(
+                sorted(bodies.items()))
             self._remember(bodies)
         if fresh:
-            self._batch("context", lambda: batch(
-                sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")))(fresh)
+            self._batch("context", lambda: _Batch(
+                conn, sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")))(fresh)
         if changed:
-            self._batch("context-update", lambda: batch(
-                sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")),
+            self._batch("context-update", lambda: _Batch(
+                conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")),
                 finding_context, ("fp", "domain", "title")))(changed)
         if passes:
-            self._batch("passes", lambda: batch(sa.insert(run_passes), run_passes, _PASS_KEYS))(passes)
+            self._batch("passes", lambda: _Batch(conn, sa.insert(run_passes), run_passes, _PASS_KEYS))(passes)
         if stored:
-            self._batch("full", lambda: batch(sa.insert(run_findings), run_findings, _FULL_KEYS,
-                                              encoded=("evidence", "remediation")))(stored)
+            self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
+                                               encoded=("evidence", "remediation")))(stored)
 
     def _existing(self, ids: Sequence[str]) -> dict[str, Any]:
         """The lifecycle and context rows of the findings with these ids that the store already has, by id."""
@@ -1355,9 +1344,7 @@ class Recording:
         if self._first:
             return existing
         for start in range(0, len(ids), 500):
-            with self._lock:
-                rows = self._conn.execute(_EXISTING, {"ids": ids[start : start + 500]}).all()
-            for row in rows:
+            for row in self._conn.execute(_EXISTING, {"ids": ids[start : start + 500]}):
                 existing[row.fingerprint] = row
         return existing
 
@@ -1451,11 +1438,10 @@ class _Batch:
     would do it, once per distinct value of the column (the converted columns are booleans), except the
     ``encoded`` JSON columns whose text is ready."""
 
-    def __init__(self, conn: Connection, lock: threading.Lock, statement: Any, table: sa.Table, keys: Sequence[str],
+    def __init__(self, conn: Connection, statement: Any, table: sa.Table, keys: Sequence[str],
                  encoded: Collection[str] = ()) -> None:
         compiled = statement.compile(dialect=conn.dialect, column_keys=list(keys))
         self._conn = conn
-        self._lock = lock
         self._sql = compiled.string
         self._keys = tuple(keys)
         columns = {c.key: c for c in table.columns}
@@ -1471,9 +1457,7 @@ class _Batch:
     def __call__(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Run the statement once per row, in batches of ten thousand."""
         for start in range(0, len(rows), 10000):
-            converted = self._converted(rows[start : start + 10000])
-            with self._lock:  # the recording's: its connection runs one statement at a time
-                self._conn.exec_driver_sql(self._sql, converted)  # type: ignore[arg-type]
+            self._conn.exec_driver_sql(self._sql, self._converted(rows[start : start + 10000]))  # type: ignore[arg-type]
 
     def _converted(self, rows: Sequence[tuple[Any, ...]]) -> Sequence[Any]:
         if self._convert:
