@@ -1,11 +1,10 @@
-"""The scan's pipeline: findings recorded in a second thread while the next page is judged fail and stop exactly
-as findings recorded in line did (a store error is the scan's one-line error, an interrupt keeps no findings)."""
+"""The scan's pipeline while it records findings page by page: a store error is the scan's one-line error, and an
+interrupt keeps none of the run's findings."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ REFUSE = {
         "CREATE TRIGGER refuse BEFORE INSERT ON run_passes FOR EACH ROW EXECUTE FUNCTION refuse()",
     ],
 }
-"""A store that takes everything but the run's passes: recording a page of findings fails in the recording thread."""
+"""A store that takes everything but the run's passes: recording a page of findings fails."""
 
 
 def test_a_store_error_while_recording_findings_is_the_scans_one_line_error(
@@ -66,7 +65,7 @@ def interrupted(mailbox: Mailbox, ctx) -> Result:  # type: ignore[no-untyped-def
 def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
     estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("scanner.pipeline.PAGE", 1)  # a page per mailbox: ann's and bob's go to the thread first
+    monkeypatch.setattr("scanner.pipeline.PAGE", 1)  # a page per mailbox: ann's and bob's are recorded first
     config = load_config(_config(tmp_path, store_url, estate))
     _export(tmp_path, FIRST)
     store = Store(store_url)
@@ -77,7 +76,6 @@ def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
         assert store.findings_for_run(caught.value.run_id) == []
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM findings")).scalar() == 0
-        assert not [t for t in threading.enumerate() if t.name == "recording"]
         assert run_scan(config, tmp_path / "out", store=store).run.state == "complete"
     finally:
         store.close()
