@@ -107,6 +107,9 @@ def _nul_key(value: object, where: str = "") -> str:
 
 
 _URL_SCHEME = re.compile(r"([\w+]+)://")
+_URL_PORT = re.compile(r"[\w+]+://(?:[^:/]*(?::[^@]*)?@)?(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?")
+"""A database URL's port, split off as SQLAlchemy's URL grammar does (user and password up to the ``@``, an IPv6
+host in brackets), so a port the store could not open with is refused here, as a config problem."""
 _SQLITE_URL = re.compile(r"(sqlite(?:\+\w+)?):///([^?]*)(\?.*)?", re.DOTALL)
 
 
@@ -132,6 +135,10 @@ def store_config(table: object) -> StoreConfig:
     dialect = scheme.group(1).partition("+")[0]
     if dialect not in ("sqlite", "postgresql"):
         raise TableProblem("url", f"the store works on SQLite and PostgreSQL, not {dialect!r}")
+    port = _URL_PORT.match(url).group("port")  # type: ignore[union-attr]  # it matches wherever the scheme does
+    if port and not port.isdigit():
+        raise TableProblem("url", "not a database URL: its port is not a number (give sqlite:///PATH or "
+                                  "postgresql://USER:PASSWORD@HOST:PORT/DATABASE)")
     return StoreConfig(url)
 
 

@@ -608,6 +608,8 @@ class Store:
             self.engine: Engine = sa.create_engine(url, connect_args=_connect_args(url))
         except (sa.exc.ArgumentError, ImportError) as exc:
             raise StoreError(f"the store URL is not usable: {exc}") from None
+        except ValueError:  # a part SQLAlchemy converts, such as the port; never echoed: the URL may hold a password
+            raise StoreError("the store URL is not usable: not a database URL") from None
         if self.engine.dialect.name not in ("sqlite", "postgresql"):
             raise StoreError(f"the store must be SQLite or PostgreSQL, not {self.engine.dialect.name}")
         self.where = self.engine.url.render_as_string(hide_password=True)

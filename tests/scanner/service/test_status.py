@@ -219,6 +219,8 @@ def test_the_default_cron_expressions_that_status_does_not_parse_are_valid(timez
     ("sqlite:///x.db", "wakeup = 1", "schedule.wakeup: unknown key"),
     ("mysql://u:hunter2@db/x", "", "store.url: the store works on SQLite and PostgreSQL, not 'mysql'"),
     ("hunter2", "", "store.url: not a database URL"),
+    ("postgresql://u:hunter2@db:fivefour/x", "", "store.url: not a database URL: its port is not a number"),
+    ("postgresql://u:hunter2@[::1/x", "", "store.url: not a database URL: its port is not a number"),
 ])
 def test_status_refuses_what_the_loader_refuses_in_the_same_words(
     write_config: Callable[[str], Path], store: str, schedule: str, problem: str
@@ -266,3 +268,9 @@ def _closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def test_a_password_with_a_slash_is_not_taken_for_a_port(write_config: Callable[[str], Path]) -> None:
+    # SQLAlchemy reads the password up to the "@", slashes included; the port check splits the URL the same way.
+    url = "postgresql://mailwarden:pa/ss:wd@db.example:5432/mailwarden"
+    assert load_config(write_config(f'[store]\nurl = "{url}"\n{TENANT}')).store.url == url

@@ -416,3 +416,9 @@ def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Sto
         ("b@acme.example", Status.PASS, "renamed", "acme.test", None),
     ]
     assert store.lifecycle_events("run2") == {"new": [], "reopened": [], "resolved": [failing.id]}
+
+
+def test_a_url_whose_port_is_not_a_number_is_one_error_without_its_password() -> None:
+    with pytest.raises(StoreError) as refused:
+        Store("postgresql://mailwarden:hunter2@db.example:fivefour/mailwarden")
+    assert str(refused.value) == "the store URL is not usable: not a database URL"
