@@ -354,10 +354,12 @@ def run_scan(
     check_exception_ids(config, checks)
     run_id, started = _new_run(config, tenants, now)
     with Lease(store, run_id, ttl=config.schedule.lease_ttl):
-        recorded = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of, progress=progress,
-                           tenants=tenants, stop=stop)
+        # Only the count is kept of the collection: its inventory (a roster of 100,000 people, the lookups built
+        # over it) is let go before the outputs render, and what the report builds takes its place.
+        dns_queries = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of,
+                              progress=progress, tenants=tenants, stop=stop).collection.dns_queries
         try:
-            outputs = render_outputs(store, recorded.run_id, out_dir, config.remediation, config)
+            outputs = render_outputs(store, run_id, out_dir, config.remediation, config)
         except OutputError as exc:
             _fail(store, run_id, f"its outputs were not written: {exc}")
             raise ScanFailed(f"run {run_id}: {exc}") from None
@@ -367,9 +369,8 @@ def run_scan(
             raise ScanInterrupted(run_id) from None
         except sa.exc.SQLAlchemyError as exc:
             raise _store_failed(store, run_id, exc) from None
-    return ScanResult(outputs.run, StoredFindings(store, recorded.run_id), outputs.files,
-                      dns_queries=recorded.collection.dns_queries, counts=outputs.counts, failing=outputs.failing,
-                      notable=outputs.notable)
+    return ScanResult(outputs.run, StoredFindings(store, run_id), outputs.files, dns_queries=dns_queries,
+                      counts=outputs.counts, failing=outputs.failing, notable=outputs.notable)
 
 
 def _new_run(config: Config, tenants: Sequence[str] | None, now: datetime | None) -> tuple[str, datetime]:
