@@ -78,15 +78,20 @@ def control_statuses(
 
 
 class ControlTally:
-    """``control_statuses`` for findings that stream past one at a time (``add``), none of them held."""
+    """``control_statuses`` for findings that stream past one at a time (``add``), none of them held.
+
+    ``ids=False`` leaves out the root findings' ids (each verdict's ``finding_ids`` is empty): a report shows how
+    many subjects fail a control, not which findings, and a set of ids per control and tenant is not kept for it.
+    """
 
     def __init__(
         self, catalogue: Catalogue, tenants: Mapping[str, str], frameworks: Iterable[Framework] | None = None, *,
-        passed: Mapping[tuple[str, str], int] | None = None,
+        passed: Mapping[tuple[str, str], int] | None = None, ids: bool = True,
     ) -> None:
         self._frameworks = tuple(frameworks) if frameworks is not None else catalogue.frameworks
         self._tenants = tenants
         self._passed = passed or {}
+        self._ids = ids
         self._by_check: dict[str, list[tuple[str, str]]] = {}
         for framework in self._frameworks:
             for control in framework.controls:
@@ -101,10 +106,12 @@ class ControlTally:
             tally.seen += 1
             if finding.status is Status.FAIL:
                 tally.failing.add(finding.subject)
-                tally.roots.add(finding.id)
+                if self._ids:
+                    tally.roots.add(finding.id)
             elif finding.status is Status.SKIPPED:
                 tally.failing.add(finding.subject)
-                tally.roots.add(finding.caused_by or finding.id)
+                if self._ids:
+                    tally.roots.add(finding.caused_by or finding.id)
             elif finding.status in (Status.ERROR, Status.UNSUPPORTED):
                 tally.unknown[f"{finding.check}: {finding.reason}" if finding.reason else finding.check] = None
             elif finding.status is Status.EXCEPTED:

@@ -289,8 +289,9 @@ class PageData:
         self._alike: dict[tuple[Any, ...], _Alike] = {}
         self._passes: dict[tuple[int, int, int], Counter[int]] = {}
         self._seen: dict[str, str] = {}  # most findings of a run share their first seen: one text each
-        self.subjects: set[str] = set()
-        """The subjects of the findings that are not passes (whose display names the page shows)."""
+        self.subjects: dict[str, str] = {}
+        """The subjects of the findings that are not passes (whose display names the page shows), each mapped to
+        itself: the page's names are keyed by the strings its rows hold, not by a second copy of each."""
 
     def add(self, f: Finding, change: ActionChange | None) -> None:
         """Embed one finding (``change``: its ``action_change``; None for a pass)."""
@@ -302,7 +303,7 @@ class PageData:
         if f.status is Status.PASS:
             self._passes.setdefault((check_i, tenant_i, _SEVERITY_INDEX[f.severity]), Counter())[domain_i] += 1
             return
-        self.subjects.add(f.subject)
+        self.subjects.setdefault(f.subject, f.subject)
         link = remediation_link(f, self._signer) if change else None
         first_seen = f.first_seen.isoformat() if f.first_seen else ""
         first_seen = self._seen.setdefault(first_seen, first_seen)
@@ -325,10 +326,12 @@ class PageData:
         ])
 
     def data(
-        self, domains: Snapshot, display_names: Mapping[str, str], pass_counts: Sequence[PassCount] | None = None
+        self, domains: Snapshot, display_names: Mapping[str, str] | Iterable[tuple[str, str]],
+        pass_counts: Sequence[PassCount] | None = None,
     ) -> dict[str, Any]:
         """The page's data, made once every finding is added: those findings, the passes counted (``pass_counts``)
-        and the domains' DNS."""
+        and the domains' DNS. ``display_names`` maps addresses to names, or is its (address, name) pairs (a later
+        pair for an address wins, as in a mapping built from them)."""
         checks, titles, tenants, names, passes = self._checks, self._titles, self._tenants, self._names, self._passes
         rows = self._rows
         groups = []
@@ -356,7 +359,7 @@ class PageData:
             counts[names.setdefault(domain, len(names))] += n
         dns, answers = _dns_view(domains, names, tenants)
         return {
-            "names": {subject: name for subject, name in display_names.items() if name and subject in self.subjects},
+            "names": self._names_shown(display_names),
             "statuses": [s.value for s in Status],
             "severities": [s.value for s in Severity],
             "tenants": list(tenants),
@@ -369,6 +372,18 @@ class PageData:
             "dns": dns,
             "history": False,
         }
+
+
+    def _names_shown(self, display_names: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
+        """The display names of the subjects added, keyed by the subjects' own strings."""
+        pairs = display_names.items() if isinstance(display_names, Mapping) else display_names
+        subjects = self.subjects
+        names: dict[str, str] = {}
+        for address, name in pairs:
+            subject = subjects.get(address)
+            if subject is not None and name:
+                names[subject] = name
+        return names
 
 
 _STATUS_INDEX = {s: i for i, s in enumerate(Status)}
@@ -720,21 +735,20 @@ def render_report(
             counts=counts,
             dmarc_sources=dmarc_view(store, run, senders or {}, dmarc_window_days),
             dmarc_window=f"the {dmarc_window_days} days up to the newest report",
-            controls=ControlTally(load_catalogue(), tenant_providers(run.scope), passed=passed),
+            controls=ControlTally(load_catalogue(), tenant_providers(run.scope), passed=passed, ids=False),
             pass_counts=passes,
             named_passes=named,
             findings_named=lambda ids: store.findings_named(run.id, ids),
         )
 
 
-def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> dict[str, str]:
-    """The name each mailbox a finding names goes by at its provider, read a page of the snapshot at a time."""
-    names = {}
+def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> Iterator[tuple[str, str]]:
+    """The name each mailbox a finding names goes by at its provider, as (address, name) pairs in the snapshot's
+    key order, read a page of the snapshot at a time: the page keeps the names, not a mapping of them besides."""
     for _, body in store.iter_snapshot(run.id, "mailbox"):
         address = str(body.get("address", ""))
         if address in subjects and body.get("display_name"):
-            names[address] = str(body["display_name"])
-    return names
+            yield address, str(body["display_name"])
 
 
 def render_html(
@@ -755,7 +769,7 @@ def render_html(
     controls: Sequence[ControlStatus] | ControlTally = (),
     pass_counts: Sequence[PassCount] | None = None,
     named_passes: Sequence[Finding] = (),
-    names_of: Callable[[Collection[str]], Mapping[str, str]] | None = None,
+    names_of: Callable[[Collection[str]], Mapping[str, str] | Iterable[tuple[str, str]]] | None = None,
     findings_named: FindingsNamed | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
@@ -767,7 +781,7 @@ def render_html(
     findings, exception verdicts and what exceptions cover).
 
     ``display_names`` maps a mailbox address to the name its provider shows, for the findings table; or
-    ``names_of`` reads them for the subjects the findings name, once they are read.
+    ``names_of`` reads them (or their pairs) for the subjects the findings name, once they are read.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
     ``findings_named`` reads again the findings of the root causes shown (``Store.findings_named``); without it,
     ``findings`` must be a sequence, searched for them.
@@ -805,11 +819,10 @@ def render_html(
         resolved_count = len(events.get("resolved", ()))
     else:
         new, resolved, resolved_count = [], [], 0
-    if names_of is not None:
-        display_names = names_of(reading.page.subjects)
+    names = names_of(reading.page.subjects) if names_of is not None else display_names or {}
     script = (TEMPLATES / "report.js").read_text(encoding="utf-8")
     points = list(points) or [_labelled(_point(run, events, counts), 1)]
-    data = reading.page.data(domains or {}, display_names or {}, pass_counts)
+    data = reading.page.data(domains or {}, names, pass_counts)
     data["history"] = previous is not None
     parts = environment().get_template("report.html.j2").generate(
         run=run,

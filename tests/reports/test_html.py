@@ -208,11 +208,18 @@ def test_coverage_tables_name_each_tenants_provider(tmp_path) -> None:
     assert "<code>mta_sts.mx_mismatch</code> (1)" in row and "<code>dns.mta_sts, dns.mx</code>" in row
 
 
-def _report_peak(tmp_path: Path, mailboxes: int) -> int:
+def _report_peak(tmp_path: Path, mailboxes: int, *, named: bool = False) -> int:
     """tracemalloc's peak while report.html is rendered for a stored run whose mailboxes each fail one check and
-    leave another undecided (what a provider export without forwarding data gives: two findings per mailbox)."""
+    leave another undecided (what a provider export without forwarding data gives: two findings per mailbox).
+    ``named``: the run's snapshot holds the mailboxes, each with a display name the page shows."""
+    from scanner.model import Mailbox
+
     store = Store(f"sqlite:///{tmp_path / f'{mailboxes}.db'}")
     store.start_run("r1", NOW, "d" * 64, "test")
+    if named:
+        store.save_snapshot("r1", snapshot_items(Inventory(mailboxes=tuple(
+            Mailbox("acme", f"person{n:06d}@acme.example", display_name=f"Person {n:06d}")
+            for n in range(mailboxes)))))
     findings = []
     for n in range(mailboxes):
         subject = f"person{n:06d}@acme.example"
@@ -244,3 +251,11 @@ def test_report_memory_grows_by_what_the_page_embeds_not_by_the_findings(tmp_pat
     small, large = _report_peak(tmp_path, 1_000), _report_peak(tmp_path, 10_000)
     per_finding = (large - small) / (2 * 9_000)
     assert per_finding < 700, f"{per_finding:.0f} bytes of peak per finding"  # 880 when the report held its findings
+
+
+def test_report_memory_per_named_mailbox_holds_each_name_once(tmp_path: Path) -> None:
+    # Each mailbox's display name is on the page, keyed by the subject string its rows hold already; the snapshot is
+    # read as (address, name) pairs, not gathered into a mapping that the page's own is then copied from.
+    small, large = _report_peak(tmp_path, 1_000, named=True), _report_peak(tmp_path, 10_000, named=True)
+    per_mailbox = (large - small) / 9_000
+    assert per_mailbox < 1_150, f"{per_mailbox:.0f} bytes of peak per named mailbox"
