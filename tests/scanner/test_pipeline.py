@@ -79,3 +79,32 @@ def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
         assert run_scan(config, tmp_path / "out", store=store).run.state == "complete"
     finally:
         store.close()
+
+
+def test_the_collection_is_let_go_before_the_outputs_render(
+    estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The report renders from the store; an inventory still held then (a roster of 100,000 people at scale) would
+    # add its size to the report's at the scan's peak.
+    import gc
+
+    from scanner import pipeline
+    from scanner.model import Inventory
+
+    render = pipeline.render_outputs
+    alive: list[int] = []
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        alive.append(sum(isinstance(o, Inventory) for o in gc.get_objects()))
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render_outputs", counted)
+    config = load_config(_config(tmp_path, store_url, estate))
+    _export(tmp_path, FIRST)
+    store = Store(store_url)
+    try:
+        result = run_scan(config, tmp_path / "out", store=store)
+        assert result.run.state == "complete" and result.dns_queries > 0
+        assert alive == [0]
+    finally:
+        store.close()
