@@ -373,7 +373,6 @@ class PageData:
             "history": False,
         }
 
-
     def _names_shown(self, display_names: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, str]:
         """The display names of the subjects added, keyed by the subjects' own strings."""
         pairs = display_names.items() if isinstance(display_names, Mapping) else display_names

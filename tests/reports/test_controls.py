@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from checks.controls import Catalogue, load_catalogue
 from checks.evaluate import fingerprint
 from checks.registry import load_checks
-from reports.controls import CATALOGUE_COLUMNS, control_statuses, tenant_providers
+from reports.controls import CATALOGUE_COLUMNS, ControlTally, control_statuses, tenant_providers
 from reports.html import render_html
 from scanner.cli import main
 from scanner.model import Finding, Severity, Status
@@ -54,6 +54,26 @@ def test_fail_names_failing_subjects_and_root_findings(catalogue: Catalogue) -> 
     assert published.finding_ids == (missing.id,)
     reject = _verdict(statuses, "scuba-exo", "MS.EXO.4.2v1", "acme")
     assert reject.status == "fail" and reject.finding_ids == (missing.id,)  # the root, not the dependant
+
+
+def test_a_tally_without_ids_gives_the_same_verdicts_naming_no_findings(catalogue: Catalogue) -> None:
+    # what report.html shows of a control (its status, how many subjects fail, the reasons) without the ids
+    missing = _f("dmarc.missing", "acme", "b.example", Status.FAIL)
+    findings = [
+        _f("dmarc.missing", "acme", "a.example", Status.PASS),
+        missing,
+        _f("dmarc.policy_weak", "acme", "b.example", Status.SKIPPED, caused_by=missing.id),
+        _f("dmarc.missing", "globex", "c.example", Status.ERROR, reason="timeout"),
+    ]
+    tenants = {"acme": "microsoft", "globex": "none (DNS only)"}
+    tally = ControlTally(catalogue, tenants, ids=False)
+    for finding in findings:
+        tally.add(finding)
+    plain = tally.statuses()
+    full = control_statuses(catalogue, findings, tenants)
+    assert any(s.finding_ids for s in full) and not any(s.finding_ids for s in plain)
+    assert [(s.framework.id, s.control.id, s.tenant, s.status, s.failing_subjects, s.reason) for s in plain] == [
+        (s.framework.id, s.control.id, s.tenant, s.status, s.failing_subjects, s.reason) for s in full]
 
 
 def test_unknown_is_not_assessed_never_pass(catalogue: Catalogue) -> None:
