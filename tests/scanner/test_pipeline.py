@@ -92,10 +92,13 @@ def test_the_collection_is_let_go_before_the_outputs_render(
     from scanner.model import Inventory
 
     render = pipeline.render_outputs
+    gc.collect()
+    earlier = [o for o in gc.get_objects() if isinstance(o, Inventory)]  # other tests' (held: no id is reused)
     alive: list[int] = []
 
     def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
-        alive.append(sum(isinstance(o, Inventory) for o in gc.get_objects()))
+        before = {id(o) for o in earlier}
+        alive.append(sum(isinstance(o, Inventory) and id(o) not in before for o in gc.get_objects()))
         return render(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "render_outputs", counted)
