@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import itertools
 import json
 import re
 from collections import Counter
@@ -348,7 +349,7 @@ class PageData:
             ids, tenants_i, members, *columns = alike.columns or ()
             groups.append([check_i, status_i, severity_i, reason, evidence, templated, first_seen, flag, change,
                            ids, tenants_i, members, *[None if not any(column) else column for column in columns]])
-        for check, title, tenant, domain, severity, n in pass_counts or ():
+        for check, title, tenant, severity, _, per_domain in _by_domain(pass_counts or ()):
             check_i = checks.setdefault(check, len(checks))
             if check_i == len(titles):
                 titles.append(title)
@@ -356,7 +357,8 @@ class PageData:
             counts = passes.get(key)
             if counts is None:
                 counts = passes[key] = Counter()
-            counts[names.setdefault(domain, len(names))] += n
+            for domain, n in per_domain.items():
+                counts[names.setdefault(domain, len(names))] += n
         dns, answers = _dns_view(domains, names, tenants)
         return {
             "names": self._names_shown(display_names),
@@ -383,6 +385,22 @@ class PageData:
             if subject is not None and name:
                 names[subject] = name
         return names
+
+
+def _by_domain(pass_counts: Iterable[PassCount]) -> Iterator[PassCount]:
+    """The store's pass counts (in order of check, tenant and severity) so that each check and tenant's domains
+    come in code point order across its severities: a domain first named by the passes is numbered in that
+    order. A check and tenant with passes at one severity (the common case) is given as it is."""
+    for _, block in itertools.groupby(pass_counts, key=lambda c: (c.check, c.tenant)):
+        first, *more = block
+        if not more:
+            yield first
+            continue
+        merged = sorted((domain, i) for i, c in enumerate((first, *more)) for domain in c.domains)
+        groups = (first, *more)
+        for domain, i in merged:
+            group = groups[i]
+            yield group._replace(count=group.domains[domain], domains={domain: group.domains[domain]})
 
 
 _STATUS_INDEX = {s: i for i, s in enumerate(Status)}
@@ -712,7 +730,7 @@ def render_report(
     passes = store.pass_counts(run.id)
     passed: Counter[tuple[str, str]] = Counter()
     by_severity: Counter[tuple[str, Severity]] = Counter()
-    for check, _, tenant, _, severity, n in passes:
+    for check, _, tenant, severity, n, _ in passes:
         passed[(check, tenant)] += n
         by_severity[(tenant, severity)] += n
     # the passes' counts from the passes just read, not from a second query over them

@@ -464,6 +464,23 @@ def _move_passes(conn: Connection, bodies: list[dict[str, str]], rows: list[dict
         conn.execute(sa.insert(run_passes), rows)
 
 
+run_pass_counts = sa.Table(
+    "run_pass_counts",
+    metadata,
+    sa.Column("run_id", sa.String(40), sa.ForeignKey("runs.id"), primary_key=True),
+    sa.Column("check_id", sa.String(128), primary_key=True),
+    sa.Column("tenant", sa.String(128), primary_key=True),
+    sa.Column("severity", sa.String(16), primary_key=True),
+    sa.Column("title", sa.String(255), nullable=False),  # the least of the passes' titles, as min() gives it
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("domains", sa.Text, nullable=False),  # a JSON object: each domain's passes, in code point order
+    sqlite_with_rowid=False,
+)
+"""How many findings of a run passed per check, tenant and severity, with each domain's count packed in one row:
+counted as the run records its passes, so a report reads a few dozen rows instead of grouping every pass. Runs
+recorded before version 11 have none (``Store.pass_counts`` counts their passes)."""
+
+
 def _migration_open_index(conn: Connection) -> None:
     """Version 10: findings indexed by tenant only while open (issue 17), so recording a pass maintains one index
     fewer; a store created by a version whose first migration made the new index already keeps it."""
@@ -472,9 +489,15 @@ def _migration_open_index(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _migration_pass_counts(conn: Connection) -> None:
+    """Version 11: each run's pass counts, packed per check, tenant and severity (issue 17), kept by the runs
+    recorded from now on."""
+    metadata.create_all(conn, tables=[run_pass_counts])
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
-    _migration_caused_by, _migration_compact_passes, _migration_open_index,
+    _migration_caused_by, _migration_compact_passes, _migration_open_index, _migration_pass_counts,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
@@ -483,17 +506,15 @@ PRESENT = (Status.FAIL, Status.EXCEPTED)
 
 
 class PassCount(NamedTuple):
-    """How many findings of one check passed on one domain of a tenant, at one severity, in a run.
-
-    A named tuple: a 10,000-domain run has 330,000 of them, and a tuple is made in a fraction of the time a
-    frozen dataclass takes."""
+    """How many findings of one check passed in a tenant at one severity in a run: ``count`` in all, and each
+    domain's (``domains``, in code point order)."""
 
     check: str
     title: str
     tenant: str
-    domain: str
     severity: Severity
     count: int
+    domains: dict[str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -948,6 +969,7 @@ class Store:
         with self.engine.begin() as conn:
             recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants))
             yield recording
+            recording.count_passes()
             recording.resolve_missing()
             _seal(conn, run_id, now)
 
@@ -1031,6 +1053,7 @@ class Store:
                 conn.execute(sa.delete(run_findings).where(run_findings.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_resolved).where(run_resolved.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_passes).where(run_passes.c.run_id.in_(chunk)))
+                conn.execute(sa.delete(run_pass_counts).where(run_pass_counts.c.run_id.in_(chunk)))
                 conn.execute(sa.delete(run_order).where(run_order.c.run_id.in_(chunk)))
                 conn.execute(sa.update(findings).where(findings.c.resolved_run.in_(chunk)).values(resolved_run=None))
                 conn.execute(sa.delete(runs).where(runs.c.id.in_(chunk)))
@@ -1132,25 +1155,21 @@ class Store:
         return {status: int(n) for status, n in counts.items()}
 
     def pass_counts(self, run_id: str) -> list[PassCount]:
-        """How many findings of a run passed, per check, tenant, domain and severity: what a report shows of
-        passes (their evidence is in findings.json and the evidence pack)."""
-        query = (sa.select(findings.c.check_id, sa.func.min(finding_context.c.title), findings.c.tenant,
-                           finding_context.c.domain, run_passes.c.severity, sa.func.count())
-                 .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
-                              .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint))
-                 .where(run_passes.c.run_id == run_id)
-                 .group_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity)
-                 .order_by(findings.c.check_id, findings.c.tenant, finding_context.c.domain, run_passes.c.severity))
-        # The same few checks, titles and tenants and each domain's name recur on many rows: one string each.
-        same: dict[str, str] = {}
-        counted = []
+        """How many findings of a run passed, per check, tenant and severity (in that order), with each domain's
+        count: what a report shows of passes (their evidence is in findings.json and the evidence pack).
+
+        The counts the run recorded (``run_pass_counts``): a few dozen rows. A run recorded before them has its
+        passes grouped here the same way."""
+        c = run_pass_counts.c
         with self.engine.connect() as conn:
-            for part in conn.execute(query).partitions(10_000):  # fetched many rows a call, not one
-                counted.extend(PassCount(same.setdefault(check, check), same.setdefault(title, title),
-                                         same.setdefault(tenant, tenant), same.setdefault(domain, domain),
-                                         _SEVERITIES[severity], int(n))
-                               for check, title, tenant, domain, severity, n in part)
-        return counted
+            stored = conn.execute(sa.select(c.check_id, c.title, c.tenant, c.severity, c.n, c.domains)
+                                  .where(c.run_id == run_id)).all()
+            if stored:
+                counted = [PassCount(check, title, tenant, _SEVERITIES[severity], int(n), orjson.loads(domains))
+                           for check, title, tenant, severity, n, domains in stored]
+            else:
+                counted = _grouped_pass_counts(conn, run_id)
+        return sorted(counted, key=_pass_count_order)
 
     def finding_counts(
         self, run_id: str, statuses: Collection[Status] | None = None
@@ -1165,7 +1184,10 @@ class Store:
         )
         if statuses is not None:
             full = full.where(run_findings.c.status.in_(sorted(s.value for s in statuses)))
-        passes = (
+        c = run_pass_counts.c
+        recorded = sa.select(c.tenant, c.severity, sa.func.sum(c.n)).where(c.run_id == run_id).group_by(
+            c.tenant, c.severity)
+        grouped = (
             sa.select(findings.c.tenant, run_passes.c.severity, sa.func.count())
             .join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
             .where(run_passes.c.run_id == run_id)
@@ -1174,7 +1196,9 @@ class Store:
         with self.engine.connect() as conn:
             counts = {(row[0], row[1], row[2]): int(row[3]) for row in conn.execute(full)}
             if statuses is None or Status.PASS in statuses:
-                counts.update({(row[0], Status.PASS.value, row[1]): int(row[2]) for row in conn.execute(passes)})
+                # the counts the run recorded; a run recorded before them has its passes counted
+                passes = conn.execute(recorded).all() or conn.execute(grouped).all()
+                counts.update({(tenant, Status.PASS.value, severity): int(n) for tenant, severity, n in passes})
         return counts
 
     def lifecycle_events(self, run_id: str) -> dict[str, list[str]]:
@@ -1213,6 +1237,8 @@ class Recording:
         self._first = conn.execute(sa.select(findings.c.fingerprint).limit(1)).first() is None
         self._evidence: set[str] = set()
         self._batches: dict[str, _Batch] = {}
+        self._passed: dict[tuple[str, str, str], tuple[list[str], dict[str, int]]] = {}
+        """The run's passes counted so far, per check, tenant and severity: the least title, and each domain's."""
 
     def mailbox_pages(self, size: int) -> Iterator[list[Mailbox]]:
         """The run's staged mailboxes in key order, ``size`` at a time."""
@@ -1275,6 +1301,7 @@ class Recording:
         changed: list[tuple[str, str, str]] = []
         seen: dict[str, tuple[datetime | None, datetime | None]] = {}
         known = self._evidence
+        passed = self._passed
         for finding in ordered:
             fid, status = finding.id, finding.status
             row = existing.get(fid)
@@ -1306,6 +1333,13 @@ class Recording:
                 if digest not in known:
                     bodies[digest] = body.decode("utf-8")
                 passes.append((run_id, fid, finding.severity.value, digest, event == "resolved", first, last))
+                key = (finding.check, finding.tenant, finding.severity.value)
+                group = passed.get(key)
+                if group is None:
+                    group = passed[key] = ([finding.title], {})
+                elif finding.title < group[0][0]:
+                    group[0][0] = finding.title
+                group[1][finding.domain] = group[1].get(finding.domain, 0) + 1
                 if row is None or row.domain is None:
                     fresh.append((fid, finding.domain, finding.title))
                 elif row.domain != finding.domain or row.title != finding.title:
@@ -1339,6 +1373,15 @@ class Recording:
         if stored:
             self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
                                                encoded=("evidence", "remediation")))(stored)
+
+    def count_passes(self) -> None:
+        """Write the run's pass counts (``run_pass_counts``), once every finding is recorded."""
+        rows = [(self._run_id, check, tenant, severity, titles[0], sum(domains.values()),
+                 orjson.dumps(dict(sorted(domains.items()))).decode("utf-8"))
+                for (check, tenant, severity), (titles, domains) in self._passed.items()]
+        if rows:
+            self._conn.execute(sa.insert(run_pass_counts), [dict(zip(_COUNT_KEYS, row, strict=True)) for row in rows])
+        self._passed.clear()
 
     def _existing(self, ids: Sequence[str]) -> dict[str, Any]:
         """The lifecycle and context rows of the findings with these ids that the store already has, by id."""
@@ -1422,7 +1465,9 @@ _FINDING_KEYS = ("fingerprint", "check_id", "tenant", "subject", "item", *_MUTAB
 _PASS_KEYS = ("run_id", "fingerprint", "severity", "evidence", "resolved", "first_seen", "last_seen")
 _FULL_KEYS = ("run_id", "fingerprint", "check_id", "status", "severity", "tenant", "domain", "subject", "item",
               "title", "evidence", "reason", "remediation", "event", "caused_by", "first_seen", "last_seen")
-"""The columns of a row ``Recording.record`` writes to findings, run_passes and run_findings, in its tuple's order."""
+_COUNT_KEYS = ("run_id", "check_id", "tenant", "severity", "title", "n", "domains")
+"""The columns of a row ``Recording.record`` writes to findings, run_passes and run_findings (and
+``Recording.count_passes`` to run_pass_counts), in its tuple's order."""
 
 _EXISTING = sa.select(
     findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen, findings.c.resolved_at,
@@ -1553,6 +1598,30 @@ def _findings_query(
 
 _STATUSES = {s.value: s for s in Status}
 _SEVERITIES = {s.value: s for s in Severity}
+
+
+def _pass_count_order(counted: PassCount) -> tuple[str, str, str]:
+    """Pass counts in order of check, tenant and severity (its value, as the store sorts it)."""
+    return counted.check, counted.tenant, counted.severity.value
+
+
+def _grouped_pass_counts(conn: Connection, run_id: str) -> list[PassCount]:
+    """A run's pass counts grouped from its passes: for a run recorded before they were kept."""
+    query = (sa.select(findings.c.check_id, sa.func.min(finding_context.c.title), findings.c.tenant,
+                       run_passes.c.severity, finding_context.c.domain, sa.func.count())
+             .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
+                          .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint))
+             .where(run_passes.c.run_id == run_id)
+             .group_by(findings.c.check_id, findings.c.tenant, run_passes.c.severity, finding_context.c.domain))
+    groups: dict[tuple[str, str, str], tuple[list[str], dict[str, int]]] = {}
+    for part in conn.execute(query).partitions(10_000):  # fetched many rows a call, not one
+        for check, title, tenant, severity, domain, n in part:
+            titles, domains = groups.setdefault((check, tenant, severity), ([title], {}))
+            titles[0] = min(titles[0], title)
+            domains[domain] = int(n)
+    return [PassCount(check, titles[0], tenant, _SEVERITIES[severity], sum(domains.values()),
+                      {domain: domains[domain] for domain in sorted(domains)})
+            for (check, tenant, severity), (titles, domains) in groups.items()]
 
 
 class _Findings:

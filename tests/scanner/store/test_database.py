@@ -399,9 +399,37 @@ def test_passes_are_stored_compactly_and_read_back_in_full(store: Store) -> None
         assert conn.execute(sa.text("SELECT count(*) FROM run_passes")).scalar() == 6
         assert conn.execute(sa.text("SELECT count(*) FROM run_findings")).scalar() == 2
     assert store.status_counts("run2") == {"pass": 3, "fail": 1}
-    assert [(c.check, c.tenant, c.domain, c.severity, c.count) for c in store.pass_counts("run2")] == [
-        ("forwarding.external", "acme", "acme.example", Severity.HIGH, 3)]
+    assert [(c.check, c.tenant, c.severity, c.count, c.domains) for c in store.pass_counts("run2")] == [
+        ("forwarding.external", "acme", Severity.HIGH, 3, {"acme.example": 3})]
     assert [f.subject for f in store.findings_for_run("run2", (Status.FAIL,))] == ["d@acme.example"]
+
+
+def test_pass_counts_recorded_with_the_run_equal_those_counted_from_its_passes(store: Store) -> None:
+    passes = [
+        Finding(id=fingerprint(check, tenant, f"{name}@{domain}"), check=check, status=Status.PASS, severity=severity,
+                tenant=tenant, domain=domain, subject=f"{name}@{domain}", title=f"{check} {name[-1]}")
+        for check in ("forwarding.external", "account.ghost")
+        for tenant, domain in (("acme", "acme.test"), ("acme", "acme.example"), ("beta", "beta.example"))
+        for severity in (Severity.HIGH, Severity.LOW)
+        for name in (f"{severity.value}-a", f"{severity.value}-b", f"{severity.value}-c")
+    ]
+    store.start_run("r1", T0, "d", "v")
+    with store.recording("r1", T0, ["acme", "beta"]) as recording:
+        # each group's passes (titles differing) come in two calls: the counts add up across them
+        recording.add(passes[::2])
+        recording.add([*passes[1::2], _finding("z@acme.example", Status.FAIL)])
+    recorded, totals = store.pass_counts("r1"), store.finding_counts("r1")
+    assert [(c.check, c.tenant, c.severity.value, c.count) for c in recorded] == [
+        (check, tenant, severity, 6 if tenant == "acme" else 3)
+        for check in ("account.ghost", "forwarding.external") for tenant in ("acme", "beta")
+        for severity in ("high", "low")]
+    assert recorded[0].domains == {"acme.example": 3, "acme.test": 3}  # in code point order
+    assert {c.title for c in recorded} == {"account.ghost a", "forwarding.external a"}  # the least, as min() gives
+    assert totals[("acme", "pass", "high")] == 12 and totals[("acme", "fail", "high")] == 1
+    with store.engine.begin() as conn:  # as a run recorded before the counts were kept
+        assert conn.execute(sa.text("DELETE FROM run_pass_counts")).rowcount == len(recorded)
+    assert store.pass_counts("r1") == recorded
+    assert store.finding_counts("r1") == totals
 
 
 def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Store) -> None:

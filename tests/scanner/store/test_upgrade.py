@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +88,11 @@ def test_an_older_store_upgrades_in_place_and_reads_the_same_history(tmp_path: P
             assert [finding_record(f) for f in store.findings_for_run(run_id)] == expected
             counts = store.status_counts(run_id)
             assert counts == {s: sum(1 for f in expected if f["status"] == s) for s in {f["status"] for f in expected}}
+            # runs recorded before pass counts were kept have their passes counted
+            passed = [f for f in expected if f["status"] == "pass"]
+            assert passed and {(c.check, c.tenant, c.severity.value, domain): n for c in store.pass_counts(run_id)
+                               for domain, n in c.domains.items()} == Counter(
+                (f["check"], f["tenant"], f["severity"], f["domain"]) for f in passed)
         # The passes moved out of the full rows, and only the passes.
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM run_findings WHERE status = 'pass'")).scalar() == 0
@@ -110,6 +116,8 @@ def test_an_older_store_upgrades_in_place_and_reads_the_same_history(tmp_path: P
         store.finish_run("after-upgrade", later + timedelta(minutes=1), "complete", {})
         assert stored[0].first_seen == failing.first_seen
         assert failing.id in store.lifecycle_events("after-upgrade")["resolved"]
+        assert [(c.check, c.count, c.domains) for c in store.pass_counts("after-upgrade")] == [
+            (failing.check, 1, {failing.domain: 1})]  # kept as the run recorded it
         assert [finding_record(f) for f in store.findings_for_run(last)] == before["findings"][last]
     finally:
         store.close()
