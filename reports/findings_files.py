@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -27,13 +29,18 @@ REMEMBERED = 1024
 share one evidence body, and nearby rows share it most (memory stays flat)."""
 
 
-def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: Path | None) -> int:
+def write_findings_files(
+    rows: Iterable[Any], json_path: Path | None, csv_path: Path | None, *, continued: bool = False
+) -> int:
     """Write findings.json and/or findings.csv from a run's stored rows (``Store.iter_rows``: evidence and
     remediation as JSON text) with the same bytes as ``write_findings_json`` and ``write_findings_csv`` of the
     same findings, in one pass holding one row at a time; returns how many were written.
 
     findings.json has one finding per line, encoded by orjson (no space after separators). findings.csv's lines
-    are those of the csv module's default dialect, joined here: its writer costs more than the rest of a row."""
+    are those of the csv module's default dialect, joined here: its writer costs more than the rest of a row.
+
+    ``continued``: the rows are the last of files whose first rows were written apart (``join_findings_files``):
+    no opening bracket or header, and the first row follows one before it."""
     evidence = _Encoded()
     remediation = _Encoded(lambda body: {"action": body["action"], "params": body["params"]})
     times = _Times()
@@ -42,8 +49,9 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
     with (json_path.open("wb", buffering=WRITE_BUFFER) if json_path else _Nowhere()) as as_json, \
             (csv_path.open("w", buffering=WRITE_BUFFER, newline="", encoding="utf-8") if csv_path else _Nowhere()) \
             as as_csv:
-        as_csv.write(",".join(csv_fields(COLUMNS)) + "\r\n")
-        as_json.write(b"[")
+        if not continued:
+            as_csv.write(",".join(csv_fields(COLUMNS)) + "\r\n")
+            as_json.write(b"[")
         for row in rows:
             if pick is None:
                 pick = itemgetter(*(row._fields.index(name) for name in STORED))
@@ -54,7 +62,7 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
             remediation_json, remediation_field = remediation[remediation_text] if remediation_text else (None, "")
             first_iso, first_field = times[first_seen]
             last_iso, last_field = times[last_seen]
-            as_json.write(b",\n" if count else b"\n")
+            as_json.write(b",\n" if count or continued else b"\n")
             as_json.write(orjson.dumps({
                 "id": fingerprint, "check": check, "status": status, "severity": severity, "tenant": tenant,
                 "domain": domain, "subject": subject, "item": item, "title": title, "reason": reason,
@@ -66,8 +74,26 @@ def write_findings_files(rows: Iterable[Any], json_path: Path | None, csv_path: 
             as_csv.write(",".join((*texts[:10], evidence_field, remediation_field, first_field, last_field,
                                    *texts[10:])) + "\r\n")
             count += 1
-        as_json.write(b"\n]\n")
+        as_json.write(JSON_END)
     return count
+
+
+JSON_END = b"\n]\n"
+"""How findings.json ends, after its last row."""
+
+
+def join_findings_files(heads: Iterable[Path], tails: Iterable[Path]) -> None:
+    """Append each file of the last rows (written ``continued``) to the file of the first rows, in place of the
+    end of findings.json; the files of the last rows are removed."""
+    for head, tail in zip(heads, tails, strict=True):
+        with head.open("r+b") as joined, tail.open("rb") as rest:
+            if head.suffix == ".json":
+                joined.seek(-len(JSON_END), os.SEEK_END)
+                joined.truncate()
+            else:
+                joined.seek(0, os.SEEK_END)
+            shutil.copyfileobj(rest, joined, WRITE_BUFFER)
+        tail.unlink()
 
 
 class _Encoded(dict[str, tuple[orjson.Fragment, str]]):

@@ -577,6 +577,7 @@ def render_outputs(
                     senders=senders_of(config) if config is not None else None,
                     dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
             if writer is not None:
+                writer.share(store)
                 writer.wait()
         except FilesFailed as exc:
             raise OutputError(f"cannot write findings.json and findings.csv in {out_dir}: {exc}; run the command "

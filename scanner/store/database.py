@@ -1132,16 +1132,36 @@ class Store:
     @contextlib.contextmanager
     def iter_rows(
         self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
-        fingerprints: Sequence[str] | None = None,
+        fingerprints: Sequence[str] | None = None, from_tenant: str | None = None,
     ) -> Iterator[Iterator[Any]]:
         """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
-        text); for writers that need no Finding objects (reports/findings_files.py)."""
+        text); for writers that need no Finding objects (reports/findings_files.py). With ``from_tenant``, only the
+        rows of that tenant and those after it in the rows' order."""
         with self.engine.connect() as conn:
             # A recorded run keeps its own first and last seen, so it renders the same every time; a run whose
             # findings were never recorded has none and shows the live lifecycle.
             sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
-            query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, fingerprints=fingerprints)
+            query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, fingerprints=fingerprints,
+                                    from_tenant=from_tenant)
             yield iter(conn.execution_options(stream_results=True, yield_per=2000).execute(query))
+
+    def output_tenants(self, run_id: str) -> list[tuple[str, int]] | None:
+        """The tenants of a run's findings in the order ``iter_rows`` gives them, with how many rows each has; None
+        for a run whose passes were recorded before their counts were kept (the passes' tenants are not at hand
+        without reading every pass)."""
+        c = run_pass_counts.c
+        with self.engine.connect() as conn:
+            counted = conn.execute(sa.select(c.run_id).where(c.run_id == run_id).limit(1)).first() is not None
+            if not counted and conn.execute(sa.select(run_passes.c.run_id).where(
+                    run_passes.c.run_id == run_id).limit(1)).first() is not None:
+                return None
+            rows = sa.union_all(
+                sa.select(run_findings.c.tenant, sa.func.count().label("n")).where(run_findings.c.run_id == run_id)
+                .group_by(run_findings.c.tenant),
+                sa.select(c.tenant, sa.func.sum(c.n).label("n")).where(c.run_id == run_id).group_by(c.tenant),
+            ).subquery()
+            query = sa.select(rows.c.tenant, sa.func.sum(rows.c.n)).group_by(rows.c.tenant).order_by(rows.c.tenant)
+            return [(tenant, int(n)) for tenant, n in conn.execute(query)]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """How many findings of a run have each status (statuses with none are left out)."""
@@ -1543,7 +1563,7 @@ def _run_row(
 
 def _findings_query(
     run_id: str, statuses: Collection[Status] | None, *, sealed: bool, checks: Collection[str] | None = None,
-    fingerprints: Sequence[str] | None = None,
+    fingerprints: Sequence[str] | None = None, from_tenant: str | None = None,
 ) -> sa.CompoundSelect | sa.Select[Any]:
     """A run's findings: its full rows (every status but pass) and its passes, as one ordered query with the
     columns of ``run_findings``; JSON columns come as text, decoded by orjson. First and last seen are the run's
@@ -1562,6 +1582,8 @@ def _findings_query(
         full = full.where(run_findings.c.check_id.in_(sorted(checks)))
     if fingerprints is not None:
         full = full.where(run_findings.c.fingerprint.in_(fingerprints))
+    if from_tenant is not None:
+        full = full.where(run_findings.c.tenant >= from_tenant)
     parts: list[sa.Select[Any]] = [full]
     if wanted is None or Status.PASS.value in wanted:
         # A pass row is narrow: its check, tenant, subject and item are the finding's, its domain and title the
@@ -1588,6 +1610,8 @@ def _findings_query(
             parts[-1] = parts[-1].where(findings.c.check_id.in_(sorted(checks)))
         if fingerprints is not None:
             parts[-1] = parts[-1].where(run_passes.c.fingerprint.in_(fingerprints))
+        if from_tenant is not None:
+            parts[-1] = parts[-1].where(findings.c.tenant >= from_tenant)
     if len(parts) == 1:
         return full.order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
                              run_findings.c.check_id, run_findings.c.item)

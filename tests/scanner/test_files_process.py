@@ -12,16 +12,21 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from reports.outputs import OutputError
 from scanner import files_process
-from scanner.files_process import FilesProcess
+from checks.evaluate import fingerprint
+from scanner.files_process import FilesProcess, handing_over
 from scanner.pipeline import FILES_STEP, HALT_AT, HALT_FILE, render_outputs
 from scanner.store.database import Store
-from tests.reports.test_findings_files import NOW, _store, _tricky
+from tests.reports.test_findings_files import NOW, _findings, _store, _tricky
 
 
 @pytest.fixture(autouse=True)
@@ -67,6 +72,57 @@ def test_files_and_report_are_written_by_two_processes_with_the_in_process_bytes
     assert written["findings.csv"] == (tmp_path / "alone" / "findings.csv").read_bytes()
     assert written["report.html"] == (tmp_path / "report" / "report.html").read_bytes()
     assert b'"status":"pass"' in written["findings.json"] and b'"status":"fail"' in written["findings.json"]
+
+
+class _Row(NamedTuple):
+    tenant: str
+    n: int
+
+
+def test_the_second_process_hands_over_the_last_third_of_the_rows_it_has_not_reached() -> None:
+    rows = [_Row(tenant, n) for n, tenant in enumerate("aabcdde")]
+    weights = [("a", 2), ("b", 1), ("c", 1), ("d", 2), ("e", 1)]
+    parent, child = Pipe()
+    parent.send(weights)  # asked before the first row: answered when the rows reach "a"
+    assert list(handing_over(rows, child)) == rows[:6]  # a, a, b, c, d, d
+    assert parent.recv() == ("tail", ["e"])  # after "a": 5 rows, and a third of them is "e"'s alone
+    parent.send([("a", 2), ("b", 1), ("c", 9), ("d", 3), ("e", 1)])
+    assert list(handing_over(rows, child)) == rows[:4]  # after "a": 14 rows, "d" and "e" hold 4 of them
+    assert parent.recv() == ("tail", ["d", "e"])
+    parent.send(weights)
+    assert list(handing_over(rows[5:], child)) == rows[5:]  # from "d", one row is left: nothing to hand over
+    assert parent.recv() == ("tail", [])
+
+
+def test_this_process_writes_the_last_tenants_the_second_hands_over_with_the_same_bytes(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def asked_first(rows: Iterable[Any], conn: Connection) -> Iterator[Any]:
+        conn.poll(60)  # the second process (a copy of this one, patch included) waits to be asked before its rows
+        return handing_over(rows, conn)
+
+    assert files_process.start_method() == "fork"
+    monkeypatch.setattr(files_process, "handing_over", asked_first)
+    store = Store(store_url)
+    try:
+        store.start_run("r1", NOW, "d" * 64, "test")
+        spread = [replace(f, tenant=f"t{n % 6}", id=fingerprint(f.check, f"t{n % 6}", f.subject))
+                  for n, f in enumerate(_findings(600))]
+        store.record_findings("r1", [*spread, *_tricky()], NOW, ["@acme", *(f"t{n}" for n in range(6))])
+        store.finish_run("r1", NOW, "complete", {})
+        with caplog.at_level(logging.DEBUG, logger="scanner.files_process"):
+            both = render_outputs(store, "r1", tmp_path / "both")
+        alone = render_outputs(store, "r1", tmp_path / "alone", formats=("json", "csv"))
+    finally:
+        store.close()
+    # the second process is at the first of seven tenants: this one writes the last two, a third of the rows after it
+    [shared] = [r.getMessage() for r in caplog.records if "written by this process" in r.getMessage()]
+    assert shared.endswith("findings of 2 tenants written by this process")
+    assert both.counts == alone.counts
+    written = _files(tmp_path / "both")
+    assert written["findings.json"] == (tmp_path / "alone" / "findings.json").read_bytes()
+    assert written["findings.csv"] == (tmp_path / "alone" / "findings.csv").read_bytes()
+    assert sorted(written) == ["findings.csv", "findings.json", "manifest.json", "report.html"]
 
 
 def test_an_in_memory_store_keeps_the_files_in_this_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

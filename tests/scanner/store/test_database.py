@@ -426,10 +426,14 @@ def test_pass_counts_recorded_with_the_run_equal_those_counted_from_its_passes(s
     assert recorded[0].domains == {"acme.example": 3, "acme.test": 3}  # in code point order
     assert {c.title for c in recorded} == {"account.ghost a", "forwarding.external a"}  # the least, as min() gives
     assert totals[("acme", "pass", "high")] == 12 and totals[("acme", "fail", "high")] == 1
+    with store.iter_rows("r1") as rows:
+        tenants = [row.tenant for row in rows]
+    assert store.output_tenants("r1") == [("acme", 25), ("beta", 12)] == [(t, tenants.count(t)) for t in ("acme", "beta")]
     with store.engine.begin() as conn:  # as a run recorded before the counts were kept
         assert conn.execute(sa.text("DELETE FROM run_pass_counts")).rowcount == len(recorded)
     assert store.pass_counts("r1") == recorded
     assert store.finding_counts("r1") == totals
+    assert store.output_tenants("r1") is None  # its passes' tenants are not at hand
 
 
 def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Store) -> None:
