@@ -1352,14 +1352,16 @@ class Recording:
                 digest = evidence_hash(body)
                 if digest not in known:
                     bodies[digest] = body.decode("utf-8")
-                passes.append((run_id, fid, finding.severity.value, digest, event == "resolved", first, last))
-                key = (finding.check, finding.tenant, finding.severity.value)
+                severity = finding.severity.value
+                passes.append((run_id, fid, severity, digest, event == "resolved", first, last))
+                key = (finding.check, finding.tenant, severity)
                 group = passed.get(key)
                 if group is None:
                     group = passed[key] = ([finding.title], {})
                 elif finding.title < group[0][0]:
                     group[0][0] = finding.title
-                group[1][finding.domain] = group[1].get(finding.domain, 0) + 1
+                counts = group[1]
+                counts[finding.domain] = counts.get(finding.domain, 0) + 1
                 if row is None or row.domain is None:
                     fresh.append((fid, finding.domain, finding.title))
                 elif row.domain != finding.domain or row.title != finding.title:
