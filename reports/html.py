@@ -392,15 +392,13 @@ def _by_domain(pass_counts: Iterable[PassCount]) -> Iterator[PassCount]:
     come in code point order across its severities: a domain first named by the passes is numbered in that
     order. A check and tenant with passes at one severity (the common case) is given as it is."""
     for _, block in itertools.groupby(pass_counts, key=lambda c: (c.check, c.tenant)):
-        first, *more = block
-        if not more:
-            yield first
+        groups = list(block)
+        if len(groups) == 1:
+            yield groups[0]
             continue
-        merged = sorted((domain, i) for i, c in enumerate((first, *more)) for domain in c.domains)
-        groups = (first, *more)
-        for domain, i in merged:
-            group = groups[i]
-            yield group._replace(count=group.domains[domain], domains={domain: group.domains[domain]})
+        for domain, i in sorted((domain, i) for i, group in enumerate(groups) for domain in group.domains):
+            n = groups[i].domains[domain]
+            yield groups[i]._replace(count=n, domains={domain: n})
 
 
 _STATUS_INDEX = {s: i for i, s in enumerate(Status)}

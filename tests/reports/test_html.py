@@ -9,9 +9,9 @@ from pathlib import Path
 
 from checks.evaluate import fingerprint
 from scanner.model import Finding, Inventory, PolicyException, Severity, Status
-from reports.html import table_rows
+from reports.html import PageData, table_rows
 from scanner.pipeline import render_outputs, snapshot_items, write_outputs
-from scanner.store.database import Store
+from scanner.store.database import PassCount, Store
 
 NOW = datetime(2026, 11, 25, 6, tzinfo=UTC)
 
@@ -259,3 +259,18 @@ def test_report_memory_per_named_mailbox_holds_each_name_once(tmp_path: Path) ->
     small, large = _report_peak(tmp_path, 1_000, named=True), _report_peak(tmp_path, 10_000, named=True)
     per_mailbox = (large - small) / 9_000
     assert per_mailbox < 1_150, f"{per_mailbox:.0f} bytes of peak per named mailbox"
+
+
+def test_domains_first_named_by_passes_are_numbered_in_order_across_a_checks_severities() -> None:
+    counted = [  # as the store gives them: by check, tenant and severity, each one's domains in code point order
+        PassCount("dmarc.policy", "t", "acme", Severity.HIGH, 3, {"b.test": 1, "d.test": 2}),
+        PassCount("dmarc.policy", "t", "acme", Severity.LOW, 2, {"a.test": 1, "c.test": 1}),
+        PassCount("spf.present", "s", "acme", Severity.HIGH, 1, {"e.test": 1}),
+    ]
+    data = PageData({}).data({}, {}, counted)
+    assert data["domains"] == ["a.test", "b.test", "c.test", "d.test", "e.test"]
+    passes = {(data["checks"][check][0], data["severities"][severity]): (gaps, n)
+              for check, _, severity, gaps, n in data["passes"]}
+    # each domain number as the gap from the one before (from -1), then the counts (one number when all equal)
+    assert passes == {("dmarc.policy", "high"): ([2, 2], [1, 2]), ("dmarc.policy", "low"): ([1, 2], 1),
+                      ("spf.present", "high"): ([5], 1)}
