@@ -16,6 +16,7 @@ from scanner.adapters.base import Adapter, Collected
 from scanner.adapters.files import read_roster_file
 from scanner.config import Config, TenantConfig
 from scanner.dns.client import DnsClient, unreachable
+from scanner.dns.helper import DnsHelper, HelperSettings, merged_summary, worth_splitting
 from scanner.errors import AdapterError, ConfigError
 from scanner.model import Coverage, DnsFacts, Domain, Fact, FactState, Inventory, Mailbox, Person, Tenant
 from scanner.dns.mtasts import PolicyFetcher
@@ -124,14 +125,51 @@ ADAPTERS = {
 """Provider name -> the module whose ``build(tenant, config)`` makes its adapter."""
 
 
-def policy_fetcher(config: Config) -> PolicyFetcher:
+POLICY_CONCURRENCY = 16
+"""MTA-STS policies fetched at once in a run (split between the processes when two collect)."""
+
+
+def policy_fetcher(config: Config, concurrency: int = POLICY_CONCURRENCY) -> PolicyFetcher:
     """The run's MTA-STS policy fetcher, from ``[mta_sts]``; a CA bundle that cannot be loaded is a config error."""
-    settings = config.mta_sts
-    bundle = config.resolve_path(Path(settings.ca_bundle)) if settings.ca_bundle else None
     try:
-        return PolicyFetcher(port=settings.port, ca_bundle=bundle, timeout=settings.timeout)
+        return PolicyFetcher(port=config.mta_sts.port, ca_bundle=_ca_bundle(config), timeout=config.mta_sts.timeout,
+                             concurrency=concurrency)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{config.source}: mta_sts.ca_bundle: cannot load {bundle} ({exc})") from None
+        raise ConfigError(f"{config.source}: mta_sts.ca_bundle: cannot load {_ca_bundle(config)} ({exc})") from None
+
+
+def _ca_bundle(config: Config) -> Path | None:
+    return config.resolve_path(Path(config.mta_sts.ca_bundle)) if config.mta_sts.ca_bundle else None
+
+
+def dns_jobs(tenant: Tenant, config: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """A tenant's domains as DNS collects them: each name with the DKIM selectors asked there (none for a parked
+    domain)."""
+    selectors = {s for sender in tenant.senders for s in config.senders[sender].dkim_selectors}
+    selectors.update(tenant.dkim_selectors)
+    asked = tuple(sorted(selectors))
+    return [(d, asked) for d in tenant.domains] + [(d, ()) for d in tenant.parked_domains]
+
+
+class DomainFacts:
+    """Each domain's DNS facts for the run: collected by this process, or by the second one (scanner/dns/helper.py)
+    for the domains given to it, falling back to this one for any it did not send."""
+
+    def __init__(self, client: DnsClient, policies: PolicyFetcher, helper: DnsHelper | None = None,
+                 given: Mapping[tuple[str, str], int] | None = None) -> None:
+        self.client = client
+        self._policies = policies
+        self.helper = helper
+        self._given = given or {}
+
+    async def collect(self, tenant: str, name: str, selectors: tuple[str, ...]) -> DnsFacts:
+        """The facts of one of a tenant's domains."""
+        index = self._given.get((tenant, name))
+        if index is not None and self.helper is not None:
+            facts = await self.helper.facts(index)
+            if facts is not None:
+                return facts
+        return await self.client.collect_domain(name, selectors=selectors, policies=self._policies)
 
 
 def adapter_for(tenant: TenantConfig, config: Config) -> Adapter | None:
@@ -182,8 +220,7 @@ async def _collect_tenant(
     tenant: Tenant,
     settings: TenantConfig,
     config: Config,
-    dns_client: DnsClient,
-    policies: PolicyFetcher,
+    domain_facts: DomainFacts,
     progress: Callable[[str], None],
     sink: MailboxSink,
 ) -> _TenantResult:
@@ -237,17 +274,11 @@ async def _collect_tenant(
             result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.FAILED, str(exc)))
     else:
         result.coverage.append(Coverage(tenant.name, Fact.ROSTER, FactState.UNSUPPORTED, "no roster configured"))
-    names = [(d, False) for d in tenant.domains] + [(d, True) for d in tenant.parked_domains]
-    selectors = {s for sender in tenant.senders for s in config.senders[sender].dkim_selectors}
-    selectors.update(tenant.dkim_selectors)
-    facts = await asyncio.gather(
-        *(
-            dns_client.collect_domain(name, selectors=() if parked else selectors, policies=policies)
-            for name, parked in names
-        )
-    )
-    for (name, parked), dns_facts in zip(names, facts, strict=True):
-        result.domains.append(Domain(name, tenant.name, parked, collected.catch_all.get(name), dns_facts))
+    jobs = dns_jobs(tenant, config)
+    facts = await asyncio.gather(*(domain_facts.collect(tenant.name, name, selectors) for name, selectors in jobs))
+    parked = len(tenant.domains)
+    for i, ((name, _), dns_facts) in enumerate(zip(jobs, facts, strict=True)):
+        result.domains.append(Domain(name, tenant.name, i >= parked, collected.catch_all.get(name), dns_facts))
         result.problems += dns_problems(name, dns_facts)
     progress(tenant.name)
     return result
@@ -287,8 +318,7 @@ async def _collect_unit(
     tenant: Tenant,
     settings: TenantConfig,
     config: Config,
-    dns_client: DnsClient,
-    policies: PolicyFetcher,
+    domain_facts: DomainFacts,
     progress: Callable[[str], None],
     slots: asyncio.Semaphore,
     sink: MailboxSink,
@@ -302,7 +332,7 @@ async def _collect_unit(
         limit = config.scan.tenant_timeout
         try:
             result = await asyncio.wait_for(
-                _collect_tenant(tenant, settings, config, dns_client, policies, progress, sink), timeout=limit
+                _collect_tenant(tenant, settings, config, domain_facts, progress, sink), timeout=limit
             )
         except TimeoutError:
             why = f"collection timed out after {limit:g} s ([scan] tenant_timeout)"
@@ -330,16 +360,23 @@ async def collect(
     """
     kept = KeptMailboxes() if sink is None else None
     sink = kept if sink is None else sink
-    dns_client = DnsClient(config.dns.nameservers, timeout=config.dns.timeout, concurrency=config.dns.concurrency)
-    policies = policy_fetcher(config)
     tenants = config.tenant_models()
     slots = asyncio.Semaphore(config.scan.tenant_concurrency)
     chosen = [
         (t, s) for t, s in zip(tenants, config.tenants, strict=True) if only is None or t.name in only
     ]
-    units = await asyncio.gather(
-        *(_collect_unit(t, s, config, dns_client, policies, progress, slots, sink) for t, s in chosen)
-    )
+    jobs = [(t.name, job) for t, _ in chosen for job in dns_jobs(t, config)]
+    split = worth_splitting(len(jobs))
+    domain_facts = _domain_facts(config, jobs if split else [])
+    helper = domain_facts.helper
+    try:
+        units = await asyncio.gather(
+            *(_collect_unit(t, s, config, domain_facts, progress, slots, sink) for t, s in chosen)
+        )
+        theirs = await helper.summary() if helper is not None else None
+    finally:
+        if helper is not None:
+            helper.stop()
     results = [r for r, _ in units]
     outcomes = []
     for r, seconds in units:
@@ -365,4 +402,22 @@ async def collect(
         exceptions=config.exception_models(),
         coverage=tuple(c for r in results for c in r.coverage),
     )
-    return Collection(inventory, tuple(outcomes), dns_client.queries, dns_client.summary())
+    summary = merged_summary(domain_facts.client.summary(), theirs)
+    return Collection(inventory, tuple(outcomes), int(summary["questions"]), summary)
+
+
+def _domain_facts(config: Config, jobs: Sequence[tuple[str, tuple[str, tuple[str, ...]]]]) -> DomainFacts:
+    """How the run collects its domains' DNS: here alone, or with every other one of ``jobs`` (tenant, job) given
+    to a second process, each with half of the configured concurrency."""
+    if not jobs:
+        return DomainFacts(DnsClient(config.dns.nameservers, timeout=config.dns.timeout,
+                                     concurrency=config.dns.concurrency), policy_fetcher(config))
+    theirs = config.dns.concurrency // 2 or 1
+    ours = max(config.dns.concurrency - theirs, 1)
+    policies = policy_fetcher(config, POLICY_CONCURRENCY // 2)  # a CA bundle that cannot be loaded fails here first
+    given = jobs[1::2]
+    settings = HelperSettings(tuple(config.dns.nameservers), config.dns.timeout, theirs, config.mta_sts.port,
+                              _ca_bundle(config), config.mta_sts.timeout, POLICY_CONCURRENCY // 2)
+    helper = DnsHelper(settings, [job for _, job in given])
+    return DomainFacts(DnsClient(config.dns.nameservers, timeout=config.dns.timeout, concurrency=ours), policies,
+                       helper, {(tenant, name): i for i, (tenant, (name, _)) in enumerate(given)})

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import os
-import signal
-import threading
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
@@ -19,21 +15,10 @@ import sqlalchemy as sa
 
 from reports.findings_files import join_findings_files, write_findings_files
 from scanner.errors import StoreError
+from scanner.processes import as_child, start_method, start_process
 from scanner.store.database import Store, sqlite_file
 
 log = logging.getLogger(__name__)
-
-PARENT_POLL = 0.2
-"""Seconds between the second process's checks that the process that started it is still there."""
-
-
-def start_method() -> str:
-    """How the second process starts: ``fork`` (a copy of this process, started in milliseconds) when this process
-    has no other thread, ``spawn`` (a fresh interpreter, about half a second of imports) otherwise. A thread (the
-    scan lease's heartbeat, ``serve``'s workers) may hold a lock inside SQLite or libpq at the moment of a fork,
-    and a copy would wait on it forever."""
-    return "fork" if threading.active_count() == 1 else "spawn"
-
 
 SPAWN_FROM = 20_000
 """Findings from which a spawned process pays for its start (about half a second of imports, where writing the
@@ -66,18 +51,7 @@ class FilesProcess:
         self._shared = 0
         self._reply: tuple[Any, ...] | None = None
         # A forked copy never touches this process's engine: it opens its own from the URL.
-        context = multiprocessing.get_context(start_method())
-        self._conn, child_end = context.Pipe()
-        self._process = context.Process(target=_write, args=(child_end, os.getpid()),
-                                        name="mailwarden-findings-files", daemon=True)
-        # Ctrl-C reaches the whole process group: this process decides, and stops the other if it must. SIGINT is
-        # blocked while it starts (the mask is inherited, across exec too) until it has chosen to ignore it.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            self._process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-            child_end.close()
+        self._process, self._conn = start_process(_write, "mailwarden-findings-files")
         try:
             # The URL may carry the store's password: it goes over the pipe, never in argv or the environment.
             with contextlib.suppress(OSError):  # the process is gone already: ``wait`` says how it ended
@@ -167,10 +141,7 @@ class FilesFailed(Exception):
 
 def _write(conn: Connection, parent: int) -> None:
     """The second process: read the job from the pipe, write the files, send back what happened."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threading.Thread(target=_exit_without, args=(parent,), daemon=True).start()
+    as_child(parent)
     url, run_id, json_path, csv_path = conn.recv()
     try:
         store = Store(url, create=False)
@@ -235,9 +206,3 @@ def _last_share(tenants: Sequence[tuple[str, int]], share: float) -> list[str]:
         taken += tenants[cut][1]
     return [tenant for tenant, _ in tenants[cut:]]
 
-
-def _exit_without(parent: int) -> None:
-    """Exit at once when the parent is gone (killed): its temporary folder is removed by the next run."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL)
-    os._exit(1)
