@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from reports.findings_files import join_findings_files, write_findings_files
 from scanner.errors import StoreError
 from scanner.processes import as_child, start_method, start_process
-from scanner.store.database import Store, sqlite_file
+from scanner.store.database import Store
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,6 @@ in this process. A forked process always pays."""
 def worth_starting(store: Store, run_id: str) -> bool:
     """Whether a second process would finish the run's files sooner than this one (``SPAWN_FROM``)."""
     return start_method() == "fork" or sum(store.status_counts(run_id).values()) >= SPAWN_FROM
-
-
-def reopenable(store: Store) -> str | None:
-    """The URL another process can open this store by (a SQLite file or PostgreSQL), password included; None for a
-    store only this process can see (SQLite in memory)."""
-    if store.engine.dialect.name == "sqlite" and sqlite_file(store.engine) is None:
-        return None
-    return store.engine.url.render_as_string(hide_password=False)
 
 
 class FilesProcess:

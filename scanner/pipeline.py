@@ -31,7 +31,7 @@ from scanner.store.baseline import load_baselines
 from scanner.collect import Collection, collect, listed_twice
 from scanner.config import Config, RemediationConfig
 from scanner.errors import ConfigError, RunFailed
-from scanner.files_process import FilesFailed, FilesProcess, reopenable, worth_starting
+from scanner.files_process import FilesFailed, FilesProcess, worth_starting
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
 from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
@@ -471,6 +471,7 @@ def _record(
         counts = _judge_and_record(
             store, run_id, inventory, checks, config, now=as_of or started, recorded=started,
             complete=collection.complete_tenants, only=tenants, stop=stop, sweep=sweep,
+            apart=record_apart(len(inventory.domains) + sum(o.mailboxes for o in collection.outcomes)),
         )
     except (KeyboardInterrupt, asyncio.CancelledError):
         _fail(store, run_id, "stopped before it finished", state="interrupted")
@@ -490,20 +491,30 @@ def _record(
 
 _TENANT_STATUS = operator.attrgetter("tenant", "status")
 
+RECORD_APART_FROM = 2_000
+"""Subjects (domains and mailboxes) from which a scan's findings are written by a second process while it judges
+(``Store.recording(apart=True)``, scanner/store/writer.py): starting one costs about half a second (a fresh
+interpreter's imports), writing 2,000 subjects' findings about as much."""
+
+
+def record_apart(subjects: int) -> bool:
+    """Whether a run of this many subjects has its findings written by a second process, on a second core."""
+    return subjects >= RECORD_APART_FROM and len(os.sched_getaffinity(0)) >= 2
+
 
 def _judge_and_record(
     store: Store, run_id: str, inventory: Inventory, checks: Sequence[Check], config: Config, *, now: datetime,
     recorded: datetime, complete: Sequence[str], only: Sequence[str] | None, stop: threading.Event | None,
-    sweep: Sweeper,
+    sweep: Sweeper, apart: bool = False,
 ) -> dict[str, Counter[str]]:
     """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes, each a page
     of subjects at a time, so memory does not grow with the number of domains or mailboxes. Returns the findings
-    by tenant and status.
+    by tenant and status. ``apart``: a second process writes the rows (``Store.recording``).
 
     A ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
     counts: dict[str, Counter[str]] = {}
     policy, senders = policy_of(config), senders_of(config)
-    with paused_gc(), store.recording(run_id, recorded, complete) as recording:
+    with paused_gc(), store.recording(run_id, recorded, complete, apart=apart) as recording:
         lookup = StoredLookup(recording, [t.name for t in inventory.tenants])
         inventory = replace(inventory, lookup=lookup)
 
@@ -563,7 +574,7 @@ def render_outputs(
         json_path = folder / "findings.json" if "json" in formats else None
         csv_path = folder / "findings.csv" if "csv" in formats else None
         files = [p for p in (json_path, csv_path) if p is not None]
-        url = reopenable(store) if files and "html" in formats and worth_starting(store, run_id) else None
+        url = store.reopenable() if files and "html" in formats and worth_starting(store, run_id) else None
         writer = FilesProcess(url, run_id, json_path, csv_path) if url is not None else None
         try:
             if writer is None and files:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, S
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 import sqlalchemy as sa
@@ -33,6 +33,9 @@ from scanner.model import (
     Status,
     mailbox_from_plain,
 )
+
+if TYPE_CHECKING:
+    from scanner.store.writer import RecordingProcess
 
 metadata = sa.MetaData()
 
@@ -963,15 +966,40 @@ class Store:
                              domains, found)
 
     @contextlib.contextmanager
-    def recording(self, run_id: str, now: datetime, complete_tenants: Iterable[str]) -> Iterator[Recording]:
+    def recording(self, run_id: str, now: datetime, complete_tenants: Iterable[str], *,
+                  apart: bool = False) -> Iterator[Recording]:
         """A run's evaluation in one transaction: its staged mailboxes read back a page at a time, its findings
-        written as they come, and at the end the findings of subjects gone from complete tenants resolved."""
-        with self.engine.begin() as conn:
-            recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants))
-            yield recording
-            recording.count_passes()
-            recording.resolve_missing()
-            _seal(conn, run_id, now)
+        written as they come, and at the end the findings of subjects gone from complete tenants resolved.
+
+        ``apart``: the rows are written by a second process (scanner/store/writer.py) in its transaction, while
+        this one goes on judging and reads through a connection of its own; a store only this process can see is
+        written here all the same."""
+        url = self.reopenable() if apart else None
+        if url is None:
+            with self.engine.begin() as conn:
+                recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants),
+                                      Writes(conn))
+                yield recording
+                recording.finish()
+            return
+        from scanner.store.writer import RecordingProcess  # the second process's side imports this module
+
+        writer = RecordingProcess(url)
+        try:
+            with self.engine.connect() as conn:
+                recording = Recording(conn, run_id, self._position(conn, run_id)[0], now, set(complete_tenants),
+                                      writer)
+                yield recording
+                recording.finish()
+        finally:
+            writer.stop()
+
+    def reopenable(self) -> str | None:
+        """The URL another process can open this store by (a SQLite file or PostgreSQL), password included; None for
+        a store only this process can see (SQLite in memory)."""
+        if self.engine.dialect.name == "sqlite" and sqlite_file(self.engine) is None:
+            return None
+        return self.engine.url.render_as_string(hide_password=False)
 
     def _position(self, conn: Connection, run_id: str) -> tuple[int, datetime]:
         row = conn.execute(
@@ -1246,8 +1274,10 @@ STAGE_PAGE = 5000
 class Recording:
     """One run's findings, written page by page in one transaction (``Store.recording``)."""
 
-    def __init__(self, conn: Connection, run_id: str, seq: int, now: datetime, complete: set[str]) -> None:
+    def __init__(self, conn: Connection, run_id: str, seq: int, now: datetime, complete: set[str],
+                 write: Writes | RecordingProcess) -> None:
         self._conn = conn
+        self._write = write
         self._run_id = run_id
         self._seq = seq
         self._now = now
@@ -1256,7 +1286,6 @@ class Recording:
         # A store without findings (its first scan) has none to look up: a run records each finding once.
         self._first = conn.execute(sa.select(findings.c.fingerprint).limit(1)).first() is None
         self._evidence: set[str] = set()
-        self._batches: dict[str, _Batch] = {}
         self._passed: dict[tuple[str, str, str], tuple[list[str], dict[str, int]]] = {}
         """The run's passes counted so far, per check, tenant and severity: the least title, and each domain's."""
 
@@ -1306,8 +1335,9 @@ class Recording:
 
         A pass is a narrow ``run_passes`` row whose evidence is stored once per distinct body; every other
         status a full ``run_findings`` row. JSON is encoded once (orjson), rows are tuples in their statement's
-        column order, and each table gets one batched statement per call, compiled once per connection."""
-        conn, now, complete, run_id = self._conn, self._now, self._complete, self._run_id
+        column order, and each table gets one batched statement per call (``BATCHES``), compiled once per
+        connection, run by this process or by the second one writing the rows (``Store.recording``)."""
+        now, complete, run_id = self._now, self._complete, self._run_id
         # Rows go in in key order, so each lands beside the one before in the tables' b-trees rather than on a
         # random page of tables that grow to hundreds of thousands of rows.
         ordered = sorted(results, key=_BY_ID)
@@ -1372,38 +1402,22 @@ class Recording:
                 seen[fid] = (first, last)
         if out is not None:
             out.extend(replace(f, run_id=run_id, first_seen=seen[f.id][0], last_seen=seen[f.id][1]) for f in results)
-        if inserts:
-            self._batch("findings", lambda: _Batch(conn, sa.insert(findings), findings, _FINDING_KEYS))(inserts)
-        if updates:
-            self._batch("findings-update", lambda: _Batch(
-                conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
-                (*_MUTABLE, "fp")))(updates)
+        self._write([(name, rows) for name, rows in (
+            ("findings", inserts), ("findings-update", updates), ("evidence", sorted(bodies.items())),
+            ("context", fresh), ("context-update", changed), ("passes", passes), ("full", stored)) if rows])
         if bodies:
-            self._batch("evidence", lambda: _Batch(
-                conn, _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")))(
-                sorted(bodies.items()))
             self._remember(bodies)
-        if fresh:
-            self._batch("context", lambda: _Batch(
-                conn, sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")))(fresh)
-        if changed:
-            self._batch("context-update", lambda: _Batch(
-                conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")),
-                finding_context, ("fp", "domain", "title")))(changed)
-        if passes:
-            self._batch("passes", lambda: _Batch(conn, sa.insert(run_passes), run_passes, _PASS_KEYS))(passes)
-        if stored:
-            self._batch("full", lambda: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
-                                               encoded=("evidence", "remediation")))(stored)
 
-    def count_passes(self) -> None:
-        """Write the run's pass counts (``run_pass_counts``), once every finding is recorded."""
+    def finish(self) -> None:
+        """Once every finding is recorded: write the run's pass counts (``run_pass_counts``), resolve the open
+        findings of subjects gone from complete tenants, and seal the run (``_finish``)."""
         rows = [(self._run_id, check, tenant, severity, titles[0], sum(domains.values()),
                  orjson.dumps(dict(sorted(domains.items()))).decode("utf-8"))
                 for (check, tenant, severity), (titles, domains) in self._passed.items()]
         if rows:
-            self._conn.execute(sa.insert(run_pass_counts), [dict(zip(_COUNT_KEYS, row, strict=True)) for row in rows])
+            self._write([("counts", rows)])
         self._passed.clear()
+        self._write.finish(self._run_id, self._now, sorted(self._complete))
 
     def _existing(self, ids: Sequence[str]) -> dict[str, Any]:
         """The lifecycle and context rows of the findings with these ids that the store already has, by id."""
@@ -1415,34 +1429,51 @@ class Recording:
                 existing[row.fingerprint] = row
         return existing
 
-    def _batch(self, name: str, make: Callable[[], _Batch]) -> _Batch:
-        """The run's compiled statement of that name, compiled on first use."""
-        if name not in self._batches:
-            self._batches[name] = make()
-        return self._batches[name]
-
     def _remember(self, bodies: Mapping[str, str]) -> None:
         """Remember evidence hashes known to be stored, up to a bound (memory stays flat)."""
         if len(self._evidence) + len(bodies) > EVIDENCE_REMEMBERED:
             self._evidence.clear()
         self._evidence.update(bodies)
 
-    def resolve_missing(self) -> None:
-        """Resolve the open findings of complete tenants that this run did not report: the subject (or the
-        check) is gone from a tenant the run saw completely."""
-        if not self._complete:
-            return
+
+def _finish(conn: Connection, run_id: str, now: datetime, complete: Sequence[str]) -> None:
+    """The end of a run's recording, in its transaction: the open findings of complete tenants that the run did
+    not report are resolved (the subject, or the check, is gone from a tenant the run saw completely), and the run
+    is sealed."""
+    if complete:
         reported = sa.select(run_findings.c.fingerprint).where(
-            run_findings.c.run_id == self._run_id, run_findings.c.fingerprint == findings.c.fingerprint
+            run_findings.c.run_id == run_id, run_findings.c.fingerprint == findings.c.fingerprint
         ).exists()
         passed = sa.select(run_passes.c.fingerprint).where(
-            run_passes.c.run_id == self._run_id, run_passes.c.fingerprint == findings.c.fingerprint
+            run_passes.c.run_id == run_id, run_passes.c.fingerprint == findings.c.fingerprint
         ).exists()
-        self._conn.execute(
+        conn.execute(
             sa.update(findings)
-            .where(findings.c.is_open.is_(True), findings.c.tenant.in_(sorted(self._complete)), ~reported, ~passed)
-            .values(is_open=False, resolved_at=self._now, resolved_run=self._run_id)
+            .where(findings.c.is_open.is_(True), findings.c.tenant.in_(sorted(complete)), ~reported, ~passed)
+            .values(is_open=False, resolved_at=now, resolved_run=run_id)
         )
+    _seal(conn, run_id, now)
+
+
+class Writes:
+    """Where a recording's rows go when it writes them itself: its own connection, in its transaction, each kind
+    of row by its statement (``BATCHES``), compiled once."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._batches: dict[str, _Batch] = {}
+
+    def __call__(self, page: Sequence[tuple[str, Sequence[tuple[Any, ...]]]]) -> None:
+        """Write a page's rows: (name of ``BATCHES``, rows as tuples in its columns' order), in that order."""
+        for name, rows in page:
+            batch = self._batches.get(name)
+            if batch is None:
+                batch = self._batches[name] = BATCHES[name](self._conn)
+            batch(rows)
+
+    def finish(self, run_id: str, now: datetime, complete: Sequence[str]) -> None:
+        """Resolve and seal the run (``_finish``); the transaction commits when the recording ends."""
+        _finish(self._conn, run_id, now, complete)
 
 
 MIGRATION_LOCK = 0x6D77_6D69
@@ -1489,7 +1520,7 @@ _FULL_KEYS = ("run_id", "fingerprint", "check_id", "status", "severity", "tenant
               "title", "evidence", "reason", "remediation", "event", "caused_by", "first_seen", "last_seen")
 _COUNT_KEYS = ("run_id", "check_id", "tenant", "severity", "title", "n", "domains")
 """The columns of a row ``Recording.record`` writes to findings, run_passes and run_findings (and
-``Recording.count_passes`` to run_pass_counts), in its tuple's order."""
+``Recording.finish`` to run_pass_counts), in its tuple's order."""
 
 _EXISTING = sa.select(
     findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen, findings.c.resolved_at,
@@ -1539,6 +1570,24 @@ class _Batch:
             keys = self._keys
             return [dict(zip(keys, row)) for row in rows]
         return rows if self._order is None else list(map(self._order, rows))
+
+
+BATCHES: Mapping[str, Callable[[Connection], _Batch]] = {
+    "findings": lambda conn: _Batch(conn, sa.insert(findings), findings, _FINDING_KEYS),
+    "findings-update": lambda conn: _Batch(
+        conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings, (*_MUTABLE, "fp")),
+    "evidence": lambda conn: _Batch(conn, _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")),
+    "context": lambda conn: _Batch(
+        conn, sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")),
+    "context-update": lambda conn: _Batch(
+        conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")), finding_context,
+        ("fp", "domain", "title")),
+    "passes": lambda conn: _Batch(conn, sa.insert(run_passes), run_passes, _PASS_KEYS),
+    "full": lambda conn: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
+                                encoded=("evidence", "remediation")),
+    "counts": lambda conn: _Batch(conn, sa.insert(run_pass_counts), run_pass_counts, _COUNT_KEYS),
+}
+"""The statements a recording writes its rows with, by name (``Recording.record`` and ``finish``)."""
 
 EVIDENCE_REMEMBERED = 20000
 """How many evidence hashes a recording remembers as stored before it forgets them all (and inserts again,

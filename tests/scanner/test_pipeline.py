@@ -28,8 +28,14 @@ REFUSE = {
 """A store that takes everything but the run's passes: recording a page of findings fails."""
 
 
+APART = {"here": "", "apart": "import scanner.pipeline; scanner.pipeline.RECORD_APART_FROM = 0; "}
+"""How the scan is run: recording its findings itself, or with a second process writing them (every run large
+enough)."""
+
+
+@pytest.mark.parametrize("recorded", sorted(APART))
 def test_a_store_error_while_recording_findings_is_the_scans_one_line_error(
-    estate: ZoneServer, tmp_path: Path, store_url: str
+    estate: ZoneServer, tmp_path: Path, store_url: str, recorded: str
 ) -> None:
     path = _config(tmp_path, store_url, estate)
     _export(tmp_path, FIRST)
@@ -39,8 +45,8 @@ def test_a_store_error_while_recording_findings_is_the_scans_one_line_error(
             for statement in REFUSE[store.engine.dialect.name]:
                 conn.execute(sa.text(statement))
         done = subprocess.run(
-            [sys.executable, "-c", "from scanner.cli import main; main()", "scan", "--config", str(path),
-             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+            [sys.executable, "-c", APART[recorded] + "from scanner.cli import main; main()", "scan",
+             "--config", str(path), "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, timeout=120)
         assert done.returncode == 1, done.stderr
         lines = [line for line in done.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -62,10 +68,13 @@ def interrupted(mailbox: Mailbox, ctx) -> Result:  # type: ignore[no-untyped-def
     return Result.passed()
 
 
+@pytest.mark.parametrize("recorded", sorted(APART))
 def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
-    estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+    estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, recorded: str
 ) -> None:
     monkeypatch.setattr("scanner.pipeline.PAGE", 1)  # a page per mailbox: ann's and bob's are recorded first
+    if recorded == "apart":
+        monkeypatch.setattr("scanner.pipeline.RECORD_APART_FROM", 0)
     config = load_config(_config(tmp_path, store_url, estate))
     _export(tmp_path, FIRST)
     store = Store(store_url)
