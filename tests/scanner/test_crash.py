@@ -126,12 +126,15 @@ def _manifest_holds(out: Path) -> dict[str, str]:
     return {name: entry["sha256"] for name, entry in manifest["files"].items()}
 
 
-def _halted_scan(config: Path, out: Path, step: str, sig: int) -> subprocess.CompletedProcess[str]:
-    """``mailwarden scan`` in a subprocess, halted at ``step`` by the test hook, then sent ``sig``."""
+def _halted_scan(config: Path, out: Path, step: str, sig: int, apart: bool = False) -> subprocess.CompletedProcess[str]:
+    """``mailwarden scan`` in a subprocess, halted at ``step`` by the test hook, then sent ``sig``; ``apart``: its
+    findings written by a second process (scanner/store/writer.py), as a large run's are."""
     marker = config.parent / f"halt-{step}"
     env = {**os.environ, HALT_AT: step, HALT_FILE: str(marker)}
+    code = ("import scanner.pipeline; scanner.pipeline.RECORD_APART_FROM = 0; " if apart else "") + (
+        "from scanner.cli import main; main()")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from scanner.cli import main; main()", "scan", "--config", str(config),
+        [sys.executable, "-c", code, "scan", "--config", str(config),
          "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=config.parent)
     deadline = time.monotonic() + 60
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
@@ -144,9 +147,12 @@ def _halted_scan(config: Path, out: Path, step: str, sig: int) -> subprocess.Com
 
 # Every step with both signals on SQLite; on PostgreSQL the steps around its transactions: the snapshot just
 # committed, the findings' transaction open, the findings committed (outputs).
-CASES = [("sqlite", step, sig) for sig in (signal.SIGKILL, signal.SIGTERM) for step in STEPS] + [
-    ("postgresql", step, signal.SIGKILL) for step in ("snapshot", "findings", "outputs")] + [
-    ("postgresql", "findings", signal.SIGTERM)]
+# The findings' transaction open in a second process writing them: killed with the scan, or rolled back at its stop.
+CASES = [("sqlite", step, sig, False) for sig in (signal.SIGKILL, signal.SIGTERM) for step in STEPS] + [
+    ("postgresql", step, signal.SIGKILL, False) for step in ("snapshot", "findings", "outputs")] + [
+    ("postgresql", "findings", signal.SIGTERM, False)] + [
+    (backend, "findings", sig, True) for backend in ("sqlite", "postgresql")
+    for sig in (signal.SIGKILL, signal.SIGTERM)]
 
 
 @pytest.fixture(scope="module")
@@ -155,10 +161,11 @@ def references() -> dict[bool, History]:
     return {}
 
 
-@pytest.mark.parametrize(("store_url", "step", "sig"), CASES, indirect=["store_url"],
-                         ids=[f"{b}-{s}-{signal.Signals(g).name}" for b, s, g in CASES])
+@pytest.mark.parametrize(("store_url", "step", "sig", "apart"), CASES, indirect=["store_url"],
+                         ids=[f"{b}-{s}-{signal.Signals(g).name}{'-apart' if a else ''}" for b, s, g, a in CASES])
 def test_a_scan_stopped_at_any_step_leaves_the_next_scan_as_if_never_interrupted(
-    estate: ZoneServer, tmp_path: Path, store_url: str, step: str, sig: int, references: dict[bool, History]
+    estate: ZoneServer, tmp_path: Path, store_url: str, step: str, sig: int, apart: bool,
+    references: dict[bool, History],
 ) -> None:
     path = _config(tmp_path, store_url, estate)
     config = load_config(path)
@@ -172,7 +179,7 @@ def test_a_scan_stopped_at_any_step_leaves_the_next_scan_as_if_never_interrupted
         before = _manifest_holds(out)
         _export(tmp_path, SECOND)
 
-        halted = _halted_scan(path, out, step, sig)
+        halted = _halted_scan(path, out, step, sig, apart)
         if sig == signal.SIGKILL:
             assert halted.returncode == -signal.SIGKILL
         else:

@@ -16,6 +16,7 @@ from scanner.loopback.zoneserver import ZoneServer
 from scanner.model import Mailbox, Scope, Severity
 from scanner.pipeline import ScanInterrupted, run_scan
 from scanner.store.database import Store
+from scanner.store.writer import RecordingProcess
 from tests.scanner.test_crash import FIRST, _config, _export, estate  # noqa: F401 - the estate fixture
 
 REFUSE = {
@@ -73,8 +74,16 @@ def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
     estate: ZoneServer, tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, recorded: str
 ) -> None:
     monkeypatch.setattr("scanner.pipeline.PAGE", 1)  # a page per mailbox: ann's and bob's are recorded first
+    writers: list[RecordingProcess] = []
     if recorded == "apart":
         monkeypatch.setattr("scanner.pipeline.RECORD_APART_FROM", 0)
+        started = RecordingProcess.__init__
+
+        def kept(self, url):  # type: ignore[no-untyped-def]
+            started(self, url)
+            writers.append(self)
+
+        monkeypatch.setattr(RecordingProcess, "__init__", kept)
     config = load_config(_config(tmp_path, store_url, estate))
     _export(tmp_path, FIRST)
     store = Store(store_url)
@@ -83,6 +92,7 @@ def test_an_interrupt_while_pages_are_recorded_keeps_none_of_the_runs_findings(
             run_scan(config, tmp_path / "out", store=store, checks=(*load_checks(), interrupted))
         assert store.run(caught.value.run_id).state == "interrupted"
         assert store.findings_for_run(caught.value.run_id) == []
+        assert len(writers) == (recorded == "apart") and not any(w._process.is_alive() for w in writers)
         with store.engine.connect() as conn:
             assert conn.execute(sa.text("SELECT count(*) FROM findings")).scalar() == 0
         assert run_scan(config, tmp_path / "out", store=store).run.state == "complete"
