@@ -707,7 +707,7 @@ def _bars(counts: Mapping[str, int], total: int) -> list[tuple[str, int, float]]
 def render_report(
     store: Store, run: RunRecord, events: Mapping[str, Sequence[str]], path: Path,
     remediation: RemediationConfig | None = None, *, senders: Mapping[str, Sender] | None = None,
-    dmarc_window_days: int = 14,
+    dmarc_window_days: int = 14, reader: Callable[[Finding], None] | None = None, causes: CauseIndex | None = None,
 ) -> Path:
     """Write report.html for a stored run, reading its findings, history, snapshot and exceptions from the store.
 
@@ -716,7 +716,9 @@ def render_report(
     on exceptions and what they cover) are read by themselves. With ``remediation`` (the ``[remediation]``
     config) naming a base URL and a secret, each failing finding with a job carries its signed link.
     ``senders`` (the sender catalogue) names the sources the DMARC aggregate reports show over the
-    ``dmarc_window_days`` before the run.
+    ``dmarc_window_days`` before the run. ``reader`` sees each finding that is not a pass as the page reads it,
+    and ``causes`` is the index of root causes the page fills (the scan's console summary, which then need not
+    read them again).
     """
     exceptions = list(store.snapshot(run.id, "exception").values())
     # The resolved findings the summary names: the first LISTED in its order (``_named``), read whole.
@@ -739,7 +741,7 @@ def render_report(
     points = trend(store, run, events, counts, earlier, cache)
     with store.iter_findings(run.id, [s for s in Status if s is not Status.PASS]) as shown:
         return render_html(
-            run, shown, events, path,
+            run, shown if reader is None else _read_by(reader, shown), events, path,
             exceptions=exceptions,
             domains=store.iter_snapshot(run.id, "domain"),
             names_of=lambda subjects: _display_names(store, run, subjects),
@@ -754,7 +756,15 @@ def render_report(
             pass_counts=passes,
             named_passes=named,
             findings_named=lambda ids: store.findings_named(run.id, ids),
+            causes=causes,
         )
+
+
+def _read_by(reader: Callable[[Finding], None], findings: Iterable[Finding]) -> Iterator[Finding]:
+    """The findings, each shown to ``reader`` first."""
+    for f in findings:
+        reader(f)
+        yield f
 
 
 def _display_names(store: Store, run: RunRecord, subjects: Collection[str]) -> Iterator[tuple[str, str]]:
@@ -786,6 +796,7 @@ def render_html(
     named_passes: Sequence[Finding] = (),
     names_of: Callable[[Collection[str]], Mapping[str, str] | Iterable[tuple[str, str]]] | None = None,
     findings_named: FindingsNamed | None = None,
+    causes: CauseIndex | None = None,
 ) -> Path:
     """Write the report for one run; ``exceptions`` and ``domains`` are the run's snapshot of those kinds.
 
@@ -799,12 +810,14 @@ def render_html(
     ``names_of`` reads them (or their pairs) for the subjects the findings name, once they are read.
     ``previous`` is the finished run before this one: without it, nothing is called new or resolved.
     ``findings_named`` reads again the findings of the root causes shown (``Store.findings_named``); without it,
-    ``findings`` must be a sequence, searched for them.
+    ``findings`` must be a sequence, searched for them. ``causes``: the index of root causes to fill (the
+    caller's, to read the causes again afterwards), a new one without it.
     """
     exceptions = list(exceptions)
     events = events if previous is not None else {}
     reading = _Reading(events, exceptions, signer, counted=counts is None,
-                       tally=controls if isinstance(controls, ControlTally) else None)
+                       tally=controls if isinstance(controls, ControlTally) else None,
+                       causes=causes if causes is not None else CauseIndex())
     for f in findings:
         reading.add(f)
     counts = counts if counts is not None else reading.counts
@@ -883,11 +896,11 @@ class _Reading:
     gaps and control tallies, counts when none were given, and only the findings the page names."""
 
     def __init__(self, events: Mapping[str, Sequence[str]], exceptions: Sequence[Mapping[str, Any]],
-                 signer: Signer | None, *, counted: bool, tally: ControlTally | None) -> None:
+                 signer: Signer | None, *, counted: bool, tally: ControlTally | None, causes: CauseIndex) -> None:
         self.page = PageData(events, signer)
         self.coverage = Coverage()
         self.counts: Counter[tuple[str, str, str]] = Counter()
-        self.causes = CauseIndex()
+        self.causes = causes
         self.named: list[Finding] = []
         """The new, reopened and resolved findings (the summary names them)."""
         self.excepting: list[Finding] = []

@@ -138,8 +138,8 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
     One line per root cause (a check's findings on one subject together, with what follows from it),
     and collection problems summarised without -v, so the console alone says what to look at.
     """
-    from reports.rootcause import CauseIndex, among
-    from scanner.pipeline import StoredFindings
+    from reports.rootcause import among
+    from scanner.pipeline import Notables, StoredFindings
 
     counts = result.counts
     tenants = result.run.scope.get("tenants", {})
@@ -149,14 +149,11 @@ def _summarize(result: ScanResult, out_dir: Path, next_steps: list[tuple[str, st
         click.echo(f"  {name}: {scope['state']}, {scope['domains']} domains, {scope['mailboxes']} mailboxes{problems}")
     _dns_summary(result.run.scope.get("dns") or {})
     click.echo("findings: " + ", ".join(f"{counts.get(s.value, 0)} {s.value}" for s in Status))
-    # One read of what the summary names (``result.notable`` streams from the store), keeping compact figures of
-    # the root causes and the reasons of the undecided checks; the causes listed are read again by id.
-    index = CauseIndex()
-    undecided: dict[tuple[str, str], set[str]] = {}
-    for f in result.notable:
-        index.add(f)
-        if f.status is Status.ERROR:
-            undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
+    # Compact figures of the root causes and of the undecided checks' reasons, gathered while report.html read
+    # the findings that are not passes, or else in one read of them now (``result.notable`` streams from the
+    # store); the causes listed are read again by id.
+    read = result.read if result.read is not None else Notables.of(result.notable)
+    index, undecided = read.causes, read.undecided
     notable = result.notable
     causes = index.causes(notable.named if isinstance(notable, StoredFindings) else among(notable),
                           limit=FIX_FIRST_LINES)

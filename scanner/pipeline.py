@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +24,7 @@ from checks.evaluate import evaluate_pages
 from checks.registry import Check, Policy, Sender, load_checks, unknown_check_ids
 from reports.findings_files import write_findings_files
 from reports.html import render_report
+from reports.rootcause import CauseIndex
 from reports.outputs import OutputError, publish
 from scanner import __version__
 from scanner.adapters.base import PAGE
@@ -103,6 +104,33 @@ class StoredFindings(Sequence[Finding]):
         return self._store.findings_named(self._run_id, ids)
 
 
+class Notables:
+    """What a scan's console summary needs of the findings that are not passes, gathered as they are read once: the
+    root causes (``CauseIndex``) and, per tenant and reason, the checks that could not decide."""
+
+    def __init__(self) -> None:
+        self.causes = CauseIndex()
+        self.undecided: dict[tuple[str, str], set[str]] = {}
+
+    def add(self, f: Finding) -> None:
+        """Read one finding."""
+        self.causes.add(f)
+        self.note(f)
+
+    def note(self, f: Finding) -> None:
+        """Read one finding for its undecided check only (report.html fills ``causes`` itself)."""
+        if f.status is Status.ERROR:
+            self.undecided.setdefault((f.tenant, f.reason or "no reason given"), set()).add(f.check)
+
+    @classmethod
+    def of(cls, findings: Iterable[Finding]) -> Notables:
+        """The figures of these findings, read now."""
+        notables = cls()
+        for f in findings:
+            notables.add(f)
+        return notables
+
+
 @dataclass(frozen=True, slots=True)
 class Outputs:
     """What rendering a run wrote, with the figures a summary needs (from SQL, not from every finding)."""
@@ -116,6 +144,8 @@ class Outputs:
     notable: Sequence[Finding]
     """Every finding that is not a pass (failing, excepted, skipped, error, unsupported), in output order: a view
     of the store (``StoredFindings``), read when iterated."""
+    read: Notables | None = None
+    """The summary's figures of ``notable``, gathered while report.html read them (None without report.html)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +160,8 @@ class ScanResult:
     failing: Mapping[str, int] = field(default_factory=dict)
     notable: Sequence[Finding] = ()
     """The findings that are not passes (what the summary and the report show one by one), read when iterated."""
+    read: Notables | None = None
+    """The summary's figures of ``notable`` when report.html has read them already."""
 
 
 @contextlib.contextmanager
@@ -370,7 +402,7 @@ def run_scan(
         except sa.exc.SQLAlchemyError as exc:
             raise _store_failed(store, run_id, exc) from None
     return ScanResult(outputs.run, StoredFindings(store, run_id), outputs.files, dns_queries=dns_queries,
-                      counts=outputs.counts, failing=outputs.failing, notable=outputs.notable)
+                      counts=outputs.counts, failing=outputs.failing, notable=outputs.notable, read=outputs.read)
 
 
 def _new_run(config: Config, tenants: Sequence[str] | None, now: datetime | None) -> tuple[str, datetime]:
@@ -567,8 +599,10 @@ def render_outputs(
     findings.json and findings.csv stream from one cursor, so their memory does not grow with the findings;
     the report streams the findings that are not passes from another, and the counts come from SQL. When
     report.html is wanted too and another process can open the store, a second process writes the two files
-    (scanner/files_process.py) while this one renders the report."""
+    (scanner/files_process.py) while this one renders the report. The report's reading of the findings that are
+    not passes also gathers what the console summary needs of them (``Outputs.read``)."""
     run = store.run(run_id)
+    read = Notables() if "html" in formats else None
 
     def render(folder: Path) -> list[Path]:
         json_path = folder / "findings.json" if "json" in formats else None
@@ -586,7 +620,8 @@ def render_outputs(
                 files.append(render_report(
                     store, run, store.lifecycle_events(run_id), folder / "report.html", remediation,
                     senders=senders_of(config) if config is not None else None,
-                    dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14))
+                    dmarc_window_days=config.policy.dmarc_window_days if config is not None else 14,
+                    reader=read.note if read is not None else None, causes=read.causes if read is not None else None))
             if writer is not None:
                 writer.share(store)
                 writer.wait()
@@ -605,4 +640,4 @@ def render_outputs(
         if status == Status.FAIL.value:
             failing[severity] += n
     notable = StoredFindings(store, run_id, NOTABLE)
-    return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), notable)
+    return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), notable, read)

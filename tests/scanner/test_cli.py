@@ -168,6 +168,33 @@ def test_the_console_after_a_scan_says_what_to_fix_what_failed_and_what_next(con
     ]
 
 
+def test_the_summary_uses_what_the_report_read(config: Path, add_zone, tmp_path: Path, monkeypatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """The findings that are not passes are read once, by report.html, and the console says what it would say
+    reading them again itself."""
+    from dataclasses import replace
+
+    from scanner import cli
+    from scanner.config import load_config
+
+    add_zone("acme.example", ZONE.replace("p=reject", "p=none").replace("ip4:127.0.0.10 -all", "?all"))
+    reads: list[object] = []
+    iter_findings = Store.iter_findings
+
+    def counted(self, run_id, statuses=None, **kwargs):  # type: ignore[no-untyped-def]
+        if statuses is not None and not kwargs:  # a read of every finding of some statuses, not some by id
+            reads.append(statuses)
+        return iter_findings(self, run_id, statuses, **kwargs)
+
+    monkeypatch.setattr(Store, "iter_findings", counted)
+    steps = [("fix", "mailwarden remediate --check CHECK_ID")]
+    result = cli._scan(load_config(config), tmp_path / "out", None, next_steps=steps)
+    said = capsys.readouterr().out
+    assert result.read is not None and len(reads) == 1 and "fix first (" in said
+    cli._summarize(replace(result, read=None), tmp_path / "out", steps)  # the summary reading them itself
+    assert len(reads) == 2 and capsys.readouterr().out == said
+
+
 def test_collection_problems_are_summarised_without_verbose(tmp_path: Path) -> None:
     import socket
 
