@@ -35,7 +35,7 @@ from scanner.errors import ConfigError, RunFailed
 from scanner.files_process import FilesFailed, FilesProcess, worth_starting
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
-from scanner.model import Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
+from scanner.model import Domain, Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
 from scanner.store.database import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -217,9 +217,10 @@ def senders_of(config: Config) -> dict[str, Sender]:
     }
 
 
-def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str]]:
-    """Every object a run saw, as (kind, key, plain body, scope) for the store; the scope is the tenant."""
-    for domain in inventory.domains:
+def snapshot_items(inventory: Inventory, *, domains: bool = True) -> Iterator[tuple[str, str, object, str]]:
+    """Every object a run saw, as (kind, key, plain body, scope) for the store; the scope is the tenant. Without
+    ``domains`` when they are staged already (``StagedMailboxes.domains``)."""
+    for domain in inventory.domains if domains else ():
         yield "domain", f"{domain.tenant}/{domain.name}", plain(domain), domain.tenant
     for mailbox in inventory.mailboxes:
         yield "mailbox", f"{mailbox.tenant}/{mailbox.address}", plain(mailbox), mailbox.tenant
@@ -231,10 +232,9 @@ def snapshot_items(inventory: Inventory) -> Iterator[tuple[str, str, object, str
 
 
 def stage_snapshot(store: Store, run_id: str, inventory: Inventory) -> None:
-    """Stage what the run saw besides the mailboxes (staged as they came), a page at a time: a roster of 100,000
-    people staged in one call was held as 100,000 rows at once (+135 MB), ten thousand domains' DNS answers the
-    same."""
-    items = snapshot_items(inventory)
+    """Stage what the run saw besides the mailboxes and domains (staged as they came), a page at a time: a roster
+    of 100,000 people staged in one call was held as 100,000 rows at once (+135 MB)."""
+    items = snapshot_items(inventory, domains=False)
     while page := list(itertools.islice(items, PAGE)):
         store.stage(run_id, page)
 
@@ -270,8 +270,14 @@ class StagedMailboxes:
         return [listed_twice(key.partition("/")[2]) for key in repeated]
 
     def drop(self, tenant: str) -> None:
-        """Unstage a failed tenant's mailboxes."""
+        """Unstage a failed tenant's mailboxes (and anything else staged for it)."""
         self._store.unstage(self._run_id, tenant)
+
+    def domains(self, tenant: str, domains: Sequence[Domain]) -> None:
+        """Stage a page of a tenant's domains as collected: the scan's event loop would otherwise wait for the DNS
+        of other tenants (or the second collecting process), and staging them after collection cost 4–5 s of a
+        10,000-domain scan on its own."""
+        self._store.stage(self._run_id, [("domain", f"{d.tenant}/{d.name}", plain(d), d.tenant) for d in domains])
 
 
 class StoredLookup:
