@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from reports.findings_files import join_findings_files, write_findings_files
 from scanner.errors import StoreError
-from scanner.processes import as_child, start_method, start_process
+from scanner.processes import as_child, how_it_ended, next_message, start_method, start_process, stop_process
 from scanner.store.database import Store
 
 log = logging.getLogger(__name__)
@@ -89,11 +89,7 @@ class FilesProcess:
 
     def _received(self) -> tuple[Any, ...] | None:
         """The process's next message; None when it died (the pipe was closed, or reset with the job unread)."""
-        wait([self._conn, self._process.sentinel])
-        try:
-            return self._conn.recv() if self._conn.poll() else None  # type: ignore[no-any-return]
-        except (EOFError, OSError):
-            return None
+        return next_message(self._process, self._conn)  # type: ignore[no-any-return]
 
     def wait(self) -> int:
         """Wait for the files; returns how many findings they hold. The process's OSError (a full disk) is raised
@@ -102,9 +98,7 @@ class FilesProcess:
         reply = self._reply or self._received()
         self._process.join()
         if reply is None:
-            code = self._process.exitcode
-            how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
-            raise FilesFailed(f"their process {how}")
+            raise FilesFailed(f"their process {how_it_ended(self._process)}")
         kind, *details = reply
         if kind == "oserror":
             number, text, filename = details
@@ -120,10 +114,7 @@ class FilesProcess:
     def stop(self) -> None:
         """Kill the process if it still runs, and reap it (the files it leaves are in the caller's temporary
         folder, removed with it)."""
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
-        self._conn.close()
+        stop_process(self._process, self._conn)
 
 
 class FilesFailed(Exception):

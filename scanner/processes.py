@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 PARENT_POLL = 0.2
@@ -37,6 +37,30 @@ def start_process(target: Any, name: str, *args: Any) -> tuple[multiprocessing.p
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child_end.close()
     return process, conn
+
+
+def next_message(process: multiprocessing.process.BaseProcess, conn: Connection) -> Any | None:
+    """A second process's next message; None when it died without one (the pipe closed, or reset unread)."""
+    wait([conn, process.sentinel])
+    try:
+        return conn.recv() if conn.poll() else None
+    except (EOFError, OSError):
+        return None
+
+
+def how_it_ended(process: multiprocessing.process.BaseProcess) -> str:
+    """How a second process that said nothing ended, once reaped: killed by which signal, or its exit status."""
+    process.join()
+    code = process.exitcode
+    return f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
+
+
+def stop_process(process: multiprocessing.process.BaseProcess, conn: Connection) -> None:
+    """Kill a second process if it still runs, reap it, and close the pipe to it."""
+    if process.is_alive():
+        process.kill()
+    process.join()
+    conn.close()
 
 
 def as_child(parent: int) -> None:

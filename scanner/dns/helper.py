@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from scanner.model import DnsFacts
-from scanner.processes import as_child, start_process
+from scanner.processes import as_child, start_process, stop_process
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +107,7 @@ class DnsHelper:
     def stop(self) -> None:
         """Kill the process if it still runs, and reap it."""
         self._stopping = True
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
-        self._conn.close()
+        stop_process(self._process, self._conn)
 
     def _read(self) -> None:
         """The reader thread: hand each message to the event loop, then the end (a summary, or the pipe closed)."""

@@ -13,12 +13,12 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Sequence
 from datetime import datetime
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
 
 import sqlalchemy as sa
 
-from scanner.processes import as_child, start_process
+from scanner.processes import as_child, how_it_ended, next_message, start_process, stop_process
 
 
 class RecordingFailed(sa.exc.SQLAlchemyError):
@@ -62,28 +62,18 @@ class RecordingProcess:
 
     def stop(self) -> None:
         """Kill the process if it still runs (its transaction is rolled back), and reap it."""
-        if self._process.is_alive():
-            self._process.kill()
-        self._process.join()
-        self._conn.close()
+        stop_process(self._process, self._conn)
 
     def _reply(self) -> tuple[Any, ...] | None:
         """The process's next message; None when it died without one."""
-        wait([self._conn, self._process.sentinel])
-        try:
-            return self._conn.recv() if self._conn.poll() else None  # type: ignore[no-any-return]
-        except (EOFError, OSError):
-            return None
+        return next_message(self._process, self._conn)  # type: ignore[no-any-return]
 
     def _failure(self, reply: tuple[Any, ...] | None = None) -> RecordingFailed:
         """Why the process did not write the rows: its own error, or how it ended."""
         reply = reply or self._reply()
         if reply is not None and reply[0] == "error":
             return RecordingFailed(reply[1])
-        self._process.join()
-        code = self._process.exitcode
-        how = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with status {code}"
-        return RecordingFailed(f"the process writing the findings {how}")
+        return RecordingFailed(f"the process writing the findings {how_it_ended(self._process)}")
 
 
 def _write(conn: Connection, parent: int) -> None:
