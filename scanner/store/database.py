@@ -89,8 +89,11 @@ findings = sa.Table(
     sa.Column("last_seen", sa.DateTime(timezone=True)),
     sa.Column("resolved_at", sa.DateTime(timezone=True)),
     sa.Column("resolved_run", sa.String(40)),
+    sa.Column("domain", sa.String(255)),  # the domain and title its latest pass recorded (null until one did)
+    sa.Column("title", sa.String(255)),
 )
-"""Each finding's lifecycle."""
+"""Each finding's lifecycle, and the domain and title of its latest pass (a pass's row in ``run_passes`` has
+neither)."""
 
 sa.Index("ix_findings_open_tenant", findings.c.tenant, sqlite_where=findings.c.is_open.is_(True),
          postgresql_where=findings.c.is_open.is_(True))
@@ -414,23 +417,26 @@ run_passes = sa.Table(
     sqlite_with_rowid=False,  # SQLite: the rows live in the primary key's b-tree, not beside a copy of it
 )
 """A run's passing findings, compactly: which finding passed, with what severity and evidence (by hash); the
-check, tenant and subject are the finding's (``findings``), its domain and title in ``finding_context``.
+check, tenant and subject are the finding's (``findings``), and so are its domain and title, as its latest pass
+recorded them.
 Every other status keeps its full row in ``run_findings``."""
 
 finding_context = sa.Table(
     "finding_context",
-    metadata,
-    sa.Column("fingerprint", sa.String(40), sa.ForeignKey("findings.fingerprint"), primary_key=True),
+    sa.MetaData(),
+    sa.Column("fingerprint", sa.String(40), primary_key=True),
     sa.Column("domain", sa.String(255), nullable=False),
     sa.Column("title", sa.String(255), nullable=False),
     sqlite_with_rowid=False,
 )
-"""The domain and title of a finding as its latest pass recorded them (written only when they change)."""
+"""Versions 9 to 11: the domain and title of a finding as its latest pass recorded them, a table of its own (version
+12 moved them into ``findings``)."""
 
 
 def _migration_compact_passes(conn: Connection) -> None:
     """Version 9: compact passes (issue 17); moves the passes recorded in ``run_findings`` into ``run_passes``."""
-    metadata.create_all(conn, tables=[evidence, finding_context, run_passes])
+    metadata.create_all(conn, tables=[evidence, run_passes])
+    finding_context.create(conn, checkfirst=True)
     query = (sa.select(run_findings.c.run_id, run_findings.c.fingerprint, run_findings.c.severity,
                        run_findings.c.domain, run_findings.c.title, run_findings.c.evidence, run_findings.c.event,
                        run_findings.c.first_seen, run_findings.c.last_seen)
@@ -498,9 +504,27 @@ def _migration_pass_counts(conn: Connection) -> None:
     metadata.create_all(conn, tables=[run_pass_counts])
 
 
+def _migration_context_in_findings(conn: Connection) -> None:
+    """Version 12: a finding's domain and title in its own row (issue 17), not in a table beside it: a new finding
+    that passes is one insert, not two, and reading a pass joins one table fewer. A store created by a version
+    whose first migration made the columns already has them."""
+    present = {column["name"] for column in sa.inspect(conn).get_columns("findings")}
+    for column in (findings.c.domain, findings.c.title):
+        if column.name not in present:
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE findings ADD COLUMN {column.name} {kind}"))
+    context = finding_context.alias("context")
+    conn.execute(sa.update(findings).values({
+        name: sa.select(context.c[name]).where(context.c.fingerprint == findings.c.fingerprint).scalar_subquery()
+        for name in ("domain", "title")
+    }).where(findings.c.fingerprint.in_(sa.select(context.c.fingerprint))))
+    finding_context.drop(conn)
+
+
 MIGRATIONS: Sequence[Callable[[Connection], None]] = (
     _migration_1, _migration_2, _migration_3, _migration_4, _migration_5, _migration_6, _migration_7,
     _migration_caused_by, _migration_compact_passes, _migration_open_index, _migration_pass_counts,
+    _migration_context_in_findings,
 )
 """Schema migrations in order; the store's version is how many have been applied. Append, never edit."""
 
@@ -1087,8 +1111,6 @@ class Store:
                 conn.execute(sa.delete(runs).where(runs.c.id.in_(chunk)))
             referenced = sa.union(sa.select(run_findings.c.fingerprint), sa.select(run_passes.c.fingerprint))
             unused = sa.and_(findings.c.is_open.is_(False), findings.c.fingerprint.not_in(referenced))
-            conn.execute(sa.delete(finding_context).where(
-                finding_context.c.fingerprint.in_(sa.select(findings.c.fingerprint).where(unused))))
             dropped = conn.execute(sa.delete(findings).where(unused)).rowcount
             conn.execute(sa.delete(evidence).where(evidence.c.hash.not_in(sa.select(run_passes.c.evidence))))
             conn.execute(sa.delete(changes).where(changes.c.at < cutoff))
@@ -1347,7 +1369,6 @@ class Recording:
         stored: list[tuple[Any, ...]] = []
         passes: list[tuple[Any, ...]] = []
         bodies: dict[str, str] = {}
-        fresh: list[tuple[str, str, str]] = []
         changed: list[tuple[str, str, str]] = []
         seen: dict[str, tuple[datetime | None, datetime | None]] = {}
         known = self._evidence
@@ -1374,10 +1395,12 @@ class Recording:
                 # partial view (a page of forwards missing) may be the view's doing, not the fix's.
                 event = "resolved"
                 updates.append((False, row.first_seen, row.last_seen, now, run_id, fid))  # type: ignore[union-attr]
-            if row is None:
-                inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present, first,
-                                last, None, None))
-            if status is Status.PASS:
+            if status is not Status.PASS:
+                stored.append(_run_row(run_id, finding, event, first, last))
+                if row is None:
+                    inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present,
+                                    first, last, None, None, None, None))
+            else:
                 body = canonical_bytes(finding.evidence)
                 digest = evidence_hash(body)
                 if digest not in known:
@@ -1392,19 +1415,18 @@ class Recording:
                     group[0][0] = finding.title
                 counts = group[1]
                 counts[finding.domain] = counts.get(finding.domain, 0) + 1
-                if row is None or row.domain is None:
-                    fresh.append((fid, finding.domain, finding.title))
+                if row is None:
+                    inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present,
+                                    first, last, None, None, finding.domain, finding.title))
                 elif row.domain != finding.domain or row.title != finding.title:
                     changed.append((fid, finding.domain, finding.title))
-            else:
-                stored.append(_run_row(run_id, finding, event, first, last))
             if out is not None:
                 seen[fid] = (first, last)
         if out is not None:
             out.extend(replace(f, run_id=run_id, first_seen=seen[f.id][0], last_seen=seen[f.id][1]) for f in results)
         self._write([(name, rows) for name, rows in (
             ("findings", inserts), ("findings-update", updates), ("evidence", sorted(bodies.items())),
-            ("context", fresh), ("context-update", changed), ("passes", passes), ("full", stored)) if rows])
+            ("context", changed), ("passes", passes), ("full", stored)) if rows])
         if bodies:
             self._remember(bodies)
 
@@ -1514,7 +1536,7 @@ def _sqlite_pragmas(*, wal: bool) -> Callable[[Any, Any], None]:
 
 _MUTABLE = ("is_open", "first_seen", "last_seen", "resolved_at", "resolved_run")
 _BY_ID = operator.attrgetter("id")
-_FINDING_KEYS = ("fingerprint", "check_id", "tenant", "subject", "item", *_MUTABLE)
+_FINDING_KEYS = ("fingerprint", "check_id", "tenant", "subject", "item", *_MUTABLE, "domain", "title")
 _PASS_KEYS = ("run_id", "fingerprint", "severity", "evidence", "resolved", "first_seen", "last_seen")
 _FULL_KEYS = ("run_id", "fingerprint", "check_id", "status", "severity", "tenant", "domain", "subject", "item",
               "title", "evidence", "reason", "remediation", "event", "caused_by", "first_seen", "last_seen")
@@ -1524,8 +1546,8 @@ _COUNT_KEYS = ("run_id", "check_id", "tenant", "severity", "title", "n", "domain
 
 _EXISTING = sa.select(
     findings.c.fingerprint, findings.c.is_open, findings.c.first_seen, findings.c.last_seen, findings.c.resolved_at,
-    findings.c.resolved_run, finding_context.c.domain, finding_context.c.title,
-).select_from(findings.outerjoin(finding_context, finding_context.c.fingerprint == findings.c.fingerprint)).where(
+    findings.c.resolved_run, findings.c.domain, findings.c.title,
+).where(
     findings.c.fingerprint.in_(sa.bindparam("ids", expanding=True)))
 """A recording's look-up of the findings it is about to record (one statement, compiled once)."""
 
@@ -1578,9 +1600,7 @@ BATCHES: Mapping[str, Callable[[Connection], _Batch]] = {
         conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings, (*_MUTABLE, "fp")),
     "evidence": lambda conn: _Batch(conn, _upsert(conn, evidence).on_conflict_do_nothing(), evidence, ("hash", "body")),
     "context": lambda conn: _Batch(
-        conn, sa.insert(finding_context), finding_context, ("fingerprint", "domain", "title")),
-    "context-update": lambda conn: _Batch(
-        conn, sa.update(finding_context).where(finding_context.c.fingerprint == sa.bindparam("fp")), finding_context,
+        conn, sa.update(findings).where(findings.c.fingerprint == sa.bindparam("fp")), findings,
         ("fp", "domain", "title")),
     "passes": lambda conn: _Batch(conn, sa.insert(run_passes), run_passes, _PASS_KEYS),
     "full": lambda conn: _Batch(conn, sa.insert(run_findings), run_findings, _FULL_KEYS,
@@ -1642,8 +1662,8 @@ def _findings_query(
         given = {
             "run_id": run_passes.c.run_id, "fingerprint": run_passes.c.fingerprint, "check_id": findings.c.check_id,
             "status": sa.literal(Status.PASS.value), "severity": run_passes.c.severity, "tenant": findings.c.tenant,
-            "domain": finding_context.c.domain, "subject": findings.c.subject, "item": findings.c.item,
-            "title": finding_context.c.title, "evidence": evidence.c.body, "remediation": sa.null(),
+            "domain": findings.c.domain, "subject": findings.c.subject, "item": findings.c.item,
+            "title": findings.c.title, "evidence": evidence.c.body, "remediation": sa.null(),
             "event": sa.case((run_passes.c.resolved, sa.literal("resolved")), else_=sa.literal("")),
         }
         columns = [
@@ -1653,7 +1673,6 @@ def _findings_query(
         parts.append(
             sa.select(*columns, *((run_passes if sealed else findings).c[name] for name in lifecycle))
             .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
-                         .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint)
                          .join(evidence, evidence.c.hash == run_passes.c.evidence))
             .where(run_passes.c.run_id == run_id)
         )
@@ -1682,12 +1701,11 @@ def _pass_count_order(counted: PassCount) -> tuple[str, str, str]:
 
 def _grouped_pass_counts(conn: Connection, run_id: str) -> list[PassCount]:
     """A run's pass counts grouped from its passes: for a run recorded before they were kept."""
-    query = (sa.select(findings.c.check_id, sa.func.min(finding_context.c.title), findings.c.tenant,
-                       run_passes.c.severity, finding_context.c.domain, sa.func.count())
-             .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint)
-                          .join(finding_context, finding_context.c.fingerprint == run_passes.c.fingerprint))
+    query = (sa.select(findings.c.check_id, sa.func.min(findings.c.title), findings.c.tenant,
+                       run_passes.c.severity, findings.c.domain, sa.func.count())
+             .select_from(run_passes.join(findings, findings.c.fingerprint == run_passes.c.fingerprint))
              .where(run_passes.c.run_id == run_id)
-             .group_by(findings.c.check_id, findings.c.tenant, run_passes.c.severity, finding_context.c.domain))
+             .group_by(findings.c.check_id, findings.c.tenant, run_passes.c.severity, findings.c.domain))
     groups: dict[tuple[str, str, str], tuple[list[str], dict[str, int]]] = {}
     for part in conn.execute(query).partitions(10_000):  # fetched many rows a call, not one
         for check, title, tenant, severity, domain, n in part:

@@ -450,6 +450,35 @@ def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Sto
     assert store.lifecycle_events("run2") == {"new": [], "reopened": [], "resolved": [failing.id]}
 
 
+def test_a_version_11_store_moves_its_passes_domain_and_title_into_the_findings(store_url: str) -> None:
+    store = Store(store_url)
+    failing, passing = _finding("a@acme.example", Status.FAIL), _finding("b@acme.example", Status.PASS)
+    _run(store, 1, [failing, replace(passing, domain="acme.test", title="first title")])
+    before = [(f.subject, f.status, f.domain, f.title) for f in store.findings_for_run("run1")]
+    with store.engine.begin() as conn:  # as version 11 kept them: a table beside the findings
+        conn.execute(sa.text("CREATE TABLE finding_context (fingerprint VARCHAR(40) PRIMARY KEY, "
+                             "domain VARCHAR(255) NOT NULL, title VARCHAR(255) NOT NULL)"))
+        conn.execute(sa.text("INSERT INTO finding_context SELECT fingerprint, domain, title FROM findings "
+                             "WHERE domain IS NOT NULL"))
+        conn.execute(sa.text("ALTER TABLE findings DROP COLUMN domain"))
+        conn.execute(sa.text("ALTER TABLE findings DROP COLUMN title"))
+        conn.execute(sa.text("UPDATE mw_meta SET value = '11' WHERE key = 'schema_version'"))
+    store.close()
+    assert before == [("a@acme.example", Status.FAIL, "acme.example", "t"),
+                      ("b@acme.example", Status.PASS, "acme.test", "first title")]
+    upgraded = Store(store_url)
+    try:
+        assert upgraded.version == len(MIGRATIONS) == 12
+        assert "finding_context" not in sa.inspect(upgraded.engine).get_table_names()
+        assert [(f.subject, f.status, f.domain, f.title) for f in upgraded.findings_for_run("run1")] == before
+        # the next run's pass of a finding that never passed, and a new title for one that did
+        _run(upgraded, 2, [replace(failing, status=Status.PASS, evidence={}), replace(passing, title="renamed")])
+        assert [(f.subject, f.domain, f.title) for f in upgraded.findings_for_run("run2")] == [
+            ("a@acme.example", "acme.example", "t"), ("b@acme.example", "acme.example", "renamed")]
+    finally:
+        upgraded.close()
+
+
 def test_a_url_whose_port_is_not_a_number_is_one_error_without_its_password() -> None:
     with pytest.raises(StoreError) as refused:
         Store("postgresql://mailwarden:hunter2@db.example:fivefour/mailwarden")
