@@ -507,12 +507,15 @@ def _migration_pass_counts(conn: Connection) -> None:
 def _migration_context_in_findings(conn: Connection) -> None:
     """Version 12: a finding's domain and title in its own row (issue 17), not in a table beside it: a new finding
     that passes is one insert, not two, and reading a pass joins one table fewer. A store created by a version
-    whose first migration made the columns already has them."""
-    present = {column["name"] for column in sa.inspect(conn).get_columns("findings")}
+    whose first migration made the columns already has them (and one that lacks the table has nothing to move)."""
+    inspector = sa.inspect(conn)
+    present = {column["name"] for column in inspector.get_columns("findings")}
     for column in (findings.c.domain, findings.c.title):
         if column.name not in present:
             kind = column.type.compile(dialect=conn.dialect)
             conn.execute(sa.text(f"ALTER TABLE findings ADD COLUMN {column.name} {kind}"))
+    if not inspector.has_table(finding_context.name):
+        return
     context = finding_context.alias("context")
     conn.execute(sa.update(findings).values({
         name: sa.select(context.c[name]).where(context.c.fingerprint == findings.c.fingerprint).scalar_subquery()

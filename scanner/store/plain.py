@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 """How many migrations scanner/store/database.py has (``len(MIGRATIONS)``; a test keeps the two equal)."""
 
 BUSY_TIMEOUT = 30.0
