@@ -36,8 +36,10 @@ class FilesProcess:
     this process has nothing else to do, then ``wait``, and ``stop`` in a ``finally``, so that no interruption
     leaves it running."""
 
-    def __init__(self, url: str, run_id: str, json_path: Path | None, csv_path: Path | None) -> None:
+    def __init__(self, url: str, run_id: str, json_path: Path | None, csv_path: Path | None, *,
+                 by_domain: bool = False) -> None:
         self._run_id = run_id
+        self._by_domain = by_domain
         self._heads = [p for p in (json_path, csv_path) if p is not None]
         self._tails: list[Path] = []
         self._shared = 0
@@ -59,28 +61,31 @@ class FilesProcess:
         return self._process.pid
 
     def share(self, store: Store) -> None:
-        """Write the rows of the run's last tenants in this process, when the second process has yet to reach them:
-        it hands over the last tenants it has not started, a third of its rows to come (``SHARED``; ``wait`` joins
-        the files). Nothing is shared with a process about to finish, or of a run whose tenants are not at hand
-        (``output_tenants``)."""
+        """Write the rows of the run's last tenants (``by_domain``: domains) in this process, when the second process
+        has yet to reach them: it hands over the last it has not started, a third of its rows to come (``SHARED``;
+        ``wait`` joins the files). Nothing is shared with a process about to finish, or of a run whose tenants are
+        not at hand (``output_parts``).
+
+        By domain only where no run can have been recorded after this one (the scan that recorded it, under its
+        lease): a pass's domain is its finding's latest, and a later run may have moved it."""
         if self._conn.poll():  # it is done, or failed: ``wait`` says which
             return
-        tenants = store.output_tenants(self._run_id)
-        if not tenants:
+        parts = store.output_parts(self._run_id, by_domain=self._by_domain)
+        if not parts:
             return
         with contextlib.suppress(OSError):  # the process is gone already: ``wait`` says how it ended
-            self._conn.send(tenants)
+            self._conn.send(parts)
         reply = self._received()
         if reply is None or reply[0] != "tail":
             self._reply = reply
             return
         if reply[1]:
             json_path, csv_path = (self._part(".json"), self._part(".csv"))
-            with store.iter_rows(self._run_id, from_tenant=reply[1][0]) as rows:
+            with store.iter_rows(self._run_id, from_part=reply[1][0]) as rows:
                 self._shared = write_findings_files(rows, json_path, csv_path, continued=True)
             self._tails = [p for p in (json_path, csv_path) if p is not None]
-            log.debug("findings files: %d findings of %d tenants written by this process", self._shared,
-                      len(reply[1]))
+            log.debug("findings files: %d findings of %d %s written by this process", self._shared,
+                      len(reply[1]), "domains" if self._by_domain else "tenants")
 
     def _part(self, suffix: str) -> Path | None:
         """Where this process writes its last rows of the file with this suffix (None when it is not wanted)."""
@@ -154,38 +159,44 @@ quarter, 10.3–13.4 s with nothing handed over."""
 
 
 def handing_over(rows: Iterable[Any], conn: Connection) -> Iterator[Any]:
-    """The rows (in output order, so by tenant) up to the tenants handed over to the process that started this one.
+    """The rows (in output order, so by tenant and domain) up to the tenants or domains handed over to the process
+    that started this one.
 
-    That process asks once, sending the run's tenants in output order with how many rows each has
-    (``FilesProcess.share``); the question is answered when the rows move on to another tenant: the last tenants
-    after it that hold at most ``SHARED`` of the rows after it go, an empty list when none does. A question still
-    unread when the rows end is answered by the end itself."""
-    current: str | None = None
+    That process asks once, sending the keys of the run's rows in output order ((tenant,), or (tenant, domain):
+    ``Store.output_parts``) with how many rows each has (``FilesProcess.share``); the question is answered when
+    the rows move on to another domain: the last keys after the current one that hold at most ``SHARED`` of the
+    rows after it go, an empty list when none does. A question still unread when the rows end is answered by the
+    end itself."""
+    tenant: str | None = None
+    domain: str | None = None
+    width = 0  # the keys' length, once asked
     asked = False
-    handed: str | None = None
+    handed: tuple[str, ...] | None = None
     for row in rows:
-        if row.tenant != current:
-            current = row.tenant
-            if current == handed:  # the first tenant handed over: the rest are after it
+        if row.domain != domain or row.tenant != tenant:
+            tenant, domain = row.tenant, row.domain
+            if handed is not None and (tenant, domain)[:width] == handed:  # the rest are handed over
                 return
             if not asked and conn.poll():
                 asked = True
-                tenants: list[tuple[str, int]] = conn.recv()
-                names = [tenant for tenant, _ in tenants]
-                later = tenants[names.index(current) + 1:] if current in names else []
+                parts: list[tuple[tuple[str, ...], int]] = conn.recv()
+                keys = [key for key, _ in parts]
+                width = len(keys[0])
+                current = (tenant, domain)[:width]
+                later = parts[keys.index(current) + 1:] if current in keys else []
                 tail = _last_share(later, SHARED)
                 conn.send(("tail", tail))
                 handed = tail[0] if tail else None
         yield row
 
 
-def _last_share(tenants: Sequence[tuple[str, int]], share: float) -> list[str]:
-    """The last of these (tenant, rows) whose rows add up to at most ``share`` of all of theirs, in their order."""
-    allowed = share * sum(n for _, n in tenants)
+def _last_share(parts: Sequence[tuple[Any, int]], share: float) -> list[Any]:
+    """The last of these (key, rows) whose rows add up to at most ``share`` of all of theirs, in their order."""
+    allowed = share * sum(n for _, n in parts)
     taken = 0
-    cut = len(tenants)
-    while cut > 0 and taken + tenants[cut - 1][1] <= allowed:
+    cut = len(parts)
+    while cut > 0 and taken + parts[cut - 1][1] <= allowed:
         cut -= 1
-        taken += tenants[cut][1]
-    return [tenant for tenant, _ in tenants[cut:]]
+        taken += parts[cut][1]
+    return [key for key, _ in parts[cut:]]
 

@@ -397,7 +397,7 @@ def run_scan(
         dns_queries = _record(config, store, run_id, started, checks=checks, now=now, as_of=as_of,
                               progress=progress, tenants=tenants, stop=stop).collection.dns_queries
         try:
-            outputs = render_outputs(store, run_id, out_dir, config.remediation, config)
+            outputs = render_outputs(store, run_id, out_dir, config.remediation, config, latest=True)
         except OutputError as exc:
             _fail(store, run_id, f"its outputs were not written: {exc}")
             raise ScanFailed(f"run {run_id}: {exc}") from None
@@ -597,7 +597,7 @@ NOTABLE = tuple(s for s in Status if s is not Status.PASS)
 
 def render_outputs(
     store: Store, run_id: str, out_dir: Path, remediation: RemediationConfig | None = None,
-    config: Config | None = None, formats: Sequence[str] = ("json", "csv", "html"),
+    config: Config | None = None, formats: Sequence[str] = ("json", "csv", "html"), *, latest: bool = False,
 ) -> Outputs:
     """Render a stored run's outputs (``formats`` of json, csv, html) and manifest.json, atomically
     (reports/outputs.py: the previous outputs stay until every new file is written).
@@ -606,7 +606,11 @@ def render_outputs(
     the report streams the findings that are not passes from another, and the counts come from SQL. When
     report.html is wanted too and another process can open the store, a second process writes the two files
     (scanner/files_process.py) while this one renders the report. The report's reading of the findings that are
-    not passes also gathers what the console summary needs of them (``Outputs.read``)."""
+    not passes also gathers what the console summary needs of them (``Outputs.read``).
+
+    ``latest``: the run was just recorded by the scan rendering it, which holds the scan lease, so no later run
+    can have changed its passes' domains; the two processes can then share the files' rows by domain (an estate of
+    one tenant has one tenant to share), not only by tenant."""
     run = store.run(run_id)
     read = Notables() if "html" in formats else None
 
@@ -615,7 +619,7 @@ def render_outputs(
         csv_path = folder / "findings.csv" if "csv" in formats else None
         files = [p for p in (json_path, csv_path) if p is not None]
         url = store.reopenable() if files and "html" in formats and worth_starting(store, run_id) else None
-        writer = FilesProcess(url, run_id, json_path, csv_path) if url is not None else None
+        writer = FilesProcess(url, run_id, json_path, csv_path, by_domain=latest) if url is not None else None
         try:
             if writer is None and files:
                 with store.iter_rows(run_id) as rows:

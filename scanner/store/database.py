@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import operator
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -1185,36 +1186,45 @@ class Store:
     @contextlib.contextmanager
     def iter_rows(
         self, run_id: str, statuses: Collection[Status] | None = None, *, checks: Collection[str] | None = None,
-        fingerprints: Sequence[str] | None = None, from_tenant: str | None = None,
+        fingerprints: Sequence[str] | None = None, from_part: tuple[str, ...] | None = None,
     ) -> Iterator[Iterator[Any]]:
         """``iter_findings`` as the stored rows: the columns of ``run_findings`` (evidence and remediation as JSON
-        text); for writers that need no Finding objects (reports/findings_files.py). With ``from_tenant``, only the
-        rows of that tenant and those after it in the rows' order."""
+        text); for writers that need no Finding objects (reports/findings_files.py). With ``from_part`` (a key of
+        ``output_parts``: a tenant, or a tenant and a domain), only its rows and those after them."""
         with self.engine.connect() as conn:
             # A recorded run keeps its own first and last seen, so it renders the same every time; a run whose
             # findings were never recorded has none and shows the live lifecycle.
             sealed = conn.execute(sa.select(runs.c.recorded).where(runs.c.id == run_id)).scalar() is not None
             query = _findings_query(run_id, statuses, sealed=sealed, checks=checks, fingerprints=fingerprints,
-                                    from_tenant=from_tenant)
+                                    from_part=from_part)
             yield iter(conn.execution_options(stream_results=True, yield_per=2000).execute(query))
 
-    def output_tenants(self, run_id: str) -> list[tuple[str, int]] | None:
-        """The tenants of a run's findings in the order ``iter_rows`` gives them, with how many rows each has; None
-        for a run whose passes were recorded before their counts were kept (the passes' tenants are not at hand
-        without reading every pass)."""
+    def output_parts(self, run_id: str, *, by_domain: bool = False) -> list[tuple[tuple[str, ...], int]] | None:
+        """The tenants of a run's findings (``by_domain``: each tenant's domains, as (tenant, domain)) in the order
+        ``iter_rows`` gives them, with how many rows each has; None for a run whose passes were recorded before their
+        counts were kept (their tenants and domains are not at hand without reading every pass).
+
+        A pass's domain is its finding's latest (``findings``): by domain, the parts are those of the rows only while
+        no later run has recorded findings, as when the scan that recorded this run renders it under its lease."""
         c = run_pass_counts.c
         with self.engine.connect() as conn:
-            counted = conn.execute(sa.select(c.run_id).where(c.run_id == run_id).limit(1)).first() is not None
+            counted = conn.execute(sa.select(c.tenant, c.n, c.domains).where(c.run_id == run_id)).all()
             if not counted and conn.execute(sa.select(run_passes.c.run_id).where(
                     run_passes.c.run_id == run_id).limit(1)).first() is not None:
                 return None
-            rows = sa.union_all(
-                sa.select(run_findings.c.tenant, sa.func.count().label("n")).where(run_findings.c.run_id == run_id)
-                .group_by(run_findings.c.tenant),
-                sa.select(c.tenant, sa.func.sum(c.n).label("n")).where(c.run_id == run_id).group_by(c.tenant),
-            ).subquery()
-            query = sa.select(rows.c.tenant, sa.func.sum(rows.c.n)).group_by(rows.c.tenant).order_by(rows.c.tenant)
-            return [(tenant, int(n)) for tenant, n in conn.execute(query)]
+            parts: Counter[tuple[str, ...]] = Counter()
+            for tenant, n, domains in counted:
+                if by_domain:
+                    for domain, passes in orjson.loads(domains).items():
+                        parts[tenant, domain] += passes
+                else:
+                    parts[tenant,] += n
+            full = run_findings.c
+            for tenant, domain, n in conn.execute(
+                    sa.select(full.tenant, full.domain, sa.func.count()).where(full.run_id == run_id)
+                    .group_by(full.tenant, full.domain)):
+                parts[(tenant, domain) if by_domain else (tenant,)] += int(n)
+            return [(key, parts[key]) for key in _in_store_order(conn, list(parts))]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
         """How many findings of a run have each status (statuses with none are left out)."""
@@ -1635,9 +1645,23 @@ def _run_row(
     )
 
 
+def _in_store_order(conn: Connection, keys: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Keys of a run's rows ((tenant,) or (tenant, domain)) in the order the store sorts those columns. SQLite
+    compares text as its UTF-8 bytes, which is Python's order of code points; PostgreSQL by the database's
+    collation, so there it sorts them itself."""
+    if conn.dialect.name == "sqlite" or not keys:
+        return sorted(keys)
+    columns = list(zip(*keys, strict=True))
+    names = [f"c{i}" for i in range(len(columns))]
+    arrays = ", ".join(f"CAST(:{name} AS VARCHAR[])" for name in names)
+    ordered = sa.text(f"SELECT {', '.join(names)} FROM unnest({arrays}) AS k({', '.join(names)}) "
+                      f"ORDER BY {', '.join(names)}")
+    return [tuple(row) for row in conn.execute(ordered, {name: list(values) for name, values in zip(names, columns)})]
+
+
 def _findings_query(
     run_id: str, statuses: Collection[Status] | None, *, sealed: bool, checks: Collection[str] | None = None,
-    fingerprints: Sequence[str] | None = None, from_tenant: str | None = None,
+    fingerprints: Sequence[str] | None = None, from_part: tuple[str, ...] | None = None,
 ) -> sa.CompoundSelect | sa.Select[Any]:
     """A run's findings: its full rows (every status but pass) and its passes, as one ordered query with the
     columns of ``run_findings``; JSON columns come as text, decoded by orjson. First and last seen are the run's
@@ -1656,8 +1680,8 @@ def _findings_query(
         full = full.where(run_findings.c.check_id.in_(sorted(checks)))
     if fingerprints is not None:
         full = full.where(run_findings.c.fingerprint.in_(fingerprints))
-    if from_tenant is not None:
-        full = full.where(run_findings.c.tenant >= from_tenant)
+    if from_part is not None:
+        full = full.where(_from(from_part, run_findings.c.tenant, run_findings.c.domain))
     parts: list[sa.Select[Any]] = [full]
     if wanted is None or Status.PASS.value in wanted:
         # A pass row is narrow: its check, tenant, subject and item are the finding's, its domain and title the
@@ -1683,14 +1707,21 @@ def _findings_query(
             parts[-1] = parts[-1].where(findings.c.check_id.in_(sorted(checks)))
         if fingerprints is not None:
             parts[-1] = parts[-1].where(run_passes.c.fingerprint.in_(fingerprints))
-        if from_tenant is not None:
-            parts[-1] = parts[-1].where(findings.c.tenant >= from_tenant)
+        if from_part is not None:
+            parts[-1] = parts[-1].where(_from(from_part, findings.c.tenant, findings.c.domain))
     if len(parts) == 1:
         return full.order_by(run_findings.c.tenant, run_findings.c.domain, run_findings.c.subject,
                              run_findings.c.check_id, run_findings.c.item)
     union = sa.union_all(*parts)
     order = union.selected_columns
     return union.order_by(order.tenant, order.domain, order.subject, order.check_id, order.item)
+
+
+def _from(part: tuple[str, ...], tenant: Any, domain: Any) -> Any:
+    """Rows at or after a key of ``output_parts`` in output order: a tenant's, or a tenant's domain's."""
+    if len(part) == 1:
+        return tenant >= part[0]
+    return sa.tuple_(tenant, domain) >= sa.tuple_(*part)
 
 
 _STATUSES = {s.value: s for s in Status}

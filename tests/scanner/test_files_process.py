@@ -76,26 +76,40 @@ def test_files_and_report_are_written_by_two_processes_with_the_in_process_bytes
 
 class _Row(NamedTuple):
     tenant: str
+    domain: str
     n: int
 
 
 def test_the_second_process_hands_over_the_last_third_of_the_rows_it_has_not_reached() -> None:
-    rows = [_Row(tenant, n) for n, tenant in enumerate("aabcdde")]
-    weights = [("a", 2), ("b", 1), ("c", 1), ("d", 2), ("e", 1)]
+    rows = [_Row(tenant, f"{tenant}.example", n) for n, tenant in enumerate("aabcdde")]
+    weights = [(("a",), 2), (("b",), 1), (("c",), 1), (("d",), 2), (("e",), 1)]
     parent, child = Pipe()
     parent.send(weights)  # asked before the first row: answered when the rows reach "a"
     assert list(handing_over(rows, child)) == rows[:6]  # a, a, b, c, d, d
-    assert parent.recv() == ("tail", ["e"])  # after "a": 5 rows, and a third of them is "e"'s alone
-    parent.send([("a", 2), ("b", 1), ("c", 9), ("d", 3), ("e", 1)])
+    assert parent.recv() == ("tail", [("e",)])  # after "a": 5 rows, and a third of them is "e"'s alone
+    parent.send([(("a",), 2), (("b",), 1), (("c",), 9), (("d",), 3), (("e",), 1)])
     assert list(handing_over(rows, child)) == rows[:4]  # after "a": 14 rows, "d" and "e" hold 4 of them
-    assert parent.recv() == ("tail", ["d", "e"])
+    assert parent.recv() == ("tail", [("d",), ("e",)])
     parent.send(weights)
     assert list(handing_over(rows[5:], child)) == rows[5:]  # from "d", one row is left: nothing to hand over
     assert parent.recv() == ("tail", [])
 
 
+def test_one_tenants_rows_are_handed_over_by_domain() -> None:
+    rows = [_Row("acme", domain, n) for n, domain in enumerate(["a.test", "a.test", "b.test", "c.test", "c.test",
+                                                                 "d.test"])]
+    parent, child = Pipe()
+    parent.send([(("acme", "a.test"), 2), (("acme", "b.test"), 1), (("acme", "c.test"), 2), (("acme", "d.test"), 1)])
+    assert list(handing_over(rows, child)) == rows[:5]  # after a.test: 4 rows, d.test's one is within a third
+    assert parent.recv() == ("tail", [("acme", "d.test")])
+    parent.send([(("acme",), 6)])  # by tenant, one tenant: nothing after it to hand over
+    assert list(handing_over(rows, child)) == rows
+    assert parent.recv() == ("tail", [])
+
+
+@pytest.mark.parametrize("latest", [False, True], ids=["by tenant", "by domain"])
 def test_this_process_writes_the_last_tenants_the_second_hands_over_with_the_same_bytes(
-    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, latest: bool
 ) -> None:
     def asked_first(rows: Iterable[Any], conn: Connection) -> Iterator[Any]:
         conn.poll(60)  # the second process (a copy of this one, patch included) waits to be asked before its rows
@@ -106,18 +120,20 @@ def test_this_process_writes_the_last_tenants_the_second_hands_over_with_the_sam
     store = Store(store_url)
     try:
         store.start_run("r1", NOW, "d" * 64, "test")
-        spread = [replace(f, tenant=f"t{n % 6}", id=fingerprint(f.check, f"t{n % 6}", f.subject))
-                  for n, f in enumerate(_findings(600))]
-        store.record_findings("r1", [*spread, *_tricky()], NOW, ["@acme", *(f"t{n}" for n in range(6))])
+        # by tenant: six tenants of one domain each; by domain: one tenant with six domains
+        spread = [replace(f, tenant=tenant, domain=f"d{n % 6}.example", id=fingerprint(f.check, tenant, f.subject))
+                  for n, f in enumerate(_findings(600)) for tenant in ["acme" if latest else f"t{n % 6}"]]
+        store.record_findings("r1", [*spread, *_tricky()], NOW, ["@acme", "acme", *(f"t{n}" for n in range(6))])
         store.finish_run("r1", NOW, "complete", {})
         with caplog.at_level(logging.DEBUG, logger="scanner.files_process"):
-            both = render_outputs(store, "r1", tmp_path / "both")
+            both = render_outputs(store, "r1", tmp_path / "both", latest=latest)
         alone = render_outputs(store, "r1", tmp_path / "alone", formats=("json", "csv"))
     finally:
         store.close()
-    # the second process is at the first of seven tenants: this one writes the last two, a third of the rows after it
+    # the second process is at the first of seven tenants (or of acme's domains): this one writes the last two, a
+    # third of the rows after it
     [shared] = [r.getMessage() for r in caplog.records if "written by this process" in r.getMessage()]
-    assert shared.endswith("findings of 2 tenants written by this process")
+    assert shared.endswith(f"findings of 2 {'domains' if latest else 'tenants'} written by this process")
     assert both.counts == alone.counts
     written = _files(tmp_path / "both")
     assert written["findings.json"] == (tmp_path / "alone" / "findings.json").read_bytes()

@@ -428,12 +428,20 @@ def test_pass_counts_recorded_with_the_run_equal_those_counted_from_its_passes(s
     assert totals[("acme", "pass", "high")] == 12 and totals[("acme", "fail", "high")] == 1
     with store.iter_rows("r1") as rows:
         tenants = [row.tenant for row in rows]
-    assert store.output_tenants("r1") == [("acme", 25), ("beta", 12)] == [(t, tenants.count(t)) for t in ("acme", "beta")]
+    assert store.output_parts("r1") == [(("acme",), 25), (("beta",), 12)] == [
+        ((t,), tenants.count(t)) for t in ("acme", "beta")]
+    with store.iter_rows("r1") as rows:
+        pairs = [(row.tenant, row.domain) for row in rows]
+    assert store.output_parts("r1", by_domain=True) == [
+        (("acme", "acme.example"), 13), (("acme", "acme.test"), 12), (("beta", "beta.example"), 12)] == [
+        (pair, pairs.count(pair)) for pair in dict.fromkeys(pairs)]  # the rows' own order
+    with store.iter_rows("r1", from_part=("acme", "acme.test")) as rows:
+        assert [(row.tenant, row.domain) for row in rows] == pairs[13:]
     with store.engine.begin() as conn:  # as a run recorded before the counts were kept
         assert conn.execute(sa.text("DELETE FROM run_pass_counts")).rowcount == len(recorded)
     assert store.pass_counts("r1") == recorded
     assert store.finding_counts("r1") == totals
-    assert store.output_tenants("r1") is None  # its passes' tenants are not at hand
+    assert store.output_parts("r1") is None  # its passes' tenants are not at hand
 
 
 def test_a_pass_reads_back_with_the_title_and_domain_its_run_recorded(store: Store) -> None:
