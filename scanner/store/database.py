@@ -1656,7 +1656,8 @@ def _in_store_order(conn: Connection, keys: list[tuple[str, ...]]) -> list[tuple
     arrays = ", ".join(f"CAST(:{name} AS VARCHAR[])" for name in names)
     ordered = sa.text(f"SELECT {', '.join(names)} FROM unnest({arrays}) AS k({', '.join(names)}) "
                       f"ORDER BY {', '.join(names)}")
-    return [tuple(row) for row in conn.execute(ordered, {name: list(values) for name, values in zip(names, columns)})]
+    arguments = {name: list(values) for name, values in zip(names, columns, strict=True)}
+    return [tuple(row) for row in conn.execute(ordered, arguments)]
 
 
 def _findings_query(

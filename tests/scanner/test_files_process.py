@@ -80,13 +80,13 @@ class _Row(NamedTuple):
     n: int
 
 
-def test_the_second_process_hands_over_the_last_third_of_the_rows_it_has_not_reached() -> None:
+def test_the_second_process_hands_over_the_last_share_of_the_rows_it_has_not_reached() -> None:
     rows = [_Row(tenant, f"{tenant}.example", n) for n, tenant in enumerate("aabcdde")]
     weights = [(("a",), 2), (("b",), 1), (("c",), 1), (("d",), 2), (("e",), 1)]
     parent, child = Pipe()
     parent.send(weights)  # asked before the first row: answered when the rows reach "a"
     assert list(handing_over(rows, child)) == rows[:6]  # a, a, b, c, d, d
-    assert parent.recv() == ("tail", [("e",)])  # after "a": 5 rows, and a third of them is "e"'s alone
+    assert parent.recv() == ("tail", [("e",)])  # after "a": 5 rows, and 0.4 of them (SHARED) is "e"'s alone
     parent.send([(("a",), 2), (("b",), 1), (("c",), 9), (("d",), 3), (("e",), 1)])
     assert list(handing_over(rows, child)) == rows[:4]  # after "a": 14 rows, "d" and "e" hold 4 of them
     assert parent.recv() == ("tail", [("d",), ("e",)])
@@ -100,7 +100,7 @@ def test_one_tenants_rows_are_handed_over_by_domain() -> None:
                                                                  "d.test"])]
     parent, child = Pipe()
     parent.send([(("acme", "a.test"), 2), (("acme", "b.test"), 1), (("acme", "c.test"), 2), (("acme", "d.test"), 1)])
-    assert list(handing_over(rows, child)) == rows[:5]  # after a.test: 4 rows, d.test's one is within a third
+    assert list(handing_over(rows, child)) == rows[:5]  # after a.test: 4 rows, d.test's one is within 0.4 of them
     assert parent.recv() == ("tail", [("acme", "d.test")])
     parent.send([(("acme",), 6)])  # by tenant, one tenant: nothing after it to hand over
     assert list(handing_over(rows, child)) == rows
@@ -131,7 +131,7 @@ def test_this_process_writes_the_last_tenants_the_second_hands_over_with_the_sam
     finally:
         store.close()
     # the second process is at the first of seven tenants (or of acme's domains): this one writes the last two, a
-    # third of the rows after it
+    # share (SHARED) of the rows after it
     [shared] = [r.getMessage() for r in caplog.records if "written by this process" in r.getMessage()]
     assert shared.endswith(f"findings of 2 {'domains' if latest else 'tenants'} written by this process")
     assert both.counts == alone.counts
