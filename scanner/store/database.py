@@ -1571,7 +1571,9 @@ class _Batch:
 
     Rows are tuples in ``keys`` order. Each value goes through its column's own type conversion, as SQLAlchemy
     would do it, once per distinct value of the column (the converted columns are booleans), except the
-    ``encoded`` JSON columns whose text is ready."""
+    ``encoded`` JSON columns whose text is ready, and the booleans on SQLite: its driver binds True and False
+    as the 1 and 0 SQLAlchemy would make of them, and a page of rows goes to it as it is (taking the rows apart
+    to convert one column cost the process writing them 4 % of its time at 100,000 mailboxes)."""
 
     def __init__(self, conn: Connection, statement: Any, table: sa.Table, keys: Sequence[str],
                  encoded: Collection[str] = ()) -> None:
@@ -1580,8 +1582,10 @@ class _Batch:
         self._sql = compiled.string
         self._keys = tuple(keys)
         columns = {c.key: c for c in table.columns}
+        native = (sa.Boolean,) if conn.dialect.name == "sqlite" else ()
         self._convert = [
             (i, convert) for i, key in enumerate(keys) if key in columns and key not in encoded
+            and not isinstance(columns[key].type, native)
             and (convert := columns[key].type.bind_processor(conn.dialect)) is not None
         ]
         names = list(compiled.positiontup or ()) if compiled.positional else []
