@@ -1227,12 +1227,16 @@ class Store:
             return [(key, parts[key]) for key in _in_store_order(conn, list(parts))]
 
     def status_counts(self, run_id: str) -> dict[str, int]:
-        """How many findings of a run have each status (statuses with none are left out)."""
+        """How many findings of a run have each status (statuses with none are left out): its passes from the counts
+        the run recorded (``run_pass_counts``), or counted for a run recorded before them."""
         with self.engine.connect() as conn:
             counts = dict(conn.execute(sa.select(run_findings.c.status, sa.func.count()).where(
                 run_findings.c.run_id == run_id).group_by(run_findings.c.status)).all())
-            passes = conn.execute(sa.select(sa.func.count()).select_from(run_passes).where(
-                run_passes.c.run_id == run_id)).scalar_one()
+            c = run_pass_counts.c
+            passes = conn.execute(sa.select(sa.func.sum(c.n)).where(c.run_id == run_id)).scalar()
+            if passes is None:
+                passes = conn.execute(sa.select(sa.func.count()).select_from(run_passes).where(
+                    run_passes.c.run_id == run_id)).scalar_one()
         if passes:
             counts[Status.PASS.value] = counts.get(Status.PASS.value, 0) + int(passes)
         return {status: int(n) for status, n in counts.items()}

@@ -418,7 +418,7 @@ def test_pass_counts_recorded_with_the_run_equal_those_counted_from_its_passes(s
         # each group's passes (titles differing) come in two calls: the counts add up across them
         recording.add(passes[::2])
         recording.add([*passes[1::2], _finding("z@acme.example", Status.FAIL)])
-    recorded, totals = store.pass_counts("r1"), store.finding_counts("r1")
+    recorded, totals, statuses = store.pass_counts("r1"), store.finding_counts("r1"), store.status_counts("r1")
     assert [(c.check, c.tenant, c.severity.value, c.count) for c in recorded] == [
         (check, tenant, severity, 6 if tenant == "acme" else 3)
         for check in ("account.ghost", "forwarding.external") for tenant in ("acme", "beta")
@@ -439,8 +439,10 @@ def test_pass_counts_recorded_with_the_run_equal_those_counted_from_its_passes(s
         assert [(row.tenant, row.domain) for row in rows] == pairs[13:]
     with store.engine.begin() as conn:  # as a run recorded before the counts were kept
         assert conn.execute(sa.text("DELETE FROM run_pass_counts")).rowcount == len(recorded)
+    assert statuses == {"pass": 36, "fail": 1}
     assert store.pass_counts("r1") == recorded
     assert store.finding_counts("r1") == totals
+    assert store.status_counts("r1") == statuses  # its passes counted
     assert store.output_parts("r1") is None  # its passes' tenants are not at hand
 
 
