@@ -26,9 +26,10 @@ files costs about 25 microseconds a finding): smaller runs, such as ``serve``'s 
 in this process. A forked process always pays."""
 
 
-def worth_starting(store: Store, run_id: str) -> bool:
-    """Whether a second process would finish the run's files sooner than this one (``SPAWN_FROM``)."""
-    return start_method() == "fork" or sum(store.status_counts(run_id).values()) >= SPAWN_FROM
+def worth_starting(findings: int) -> bool:
+    """Whether a second process would finish the files of a run of this many findings sooner than this one
+    (``SPAWN_FROM``)."""
+    return start_method() == "fork" or findings >= SPAWN_FROM
 
 
 class FilesProcess:
@@ -63,8 +64,8 @@ class FilesProcess:
     def share(self, store: Store) -> None:
         """Write the rows of the run's last tenants (``by_domain``: domains) in this process, when the second process
         has yet to reach them: it hands over the last it has not started, four in ten of its rows to come
-        (``SHARED``; ``wait`` joins the files). Nothing is shared with a process about to finish, or of a run whose tenants are
-        not at hand (``output_parts``).
+        (``SHARED``; ``wait`` joins the files). Nothing is shared with a process about to finish, or of a run whose
+        tenants are not at hand (``output_parts``).
 
         By domain only where no run can have been recorded after this one (the scan that recorded it, under its
         lease): a pass's domain is its finding's latest, and a later run may have moved it."""

@@ -13,7 +13,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -99,7 +99,7 @@ class StoredFindings(Sequence[Finding]):
     def __getitem__(self, index):  # type: ignore[no-untyped-def]
         return self._store.findings_for_run(self._run_id, self._statuses)[index]
 
-    def named(self, ids: Collection[str]) -> list[Finding]:
+    def named(self, ids: Iterable[str]) -> list[Finding]:
         """The findings with these ids (of any status), in no particular order: ``Store.findings_named``."""
         return self._store.findings_named(self._run_id, ids)
 
@@ -613,12 +613,14 @@ def render_outputs(
     one tenant has one tenant to share), not only by tenant."""
     run = store.run(run_id)
     read = Notables() if "html" in formats else None
+    counts = store.status_counts(run_id)
+    total = sum(counts.values())
 
     def render(folder: Path) -> list[Path]:
         json_path = folder / "findings.json" if "json" in formats else None
         csv_path = folder / "findings.csv" if "csv" in formats else None
         files = [p for p in (json_path, csv_path) if p is not None]
-        url = store.reopenable() if files and "html" in formats and worth_starting(store, run_id) else None
+        url = store.reopenable() if files and "html" in formats and worth_starting(total) else None
         writer = FilesProcess(url, run_id, json_path, csv_path, by_domain=latest) if url is not None else None
         try:
             if writer is None and files:
@@ -634,7 +636,9 @@ def render_outputs(
                     reader=read.note if read is not None else None, causes=read.causes if read is not None else None))
             if writer is not None:
                 writer.share(store)
-                writer.wait()
+                written = writer.wait()
+                if written != total:  # two parts that overlap, or leave a gap, are not the run's files
+                    raise FilesFailed(f"their two parts hold {written} findings where the run has {total}")
         except FilesFailed as exc:
             raise OutputError(f"cannot write findings.json and findings.csv in {out_dir}: {exc}; run the command "
                               f"again (the previous outputs in {out_dir} are unchanged)") from None
@@ -650,4 +654,4 @@ def render_outputs(
         if status == Status.FAIL.value:
             failing[severity] += n
     notable = StoredFindings(store, run_id, NOTABLE)
-    return Outputs(run, tuple(files), store.status_counts(run_id), dict(failing), notable, read)
+    return Outputs(run, tuple(files), counts, dict(failing), notable, read)

@@ -141,6 +141,39 @@ def test_this_process_writes_the_last_tenants_the_second_hands_over_with_the_sam
     assert sorted(written) == ["findings.csv", "findings.json", "manifest.json", "report.html"]
 
 
+def test_parts_that_do_not_add_up_to_the_run_fail_the_files_and_keep_the_previous_ones(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def asked_first(rows: Iterable[Any], conn: Connection) -> Iterator[Any]:
+        conn.poll(60)
+        return handing_over(rows, conn)
+
+    real = Store.output_parts
+
+    def moved(self: Store, run_id: str, *, by_domain: bool = False) -> Any:
+        # as if a later run had moved the passes of the last domains: keys the rows no longer have
+        return [((key[0], key[1] + "~") if i >= 3 else key, n) for i, (key, n) in enumerate(real(
+            self, run_id, by_domain=by_domain))]
+
+    monkeypatch.setattr(files_process, "handing_over", asked_first)
+    monkeypatch.setattr(Store, "output_parts", moved)
+    store = Store(store_url)
+    try:
+        store.start_run("r1", NOW, "d" * 64, "test")
+        store.record_findings("r1", [replace(f, tenant="acme", domain=f"d{n % 6}.example",
+                                             id=fingerprint(f.check, "acme", f.subject))
+                                     for n, f in enumerate(_findings(600))], NOW, ["acme"])
+        store.finish_run("r1", NOW, "complete", {})
+        render_outputs(store, "r1", tmp_path / "out", formats=("json", "csv"))
+        before = _files(tmp_path / "out")
+        with pytest.raises(OutputError) as raised:
+            render_outputs(store, "r1", tmp_path / "out", latest=True)
+    finally:
+        store.close()
+    assert "their two parts hold" in str(raised.value) and "where the run has 600" in str(raised.value)
+    assert _files(tmp_path / "out") == before  # the previous outputs, untouched
+
+
 def test_an_in_memory_store_keeps_the_files_in_this_process(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = Store("sqlite://")
     try:
