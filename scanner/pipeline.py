@@ -35,7 +35,7 @@ from scanner.errors import ConfigError, RunFailed
 from scanner.files_process import FilesFailed, FilesProcess, worth_starting
 from scanner.store.lease import Lease
 from scanner.aggregate.store import with_traffic
-from scanner.model import Domain, Fact, FactState, Finding, Inventory, Mailbox, Scope, Status, plain
+from scanner.model import Domain, Fact, FactState, Finding, Inventory, Mailbox, Scope, Status
 from scanner.store.database import CONFIG_SCOPE, Recording, RunRecord, Store
 
 log = logging.getLogger(__name__)
@@ -218,17 +218,18 @@ def senders_of(config: Config) -> dict[str, Sender]:
 
 
 def snapshot_items(inventory: Inventory, *, domains: bool = True) -> Iterator[tuple[str, str, object, str]]:
-    """Every object a run saw, as (kind, key, plain body, scope) for the store; the scope is the tenant. Without
-    ``domains`` when they are staged already (``StagedMailboxes.domains``)."""
+    """Every object a run saw, as (kind, key, object, scope) for the store, which keeps its plain form
+    (``snapshot_text``); the scope is the tenant. Without ``domains`` when they are staged already
+    (``StagedMailboxes.domains``)."""
     for domain in inventory.domains if domains else ():
-        yield "domain", f"{domain.tenant}/{domain.name}", plain(domain), domain.tenant
+        yield "domain", f"{domain.tenant}/{domain.name}", domain, domain.tenant
     for mailbox in inventory.mailboxes:
-        yield "mailbox", f"{mailbox.tenant}/{mailbox.address}", plain(mailbox), mailbox.tenant
+        yield "mailbox", f"{mailbox.tenant}/{mailbox.address}", mailbox, mailbox.tenant
     for tenant, people in inventory.people.items():
         for person in people:
-            yield "person", f"{tenant}/{person.email}", plain(person), tenant
+            yield "person", f"{tenant}/{person.email}", person, tenant
     for exception in inventory.exceptions:
-        yield "exception", f"{exception.check}/{exception.subject}", plain(exception), CONFIG_SCOPE
+        yield "exception", f"{exception.check}/{exception.subject}", exception, CONFIG_SCOPE
 
 
 def stage_snapshot(store: Store, run_id: str, inventory: Inventory) -> None:
@@ -255,29 +256,44 @@ def unread_fields(collection: Collection) -> dict[str, set[str]]:
 
 
 class StagedMailboxes:
-    """The collect stage's sink for a scan: each page of mailboxes goes into the store's staging as it comes."""
+    """The collect stage's sink for a scan: each page of mailboxes goes into the store's staging as it comes, and
+    the domains as they come, a few tenants' at a time (``flush`` stages the rest once collection ends)."""
 
     def __init__(self, store: Store, run_id: str, sweep: Sweeper) -> None:
         self._store = store
         self._run_id = run_id
         self._sweep = sweep
+        self._domains: list[tuple[str, str, object, str]] = []
 
     def put(self, tenant: str, mailboxes: Sequence[Mailbox]) -> list[str]:
         """Stage a page; a mailbox staged already for the tenant is a problem, and the first stays."""
-        repeated = self._store.stage(
-            self._run_id, [("mailbox", f"{tenant}/{m.address}", plain(m), tenant) for m in mailboxes])
+        repeated = self._store.stage(self._run_id, [("mailbox", f"{tenant}/{m.address}", m, tenant) for m in mailboxes])
         self._sweep()
         return [listed_twice(key.partition("/")[2]) for key in repeated]
 
     def drop(self, tenant: str) -> None:
-        """Unstage a failed tenant's mailboxes (and anything else staged for it)."""
+        """Unstage a failed tenant's mailboxes and domains (and anything else staged for it)."""
+        self._domains = [item for item in self._domains if item[3] != tenant]
         self._store.unstage(self._run_id, tenant)
 
     def domains(self, tenant: str, domains: Sequence[Domain]) -> None:
-        """Stage a page of a tenant's domains as collected: the scan's event loop would otherwise wait for the DNS
-        of other tenants (or the second collecting process), and staging them after collection cost 4–5 s of a
-        10,000-domain scan on its own."""
-        self._store.stage(self._run_id, [("domain", f"{d.tenant}/{d.name}", plain(d), d.tenant) for d in domains])
+        """Stage a tenant's domains as collected, ``DOMAINS_STAGED`` at a time: staging them after collection
+        cost 4–5 s of a 10,000-domain scan on its own (the scan's event loop would otherwise wait for the DNS of
+        other tenants, or the second collecting process), and a write per tenant of 20 domains 0.4 s more in
+        commits than a write per 500."""
+        self._domains += [("domain", f"{d.tenant}/{d.name}", d, d.tenant) for d in domains]
+        if len(self._domains) >= DOMAINS_STAGED:
+            self.flush()
+
+    def flush(self) -> None:
+        """Stage the domains not staged yet (once collection ends)."""
+        if self._domains:
+            self._store.stage(self._run_id, self._domains)
+            self._domains = []
+
+
+DOMAINS_STAGED = 500
+"""Collected domains the scan holds (it holds every one anyway, for judging) before it stages them in one write."""
 
 
 class StoredLookup:
@@ -489,9 +505,10 @@ def _record(
         baselines = load_baselines(config)
         clock = time.perf_counter()
         sweep = Sweeper()
+        staging = StagedMailboxes(store, run_id, sweep)
         with paused_gc():
-            collection = asyncio.run(
-                _collect_unless_stopped(config, progress, tenants, stop, StagedMailboxes(store, run_id, sweep)))
+            collection = asyncio.run(_collect_unless_stopped(config, progress, tenants, stop, staging))
+        staging.flush()
         collected = time.perf_counter() - clock
         halt_at("collected")
         if stop is not None and stop.is_set():

@@ -3,8 +3,10 @@ interrupt keeps none of the run's findings."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,9 @@ import sqlalchemy as sa
 from checks.registry import Result, check, load_checks
 from scanner.config import load_config
 from scanner.loopback.zoneserver import ZoneServer
-from scanner.model import Mailbox, Scope, Severity
-from scanner.pipeline import ScanInterrupted, run_scan
+from scanner.model import Domain, Mailbox, Scope, Severity, plain
+from scanner.pipeline import DOMAINS_STAGED, ScanInterrupted, StagedMailboxes, Sweeper, run_scan
+from scanner.store import database
 from scanner.store.database import Store
 from scanner.store.writer import RecordingProcess
 from tests.scanner.test_crash import FIRST, _config, _export, estate  # noqa: F401 - the estate fixture
@@ -130,3 +133,29 @@ def test_the_collection_is_let_go_before_the_outputs_render(
         assert alive == [0]
     finally:
         store.close()
+
+
+def test_domains_are_staged_a_few_tenants_at_a_time_and_a_failed_tenants_are_never_kept(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.start_run("r1", datetime.now(UTC), "digest", "test")
+    staging = StagedMailboxes(store, "r1", Sweeper())
+
+    def staged() -> list[str]:
+        with store.engine.connect() as conn:
+            return sorted(conn.execute(sa.select(database.staged.c.key).where(database.staged.c.run_id == "r1"))
+                          .scalars())
+
+    big = [Domain(f"d{i:03d}.example", "big") for i in range(DOMAINS_STAGED)]
+    staging.domains("big", big)  # enough for a write of their own
+    assert len(staged()) == DOMAINS_STAGED
+    staging.domains("slow", [Domain("slow.example", "slow")])  # held until more come, or the collection ends
+    staging.domains("acme", [Domain("acme.example", "acme")])
+    assert len(staged()) == DOMAINS_STAGED
+    staging.drop("slow")  # timed out while its domains were held
+    staging.drop("big")  # failed after its domains were written
+    staging.flush()
+    assert staged() == ["acme/acme.example"]
+    with store.engine.connect() as conn:
+        body = conn.execute(sa.select(database.staged.c.body)).scalar_one()
+    assert json.loads(body) == plain(Domain("acme.example", "acme"))
+    store.close()
