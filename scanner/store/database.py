@@ -1353,6 +1353,7 @@ class Recording:
         # A store without findings (its first scan) has none to look up: a run records each finding once.
         self._first = conn.execute(sa.select(findings.c.fingerprint).limit(1)).first() is None
         self._evidence: set[str] = set()
+        self._stamp = _stamper(conn.dialect)
         self._passed: dict[tuple[str, str, str], tuple[list[str], dict[str, int]]] = {}
         """The run's passes counted so far, per check, tenant and severity: the least title, and each domain's."""
 
@@ -1418,6 +1419,7 @@ class Recording:
         seen: dict[str, tuple[datetime | None, datetime | None]] = {}
         known = self._evidence
         passed = self._passed
+        stamp = self._stamp
         for finding in ordered:
             fid, status = finding.id, finding.status
             row = existing.get(fid)
@@ -1433,25 +1435,29 @@ class Recording:
                 if event == "new":
                     first = now
                 last = now
+            # The times as the rows hold them (``_stamper``); a finding never seen before has none.
+            first_at = None if first is None else stamp(first)
+            last_at = None if last is None else stamp(last)
+            if present:
                 if row is not None:
-                    updates.append((True, first, last, None, None, fid))
+                    updates.append((True, first_at, last_at, None, None, fid))
             elif status is Status.PASS and was_open and finding.tenant in complete:
                 # A pass resolves only where the run saw the tenant completely: a pass judged on a
                 # partial view (a page of forwards missing) may be the view's doing, not the fix's.
                 event = "resolved"
-                updates.append((False, row.first_seen, row.last_seen, now, run_id, fid))  # type: ignore[union-attr]
+                updates.append((False, first_at, last_at, stamp(now), run_id, fid))
             if status is not Status.PASS:
-                stored.append(_run_row(run_id, finding, event, first, last))
+                stored.append(_run_row(run_id, finding, event, first_at, last_at))
                 if row is None:
                     inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present,
-                                    first, last, None, None, None, None))
+                                    first_at, last_at, None, None, None, None))
             else:
                 body = canonical_bytes(finding.evidence)
                 digest = evidence_hash(body)
                 if digest not in known:
                     bodies[digest] = body.decode("utf-8")
                 severity = finding.severity.value
-                passes.append((run_id, fid, severity, digest, event == "resolved", first, last))
+                passes.append((run_id, fid, severity, digest, event == "resolved", first_at, last_at))
                 key = (finding.check, finding.tenant, severity)
                 group = passed.get(key)
                 if group is None:
@@ -1462,7 +1468,7 @@ class Recording:
                 counts[finding.domain] = counts.get(finding.domain, 0) + 1
                 if row is None:
                     inserts.append((fid, finding.check, finding.tenant, finding.subject, finding.item, present,
-                                    first, last, None, None, finding.domain, finding.title))
+                                    first_at, last_at, None, None, finding.domain, finding.title))
                 elif row.domain != finding.domain or row.title != finding.title:
                     changed.append((fid, finding.domain, finding.title))
             if out is not None:
@@ -1605,7 +1611,8 @@ class _Batch:
     would do it, once per distinct value of the column (the converted columns are booleans), except the
     ``encoded`` JSON columns whose text is ready, and the booleans on SQLite: its driver binds True and False
     as the 1 and 0 SQLAlchemy would make of them, and a page of rows goes to it as it is (taking the rows apart
-    to convert one column cost the process writing them about 6 % of its time at 100,000 mailboxes)."""
+    to convert one column cost the process writing them about 6 % of its time at 100,000 mailboxes). Times come
+    as the recording made them for the dialect (``_stamper``)."""
 
     def __init__(self, conn: Connection, statement: Any, table: sa.Table, keys: Sequence[str],
                  encoded: Collection[str] = ()) -> None:
@@ -1663,10 +1670,33 @@ EVIDENCE_REMEMBERED = 20000
 harmlessly, with ON CONFLICT DO NOTHING)."""
 
 
-def _run_row(
-    run_id: str, finding: Finding, event: str, first_seen: datetime | None, last_seen: datetime | None
-) -> tuple[Any, ...]:
-    """A finding's run_findings row, in ``_FULL_KEYS`` order."""
+def _stamper(dialect: sa.engine.Dialect) -> Callable[[datetime], Any]:
+    """How a recording's rows hold a time: as the column's own type binds it for the store's dialect, each distinct
+    time converted once (a run's rows share a few). On SQLite that is the text SQLAlchemy writes everywhere else,
+    so a column holds one format whichever path writes its rows, and a page of rows is plain data (it goes to the
+    second process by marshal); PostgreSQL's driver takes the datetime itself.
+
+    Until 2026-12-07 the batched rows reached the SQLite driver's own datetime adapter, which adds "+00:00" (and
+    is deprecated from Python 3.12). Rows written so are left as they are: SQLAlchemy reads both back, and nothing
+    compares these columns in SQL."""
+    convert = sa.DateTime(timezone=True).dialect_impl(dialect).bind_processor(dialect)
+    if convert is None:
+        return lambda when: when
+    converted: dict[datetime, Any] = {}
+
+    def stamp(when: datetime) -> Any:
+        text = converted.get(when)
+        if text is None:
+            if len(converted) >= 4096:
+                converted.clear()
+            text = converted[when] = convert(when)
+        return text
+
+    return stamp
+
+
+def _run_row(run_id: str, finding: Finding, event: str, first_seen: Any, last_seen: Any) -> tuple[Any, ...]:
+    """A finding's run_findings row, in ``_FULL_KEYS`` order (the times as ``_stamper`` gives them)."""
     remediation = (
         {"action": finding.remediation.action, "params": dict(finding.remediation.params)}
         if finding.remediation

@@ -11,6 +11,8 @@ run's findings is kept, as when one process records them.
 from __future__ import annotations
 
 import contextlib
+import marshal
+import pickle
 from collections.abc import Sequence
 from datetime import datetime
 from multiprocessing.connection import Connection
@@ -31,6 +33,7 @@ class RecordingProcess:
 
     def __init__(self, url: str) -> None:
         self._process, self._conn = start_process(_write, "mailwarden-recording")
+        self._plain = url.startswith("sqlite")  # its rows hold no datetime (``_stamper``): they go by marshal
         try:
             # The URL may carry the store's password: it goes over the pipe, never in argv or the environment.
             with contextlib.suppress(OSError):  # gone already: the first rows say so
@@ -46,14 +49,14 @@ class RecordingProcess:
         if self._conn.poll():  # it only ever speaks first to say it failed
             raise self._failure()
         try:
-            self._conn.send(page)
+            self._conn.send_bytes(encoded(page, plain=self._plain))
         except OSError:
             raise self._failure() from None
 
     def finish(self, run_id: str, now: datetime, complete: Sequence[str]) -> None:
         """Resolve and seal the run and commit (``_finish``), and wait for it: the run is recorded on return."""
         try:
-            self._conn.send((run_id, now, list(complete)))
+            self._conn.send_bytes(encoded((run_id, now, list(complete))))
         except OSError:
             raise self._failure() from None
         reply = self._reply()
@@ -76,6 +79,22 @@ class RecordingProcess:
         return RecordingFailed(f"the process writing the findings {how_it_ended(self._process)}")
 
 
+def encoded(message: object, *, plain: bool = False) -> bytes:
+    """A message for the process writing the rows: by marshal when it is ``plain`` data (strings, numbers, None,
+    tuples and lists of them: a page of rows on SQLite), about three times faster to write than pickle, which
+    the scan would spend on every row; pickled otherwise (a datetime)."""
+    if plain:
+        with contextlib.suppress(ValueError):  # something marshal does not take: pickled after all
+            return b"m" + marshal.dumps(message)
+    return b"p" + pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+
+
+def decoded(data: bytes) -> object:
+    """A message as ``encoded`` wrote it."""
+    body = memoryview(data)[1:]
+    return marshal.loads(body) if data[:1] == b"m" else pickle.loads(body)
+
+
 def _write(conn: Connection, parent: int) -> None:
     """The second process: write each kind of row as it comes, in one transaction; commit at ``finish``."""
     as_child(parent)
@@ -87,7 +106,7 @@ def _write(conn: Connection, parent: int) -> None:
         try:
             with store.engine.begin() as db:
                 writes = Writes(db)
-                while isinstance(message := conn.recv(), list):  # a page of rows; then the run to finish
+                while isinstance(message := decoded(conn.recv_bytes()), list):  # a page of rows; then the run
                     writes(message)
                 writes.finish(*message)
         finally:

@@ -4,16 +4,18 @@ of the run kept."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from checks.evaluate import fingerprint
 from scanner.model import Finding, Severity, Status
-from scanner.store.database import Store, run_findings, run_passes, runs
-from scanner.store.writer import RecordingFailed
+from scanner.store.database import Store, findings, run_findings, run_passes, runs
+from scanner.store.writer import RecordingFailed, decoded, encoded
 
 T0 = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 
@@ -119,3 +121,45 @@ def test_a_recording_stopped_midway_keeps_nothing_and_stops_the_writer(store: St
     assert _rows(store, "run1") == (0, 0, None)
     _record(store, 2, RUNS[1], apart=True)  # the store is not left locked
     assert _rows(store, "run2")[2] is not None
+
+
+@pytest.mark.parametrize("apart", [True, False], ids=["apart", "here"])
+def test_every_time_a_sqlite_store_holds_is_in_one_format(tmp_path: Path, apart: bool) -> None:
+    # Rows written in batches reached the driver's own datetime adapter, which adds "+00:00"; a column then held
+    # two formats (SQLAlchemy's elsewhere), and text compared in SQL would order them wrongly.
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    for n, results in enumerate(RUNS, start=1):
+        _record(store, n, results, apart=apart)  # new, persisting, resolved and reopened findings
+    columns = [(runs, "started"), (runs, "recorded"), (findings, "first_seen"), (findings, "last_seen"),
+               (findings, "resolved_at"), (run_findings, "first_seen"), (run_findings, "last_seen"),
+               (run_passes, "first_seen"), (run_passes, "last_seen")]
+    written: dict[str, set[str]] = {}
+    with store.engine.connect() as conn:
+        for table, name in columns:
+            for text in conn.execute(sa.select(sa.cast(table.c[name], sa.Text)).where(table.c[name].is_not(None))
+                                     ).scalars():
+                written.setdefault(f"{table.name}.{name}", set()).add(text)
+    assert set(written) == {f"{t.name}.{c}" for t, c in columns}  # each column holds times to compare
+    for column, texts in written.items():
+        for text in texts:
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text), (column, text)
+    assert _history(store, "run3")[0] == store.findings_for_run("run3")  # read back as times
+    assert {f.first_seen for f in store.findings_for_run("run3")} >= {T0 + timedelta(days=1)}
+    store.close()
+
+
+@pytest.mark.parametrize("message", [
+    [("findings", [("abc", "dns.check", "acme", "a.example", "", True, "2026-11-01 06:00:00.000000", None, None,
+                    None, "a.example", "Title ✓")]), ("passes", [])],
+    [("full", [("run1", "x", 1, None, False)])],
+])
+def test_a_page_of_plain_rows_goes_by_marshal_and_comes_back_the_same(message: object) -> None:
+    assert encoded(message, plain=True)[:1] == b"m"
+    assert decoded(encoded(message, plain=True)) == message
+    assert decoded(encoded(message)) == message  # pickled when not said to be plain
+
+
+def test_a_message_marshal_does_not_take_is_pickled() -> None:
+    finish = ("run1", T0, ["acme"])
+    assert encoded(finish, plain=True)[:1] == b"p"
+    assert decoded(encoded(finish, plain=True)) == finish
