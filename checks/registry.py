@@ -112,22 +112,43 @@ class Result:
     @classmethod
     def passed(cls, *, item: str = "", **evidence: Any) -> Result:
         """The subject meets the rule."""
-        return cls(Status.PASS, evidence, item)
+        return _new_result(cls, Status.PASS, evidence, item, "", True)
 
     @classmethod
     def failed(cls, *, item: str = "", blocks: bool = True, **evidence: Any) -> Result:
         """The subject breaks the rule; evidence lets a reviewer believe it (``blocks``: see the field)."""
-        return cls(Status.FAIL, evidence, item, blocks=blocks)
+        return _new_result(cls, Status.FAIL, evidence, item, "", blocks)
 
     @classmethod
     def error(cls, reason: str, *, item: str = "") -> Result:
         """The check could not decide, and says why."""
-        return cls(Status.ERROR, {}, item, reason)
+        return _new_result(cls, Status.ERROR, {}, item, reason, True)
 
     @classmethod
     def unsupported(cls, reason: str, *, item: str = "") -> Result:
         """The provider does not expose what the check needs."""
-        return cls(Status.UNSUPPORTED, {}, item, reason)
+        return _new_result(cls, Status.UNSUPPORTED, {}, item, reason, True)
+
+
+_RESULT_SETTERS = tuple(Result.__dict__[name].__set__ for name in Result.__dataclass_fields__)
+"""Each field's slot setter, in field order: a field added to Result fails ``_new_result``'s unpacking at once."""
+
+
+def _new_result(cls: type[Result], status: Status, evidence: Mapping[str, Any], item: str, reason: str,
+                blocks: bool) -> Result:
+    """``cls(status, evidence, item, reason, blocks)``, filled slot by slot for Result itself: the frozen
+    dataclass's __init__ sets each field through object.__setattr__, at twice the cost, and every finding of a
+    run starts as one of these (a subclass gets its own __init__)."""
+    if cls is not Result:
+        return cls(status, evidence, item, reason, blocks)
+    set_status, set_evidence, set_item, set_reason, set_blocks = _RESULT_SETTERS
+    result = object.__new__(Result)
+    set_status(result, status)
+    set_evidence(result, evidence)
+    set_item(result, item)
+    set_reason(result, reason)
+    set_blocks(result, blocks)
+    return result
 
 
 Subject: TypeAlias = Tenant | Domain | Mailbox

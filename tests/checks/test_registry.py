@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from checks.registry import RegistryError, load_checks, per_subject
-from scanner.model import Domain, Scope, Severity
+from checks.registry import RegistryError, Result, load_checks, per_subject
+from scanner.model import Domain, Scope, Severity, Status
 
 EXTERNAL = '''
 from checks.registry import Result, check
@@ -95,3 +96,22 @@ def test_per_subject_works_out_once_per_subject_by_identity() -> None:
     assert derive(a) == ("a.example", 3)  # one result held: the last subject's
     assert derive(Domain("a.example", "acme")) == ("a.example", 4)  # equal is not the same object
     assert calls == ["a.example", "b.example", "a.example", "a.example"]
+
+
+def test_results_made_by_their_constructors_are_the_dataclass_they_describe() -> None:
+    # The constructors fill Result slot by slot (the path of every finding): the same value, equal and hashable
+    # alike, as the dataclass's own __init__ makes; a subclass is made by its own __init__.
+    made = [Result.passed(item="a", spf="ok"), Result.failed(blocks=False, dmarc="none"), Result.error("timed out"),
+            Result.unsupported("no API", item="b")]
+    expected = [Result(Status.PASS, {"spf": "ok"}, "a"), Result(Status.FAIL, {"dmarc": "none"}, blocks=False),
+                Result(Status.ERROR, {}, "", "timed out"), Result(Status.UNSUPPORTED, {}, "b", "no API")]
+    assert made == expected and [repr(r) for r in made] == [repr(r) for r in expected]
+    assert all(type(r) is Result for r in made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made[0].status = Status.FAIL  # type: ignore[misc]
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Noted(Result):
+        note: str = "checked"
+
+    assert Noted.passed(x=1) == Noted(Status.PASS, {"x": 1}) and Noted.passed().note == "checked"
