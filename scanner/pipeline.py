@@ -552,6 +552,16 @@ RECORD_APART_FROM = 2_000
 interpreter's imports), writing 2,000 subjects' findings about as much."""
 
 
+RECORDED_AT_ONCE = 20_000
+"""Findings a scan holds before it records them (``Recording.record``), from as many pages of subjects as it takes:
+each call's rows go into the store's tables in key order, and the more of them there are, the more of them land
+beside each other in the tables' b-trees. A page of 500 mailboxes gives about 6,700 findings, recorded alone each
+time until 2026-12-07; three pages at a time took the 100,000-mailbox judging from 22.2-22.6 s to 18.4-18.5 s (the
+process writing the rows spent 4.5 s less in system calls), with the same peak memory. A page of 500 DNS domains
+gives about 23,000, so it is recorded as it comes (holding two pages made that judging slower, and 50,000 findings
+held added 30 MB)."""
+
+
 def record_apart(subjects: int) -> bool:
     """Whether a run of this many subjects has its findings written by a second process, on a second core."""
     return subjects >= RECORD_APART_FROM and len(os.sched_getaffinity(0)) >= 2
@@ -563,8 +573,9 @@ def _judge_and_record(
     sweep: Sweeper, apart: bool = False,
 ) -> dict[str, Counter[str]]:
     """Evaluate the run and record its findings: tenants and domains first, then the staged mailboxes, each a page
-    of subjects at a time, so memory does not grow with the number of domains or mailboxes. Returns the findings
-    by tenant and status. ``apart``: a second process writes the rows (``Store.recording``).
+    of subjects at a time, the findings recorded ``RECORDED_AT_ONCE`` or more at a time, so memory does not grow with
+    the number of domains or mailboxes. Returns the findings by tenant and status. ``apart``: a second process
+    writes the rows (``Store.recording``).
 
     A ``stop`` between pages raises CancelledError, and nothing of the run's findings is kept."""
     counts: dict[str, Counter[str]] = {}
@@ -572,6 +583,13 @@ def _judge_and_record(
     with paused_gc(), store.recording(run_id, recorded, complete, apart=apart) as recording:
         lookup = StoredLookup(recording, [t.name for t in inventory.tenants])
         inventory = replace(inventory, lookup=lookup)
+
+        held: list[Finding] = []
+
+        def record() -> None:
+            if held:
+                recording.record(held)
+                held.clear()
 
         def judge(part: Inventory, scopes: tuple[Scope, ...]) -> None:
             for results in evaluate_pages(part, checks, policy=policy, senders=senders, now=now, run_id=run_id,
@@ -581,9 +599,12 @@ def _judge_and_record(
                     results = [f for f in results if f.tenant in only]
                 for (tenant, status), n in Counter(map(_TENANT_STATUS, results)).items():
                     counts.setdefault(tenant, Counter())[status.value] += n
-                recording.record(results)
+                held.extend(results)
+                if len(held) >= RECORDED_AT_ONCE:
+                    record()
 
         judge(inventory, (Scope.TENANT, Scope.DOMAIN))
+        record()
         halt_at("findings")
         previous = inventory.previous
         for page in recording.mailbox_pages(PAGE):
@@ -595,6 +616,7 @@ def _judge_and_record(
                 previous = replace(previous, forwards=recording.previous_forwards(keys))
             judge(replace(inventory, mailboxes=tuple(page), previous=previous), (Scope.MAILBOX,))
             sweep()
+        record()
     return counts
 
 

@@ -20,7 +20,7 @@ from scanner.pipeline import DOMAINS_STAGED, ScanInterrupted, StagedMailboxes, S
 from scanner.store import database
 from scanner.store.database import Store
 from scanner.store.writer import RecordingProcess
-from tests.scanner.test_crash import FIRST, _config, _export, estate  # noqa: F401 - the estate fixture
+from tests.scanner.test_crash import FIRST, SECOND, _config, _export, estate  # noqa: F401 - the estate fixture
 
 REFUSE = {
     "sqlite": ["CREATE TRIGGER refuse BEFORE INSERT ON run_passes BEGIN SELECT RAISE(ABORT, 'no space left'); END"],
@@ -159,3 +159,47 @@ def test_domains_are_staged_a_few_tenants_at_a_time_and_a_failed_tenants_are_nev
         body = conn.execute(sa.select(database.staged.c.body)).scalar_one()
     assert json.loads(body) == plain(Domain("acme.example", "acme"))
     store.close()
+
+
+
+def test_findings_held_across_pages_are_recorded_as_when_each_page_is(
+    estate: ZoneServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A scan holds its findings until it has RECORDED_AT_ONCE of them (rows written in key order, more of them
+    # together); what it records, and each finding's lifecycle over two runs, must not depend on how many at once.
+    from scanner import pipeline
+    from scanner.store.database import Recording
+
+    monkeypatch.setattr(pipeline, "PAGE", 2)  # three mailboxes: two pages
+    calls: list[int] = []
+    record = Recording.record
+
+    def counted(self, results, out=None):  # type: ignore[no-untyped-def]
+        calls.append(len(results))
+        return record(self, results, out)
+
+    monkeypatch.setattr(Recording, "record", counted)
+    histories = []
+    for at_once in (1, 25, 10**6):
+        monkeypatch.setattr(pipeline, "RECORDED_AT_ONCE", at_once)
+        url = f"sqlite:///{tmp_path / f'store-{at_once}.db'}"
+        store = Store(url)
+        history = []
+        for n, files in enumerate((FIRST, SECOND)):
+            _export(tmp_path, files)
+            del calls[:]
+            result = run_scan(load_config(_config(tmp_path, url, estate)), tmp_path / f"out-{at_once}-{n}", store=store)
+            assert result.run.state == "complete"
+            assert 0 not in calls and sum(calls) == len(result.findings), calls
+            since = {None: "", result.run.started: "this run"}
+            history.append((sorted((f.id, f.status, since.get(f.first_seen, "before")) for f in result.findings),
+                            store.lifecycle_events(result.run.id)))
+        store.close()
+        histories.append(history)
+        if at_once == 1:
+            assert len(calls) >= 3, calls  # the tenant and domain findings, then each page of mailboxes
+        elif at_once == 10**6:
+            assert len(calls) == 2, calls  # the tenant and domain findings, then every mailbox's at once
+    assert histories[0] == histories[1] == histories[2]
+    assert histories[0][1][1]["new"]  # the second run's new failures (ann and bob forward outside)
+    assert {since for _, _, since in histories[0][1][0]} == {"", "this run", "before"}  # failing since run one
