@@ -9,7 +9,8 @@ import operator
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime
+from datetime import time as time_of_day
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -631,7 +632,7 @@ def snapshot_text(value: object) -> str:
 def _snapshot_rest(value: object) -> object:
     """What orjson does not encode itself, as ``plain`` makes it: times in ISO 8601, sets sorted, other mappings
     as dicts, anything else as its ``str`` (``canonical``'s default)."""
-    if isinstance(value, datetime | date | time):
+    if isinstance(value, datetime | date | time_of_day):
         return value.isoformat()
     if isinstance(value, set | frozenset | Mapping):
         return plain(value)
